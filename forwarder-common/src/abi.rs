@@ -1,0 +1,199 @@
+//! The binary interface between the eBPF programs and userspace: map names,
+//! program names, and the `repr(C)` keys and values stored in the maps.
+//!
+//! Rules: fixed-width fields only, explicit padding fields (always zero), no
+//! `bool`/`Option`/enums, and the byte order of every field stated. Multi-byte
+//! fields that are in network byte order are byte arrays, so the type itself
+//! says so. Sizes are asserted at compile time; with the `user` feature
+//! bytemuck additionally proves there is no hidden padding.
+
+/// XDP program (the fast path).
+pub const PROG_XDP: &str = "forwarder_xdp";
+/// TC clsact ingress program: takes what XDP cannot finish (unresolved
+/// neighbour, egress not in the devmap) with `bpf_redirect_neigh`.
+pub const PROG_TC: &str = "forwarder_tc";
+
+/// Port mappings: [`RuleKey`] → [`RuleTarget`]. Hash.
+pub const MAP_RULES: &str = "FWD_RULES";
+/// Connection tracking, both directions: [`FlowKey`] → [`FlowEntry`]. LRU hash.
+pub const MAP_FLOWS: &str = "FWD_FLOWS";
+/// Per-rule counters, indexed by `rule_id`: [`RuleStats`]. Per-CPU array.
+pub const MAP_RULE_STATS: &str = "FWD_RULE_STATS";
+/// Global counters, indexed by [`crate::stats`] constants: `u64`. Per-CPU array.
+pub const MAP_STATS: &str = "FWD_STATS";
+/// Managed interfaces: ifindex (`u32`, host order) → [`IfaceInfo`]. Hash.
+pub const MAP_IFACES: &str = "FWD_IFACES";
+/// Redirect targets for `XDP_REDIRECT`: ifindex → ifindex. Devmap hash.
+pub const MAP_TX_PORTS: &str = "FWD_TX_PORTS";
+/// Global settings, one entry at index 0: [`Config`]. Array.
+pub const MAP_CONFIG: &str = "FWD_CONFIG";
+
+/// Capacity of the rule table and of the per-rule counter array.
+pub const MAX_RULES: u32 = 4096;
+/// Capacity of the conntrack table, in entries (a connection takes two).
+pub const FLOW_TABLE_SIZE: u32 = 524_288;
+/// Capacity of the interface table and the devmap.
+pub const MAX_IFACES: u32 = 256;
+
+/// `RuleKey::proto` / `FlowKey::proto` values (IANA protocol numbers).
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `IfaceInfo::role` values.
+pub const ROLE_PUBLIC: u32 = 1;
+pub const ROLE_INTERNAL: u32 = 2;
+
+/// `RuleTarget::flags`: replace the source with the egress interface's
+/// address and a port chosen by the forwarder (MASQUERADE).
+pub const RULE_F_MASQUERADE: u16 = 1;
+
+/// `FlowEntry::dir` values.
+pub const DIR_ORIGINAL: u8 = 0;
+pub const DIR_REPLY: u8 = 1;
+
+/// Key of [`MAP_RULES`]. A rule bound to no interface has `ifindex == 0` and
+/// applies to every public interface; the datapath looks the exact interface
+/// up first, then the wildcard.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RuleKey {
+    /// Ingress interface index, host byte order; 0 = any public interface.
+    pub ifindex: u32,
+    /// Public (destination) port, network byte order.
+    pub port: [u8; 2],
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`MAP_RULES`]: where matching connections go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RuleTarget {
+    /// Backend IPv4 address, network byte order.
+    pub addr: [u8; 4],
+    /// Backend port, network byte order.
+    pub port: [u8; 2],
+    /// `RULE_F_*` bits.
+    pub flags: u16,
+    /// Index into [`MAP_RULE_STATS`] (< [`MAX_RULES`]), host byte order.
+    pub rule_id: u32,
+}
+
+/// Key of [`MAP_FLOWS`]: a packet's 5-tuple as it arrives at the gateway.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKey {
+    /// Network byte order.
+    pub saddr: [u8; 4],
+    /// Network byte order.
+    pub daddr: [u8; 4],
+    /// Network byte order.
+    pub sport: [u8; 2],
+    /// Network byte order.
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`MAP_FLOWS`]: the tuple a matching packet leaves with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowEntry {
+    /// `bpf_ktime_get_ns()` of the last packet seen (refreshed coarsely).
+    pub last_seen_ns: u64,
+    /// New source address, network byte order.
+    pub saddr: [u8; 4],
+    /// New destination address, network byte order.
+    pub daddr: [u8; 4],
+    /// New source port, network byte order.
+    pub sport: [u8; 2],
+    /// New destination port, network byte order.
+    pub dport: [u8; 2],
+    /// The rule that created the flow, host byte order.
+    pub rule_id: u32,
+    /// [`DIR_ORIGINAL`] (client → backend) or [`DIR_REPLY`].
+    pub dir: u8,
+    /// Reserved for the TCP state machine; 0 today.
+    pub state: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Per-rule counters (one per CPU; userspace sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RuleStats {
+    /// Client → backend packets translated and forwarded.
+    pub orig_packets: u64,
+    /// Their bytes (L2 frame length as received).
+    pub orig_bytes: u64,
+    /// Backend → client packets translated and forwarded.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// Connections (conntrack entry pairs) created.
+    pub new_conns: u64,
+}
+
+/// Value of [`MAP_IFACES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct IfaceInfo {
+    /// [`ROLE_PUBLIC`] or [`ROLE_INTERNAL`].
+    pub role: u32,
+}
+
+/// Value of [`MAP_CONFIG`] (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Config {
+    /// Lowest source port masquerade may pick, host byte order.
+    pub snat_port_min: u16,
+    /// Highest source port masquerade may pick, host byte order (inclusive).
+    pub snat_port_max: u16,
+    /// How many candidate ports to try before giving up on a new flow.
+    pub snat_attempts: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { snat_port_min: DEFAULT_SNAT_PORT_MIN, snat_port_max: DEFAULT_SNAT_PORT_MAX, snat_attempts: DEFAULT_SNAT_ATTEMPTS }
+    }
+}
+
+/// Default masquerade port range: below Linux's default ephemeral range
+/// (32768–60999), so the gateway's own sockets never pick a port that a
+/// translated flow already owns.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 10_000;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 32_767;
+/// Bounded retry for a free masquerade port (the verifier needs a bound too).
+pub const DEFAULT_SNAT_ATTEMPTS: u32 = 16;
+/// Hard upper bound on `Config::snat_attempts` compiled into the datapath.
+pub const MAX_SNAT_ATTEMPTS: u32 = 32;
+
+const _: () = assert!(core::mem::size_of::<RuleKey>() == 8);
+const _: () = assert!(core::mem::size_of::<RuleTarget>() == 12);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), made of integers and byte arrays, and
+    // bytemuck's derive has proven that none has padding.
+    unsafe impl aya::Pod for super::RuleKey {}
+    unsafe impl aya::Pod for super::RuleTarget {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::RuleStats {}
+    unsafe impl aya::Pod for super::IfaceInfo {}
+    unsafe impl aya::Pod for super::Config {}
+}

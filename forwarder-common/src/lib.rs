@@ -1,0 +1,22 @@
+//! The pure heart of the forwarder, shared by the eBPF programs and userspace.
+//!
+//! Everything here is `no_std`, allocation-free and free of helper calls, so it
+//! runs unchanged inside the verifier's constraints (bounded loops, no
+//! recursion, small stack) and can be unit- and property-tested on the host.
+//!
+//! - [`abi`]: map keys/values and names, exactly as they sit in the BPF maps.
+//! - [`csum`]: RFC 1071/1624 one's-complement arithmetic.
+//! - [`parse`]: validation of the IPv4 header fields that decide whether a
+//!   packet is ours.
+//! - [`nat`]: the rewrite plan for a translated packet (what changes, and the
+//!   checksum deltas).
+//! - [`conntrack`]: flow keys, the two-direction entry pair, SNAT port choice.
+//! - [`stats`]: counter and drop-reason indices.
+#![cfg_attr(not(test), no_std)]
+
+pub mod abi;
+pub mod conntrack;
+pub mod csum;
+pub mod nat;
+pub mod parse;
+pub mod stats;

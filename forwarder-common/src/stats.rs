@@ -1,0 +1,70 @@
+//! Indices into the global per-CPU counter array ([`crate::abi::MAP_STATS`]).
+//!
+//! Every verdict the datapath takes that is not "translated and forwarded"
+//! has a counter here, so nothing is silent. Names are for the CLI.
+
+/// Frames handed to the kernel because they are not IPv4 (ARP, IPv6, …).
+pub const PASS_NOT_IPV4: u32 = 0;
+/// IPv4 but not TCP/UDP, or no rule and no flow: not ours.
+pub const PASS_NOT_OURS: u32 = 1;
+/// IPv4 fragments (not translated yet; passed to the kernel).
+pub const PASS_FRAGMENT: u32 = 2;
+/// Headers that fail validation (passed untouched).
+pub const PASS_MALFORMED: u32 = 3;
+/// Translated and redirected by XDP.
+pub const XDP_REDIRECTED: u32 = 4;
+/// Handed from XDP to the TC program (neighbour unknown, egress not in the
+/// devmap, checksum XDP cannot finish).
+pub const XDP_TO_TC: u32 = 5;
+/// Translated and redirected by TC (`bpf_redirect`).
+pub const TC_REDIRECTED: u32 = 6;
+/// Translated and redirected by TC with neighbour resolution.
+pub const TC_REDIRECTED_NEIGH: u32 = 7;
+/// FIB: no route, blackhole, unreachable or prohibited: dropped.
+pub const DROP_NO_ROUTE: u32 = 8;
+/// FIB: forwarding disabled (net.ipv4.ip_forward=0): passed untouched.
+pub const PASS_FWD_DISABLED: u32 = 9;
+/// FIB: the destination is local / not forwardable: passed untouched.
+pub const PASS_NOT_FORWARDED: u32 = 10;
+/// FIB: packet larger than the egress MTU: passed untouched.
+pub const PASS_FRAG_NEEDED: u32 = 11;
+/// TTL would expire at the gateway: dropped.
+pub const DROP_TTL: u32 = 12;
+/// No free masquerade port after the bounded retries: dropped.
+pub const DROP_SNAT_EXHAUSTED: u32 = 13;
+/// Conntrack insertion failed (table error): dropped.
+pub const DROP_CT_INSERT: u32 = 14;
+/// FIB lookup returned no source address for masquerade: dropped.
+pub const DROP_NO_SRC_ADDR: u32 = 15;
+/// A redirect helper failed.
+pub const DROP_REDIRECT_FAILED: u32 = 16;
+/// Partial-checksum packets recomputed in full.
+pub const CSUM_FULL_RECOMPUTE: u32 = 17;
+/// Any other FIB result (unsupported encapsulation …): passed untouched.
+pub const PASS_FIB_OTHER: u32 = 18;
+
+/// Number of counters.
+pub const COUNT: u32 = 19;
+
+/// Counter names, indexed like the constants.
+pub const NAMES: [&str; COUNT as usize] = [
+    "pass_not_ipv4",
+    "pass_not_ours",
+    "pass_fragment",
+    "pass_malformed",
+    "xdp_redirected",
+    "xdp_to_tc",
+    "tc_redirected",
+    "tc_redirected_neigh",
+    "drop_no_route",
+    "pass_fwd_disabled",
+    "pass_not_forwarded",
+    "pass_frag_needed",
+    "drop_ttl",
+    "drop_snat_exhausted",
+    "drop_ct_insert",
+    "drop_no_src_addr",
+    "drop_redirect_failed",
+    "csum_full_recompute",
+    "pass_fib_other",
+];

@@ -1,0 +1,70 @@
+//! One packet API over `XdpContext` and `TcContext`, so the pipeline is
+//! written once and verified twice.
+
+use core::{ffi::c_void, mem};
+
+use aya_ebpf::programs::{TcContext, XdpContext};
+
+pub trait Packet {
+    /// True for XDP: no neighbour resolution, checksums fixed by hand.
+    const IS_XDP: bool;
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The interface the packet arrived on.
+    fn ingress_ifindex(&self) -> u32;
+    /// The context pointer helpers such as `bpf_fib_lookup` take.
+    fn raw(&self) -> *mut c_void;
+}
+
+impl Packet for XdpContext {
+    const IS_XDP: bool = true;
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        XdpContext::ingress_ifindex(self) as u32
+    }
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.ctx.cast()
+    }
+}
+
+impl Packet for TcContext {
+    const IS_XDP: bool = false;
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: the context pointer is valid for the program's lifetime.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.skb.skb.cast()
+    }
+}
+
+/// A pointer to a `T` at `offset` into the packet, or `None` when it does not
+/// fit: the bounds check the verifier needs.
+#[inline(always)]
+pub fn ptr_at<T, P: Packet>(p: &P, offset: usize) -> Option<*mut T> {
+    let start = p.data();
+    let end = p.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}

@@ -1,0 +1,55 @@
+//! The maps (names are the `abi::MAP_*` constants, which userspace uses) and
+//! small accessors for the counters.
+
+use aya_ebpf::{
+    bindings::bpf_devmap_val,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use forwarder_common::abi::{
+    Config, FLOW_TABLE_SIZE, FlowEntry, FlowKey, IfaceInfo, MAX_IFACES, MAX_RULES, RuleKey, RuleStats, RuleTarget,
+};
+use forwarder_common::stats;
+
+#[map]
+pub static FWD_RULES: HashMap<RuleKey, RuleTarget> = HashMap::with_max_entries(MAX_RULES, 0);
+
+#[map]
+pub static FWD_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(FLOW_TABLE_SIZE, 0);
+
+#[map]
+pub static FWD_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+#[map]
+pub static FWD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+#[map]
+pub static FWD_IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+#[map]
+pub static FWD_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+#[map]
+pub static FWD_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+// Keeps the devmap value type referenced (the loader checks its size).
+const _: usize = core::mem::size_of::<bpf_devmap_val>();
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = FWD_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn rule_stats(rule_id: u32) -> Option<&'static mut RuleStats> {
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    FWD_RULE_STATS.get_ptr_mut(rule_id).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    FWD_CONFIG.get(0).copied().unwrap_or_default()
+}

@@ -1,0 +1,326 @@
+//! The datapath decision for one packet, shared by XDP and TC: parse, look
+//! the flow (or a rule) up, route the translated packet, and say what to do.
+//! Applying the decision (rewrite, checksums, redirect) is the entry
+//! point's job, because XDP and TC do that differently.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, BPF_FIB_LOOKUP_SRC,
+        BPF_NOEXIST, bpf_fib_lookup,
+    },
+    helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup as fib_lookup_helper},
+};
+use forwarder_common::{
+    abi::{
+        DIR_ORIGINAL, FlowKey, MAX_SNAT_ATTEMPTS, PROTO_TCP, PROTO_UDP, ROLE_PUBLIC, RULE_F_MASQUERADE, RuleKey,
+    },
+    conntrack::{entry_pair, needs_refresh, snat_candidate, tuple_hash},
+    nat::Tuple,
+    parse, stats,
+};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+use crate::{
+    ctx::{Packet, ptr_at},
+    maps::{FWD_FLOWS, FWD_IFACES, FWD_RULES, FWD_TX_PORTS, config, rule_stats},
+};
+
+const AF_INET: u8 = 2;
+const TCP_FLAG_RST: u8 = 0x04;
+
+/// What the parser learned about a packet we may translate.
+#[derive(Clone, Copy)]
+pub struct Parsed {
+    /// Offset of the L4 header (14 + IHL × 4).
+    pub l4_off: usize,
+    /// L4 header + payload length (IP total length − header length).
+    pub l4_len: u16,
+    pub proto: u8,
+    pub ttl: u8,
+    pub tuple: Tuple,
+    /// Frame length, for the byte counters.
+    pub frame_len: u32,
+}
+
+/// A translated packet ready to leave.
+#[derive(Clone, Copy)]
+pub struct Forward {
+    pub new: Tuple,
+    /// Egress interface.
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// Next hop address (network order) when the neighbour is not resolved
+    /// yet (TC only: `bpf_redirect_neigh`); `None` when MACs are known.
+    pub resolve_nexthop: Option<[u8; 4]>,
+}
+
+pub enum Verdict {
+    /// Leave the packet to the kernel untouched; the counter says why.
+    Pass(u32),
+    /// Drop it; the counter says why.
+    Drop(u32),
+    /// XDP only: leave it untouched for the TC program to finish.
+    ToTc(u32),
+    /// Rewrite and send.
+    Forward(Parsed, Forward),
+}
+
+/// Parses Ethernet / IPv4 (any IHL) / TCP or UDP. `Err` carries the verdict
+/// for packets that are not ours or not valid.
+#[inline(always)]
+pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
+    let eth: *const EthHdr = ptr_at(p, 0).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return Err(Verdict::Pass(stats::PASS_NOT_IPV4));
+    }
+    let ip: *const Ipv4Hdr = ptr_at(p, EthHdr::LEN).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    let avail = p.data_end() - p.data() - EthHdr::LEN;
+    let meta = parse::ipv4(ip.vihl, u16::from_be_bytes(ip.tot_len), u16::from_be_bytes(ip.frags), avail)
+        .map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
+    let proto = ip.proto as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(Verdict::Pass(stats::PASS_NOT_OURS));
+    }
+    if meta.is_fragment {
+        return Err(Verdict::Pass(stats::PASS_FRAGMENT));
+    }
+    // IHL is 4 bits: masking keeps the offset provably bounded.
+    let l4_off = EthHdr::LEN + (meta.header_len & 0x3c);
+    let l4_len = (meta.total_len - meta.header_len) as u16;
+    // Ports are the first 4 bytes of both TCP and UDP.
+    let ports: *const [u8; 4] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { *ports };
+    let mut udp_len = 0;
+    if proto == PROTO_UDP {
+        let u: *const [u8; 8] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
+        // SAFETY: bounds checked by ptr_at.
+        let u = unsafe { *u };
+        udp_len = u16::from_be_bytes([u[4], u[5]]);
+    } else if ptr_at::<[u8; 20], P>(p, l4_off).is_none() {
+        return Err(Verdict::Pass(stats::PASS_MALFORMED));
+    }
+    parse::l4(proto, l4_len as usize, udp_len).map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
+    Ok(Parsed {
+        l4_off,
+        l4_len,
+        proto,
+        ttl: ip.ttl,
+        tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] },
+        frame_len: (p.data_end() - p.data()) as u32,
+    })
+}
+
+/// The TCP flags byte, if the packet is TCP.
+#[inline(always)]
+fn tcp_flags<P: Packet>(p: &P, parsed: &Parsed) -> u8 {
+    if parsed.proto != PROTO_TCP {
+        return 0;
+    }
+    match ptr_at::<u8, P>(p, parsed.l4_off + 13) {
+        // SAFETY: bounds checked by ptr_at.
+        Some(f) => unsafe { *f },
+        None => 0,
+    }
+}
+
+/// Result of a FIB lookup, with the fields we use copied out.
+struct Route {
+    ret: u32,
+    ifindex: u32,
+    src: [u8; 4],
+    nexthop: [u8; 4],
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+#[inline(always)]
+fn route<P: Packet>(p: &P, parsed: &Parsed, t: &Tuple, flags: u32) -> Route {
+    // SAFETY: bpf_fib_lookup is plain old data; zero is a valid value.
+    let mut f: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    f.family = AF_INET;
+    f.l4_protocol = parsed.proto;
+    f.sport = u16::from_ne_bytes(t.sport);
+    f.dport = u16::from_ne_bytes(t.dport);
+    // XDP: let the kernel check the egress MTU. TC: skip it (tot_len 0);
+    // a GRO'd skb is segmented on egress.
+    f.__bindgen_anon_1.tot_len = if P::IS_XDP { parsed.l4_len + 20 } else { 0 };
+    f.ifindex = p.ingress_ifindex();
+    f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(t.saddr);
+    f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(t.daddr);
+    // SAFETY: valid context and a stack struct of the size passed.
+    let ret = unsafe { fib_lookup_helper(p.raw(), &raw mut f, core::mem::size_of::<bpf_fib_lookup>() as i32, flags) };
+    // SAFETY: union fields written by the kernel for IPv4.
+    unsafe {
+        Route {
+            ret: ret as u32,
+            ifindex: f.ifindex,
+            src: f.__bindgen_anon_3.ipv4_src.to_ne_bytes(),
+            nexthop: f.__bindgen_anon_4.ipv4_dst.to_ne_bytes(),
+            smac: f.smac,
+            dmac: f.dmac,
+        }
+    }
+}
+
+/// Maps a FIB result to a verdict; `Ok` means "send it".
+#[inline(always)]
+fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict> {
+    match r.ret {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if P::IS_XDP && FWD_TX_PORTS.get(r.ifindex).is_none() {
+                // Egress is not one of ours: TC can redirect anywhere.
+                return Err(Verdict::ToTc(stats::XDP_TO_TC));
+            }
+            Ok(Forward { new, ifindex: r.ifindex, smac: r.smac, dmac: r.dmac, resolve_nexthop: None })
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            if P::IS_XDP {
+                // XDP cannot resolve neighbours: TC will, with redirect_neigh.
+                Err(Verdict::ToTc(stats::XDP_TO_TC))
+            } else {
+                Ok(Forward { new, ifindex: r.ifindex, smac: [0; 6], dmac: [0; 6], resolve_nexthop: Some(r.nexthop) })
+            }
+        }
+        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
+            Err(Verdict::Drop(stats::DROP_NO_ROUTE))
+        }
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Verdict::Pass(stats::PASS_FWD_DISABLED)),
+        BPF_FIB_LKUP_RET_NOT_FWDED => Err(Verdict::Pass(stats::PASS_NOT_FORWARDED)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Verdict::Pass(stats::PASS_FRAG_NEEDED)),
+        BPF_FIB_LKUP_RET_NO_SRC_ADDR => Err(Verdict::Drop(stats::DROP_NO_SRC_ADDR)),
+        _ => Err(Verdict::Pass(stats::PASS_FIB_OTHER)),
+    }
+}
+
+/// The whole decision for one packet.
+#[inline(always)]
+pub fn decide<P: Packet>(p: &P) -> Verdict {
+    let parsed = match parse(p) {
+        Ok(v) => v,
+        Err(v) => return v,
+    };
+    let key = FlowKey::new(&parsed.tuple, parsed.proto);
+    if let Some(entry) = FWD_FLOWS.get_ptr_mut(&key) {
+        // SAFETY: map value pointer valid until program exit.
+        let entry = unsafe { &mut *entry };
+        return established(p, parsed, entry);
+    }
+    new_flow(p, parsed)
+}
+
+#[inline(always)]
+fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::abi::FlowEntry) -> Verdict {
+    if parsed.ttl <= 1 {
+        return Verdict::Drop(stats::DROP_TTL);
+    }
+    let new = entry.tuple();
+    let r = route(p, &parsed, &new, 0);
+    let fwd = match fib_verdict::<P>(&r, new) {
+        Ok(f) => f,
+        Err(v) => return v,
+    };
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if needs_refresh(entry.last_seen_ns, now) {
+        entry.last_seen_ns = now;
+    }
+    if let Some(s) = rule_stats(entry.rule_id) {
+        if entry.dir == DIR_ORIGINAL {
+            s.orig_packets += 1;
+            s.orig_bytes += u64::from(parsed.frame_len);
+        } else {
+            s.reply_packets += 1;
+            s.reply_bytes += u64::from(parsed.frame_len);
+        }
+    }
+    Verdict::Forward(parsed, fwd)
+}
+
+#[inline(always)]
+fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
+    let ifindex = p.ingress_ifindex();
+    let mut key = RuleKey { ifindex, port: parsed.tuple.dport, proto: parsed.proto, _pad: 0 };
+    let target = match FWD_RULES.get_ptr(&key) {
+        // SAFETY: map value pointer valid until program exit.
+        Some(t) => unsafe { *t },
+        None => {
+            // Wildcard rules apply on public interfaces only.
+            let public = FWD_IFACES.get_ptr(&ifindex).is_some_and(|i| unsafe { (*i).role } == ROLE_PUBLIC);
+            key.ifindex = 0;
+            match FWD_RULES.get_ptr(&key) {
+                // SAFETY: as above.
+                Some(t) if public => unsafe { *t },
+                _ => return Verdict::Pass(stats::PASS_NOT_OURS),
+            }
+        }
+    };
+    // A stray RST must not create state.
+    if tcp_flags(p, &parsed) & TCP_FLAG_RST != 0 {
+        return Verdict::Pass(stats::PASS_NOT_OURS);
+    }
+    if parsed.ttl <= 1 {
+        return Verdict::Drop(stats::DROP_TTL);
+    }
+    let masquerade = target.flags & RULE_F_MASQUERADE != 0;
+    let mut out = Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport: target.port };
+    let r = route(p, &parsed, &out, if masquerade { BPF_FIB_LOOKUP_SRC } else { 0 });
+    // Route first: nothing is inserted for a packet we cannot send (XDP
+    // hands NO_NEIGH to TC before any state exists).
+    if let Err(v) = fib_verdict::<P>(&r, out) {
+        return v;
+    }
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if masquerade {
+        out.saddr = r.src;
+        let cfg = config();
+        let seed = tuple_hash(&parsed.tuple);
+        let mut claimed = false;
+        for attempt in 0..MAX_SNAT_ATTEMPTS {
+            if attempt >= cfg.snat_attempts {
+                break;
+            }
+            out.sport = snat_candidate(seed, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be_bytes();
+            let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now);
+            // NOEXIST claims the reply tuple atomically across CPUs.
+            if FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)).is_ok() {
+                claimed = true;
+                break;
+            }
+        }
+        if !claimed {
+            return Verdict::Drop(stats::DROP_SNAT_EXHAUSTED);
+        }
+    } else {
+        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now);
+        if FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)).is_err() {
+            return Verdict::Drop(stats::DROP_CT_INSERT);
+        }
+    }
+    let [(ok, oe), (rk, _)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now);
+    if FWD_FLOWS.insert(&ok, &oe, u64::from(BPF_NOEXIST)).is_err() {
+        // Another CPU created this flow first: give our reply entry back;
+        // the retransmission will find the winner's entry.
+        let _ = FWD_FLOWS.remove(&rk);
+        return Verdict::Drop(stats::DROP_CT_INSERT);
+    }
+    if let Some(s) = rule_stats(target.rule_id) {
+        s.new_conns += 1;
+        s.orig_packets += 1;
+        s.orig_bytes += u64::from(parsed.frame_len);
+    }
+    match fib_verdict::<P>(&r, out) {
+        Ok(fwd) => Verdict::Forward(parsed, fwd),
+        Err(v) => v,
+    }
+}

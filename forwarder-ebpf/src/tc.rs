@@ -1,0 +1,125 @@
+//! TC clsact-ingress entry. Behind XDP it only takes the packets XDP marked
+//! (neighbour unknown, egress not in the devmap) and finishes them: the
+//! checksum helpers handle `CHECKSUM_PARTIAL` skbs, and `bpf_redirect_neigh`
+//! lets the kernel resolve the next hop without the packet ever meeting the
+//! routing stack (where a translated source would be a martian).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use forwarder_common::{
+    abi::PROTO_UDP,
+    csum::ttl_decrement,
+    nat::{delta, ip_csum},
+    stats,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    ctx::ptr_at,
+    maps::count,
+    pipeline::{Forward, Parsed, Verdict, decide},
+    xdp::TC_HANDOFF_MAGIC,
+};
+
+const AF_INET: u32 = 2;
+/// Enough linear bytes for Ethernet + the largest IPv4 header + TCP.
+const PULL_LEN: u32 = 14 + 60 + 20;
+
+#[inline(always)]
+fn handed_off(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid; data_meta/data are readable in
+    // cls_bpf programs.
+    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
+    if meta + 4 > data {
+        return false;
+    }
+    // SAFETY: 4 bytes of metadata, checked above.
+    unsafe { *(meta as *const u32) == TC_HANDOFF_MAGIC }
+}
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    if !handed_off(ctx) {
+        return TC_ACT_OK;
+    }
+    let _ = ctx.pull_data(if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN });
+    match decide(ctx) {
+        Verdict::Pass(s) | Verdict::ToTc(s) => {
+            count(s);
+            TC_ACT_OK
+        }
+        Verdict::Drop(s) => {
+            count(s);
+            TC_ACT_SHOT
+        }
+        Verdict::Forward(parsed, fwd) => {
+            if rewrite(ctx, &parsed, &fwd).is_none() {
+                count(stats::DROP_REDIRECT_FAILED);
+                return TC_ACT_SHOT;
+            }
+            redirect(&fwd)
+        }
+    }
+}
+
+#[inline(always)]
+fn redirect(fwd: &Forward) -> i32 {
+    // SAFETY: plain helper calls with stack arguments.
+    let ret = unsafe {
+        match fwd.resolve_nexthop {
+            Some(nh) => {
+                let mut p: bpf_redir_neigh = core::mem::zeroed();
+                p.nh_family = AF_INET;
+                p.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(nh);
+                count(stats::TC_REDIRECTED_NEIGH);
+                bpf_redirect_neigh(fwd.ifindex, &raw mut p, core::mem::size_of::<bpf_redir_neigh>() as i32, 0)
+            }
+            None => {
+                count(stats::TC_REDIRECTED);
+                bpf_redirect(fwd.ifindex, 0)
+            }
+        }
+    };
+    ret as i32
+}
+
+#[inline(always)]
+fn rewrite(ctx: &TcContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
+    let old = parsed.tuple;
+    let new = fwd.new;
+    let d = delta(&old, &new);
+    // Direct writes first: the checksum helpers below invalidate pointers.
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &mut *ip };
+    let check = ip_csum(u16::from_be_bytes(ip.check), &d);
+    ip.check = ttl_decrement(check, ip.ttl, ip.proto as u8).to_be_bytes();
+    ip.ttl -= 1;
+    ip.src_addr = new.saddr;
+    ip.dst_addr = new.daddr;
+    let ports: *mut [u8; 4] = ptr_at(ctx, parsed.l4_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { *ports = [new.sport[0], new.sport[1], new.dport[0], new.dport[1]] };
+    if fwd.resolve_nexthop.is_none() {
+        let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe {
+            (*eth).dst_addr = fwd.dmac;
+            (*eth).src_addr = fwd.smac;
+        }
+    }
+    let udp = parsed.proto == PROTO_UDP;
+    let off = parsed.l4_off + if udp { 6 } else { 16 };
+    let mangled = if udp { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled;
+    let a = |o: [u8; 4]| u64::from(u32::from_ne_bytes(o));
+    let w = |o: [u8; 2]| u64::from(u16::from_ne_bytes(o));
+    ctx.l4_csum_replace(off, a(old.saddr), a(new.saddr), addr_flags).ok()?;
+    ctx.l4_csum_replace(off, a(old.daddr), a(new.daddr), addr_flags).ok()?;
+    ctx.l4_csum_replace(off, w(old.sport), w(new.sport), 2 | mangled).ok()?;
+    ctx.l4_csum_replace(off, w(old.dport), w(new.dport), 2 | mangled).ok()?;
+    Some(())
+}

@@ -1,0 +1,18 @@
+//! Subcommands, one file each.
+
+pub mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "forwarder", version, about = "eBPF fast-path port forwarder (XDP DNAT + masquerade)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load the datapath onto interfaces and forward until SIGINT/SIGTERM.
+    Run(run::RunArgs),
+}

@@ -1,0 +1,128 @@
+//! `forwarder run`: validate everything, load, fill the maps, attach, and
+//! forward until SIGINT/SIGTERM; then detach and print the counters.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::{
+    config::{PortRange, Rule, Settings},
+    iface,
+    loader::{Datapath, XdpAttach},
+    sysctl,
+};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Public (outside-facing) interface; repeat for several.
+    #[arg(long = "public", value_name = "IFACE")]
+    pub public: Vec<String>,
+    /// Internal (backend-facing) interface; repeat for several.
+    #[arg(long = "internal", value_name = "IFACE")]
+    pub internal: Vec<String>,
+    /// A port mapping: PROTO:PORT[@IFACE]=ADDR[:PORT][,no-masquerade]; repeat for several.
+    #[arg(long = "rule", value_name = "SPEC")]
+    pub rules: Vec<String>,
+    /// TOML config file (interfaces, rules, snat_ports); merged with the flags.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: XdpAttach,
+    /// Masquerade source-port range (LOW-HIGH).
+    #[arg(long, value_name = "LOW-HIGH")]
+    pub snat_ports: Option<String>,
+    /// Log the counters every N seconds (0 = only at exit).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub stats_interval: u64,
+    /// Keep a JSON snapshot of the counters in FILE (refreshed every second, atomically).
+    #[arg(long, value_name = "FILE")]
+    pub stats_file: Option<PathBuf>,
+    /// Leave net.ipv4.ip_forward on at exit even if this run turned it on.
+    #[arg(long)]
+    pub keep_ip_forward: bool,
+}
+
+impl RunArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut s = Settings::default();
+        if let Some(path) = &self.config {
+            s.load_file(path)?;
+        }
+        s.public.extend(self.public.iter().cloned());
+        s.internal.extend(self.internal.iter().cloned());
+        for spec in &self.rules {
+            s.rules.push(Rule::parse_spec(spec)?);
+        }
+        if let Some(r) = &self.snat_ports {
+            s.snat_ports = r.parse::<PortRange>()?;
+        }
+        Ok(s)
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let compiled = settings.compile(iface::index)?;
+    if settings.rules.is_empty() {
+        log::warn!("no rules given: every packet passes to the kernel untouched");
+    }
+    let mut dp = Datapath::load()?;
+    dp.configure(&compiled)?;
+    dp.attach(&compiled, args.xdp_mode)?;
+    for a in &dp.attached {
+        log::info!("attached to {} (ifindex {}): XDP {} + TC ingress", a.name, a.ifindex, if a.native { "native" } else { "generic" });
+    }
+    for r in &settings.rules {
+        log::info!("rule {r} ({})", r.origin);
+    }
+    log::info!("masquerade source ports {}-{}", compiled.snat_ports.0, compiled.snat_ports.1);
+    let was_forwarding = sysctl::ensure_ip_forward()?;
+    if !was_forwarding {
+        log::info!("enabled net.ipv4.ip_forward (it was 0){}", if args.keep_ip_forward { "" } else { "; it is restored at exit" });
+    }
+    println!("forwarder: running; Ctrl-C or SIGTERM to stop");
+
+    let result = serve(&dp, &compiled, &settings, &args).await;
+
+    let snap = dp.snapshot(&compiled, &settings.rules);
+    drop(dp);
+    log::info!("detached from all interfaces");
+    if !was_forwarding && !args.keep_ip_forward {
+        sysctl::set_ip_forward(false)?;
+        log::info!("restored net.ipv4.ip_forward=0");
+    }
+    let snap = snap?;
+    if let Some(path) = &args.stats_file {
+        snap.write_json(path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{}", snap.table());
+    result
+}
+
+async fn serve(dp: &Datapath, compiled: &crate::config::Compiled, settings: &Settings, args: &RunArgs) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); return Ok(()); }
+            _ = term.recv() => { log::info!("SIGTERM: stopping"); return Ok(()); }
+            _ = tick.tick() => {
+                ticks += 1;
+                let periodic = args.stats_interval > 0 && ticks % args.stats_interval == 0;
+                if args.stats_file.is_none() && !periodic {
+                    continue;
+                }
+                let snap = dp.snapshot(compiled, &settings.rules)?;
+                if let Some(path) = &args.stats_file {
+                    snap.write_json(path).with_context(|| format!("writing {}", path.display()))?;
+                }
+                if periodic {
+                    log::info!("\n{}", snap.table());
+                }
+            }
+        }
+    }
+}

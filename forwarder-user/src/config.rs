@@ -1,0 +1,413 @@
+//! Rules and settings: from the command line (`--rule`) and a TOML file,
+//! validated as a whole before anything touches the kernel.
+//!
+//! Rule syntax on the command line:
+//!
+//! ```text
+//! PROTO:PORT[@IFACE]=ADDR[:PORT][,no-masquerade]
+//! tcp:8080=192.168.1.50:80          # like -p tcp --dport 8080 -j DNAT --to 192.168.1.50:80
+//! udp:5353@eth0=10.0.0.2:53         # bound to one public interface
+//! tcp:2222=10.0.0.3                 # backend port = public port
+//! ```
+//!
+//! The same in TOML:
+//!
+//! ```toml
+//! public = ["eth0"]
+//! internal = ["eth1"]
+//! snat_ports = "10000-32767"
+//!
+//! [[rule]]
+//! proto = "tcp"
+//! port = 8080
+//! to = "192.168.1.50:80"
+//! interface = "eth0"     # optional
+//! masquerade = true      # default
+//! ```
+
+use std::{collections::HashMap, fmt, net::Ipv4Addr, path::Path, str::FromStr};
+
+use forwarder_common::abi::{self, PROTO_TCP, PROTO_UDP, RULE_F_MASQUERADE, RuleKey, RuleTarget};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Self::Tcp),
+            "udp" => Ok(Self::Udp),
+            _ => Err(format!("protocol `{s}` is not tcp or udp")),
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// One port mapping.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rule {
+    pub proto: Proto,
+    /// Public port.
+    pub port: u16,
+    /// Bound to this public interface; `None` = every public interface.
+    pub interface: Option<String>,
+    pub backend: Ipv4Addr,
+    pub backend_port: u16,
+    pub masquerade: bool,
+    /// Where the rule came from (`--rule …` or `file:line`), for messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.proto, self.port)?;
+        if let Some(i) = &self.interface {
+            write!(f, "@{i}")?;
+        }
+        write!(f, "={}:{}", self.backend, self.backend_port)?;
+        if !self.masquerade {
+            f.write_str(",no-masquerade")?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_port(s: &str, what: &str) -> Result<u16, String> {
+    let n: i64 = s.trim().parse().map_err(|_| format!("{what} `{s}` is not a number"))?;
+    port_in_range(n, what)
+}
+
+fn port_in_range(n: i64, what: &str) -> Result<u16, String> {
+    if (1..=65535).contains(&n) { Ok(n as u16) } else { Err(format!("{what} {n} is out of range 1-65535")) }
+}
+
+fn parse_backend(s: &str, default_port: u16) -> Result<(Ipv4Addr, u16), String> {
+    let (addr, port) = match s.rsplit_once(':') {
+        Some((a, p)) => (a, parse_port(p, "backend port")?),
+        None => (s, default_port),
+    };
+    let addr: Ipv4Addr = addr.trim().parse().map_err(|_| format!("backend address `{addr}` is not an IPv4 address"))?;
+    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+        return Err(format!("backend address `{addr}` cannot be a unicast destination"));
+    }
+    Ok((addr, port))
+}
+
+impl Rule {
+    /// Parses `PROTO:PORT[@IFACE]=ADDR[:PORT][,no-masquerade]`.
+    pub fn parse_spec(spec: &str) -> Result<Self> {
+        let err = |why: String| Error::Rule { spec: spec.to_string(), why };
+        let (lhs, rhs) = spec.split_once('=').ok_or_else(|| err("expected PROTO:PORT=ADDR[:PORT]".into()))?;
+        let (proto, port) = lhs.split_once(':').ok_or_else(|| err("expected PROTO:PORT before `=`".into()))?;
+        let proto: Proto = proto.parse().map_err(err)?;
+        let (port, interface) = match port.split_once('@') {
+            Some((p, i)) if !i.is_empty() => (p, Some(i.to_string())),
+            Some(_) => return Err(err("empty interface after `@`".into())),
+            None => (port, None),
+        };
+        let port = parse_port(port, "public port").map_err(err)?;
+        let mut parts = rhs.split(',');
+        let (backend, backend_port) = parse_backend(parts.next().unwrap_or_default(), port).map_err(err)?;
+        let mut masquerade = true;
+        for opt in parts {
+            match opt.trim() {
+                "no-masquerade" => masquerade = false,
+                "masquerade" => masquerade = true,
+                o => return Err(err(format!("unknown option `{o}` (known: masquerade, no-masquerade)"))),
+            }
+        }
+        Ok(Self { proto, port, interface, backend, backend_port, masquerade, origin: format!("--rule {spec}") })
+    }
+}
+
+/// The masquerade source-port range, inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl Default for PortRange {
+    fn default() -> Self {
+        Self(abi::DEFAULT_SNAT_PORT_MIN, abi::DEFAULT_SNAT_PORT_MAX)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::PortRange(s.to_string(), why.to_string());
+        let (a, b) = s.split_once('-').ok_or_else(|| bad("expected LOW-HIGH, e.g. 10000-32767"))?;
+        let a = parse_port(a, "low port").map_err(|e| bad(&e))?;
+        let b = parse_port(b, "high port").map_err(|e| bad(&e))?;
+        if a > b {
+            return Err(bad("low port is above high port"));
+        }
+        if b - a < 15 {
+            return Err(bad("fewer than 16 ports"));
+        }
+        Ok(Self(a, b))
+    }
+}
+
+/// Everything `forwarder run` is told.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub public: Vec<String>,
+    pub internal: Vec<String>,
+    pub rules: Vec<Rule>,
+    pub snat_ports: PortRange,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    public: Vec<String>,
+    #[serde(default)]
+    internal: Vec<String>,
+    snat_ports: Option<String>,
+    #[serde(default)]
+    rule: Vec<toml::Spanned<FileRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRule {
+    proto: String,
+    port: i64,
+    to: String,
+    interface: Option<String>,
+    masquerade: Option<bool>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+impl Settings {
+    /// Merges a TOML file into these settings (interfaces and rules are
+    /// appended). Errors name the file and line.
+    pub fn load_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config { path: path.into(), why: e.to_string() })?;
+        self.merge_toml(path, &text)
+    }
+
+    pub fn merge_toml(&mut self, path: &Path, text: &str) -> Result<()> {
+        let cfg_err = |why: String| Error::Config { path: path.into(), why };
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
+            cfg_err(format!("{at}{}", e.message()))
+        })?;
+        self.public.extend(file.public);
+        self.internal.extend(file.internal);
+        if let Some(r) = file.snat_ports {
+            self.snat_ports = r.parse().map_err(|e: Error| cfg_err(e.to_string()))?;
+        }
+        for spanned in file.rule {
+            let line = line_of(text, spanned.span().start);
+            let r = spanned.into_inner();
+            let at = |why: String| cfg_err(format!("line {line}: rule: {why}"));
+            let proto: Proto = r.proto.parse().map_err(at)?;
+            let port = port_in_range(r.port, "port").map_err(at)?;
+            let (backend, backend_port) = parse_backend(&r.to, port).map_err(at)?;
+            self.rules.push(Rule {
+                proto,
+                port,
+                interface: r.interface,
+                backend,
+                backend_port,
+                masquerade: r.masquerade.unwrap_or(true),
+                origin: format!("{}:{line}", path.display()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the whole set: interfaces exist and have one role, rules are
+    /// unique and bound only to public interfaces. `ifindex` resolves names
+    /// (injected for tests).
+    pub fn compile(&self, ifindex: impl Fn(&str) -> Result<u32>) -> Result<Compiled> {
+        if self.public.is_empty() {
+            return Err(Error::Io("no public interface given (--public IFACE)".into()));
+        }
+        let mut ifaces = Vec::new();
+        for (names, role) in [(&self.public, abi::ROLE_PUBLIC), (&self.internal, abi::ROLE_INTERNAL)] {
+            for n in names {
+                let idx = ifindex(n)?;
+                if ifaces.iter().any(|(m, _, _): &(String, u32, u32)| m == n) {
+                    return Err(Error::InterfaceRole { name: n.clone() });
+                }
+                ifaces.push((n.clone(), idx, role));
+            }
+        }
+        if self.rules.len() > abi::MAX_RULES as usize {
+            return Err(Error::TooManyRules(self.rules.len()));
+        }
+        let mut seen: HashMap<RuleKey, &Rule> = HashMap::new();
+        let mut entries = Vec::new();
+        for (id, r) in self.rules.iter().enumerate() {
+            let if_idx = match &r.interface {
+                None => 0,
+                Some(n) => {
+                    let idx = ifindex(n)?;
+                    if !self.public.contains(n) {
+                        return Err(Error::Rule {
+                            spec: r.origin.clone(),
+                            why: format!("interface `{n}` is not a public interface (--public)"),
+                        });
+                    }
+                    idx
+                }
+            };
+            let key = RuleKey { ifindex: if_idx, port: r.port.to_be_bytes(), proto: r.proto.number(), _pad: 0 };
+            if let Some(first) = seen.insert(key, r) {
+                return Err(Error::DuplicateRule {
+                    first: format!("{first} ({})", first.origin),
+                    second: format!("{r} ({})", r.origin),
+                });
+            }
+            let target = RuleTarget {
+                addr: r.backend.octets(),
+                port: r.backend_port.to_be_bytes(),
+                flags: if r.masquerade { RULE_F_MASQUERADE } else { 0 },
+                rule_id: id as u32,
+            };
+            entries.push((key, target));
+        }
+        Ok(Compiled { ifaces, rules: entries, snat_ports: self.snat_ports })
+    }
+}
+
+/// Validated settings, in the datapath's terms.
+#[derive(Debug)]
+pub struct Compiled {
+    /// (name, ifindex, role)
+    pub ifaces: Vec<(String, u32, u32)>,
+    /// Rule id = index in this vector = index in `Settings::rules`.
+    pub rules: Vec<(RuleKey, RuleTarget)>,
+    pub snat_ports: PortRange,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_ifindex(n: &str) -> Result<u32> {
+        match n {
+            "pub0" => Ok(2),
+            "pub1" => Ok(3),
+            "int0" => Ok(4),
+            _ => Err(Error::UnknownInterface(n.into())),
+        }
+    }
+
+    fn settings(rules: &[&str]) -> Settings {
+        Settings {
+            public: vec!["pub0".into(), "pub1".into()],
+            internal: vec!["int0".into()],
+            rules: rules.iter().map(|r| Rule::parse_spec(r).unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parses_specs() {
+        let r = Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap();
+        assert_eq!((r.proto, r.port, r.backend, r.backend_port, r.masquerade), (Proto::Tcp, 8080, Ipv4Addr::new(192, 168, 1, 50), 80, true));
+        let r = Rule::parse_spec("udp:53@pub0=10.0.0.2,no-masquerade").unwrap();
+        assert_eq!((r.interface.as_deref(), r.backend_port, r.masquerade), (Some("pub0"), 53, false));
+        assert_eq!(r.to_string(), "udp:53@pub0=10.0.0.2:53,no-masquerade");
+    }
+
+    #[test]
+    fn refuses_bad_specs_naming_the_value() {
+        for (spec, needle) in [
+            ("tcp:0=10.0.0.1:80", "public port 0 is out of range"),
+            ("tcp:65536=10.0.0.1:80", "public port 65536 is out of range"),
+            ("tcp:80=10.0.0.1:70000", "backend port 70000"),
+            ("sctp:80=10.0.0.1", "protocol `sctp`"),
+            ("tcp:80=10.0.0.300", "`10.0.0.300` is not an IPv4"),
+            ("tcp:80", "expected PROTO:PORT=ADDR"),
+            ("tcp:http=10.0.0.1", "public port `http` is not a number"),
+            ("tcp:80=10.0.0.1,fast", "unknown option `fast`"),
+            ("tcp:80=0.0.0.0", "cannot be a unicast"),
+        ] {
+            let e = Rule::parse_spec(spec).unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains(spec), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn compiles_and_numbers_rules() {
+        let c = settings(&["tcp:8080=10.0.2.2:80", "udp:53@pub1=10.0.2.3"]).compile(fake_ifindex).unwrap();
+        assert_eq!(c.ifaces.len(), 3);
+        assert_eq!(c.rules[0].0, RuleKey { ifindex: 0, port: 8080u16.to_be_bytes(), proto: 6, _pad: 0 });
+        assert_eq!(c.rules[1].0.ifindex, 3);
+        assert_eq!(c.rules[1].1.rule_id, 1);
+        assert_eq!(c.rules[0].1.flags, RULE_F_MASQUERADE);
+    }
+
+    #[test]
+    fn refuses_duplicates_unknown_and_misplaced_interfaces() {
+        let e = settings(&["tcp:8080=10.0.2.2:80", "tcp:8080=10.0.2.3:80"]).compile(fake_ifindex).unwrap_err();
+        assert!(e.to_string().contains("duplicate rule"), "{e}");
+        // Same port on different protocols or interfaces is fine.
+        settings(&["tcp:8080=10.0.2.2:80", "udp:8080=10.0.2.3:80", "tcp:8080@pub0=10.0.2.4"]).compile(fake_ifindex).unwrap();
+        let e = settings(&["tcp:1@eth9=10.0.2.2"]).compile(fake_ifindex).unwrap_err();
+        assert!(e.to_string().contains("`eth9` does not exist"), "{e}");
+        let e = settings(&["tcp:1@int0=10.0.2.2"]).compile(fake_ifindex).unwrap_err();
+        assert!(e.to_string().contains("`int0` is not a public interface"), "{e}");
+        let mut s = settings(&[]);
+        s.internal.push("pub0".into());
+        assert!(matches!(s.compile(fake_ifindex), Err(Error::InterfaceRole { .. })));
+    }
+
+    #[test]
+    fn toml_file_with_line_numbers() {
+        let mut s = Settings::default();
+        let text = "public = [\"pub0\"]\ninternal = [\"int0\"]\nsnat_ports = \"20000-20100\"\n\n[[rule]]\nproto = \"tcp\"\nport = 8080\nto = \"10.0.2.2:80\"\n";
+        s.merge_toml(Path::new("f.toml"), text).unwrap();
+        assert_eq!(s.rules[0].origin, "f.toml:5");
+        assert_eq!(s.snat_ports, PortRange(20000, 20100));
+
+        let bad = "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 99999\nto = \"10.0.2.2\"\n";
+        let e = Settings::default().merge_toml(Path::new("f.toml"), bad).unwrap_err().to_string();
+        assert!(e.contains("f.toml") && e.contains("line 2") && e.contains("99999"), "{e}");
+
+        let unknown = "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 80\nto = \"10.0.2.2\"\ncolour = \"red\"\n";
+        let e = Settings::default().merge_toml(Path::new("f.toml"), unknown).unwrap_err().to_string();
+        assert!(e.contains("line 6") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!("1024-65535".parse::<PortRange>().unwrap(), PortRange(1024, 65535));
+        assert!("2000-1000".parse::<PortRange>().unwrap_err().to_string().contains("`2000-1000`"));
+        assert!("1000-1001".parse::<PortRange>().is_err());
+        assert!("0-1000".parse::<PortRange>().is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! forwarder: an eBPF fast-path port forwarder for Linux gateways.
+//!
+//! The library behind the `forwarder` binary: configuration and validation
+//! ([`config`]), loading and attaching the embedded eBPF programs
+//! ([`loader`]), counters ([`stats`]) and the subcommands ([`cli`]).
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod iface;
+pub mod loader;
+pub mod stats;
+pub mod sysctl;

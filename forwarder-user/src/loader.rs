@@ -1,0 +1,177 @@
+//! Loading the embedded eBPF object, filling its maps, and attaching the
+//! programs: XDP (native, or generic with a warning) plus the TC ingress
+//! assist program on every managed interface.
+//!
+//! Order matters for "nothing half-applied": maps are filled before any
+//! program is attached, and if any attach fails the whole `Datapath` is
+//! dropped, which detaches whatever was already attached.
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray, xdp::DevMapHash},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+};
+use forwarder_common::abi::{self, Config, IfaceInfo, RuleKey, RuleTarget};
+
+use crate::{
+    config::Compiled,
+    error::{Error, Result},
+};
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
+
+/// How to attach XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpAttach {
+    /// Native (driver) mode, falling back to generic with a warning.
+    Auto,
+    /// Native only: fail if the driver cannot.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// How one interface ended up attached.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub name: String,
+    pub ifindex: u32,
+    pub native: bool,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub attached: Vec<Attached>,
+}
+
+fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> Error + '_ {
+    move |source| Error::Map { what: what.to_string(), source }
+}
+
+fn prog_err(what: String) -> impl FnOnce(aya::programs::ProgramError) -> Error {
+    move |source| Error::Program { what, source }
+}
+
+impl Datapath {
+    /// Loads the object into the kernel (verifier included); attaches nothing.
+    pub fn load() -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(Error::NoObject);
+        }
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        for name in [abi::PROG_XDP, abi::PROG_TC] {
+            let prog = ebpf.program_mut(name).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))?;
+            match prog {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => return Err(Error::Io(format!("program {name} has an unexpected type"))),
+            }
+            .map_err(prog_err(format!("verifying {name}")))?;
+        }
+        Ok(Self { ebpf, attached: Vec::new() })
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| Error::Io(format!("map {name} missing from the object")))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| Error::Io(format!("map {name} missing from the object")))
+    }
+
+    /// Fills config, interface, devmap and rule tables.
+    pub fn configure(&mut self, c: &Compiled) -> Result<()> {
+        let cfg = Config {
+            snat_port_min: c.snat_ports.0,
+            snat_port_max: c.snat_ports.1,
+            snat_attempts: abi::DEFAULT_SNAT_ATTEMPTS,
+        };
+        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?).map_err(map_err(abi::MAP_CONFIG))?;
+        a.set(0, cfg, 0).map_err(map_err(abi::MAP_CONFIG))?;
+
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
+            HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
+        for (_, idx, role) in &c.ifaces {
+            ifaces.insert(idx, IfaceInfo { role: *role }, 0).map_err(map_err(abi::MAP_IFACES))?;
+        }
+        let mut tx: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(abi::MAP_TX_PORTS)?).map_err(map_err(abi::MAP_TX_PORTS))?;
+        for (name, idx, _) in &c.ifaces {
+            tx.insert(*idx, *idx, None, 0).map_err(|e| Error::Io(format!("adding {name} to {}: {e}", abi::MAP_TX_PORTS)))?;
+        }
+        let mut rules: HashMap<&mut MapData, RuleKey, RuleTarget> =
+            HashMap::try_from(self.map_mut(abi::MAP_RULES)?).map_err(map_err(abi::MAP_RULES))?;
+        for (k, v) in &c.rules {
+            rules.insert(k, v, 0).map_err(map_err(abi::MAP_RULES))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches XDP and the TC assist program to every interface.
+    pub fn attach(&mut self, c: &Compiled, mode: XdpAttach) -> Result<()> {
+        for (name, ifindex, _) in &c.ifaces {
+            let xdp: &mut Xdp = self
+                .ebpf
+                .program_mut(abi::PROG_XDP)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| Error::Io("XDP program missing".into()))?;
+            let native = match mode {
+                XdpAttach::Generic => {
+                    xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?;
+                    false
+                }
+                XdpAttach::Native => {
+                    xdp.attach(name, XdpMode::Driver).map_err(prog_err(format!("attaching XDP (native) to {name}")))?;
+                    true
+                }
+                XdpAttach::Auto => match xdp.attach(name, XdpMode::Driver) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        log::warn!("{name}: native XDP failed ({e}); falling back to generic XDP, which is much slower");
+                        xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?;
+                        false
+                    }
+                },
+            };
+            let tc: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(abi::PROG_TC)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| Error::Io("TC program missing".into()))?;
+            // Kernels before 6.6 attach through a clsact qdisc; it may exist.
+            let _ = aya::programs::tc::qdisc_add_clsact(name);
+            tc.attach(name, TcAttachType::Ingress).map_err(prog_err(format!("attaching TC ingress to {name}")))?;
+            self.attached.push(Attached { name: name.clone(), ifindex: *ifindex, native });
+        }
+        Ok(())
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn snapshot(&self, c: &Compiled, rules: &[crate::config::Rule]) -> Result<crate::stats::Snapshot> {
+        let rs: PerCpuArray<&MapData, abi::RuleStats> =
+            PerCpuArray::try_from(self.map(abi::MAP_RULE_STATS)?).map_err(map_err(abi::MAP_RULE_STATS))?;
+        let mut out = crate::stats::Snapshot::default();
+        for (i, (_, t)) in c.rules.iter().enumerate() {
+            let per_cpu = rs.get(&t.rule_id, 0).map_err(map_err(abi::MAP_RULE_STATS))?;
+            let mut sum = abi::RuleStats::default();
+            for s in per_cpu.iter() {
+                sum.orig_packets += s.orig_packets;
+                sum.orig_bytes += s.orig_bytes;
+                sum.reply_packets += s.reply_packets;
+                sum.reply_bytes += s.reply_bytes;
+                sum.new_conns += s.new_conns;
+            }
+            out.rules.push(crate::stats::RuleCounters::new(t.rule_id, &rules[i], &sum));
+        }
+        let gs: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_STATS)?).map_err(map_err(abi::MAP_STATS))?;
+        for (i, name) in forwarder_common::stats::NAMES.iter().enumerate() {
+            let v: u64 = gs.get(&(i as u32), 0).map_err(map_err(abi::MAP_STATS))?.iter().sum();
+            out.counters.insert((*name).to_string(), v);
+        }
+        let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =
+            HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
+        out.flow_entries = flows.keys().filter(Result::is_ok).count() as u64;
+        out.flow_capacity = u64::from(abi::FLOW_TABLE_SIZE);
+        Ok(out)
+    }
+}

@@ -1,0 +1,69 @@
+//! Counter snapshots: what `run` prints and writes to `--stats-file`.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use forwarder_common::abi::RuleStats;
+use serde::Serialize;
+
+use crate::config::Rule;
+
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct RuleCounters {
+    pub id: u32,
+    pub rule: String,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_connections: u64,
+}
+
+impl RuleCounters {
+    pub fn new(id: u32, rule: &Rule, s: &RuleStats) -> Self {
+        Self {
+            id,
+            rule: rule.to_string(),
+            packets_in: s.orig_packets,
+            bytes_in: s.orig_bytes,
+            packets_out: s.reply_packets,
+            bytes_out: s.reply_bytes,
+            new_connections: s.new_conns,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct Snapshot {
+    pub rules: Vec<RuleCounters>,
+    /// Global datapath counters by name (see `forwarder_common::stats`).
+    pub counters: BTreeMap<String, u64>,
+    /// Conntrack entries in use (two per connection) and capacity.
+    pub flow_entries: u64,
+    pub flow_capacity: u64,
+}
+
+impl Snapshot {
+    /// A human table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{:>3}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8}", "id", "rule", "pkts in", "bytes in", "pkts out", "bytes out", "conns");
+        for r in &self.rules {
+            let _ = writeln!(
+                s,
+                "{:>3}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8}",
+                r.id, r.rule, r.packets_in, r.bytes_in, r.packets_out, r.bytes_out, r.new_connections
+            );
+        }
+        let _ = writeln!(s, "conntrack: {} / {} entries", self.flow_entries, self.flow_capacity);
+        let nonzero: Vec<String> = self.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = write!(s, "datapath: {}", if nonzero.is_empty() { "(no events)".to_string() } else { nonzero.join(" ") });
+        s
+    }
+
+    /// Writes JSON atomically (temp file + rename): readers never see a torn file.
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
