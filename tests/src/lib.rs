@@ -1,1 +1,18 @@
-//! x
+//! Test hosts for the forwarder: a three-namespace lab (client — gateway —
+//! server) built from veth pairs created directly inside the namespaces, so
+//! nothing ever touches the root namespace. Everything is RAII: dropping a
+//! [`Lab`] kills the processes it started (by PID) and deletes its
+//! namespaces, which deletes their interfaces. Names carry the PID, so
+//! concurrent labs do not collide and leftovers of a killed run are swept by
+//! the next one.
+//!
+//! Used by the integration tests (`tests/tests/*.rs`), `cargo xtask lab`
+//! and, later, the benchmark.
+
+pub mod lab;
+pub mod netns;
+pub mod proc;
+
+pub use lab::{ADDRS, Addrs, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab};
+pub use netns::Netns;
+pub use proc::{Forwarder, Spawned};

@@ -1,0 +1,169 @@
+//! The three-host lab:
+//!
+//! ```text
+//!  client ns                 gateway ns                    server ns
+//!  eth0 203.0.113.10 ── pub0 203.0.113.1 | int0 192.168.1.1 ── eth0 192.168.1.50
+//!  default via .1                                             no route back
+//! ```
+//!
+//! The server has no route to the client network: replies only find their
+//! way because the forwarder masquerades. Receiving veth ends have GRO on,
+//! which gives them NAPI, without which frames redirected into a veth by XDP
+//! are dropped silently.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    netns::{Netns, run},
+    proc::{Forwarder, Spawned, forwarder_bin},
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Addrs {
+    pub client: Ipv4Addr,
+    pub gw_public: Ipv4Addr,
+    pub gw_internal: Ipv4Addr,
+    pub server: Ipv4Addr,
+}
+
+pub const ADDRS: Addrs = Addrs {
+    client: Ipv4Addr::new(203, 0, 113, 10),
+    gw_public: Ipv4Addr::new(203, 0, 113, 1),
+    gw_internal: Ipv4Addr::new(192, 168, 1, 1),
+    server: Ipv4Addr::new(192, 168, 1, 50),
+};
+
+/// Gateway interface names (inside the gateway namespace).
+pub const GW_PUBLIC_IF: &str = "pub0";
+pub const GW_INTERNAL_IF: &str = "int0";
+
+const PREFIX: &str = "fwdlab";
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    /// Started processes: stopped before the namespaces go.
+    procs: Vec<Spawned>,
+    pub id: String,
+    pub addrs: Addrs,
+    pub client: Netns,
+    pub gateway: Netns,
+    pub server: Netns,
+    /// Scratch directory, removed on drop.
+    pub dir: PathBuf,
+}
+
+/// Deletes namespaces of labs whose process is gone (a killed run).
+fn sweep_stale() {
+    let Ok(out) = run(Command::new("ip").args(["netns", "list"])) else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let pid: Option<u32> = rest.split('x').next().and_then(|p| p.parse().ok());
+        if let Some(pid) = pid {
+            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                let _ = run(Command::new("ip").args(["netns", "del", name]));
+            }
+        }
+    }
+}
+
+impl Lab {
+    pub fn new() -> Result<Self> {
+        sweep_stale();
+        let id = format!("{PREFIX}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        let client = Netns::create(&format!("{id}-c"))?;
+        let gateway = Netns::create(&format!("{id}-g"))?;
+        let server = Netns::create(&format!("{id}-s"))?;
+        let lab = Self { procs: Vec::new(), id, addrs: ADDRS, client, gateway, server, dir };
+        lab.wire().with_context(|| format!("building lab {}", lab.id))?;
+        Ok(lab)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let a = self.addrs;
+        // Both ends created inside their namespaces: the root namespace
+        // never sees these interfaces.
+        for (gw_if, peer) in [(GW_PUBLIC_IF, &self.client), (GW_INTERNAL_IF, &self.server)] {
+            self.gateway.ip(&["link", "add", gw_if, "type", "veth", "peer", "name", "eth0", "netns", &peer.name])?;
+        }
+        self.client.ip(&["addr", "add", &format!("{}/24", a.client), "dev", "eth0"])?;
+        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_public), "dev", GW_PUBLIC_IF])?;
+        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_internal), "dev", GW_INTERNAL_IF])?;
+        self.server.ip(&["addr", "add", &format!("{}/24", a.server), "dev", "eth0"])?;
+        for (ns, ifname) in [(&self.client, "eth0"), (&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF), (&self.server, "eth0")] {
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        self.client.ip(&["route", "add", "default", "via", &a.gw_public.to_string()])?;
+        // NAPI on the receiving ends, for frames redirected by XDP.
+        for ns in [&self.client, &self.server] {
+            ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
+        }
+        Ok(())
+    }
+
+    /// Starts `forwarder run` on the gateway (public pub0, internal int0)
+    /// with `extra` arguments; waits until it runs.
+    pub fn start_forwarder(&self, extra: &[&str]) -> Result<Forwarder> {
+        let bin = forwarder_bin()?;
+        let stats = self.dir.join("stats.json");
+        let mut cmd = self.gateway.command(bin.to_str().context("binary path")?);
+        cmd.args(["run", "--public", GW_PUBLIC_IF, "--internal", GW_INTERNAL_IF, "--stats-file"]).arg(&stats);
+        cmd.args(extra);
+        Forwarder::start(cmd, stats)
+    }
+
+    /// Starts a process in `ns`, stopped when the lab goes.
+    pub fn spawn(&mut self, which: Host, program: &str, args: &[&str]) -> Result<u32> {
+        let mut cmd = self.ns(which).command(program);
+        cmd.args(args).stdin(std::process::Stdio::null());
+        let p = Spawned::spawn(cmd, program)?;
+        let pid = p.pid();
+        self.procs.push(p);
+        Ok(pid)
+    }
+
+    pub fn ns(&self, which: Host) -> &Netns {
+        match which {
+            Host::Client => &self.client,
+            Host::Gateway => &self.gateway,
+            Host::Server => &self.server,
+        }
+    }
+
+    /// Checksum-error counters that are not zero, on any host.
+    pub fn csum_errors(&self) -> Result<Vec<String>> {
+        let mut bad = Vec::new();
+        for (host, ns) in [("client", &self.client), ("gateway", &self.gateway), ("server", &self.server)] {
+            for (name, v) in ns.csum_errors()? {
+                if v != 0 {
+                    bad.push(format!("{host}: {name}={v}"));
+                }
+            }
+        }
+        Ok(bad)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Host {
+    Client,
+    Gateway,
+    Server,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.procs.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // Namespaces (and their veths) are deleted by Netns::drop.
+    }
+}

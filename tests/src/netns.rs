@@ -1,0 +1,99 @@
+//! A named network namespace, removed on drop.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Command, Output, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+/// Runs a command, failing with its stderr when it fails.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
+}
+
+impl Netns {
+    pub fn create(name: &str) -> Result<Self> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Self { name: name.to_string() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A command that runs inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `program args…` in the namespace; stdout as a string.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = run(self.command(program).args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `ip ARGS` in the namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new("ip").arg("-n").arg(&self.name).args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it
+    /// creates live in the namespace for good.
+    pub fn enter<F, R>(&self, f: F) -> Result<std::thread::JoinHandle<R>>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let file = File::open(format!("/var/run/netns/{}", self.name)).with_context(|| format!("opening netns {}", self.name))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            // SAFETY: valid fd; setns only affects this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            let ok = rc == 0;
+            let _ = tx.send(ok);
+            assert!(ok, "setns failed: {}", std::io::Error::last_os_error());
+            f()
+        });
+        if !rx.recv().unwrap_or(false) {
+            bail!("cannot enter netns {}", self.name);
+        }
+        Ok(handle)
+    }
+
+    /// `/proc/net/snmp` and `netstat` counters whose name ends in `InCsumErrors`.
+    pub fn csum_errors(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for file in ["/proc/net/snmp", "/proc/net/netstat"] {
+            let text = self.exec("cat", &[file])?;
+            let lines: Vec<&str> = text.lines().collect();
+            for pair in lines.chunks(2) {
+                let [names, values] = pair else { continue };
+                for (n, v) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+                    if n.contains("CsumErr") {
+                        let proto = names.split(':').next().unwrap_or_default();
+                        out.push((format!("{proto}{n}"), v.parse().unwrap_or(0)));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+    }
+}

@@ -1,0 +1,127 @@
+//! Processes a lab starts: killed by PID on drop.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// A child process, SIGTERM'd (then SIGKILL'd) and reaped on drop.
+pub struct Spawned {
+    pub child: Child,
+    pub what: String,
+}
+
+impl Spawned {
+    pub fn spawn(mut cmd: Command, what: &str) -> Result<Self> {
+        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        Ok(Self { child, what: what.to_string() })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait up to `grace` before SIGKILL. Returns whether it
+    /// exited successfully.
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return st.success();
+        }
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < grace {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// The forwarder binary: `$FORWARDER_BIN`, or the newest of
+/// `target/{release,debug}/forwarder` in the workspace.
+pub fn forwarder_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("FORWARDER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| ws.join("target"), PathBuf::from);
+    let mut found: Vec<PathBuf> = ["release", "debug"].iter().map(|p| target.join(p).join("forwarder")).filter(|p| p.is_file()).collect();
+    found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    found.pop().context("forwarder binary not built: run `cargo build -p forwarder-user` or set FORWARDER_BIN")
+}
+
+/// A running `forwarder run`, with its stats file and captured log.
+pub struct Forwarder {
+    pub proc: Spawned,
+    pub stats_file: PathBuf,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Forwarder {
+    /// Starts `cmd` (a `forwarder run …` command line with stdout/stderr
+    /// piped) and waits until it says it is running, or fails with its log.
+    pub fn start(mut cmd: Command, stats_file: PathBuf) -> Result<Self> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut proc = Spawned::spawn(cmd, "forwarder")?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [proc.child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), proc.child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("forwarder: running") {
+                        let _ = tx.send(());
+                    }
+                    log.lock().expect("log").push(line);
+                }
+            });
+        }
+        let t0 = Instant::now();
+        loop {
+            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Ok(Self { proc, stats_file, log });
+            }
+            if let Ok(Some(st)) = proc.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                bail!("forwarder exited ({st}) before running:\n{}", log.lock().expect("log").join("\n"));
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("forwarder did not start within 30 s:\n{}", log.lock().expect("log").join("\n"));
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// Stops it (SIGTERM) and returns the final stats JSON.
+    pub fn stop(&mut self) -> Result<String> {
+        if !self.proc.stop(Duration::from_secs(10)) {
+            bail!("forwarder did not exit cleanly:\n{}", self.log_text());
+        }
+        std::fs::read_to_string(&self.stats_file).with_context(|| format!("reading {}", self.stats_file.display()))
+    }
+
+    /// The current stats JSON (refreshed every second by the forwarder).
+    pub fn stats(&self) -> Result<String> {
+        std::fs::read_to_string(&self.stats_file).with_context(|| format!("reading {}", self.stats_file.display()))
+    }
+}

@@ -1,0 +1,57 @@
+//! The command line refuses bad input with a message naming the value, and
+//! leaves nothing behind (no program attached). Needs root.
+
+use std::process::{Command, Stdio};
+
+use forwarder_testkit::{GW_PUBLIC_IF, Lab, proc::forwarder_bin};
+
+fn run_in_gateway(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let bin = forwarder_bin().unwrap();
+    let mut cmd = lab.gateway.command(bin.to_str().unwrap());
+    cmd.args(args).stdin(Stdio::null());
+    let out = cmd.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn invalid_input_is_refused_and_nothing_is_attached() {
+    let lab = Lab::new().unwrap();
+    let base = ["run", "--public", "pub0", "--internal", "int0"];
+    let cfg = lab.dir.join("bad.toml");
+    std::fs::write(&cfg, "public = [\"pub0\"]\n\n[[rule]]\nproto = \"tcp\"\nport = 8080\nto = \"192.168.1.50:80\"\nweight = 3\n").unwrap();
+    let cfg_arg = cfg.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--public", "nosuch0", "--rule", "tcp:80=192.168.1.50"], "`nosuch0` does not exist"),
+        (vec!["--rule", "tcp:0=192.168.1.50:80"], "public port 0 is out of range"),
+        (vec!["--rule", "tcp:8080=192.168.1.50:65536"], "backend port 65536 is out of range"),
+        (vec!["--rule", "tcp:8080=192.168.1.500:80"], "`192.168.1.500` is not an IPv4 address"),
+        (vec!["--rule", "tcp:8080=192.168.1.50:80", "--rule", "tcp:8080=192.168.1.51:80"], "duplicate rule"),
+        (vec!["--rule", "tcp:8080@int0=192.168.1.50:80"], "`int0` is not a public interface"),
+        (vec!["--config", &cfg_arg], "line 7"),
+        (vec!["--snat-ports", "40000-30000"], "`40000-30000`"),
+    ];
+    for (extra, needle) in cases {
+        let args: Vec<&str> = if extra.first() == Some(&"run") { extra.clone() } else { base.iter().copied().chain(extra.iter().copied()).collect() };
+        let (ok, stderr) = run_in_gateway(&lab, &args);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in: {stderr}");
+        let link = lab.gateway.ip(&["link", "show", GW_PUBLIC_IF]).unwrap();
+        assert!(!link.contains("xdp"), "{args:?} left XDP attached: {link}");
+    }
+}
+
+#[test]
+fn lab_is_removed_even_when_a_test_panics() {
+    let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let n2 = names.clone();
+    let r = std::panic::catch_unwind(move || {
+        let lab = Lab::new().unwrap();
+        n2.lock().unwrap().extend([lab.client.name.clone(), lab.gateway.name.clone(), lab.server.name.clone()]);
+        panic!("deliberate");
+    });
+    assert!(r.is_err());
+    let list = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    for n in names.lock().unwrap().iter() {
+        assert!(!list.contains(n.as_str()), "{n} left behind");
+    }
+}

@@ -1,0 +1,88 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use forwarder_testkit::{Forwarder, Lab};
+use serde_json::Value;
+
+pub const HTTP_RULE: &str = "tcp:8080=192.168.1.50:80";
+
+/// A lab with the forwarder running the given rules.
+pub fn lab_with(rules: &[&str]) -> (Lab, Forwarder) {
+    let lab = Lab::new().expect("lab");
+    let mut args = Vec::new();
+    for r in rules {
+        args.push("--rule");
+        args.push(r);
+    }
+    let fwd = lab.start_forwarder(&args).expect("forwarder starts");
+    (lab, fwd)
+}
+
+/// (packets_in, packets_out, new_connections) of rule `id` in a stats JSON.
+pub fn rule_counters(json: &str, id: usize) -> (u64, u64, u64) {
+    let v: Value = serde_json::from_str(json).expect("stats JSON");
+    let r = &v["rules"][id];
+    (r["packets_in"].as_u64().unwrap(), r["packets_out"].as_u64().unwrap(), r["new_connections"].as_u64().unwrap())
+}
+
+pub fn counter(json: &str, name: &str) -> u64 {
+    let v: Value = serde_json::from_str(json).expect("stats JSON");
+    v["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {json}"))
+}
+
+/// A minimal HTTP/1.0 server: for each of `n` connections, reads a request
+/// and answers `hello <peer ip>`. Returns the peers it saw.
+pub fn http_server(lab: &Lab, n: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").expect("bind :80")).unwrap().join().unwrap();
+    std::thread::spawn(move || {
+        let mut peers = Vec::new();
+        for _ in 0..n {
+            let (mut s, peer) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let k = s.read(&mut buf).expect("read request");
+                assert!(k > 0, "request cut short");
+                req.extend_from_slice(&buf[..k]);
+            }
+            let body = format!("hello {}", peer.ip());
+            write!(s, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+            peers.push(peer);
+        }
+        peers
+    })
+}
+
+/// One HTTP GET from the client namespace; returns (body, the address the
+/// connection was answered from).
+pub fn http_get(lab: &Lab, to: SocketAddr) -> (String, SocketAddr) {
+    lab.client
+        .enter(move || {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect through the forward");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n").unwrap();
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).expect("read response");
+            let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+            (body, s.peer_addr().unwrap())
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+pub fn assert_no_csum_errors(lab: &Lab) {
+    let bad = lab.csum_errors().expect("read snmp counters");
+    assert!(bad.is_empty(), "checksum errors recorded: {bad:?}");
+}
+
+pub fn public(port: u16) -> SocketAddr {
+    SocketAddr::from((forwarder_testkit::ADDRS.gw_public, port))
+}
