@@ -131,6 +131,15 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Starts a prepared command (built with [`Netns::command`]), stopped
+    /// when the lab goes.
+    pub fn spawn_command(&mut self, cmd: Command, what: &str) -> Result<u32> {
+        let p = Spawned::spawn(cmd, what)?;
+        let pid = p.pid();
+        self.procs.push(p);
+        Ok(pid)
+    }
+
     pub fn ns(&self, which: Host) -> &Netns {
         match which {
             Host::Client => &self.client,

@@ -71,6 +71,7 @@ pub struct Forwarder {
     pub proc: Spawned,
     pub stats_file: PathBuf,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Forwarder {
@@ -81,22 +82,23 @@ impl Forwarder {
         let mut proc = Spawned::spawn(cmd, "forwarder")?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
+        let mut readers = Vec::new();
         for stream in [proc.child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), proc.child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
             let log = log.clone();
             let tx = tx.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if line.contains("forwarder: running") {
                         let _ = tx.send(());
                     }
                     log.lock().expect("log").push(line);
                 }
-            });
+            }));
         }
         let t0 = Instant::now();
         loop {
             if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-                return Ok(Self { proc, stats_file, log });
+                return Ok(Self { proc, stats_file, log, readers });
             }
             if let Ok(Some(st)) = proc.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -114,7 +116,12 @@ impl Forwarder {
 
     /// Stops it (SIGTERM) and returns the final stats JSON.
     pub fn stop(&mut self) -> Result<String> {
-        if !self.proc.stop(Duration::from_secs(10)) {
+        let clean = self.proc.stop(Duration::from_secs(10));
+        // The process is gone: its pipes close, the readers finish.
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        if !clean {
             bail!("forwarder did not exit cleanly:\n{}", self.log_text());
         }
         std::fs::read_to_string(&self.stats_file).with_context(|| format!("reading {}", self.stats_file.display()))

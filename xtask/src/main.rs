@@ -1,1 +1,119 @@
-fn main(){}
+//! Orchestration: `cargo xtask setup | build-ebpf | run | lab | test`.
+//!
+//! Only orchestration lives here; the lab itself is `forwarder-testkit`,
+//! the toolchain logic is shared with `forwarder-user/build.rs`.
+
+#[path = "../../forwarder-user/build/ebpf_toolchain.rs"]
+#[allow(dead_code, reason = "shared with build.rs, which uses other parts")]
+mod ebpf_toolchain;
+mod lab;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "forwarder build, run, lab and test orchestration")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install (Debian/Ubuntu) or check what building and testing need; idempotent.
+    Setup,
+    /// Build the eBPF object and the self-contained `forwarder` binary (release).
+    BuildEbpf,
+    /// Build and run the forwarder on real interfaces: `cargo xtask run -- run --public eth0 ...`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build a client — gateway — server lab in network namespaces and show
+    /// real HTTP traffic being forwarded. Cleans up everything, also on Ctrl-C.
+    Lab {
+        /// How many HTTP requests the client sends.
+        #[arg(long, default_value_t = 3)]
+        requests: u32,
+    },
+    /// Unit tests and end-to-end tests (needs root). The README's test command.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace());
+    c
+}
+
+pub fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+/// Builds `forwarder` (release) and returns its path.
+pub fn build_forwarder() -> Result<PathBuf> {
+    let tc = ebpf_toolchain::detect().map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!("xtask: eBPF toolchain: {}", tc.describe());
+    status(cargo().args(["build", "--release", "-p", "forwarder-user"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from);
+    Ok(target.join("release/forwarder"))
+}
+
+pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (network namespaces, XDP): run it as root, e.g. `sudo -E cargo xtask ...`");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::BuildEbpf => {
+            let bin = build_forwarder()?;
+            println!("built {}", bin.display());
+            Ok(())
+        }
+        Cmd::Run { args } => {
+            setup::run()?;
+            let bin = build_forwarder()?;
+            require_root("running the forwarder")?;
+            let st = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(st.code().unwrap_or(1));
+        }
+        Cmd::Lab { requests } => {
+            require_root("the lab")?;
+            setup::run()?;
+            let bin = build_forwarder()?;
+            lab::run(&bin, requests)
+        }
+        Cmd::Test { args } => {
+            require_root("the end-to-end tests")?;
+            setup::run()?;
+            let bin = build_forwarder()?;
+            let t0 = std::time::Instant::now();
+            status(cargo().args(["test", "--workspace", "--exclude", "forwarder-ebpf"]).env("FORWARDER_BIN", &bin).args(&args))?;
+            eprintln!("xtask: all tests passed in {:.0} s", t0.elapsed().as_secs_f64());
+            Ok(())
+        }
+    }
+}
