@@ -146,6 +146,37 @@ impl Datapath {
         Ok(())
     }
 
+    /// Runs the XDP program once on `frame` (`BPF_PROG_TEST_RUN`) as if it
+    /// arrived on `ingress_ifindex` (of the caller's network namespace):
+    /// the verdict and the frame as the program left it. For fixture tests
+    /// and the micro-benchmark (`repeat` > 1 gives the mean time per run).
+    pub fn test_run_xdp(&self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let xdp: &Xdp = self
+            .ebpf
+            .program(abi::PROG_XDP)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::Io("XDP program missing".into()))?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex (u32 each).
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = xdp
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in: Some(&ctx), repeat: repeat.max(1), ..Default::default() })
+            .map_err(prog_err("BPF_PROG_TEST_RUN".to_string()))?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out, res.duration))
+    }
+
+    /// The flow table's entries (both directions).
+    pub fn flows(&self) -> Result<Vec<(abi::FlowKey, abi::FlowEntry)>> {
+        let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =
+            HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
+        Ok(flows.iter().filter_map(Result::ok).collect())
+    }
+
     /// Sums the per-CPU counters.
     pub fn snapshot(&self, c: &Compiled, rules: &[crate::config::Rule]) -> Result<crate::stats::Snapshot> {
         let rs: PerCpuArray<&MapData, abi::RuleStats> =

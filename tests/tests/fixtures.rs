@@ -1,0 +1,232 @@
+//! Fixture table through the real XDP program with `BPF_PROG_TEST_RUN`:
+//! input frame + map state → expected verdict + expected output frame, byte
+//! for byte (addresses, ports, MACs, TTL, every checksum). The expected
+//! frames are built from scratch by etherparse, so an incremental checksum
+//! that is off by anything fails here. Runs inside a lab's gateway namespace
+//! so `bpf_fib_lookup` sees real routes and (permanent) neighbours.
+
+use std::net::Ipv4Addr;
+
+use etherparse::PacketBuilder;
+use forwarder::{
+    config::{Rule, Settings},
+    iface,
+    loader::Datapath,
+};
+use forwarder_common::{
+    abi::{DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN},
+    conntrack::{snat_candidate, tuple_hash},
+    csum,
+    nat::Tuple,
+};
+use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+fn mac(lab_ns: &forwarder_testkit::Netns, ifname: &str) -> [u8; 6] {
+    let s = lab_ns.exec("cat", &[&format!("/sys/class/net/{ifname}/address")]).unwrap();
+    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
+
+struct Macs {
+    client: [u8; 6],
+    gw_pub: [u8; 6],
+    gw_int: [u8; 6],
+    server: [u8; 6],
+}
+
+enum L4<'a> {
+    Tcp { sport: u16, dport: u16, seq: u32, flags: &'a str },
+    Udp { sport: u16, dport: u16 },
+}
+
+fn frame(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, l4: &L4, payload: &[u8]) -> Vec<u8> {
+    let ip = PacketBuilder::ethernet2(smac, dmac).ipv4(src.octets(), dst.octets(), ttl);
+    let mut v = Vec::new();
+    match *l4 {
+        L4::Tcp { sport, dport, seq, flags } => {
+            let mut b = ip.tcp(sport, dport, seq, 64240);
+            if flags.contains('S') {
+                b = b.syn();
+            }
+            if flags.contains('A') {
+                b = b.ack(7);
+            }
+            if flags.contains('R') {
+                b = b.rst();
+            }
+            if flags.contains('P') {
+                b = b.psh();
+            }
+            b.write(&mut v, payload).unwrap();
+        }
+        L4::Udp { sport, dport } => ip.udp(sport, dport).write(&mut v, payload).unwrap(),
+    }
+    v
+}
+
+/// Inserts 4 bytes of IP options (NOP NOP NOP EOL): IHL 6.
+fn with_ip_options(f: &[u8]) -> Vec<u8> {
+    let mut v = f[..34].to_vec();
+    v.extend_from_slice(&[1, 1, 1, 0]);
+    v.extend_from_slice(&f[34..]);
+    v[14] = 0x46;
+    let tot = u16::from_be_bytes([v[16], v[17]]) + 4;
+    v[16..18].copy_from_slice(&tot.to_be_bytes());
+    v[24] = 0;
+    v[25] = 0;
+    let c = csum::checksum(&v[14..38]);
+    v[24..26].copy_from_slice(&c.to_be_bytes());
+    v
+}
+
+/// Replaces the TCP checksum of an IHL-5 frame with the bare pseudo-header
+/// sum, as a CHECKSUM_PARTIAL skb from a local sender carries it.
+fn as_partial(f: &[u8]) -> Vec<u8> {
+    let mut v = f.to_vec();
+    let l4_len = (v.len() - 34) as u16;
+    let p = csum::fold(csum::pseudo_header_sum(v[26..30].try_into().unwrap(), v[30..34].try_into().unwrap(), 6, l4_len));
+    v[50..52].copy_from_slice(&p.to_be_bytes());
+    v
+}
+
+fn hex(v: &[u8]) -> String {
+    v.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+#[track_caller]
+fn check(dp: &Datapath, name: &str, input: &[u8], ifindex: u32, want_verdict: u32, want: &[u8]) {
+    let (verdict, out, _) = dp.test_run_xdp(input, ifindex, 1).unwrap();
+    assert_eq!(verdict, want_verdict, "{name}: verdict");
+    assert_eq!(hex(&out), hex(want), "{name}: output frame");
+}
+
+#[test]
+fn fixture_table_through_the_xdp_program() {
+    let lab = Lab::new().unwrap();
+    let m = Macs {
+        client: mac(&lab.client, "eth0"),
+        gw_pub: mac(&lab.gateway, GW_PUBLIC_IF),
+        gw_int: mac(&lab.gateway, GW_INTERNAL_IF),
+        server: mac(&lab.server, "eth0"),
+    };
+    // Routes exist; make the neighbours permanent so the FIB says SUCCESS.
+    lab.gateway.ip(&["neigh", "replace", &ADDRS.client.to_string(), "lladdr", &fmt_mac(m.client), "dev", GW_PUBLIC_IF, "nud", "permanent"]).unwrap();
+    lab.gateway.ip(&["neigh", "replace", &ADDRS.server.to_string(), "lladdr", &fmt_mac(m.server), "dev", GW_INTERNAL_IF, "nud", "permanent"]).unwrap();
+    lab.gateway.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
+
+    lab.gateway
+        .enter(move || {
+            let settings = Settings {
+                public: vec![GW_PUBLIC_IF.into()],
+                internal: vec![GW_INTERNAL_IF.into()],
+                rules: vec![Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap(), Rule::parse_spec("udp:5353=192.168.1.50:53").unwrap()],
+                ..Default::default()
+            };
+            let compiled = settings.compile(iface::index).unwrap();
+            let mut dp = Datapath::load().unwrap();
+            dp.configure(&compiled).unwrap();
+            let pub_if = iface::index(GW_PUBLIC_IF).unwrap();
+            let int_if = iface::index(GW_INTERNAL_IF).unwrap();
+            run_table(&dp, &m, pub_if, int_if);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn snat_port(client: Ipv4Addr, cport: u16, dport: u16) -> u16 {
+    let t = Tuple { saddr: client.octets(), daddr: ADDRS.gw_public.octets(), sport: cport.to_be_bytes(), dport: dport.to_be_bytes() };
+    snat_candidate(tuple_hash(&t), 0, DEFAULT_SNAT_PORT_MIN, DEFAULT_SNAT_PORT_MAX)
+}
+
+fn run_table(dp: &Datapath, m: &Macs, pub_if: u32, int_if: u32) {
+    let (c, g, gi, s) = (ADDRS.client, ADDRS.gw_public, ADDRS.gw_internal, ADDRS.server);
+    let p = snat_port(c, 40000, 8080);
+
+    // 1. First packet of a TCP connection: DNAT + masquerade + route.
+    let syn = L4::Tcp { sport: 40000, dport: 8080, seq: 1, flags: "S" };
+    let syn_out = L4::Tcp { sport: p, dport: 80, seq: 1, flags: "S" };
+    check(dp, "new TCP flow", &frame(m.client, m.gw_pub, c, g, 64, &syn, &[]), pub_if, XDP_REDIRECT, &frame(m.gw_int, m.server, gi, s, 63, &syn_out, &[]));
+    let flows = dp.flows().unwrap();
+    assert_eq!(flows.len(), 2, "one connection = two entries: {flows:?}");
+
+    // 2. The backend's answer, on the internal side: translated back.
+    let synack = L4::Tcp { sport: 80, dport: p, seq: 9, flags: "SA" };
+    let synack_out = L4::Tcp { sport: 8080, dport: 40000, seq: 9, flags: "SA" };
+    check(dp, "reply", &frame(m.server, m.gw_int, s, gi, 64, &synack, &[]), int_if, XDP_REDIRECT, &frame(m.gw_pub, m.client, g, c, 63, &synack_out, &[]));
+
+    // 3. Established, with payload.
+    let data = L4::Tcp { sport: 40000, dport: 8080, seq: 2, flags: "PA" };
+    let data_out = L4::Tcp { sport: p, dport: 80, seq: 2, flags: "PA" };
+    let body = b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n";
+    let want = frame(m.gw_int, m.server, gi, s, 63, &data_out, body);
+    check(dp, "established", &frame(m.client, m.gw_pub, c, g, 64, &data, body), pub_if, XDP_REDIRECT, &want);
+
+    // 4. The same packet with a partial checksum (local sender over veth):
+    //    the output checksum must be complete and correct.
+    check(dp, "partial checksum", &as_partial(&frame(m.client, m.gw_pub, c, g, 64, &data, body)), pub_if, XDP_REDIRECT, &want);
+
+    // 5. IP options (IHL 6): L4 found after them, options kept.
+    check(dp, "IP options", &with_ip_options(&frame(m.client, m.gw_pub, c, g, 64, &data, body)), pub_if, XDP_REDIRECT, &with_ip_options(&want));
+
+    // 6. UDP: checksum computed, and a checksum of 0 stays 0.
+    let pu = snat_port(c, 41000, 5353);
+    let q = L4::Udp { sport: 41000, dport: 5353 };
+    let q_out = L4::Udp { sport: pu, dport: 53 };
+    check(dp, "UDP", &frame(m.client, m.gw_pub, c, g, 64, &q, b"query"), pub_if, XDP_REDIRECT, &frame(m.gw_int, m.server, gi, s, 63, &q_out, b"query"));
+    let mut zero_in = frame(m.client, m.gw_pub, c, g, 64, &q, b"nocsum");
+    zero_in[40..42].copy_from_slice(&[0, 0]);
+    let mut zero_out = frame(m.gw_int, m.server, gi, s, 63, &q_out, b"nocsum");
+    zero_out[40..42].copy_from_slice(&[0, 0]);
+    check(dp, "UDP checksum 0", &zero_in, pub_if, XDP_REDIRECT, &zero_out);
+    assert_eq!(dp.flows().unwrap().len(), 4);
+
+    // 7. What is not ours passes untouched.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&m.client);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&[0; 28]);
+    let other_port = frame(m.client, m.gw_pub, c, g, 64, &L4::Tcp { sport: 40001, dport: 9999, seq: 1, flags: "S" }, &[]);
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(m.client, m.gw_pub).ipv4(c.octets(), g.octets(), 64).icmpv4_echo_request(1, 1).write(&mut icmp, b"ping").unwrap();
+    let mut ipv6 = Vec::new();
+    PacketBuilder::ethernet2(m.client, m.gw_pub).ipv6([0xfd; 16], [0xfe; 16], 64).udp(1, 8080).write(&mut ipv6, b"v6").unwrap();
+    let new_syn = frame(m.client, m.gw_pub, c, g, 64, &L4::Tcp { sport: 40002, dport: 8080, seq: 1, flags: "S" }, &[]);
+    let truncated = new_syn[..new_syn.len() - 4].to_vec();
+    let mut fragment = new_syn.clone();
+    fragment[20] |= 0x20; // more fragments
+    let c2 = csum::update16(u16::from_be_bytes([fragment[24], fragment[25]]), u16::from_be_bytes([new_syn[20], new_syn[21]]), u16::from_be_bytes([fragment[20], fragment[21]]));
+    fragment[24..26].copy_from_slice(&c2.to_be_bytes());
+    let mut bad_ihl = new_syn.clone();
+    bad_ihl[14] = 0x44;
+    let rst = frame(m.client, m.gw_pub, c, g, 64, &L4::Tcp { sport: 40003, dport: 8080, seq: 1, flags: "R" }, &[]);
+    let on_internal = frame(m.server, m.gw_int, s, gi, 64, &L4::Tcp { sport: 80, dport: 8080, seq: 1, flags: "S" }, &[]);
+    for (name, f, ifx) in [
+        ("ARP", &arp, pub_if),
+        ("ICMP to the gateway", &icmp, pub_if),
+        ("TCP to a port without rule", &other_port, pub_if),
+        ("IPv6", &ipv6, pub_if),
+        ("truncated IPv4", &truncated, pub_if),
+        ("fragment", &fragment, pub_if),
+        ("IHL < 5", &bad_ihl, pub_if),
+        ("RST without a flow", &rst, pub_if),
+        ("rule port on an internal interface", &on_internal, int_if),
+    ] {
+        check(dp, name, f, ifx, XDP_PASS, f);
+    }
+    assert_eq!(dp.flows().unwrap().len(), 4, "a passed packet created state");
+
+    // 8. A new flow whose TTL would expire at the gateway is dropped.
+    let ttl1 = frame(m.client, m.gw_pub, c, g, 1, &L4::Tcp { sport: 40004, dport: 8080, seq: 1, flags: "S" }, &[]);
+    let (verdict, _, _) = dp.test_run_xdp(&ttl1, pub_if, 1).unwrap();
+    assert_eq!(verdict, XDP_DROP, "TTL 1");
+    assert_eq!(dp.flows().unwrap().len(), 4);
+}
