@@ -22,7 +22,7 @@ pub const TC_REDIRECTED: u32 = 6;
 pub const TC_REDIRECTED_NEIGH: u32 = 7;
 /// FIB: no route, blackhole, unreachable or prohibited: dropped.
 pub const DROP_NO_ROUTE: u32 = 8;
-/// FIB: forwarding disabled (net.ipv4.ip_forward=0): passed untouched.
+/// FIB: forwarding disabled (`net.ipv4.ip_forward=0)`: passed untouched.
 pub const PASS_FWD_DISABLED: u32 = 9;
 /// FIB: the destination is local / not forwardable: passed untouched.
 pub const PASS_NOT_FORWARDED: u32 = 10;

@@ -58,8 +58,7 @@ fn debian_rustc() -> Option<PathBuf> {
     let rustc = PathBuf::from("/usr/bin/rustc");
     let core = Path::new("/usr/lib/rustlib").join(TARGET).join("lib");
     let has_core = std::fs::read_dir(&core)
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
-        .unwrap_or(false);
+        .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-")));
     (rustc.is_file() && has_core).then_some(rustc)
 }
 
@@ -79,11 +78,10 @@ pub fn detect() -> Result<Toolchain, String> {
     if let (Some(rustc), Some(linker)) = (debian_rustc(), linker.clone()) {
         return Ok(Toolchain::Debian { rustc, linker });
     }
-    if let Some(linker) = linker {
-        if nightly_has_rust_src() {
+    if let Some(linker) = linker
+        && nightly_has_rust_src() {
             return Ok(Toolchain::Nightly { linker });
         }
-    }
     Err(INSTRUCTIONS.to_string())
 }
 

@@ -104,7 +104,7 @@ fn parse_port(s: &str, what: &str) -> Result<u16, String> {
 }
 
 fn port_in_range(n: i64, what: &str) -> Result<u16, String> {
-    if (1..=65535).contains(&n) { Ok(n as u16) } else { Err(format!("{what} {n} is out of range 1-65535")) }
+    u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| format!("{what} {n} is out of range 1-65535"))
 }
 
 fn parse_backend(s: &str, default_port: u16) -> Result<(Ipv4Addr, u16), String> {

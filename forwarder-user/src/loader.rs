@@ -201,7 +201,7 @@ impl Datapath {
         }
         let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =
             HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
-        out.flow_entries = flows.keys().filter(Result::is_ok).count() as u64;
+        out.flow_entries = flows.keys().flatten().count() as u64;
         out.flow_capacity = u64::from(abi::FLOW_TABLE_SIZE);
         Ok(out)
     }

@@ -66,11 +66,10 @@ fn sweep_stale() {
         let name = line.split_whitespace().next().unwrap_or_default();
         let Some(rest) = name.strip_prefix(PREFIX) else { continue };
         let pid: Option<u32> = rest.split('x').next().and_then(|p| p.parse().ok());
-        if let Some(pid) = pid {
-            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+        if let Some(pid) = pid
+            && !PathBuf::from(format!("/proc/{pid}")).exists() {
                 let _ = run(Command::new("ip").args(["netns", "del", name]));
             }
-        }
     }
 }
 

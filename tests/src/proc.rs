@@ -33,7 +33,7 @@ impl Spawned {
             return st.success();
         }
         // SAFETY: signalling our own child by PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGTERM) };
         let t0 = Instant::now();
         while t0.elapsed() < grace {
             if let Ok(Some(st)) = self.child.try_wait() {

@@ -84,7 +84,7 @@ fn with_ip_options(f: &[u8]) -> Vec<u8> {
 }
 
 /// Replaces the TCP checksum of an IHL-5 frame with the bare pseudo-header
-/// sum, as a CHECKSUM_PARTIAL skb from a local sender carries it.
+/// sum, as a `CHECKSUM_PARTIAL` skb from a local sender carries it.
 fn as_partial(f: &[u8]) -> Vec<u8> {
     let mut v = f.to_vec();
     let l4_len = (v.len() - 34) as u16;
@@ -147,6 +147,7 @@ fn snat_port(client: Ipv4Addr, cport: u16, dport: u16) -> u16 {
     snat_candidate(tuple_hash(&t), 0, DEFAULT_SNAT_PORT_MIN, DEFAULT_SNAT_PORT_MAX)
 }
 
+#[expect(clippy::many_single_char_names, reason = "c/g/gi/s mirror the lab diagram")]
 fn run_table(dp: &Datapath, m: &Macs, pub_if: u32, int_if: u32) {
     let (c, g, gi, s) = (ADDRS.client, ADDRS.gw_public, ADDRS.gw_internal, ADDRS.server);
     let p = snat_port(c, 40000, 8080);

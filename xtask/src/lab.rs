@@ -99,7 +99,7 @@ fn demo(lab: &mut Lab, requests: u32) -> Result<()> {
     for line in fwd.log_text().lines().skip_while(|l| !l.contains("stopping")) {
         println!("   | {line}");
     }
-    let conns = stats.split("\"new_connections\":").nth(1).and_then(|s| s.split([',', '\n']).next()).map(str::trim).unwrap_or("?").to_string();
+    let conns = stats.split("\"new_connections\":").nth(1).and_then(|s| s.split([',', '\n']).next()).map_or("?", str::trim).to_string();
     println!("== the rule counted {conns} new connections");
     if ok != requests {
         bail!("{} of {requests} requests failed", requests - ok);

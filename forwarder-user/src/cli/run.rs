@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// A port mapping: PROTO:PORT[@IFACE]=ADDR[:PORT][,no-masquerade]; repeat for several.
     #[arg(long = "rule", value_name = "SPEC")]
     pub rules: Vec<String>,
-    /// TOML config file (interfaces, rules, snat_ports); merged with the flags.
+    /// TOML config file (interfaces, rules, `snat_ports`); merged with the flags.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// XDP attach mode.
@@ -39,7 +39,7 @@ pub struct RunArgs {
     /// Keep a JSON snapshot of the counters in FILE (refreshed every second, atomically).
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
-    /// Leave net.ipv4.ip_forward on at exit even if this run turned it on.
+    /// Leave `net.ipv4.ip_forward` on at exit even if this run turned it on.
     #[arg(long)]
     pub keep_ip_forward: bool,
 }
@@ -111,7 +111,7 @@ async fn serve(dp: &Datapath, compiled: &crate::config::Compiled, settings: &Set
             _ = term.recv() => { log::info!("SIGTERM: stopping"); return Ok(()); }
             _ = tick.tick() => {
                 ticks += 1;
-                let periodic = args.stats_interval > 0 && ticks % args.stats_interval == 0;
+                let periodic = args.stats_interval > 0 && ticks.is_multiple_of(args.stats_interval);
                 if args.stats_file.is_none() && !periodic {
                     continue;
                 }

@@ -24,7 +24,7 @@ pub fn lab_with(rules: &[&str]) -> (Lab, Forwarder) {
     (lab, fwd)
 }
 
-/// (packets_in, packets_out, new_connections) of rule `id` in a stats JSON.
+/// (`packets_in`, `packets_out`, `new_connections`) of rule `id` in a stats JSON.
 pub fn rule_counters(json: &str, id: usize) -> (u64, u64, u64) {
     let v: Value = serde_json::from_str(json).expect("stats JSON");
     let r = &v["rules"][id];
