@@ -13,8 +13,9 @@ pub const PASS_FRAGMENT: u32 = 2;
 pub const PASS_MALFORMED: u32 = 3;
 /// Translated and redirected by XDP.
 pub const XDP_REDIRECTED: u32 = 4;
-/// Handed from XDP to the TC program (neighbour unknown, egress not in the
-/// devmap, checksum XDP cannot finish).
+/// Handed from XDP to the TC program: neighbour unknown, egress not in the
+/// devmap, frame above the route MTU (a GRO'd skb in generic XDP), or a
+/// partial checksum over a segment too large to sum in XDP.
 pub const XDP_TO_TC: u32 = 5;
 /// Translated and redirected by TC (`bpf_redirect`).
 pub const TC_REDIRECTED: u32 = 6;
@@ -26,7 +27,8 @@ pub const DROP_NO_ROUTE: u32 = 8;
 pub const PASS_FWD_DISABLED: u32 = 9;
 /// FIB: the destination is local / not forwardable: passed untouched.
 pub const PASS_NOT_FORWARDED: u32 = 10;
-/// FIB: packet larger than the egress MTU: passed untouched.
+/// FIB: packet larger than the egress MTU, in TC: passed untouched (XDP
+/// hands such packets to TC, which does not ask the FIB for an MTU check).
 pub const PASS_FRAG_NEEDED: u32 = 11;
 /// TTL would expire at the gateway: dropped.
 pub const DROP_TTL: u32 = 12;

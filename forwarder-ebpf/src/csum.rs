@@ -9,7 +9,9 @@ use forwarder_common::csum::fold;
 use crate::ctx::{Packet, ptr_at};
 
 /// Largest L4 segment summed in XDP (jumbo frames included).
-const MAX_CHUNKS: usize = 36; // × 256 bytes = 9216
+const MAX_CHUNKS: usize = 36;
+/// Largest L4 segment [`sum`] handles (9216 bytes).
+pub const MAX_SUM_LEN: usize = MAX_CHUNKS * 256;
 
 /// `bpf_csum_diff` over `N` packet bytes at `off`, as a big-endian-word sum.
 #[inline(always)]
@@ -28,7 +30,7 @@ fn chunk<const N: usize, P: Packet>(p: &P, off: usize) -> Option<u32> {
 /// `off`. `None` when the segment is larger than we sum or out of bounds.
 #[inline(always)]
 pub fn sum<P: Packet>(p: &P, off: usize, len: usize) -> Option<u32> {
-    if len > MAX_CHUNKS * 256 {
+    if len > MAX_SUM_LEN {
         return None;
     }
     let mut acc: u32 = 0;

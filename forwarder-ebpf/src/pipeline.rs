@@ -17,6 +17,7 @@ use forwarder_common::{
         DIR_ORIGINAL, FlowKey, MAX_SNAT_ATTEMPTS, PROTO_TCP, PROTO_UDP, ROLE_PUBLIC, RULE_F_MASQUERADE, RuleKey,
     },
     conntrack::{entry_pair, needs_refresh, snat_candidate, tuple_hash},
+    csum::looks_partial,
     nat::Tuple,
     parse, stats,
 };
@@ -43,6 +44,8 @@ pub struct Parsed {
     pub proto: u8,
     pub ttl: u8,
     pub tuple: Tuple,
+    /// The L4 checksum field as received (numeric).
+    pub l4_check: u16,
     /// Frame length, for the byte counters.
     pub frame_len: u32,
 }
@@ -101,13 +104,18 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let mut udp_len = 0;
+    let l4_check;
     if proto == PROTO_UDP {
         let u: *const [u8; 8] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
         // SAFETY: bounds checked by ptr_at.
         let u = unsafe { *u };
         udp_len = u16::from_be_bytes([u[4], u[5]]);
-    } else if ptr_at::<[u8; 20], P>(p, l4_off).is_none() {
-        return Err(Verdict::Pass(stats::PASS_MALFORMED));
+        l4_check = u16::from_be_bytes([u[6], u[7]]);
+    } else {
+        let t: *const [u8; 20] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
+        // SAFETY: bounds checked by ptr_at.
+        let t = unsafe { &*t };
+        l4_check = u16::from_be_bytes([t[16], t[17]]);
     }
     parse::l4(proto, l4_len as usize, udp_len).map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
     Ok(Parsed {
@@ -116,8 +124,25 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         proto,
         ttl: ip.ttl,
         tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] },
+        l4_check,
         frame_len: (p.data_end() - p.data()) as u32,
     })
+}
+
+/// Whether the L4 checksum holds only the pseudo-header sum (a
+/// `CHECKSUM_PARTIAL` packet from a local sender): XDP must then sum the
+/// whole segment.
+#[inline(always)]
+pub fn needs_full_sum(parsed: &Parsed) -> bool {
+    let udp_none = parsed.proto == PROTO_UDP && parsed.l4_check == 0;
+    !udp_none && looks_partial(parsed.l4_check, parsed.tuple.saddr, parsed.tuple.daddr, parsed.proto, parsed.l4_len)
+}
+
+/// XDP cannot sum segments larger than `csum::MAX_SUM_LEN` (a GRO'd skb
+/// in generic XDP): such packets go to TC, whose helpers handle them.
+#[inline(always)]
+fn xdp_can_finish<P: Packet>(parsed: &Parsed) -> bool {
+    !P::IS_XDP || usize::from(parsed.l4_len) <= crate::csum::MAX_SUM_LEN || !needs_full_sum(parsed)
 }
 
 /// The TCP flags byte, if the packet is TCP.
@@ -196,6 +221,10 @@ fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict> {
         }
         BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Verdict::Pass(stats::PASS_FWD_DISABLED)),
         BPF_FIB_LKUP_RET_NOT_FWDED => Err(Verdict::Pass(stats::PASS_NOT_FORWARDED)),
+        // XDP checks the MTU against the frame; a GRO'd skb (generic XDP)
+        // exceeds it without being too big for the wire: TC skips the
+        // check and the egress device segments. TC never gets this code.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if P::IS_XDP => Err(Verdict::ToTc(stats::XDP_TO_TC)),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Verdict::Pass(stats::PASS_FRAG_NEEDED)),
         BPF_FIB_LKUP_RET_NO_SRC_ADDR => Err(Verdict::Drop(stats::DROP_NO_SRC_ADDR)),
         _ => Err(Verdict::Pass(stats::PASS_FIB_OTHER)),
@@ -229,6 +258,9 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
         Ok(f) => f,
         Err(v) => return v,
     };
+    if !xdp_can_finish::<P>(&parsed) {
+        return Verdict::ToTc(stats::XDP_TO_TC);
+    }
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     if needs_refresh(entry.last_seen_ns, now) {
@@ -278,6 +310,9 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
     // hands NO_NEIGH to TC before any state exists).
     if let Err(v) = fib_verdict::<P>(&r, out) {
         return v;
+    }
+    if !xdp_can_finish::<P>(&parsed) {
+        return Verdict::ToTc(stats::XDP_TO_TC);
     }
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use forwarder_common::{
     abi::PROTO_UDP,
-    csum::{looks_partial, ttl_decrement},
+    csum::ttl_decrement,
     nat::{delta, ip_csum, l4_csum, l4_csum_full},
     stats,
 };
@@ -19,7 +19,7 @@ use crate::{
     csum,
     ctx::ptr_at,
     maps::{FWD_TX_PORTS, count},
-    pipeline::{Forward, Parsed, Verdict, decide},
+    pipeline::{Forward, Parsed, Verdict, decide, needs_full_sum},
 };
 
 /// Written into the XDP metadata area when XDP hands a packet to TC.
@@ -96,9 +96,8 @@ fn rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
     // SAFETY: bounds checked by ptr_at.
     unsafe {
         let c = u16::from_be_bytes(*l4c);
-        let udp_none = parsed.proto == PROTO_UDP && c == 0;
         *ports = [new.sport[0], new.sport[1], new.dport[0], new.dport[1]];
-        if !udp_none && looks_partial(c, old.saddr, old.daddr, parsed.proto, parsed.l4_len) {
+        if needs_full_sum(parsed) {
             // CHECKSUM_PARTIAL from a local sender: the payload was never
             // summed. Compute it whole; an incremental fix cannot.
             *l4c = [0, 0];

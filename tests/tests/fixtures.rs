@@ -118,6 +118,7 @@ fn fixture_table_through_the_xdp_program() {
     lab.gateway.ip(&["neigh", "replace", &ADDRS.server.to_string(), "lladdr", &fmt_mac(m.server), "dev", GW_INTERNAL_IF, "nud", "permanent"]).unwrap();
     lab.gateway.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
 
+    let gw_ns = lab.gateway.name.clone();
     lab.gateway
         .enter(move || {
             let settings = Settings {
@@ -132,6 +133,27 @@ fn fixture_table_through_the_xdp_program() {
             let pub_if = iface::index(GW_PUBLIC_IF).unwrap();
             let int_if = iface::index(GW_INTERNAL_IF).unwrap();
             run_table(&dp, &m, pub_if, int_if);
+            // 9. A frame above the egress MTU (in generic XDP, a GRO'd skb
+            //    looks like this): XDP does not translate it but hands it,
+            //    untouched, to TC, which lets the egress device segment it.
+            let ip = |args: &[&str]| assert!(std::process::Command::new("ip").args(["-n", &gw_ns]).args(args).status().unwrap().success());
+            ip(&["link", "set", GW_INTERNAL_IF, "mtu", "1280"]);
+            let big = frame(m.client, m.gw_pub, ADDRS.client, ADDRS.gw_public, 64, &L4::Tcp { sport: 40000, dport: 8080, seq: 3, flags: "A" }, &[7u8; 1400]);
+            // BPF_PROG_TEST_RUN returns the metadata area too: the handoff
+            // word for TC (0xf04d7c01, host order) precedes the frame.
+            let mut handed = 0xf04d_7c01_u32.to_ne_bytes().to_vec();
+            handed.extend_from_slice(&big);
+            check(&dp, "above the egress MTU", &big, pub_if, XDP_PASS, &handed);
+            ip(&["link", "set", GW_INTERNAL_IF, "mtu", "1500"]);
+            // 10. Next hop not resolved: XDP creates no state and hands the
+            //     untouched packet to TC (bpf_redirect_neigh).
+            ip(&["neigh", "del", &ADDRS.server.to_string(), "dev", GW_INTERNAL_IF]);
+            let flows_before = dp.flows().unwrap().len();
+            let syn = frame(m.client, m.gw_pub, ADDRS.client, ADDRS.gw_public, 64, &L4::Tcp { sport: 40005, dport: 8080, seq: 1, flags: "S" }, &[]);
+            let mut handed = 0xf04d_7c01_u32.to_ne_bytes().to_vec();
+            handed.extend_from_slice(&syn);
+            check(&dp, "neighbour unknown", &syn, pub_if, XDP_PASS, &handed);
+            assert_eq!(dp.flows().unwrap().len(), flows_before, "state created for a packet XDP did not send");
         })
         .unwrap()
         .join()

@@ -77,6 +77,23 @@ pub fn build_forwarder() -> Result<PathBuf> {
     Ok(target.join("release/forwarder"))
 }
 
+/// Runs `cargo test`, echoing its output, and adds up its result lines.
+fn run_tests(cmd: &mut Command) -> Result<(u64, u64, bool)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("running cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| rest.split(';').find_map(|p| p.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok());
+            passed += num("passed").unwrap_or(0);
+            failed += num("failed").unwrap_or(0);
+        }
+    }
+    Ok((passed, failed, child.wait()?.success()))
+}
+
 pub fn require_root(what: &str) -> Result<()> {
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
@@ -111,8 +128,12 @@ fn main() -> Result<()> {
             setup::run()?;
             let bin = build_forwarder()?;
             let t0 = std::time::Instant::now();
-            status(cargo().args(["test", "--workspace", "--exclude", "forwarder-ebpf"]).env("FORWARDER_BIN", &bin).args(&args))?;
-            eprintln!("xtask: all tests passed in {:.0} s", t0.elapsed().as_secs_f64());
+            let (passed, failed, ok) = run_tests(cargo().args(["test", "--workspace", "--exclude", "forwarder-ebpf"]).env("FORWARDER_BIN", &bin).args(&args))?;
+            eprintln!("xtask: tests took {:.0} s", t0.elapsed().as_secs_f64());
+            println!("tests: {passed} passed, {failed} failed");
+            if !ok || failed > 0 {
+                bail!("tests failed");
+            }
             Ok(())
         }
     }
