@@ -3,9 +3,13 @@
 
 use core::{ffi::c_void, mem};
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    EbpfContext,
+    programs::{TcContext, XdpContext},
+};
 
-pub trait Packet {
+/// `EbpfContext` too, so aya-log can report from the pipeline.
+pub trait Packet: EbpfContext {
     /// True for XDP: no neighbour resolution, checksums fixed by hand.
     const IS_XDP: bool;
     fn data(&self) -> usize;

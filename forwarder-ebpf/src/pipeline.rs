@@ -12,6 +12,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup as fib_lookup_helper},
 };
+use aya_log_ebpf::warn;
 use forwarder_common::{
     abi::{
         DIR_ORIGINAL, FlowKey, MAX_SNAT_ATTEMPTS, PROTO_TCP, PROTO_UDP, ROLE_PUBLIC, RULE_F_MASQUERADE, RuleKey,
@@ -334,6 +335,16 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
             }
         }
         if !claimed {
+            // Rare by construction (bounded retries over a large range);
+            // logged so the operator sees which backend ran out.
+            warn!(
+                p,
+                "masquerade: no free source port towards {:i}:{} after {} attempts (rule {}); new flow dropped",
+                target.addr,
+                u16::from_be_bytes(target.port),
+                cfg.snat_attempts,
+                target.rule_id
+            );
             return Verdict::Drop(stats::DROP_SNAT_EXHAUSTED);
         }
     } else {

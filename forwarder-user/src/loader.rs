@@ -40,8 +40,14 @@ pub struct Attached {
     pub native: bool,
 }
 
+/// Reads the datapath's aya-log records and hands them to `log`.
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Must outlive the programs' verification (it owns the log map fd);
+    /// taken by `run` to poll it.
+    logger: Option<KernelLogger>,
     pub attached: Vec<Attached>,
 }
 
@@ -60,6 +66,7 @@ impl Datapath {
             return Err(Error::NoObject);
         }
         let mut ebpf = Ebpf::load(OBJECT)?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| Error::Io(format!("kernel log channel: {e}")))?;
         for name in [abi::PROG_XDP, abi::PROG_TC] {
             let prog = ebpf.program_mut(name).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))?;
             match prog {
@@ -69,7 +76,12 @@ impl Datapath {
             }
             .map_err(prog_err(format!("verifying {name}")))?;
         }
-        Ok(Self { ebpf, attached: Vec::new() })
+        Ok(Self { ebpf, logger: Some(logger), attached: Vec::new() })
+    }
+
+    /// The kernel log reader, for polling (once).
+    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {

@@ -34,6 +34,9 @@ fn http_request_is_forwarded_and_masqueraded() {
     // SYN, ACK, request, FIN, ACK at least, each way.
     assert!(pin >= 5 * 4 && pout >= 5 * 3, "{stats}");
     assert!(counter(&stats, "xdp_redirected") > 0, "{stats}");
+    // The very first packet met an unresolved neighbour: XDP handed it to
+    // TC, which resolved it with bpf_redirect_neigh.
+    assert!(counter(&stats, "tc_redirected_neigh") >= 1, "{stats}");
     assert_no_csum_errors(&lab);
 }
 
@@ -307,4 +310,55 @@ fn counters_survive_stop_and_program_detaches() {
     assert!(!link.contains("xdp"), "XDP left attached after stop: {link}");
     let log = fwd.log_text();
     assert!(log.contains("detached from all interfaces"), "{log}");
+}
+
+#[test]
+fn masquerade_port_exhaustion_is_bounded_counted_and_logged() {
+    // 16 ports: 16 connections fit, the 17th finds none after the bounded
+    // retries, is dropped, counted and logged; the 16 keep working.
+    let lab = forwarder_testkit::Lab::new().unwrap();
+    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--snat-ports", "20000-20015"]).unwrap();
+    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut ports = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..16 {
+            let (c, peer) = listener.accept().unwrap();
+            ports.push(peer.port());
+            conns.push(c);
+        }
+        for mut c in conns {
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).unwrap();
+            c.write_all(&b).unwrap();
+        }
+        ports.sort_unstable();
+        ports
+    });
+    let (extra, echoed) = lab
+        .client
+        .enter(|| {
+            let mut socks: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap()).collect();
+            let extra = TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind());
+            let mut echoed = 0;
+            for s in &mut socks {
+                s.write_all(b"x").unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).unwrap();
+                echoed += usize::from(b == *b"x");
+            }
+            (extra, echoed)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(extra.is_err(), "a 17th connection got a port out of 16");
+    assert_eq!(echoed, 16);
+    assert_eq!(server.join().unwrap(), (20000..=20015).collect::<Vec<u16>>());
+    let stats = fwd.stop().unwrap();
+    assert!(counter(&stats, "drop_snat_exhausted") >= 1, "{stats}");
+    assert_eq!(rule_counters(&stats, 0).2, 16, "{stats}");
+    let log = fwd.log_text();
+    assert!(log.contains("no free source port towards 192.168.1.50:80"), "{log}");
+    assert_no_csum_errors(&lab);
 }

@@ -84,7 +84,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     println!("forwarder: running; Ctrl-C or SIGTERM to stop");
 
-    let result = serve(&dp, &compiled, &settings, &args).await;
+    let logger = dp.take_logger().context("kernel log channel")?;
+    let result = serve(&dp, logger, &compiled, &settings, &args).await;
 
     let snap = dp.snapshot(&compiled, &settings.rules);
     drop(dp);
@@ -101,12 +102,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(dp: &Datapath, compiled: &crate::config::Compiled, settings: &Settings, args: &RunArgs) -> anyhow::Result<()> {
+async fn serve(dp: &Datapath, logger: crate::loader::KernelLogger, compiled: &crate::config::Compiled, settings: &Settings, args: &RunArgs) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
+    // owns the logger, and always reports that same fd.
+    let mut klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))?;
     loop {
         tokio::select! {
+            guard = klog.readable_mut() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
             _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); return Ok(()); }
             _ = term.recv() => { log::info!("SIGTERM: stopping"); return Ok(()); }
             _ = tick.tick() => {
