@@ -18,6 +18,7 @@ mod csum;
 mod ctx;
 mod maps;
 mod pipeline;
+mod rewrite;
 mod tc;
 mod xdp;
 

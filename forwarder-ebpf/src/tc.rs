@@ -9,18 +9,12 @@ use aya_ebpf::{
     helpers::generated::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use forwarder_common::{
-    abi::PROTO_UDP,
-    csum::ttl_decrement,
-    nat::{delta, ip_csum},
-    stats,
-};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use forwarder_common::{abi::PROTO_UDP, nat::delta, stats};
 
 use crate::{
-    ctx::ptr_at,
     maps::count,
     pipeline::{Forward, Parsed, Verdict, decide},
+    rewrite,
     xdp::TC_HANDOFF_MAGIC,
 };
 
@@ -92,27 +86,12 @@ fn rewrite(ctx: &TcContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
     let new = fwd.new;
     let d = delta(&old, &new);
     // Direct writes first: the checksum helpers below invalidate pointers.
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &mut *ip };
-    let check = ip_csum(u16::from_be_bytes(ip.check), &d);
-    ip.check = ttl_decrement(check, ip.ttl, ip.proto as u8).to_be_bytes();
-    ip.ttl -= 1;
-    ip.src_addr = new.saddr;
-    ip.dst_addr = new.daddr;
-    let ports: *mut [u8; 4] = ptr_at(ctx, parsed.l4_off)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe { *ports = [new.sport[0], new.sport[1], new.dport[0], new.dport[1]] };
+    rewrite::ip_and_ports(ctx, &new, &d, parsed.l4_off)?;
     if fwd.resolve_nexthop.is_none() {
-        let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe {
-            (*eth).dst_addr = fwd.dmac;
-            (*eth).src_addr = fwd.smac;
-        }
+        rewrite::macs(ctx, fwd)?;
     }
     let udp = parsed.proto == PROTO_UDP;
-    let off = parsed.l4_off + if udp { 6 } else { 16 };
+    let off = rewrite::l4_csum_off(parsed.l4_off, parsed.proto);
     let mangled = if udp { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
     let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled;
     let a = |o: [u8; 4]| u64::from(u32::from_ne_bytes(o));

@@ -8,18 +8,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use forwarder_common::{
-    abi::PROTO_UDP,
-    csum::ttl_decrement,
-    nat::{delta, ip_csum, l4_csum, l4_csum_full},
+    nat::{delta, l4_csum, l4_csum_full},
     stats,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum,
     ctx::ptr_at,
     maps::{FWD_TX_PORTS, count},
     pipeline::{Forward, Parsed, Verdict, decide, needs_full_sum},
+    rewrite,
 };
 
 /// Written into the XDP metadata area when XDP hands a packet to TC.
@@ -81,22 +79,11 @@ fn rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
     let old = parsed.tuple;
     let new = fwd.new;
     let d = delta(&old, &new);
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &mut *ip };
-    let check = ip_csum(u16::from_be_bytes(ip.check), &d);
-    ip.check = ttl_decrement(check, ip.ttl, ip.proto as u8).to_be_bytes();
-    ip.ttl -= 1;
-    ip.src_addr = new.saddr;
-    ip.dst_addr = new.daddr;
-
-    let off = parsed.l4_off + if parsed.proto == PROTO_UDP { 6 } else { 16 };
+    rewrite::ip_and_ports(ctx, &new, &d, parsed.l4_off)?;
+    let off = rewrite::l4_csum_off(parsed.l4_off, parsed.proto);
     let l4c: *mut [u8; 2] = ptr_at(ctx, off)?;
-    let ports: *mut [u8; 4] = ptr_at(ctx, parsed.l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe {
-        let c = u16::from_be_bytes(*l4c);
-        *ports = [new.sport[0], new.sport[1], new.dport[0], new.dport[1]];
         if needs_full_sum(parsed) {
             // CHECKSUM_PARTIAL from a local sender: the payload was never
             // summed. Compute it whole; an incremental fix cannot.
@@ -106,15 +93,8 @@ fn rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
             *l4c = l4_csum_full(&new, parsed.proto, parsed.l4_len, s).to_be_bytes();
             count(stats::CSUM_FULL_RECOMPUTE);
         } else {
-            *l4c = l4_csum(c, &d, parsed.proto).to_be_bytes();
+            *l4c = l4_csum(parsed.l4_check, &d, parsed.proto).to_be_bytes();
         }
     }
-
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        (*eth).dst_addr = fwd.dmac;
-        (*eth).src_addr = fwd.smac;
-    }
-    Some(())
+    rewrite::macs(ctx, fwd)
 }
