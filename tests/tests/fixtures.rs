@@ -124,7 +124,15 @@ fn fixture_table_through_the_xdp_program() {
             let settings = Settings {
                 public: vec![GW_PUBLIC_IF.into()],
                 internal: vec![GW_INTERNAL_IF.into()],
-                rules: vec![Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap(), Rule::parse_spec("udp:5353=192.168.1.50:53").unwrap()],
+                rules: [
+                    "tcp:8080=192.168.1.50:80",
+                    "udp:5353=192.168.1.50:53",
+                    "udp:7000=192.168.1.50:7002",
+                    "udp:7000@pub0=192.168.1.50:7001",
+                ]
+                .iter()
+                .map(|r| Rule::parse_spec(r).unwrap())
+                .collect(),
                 ..Default::default()
             };
             let compiled = settings.compile(iface::index).unwrap();
@@ -212,6 +220,18 @@ fn run_table(dp: &Datapath, m: &Macs, pub_if: u32, int_if: u32) {
     check(dp, "UDP checksum 0", &zero_in, pub_if, XDP_REDIRECT, &zero_out);
     assert_eq!(dp.flows().unwrap().len(), 4);
 
+    // 6b. A rule bound to the ingress interface wins over the wildcard.
+    let pb = snat_port(c, 41001, 7000);
+    check(
+        dp,
+        "interface-bound rule",
+        &frame(m.client, m.gw_pub, c, g, 64, &L4::Udp { sport: 41001, dport: 7000 }, b"x"),
+        pub_if,
+        XDP_REDIRECT,
+        &frame(m.gw_int, m.server, gi, s, 63, &L4::Udp { sport: pb, dport: 7001 }, b"x"),
+    );
+    assert_eq!(dp.flows().unwrap().len(), 6);
+
     // 7. What is not ours passes untouched.
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&m.client);
@@ -245,11 +265,11 @@ fn run_table(dp: &Datapath, m: &Macs, pub_if: u32, int_if: u32) {
     ] {
         check(dp, name, f, ifx, XDP_PASS, f);
     }
-    assert_eq!(dp.flows().unwrap().len(), 4, "a passed packet created state");
+    assert_eq!(dp.flows().unwrap().len(), 6, "a passed packet created state");
 
     // 8. A new flow whose TTL would expire at the gateway is dropped.
     let ttl1 = frame(m.client, m.gw_pub, c, g, 1, &L4::Tcp { sport: 40004, dport: 8080, seq: 1, flags: "S" }, &[]);
     let (verdict, _, _) = dp.test_run_xdp(&ttl1, pub_if, 1).unwrap();
     assert_eq!(verdict, XDP_DROP, "TTL 1");
-    assert_eq!(dp.flows().unwrap().len(), 4);
+    assert_eq!(dp.flows().unwrap().len(), 6);
 }

@@ -369,3 +369,26 @@ fn masquerade_port_exhaustion_is_bounded_counted_and_logged() {
     assert!(log.contains("no free source port towards 192.168.1.50:80"), "{log}");
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn config_file_and_dnat_without_masquerade() {
+    // The same mapping from a TOML file, with masquerade off: the server
+    // sees the client's own address and answers through its route via the
+    // gateway, where the reply is translated back.
+    let lab = forwarder_testkit::Lab::new().unwrap();
+    lab.server.ip(&["route", "add", "default", "via", &ADDRS.gw_internal.to_string()]).unwrap();
+    let cfg = lab.dir.join("forwarder.toml");
+    std::fs::write(&cfg, "[[rule]]\nproto = \"tcp\"\nport = 8080\nto = \"192.168.1.50:80\"\ninterface = \"pub0\"\nmasquerade = false\n").unwrap();
+    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap()]).unwrap();
+    let server = http_server(&lab, 2);
+    for _ in 0..2 {
+        let (body, from) = http_get(&lab, public(8080));
+        assert_eq!(body, format!("hello {}", ADDRS.client));
+        assert_eq!(from, public(8080));
+    }
+    assert!(server.join().unwrap().iter().all(|p| p.ip() == ADDRS.client));
+    let stats = fwd.stop().unwrap();
+    assert_eq!(rule_counters(&stats, 0).2, 2, "{stats}");
+    assert!(fwd.log_text().contains("forwarder.toml:1"), "rule origin not logged: {}", fwd.log_text());
+    assert_no_csum_errors(&lab);
+}
