@@ -146,7 +146,13 @@ pub struct RuleStats {
 pub struct IfaceInfo {
     /// [`ROLE_PUBLIC`] or [`ROLE_INTERNAL`].
     pub role: u32,
+    /// `IFACE_F_*` bits.
+    pub flags: u32,
 }
+
+/// `IfaceInfo::flags`: no XDP on this interface; the TC program handles
+/// every packet (TC mode), not only those XDP hands over.
+pub const IFACE_F_TC_ONLY: u32 = 1;
 
 /// Value of [`MAP_CONFIG`] (index 0).
 #[repr(C)]
@@ -182,7 +188,7 @@ const _: () = assert!(core::mem::size_of::<RuleTarget>() == 12);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);
-const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 4);
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 
 #[cfg(feature = "user")]

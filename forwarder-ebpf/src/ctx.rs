@@ -16,6 +16,8 @@ pub trait Packet: EbpfContext {
     fn data_end(&self) -> usize;
     /// The interface the packet arrived on.
     fn ingress_ifindex(&self) -> u32;
+    /// The whole packet's length (for TC, including non-linear parts).
+    fn len(&self) -> u32;
     /// The context pointer helpers such as `bpf_fib_lookup` take.
     fn raw(&self) -> *mut c_void;
 }
@@ -33,6 +35,10 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         XdpContext::ingress_ifindex(self) as u32
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
     }
     #[inline(always)]
     fn raw(&self) -> *mut c_void {
@@ -54,6 +60,10 @@ impl Packet for TcContext {
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: the context pointer is valid for the program's lifetime.
         unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
     }
     #[inline(always)]
     fn raw(&self) -> *mut c_void {

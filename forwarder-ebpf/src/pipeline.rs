@@ -47,7 +47,7 @@ pub struct Parsed {
     pub tuple: Tuple,
     /// The L4 checksum field as received (numeric).
     pub l4_check: u16,
-    /// Frame length, for the byte counters.
+    /// Frame length (a GRO'd skb in TC counts whole), for the byte counters.
     pub frame_len: u32,
 }
 
@@ -87,7 +87,9 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     let ip: *const Ipv4Hdr = ptr_at(p, EthHdr::LEN).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    let avail = p.data_end() - p.data() - EthHdr::LEN;
+    // The whole packet, not just its linear part: in TC the payload of a
+    // large skb sits in fragments; only the headers must be linear.
+    let avail = (p.len() as usize).saturating_sub(EthHdr::LEN);
     let meta = parse::ipv4(ip.vihl, u16::from_be_bytes(ip.tot_len), u16::from_be_bytes(ip.frags), avail)
         .map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
     let proto = ip.proto as u8;
@@ -126,7 +128,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         ttl: ip.ttl,
         tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] },
         l4_check,
-        frame_len: (p.data_end() - p.data()) as u32,
+        frame_len: p.len(),
     })
 }
 

@@ -1,5 +1,6 @@
-//! TC clsact-ingress entry. Behind XDP it only takes the packets XDP marked
-//! (neighbour unknown, egress not in the devmap) and finishes them: the
+//! TC ingress entry. In TC mode (no XDP on the interface) it is the whole
+//! datapath. Behind XDP it only takes the packets XDP marked (neighbour
+//! unknown, egress not in the devmap, …) and finishes them: the
 //! checksum helpers handle `CHECKSUM_PARTIAL` skbs, and `bpf_redirect_neigh`
 //! lets the kernel resolve the next hop without the packet ever meeting the
 //! routing stack (where a translated source would be a martian).
@@ -9,10 +10,14 @@ use aya_ebpf::{
     helpers::generated::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use forwarder_common::{abi::PROTO_UDP, nat::delta, stats};
+use forwarder_common::{
+    abi::{IFACE_F_TC_ONLY, PROTO_UDP},
+    nat::delta,
+    stats,
+};
 
 use crate::{
-    maps::count,
+    maps::{FWD_IFACES, count},
     pipeline::{Forward, Parsed, Verdict, decide},
     rewrite,
     xdp::TC_HANDOFF_MAGIC,
@@ -34,9 +39,17 @@ fn handed_off(ctx: &TcContext) -> bool {
     unsafe { *(meta as *const u32) == TC_HANDOFF_MAGIC }
 }
 
+/// Whether this interface runs in TC mode (no XDP in front).
+#[inline(always)]
+fn tc_only(ctx: &TcContext) -> bool {
+    let ifindex = crate::ctx::Packet::ingress_ifindex(ctx);
+    // SAFETY: map value pointer valid until program exit.
+    FWD_IFACES.get_ptr(&ifindex).is_some_and(|i| unsafe { (*i).flags } & IFACE_F_TC_ONLY != 0)
+}
+
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    if !handed_off(ctx) {
+    if !handed_off(ctx) && !tc_only(ctx) {
         return TC_ACT_OK;
     }
     let _ = ctx.pull_data(if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN });

@@ -173,6 +173,33 @@ impl FromStr for PortRange {
     }
 }
 
+/// Which hook carries the datapath on an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// XDP (native, or generic with a warning), with the TC program behind
+    /// it for what XDP cannot finish.
+    #[default]
+    Xdp,
+    /// TC ingress only: the skb path (keeps GRO/TSO; handles partial
+    /// checksums in the kernel's helpers).
+    Tc,
+    /// Native XDP where the driver has it, TC elsewhere (never generic XDP).
+    Auto,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "xdp" => Ok(Self::Xdp),
+            "tc" => Ok(Self::Tc),
+            "auto" => Ok(Self::Auto),
+            _ => Err(format!("mode `{s}` is not xdp, tc or auto")),
+        }
+    }
+}
+
 /// Everything `forwarder run` is told.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
@@ -180,6 +207,20 @@ pub struct Settings {
     pub internal: Vec<String>,
     pub rules: Vec<Rule>,
     pub snat_ports: PortRange,
+    /// Default hook for every interface.
+    pub mode: Mode,
+    /// Per-interface overrides (`--iface-mode IFACE=MODE`, `[modes]`).
+    pub iface_modes: Vec<(String, Mode)>,
+}
+
+/// One managed interface, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfaceSpec {
+    pub name: String,
+    pub ifindex: u32,
+    /// `abi::ROLE_*`.
+    pub role: u32,
+    pub mode: Mode,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +231,10 @@ struct FileConfig {
     #[serde(default)]
     internal: Vec<String>,
     snat_ports: Option<String>,
+    mode: Option<Mode>,
+    /// Interface name → mode.
+    #[serde(default)]
+    modes: std::collections::BTreeMap<String, Mode>,
     #[serde(default)]
     rule: Vec<toml::Spanned<FileRule>>,
 }
@@ -224,6 +269,10 @@ impl Settings {
         })?;
         self.public.extend(file.public);
         self.internal.extend(file.internal);
+        if let Some(m) = file.mode {
+            self.mode = m;
+        }
+        self.iface_modes.extend(file.modes);
         if let Some(r) = file.snat_ports {
             self.snat_ports = r.parse().map_err(|e: Error| cfg_err(e.to_string()))?;
         }
@@ -254,15 +303,19 @@ impl Settings {
         if self.public.is_empty() {
             return Err(Error::Io("no public interface given (--public IFACE)".into()));
         }
-        let mut ifaces = Vec::new();
+        let mut ifaces: Vec<IfaceSpec> = Vec::new();
         for (names, role) in [(&self.public, abi::ROLE_PUBLIC), (&self.internal, abi::ROLE_INTERNAL)] {
             for n in names {
                 let idx = ifindex(n)?;
-                if ifaces.iter().any(|(m, _, _): &(String, u32, u32)| m == n) {
+                if ifaces.iter().any(|i| &i.name == n) {
                     return Err(Error::InterfaceRole { name: n.clone() });
                 }
-                ifaces.push((n.clone(), idx, role));
+                let mode = self.iface_modes.iter().rev().find(|(i, _)| i == n).map_or(self.mode, |(_, m)| *m);
+                ifaces.push(IfaceSpec { name: n.clone(), ifindex: idx, role, mode });
             }
+        }
+        if let Some((n, _)) = self.iface_modes.iter().find(|(n, _)| !ifaces.iter().any(|i| &i.name == n)) {
+            return Err(Error::Io(format!("mode given for `{n}`, which is neither --public nor --internal")));
         }
         if self.rules.len() > abi::MAX_RULES as usize {
             return Err(Error::TooManyRules(self.rules.len()));
@@ -305,8 +358,7 @@ impl Settings {
 /// Validated settings, in the datapath's terms.
 #[derive(Debug)]
 pub struct Compiled {
-    /// (name, ifindex, role)
-    pub ifaces: Vec<(String, u32, u32)>,
+    pub ifaces: Vec<IfaceSpec>,
     /// Rule id = index in this vector = index in `Settings::rules`.
     pub rules: Vec<(RuleKey, RuleTarget)>,
     pub snat_ports: PortRange,
@@ -365,6 +417,7 @@ mod tests {
     fn compiles_and_numbers_rules() {
         let c = settings(&["tcp:8080=10.0.2.2:80", "udp:53@pub1=10.0.2.3"]).compile(fake_ifindex).unwrap();
         assert_eq!(c.ifaces.len(), 3);
+        assert!(c.ifaces.iter().all(|i| i.mode == Mode::Xdp));
         assert_eq!(c.rules[0].0, RuleKey { ifindex: 0, port: 8080u16.to_be_bytes(), proto: 6, _pad: 0 });
         assert_eq!(c.rules[1].0.ifindex, 3);
         assert_eq!(c.rules[1].1.rule_id, 1);
@@ -401,6 +454,23 @@ mod tests {
         let unknown = "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 80\nto = \"10.0.2.2\"\ncolour = \"red\"\n";
         let e = Settings::default().merge_toml(Path::new("f.toml"), unknown).unwrap_err().to_string();
         assert!(e.contains("line 6") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn modes_per_interface() {
+        let mut s = settings(&[]);
+        s.mode = Mode::Tc;
+        s.iface_modes.push(("pub1".into(), Mode::Xdp));
+        let c = s.compile(fake_ifindex).unwrap();
+        let m: Vec<_> = c.ifaces.iter().map(|i| (i.name.as_str(), i.mode)).collect();
+        assert_eq!(m, [("pub0", Mode::Tc), ("pub1", Mode::Xdp), ("int0", Mode::Tc)]);
+        s.iface_modes.push(("eth7".into(), Mode::Xdp));
+        assert!(s.compile(fake_ifindex).unwrap_err().to_string().contains("`eth7`"));
+        let mut f = Settings::default();
+        f.merge_toml(Path::new("m.toml"), "public = [\"pub0\"]\nmode = \"auto\"\n[modes]\npub0 = \"tc\"\n").unwrap();
+        assert_eq!((f.mode, f.iface_modes.clone()), (Mode::Auto, vec![("pub0".to_string(), Mode::Tc)]));
+        let e = Settings::default().merge_toml(Path::new("m.toml"), "mode = \"fast\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("fast"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use aya::{
 use forwarder_common::abi::{self, Config, IfaceInfo, RuleKey, RuleTarget};
 
 use crate::{
-    config::Compiled,
+    config::{Compiled, Mode},
     error::{Error, Result},
 };
 
@@ -32,12 +32,30 @@ pub enum XdpAttach {
     Generic,
 }
 
+/// Which hook an interface ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    XdpNative,
+    XdpGeneric,
+    Tc,
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::XdpNative => "XDP native + TC ingress (assist)",
+            Self::XdpGeneric => "XDP generic + TC ingress (assist)",
+            Self::Tc => "TC ingress (TC mode)",
+        })
+    }
+}
+
 /// How one interface ended up attached.
 #[derive(Debug, Clone)]
 pub struct Attached {
     pub name: String,
     pub ifindex: u32,
-    pub native: bool,
+    pub hook: Hook,
 }
 
 /// Reads the datapath's aya-log records and hands them to `log`.
@@ -104,12 +122,15 @@ impl Datapath {
 
         let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
             HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
-        for (_, idx, role) in &c.ifaces {
-            ifaces.insert(idx, IfaceInfo { role: *role }, 0).map_err(map_err(abi::MAP_IFACES))?;
+        for i in &c.ifaces {
+            // TC mode is set here; `auto` may still switch an interface to
+            // TC in `attach` when its driver has no native XDP.
+            let flags = if i.mode == Mode::Tc { abi::IFACE_F_TC_ONLY } else { 0 };
+            ifaces.insert(i.ifindex, IfaceInfo { role: i.role, flags }, 0).map_err(map_err(abi::MAP_IFACES))?;
         }
         let mut tx: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(abi::MAP_TX_PORTS)?).map_err(map_err(abi::MAP_TX_PORTS))?;
-        for (name, idx, _) in &c.ifaces {
-            tx.insert(*idx, *idx, None, 0).map_err(|e| Error::Io(format!("adding {name} to {}: {e}", abi::MAP_TX_PORTS)))?;
+        for i in &c.ifaces {
+            tx.insert(i.ifindex, i.ifindex, None, 0).map_err(|e| Error::Io(format!("adding {} to {}: {e}", i.name, abi::MAP_TX_PORTS)))?;
         }
         let mut rules: HashMap<&mut MapData, RuleKey, RuleTarget> =
             HashMap::try_from(self.map_mut(abi::MAP_RULES)?).map_err(map_err(abi::MAP_RULES))?;
@@ -119,29 +140,44 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches XDP and the TC assist program to every interface.
-    pub fn attach(&mut self, c: &Compiled, mode: XdpAttach) -> Result<()> {
-        for (name, ifindex, _) in &c.ifaces {
+    /// Attaches the programs to every interface, per its mode: XDP with
+    /// the TC assist program behind it, or TC alone.
+    pub fn attach(&mut self, c: &Compiled, xdp_attach: XdpAttach) -> Result<()> {
+        for i in &c.ifaces {
+            let (name, ifindex) = (&i.name, i.ifindex);
             let xdp: &mut Xdp = self
                 .ebpf
                 .program_mut(abi::PROG_XDP)
                 .and_then(|p| p.try_into().ok())
                 .ok_or_else(|| Error::Io("XDP program missing".into()))?;
-            let native = match mode {
-                XdpAttach::Generic => {
-                    xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?;
-                    false
-                }
-                XdpAttach::Native => {
-                    xdp.attach(name, XdpMode::Driver).map_err(prog_err(format!("attaching XDP (native) to {name}")))?;
-                    true
-                }
-                XdpAttach::Auto => match xdp.attach(name, XdpMode::Driver) {
-                    Ok(_) => true,
+            let hook = match (i.mode, xdp_attach) {
+                (Mode::Tc, _) => Hook::Tc,
+                (Mode::Auto, _) => match xdp.attach(name, XdpMode::Driver) {
+                    Ok(_) => Hook::XdpNative,
                     Err(e) => {
-                        log::warn!("{name}: native XDP failed ({e}); falling back to generic XDP, which is much slower");
+                        log::info!("{name}: no native XDP ({e}); using TC (mode auto)");
+                        let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
+                            HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
+                        ifaces
+                            .insert(ifindex, IfaceInfo { role: i.role, flags: abi::IFACE_F_TC_ONLY }, 0)
+                            .map_err(map_err(abi::MAP_IFACES))?;
+                        Hook::Tc
+                    }
+                },
+                (Mode::Xdp, XdpAttach::Generic) => {
+                    xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?;
+                    Hook::XdpGeneric
+                }
+                (Mode::Xdp, XdpAttach::Native) => {
+                    xdp.attach(name, XdpMode::Driver).map_err(prog_err(format!("attaching XDP (native) to {name}")))?;
+                    Hook::XdpNative
+                }
+                (Mode::Xdp, XdpAttach::Auto) => match xdp.attach(name, XdpMode::Driver) {
+                    Ok(_) => Hook::XdpNative,
+                    Err(e) => {
+                        log::warn!("{name}: native XDP failed ({e}); falling back to generic XDP, which is much slower (consider --mode tc)");
                         xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?;
-                        false
+                        Hook::XdpGeneric
                     }
                 },
             };
@@ -153,7 +189,7 @@ impl Datapath {
             // Kernels before 6.6 attach through a clsact qdisc; it may exist.
             let _ = aya::programs::tc::qdisc_add_clsact(name);
             tc.attach(name, TcAttachType::Ingress).map_err(prog_err(format!("attaching TC ingress to {name}")))?;
-            self.attached.push(Attached { name: name.clone(), ifindex: *ifindex, native });
+            self.attached.push(Attached { name: name.clone(), ifindex, hook });
         }
         Ok(())
     }

@@ -47,6 +47,17 @@ pub const GW_INTERNAL_IF: &str = "int0";
 const PREFIX: &str = "fwdlab";
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The datapath hook the end-to-end suite runs with: `$FORWARDER_TEST_MODE`
+/// (`xdp`, `tc` or `auto`), default `xdp`. `cargo xtask test` runs the
+/// suite once per mode.
+pub fn test_mode() -> &'static str {
+    match std::env::var("FORWARDER_TEST_MODE").as_deref() {
+        Ok("tc") => "tc",
+        Ok("auto") => "auto",
+        _ => "xdp",
+    }
+}
+
 pub struct Lab {
     /// Started processes: stopped before the namespaces go.
     procs: Vec<Spawned>,
@@ -110,12 +121,16 @@ impl Lab {
     }
 
     /// Starts `forwarder run` on the gateway (public pub0, internal int0)
-    /// with `extra` arguments; waits until it runs.
+    /// with `extra` arguments; waits until it runs. The hook is
+    /// [`test_mode`] unless `extra` says otherwise.
     pub fn start_forwarder(&self, extra: &[&str]) -> Result<Forwarder> {
         let bin = forwarder_bin()?;
         let stats = self.dir.join("stats.json");
         let mut cmd = self.gateway.command(bin.to_str().context("binary path")?);
         cmd.args(["run", "--public", GW_PUBLIC_IF, "--internal", GW_INTERNAL_IF, "--stats-file"]).arg(&stats);
+        if !extra.contains(&"--mode") {
+            cmd.args(["--mode", test_mode()]);
+        }
         cmd.args(extra);
         Forwarder::start(cmd, stats)
     }

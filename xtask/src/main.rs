@@ -128,7 +128,19 @@ fn main() -> Result<()> {
             setup::run()?;
             let bin = build_forwarder()?;
             let t0 = std::time::Instant::now();
-            let (passed, failed, ok) = run_tests(cargo().args(["test", "--workspace", "--exclude", "forwarder-ebpf"]).env("FORWARDER_BIN", &bin).args(&args))?;
+            // Everything once (end-to-end in XDP mode), then the end-to-end
+            // traffic suite again in TC mode.
+            let (mut passed, mut failed, mut ok) =
+                run_tests(cargo().args(["test", "--workspace", "--exclude", "forwarder-ebpf"]).env("FORWARDER_BIN", &bin).args(&args))?;
+            eprintln!("xtask: the end-to-end suite again, in TC mode");
+            let (p, f, o) = run_tests(
+                cargo()
+                    .args(["test", "-p", "forwarder-testkit", "--test", "forward"])
+                    .env("FORWARDER_BIN", &bin)
+                    .env("FORWARDER_TEST_MODE", "tc")
+                    .args(&args),
+            )?;
+            (passed, failed, ok) = (passed + p, failed + f, ok && o);
             eprintln!("xtask: tests took {:.0} s", t0.elapsed().as_secs_f64());
             println!("tests: {passed} passed, {failed} failed");
             if !ok || failed > 0 {

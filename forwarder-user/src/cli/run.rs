@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    config::{PortRange, Rule, Settings},
+    config::{Mode, PortRange, Rule, Settings},
     iface,
     loader::{Datapath, XdpAttach},
     sysctl,
@@ -27,9 +27,17 @@ pub struct RunArgs {
     /// TOML config file (interfaces, rules, `snat_ports`); merged with the flags.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// XDP attach mode.
+    /// Datapath hook for every interface: xdp (TC behind it for what XDP
+    /// cannot finish), tc (TC only), auto (native XDP where available, else TC).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Per-interface hook, overriding --mode: IFACE=xdp|tc|auto; repeatable.
+    #[arg(long = "iface-mode", value_name = "IFACE=MODE")]
+    pub iface_modes: Vec<String>,
+    /// How XDP attaches in xdp mode: auto (native, else generic with a
+    /// warning), native, generic.
     #[arg(long, value_enum, default_value = "auto")]
-    pub xdp_mode: XdpAttach,
+    pub xdp_attach: XdpAttach,
     /// Masquerade source-port range (LOW-HIGH).
     #[arg(long, value_name = "LOW-HIGH")]
     pub snat_ports: Option<String>,
@@ -55,6 +63,14 @@ impl RunArgs {
         for spec in &self.rules {
             s.rules.push(Rule::parse_spec(spec)?);
         }
+        if let Some(m) = self.mode {
+            s.mode = m;
+        }
+        for spec in &self.iface_modes {
+            let (iface, mode) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--iface-mode `{spec}`: expected IFACE=MODE"))?;
+            let mode: Mode = mode.parse().map_err(|e| anyhow::anyhow!("--iface-mode `{spec}`: {e}"))?;
+            s.iface_modes.push((iface.to_string(), mode));
+        }
         if let Some(r) = &self.snat_ports {
             s.snat_ports = r.parse::<PortRange>()?;
         }
@@ -70,9 +86,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut dp = Datapath::load()?;
     dp.configure(&compiled)?;
-    dp.attach(&compiled, args.xdp_mode)?;
+    dp.attach(&compiled, args.xdp_attach)?;
     for a in &dp.attached {
-        log::info!("attached to {} (ifindex {}): XDP {} + TC ingress", a.name, a.ifindex, if a.native { "native" } else { "generic" });
+        log::info!("attached to {} (ifindex {}): {}", a.name, a.ifindex, a.hook);
     }
     for r in &settings.rules {
         log::info!("rule {r} ({})", r.origin);

@@ -31,6 +31,13 @@ pub fn rule_counters(json: &str, id: usize) -> (u64, u64, u64) {
     (r["packets_in"].as_u64().unwrap(), r["packets_out"].as_u64().unwrap(), r["new_connections"].as_u64().unwrap())
 }
 
+/// (bytes_in, bytes_out) of rule `id`.
+pub fn rule_bytes(json: &str, id: usize) -> (u64, u64) {
+    let v: Value = serde_json::from_str(json).expect("stats JSON");
+    let r = &v["rules"][id];
+    (r["bytes_in"].as_u64().unwrap(), r["bytes_out"].as_u64().unwrap())
+}
+
 pub fn counter(json: &str, name: &str) -> u64 {
     let v: Value = serde_json::from_str(json).expect("stats JSON");
     v["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {json}"))
@@ -76,6 +83,21 @@ pub fn http_get(lab: &Lab, to: SocketAddr) -> (String, SocketAddr) {
         .unwrap()
         .join()
         .unwrap()
+}
+
+/// Packets the datapath translated and sent, by either hook.
+pub fn redirected(json: &str) -> u64 {
+    counter(json, "xdp_redirected") + counter(json, "tc_redirected") + counter(json, "tc_redirected_neigh")
+}
+
+/// The hook that did the work is the one the suite runs with.
+pub fn assert_hook_did_the_work(json: &str) {
+    if forwarder_testkit::test_mode() == "tc" {
+        assert_eq!(counter(json, "xdp_redirected"), 0, "{json}");
+        assert!(counter(json, "tc_redirected") > 0, "{json}");
+    } else {
+        assert!(counter(json, "xdp_redirected") > 0, "{json}");
+    }
 }
 
 pub fn assert_no_csum_errors(lab: &Lab) {
