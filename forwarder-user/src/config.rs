@@ -458,19 +458,19 @@ mod tests {
 
     #[test]
     fn modes_per_interface() {
-        let mut s = settings(&[]);
-        s.mode = Mode::Tc;
-        s.iface_modes.push(("pub1".into(), Mode::Xdp));
-        let c = s.compile(fake_ifindex).unwrap();
-        let m: Vec<_> = c.ifaces.iter().map(|i| (i.name.as_str(), i.mode)).collect();
-        assert_eq!(m, [("pub0", Mode::Tc), ("pub1", Mode::Xdp), ("int0", Mode::Tc)]);
-        s.iface_modes.push(("eth7".into(), Mode::Xdp));
-        assert!(s.compile(fake_ifindex).unwrap_err().to_string().contains("`eth7`"));
-        let mut f = Settings::default();
-        f.merge_toml(Path::new("m.toml"), "public = [\"pub0\"]\nmode = \"auto\"\n[modes]\npub0 = \"tc\"\n").unwrap();
-        assert_eq!((f.mode, f.iface_modes.clone()), (Mode::Auto, vec![("pub0".to_string(), Mode::Tc)]));
-        let e = Settings::default().merge_toml(Path::new("m.toml"), "mode = \"fast\"\n").unwrap_err().to_string();
-        assert!(e.contains("line 1") && e.contains("fast"), "{e}");
+        let mut set = settings(&[]);
+        set.mode = Mode::Tc;
+        set.iface_modes.push(("pub1".into(), Mode::Xdp));
+        let c = set.compile(fake_ifindex).unwrap();
+        let got: Vec<_> = c.ifaces.iter().map(|i| (i.name.as_str(), i.mode)).collect();
+        assert_eq!(got, [("pub0", Mode::Tc), ("pub1", Mode::Xdp), ("int0", Mode::Tc)]);
+        set.iface_modes.push(("eth7".into(), Mode::Xdp));
+        assert!(set.compile(fake_ifindex).unwrap_err().to_string().contains("`eth7`"));
+        let mut file = Settings::default();
+        file.merge_toml(Path::new("m.toml"), "public = [\"pub0\"]\nmode = \"auto\"\n[modes]\npub0 = \"tc\"\n").unwrap();
+        assert_eq!((file.mode, file.iface_modes.clone()), (Mode::Auto, vec![("pub0".to_string(), Mode::Tc)]));
+        let err = Settings::default().merge_toml(Path::new("m.toml"), "mode = \"fast\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("fast"), "{err}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub fn rule_counters(json: &str, id: usize) -> (u64, u64, u64) {
     (r["packets_in"].as_u64().unwrap(), r["packets_out"].as_u64().unwrap(), r["new_connections"].as_u64().unwrap())
 }
 
-/// (bytes_in, bytes_out) of rule `id`.
+/// (`bytes_in`, `bytes_out`) of rule `id`.
 pub fn rule_bytes(json: &str, id: usize) -> (u64, u64) {
     let v: Value = serde_json::from_str(json).expect("stats JSON");
     let r = &v["rules"][id];
