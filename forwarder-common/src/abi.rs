@@ -13,7 +13,10 @@ pub const PROG_XDP: &str = "forwarder_xdp";
 /// neighbour, egress not in the devmap) with `bpf_redirect_neigh`.
 pub const PROG_TC: &str = "forwarder_tc";
 
-/// Port mappings: [`RuleKey`] → [`RuleTarget`]. Hash.
+/// Port mappings: LPM trie keyed by `(prefix_len, RuleKey)` → [`RuleTarget`].
+/// A port range is stored as the few prefixes that cover it exactly
+/// ([`crate::rule::port_prefixes`]), so ranges of any size cost at most 30
+/// entries and one lookup.
 pub const MAP_RULES: &str = "FWD_RULES";
 /// Connection tracking, both directions: [`FlowKey`] → [`FlowEntry`]. LRU hash.
 pub const MAP_FLOWS: &str = "FWD_FLOWS";
@@ -28,8 +31,14 @@ pub const MAP_TX_PORTS: &str = "FWD_TX_PORTS";
 /// Global settings, one entry at index 0: [`Config`]. Array.
 pub const MAP_CONFIG: &str = "FWD_CONFIG";
 
-/// Capacity of the rule table and of the per-rule counter array.
+/// Capacity of the per-rule counter array (rules, not trie entries).
 pub const MAX_RULES: u32 = 4096;
+/// Capacity of the rule trie (a range takes up to 30 entries).
+pub const MAX_RULE_ENTRIES: u32 = 65_536;
+/// Bits of a [`RuleKey`] before the port: ifindex (32) + proto (8).
+pub const RULE_KEY_FIXED_BITS: u32 = 40;
+/// Prefix length of a full (single-port) [`RuleKey`].
+pub const RULE_KEY_FULL_BITS: u32 = RULE_KEY_FIXED_BITS + 16;
 /// Capacity of the conntrack table, in entries (a connection takes two).
 pub const FLOW_TABLE_SIZE: u32 = 524_288;
 /// Capacity of the interface table and the devmap.
@@ -46,24 +55,31 @@ pub const ROLE_INTERNAL: u32 = 2;
 /// `RuleTarget::flags`: replace the source with the egress interface's
 /// address and a port chosen by the forwarder (MASQUERADE).
 pub const RULE_F_MASQUERADE: u16 = 1;
+/// `RuleTarget::flags`: a range mapped onto a range: the backend port is
+/// `port + (dport - public_lo)`. Without it every port maps to `port`.
+pub const RULE_F_PORT_RANGE: u16 = 2;
 
 /// `FlowEntry::dir` values.
 pub const DIR_ORIGINAL: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
 
-/// Key of [`MAP_RULES`]. A rule bound to no interface has `ifindex == 0` and
-/// applies to every public interface; the datapath looks the exact interface
-/// up first, then the wildcard.
+/// Data of a [`MAP_RULES`] trie key, matched bit by bit in memory order:
+/// the interface and protocol always whole, the port by its leading bits.
+/// A rule bound to no interface has `ifindex == 0` and applies to every
+/// public interface; the datapath looks the exact interface up first, then
+/// the wildcard.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct RuleKey {
     /// Ingress interface index, host byte order; 0 = any public interface.
     pub ifindex: u32,
-    /// Public (destination) port, network byte order.
-    pub port: [u8; 2],
     /// [`PROTO_TCP`] or [`PROTO_UDP`].
     pub proto: u8,
+    /// Public (destination) port, network byte order (so that a prefix of
+    /// its bits is a port range).
+    pub port: [u8; 2],
+    /// Never covered by a prefix.
     pub _pad: u8,
 }
 
@@ -74,12 +90,16 @@ pub struct RuleKey {
 pub struct RuleTarget {
     /// Backend IPv4 address, network byte order.
     pub addr: [u8; 4],
-    /// Backend port, network byte order.
+    /// Backend port (the first of the range with [`RULE_F_PORT_RANGE`]),
+    /// network byte order.
     pub port: [u8; 2],
     /// `RULE_F_*` bits.
     pub flags: u16,
     /// Index into [`MAP_RULE_STATS`] (< [`MAX_RULES`]), host byte order.
     pub rule_id: u32,
+    /// First public port of the rule's range, host byte order.
+    pub public_lo: u16,
+    pub _pad: u16,
 }
 
 /// Key of [`MAP_FLOWS`]: a packet's 5-tuple as it arrives at the gateway.
@@ -184,7 +204,7 @@ pub const DEFAULT_SNAT_ATTEMPTS: u32 = 16;
 pub const MAX_SNAT_ATTEMPTS: u32 = 32;
 
 const _: () = assert!(core::mem::size_of::<RuleKey>() == 8);
-const _: () = assert!(core::mem::size_of::<RuleTarget>() == 12);
+const _: () = assert!(core::mem::size_of::<RuleTarget>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);

@@ -10,6 +10,7 @@
 //!   packet is ours.
 //! - [`nat`]: the rewrite plan for a translated packet (what changes, and the
 //!   checksum deltas).
+//! - [`rule`]: port ranges as trie prefixes, the backend port of a match.
 //! - [`conntrack`]: flow keys, the two-direction entry pair, SNAT port choice.
 //! - [`stats`]: counter and drop-reason indices.
 #![cfg_attr(not(test), no_std)]
@@ -19,4 +20,5 @@ pub mod conntrack;
 pub mod csum;
 pub mod nat;
 pub mod parse;
+pub mod rule;
 pub mod stats;

@@ -4,15 +4,16 @@
 use aya_ebpf::{
     bindings::bpf_devmap_val,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use forwarder_common::abi::{
-    Config, FLOW_TABLE_SIZE, FlowEntry, FlowKey, IfaceInfo, MAX_IFACES, MAX_RULES, RuleKey, RuleStats, RuleTarget,
+    Config, FLOW_TABLE_SIZE, FlowEntry, FlowKey, IfaceInfo, MAX_IFACES, MAX_RULE_ENTRIES, MAX_RULES, RuleKey, RuleStats,
+    RuleTarget,
 };
 use forwarder_common::stats;
 
 #[map]
-pub static FWD_RULES: HashMap<RuleKey, RuleTarget> = HashMap::with_max_entries(MAX_RULES, 0);
+pub static FWD_RULES: LpmTrie<RuleKey, RuleTarget> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
 
 #[map]
 pub static FWD_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(FLOW_TABLE_SIZE, 0);

@@ -11,12 +11,15 @@ use aya_ebpf::{
         BPF_NOEXIST, bpf_fib_lookup,
     },
     helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup as fib_lookup_helper},
+    maps::lpm_trie::Key,
 };
 use aya_log_ebpf::warn;
 use forwarder_common::{
     abi::{
-        DIR_ORIGINAL, FlowKey, MAX_SNAT_ATTEMPTS, PROTO_TCP, PROTO_UDP, ROLE_PUBLIC, RULE_F_MASQUERADE, RuleKey,
+        DIR_ORIGINAL, FlowKey, MAX_SNAT_ATTEMPTS, PROTO_TCP, PROTO_UDP, ROLE_PUBLIC, RULE_F_MASQUERADE, RULE_KEY_FULL_BITS,
+        RuleKey,
     },
+    rule::backend_port,
     conntrack::{entry_pair, needs_refresh, snat_candidate, tuple_hash},
     csum::looks_partial,
     nat::Tuple,
@@ -284,17 +287,16 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
 #[inline(always)]
 fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
     let ifindex = p.ingress_ifindex();
-    let mut key = RuleKey { ifindex, port: parsed.tuple.dport, proto: parsed.proto, _pad: 0 };
-    let target = match FWD_RULES.get_ptr(&key) {
-        // SAFETY: map value pointer valid until program exit.
-        Some(t) => unsafe { *t },
+    let mut key = Key::new(RULE_KEY_FULL_BITS, RuleKey { ifindex, proto: parsed.proto, port: parsed.tuple.dport, _pad: 0 });
+    let target = match FWD_RULES.get(&key) {
+        Some(t) => *t,
         None => {
             // Wildcard rules apply on public interfaces only.
+            // SAFETY: map value pointer valid until program exit.
             let public = FWD_IFACES.get_ptr(&ifindex).is_some_and(|i| unsafe { (*i).role } == ROLE_PUBLIC);
-            key.ifindex = 0;
-            match FWD_RULES.get_ptr(&key) {
-                // SAFETY: as above.
-                Some(t) if public => unsafe { *t },
+            key.data.ifindex = 0;
+            match FWD_RULES.get(&key) {
+                Some(t) if public => *t,
                 _ => return Verdict::Pass(stats::PASS_NOT_OURS),
             }
         }
@@ -307,7 +309,8 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
         return Verdict::Drop(stats::DROP_TTL);
     }
     let masquerade = target.flags & RULE_F_MASQUERADE != 0;
-    let mut out = Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport: target.port };
+    let dport = backend_port(&target, u16::from_be_bytes(parsed.tuple.dport));
+    let mut out = Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport };
     let r = route(p, &parsed, &out, if masquerade { BPF_FIB_LOOKUP_SRC } else { 0 });
     // Route first: nothing is inserted for a packet we cannot send (XDP
     // hands NO_NEIGH to TC before any state exists).

@@ -4,10 +4,13 @@
 //! Rule syntax on the command line:
 //!
 //! ```text
-//! PROTO:PORT[@IFACE]=ADDR[:PORT][,no-masquerade]
+//! PROTO:PORTS[@IFACE]=ADDR[:PORTS][,no-masquerade]     PORTS = PORT or LOW-HIGH
 //! tcp:8080=192.168.1.50:80          # like -p tcp --dport 8080 -j DNAT --to 192.168.1.50:80
 //! udp:5353@eth0=10.0.0.2:53         # bound to one public interface
 //! tcp:2222=10.0.0.3                 # backend port = public port
+//! tcp:8000-9000=10.0.0.4:18000-19000  # each port to its counterpart (same length)
+//! udp:6000-6100=10.0.0.5:6000       # a range onto one port
+//! tcp:7000-7010=10.0.0.6            # a range onto the same ports
 //! ```
 //!
 //! The same in TOML:
@@ -19,15 +22,18 @@
 //!
 //! [[rule]]
 //! proto = "tcp"
-//! port = 8080
-//! to = "192.168.1.50:80"
+//! port = 8080            # or "8000-9000"
+//! to = "192.168.1.50:80"  # or "192.168.1.50:18000-19000"
 //! interface = "eth0"     # optional
 //! masquerade = true      # default
 //! ```
 
 use std::{collections::HashMap, fmt, net::Ipv4Addr, path::Path, str::FromStr};
 
-use forwarder_common::abi::{self, PROTO_TCP, PROTO_UDP, RULE_F_MASQUERADE, RuleKey, RuleTarget};
+use forwarder_common::{
+    abi::{self, PROTO_TCP, PROTO_UDP, RULE_F_MASQUERADE, RULE_F_PORT_RANGE, RuleKey, RuleTarget},
+    rule,
+};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -68,16 +74,54 @@ impl fmt::Display for Proto {
     }
 }
 
+/// An inclusive port range; a single port is `lo == hi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Ports {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl Ports {
+    pub const fn one(p: u16) -> Self {
+        Self { lo: p, hi: p }
+    }
+    pub const fn len(self) -> u32 {
+        self.hi as u32 - self.lo as u32 + 1
+    }
+    pub const fn overlaps(self, o: Self) -> bool {
+        self.lo <= o.hi && o.lo <= self.hi
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi { write!(f, "{}", self.lo) } else { write!(f, "{}-{}", self.lo, self.hi) }
+    }
+}
+
+/// Parses `PORT` or `LOW-HIGH` (also `LOW:HIGH`, as iptables writes it).
+fn parse_ports(s: &str, what: &str) -> Result<Ports, String> {
+    let Some((a, b)) = s.split_once(['-', ':']) else {
+        return parse_port(s, what).map(Ports::one);
+    };
+    let (lo, hi) = (parse_port(a, what)?, parse_port(b, what)?);
+    if lo > hi {
+        return Err(format!("{what} range `{s}` runs backwards"));
+    }
+    Ok(Ports { lo, hi })
+}
+
 /// One port mapping.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Rule {
     pub proto: Proto,
-    /// Public port.
-    pub port: u16,
+    /// Public port(s).
+    pub ports: Ports,
     /// Bound to this public interface; `None` = every public interface.
     pub interface: Option<String>,
     pub backend: Ipv4Addr,
-    pub backend_port: u16,
+    /// Backend port(s): one port, or a range as long as `ports`.
+    pub backend_ports: Ports,
     pub masquerade: bool,
     /// Where the rule came from (`--rule …` or `file:line`), for messages.
     #[serde(skip)]
@@ -86,11 +130,11 @@ pub struct Rule {
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.proto, self.port)?;
+        write!(f, "{}:{}", self.proto, self.ports)?;
         if let Some(i) = &self.interface {
             write!(f, "@{i}")?;
         }
-        write!(f, "={}:{}", self.backend, self.backend_port)?;
+        write!(f, "={}:{}", self.backend, self.backend_ports)?;
         if !self.masquerade {
             f.write_str(",no-masquerade")?;
         }
@@ -107,10 +151,22 @@ fn port_in_range(n: i64, what: &str) -> Result<u16, String> {
     u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| format!("{what} {n} is out of range 1-65535"))
 }
 
-fn parse_backend(s: &str, default_port: u16) -> Result<(Ipv4Addr, u16), String> {
+/// Parses `ADDR[:PORTS]`; without ports the backend uses the public ones.
+/// A backend range must be as long as the public range.
+fn parse_backend(s: &str, public: Ports) -> Result<(Ipv4Addr, Ports), String> {
     let (addr, port) = match s.rsplit_once(':') {
-        Some((a, p)) => (a, parse_port(p, "backend port")?),
-        None => (s, default_port),
+        Some((a, p)) => {
+            let b = if p.contains('-') { parse_ports(p, "backend port")? } else { Ports::one(parse_port(p, "backend port")?) };
+            if b.lo != b.hi && b.len() != public.len() {
+                return Err(format!(
+                    "backend range {b} has {} ports but public range {public} has {}: ranges must be the same length (or map onto one port)",
+                    b.len(),
+                    public.len()
+                ));
+            }
+            (a, b)
+        }
+        None => (s, public),
     };
     let addr: Ipv4Addr = addr.trim().parse().map_err(|_| format!("backend address `{addr}` is not an IPv4 address"))?;
     if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
@@ -131,9 +187,9 @@ impl Rule {
             Some(_) => return Err(err("empty interface after `@`".into())),
             None => (port, None),
         };
-        let port = parse_port(port, "public port").map_err(err)?;
+        let ports = parse_ports(port, "public port").map_err(err)?;
         let mut parts = rhs.split(',');
-        let (backend, backend_port) = parse_backend(parts.next().unwrap_or_default(), port).map_err(err)?;
+        let (backend, backend_ports) = parse_backend(parts.next().unwrap_or_default(), ports).map_err(err)?;
         let mut masquerade = true;
         for opt in parts {
             match opt.trim() {
@@ -142,7 +198,7 @@ impl Rule {
                 o => return Err(err(format!("unknown option `{o}` (known: masquerade, no-masquerade)"))),
             }
         }
-        Ok(Self { proto, port, interface, backend, backend_port, masquerade, origin: format!("--rule {spec}") })
+        Ok(Self { proto, ports, interface, backend, backend_ports, masquerade, origin: format!("--rule {spec}") })
     }
 }
 
@@ -243,10 +299,18 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileRule {
     proto: String,
-    port: i64,
+    port: PortField,
     to: String,
     interface: Option<String>,
     masquerade: Option<bool>,
+}
+
+/// `port = 8080` or `port = "8000-9000"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortField {
+    Number(i64),
+    Text(String),
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -281,14 +345,18 @@ impl Settings {
             let r = spanned.into_inner();
             let at = |why: String| cfg_err(format!("line {line}: rule: {why}"));
             let proto: Proto = r.proto.parse().map_err(at)?;
-            let port = port_in_range(r.port, "port").map_err(at)?;
-            let (backend, backend_port) = parse_backend(&r.to, port).map_err(at)?;
+            let ports = match &r.port {
+                PortField::Number(n) => port_in_range(*n, "port").map(Ports::one),
+                PortField::Text(s) => parse_ports(s, "port"),
+            }
+            .map_err(at)?;
+            let (backend, backend_ports) = parse_backend(&r.to, ports).map_err(at)?;
             self.rules.push(Rule {
                 proto,
-                port,
+                ports,
                 interface: r.interface,
                 backend,
-                backend_port,
+                backend_ports,
                 masquerade: r.masquerade.unwrap_or(true),
                 origin: format!("{}:{line}", path.display()),
             });
@@ -320,7 +388,8 @@ impl Settings {
         if self.rules.len() > abi::MAX_RULES as usize {
             return Err(Error::TooManyRules(self.rules.len()));
         }
-        let mut seen: HashMap<RuleKey, &Rule> = HashMap::new();
+        // Rules on the same (interface, protocol) must not share a port.
+        let mut seen: HashMap<(u32, u8), Vec<&Rule>> = HashMap::new();
         let mut entries = Vec::new();
         for (id, r) in self.rules.iter().enumerate() {
             let if_idx = match &r.interface {
@@ -336,20 +405,30 @@ impl Settings {
                     idx
                 }
             };
-            let key = RuleKey { ifindex: if_idx, port: r.port.to_be_bytes(), proto: r.proto.number(), _pad: 0 };
-            if let Some(first) = seen.insert(key, r) {
+            let same = seen.entry((if_idx, r.proto.number())).or_default();
+            if let Some(first) = same.iter().find(|o| o.ports.overlaps(r.ports)) {
                 return Err(Error::DuplicateRule {
                     first: format!("{first} ({})", first.origin),
                     second: format!("{r} ({})", r.origin),
                 });
             }
+            same.push(r);
+            let mut flags = if r.masquerade { RULE_F_MASQUERADE } else { 0 };
+            if r.backend_ports.lo != r.backend_ports.hi {
+                flags |= RULE_F_PORT_RANGE;
+            }
             let target = RuleTarget {
                 addr: r.backend.octets(),
-                port: r.backend_port.to_be_bytes(),
-                flags: if r.masquerade { RULE_F_MASQUERADE } else { 0 },
+                port: r.backend_ports.lo.to_be_bytes(),
+                flags,
                 rule_id: id as u32,
+                public_lo: r.ports.lo,
+                _pad: 0,
             };
-            entries.push((key, target));
+            for (start, bits) in rule::port_prefixes(r.ports.lo, r.ports.hi) {
+                let (prefix_len, key) = rule::key(if_idx, r.proto.number(), start, bits);
+                entries.push((prefix_len, key, target));
+            }
         }
         Ok(Compiled { ifaces, rules: entries, snat_ports: self.snat_ports })
     }
@@ -359,8 +438,9 @@ impl Settings {
 #[derive(Debug)]
 pub struct Compiled {
     pub ifaces: Vec<IfaceSpec>,
-    /// Rule id = index in this vector = index in `Settings::rules`.
-    pub rules: Vec<(RuleKey, RuleTarget)>,
+    /// Trie entries `(prefix length, key, target)`; a range has several.
+    /// `RuleTarget::rule_id` = index in `Settings::rules`.
+    pub rules: Vec<(u32, RuleKey, RuleTarget)>,
     pub snat_ports: PortRange,
 }
 
@@ -389,9 +469,12 @@ mod tests {
     #[test]
     fn parses_specs() {
         let r = Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap();
-        assert_eq!((r.proto, r.port, r.backend, r.backend_port, r.masquerade), (Proto::Tcp, 8080, Ipv4Addr::new(192, 168, 1, 50), 80, true));
+        assert_eq!(
+            (r.proto, r.ports, r.backend, r.backend_ports, r.masquerade),
+            (Proto::Tcp, Ports::one(8080), Ipv4Addr::new(192, 168, 1, 50), Ports::one(80), true)
+        );
         let r = Rule::parse_spec("udp:53@pub0=10.0.0.2,no-masquerade").unwrap();
-        assert_eq!((r.interface.as_deref(), r.backend_port, r.masquerade), (Some("pub0"), 53, false));
+        assert_eq!((r.interface.as_deref(), r.backend_ports, r.masquerade), (Some("pub0"), Ports::one(53), false));
         assert_eq!(r.to_string(), "udp:53@pub0=10.0.0.2:53,no-masquerade");
     }
 
@@ -407,6 +490,9 @@ mod tests {
             ("tcp:http=10.0.0.1", "public port `http` is not a number"),
             ("tcp:80=10.0.0.1,fast", "unknown option `fast`"),
             ("tcp:80=0.0.0.0", "cannot be a unicast"),
+            ("tcp:9000-8000=10.0.0.1", "runs backwards"),
+            ("tcp:8000-9000=10.0.0.1:1-10", "backend range 1-10 has 10 ports but public range 8000-9000 has 1001"),
+            ("udp:1-70000=10.0.0.1", "public port 70000 is out of range"),
         ] {
             let e = Rule::parse_spec(spec).unwrap_err().to_string();
             assert!(e.contains(needle) && e.contains(spec), "{spec}: {e}");
@@ -418,10 +504,24 @@ mod tests {
         let c = settings(&["tcp:8080=10.0.2.2:80", "udp:53@pub1=10.0.2.3"]).compile(fake_ifindex).unwrap();
         assert_eq!(c.ifaces.len(), 3);
         assert!(c.ifaces.iter().all(|i| i.mode == Mode::Xdp));
-        assert_eq!(c.rules[0].0, RuleKey { ifindex: 0, port: 8080u16.to_be_bytes(), proto: 6, _pad: 0 });
-        assert_eq!(c.rules[1].0.ifindex, 3);
-        assert_eq!(c.rules[1].1.rule_id, 1);
-        assert_eq!(c.rules[0].1.flags, RULE_F_MASQUERADE);
+        assert_eq!(c.rules[0].0, abi::RULE_KEY_FULL_BITS);
+        assert_eq!(c.rules[0].1, RuleKey { ifindex: 0, port: 8080u16.to_be_bytes(), proto: 6, _pad: 0 });
+        assert_eq!(c.rules[1].1.ifindex, 3);
+        assert_eq!(c.rules[1].2.rule_id, 1);
+        assert_eq!(c.rules[0].2.flags, RULE_F_MASQUERADE);
+    }
+
+    #[test]
+    fn ranges_compile_to_prefixes() {
+        let c = settings(&["tcp:8000-9000=10.0.2.2:18000-19000", "udp:6000-6100=10.0.2.3:53"]).compile(fake_ifindex).unwrap();
+        let r0: Vec<_> = c.rules.iter().filter(|e| e.2.rule_id == 0).collect();
+        assert!(r0.len() > 1 && r0.len() <= 30);
+        assert!(r0.iter().all(|e| e.2.flags & RULE_F_PORT_RANGE != 0 && e.2.public_lo == 8000));
+        let covered: u32 = r0.iter().map(|e| 1u32 << (abi::RULE_KEY_FULL_BITS - e.0)).sum();
+        assert_eq!(covered, 1001);
+        assert!(c.rules.iter().filter(|e| e.2.rule_id == 1).all(|e| e.2.flags & RULE_F_PORT_RANGE == 0));
+        let e = settings(&["tcp:8000-9000=10.0.2.2", "tcp:8500=10.0.2.3"]).compile(fake_ifindex).unwrap_err();
+        assert!(e.to_string().contains("tcp:8000-9000") && e.to_string().contains("tcp:8500"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub enum Error {
     UnknownInterface(String),
     #[error("interface `{name}` is given as both public and internal")]
     InterfaceRole { name: String },
-    #[error("duplicate rule: `{first}` and `{second}` match the same packets")]
+    #[error("duplicate rule: `{first}` and `{second}` share ports on the same protocol and interface")]
     DuplicateRule { first: String, second: String },
     #[error("too many rules: {0} (the datapath holds at most {max})", max = forwarder_common::abi::MAX_RULES)]
     TooManyRules(usize),

@@ -8,7 +8,11 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, xdp::DevMapHash},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+        xdp::DevMapHash,
+    },
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use forwarder_common::abi::{self, Config, IfaceInfo, RuleKey, RuleTarget};
@@ -132,10 +136,10 @@ impl Datapath {
         for i in &c.ifaces {
             tx.insert(i.ifindex, i.ifindex, None, 0).map_err(|e| Error::Io(format!("adding {} to {}: {e}", i.name, abi::MAP_TX_PORTS)))?;
         }
-        let mut rules: HashMap<&mut MapData, RuleKey, RuleTarget> =
-            HashMap::try_from(self.map_mut(abi::MAP_RULES)?).map_err(map_err(abi::MAP_RULES))?;
-        for (k, v) in &c.rules {
-            rules.insert(k, v, 0).map_err(map_err(abi::MAP_RULES))?;
+        let mut rules: LpmTrie<&mut MapData, RuleKey, RuleTarget> =
+            LpmTrie::try_from(self.map_mut(abi::MAP_RULES)?).map_err(map_err(abi::MAP_RULES))?;
+        for (prefix_len, k, v) in &c.rules {
+            rules.insert(&Key::new(*prefix_len, *k), v, 0).map_err(map_err(abi::MAP_RULES))?;
         }
         Ok(())
     }
@@ -226,12 +230,13 @@ impl Datapath {
     }
 
     /// Sums the per-CPU counters.
-    pub fn snapshot(&self, c: &Compiled, rules: &[crate::config::Rule]) -> Result<crate::stats::Snapshot> {
+    pub fn snapshot(&self, rules: &[crate::config::Rule]) -> Result<crate::stats::Snapshot> {
         let rs: PerCpuArray<&MapData, abi::RuleStats> =
             PerCpuArray::try_from(self.map(abi::MAP_RULE_STATS)?).map_err(map_err(abi::MAP_RULE_STATS))?;
         let mut out = crate::stats::Snapshot::default();
-        for (i, (_, t)) in c.rules.iter().enumerate() {
-            let per_cpu = rs.get(&t.rule_id, 0).map_err(map_err(abi::MAP_RULE_STATS))?;
+        for (i, rule) in rules.iter().enumerate() {
+            let id = i as u32;
+            let per_cpu = rs.get(&id, 0).map_err(map_err(abi::MAP_RULE_STATS))?;
             let mut sum = abi::RuleStats::default();
             for s in per_cpu.iter() {
                 sum.orig_packets += s.orig_packets;
@@ -240,7 +245,7 @@ impl Datapath {
                 sum.reply_bytes += s.reply_bytes;
                 sum.new_conns += s.new_conns;
             }
-            out.rules.push(crate::stats::RuleCounters::new(t.rule_id, &rules[i], &sum));
+            out.rules.push(crate::stats::RuleCounters::new(id, rule, &sum));
         }
         let gs: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_STATS)?).map_err(map_err(abi::MAP_STATS))?;
         for (i, name) in forwarder_common::stats::NAMES.iter().enumerate() {

@@ -395,3 +395,67 @@ fn config_file_and_dnat_without_masquerade() {
     assert!(fwd.log_text().contains("forwarder.toml:1"), "rule origin not logged: {}", fwd.log_text());
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn port_ranges_map_each_port_to_its_counterpart() {
+    let (lab, mut fwd) = lab_with(&["tcp:8000-8100=192.168.1.50:18000-18100", "udp:6000-6010=192.168.1.50:53"]);
+    let backends: Vec<TcpListener> = [18000u16, 18050, 18100]
+        .iter()
+        .map(|p| {
+            let p = *p;
+            lab.server.enter(move || TcpListener::bind(("0.0.0.0", p)).unwrap()).unwrap().join().unwrap()
+        })
+        .collect();
+    let udp = lab.server.enter(|| UdpSocket::bind("0.0.0.0:53").unwrap()).unwrap().join().unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let udp_srv = std::thread::spawn(move || {
+        let mut b = [0u8; 16];
+        let (k, peer) = udp.recv_from(&mut b).unwrap();
+        udp.send_to(&b[..k], peer).unwrap();
+        peer
+    });
+    let servers: Vec<_> = backends
+        .into_iter()
+        .map(|l| {
+            std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let port = s.local_addr().unwrap().port();
+                s.write_all(&port.to_be_bytes()).unwrap();
+            })
+        })
+        .collect();
+    let (got, outside, udp_from) = lab
+        .client
+        .enter(|| {
+            let got: Vec<u16> = [8000u16, 8050, 8100]
+                .iter()
+                .map(|p| {
+                    let mut s = TcpStream::connect_timeout(&public(*p), Duration::from_secs(5)).unwrap();
+                    let mut b = [0u8; 2];
+                    s.read_exact(&mut b).unwrap();
+                    u16::from_be_bytes(b)
+                })
+                .collect();
+            let outside = TcpStream::connect_timeout(&public(8101), Duration::from_secs(5)).map_err(|e| e.kind());
+            let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            u.send_to(b"ping", public(6005)).unwrap();
+            let mut b = [0u8; 16];
+            let (_, from) = u.recv_from(&mut b).unwrap();
+            (got, outside, from)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(udp_srv.join().unwrap().ip(), ADDRS.gw_internal);
+    for s in servers {
+        s.join().unwrap();
+    }
+    assert_eq!(got, [18000, 18050, 18100], "each public port reaches its counterpart");
+    assert_eq!(outside.unwrap_err(), std::io::ErrorKind::ConnectionRefused, "8101 is outside the range");
+    assert_eq!(udp_from, public(6005));
+    let stats = fwd.stop().unwrap();
+    assert_eq!(rule_counters(&stats, 0).2, 3, "{stats}");
+    assert_eq!(rule_counters(&stats, 1).2, 1, "{stats}");
+    assert_no_csum_errors(&lab);
+}

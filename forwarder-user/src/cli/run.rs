@@ -101,9 +101,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("forwarder: running; Ctrl-C or SIGTERM to stop");
 
     let logger = dp.take_logger().context("kernel log channel")?;
-    let result = serve(&dp, logger, &compiled, &settings, &args).await;
+    let result = serve(&dp, logger, &settings, &args).await;
 
-    let snap = dp.snapshot(&compiled, &settings.rules);
+    let snap = dp.snapshot(&settings.rules);
     drop(dp);
     log::info!("detached from all interfaces");
     if !was_forwarding && !args.keep_ip_forward {
@@ -118,7 +118,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(dp: &Datapath, logger: crate::loader::KernelLogger, compiled: &crate::config::Compiled, settings: &Settings, args: &RunArgs) -> anyhow::Result<()> {
+async fn serve(dp: &Datapath, logger: crate::loader::KernelLogger, settings: &Settings, args: &RunArgs) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
@@ -141,7 +141,7 @@ async fn serve(dp: &Datapath, logger: crate::loader::KernelLogger, compiled: &cr
                 if args.stats_file.is_none() && !periodic {
                     continue;
                 }
-                let snap = dp.snapshot(compiled, &settings.rules)?;
+                let snap = dp.snapshot(&settings.rules)?;
                 if let Some(path) = &args.stats_file {
                     snap.write_json(path).with_context(|| format!("writing {}", path.display()))?;
                 }
