@@ -85,7 +85,8 @@ impl Ports {
     pub const fn one(p: u16) -> Self {
         Self { lo: p, hi: p }
     }
-    pub const fn len(self) -> u32 {
+    /// Number of ports (never 0).
+    pub const fn count(self) -> u32 {
         self.hi as u32 - self.lo as u32 + 1
     }
     pub const fn overlaps(self, o: Self) -> bool {
@@ -157,11 +158,11 @@ fn parse_backend(s: &str, public: Ports) -> Result<(Ipv4Addr, Ports), String> {
     let (addr, port) = match s.rsplit_once(':') {
         Some((a, p)) => {
             let b = if p.contains('-') { parse_ports(p, "backend port")? } else { Ports::one(parse_port(p, "backend port")?) };
-            if b.lo != b.hi && b.len() != public.len() {
+            if b.lo != b.hi && b.count() != public.count() {
                 return Err(format!(
                     "backend range {b} has {} ports but public range {public} has {}: ranges must be the same length (or map onto one port)",
-                    b.len(),
-                    public.len()
+                    b.count(),
+                    public.count()
                 ));
             }
             (a, b)
@@ -188,10 +189,10 @@ impl Rule {
             None => (port, None),
         };
         let ports = parse_ports(port, "public port").map_err(err)?;
-        let mut parts = rhs.split(',');
-        let (backend, backend_ports) = parse_backend(parts.next().unwrap_or_default(), ports).map_err(err)?;
+        let mut target = rhs.split(',');
+        let (backend, backend_ports) = parse_backend(target.next().unwrap_or_default(), ports).map_err(err)?;
         let mut masquerade = true;
-        for opt in parts {
+        for opt in target {
             match opt.trim() {
                 "no-masquerade" => masquerade = false,
                 "masquerade" => masquerade = true,
