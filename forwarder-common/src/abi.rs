@@ -18,6 +18,11 @@ pub const PROG_TC: &str = "forwarder_tc";
 /// ([`crate::rule::port_prefixes`]), so ranges of any size cost at most 30
 /// entries and one lookup.
 pub const MAP_RULES: &str = "FWD_RULES";
+/// Per-rule source allow-lists: LPM trie keyed by `(32 + cidr bits,
+/// SrcKey)` → `u8` (1). Only consulted for rules with [`RULE_F_SRC_FILTER`].
+pub const MAP_SRC_ALLOW: &str = "FWD_SRC_ALLOW";
+/// Capacity of [`MAP_SRC_ALLOW`] (CIDRs over all rules).
+pub const MAX_SRC_ENTRIES: u32 = 65_536;
 /// Connection tracking, both directions: [`FlowKey`] → [`FlowEntry`]. LRU hash.
 pub const MAP_FLOWS: &str = "FWD_FLOWS";
 /// Per-rule counters, indexed by `rule_id`: [`RuleStats`]. Per-CPU array.
@@ -58,6 +63,9 @@ pub const RULE_F_MASQUERADE: u16 = 1;
 /// `RuleTarget::flags`: a range mapped onto a range: the backend port is
 /// `port + (dport - public_lo)`. Without it every port maps to `port`.
 pub const RULE_F_PORT_RANGE: u16 = 2;
+/// `RuleTarget::flags`: new connections only from the rule's allow-list
+/// ([`MAP_SRC_ALLOW`]); others are dropped and counted.
+pub const RULE_F_SRC_FILTER: u16 = 4;
 
 /// `FlowEntry::dir` values.
 pub const DIR_ORIGINAL: u8 = 0;
@@ -81,6 +89,18 @@ pub struct RuleKey {
     pub port: [u8; 2],
     /// Never covered by a prefix.
     pub _pad: u8,
+}
+
+/// Data of a [`MAP_SRC_ALLOW`] trie key: the rule (always matched whole),
+/// then the client address by its leading bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SrcKey {
+    /// Host byte order.
+    pub rule_id: u32,
+    /// Network byte order.
+    pub addr: [u8; 4],
 }
 
 /// Value of [`MAP_RULES`]: where matching connections go.
@@ -157,6 +177,8 @@ pub struct RuleStats {
     pub reply_bytes: u64,
     /// Connections (conntrack entry pairs) created.
     pub new_conns: u64,
+    /// New connections refused by the rule's source allow-list.
+    pub denied: u64,
 }
 
 /// Value of [`MAP_IFACES`].
@@ -207,7 +229,8 @@ const _: () = assert!(core::mem::size_of::<RuleKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleTarget>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
-const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);
+const _: () = assert!(core::mem::size_of::<RuleStats>() == 48);
+const _: () = assert!(core::mem::size_of::<SrcKey>() == 8);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 
@@ -220,6 +243,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::RuleStats {}
+    unsafe impl aya::Pod for super::SrcKey {}
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Config {}
 }

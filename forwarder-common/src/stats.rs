@@ -44,9 +44,11 @@ pub const DROP_REDIRECT_FAILED: u32 = 16;
 pub const CSUM_FULL_RECOMPUTE: u32 = 17;
 /// Any other FIB result (unsupported encapsulation …): passed untouched.
 pub const PASS_FIB_OTHER: u32 = 18;
+/// New connections from a source outside the rule's allow-list: dropped.
+pub const DROP_SRC_DENIED: u32 = 19;
 
 /// Number of counters.
-pub const COUNT: u32 = 19;
+pub const COUNT: u32 = 20;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -69,4 +71,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_redirect_failed",
     "csum_full_recompute",
     "pass_fib_other",
+    "drop_src_denied",
 ];

@@ -7,13 +7,16 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use forwarder_common::abi::{
-    Config, FLOW_TABLE_SIZE, FlowEntry, FlowKey, IfaceInfo, MAX_IFACES, MAX_RULE_ENTRIES, MAX_RULES, RuleKey, RuleStats,
-    RuleTarget,
+    Config, FLOW_TABLE_SIZE, FlowEntry, FlowKey, IfaceInfo, MAX_IFACES, MAX_RULE_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES,
+    RuleKey, RuleStats, RuleTarget, SrcKey,
 };
 use forwarder_common::stats;
 
 #[map]
 pub static FWD_RULES: LpmTrie<RuleKey, RuleTarget> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
+
+#[map]
+pub static FWD_SRC_ALLOW: LpmTrie<SrcKey, u8> = LpmTrie::with_max_entries(MAX_SRC_ENTRIES, 0);
 
 #[map]
 pub static FWD_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(FLOW_TABLE_SIZE, 0);

@@ -16,8 +16,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use forwarder_common::{
     abi::{
-        DIR_ORIGINAL, FlowKey, MAX_SNAT_ATTEMPTS, PROTO_TCP, PROTO_UDP, ROLE_PUBLIC, RULE_F_MASQUERADE, RULE_KEY_FULL_BITS,
-        RuleKey,
+        DIR_ORIGINAL, FlowKey, MAX_SNAT_ATTEMPTS, PROTO_TCP, PROTO_UDP, ROLE_PUBLIC, RULE_F_MASQUERADE, RULE_F_SRC_FILTER,
+        RULE_KEY_FULL_BITS, RuleKey, SrcKey,
     },
     rule::backend_port,
     conntrack::{entry_pair, needs_refresh, snat_candidate, tuple_hash},
@@ -32,7 +32,7 @@ use network_types::{
 
 use crate::{
     ctx::{Packet, ptr_at},
-    maps::{FWD_FLOWS, FWD_IFACES, FWD_RULES, FWD_TX_PORTS, config, rule_stats},
+    maps::{FWD_FLOWS, FWD_IFACES, FWD_RULES, FWD_SRC_ALLOW, FWD_TX_PORTS, config, rule_stats},
 };
 
 const AF_INET: u8 = 2;
@@ -301,6 +301,16 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
             }
         }
     };
+    // Source allow-list: refused here, never passed on (the kernel would
+    // deliver it to the gateway itself).
+    if target.flags & RULE_F_SRC_FILTER != 0
+        && FWD_SRC_ALLOW.get(Key::new(64, SrcKey { rule_id: target.rule_id, addr: parsed.tuple.saddr })).is_none()
+    {
+        if let Some(s) = rule_stats(target.rule_id) {
+            s.denied += 1;
+        }
+        return Verdict::Drop(stats::DROP_SRC_DENIED);
+    }
     // A stray RST must not create state.
     if tcp_flags(p, &parsed) & TCP_FLAG_RST != 0 {
         return Verdict::Pass(stats::PASS_NOT_OURS);

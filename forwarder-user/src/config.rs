@@ -4,13 +4,14 @@
 //! Rule syntax on the command line:
 //!
 //! ```text
-//! PROTO:PORTS[@IFACE]=ADDR[:PORTS][,no-masquerade]     PORTS = PORT or LOW-HIGH
+//! PROTO:PORTS[@IFACE]=ADDR[:PORTS][,no-masquerade][,src=CIDR]...   PORTS = PORT or LOW-HIGH
 //! tcp:8080=192.168.1.50:80          # like -p tcp --dport 8080 -j DNAT --to 192.168.1.50:80
 //! udp:5353@eth0=10.0.0.2:53         # bound to one public interface
 //! tcp:2222=10.0.0.3                 # backend port = public port
 //! tcp:8000-9000=10.0.0.4:18000-19000  # each port to its counterpart (same length)
 //! udp:6000-6100=10.0.0.5:6000       # a range onto one port
 //! tcp:7000-7010=10.0.0.6            # a range onto the same ports
+//! tcp:22=10.0.0.7,src=203.0.113.5,src=198.51.100.0/24   # only from these sources
 //! ```
 //!
 //! The same in TOML:
@@ -26,12 +27,13 @@
 //! to = "192.168.1.50:80"  # or "192.168.1.50:18000-19000"
 //! interface = "eth0"     # optional
 //! masquerade = true      # default
+//! sources = ["203.0.113.0/24"]  # optional allow-list
 //! ```
 
 use std::{collections::HashMap, fmt, net::Ipv4Addr, path::Path, str::FromStr};
 
 use forwarder_common::{
-    abi::{self, PROTO_TCP, PROTO_UDP, RULE_F_MASQUERADE, RULE_F_PORT_RANGE, RuleKey, RuleTarget},
+    abi::{self, PROTO_TCP, PROTO_UDP, RULE_F_MASQUERADE, RULE_F_PORT_RANGE, RULE_F_SRC_FILTER, RuleKey, RuleTarget, SrcKey},
     rule,
 };
 use serde::Deserialize;
@@ -112,6 +114,33 @@ fn parse_ports(s: &str, what: &str) -> Result<Ports, String> {
     Ok(Ports { lo, hi })
 }
 
+/// An IPv4 prefix (`ADDR/LEN`, or a bare address = /32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = a.trim().parse().map_err(|_| format!("source `{s}` is not an IPv4 address or prefix"))?;
+        let len: u8 = l.trim().parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("source `{s}`: prefix length `{l}` is not 0-32"))?;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        if u32::from(addr) & !mask != 0 {
+            return Err(format!("source `{s}` has host bits set (did you mean {}/{len}?)", Ipv4Addr::from(u32::from(addr) & mask)));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
 /// One port mapping.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Rule {
@@ -124,6 +153,8 @@ pub struct Rule {
     /// Backend port(s): one port, or a range as long as `ports`.
     pub backend_ports: Ports,
     pub masquerade: bool,
+    /// Allow-list of client prefixes; empty = everyone.
+    pub sources: Vec<Cidr>,
     /// Where the rule came from (`--rule …` or `file:line`), for messages.
     #[serde(skip)]
     pub origin: String,
@@ -138,6 +169,9 @@ impl fmt::Display for Rule {
         write!(f, "={}:{}", self.backend, self.backend_ports)?;
         if !self.masquerade {
             f.write_str(",no-masquerade")?;
+        }
+        for s in &self.sources {
+            write!(f, ",src={s}")?;
         }
         Ok(())
     }
@@ -192,14 +226,16 @@ impl Rule {
         let mut target = rhs.split(',');
         let (backend, backend_ports) = parse_backend(target.next().unwrap_or_default(), ports).map_err(err)?;
         let mut masquerade = true;
+        let mut sources = Vec::new();
         for opt in target {
             match opt.trim() {
                 "no-masquerade" => masquerade = false,
                 "masquerade" => masquerade = true,
-                o => return Err(err(format!("unknown option `{o}` (known: masquerade, no-masquerade)"))),
+                o if o.starts_with("src=") => sources.push(o["src=".len()..].parse().map_err(err)?),
+                o => return Err(err(format!("unknown option `{o}` (known: masquerade, no-masquerade, src=CIDR)"))),
             }
         }
-        Ok(Self { proto, ports, interface, backend, backend_ports, masquerade, origin: format!("--rule {spec}") })
+        Ok(Self { proto, ports, interface, backend, backend_ports, masquerade, sources, origin: format!("--rule {spec}") })
     }
 }
 
@@ -304,6 +340,8 @@ struct FileRule {
     to: String,
     interface: Option<String>,
     masquerade: Option<bool>,
+    #[serde(default)]
+    sources: Vec<String>,
 }
 
 /// `port = 8080` or `port = "8000-9000"`.
@@ -352,7 +390,9 @@ impl Settings {
             }
             .map_err(at)?;
             let (backend, backend_ports) = parse_backend(&r.to, ports).map_err(at)?;
+            let sources = r.sources.iter().map(|s| s.parse()).collect::<Result<Vec<Cidr>, String>>().map_err(at)?;
             self.rules.push(Rule {
+                sources,
                 proto,
                 ports,
                 interface: r.interface,
@@ -392,6 +432,7 @@ impl Settings {
         // Rules on the same (interface, protocol) must not share a port.
         let mut seen: HashMap<(u32, u8), Vec<&Rule>> = HashMap::new();
         let mut entries = Vec::new();
+        let mut sources = Vec::new();
         for (id, r) in self.rules.iter().enumerate() {
             let if_idx = match &r.interface {
                 None => 0,
@@ -418,6 +459,12 @@ impl Settings {
             if r.backend_ports.lo != r.backend_ports.hi {
                 flags |= RULE_F_PORT_RANGE;
             }
+            if !r.sources.is_empty() {
+                flags |= RULE_F_SRC_FILTER;
+                for c in &r.sources {
+                    sources.push((32 + u32::from(c.len), SrcKey { rule_id: id as u32, addr: c.addr.octets() }));
+                }
+            }
             let target = RuleTarget {
                 addr: r.backend.octets(),
                 port: r.backend_ports.lo.to_be_bytes(),
@@ -431,7 +478,10 @@ impl Settings {
                 entries.push((prefix_len, key, target));
             }
         }
-        Ok(Compiled { ifaces, rules: entries, snat_ports: self.snat_ports })
+        if sources.len() > abi::MAX_SRC_ENTRIES as usize {
+            return Err(Error::Io(format!("{} source prefixes over all rules; at most {}", sources.len(), abi::MAX_SRC_ENTRIES)));
+        }
+        Ok(Compiled { ifaces, rules: entries, sources, snat_ports: self.snat_ports })
     }
 }
 
@@ -442,6 +492,8 @@ pub struct Compiled {
     /// Trie entries `(prefix length, key, target)`; a range has several.
     /// `RuleTarget::rule_id` = index in `Settings::rules`.
     pub rules: Vec<(u32, RuleKey, RuleTarget)>,
+    /// Allow-list trie entries `(prefix length, key)`.
+    pub sources: Vec<(u32, SrcKey)>,
     pub snat_ports: PortRange,
 }
 
@@ -492,6 +544,9 @@ mod tests {
             ("tcp:80=10.0.0.1,fast", "unknown option `fast`"),
             ("tcp:80=0.0.0.0", "cannot be a unicast"),
             ("tcp:9000-8000=10.0.0.1", "runs backwards"),
+            ("tcp:22=10.0.0.1,src=203.0.113.5/24", "host bits set (did you mean 203.0.113.0/24?)"),
+            ("tcp:22=10.0.0.1,src=203.0.113.0/33", "prefix length `33`"),
+            ("tcp:22=10.0.0.1,src=bad", "source `bad`"),
             ("tcp:8000-9000=10.0.0.1:1-10", "backend range 1-10 has 10 ports but public range 8000-9000 has 1001"),
             ("udp:1-70000=10.0.0.1", "public port 70000 is out of range"),
         ] {
@@ -510,6 +565,16 @@ mod tests {
         assert_eq!(c.rules[1].1.ifindex, 3);
         assert_eq!(c.rules[1].2.rule_id, 1);
         assert_eq!(c.rules[0].2.flags, RULE_F_MASQUERADE);
+    }
+
+    #[test]
+    fn source_lists() {
+        let c = settings(&["tcp:22=10.0.2.2,src=203.0.113.5,src=198.51.100.0/24", "tcp:80=10.0.2.3"]).compile(fake_ifindex).unwrap();
+        assert_eq!(c.rules[0].2.flags & RULE_F_SRC_FILTER, RULE_F_SRC_FILTER);
+        assert_eq!(c.rules[1].2.flags & RULE_F_SRC_FILTER, 0);
+        assert_eq!(c.sources, [(64, SrcKey { rule_id: 0, addr: [203, 0, 113, 5] }), (56, SrcKey { rule_id: 0, addr: [198, 51, 100, 0] })]);
+        let r = Rule::parse_spec("tcp:22=10.0.2.2,src=0.0.0.0/0").unwrap();
+        assert_eq!(r.to_string(), "tcp:22=10.0.2.2:22,src=0.0.0.0/0");
     }
 
     #[test]

@@ -141,6 +141,11 @@ impl Datapath {
         for (prefix_len, k, v) in &c.rules {
             rules.insert(&Key::new(*prefix_len, *k), v, 0).map_err(map_err(abi::MAP_RULES))?;
         }
+        let mut allow: LpmTrie<&mut MapData, abi::SrcKey, u8> =
+            LpmTrie::try_from(self.map_mut(abi::MAP_SRC_ALLOW)?).map_err(map_err(abi::MAP_SRC_ALLOW))?;
+        for (prefix_len, k) in &c.sources {
+            allow.insert(&Key::new(*prefix_len, *k), 1, 0).map_err(map_err(abi::MAP_SRC_ALLOW))?;
+        }
         Ok(())
     }
 
@@ -244,6 +249,7 @@ impl Datapath {
                 sum.reply_packets += s.reply_packets;
                 sum.reply_bytes += s.reply_bytes;
                 sum.new_conns += s.new_conns;
+                sum.denied += s.denied;
             }
             out.rules.push(crate::stats::RuleCounters::new(id, rule, &sum));
         }

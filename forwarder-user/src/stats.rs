@@ -16,6 +16,8 @@ pub struct RuleCounters {
     pub packets_out: u64,
     pub bytes_out: u64,
     pub new_connections: u64,
+    /// New connections refused by the source allow-list.
+    pub denied: u64,
 }
 
 impl RuleCounters {
@@ -28,6 +30,7 @@ impl RuleCounters {
             packets_out: s.reply_packets,
             bytes_out: s.reply_bytes,
             new_connections: s.new_conns,
+            denied: s.denied,
         }
     }
 }
@@ -46,12 +49,16 @@ impl Snapshot {
     /// A human table.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{:>3}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8}", "id", "rule", "pkts in", "bytes in", "pkts out", "bytes out", "conns");
+        let _ = writeln!(
+            s,
+            "{:>3}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}",
+            "id", "rule", "pkts in", "bytes in", "pkts out", "bytes out", "conns", "denied"
+        );
         for r in &self.rules {
             let _ = writeln!(
                 s,
-                "{:>3}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8}",
-                r.id, r.rule, r.packets_in, r.bytes_in, r.packets_out, r.bytes_out, r.new_connections
+                "{:>3}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}",
+                r.id, r.rule, r.packets_in, r.bytes_in, r.packets_out, r.bytes_out, r.new_connections, r.denied
             );
         }
         let _ = writeln!(s, "conntrack: {} / {} entries", self.flow_entries, self.flow_capacity);

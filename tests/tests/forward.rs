@@ -459,3 +459,64 @@ fn port_ranges_map_each_port_to_its_counterpart() {
     assert_eq!(rule_counters(&stats, 1).2, 1, "{stats}");
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn source_allow_list_admits_listed_clients_and_drops_others() {
+    let (lab, mut fwd) = lab_with(&["tcp:8080=192.168.1.50:80,src=203.0.113.10/32,src=198.51.100.0/24"]);
+    // A second client address outside the list.
+    lab.client.ip(&["addr", "add", "203.0.113.20/24", "dev", "eth0"]).unwrap();
+    let server = http_server(&lab, 1);
+    let (allowed, denied) = lab
+        .client
+        .enter(|| {
+            let ok = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).map(|mut s| {
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                let mut r = String::new();
+                s.read_to_string(&mut r).unwrap();
+                r
+            });
+            // From 203.0.113.20: bind first, then connect.
+            let sock = socket2_connect_from([203, 0, 113, 20], public(8080));
+            (ok.map_err(|e| e.kind()), sock)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(allowed.unwrap().ends_with(&format!("hello {}", ADDRS.gw_internal)));
+    // Dropped, not refused: nothing (not even the gateway's own stack) answered.
+    assert_eq!(denied, Err(std::io::ErrorKind::TimedOut));
+    server.join().unwrap();
+    let stats = fwd.stop().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(v["rules"][0]["denied"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(rule_counters(&stats, 0).2, 1, "{stats}");
+    assert!(counter(&stats, "drop_src_denied") >= 1, "{stats}");
+    assert_no_csum_errors(&lab);
+}
+
+/// A TCP connect from a chosen local address, with a 2 s timeout.
+fn socket2_connect_from(local: [u8; 4], to: std::net::SocketAddr) -> Result<(), std::io::ErrorKind> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket syscalls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(local);
+        assert_eq!(libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32), 0);
+        let std::net::SocketAddr::V4(to) = to else { unreachable!() };
+        let mut da: libc::sockaddr_in = std::mem::zeroed();
+        da.sin_family = libc::AF_INET as u16;
+        da.sin_port = to.port().to_be();
+        da.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
+        let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as u32);
+        if libc::connect(fd.as_raw_fd(), (&raw const da).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        Err(if e.raw_os_error() == Some(libc::EINPROGRESS) || e.raw_os_error() == Some(libc::EAGAIN) { std::io::ErrorKind::TimedOut } else { e.kind() })
+    }
+}
