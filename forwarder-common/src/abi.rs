@@ -23,7 +23,9 @@ pub const MAP_RULES: &str = "FWD_RULES";
 pub const MAP_SRC_ALLOW: &str = "FWD_SRC_ALLOW";
 /// Capacity of [`MAP_SRC_ALLOW`] (CIDRs over all rules).
 pub const MAX_SRC_ENTRIES: u32 = 65_536;
-/// Connection tracking, both directions: [`FlowKey`] → [`FlowEntry`]. LRU hash.
+/// Connection tracking, both directions: [`FlowKey`] → [`FlowEntry`]. Hash
+/// (not LRU: full means new flows are refused, live ones are never evicted);
+/// expired entries are collected by userspace.
 pub const MAP_FLOWS: &str = "FWD_FLOWS";
 /// Per-rule counters, indexed by `rule_id`: [`RuleStats`]. Per-CPU array.
 pub const MAP_RULE_STATS: &str = "FWD_RULE_STATS";
@@ -44,7 +46,9 @@ pub const MAX_RULE_ENTRIES: u32 = 65_536;
 pub const RULE_KEY_FIXED_BITS: u32 = 40;
 /// Prefix length of a full (single-port) [`RuleKey`].
 pub const RULE_KEY_FULL_BITS: u32 = RULE_KEY_FIXED_BITS + 16;
-/// Capacity of the conntrack table, in entries (a connection takes two).
+/// Default capacity of the conntrack table, in entries (a connection takes
+/// two): 262 144 connections, netfilter's default on large machines.
+/// `--conntrack-max` changes it at load time.
 pub const FLOW_TABLE_SIZE: u32 = 524_288;
 /// Capacity of the interface table and the devmap.
 pub const MAX_IFACES: u32 = 256;
@@ -158,7 +162,7 @@ pub struct FlowEntry {
     pub rule_id: u32,
     /// [`DIR_ORIGINAL`] (client → backend) or [`DIR_REPLY`].
     pub dir: u8,
-    /// Reserved for the TCP state machine; 0 today.
+    /// `conntrack::CT_*`, the same in both entries of a connection.
     pub state: u8,
     pub _pad: [u8; 6],
 }

@@ -87,6 +87,96 @@ pub const fn snat_candidate(seed: u32, attempt: u32, min: u16, max: u16) -> u16 
     min + off as u16
 }
 
+/// `FlowEntry::state` values: how far a connection has got. Both entries
+/// of a connection carry it; the datapath updates both on a transition.
+pub const CT_NEW: u8 = 0;
+/// A reply has been seen (TCP: SYN-ACK or later; UDP: any answer).
+pub const CT_ESTABLISHED: u8 = 1;
+/// A FIN has been seen (TCP): closing.
+pub const CT_FIN: u8 = 2;
+/// An RST has been seen (TCP): closed.
+pub const CT_CLOSED: u8 = 3;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The state after a packet with `tcp_flags` (0 for UDP) travelling in
+/// direction `dir` (`DIR_ORIGINAL`/`DIR_REPLY`) met a flow in `state`.
+#[inline(always)]
+pub const fn next_state(state: u8, dir: u8, proto: u8, tcp_flags: u8) -> u8 {
+    if proto == crate::abi::PROTO_TCP {
+        if tcp_flags & TCP_RST != 0 {
+            return CT_CLOSED;
+        }
+        // A new SYN from the client on a closing/closed tuple reopens it
+        // (port reuse after TIME_WAIT).
+        if dir == DIR_ORIGINAL && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && state >= CT_FIN {
+            return CT_NEW;
+        }
+        if tcp_flags & TCP_FIN != 0 && state < CT_FIN {
+            return CT_FIN;
+        }
+    }
+    if dir == DIR_REPLY && state == CT_NEW {
+        return CT_ESTABLISHED;
+    }
+    state
+}
+
+/// Conntrack timeouts in seconds, like netfilter's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP, no reply yet (SYN sent).
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    /// TCP after a FIN (covers `FIN_WAIT`, `CLOSE_WAIT`, `LAST_ACK`, `TIME_WAIT`).
+    pub tcp_fin: u32,
+    /// TCP after an RST.
+    pub tcp_close: u32,
+    /// UDP, no reply yet.
+    pub udp: u32,
+    /// UDP with replies.
+    pub udp_stream: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        // `nf_conntrack_tcp_timeout_{syn_sent,established,time_wait,close}`,
+        // `nf_conntrack_udp_timeout{,_stream}`.
+        Self { tcp_syn: 120, tcp_established: 432_000, tcp_fin: 120, tcp_close: 10, udp: 30, udp_stream: 180 }
+    }
+}
+
+impl Timeouts {
+    /// Seconds a connection in `state` may stay idle.
+    pub const fn for_state(&self, proto: u8, state: u8) -> u32 {
+        if proto == crate::abi::PROTO_TCP {
+            match state {
+                CT_NEW => self.tcp_syn,
+                CT_ESTABLISHED => self.tcp_established,
+                CT_FIN => self.tcp_fin,
+                _ => self.tcp_close,
+            }
+        } else if state == CT_NEW {
+            self.udp
+        } else {
+            self.udp_stream
+        }
+    }
+}
+
+/// Whether a connection whose entries were last seen at `a_ns` and `b_ns`
+/// (the peer may be gone: pass the same value twice) and whose states are
+/// `sa`, `sb` has been idle longer than its timeout at `now_ns`. The more
+/// advanced state decides (an RST seen either way closes both).
+pub const fn expired(t: &Timeouts, proto: u8, sa: u8, sb: u8, a_ns: u64, b_ns: u64, now_ns: u64) -> bool {
+    let state = if sa > sb { sa } else { sb };
+    let last = if a_ns > b_ns { a_ns } else { b_ns };
+    now_ns.saturating_sub(last) > t.for_state(proto, state) as u64 * 1_000_000_000
+}
+
 /// Whether a refresh of `last_seen_ns` is worth a write: at most once per
 /// second per entry, so established flows do not dirty the cache line on
 /// every packet.
@@ -129,6 +219,46 @@ mod tests {
             let ports: std::collections::HashSet<u16> = (0..16).map(|a| snat_candidate(seed, a, 10000, 32767)).collect();
             prop_assert_eq!(ports.len(), 16);
         }
+    }
+
+    #[test]
+    fn tcp_lifecycle() {
+        let (o, r, t) = (DIR_ORIGINAL, DIR_REPLY, crate::abi::PROTO_TCP);
+        let mut s = CT_NEW;
+        s = next_state(s, o, t, TCP_SYN);
+        assert_eq!(s, CT_NEW);
+        s = next_state(s, r, t, TCP_SYN | TCP_ACK);
+        assert_eq!(s, CT_ESTABLISHED);
+        s = next_state(s, o, t, TCP_ACK);
+        assert_eq!(s, CT_ESTABLISHED);
+        s = next_state(s, o, t, TCP_FIN | TCP_ACK);
+        assert_eq!(s, CT_FIN);
+        s = next_state(s, r, t, TCP_ACK);
+        assert_eq!(s, CT_FIN, "a reply does not reopen a closing flow");
+        assert_eq!(next_state(s, o, t, TCP_SYN), CT_NEW, "port reuse reopens");
+        assert_eq!(next_state(CT_ESTABLISHED, r, t, TCP_RST | TCP_ACK), CT_CLOSED);
+        assert_eq!(next_state(CT_ESTABLISHED, o, t, TCP_SYN), CT_ESTABLISHED, "a stray SYN does not reset a live flow");
+    }
+
+    #[test]
+    fn udp_lifecycle() {
+        let u = crate::abi::PROTO_UDP;
+        assert_eq!(next_state(CT_NEW, DIR_ORIGINAL, u, 0), CT_NEW);
+        assert_eq!(next_state(CT_NEW, DIR_REPLY, u, 0), CT_ESTABLISHED);
+        // TCP flag bits mean nothing for UDP.
+        assert_eq!(next_state(CT_ESTABLISHED, DIR_ORIGINAL, u, TCP_RST), CT_ESTABLISHED);
+    }
+
+    #[test]
+    fn expiry_uses_latest_activity_and_most_advanced_state() {
+        let t = Timeouts { tcp_syn: 5, tcp_established: 100, tcp_fin: 10, tcp_close: 1, udp: 3, udp_stream: 50 };
+        let s = 1_000_000_000u64;
+        assert!(!expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, 0, 90 * s, 150 * s), "the reply side was active");
+        assert!(expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, 0, 40 * s, 150 * s));
+        assert!(expired(&t, 6, CT_ESTABLISHED, CT_CLOSED, 0, 148 * s, 150 * s), "RST either way closes");
+        assert!(!expired(&t, 17, CT_NEW, CT_NEW, 0, 0, 2 * s));
+        assert!(expired(&t, 17, CT_NEW, CT_NEW, 0, 0, 4 * s));
+        assert!(!expired(&t, 17, CT_ESTABLISHED, CT_NEW, 0, 0, 4 * s));
     }
 
     #[test]

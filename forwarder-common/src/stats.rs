@@ -34,7 +34,8 @@ pub const PASS_FRAG_NEEDED: u32 = 11;
 pub const DROP_TTL: u32 = 12;
 /// No free masquerade port after the bounded retries: dropped.
 pub const DROP_SNAT_EXHAUSTED: u32 = 13;
-/// Conntrack insertion failed (table error): dropped.
+/// Another CPU created the same flow at the same moment: dropped (the
+/// retransmission uses the winner's entry).
 pub const DROP_CT_INSERT: u32 = 14;
 /// FIB lookup returned no source address for masquerade: dropped.
 pub const DROP_NO_SRC_ADDR: u32 = 15;
@@ -46,9 +47,12 @@ pub const CSUM_FULL_RECOMPUTE: u32 = 17;
 pub const PASS_FIB_OTHER: u32 = 18;
 /// New connections from a source outside the rule's allow-list: dropped.
 pub const DROP_SRC_DENIED: u32 = 19;
+/// New connections refused because the conntrack table is full (existing
+/// connections are never evicted for them).
+pub const DROP_CT_FULL: u32 = 20;
 
 /// Number of counters.
-pub const COUNT: u32 = 20;
+pub const COUNT: u32 = 21;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -72,4 +76,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "csum_full_recompute",
     "pass_fib_other",
     "drop_src_denied",
+    "drop_ct_full",
 ];

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::bpf_devmap_val,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
 };
 use forwarder_common::abi::{
     Config, FLOW_TABLE_SIZE, FlowEntry, FlowKey, IfaceInfo, MAX_IFACES, MAX_RULE_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES,
@@ -19,7 +19,9 @@ pub static FWD_RULES: LpmTrie<RuleKey, RuleTarget> = LpmTrie::with_max_entries(M
 pub static FWD_SRC_ALLOW: LpmTrie<SrcKey, u8> = LpmTrie::with_max_entries(MAX_SRC_ENTRIES, 0);
 
 #[map]
-pub static FWD_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(FLOW_TABLE_SIZE, 0);
+/// Not LRU: a full table refuses new flows (counted) instead of silently
+/// evicting live ones; userspace collects expired entries. Size set at load.
+pub static FWD_FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(FLOW_TABLE_SIZE, 0);
 
 #[map]
 pub static FWD_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES, 0);

@@ -20,7 +20,7 @@ use forwarder_common::{
         RULE_KEY_FULL_BITS, RuleKey, SrcKey,
     },
     rule::backend_port,
-    conntrack::{entry_pair, needs_refresh, snat_candidate, tuple_hash},
+    conntrack::{TCP_RST, entry_pair, needs_refresh, next_state, snat_candidate, tuple_hash},
     csum::looks_partial,
     nat::Tuple,
     parse, stats,
@@ -36,7 +36,8 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
-const TCP_FLAG_RST: u8 = 0x04;
+/// `bpf_map_update_elem` errno for an existing key (NOEXIST).
+const EEXIST: i32 = 17;
 
 /// What the parser learned about a packet we may translate.
 #[derive(Clone, Copy)]
@@ -50,6 +51,8 @@ pub struct Parsed {
     pub tuple: Tuple,
     /// The L4 checksum field as received (numeric).
     pub l4_check: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
     /// Frame length (a GRO'd skb in TC counts whole), for the byte counters.
     pub frame_len: u32,
 }
@@ -111,6 +114,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     let ports = unsafe { *ports };
     let mut udp_len = 0;
     let l4_check;
+    let mut tcp_flags = 0;
     if proto == PROTO_UDP {
         let u: *const [u8; 8] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
         // SAFETY: bounds checked by ptr_at.
@@ -122,6 +126,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         // SAFETY: bounds checked by ptr_at.
         let t = unsafe { &*t };
         l4_check = u16::from_be_bytes([t[16], t[17]]);
+        tcp_flags = t[13];
     }
     parse::l4(proto, l4_len as usize, udp_len).map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
     Ok(Parsed {
@@ -131,6 +136,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         ttl: ip.ttl,
         tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] },
         l4_check,
+        tcp_flags,
         frame_len: p.len(),
     })
 }
@@ -149,19 +155,6 @@ pub fn needs_full_sum(parsed: &Parsed) -> bool {
 #[inline(always)]
 fn xdp_can_finish<P: Packet>(parsed: &Parsed) -> bool {
     !P::IS_XDP || usize::from(parsed.l4_len) <= crate::csum::MAX_SUM_LEN || !needs_full_sum(parsed)
-}
-
-/// The TCP flags byte, if the packet is TCP.
-#[inline(always)]
-fn tcp_flags<P: Packet>(p: &P, parsed: &Parsed) -> u8 {
-    if parsed.proto != PROTO_TCP {
-        return 0;
-    }
-    match ptr_at::<u8, P>(p, parsed.l4_off + 13) {
-        // SAFETY: bounds checked by ptr_at.
-        Some(f) => unsafe { *f },
-        None => 0,
-    }
 }
 
 /// Result of a FIB lookup, with the fields we use copied out.
@@ -272,6 +265,18 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
     if needs_refresh(entry.last_seen_ns, now) {
         entry.last_seen_ns = now;
     }
+    // Connection state: written only on a transition (SYN-ACK, FIN, RST,
+    // first UDP answer), to both entries, so the established path stays
+    // one lookup and no extra writes.
+    let state = next_state(entry.state, entry.dir, parsed.proto, parsed.tcp_flags);
+    if state != entry.state {
+        entry.state = state;
+        let peer = FlowKey::new(&new.reversed(), parsed.proto);
+        if let Some(pe) = FWD_FLOWS.get_ptr_mut(&peer) {
+            // SAFETY: map value pointer valid until program exit.
+            unsafe { (*pe).state = state };
+        }
+    }
     if let Some(s) = rule_stats(entry.rule_id) {
         if entry.dir == DIR_ORIGINAL {
             s.orig_packets += 1;
@@ -312,7 +317,7 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
         return Verdict::Drop(stats::DROP_SRC_DENIED);
     }
     // A stray RST must not create state.
-    if tcp_flags(p, &parsed) & TCP_FLAG_RST != 0 {
+    if parsed.tcp_flags & TCP_RST != 0 {
         return Verdict::Pass(stats::PASS_NOT_OURS);
     }
     if parsed.ttl <= 1 {
@@ -344,9 +349,14 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
             out.sport = snat_candidate(seed, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be_bytes();
             let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now);
             // NOEXIST claims the reply tuple atomically across CPUs.
-            if FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)).is_ok() {
-                claimed = true;
-                break;
+            match FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)) {
+                Ok(()) => {
+                    claimed = true;
+                    break;
+                }
+                Err(e) if e == -EEXIST => {}
+                // Table full (E2BIG) or out of memory: no retry helps.
+                Err(_) => return Verdict::Drop(stats::DROP_CT_FULL),
             }
         }
         if !claimed {
@@ -364,16 +374,19 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
         }
     } else {
         let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now);
-        if FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)).is_err() {
-            return Verdict::Drop(stats::DROP_CT_INSERT);
+        match FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)) {
+            Ok(()) => {}
+            Err(e) if e == -EEXIST => return Verdict::Drop(stats::DROP_CT_INSERT),
+            Err(_) => return Verdict::Drop(stats::DROP_CT_FULL),
         }
     }
     let [(ok, oe), (rk, _)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now);
-    if FWD_FLOWS.insert(&ok, &oe, u64::from(BPF_NOEXIST)).is_err() {
-        // Another CPU created this flow first: give our reply entry back;
-        // the retransmission will find the winner's entry.
+    if let Err(e) = FWD_FLOWS.insert(&ok, &oe, u64::from(BPF_NOEXIST)) {
+        // Another CPU created this flow first (EEXIST), or the table filled
+        // up in between: give our reply entry back. A retransmission finds
+        // the winner's entry.
         let _ = FWD_FLOWS.remove(&rk);
-        return Verdict::Drop(stats::DROP_CT_INSERT);
+        return Verdict::Drop(if e == -EEXIST { stats::DROP_CT_INSERT } else { stats::DROP_CT_FULL });
     }
     if let Some(s) = rule_stats(target.rule_id) {
         s.new_conns += 1;

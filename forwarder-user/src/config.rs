@@ -34,6 +34,7 @@ use std::{collections::HashMap, fmt, net::Ipv4Addr, path::Path, str::FromStr};
 
 use forwarder_common::{
     abi::{self, PROTO_TCP, PROTO_UDP, RULE_F_MASQUERADE, RULE_F_PORT_RANGE, RULE_F_SRC_FILTER, RuleKey, RuleTarget, SrcKey},
+    conntrack::Timeouts,
     rule,
 };
 use serde::Deserialize;
@@ -300,10 +301,63 @@ pub struct Settings {
     pub internal: Vec<String>,
     pub rules: Vec<Rule>,
     pub snat_ports: PortRange,
+    pub conntrack: ConntrackSettings,
     /// Default hook for every interface.
     pub mode: Mode,
     /// Per-interface overrides (`--iface-mode IFACE=MODE`, `[modes]`).
     pub iface_modes: Vec<(String, Mode)>,
+}
+
+/// Conntrack table size and timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackSettings {
+    /// Connections the table holds (two entries each).
+    pub max_connections: u32,
+    pub timeouts: Timeouts,
+}
+
+impl Default for ConntrackSettings {
+    fn default() -> Self {
+        Self { max_connections: abi::FLOW_TABLE_SIZE / 2, timeouts: Timeouts::default() }
+    }
+}
+
+impl ConntrackSettings {
+    /// Sets one timeout by its name (`tcp_established`, …).
+    pub fn set_timeout(&mut self, name: &str, secs: u32) -> Result<(), String> {
+        let t = &mut self.timeouts;
+        let slot = match name {
+            "tcp_syn" => &mut t.tcp_syn,
+            "tcp_established" => &mut t.tcp_established,
+            "tcp_fin" => &mut t.tcp_fin,
+            "tcp_close" => &mut t.tcp_close,
+            "udp" => &mut t.udp,
+            "udp_stream" => &mut t.udp_stream,
+            _ => return Err(format!("unknown timeout `{name}` (known: tcp_syn, tcp_established, tcp_fin, tcp_close, udp, udp_stream)")),
+        };
+        if secs == 0 {
+            return Err(format!("timeout `{name}` must be at least 1 second"));
+        }
+        *slot = secs;
+        Ok(())
+    }
+
+    /// Validates the table size.
+    pub fn set_max(&mut self, n: u64) -> Result<(), String> {
+        if !(16..=(1 << 24)).contains(&n) {
+            return Err(format!("conntrack max {n} is out of range 16-16777216 connections"));
+        }
+        self.max_connections = n as u32;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConntrack {
+    max: Option<u64>,
+    #[serde(default)]
+    timeouts: std::collections::BTreeMap<String, u32>,
 }
 
 /// One managed interface, resolved.
@@ -324,6 +378,7 @@ struct FileConfig {
     #[serde(default)]
     internal: Vec<String>,
     snat_ports: Option<String>,
+    conntrack: Option<toml::Spanned<FileConntrack>>,
     mode: Option<Mode>,
     /// Interface name → mode.
     #[serde(default)]
@@ -372,6 +427,17 @@ impl Settings {
         })?;
         self.public.extend(file.public);
         self.internal.extend(file.internal);
+        if let Some(ct) = file.conntrack {
+            let line = line_of(text, ct.span().start);
+            let ct = ct.into_inner();
+            let at = |why: String| cfg_err(format!("line {line}: conntrack: {why}"));
+            if let Some(n) = ct.max {
+                self.conntrack.set_max(n).map_err(at)?;
+            }
+            for (name, secs) in ct.timeouts {
+                self.conntrack.set_timeout(&name, secs).map_err(at)?;
+            }
+        }
         if let Some(m) = file.mode {
             self.mode = m;
         }
@@ -481,7 +547,7 @@ impl Settings {
         if sources.len() > abi::MAX_SRC_ENTRIES as usize {
             return Err(Error::Io(format!("{} source prefixes over all rules; at most {}", sources.len(), abi::MAX_SRC_ENTRIES)));
         }
-        Ok(Compiled { ifaces, rules: entries, sources, snat_ports: self.snat_ports })
+        Ok(Compiled { ifaces, rules: entries, sources, snat_ports: self.snat_ports, conntrack: self.conntrack })
     }
 }
 
@@ -495,6 +561,7 @@ pub struct Compiled {
     /// Allow-list trie entries `(prefix length, key)`.
     pub sources: Vec<(u32, SrcKey)>,
     pub snat_ports: PortRange,
+    pub conntrack: ConntrackSettings,
 }
 
 #[cfg(test)]
@@ -637,6 +704,18 @@ mod tests {
         assert_eq!((file.mode, file.iface_modes.clone()), (Mode::Auto, vec![("pub0".to_string(), Mode::Tc)]));
         let err = Settings::default().merge_toml(Path::new("m.toml"), "mode = \"fast\"\n").unwrap_err().to_string();
         assert!(err.contains("line 1") && err.contains("fast"), "{err}");
+    }
+
+    #[test]
+    fn conntrack_settings() {
+        let mut s = Settings::default();
+        s.merge_toml(Path::new("c.toml"), "[conntrack]\nmax = 1000\ntimeouts = { tcp_established = 3600, udp = 10 }\n").unwrap();
+        assert_eq!(s.conntrack.max_connections, 1000);
+        assert_eq!((s.conntrack.timeouts.tcp_established, s.conntrack.timeouts.udp, s.conntrack.timeouts.tcp_fin), (3600, 10, 120));
+        let e = Settings::default().merge_toml(Path::new("c.toml"), "\n[conntrack]\ntimeouts = { tcp_forever = 1 }\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("`tcp_forever`"), "{e}");
+        let e = Settings::default().merge_toml(Path::new("c.toml"), "[conntrack]\nmax = 3\n").unwrap_err().to_string();
+        assert!(e.contains("conntrack max 3"), "{e}");
     }
 
     #[test]

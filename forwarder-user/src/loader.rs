@@ -7,7 +7,7 @@
 //! dropped, which detaches whatever was already attached.
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{
         Array, HashMap, MapData, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
@@ -15,7 +15,10 @@ use aya::{
     },
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
-use forwarder_common::abi::{self, Config, IfaceInfo, RuleKey, RuleTarget};
+use forwarder_common::{
+    abi::{self, Config, IfaceInfo, RuleKey, RuleTarget},
+    conntrack::{self, Timeouts},
+};
 
 use crate::{
     config::{Compiled, Mode},
@@ -71,6 +74,8 @@ pub struct Datapath {
     /// taken by `run` to poll it.
     logger: Option<KernelLogger>,
     pub attached: Vec<Attached>,
+    /// Entries the conntrack table holds.
+    flow_capacity: u32,
 }
 
 fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> Error + '_ {
@@ -82,12 +87,13 @@ fn prog_err(what: String) -> impl FnOnce(aya::programs::ProgramError) -> Error {
 }
 
 impl Datapath {
-    /// Loads the object into the kernel (verifier included); attaches nothing.
-    pub fn load() -> Result<Self> {
+    /// Loads the object into the kernel (verifier included) with a
+    /// conntrack table for `max_connections`; attaches nothing.
+    pub fn load(max_connections: u32) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(Error::NoObject);
         }
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        let mut ebpf = EbpfLoader::new().map_max_entries(abi::MAP_FLOWS, max_connections.saturating_mul(2)).load(OBJECT)?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| Error::Io(format!("kernel log channel: {e}")))?;
         for name in [abi::PROG_XDP, abi::PROG_TC] {
             let prog = ebpf.program_mut(name).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))?;
@@ -98,7 +104,7 @@ impl Datapath {
             }
             .map_err(prog_err(format!("verifying {name}")))?;
         }
-        Ok(Self { ebpf, logger: Some(logger), attached: Vec::new() })
+        Ok(Self { ebpf, logger: Some(logger), attached: Vec::new(), flow_capacity: max_connections.saturating_mul(2) })
     }
 
     /// The kernel log reader, for polling (once).
@@ -234,6 +240,37 @@ impl Datapath {
         Ok(flows.iter().filter_map(Result::ok).collect())
     }
 
+    /// Removes the connections idle past their timeout (both entries).
+    /// Returns (entries scanned, entries removed).
+    pub fn collect_expired(&mut self, t: &Timeouts, now_ns: u64) -> Result<(usize, usize)> {
+        let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
+            HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
+        // Keys first: deleting while walking would skip entries.
+        let keys: Vec<abi::FlowKey> = flows.keys().flatten().collect();
+        let mut removed = 0;
+        for k in &keys {
+            let Ok(e) = flows.get(k, 0) else { continue }; // gone with its peer
+            let peer_key = abi::FlowKey::new(&e.tuple().reversed(), k.proto);
+            let peer = flows.get(&peer_key, 0).ok();
+            let (ps, pl) = peer.map_or((e.state, e.last_seen_ns), |p| (p.state, p.last_seen_ns));
+            if conntrack::expired(t, k.proto, e.state, ps, e.last_seen_ns, pl, now_ns) {
+                if flows.remove(k).is_ok() {
+                    removed += 1;
+                }
+                if peer.is_some() && flows.remove(&peer_key).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok((keys.len(), removed))
+    }
+
+    /// One global counter (`forwarder_common::stats::*`), summed over CPUs.
+    pub fn counter(&self, index: u32) -> Result<u64> {
+        let gs: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_STATS)?).map_err(map_err(abi::MAP_STATS))?;
+        Ok(gs.get(&index, 0).map_err(map_err(abi::MAP_STATS))?.iter().sum())
+    }
+
     /// Sums the per-CPU counters.
     pub fn snapshot(&self, rules: &[crate::config::Rule]) -> Result<crate::stats::Snapshot> {
         let rs: PerCpuArray<&MapData, abi::RuleStats> =
@@ -261,7 +298,7 @@ impl Datapath {
         let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =
             HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
         out.flow_entries = flows.keys().flatten().count() as u64;
-        out.flow_capacity = u64::from(abi::FLOW_TABLE_SIZE);
+        out.flow_capacity = u64::from(self.flow_capacity);
         Ok(out)
     }
 }

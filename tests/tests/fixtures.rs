@@ -136,7 +136,7 @@ fn fixture_table_through_the_xdp_program() {
                 ..Default::default()
             };
             let compiled = settings.compile(iface::index).unwrap();
-            let mut dp = Datapath::load().unwrap();
+            let mut dp = Datapath::load(1024).unwrap();
             dp.configure(&compiled).unwrap();
             let pub_if = iface::index(GW_PUBLIC_IF).unwrap();
             let int_if = iface::index(GW_INTERNAL_IF).unwrap();

@@ -328,43 +328,11 @@ fn masquerade_port_exhaustion_is_bounded_counted_and_logged() {
     // retries, is dropped, counted and logged; the 16 keep working.
     let lab = forwarder_testkit::Lab::new().unwrap();
     let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--snat-ports", "20000-20015"]).unwrap();
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
-    let server = std::thread::spawn(move || {
-        let mut ports = Vec::new();
-        let mut conns = Vec::new();
-        for _ in 0..16 {
-            let (c, peer) = listener.accept().unwrap();
-            ports.push(peer.port());
-            conns.push(c);
-        }
-        for mut c in conns {
-            let mut b = [0u8; 1];
-            c.read_exact(&mut b).unwrap();
-            c.write_all(&b).unwrap();
-        }
-        ports.sort_unstable();
-        ports
-    });
-    let (extra, echoed) = lab
-        .client
-        .enter(|| {
-            let mut socks: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap()).collect();
-            let extra = TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind());
-            let mut echoed = 0;
-            for s in &mut socks {
-                s.write_all(b"x").unwrap();
-                let mut b = [0u8; 1];
-                s.read_exact(&mut b).unwrap();
-                echoed += usize::from(b == *b"x");
-            }
-            (extra, echoed)
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    let (extra, echoed, mut ports) = fill_then_probe(&lab, 16);
     assert!(extra.is_err(), "a 17th connection got a port out of 16");
     assert_eq!(echoed, 16);
-    assert_eq!(server.join().unwrap(), (20000..=20015).collect::<Vec<u16>>());
+    ports.sort_unstable();
+    assert_eq!(ports, (20000..=20015).collect::<Vec<u16>>());
     let stats = fwd.stop().unwrap();
     assert!(counter(&stats, "drop_snat_exhausted") >= 1, "{stats}");
     assert_eq!(rule_counters(&stats, 0).2, 16, "{stats}");
@@ -519,4 +487,139 @@ fn socket2_connect_from(local: [u8; 4], to: std::net::SocketAddr) -> Result<(), 
         let e = std::io::Error::last_os_error();
         Err(if e.raw_os_error() == Some(libc::EINPROGRESS) || e.raw_os_error() == Some(libc::EAGAIN) { std::io::ErrorKind::TimedOut } else { e.kind() })
     }
+}
+
+/// Opens `n` connections through the forward and keeps them open, tries one
+/// more (2 s timeout), then checks that each of the `n` still echoes.
+/// Returns (the extra one's result, how many echoed, the server-side peer
+/// ports).
+fn fill_then_probe(lab: &forwarder_testkit::Lab, n: usize) -> (Result<(), std::io::ErrorKind>, usize, Vec<u16>) {
+    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut ports = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            let (c, peer) = listener.accept().unwrap();
+            ports.push(peer.port());
+            conns.push(c);
+        }
+        for mut c in conns {
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).unwrap();
+            c.write_all(&b).unwrap();
+        }
+        ports
+    });
+    let (extra, echoed) = lab
+        .client
+        .enter(move || {
+            let mut socks: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap()).collect();
+            let extra = TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind());
+            let mut echoed = 0;
+            for s in &mut socks {
+                s.write_all(b"x").unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).unwrap();
+                echoed += usize::from(b == *b"x");
+            }
+            (extra, echoed)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    (extra, echoed, server.join().unwrap())
+}
+
+#[test]
+fn full_conntrack_table_refuses_new_connections_and_keeps_the_rest() {
+    // Room for 16 connections: the 17th is refused (dropped, counted,
+    // reported); none of the 16 is evicted for it.
+    let lab = forwarder_testkit::Lab::new().unwrap();
+    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--conntrack-max", "16"]).unwrap();
+    let (extra, echoed, _) = fill_then_probe(&lab, 16);
+    assert!(extra.is_err(), "a 17th connection fit into a table for 16");
+    assert_eq!(echoed, 16, "an existing connection was disturbed");
+    std::thread::sleep(Duration::from_millis(1500)); // one report tick
+    let stats = fwd.stop().unwrap();
+    assert!(counter(&stats, "drop_ct_full") >= 1, "{stats}");
+    assert_eq!(rule_counters(&stats, 0).2, 16, "{stats}");
+    let log = fwd.log_text();
+    assert!(log.contains("conntrack table full"), "{log}");
+    assert_no_csum_errors(&lab);
+}
+
+#[test]
+fn conntrack_entries_expire_by_state_and_live_flows_stay() {
+    let (lab, mut fwd) = {
+        let lab = forwarder_testkit::Lab::new().unwrap();
+        let fwd = lab
+            .start_forwarder(&[
+                "--rule", HTTP_RULE, "--rule", "udp:5353=192.168.1.50:53",
+                "--ct-timeout", "tcp_fin=2", "--ct-timeout", "udp_stream=2", "--ct-timeout", "udp=2",
+            ])
+            .unwrap();
+        (lab, fwd)
+    };
+    // A long-lived TCP connection, idle in between: established, stays.
+    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let udp = lab.server.enter(|| UdpSocket::bind("0.0.0.0:53").unwrap()).unwrap().join().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        let (k, peer) = udp.recv_from(&mut b).unwrap();
+        udp.send_to(&b[..k], peer).unwrap();
+        let (mut live, _) = listener.accept().unwrap();
+        // Then one short HTTP-style connection that the client closes.
+        let (mut short, _) = listener.accept().unwrap();
+        let mut r = [0u8; 1];
+        short.read_exact(&mut r).unwrap();
+        drop(short);
+        live.read_exact(&mut r).unwrap();
+        live.write_all(&r).unwrap();
+    });
+    let client = lab
+        .client
+        .enter(|| {
+            let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            u.send_to(b"q", public(5353)).unwrap();
+            let mut b = [0u8; 8];
+            u.recv_from(&mut b).unwrap();
+            let live = TcpStream::connect(public(8080)).unwrap();
+            let mut short = TcpStream::connect(public(8080)).unwrap();
+            short.write_all(b"x").unwrap();
+            let mut end = [0u8; 1];
+            assert_eq!(short.read(&mut end).unwrap(), 0, "server closed");
+            drop(short);
+            live
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    // The UDP flow (2 s) and the closed TCP connection (FIN, 2 s) expire;
+    // the idle live connection (established, 5 days) does not.
+    let mut entries = u64::MAX;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        let v: serde_json::Value = serde_json::from_str(&fwd.stats().unwrap()).unwrap();
+        entries = v["flow_entries"].as_u64().unwrap();
+        if entries == 2 {
+            break;
+        }
+    }
+    assert_eq!(entries, 2, "expected only the live connection's two entries");
+    let mut live = client;
+    lab.client
+        .enter(move || {
+            live.write_all(b"y").unwrap();
+            let mut r = [0u8; 1];
+            live.read_exact(&mut r).unwrap();
+            assert_eq!(&r, b"y");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    echo.join().unwrap();
+    let stats = fwd.stop().unwrap();
+    assert_eq!(rule_counters(&stats, 0).2, 2, "{stats}");
+    assert_no_csum_errors(&lab);
 }

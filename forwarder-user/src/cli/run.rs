@@ -47,6 +47,13 @@ pub struct RunArgs {
     /// Keep a JSON snapshot of the counters in FILE (refreshed every second, atomically).
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
+    /// Conntrack capacity in connections (two table entries each).
+    #[arg(long, value_name = "CONNS")]
+    pub conntrack_max: Option<u64>,
+    /// A conntrack timeout in seconds: `tcp_syn`, `tcp_established`, `tcp_fin`,
+    /// `tcp_close`, `udp`, `udp_stream`; repeatable.
+    #[arg(long = "ct-timeout", value_name = "NAME=SECS")]
+    pub ct_timeouts: Vec<String>,
     /// Leave `net.ipv4.ip_forward` on at exit even if this run turned it on.
     #[arg(long)]
     pub keep_ip_forward: bool,
@@ -71,6 +78,14 @@ impl RunArgs {
             let mode: Mode = mode.parse().map_err(|e| anyhow::anyhow!("--iface-mode `{spec}`: {e}"))?;
             s.iface_modes.push((iface.to_string(), mode));
         }
+        if let Some(n) = self.conntrack_max {
+            s.conntrack.set_max(n).map_err(|e| anyhow::anyhow!("--conntrack-max: {e}"))?;
+        }
+        for spec in &self.ct_timeouts {
+            let (name, secs) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--ct-timeout `{spec}`: expected NAME=SECS"))?;
+            let secs: u32 = secs.parse().map_err(|_| anyhow::anyhow!("--ct-timeout `{spec}`: `{secs}` is not a number of seconds"))?;
+            s.conntrack.set_timeout(name, secs).map_err(|e| anyhow::anyhow!("--ct-timeout `{spec}`: {e}"))?;
+        }
         if let Some(r) = &self.snat_ports {
             s.snat_ports = r.parse::<PortRange>()?;
         }
@@ -84,7 +99,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if settings.rules.is_empty() {
         log::warn!("no rules given: every packet passes to the kernel untouched");
     }
-    let mut dp = Datapath::load()?;
+    let mut dp = Datapath::load(settings.conntrack.max_connections)?;
     dp.configure(&compiled)?;
     dp.attach(&compiled, args.xdp_attach)?;
     for a in &dp.attached {
@@ -101,7 +116,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("forwarder: running; Ctrl-C or SIGTERM to stop");
 
     let logger = dp.take_logger().context("kernel log channel")?;
-    let result = serve(&dp, logger, &settings, &args).await;
+    log::info!(
+        "conntrack: {} connections max; timeouts {:?}",
+        settings.conntrack.max_connections,
+        settings.conntrack.timeouts
+    );
+    let result = serve(&mut dp, logger, &settings, &args).await;
 
     let snap = dp.snapshot(&settings.rules);
     drop(dp);
@@ -118,10 +138,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(dp: &Datapath, logger: crate::loader::KernelLogger, settings: &Settings, args: &RunArgs) -> anyhow::Result<()> {
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
+}
+
+async fn serve(dp: &mut Datapath, logger: crate::loader::KernelLogger, settings: &Settings, args: &RunArgs) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
+    let t = settings.conntrack.timeouts;
+    // Collect often enough for the shortest timeout, at most every 10 s.
+    let shortest = [t.tcp_syn, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp, t.udp_stream].into_iter().min().unwrap_or(10);
+    let gc_every = u64::from((shortest / 2).clamp(1, 10));
+    let mut full_seen = 0;
     // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
     // owns the logger, and always reports that same fd.
     let mut klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
@@ -137,6 +170,21 @@ async fn serve(dp: &Datapath, logger: crate::loader::KernelLogger, settings: &Se
             _ = term.recv() => { log::info!("SIGTERM: stopping"); return Ok(()); }
             _ = tick.tick() => {
                 ticks += 1;
+                if ticks.is_multiple_of(gc_every) {
+                    let (scanned, removed) = dp.collect_expired(&t, monotonic_ns())?;
+                    if removed > 0 {
+                        log::debug!("conntrack: {removed} of {scanned} entries expired and removed");
+                    }
+                }
+                let full = dp.counter(forwarder_common::stats::DROP_CT_FULL)?;
+                if full > full_seen {
+                    log::warn!(
+                        "conntrack table full: {} new connections refused (capacity {} connections; raise --conntrack-max)",
+                        full - full_seen,
+                        settings.conntrack.max_connections
+                    );
+                    full_seen = full;
+                }
                 let periodic = args.stats_interval > 0 && ticks.is_multiple_of(args.stats_interval);
                 if args.stats_file.is_none() && !periodic {
                     continue;
