@@ -33,6 +33,11 @@ pub const MAP_RULE_STATS: &str = "FWD_RULE_STATS";
 pub const MAP_STATS: &str = "FWD_STATS";
 /// Managed interfaces: ifindex (`u32`, host order) → [`IfaceInfo`]. Hash.
 pub const MAP_IFACES: &str = "FWD_IFACES";
+/// The gateway's public addresses: IPv4 (network order) → ifindex (host
+/// order) of the public interface that holds it. Kept in sync by the daemon;
+/// lets an internal host reach a public address:port (hairpin).
+pub const MAP_PUBLIC_ADDRS: &str = "FWD_PUBLIC_ADDRS";
+pub const MAX_PUBLIC_ADDRS: u32 = 256;
 /// Redirect targets for `XDP_REDIRECT`: ifindex → ifindex. Devmap hash.
 pub const MAP_TX_PORTS: &str = "FWD_TX_PORTS";
 /// Global settings, one entry at index 0: [`Config`]. Array.

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
 };
 use forwarder_common::abi::{
-    Config, FLOW_TABLE_SIZE, FlowEntry, FlowKey, IfaceInfo, MAX_IFACES, MAX_RULE_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES,
+    Config, FLOW_TABLE_SIZE, FlowEntry, FlowKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
+    MAX_SRC_ENTRIES,
     RuleKey, RuleStats, RuleTarget, SrcKey,
 };
 use forwarder_common::stats;
@@ -31,6 +32,9 @@ pub static FWD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::CO
 
 #[map]
 pub static FWD_IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+#[map]
+pub static FWD_PUBLIC_ADDRS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_PUBLIC_ADDRS, 0);
 
 #[map]
 pub static FWD_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);

@@ -17,7 +17,7 @@ use aya_log_ebpf::warn;
 use forwarder_common::{
     abi::{
         DIR_ORIGINAL, FlowKey, MAX_SNAT_ATTEMPTS, PROTO_TCP, PROTO_UDP, ROLE_PUBLIC, RULE_F_MASQUERADE, RULE_F_SRC_FILTER,
-        RULE_KEY_FULL_BITS, RuleKey, SrcKey,
+        RULE_KEY_FULL_BITS, RuleKey, RuleTarget, SrcKey,
     },
     rule::backend_port,
     conntrack::{TCP_RST, entry_pair, needs_refresh, next_state, snat_candidate, tuple_hash},
@@ -32,7 +32,7 @@ use network_types::{
 
 use crate::{
     ctx::{Packet, ptr_at},
-    maps::{FWD_FLOWS, FWD_IFACES, FWD_RULES, FWD_SRC_ALLOW, FWD_TX_PORTS, config, rule_stats},
+    maps::{FWD_FLOWS, FWD_IFACES, FWD_PUBLIC_ADDRS, FWD_RULES, FWD_SRC_ALLOW, FWD_TX_PORTS, config, rule_stats},
 };
 
 const AF_INET: u8 = 2;
@@ -289,22 +289,35 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
     Verdict::Forward(parsed, fwd)
 }
 
+/// The rule a new flow matches, and whether it is a hairpin (an internal
+/// host reaching a public address of the gateway). Rules apply to packets
+/// arriving on public interfaces (bound to that interface first, then
+/// wildcard), and, for hairpin, to packets from any other interface whose
+/// destination is the address of a public interface: then that interface's
+/// rules apply.
+#[inline(always)]
+fn match_rule<P: Packet>(p: &P, parsed: &Parsed) -> Option<(RuleTarget, bool)> {
+    let ingress = p.ingress_ifindex();
+    // SAFETY: map value pointer valid until program exit.
+    let public = FWD_IFACES.get_ptr(&ingress).is_some_and(|i| unsafe { (*i).role } == ROLE_PUBLIC);
+    let rules_if = if public {
+        ingress
+    } else {
+        // SAFETY: as above.
+        unsafe { *FWD_PUBLIC_ADDRS.get_ptr(&parsed.tuple.daddr)? }
+    };
+    let mut key = Key::new(RULE_KEY_FULL_BITS, RuleKey { ifindex: rules_if, proto: parsed.proto, port: parsed.tuple.dport, _pad: 0 });
+    if let Some(t) = FWD_RULES.get(&key) {
+        return Some((*t, !public));
+    }
+    key.data.ifindex = 0;
+    FWD_RULES.get(&key).map(|t| (*t, !public))
+}
+
 #[inline(always)]
 fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
-    let ifindex = p.ingress_ifindex();
-    let mut key = Key::new(RULE_KEY_FULL_BITS, RuleKey { ifindex, proto: parsed.proto, port: parsed.tuple.dport, _pad: 0 });
-    let target = match FWD_RULES.get(&key) {
-        Some(t) => *t,
-        None => {
-            // Wildcard rules apply on public interfaces only.
-            // SAFETY: map value pointer valid until program exit.
-            let public = FWD_IFACES.get_ptr(&ifindex).is_some_and(|i| unsafe { (*i).role } == ROLE_PUBLIC);
-            key.data.ifindex = 0;
-            match FWD_RULES.get(&key) {
-                Some(t) if public => *t,
-                _ => return Verdict::Pass(stats::PASS_NOT_OURS),
-            }
-        }
+    let Some((target, hairpin)) = match_rule(p, &parsed) else {
+        return Verdict::Pass(stats::PASS_NOT_OURS);
     };
     // Source allow-list: refused here, never passed on (the kernel would
     // deliver it to the gateway itself).
@@ -323,7 +336,9 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
     if parsed.ttl <= 1 {
         return Verdict::Drop(stats::DROP_TTL);
     }
-    let masquerade = target.flags & RULE_F_MASQUERADE != 0;
+    // Hairpin always masquerades: without it the backend would answer the
+    // internal client directly, from an address the client never called.
+    let masquerade = hairpin || target.flags & RULE_F_MASQUERADE != 0;
     let dport = backend_port(&target, u16::from_be_bytes(parsed.tuple.dport));
     let mut out = Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport };
     let r = route(p, &parsed, &out, if masquerade { BPF_FIB_LOOKUP_SRC } else { 0 });

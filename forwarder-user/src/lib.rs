@@ -4,6 +4,7 @@
 //! ([`config`]), loading and attaching the embedded eBPF programs
 //! ([`loader`]), counters ([`stats`]) and the subcommands ([`cli`]).
 
+pub mod addrs;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -265,6 +265,24 @@ impl Datapath {
         Ok((keys.len(), removed))
     }
 
+    /// Makes the public-address table equal to `want`; returns whether it
+    /// changed.
+    pub fn sync_public_addrs(&mut self, want: &std::collections::BTreeSet<([u8; 4], u32)>) -> Result<bool> {
+        let mut m: HashMap<&mut MapData, [u8; 4], u32> =
+            HashMap::try_from(self.map_mut(abi::MAP_PUBLIC_ADDRS)?).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        let have: std::collections::BTreeSet<([u8; 4], u32)> = m.iter().flatten().collect();
+        if &have == want {
+            return Ok(false);
+        }
+        for (a, i) in want {
+            m.insert(a, i, 0).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        }
+        for (a, _) in have.iter().filter(|(a, _)| !want.iter().any(|(w, _)| w == a)) {
+            m.remove(a).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        }
+        Ok(true)
+    }
+
     /// One global counter (`forwarder_common::stats::*`), summed over CPUs.
     pub fn counter(&self, index: u32) -> Result<u64> {
         let gs: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_STATS)?).map_err(map_err(abi::MAP_STATS))?;

@@ -623,3 +623,35 @@ fn conntrack_entries_expire_by_state_and_live_flows_stay() {
     assert_eq!(rule_counters(&stats, 0).2, 2, "{stats}");
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn hairpin_internal_host_reaches_the_public_address() {
+    // An internal host (here 192.168.1.60 on the server's segment) calls
+    // the gateway's public address:port and reaches the backend on its own
+    // segment; replies come back from the public address:port.
+    let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
+    lab.server.ip(&["addr", "add", "192.168.1.60/24", "dev", "eth0"]).unwrap();
+    lab.server.ip(&["route", "add", "default", "via", &ADDRS.gw_internal.to_string(), "src", "192.168.1.60"]).unwrap();
+    let server = http_server(&lab, 2);
+    for _ in 0..2 {
+        let (body, from) = lab
+            .server
+            .enter(|| {
+                let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).expect("hairpin connect");
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                let mut r = String::new();
+                s.read_to_string(&mut r).unwrap();
+                (r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(), s.peer_addr().unwrap())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // Masqueraded (always, for hairpin): the backend saw the gateway.
+        assert_eq!(body, format!("hello {}", ADDRS.gw_internal));
+        assert_eq!(from, public(8080));
+    }
+    server.join().unwrap();
+    let stats = fwd.stop().unwrap();
+    assert_eq!(rule_counters(&stats, 0).2, 2, "{stats}");
+    assert_no_csum_errors(&lab);
+}

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
+    addrs,
     config::{Mode, PortRange, Rule, Settings},
     iface,
     loader::{Datapath, XdpAttach},
@@ -101,6 +102,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut dp = Datapath::load(settings.conntrack.max_connections)?;
     dp.configure(&compiled)?;
+    dp.sync_public_addrs(&addrs::public_addresses(&compiled.ifaces)?)?;
     dp.attach(&compiled, args.xdp_attach)?;
     for a in &dp.attached {
         log::info!("attached to {} (ifindex {}): {}", a.name, a.ifindex, a.hook);
@@ -121,7 +123,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings.conntrack.max_connections,
         settings.conntrack.timeouts
     );
-    let result = serve(&mut dp, logger, &settings, &args).await;
+    let result = serve(&mut dp, logger, &settings, &compiled, &args).await;
 
     let snap = dp.snapshot(&settings.rules);
     drop(dp);
@@ -146,7 +148,13 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
-async fn serve(dp: &mut Datapath, logger: crate::loader::KernelLogger, settings: &Settings, args: &RunArgs) -> anyhow::Result<()> {
+async fn serve(
+    dp: &mut Datapath,
+    logger: crate::loader::KernelLogger,
+    settings: &Settings,
+    compiled: &crate::config::Compiled,
+    args: &RunArgs,
+) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
@@ -170,6 +178,9 @@ async fn serve(dp: &mut Datapath, logger: crate::loader::KernelLogger, settings:
             _ = term.recv() => { log::info!("SIGTERM: stopping"); return Ok(()); }
             _ = tick.tick() => {
                 ticks += 1;
+                if dp.sync_public_addrs(&addrs::public_addresses(&compiled.ifaces)?)? {
+                    log::info!("public addresses changed; hairpin follows");
+                }
                 if ticks.is_multiple_of(gc_every) {
                     let (scanned, removed) = dp.collect_expired(&t, monotonic_ns())?;
                     if removed > 0 {
