@@ -105,6 +105,17 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     if meta.is_fragment {
         return Err(Verdict::Pass(stats::PASS_FRAGMENT));
     }
+    // A corrupt header is the kernel's to drop (and count), never ours to
+    // forward: the incremental update would carry the corruption along.
+    let header_sum = if meta.header_len == 20 {
+        // SAFETY: the 20 bytes were bounds-checked as the Ipv4Hdr.
+        forwarder_common::csum::sum20(unsafe { &*(core::ptr::from_ref(ip).cast::<[u8; 20]>()) })
+    } else {
+        crate::csum::sum(p, EthHdr::LEN, meta.header_len & 0x3c).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?
+    };
+    if forwarder_common::csum::fold(header_sum) != 0xffff {
+        return Err(Verdict::Pass(stats::PASS_MALFORMED));
+    }
     // IHL is 4 bits: masking keeps the offset provably bounded.
     let l4_off = EthHdr::LEN + (meta.header_len & 0x3c);
     let l4_len = (meta.total_len - meta.header_len) as u16;
