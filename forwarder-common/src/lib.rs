@@ -11,6 +11,7 @@
 //! - [`nat`]: the rewrite plan for a translated packet (what changes, and the
 //!   checksum deltas).
 //! - [`rule`]: port ranges as trie prefixes, the backend port of a match.
+//! - [`icmp`]: rewriting the packet an ICMP error quotes.
 //! - [`conntrack`]: flow keys, the two-direction entry pair, SNAT port choice.
 //! - [`stats`]: counter and drop-reason indices.
 #![cfg_attr(not(test), no_std)]
@@ -18,6 +19,7 @@
 pub mod abi;
 pub mod conntrack;
 pub mod csum;
+pub mod icmp;
 pub mod nat;
 pub mod parse;
 pub mod rule;

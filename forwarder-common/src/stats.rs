@@ -51,8 +51,11 @@ pub const DROP_SRC_DENIED: u32 = 19;
 /// connections are never evicted for them).
 pub const DROP_CT_FULL: u32 = 20;
 
+/// ICMP errors about a translated connection, translated and forwarded.
+pub const ICMP_TRANSLATED: u32 = 21;
+
 /// Number of counters.
-pub const COUNT: u32 = 21;
+pub const COUNT: u32 = 22;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -77,4 +80,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "pass_fib_other",
     "drop_src_denied",
     "drop_ct_full",
+    "icmp_translated",
 ];

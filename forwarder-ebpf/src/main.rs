@@ -16,6 +16,7 @@
 
 mod csum;
 mod ctx;
+mod icmp;
 mod maps;
 mod pipeline;
 mod rewrite;

@@ -22,6 +22,7 @@ use forwarder_common::{
     rule::backend_port,
     conntrack::{TCP_RST, entry_pair, needs_refresh, next_state, snat_candidate, tuple_hash},
     csum::looks_partial,
+    icmp::PROTO_ICMP,
     nat::Tuple,
     parse, stats,
 };
@@ -51,7 +52,7 @@ pub struct Parsed {
     pub tuple: Tuple,
     /// The L4 checksum field as received (numeric).
     pub l4_check: u16,
-    /// TCP flags byte (0 for UDP).
+    /// TCP flags byte (0 for UDP; the type for ICMP).
     pub tcp_flags: u8,
     /// Frame length (a GRO'd skb in TC counts whole), for the byte counters.
     pub frame_len: u32,
@@ -79,6 +80,9 @@ pub enum Verdict {
     ToTc(u32),
     /// Rewrite and send.
     Forward(Parsed, Forward),
+    /// An ICMP error about one of our connections: rewrite it (outer
+    /// header and the quoted packet) and send.
+    ForwardIcmp(Parsed, Forward, crate::icmp::Quote),
 }
 
 /// Parses Ethernet / IPv4 (any IHL) / TCP or UDP. `Err` carries the verdict
@@ -99,7 +103,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     let meta = parse::ipv4(ip.vihl, u16::from_be_bytes(ip.tot_len), u16::from_be_bytes(ip.frags), avail)
         .map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
     let proto = ip.proto as u8;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Verdict::Pass(stats::PASS_NOT_OURS));
     }
     if meta.is_fragment {
@@ -119,6 +123,23 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     // IHL is 4 bits: masking keeps the offset provably bounded.
     let l4_off = EthHdr::LEN + (meta.header_len & 0x3c);
     let l4_len = (meta.total_len - meta.header_len) as u16;
+    if proto == PROTO_ICMP {
+        // Errors about our flows are translated (crate::icmp); the 8-byte
+        // ICMP header must be there. No ports: the tuple carries zeros.
+        let h: *const [u8; 8] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
+        // SAFETY: bounds checked by ptr_at.
+        let h = unsafe { *h };
+        return Ok(Parsed {
+            l4_off,
+            l4_len,
+            proto,
+            ttl: ip.ttl,
+            tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [0; 2], dport: [0; 2] },
+            l4_check: u16::from_be_bytes([h[2], h[3]]),
+            tcp_flags: h[0], // the ICMP type
+            frame_len: p.len(),
+        });
+    }
     // Ports are the first 4 bytes of both TCP and UDP.
     let ports: *const [u8; 4] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
     // SAFETY: bounds checked by ptr_at.
@@ -169,7 +190,7 @@ fn xdp_can_finish<P: Packet>(parsed: &Parsed) -> bool {
 }
 
 /// Result of a FIB lookup, with the fields we use copied out.
-struct Route {
+pub struct Route {
     ret: u32,
     ifindex: u32,
     src: [u8; 4],
@@ -179,7 +200,7 @@ struct Route {
 }
 
 #[inline(always)]
-fn route<P: Packet>(p: &P, parsed: &Parsed, t: &Tuple, flags: u32) -> Route {
+pub fn route<P: Packet>(p: &P, parsed: &Parsed, t: &Tuple, flags: u32) -> Route {
     // SAFETY: bpf_fib_lookup is plain old data; zero is a valid value.
     let mut f: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     f.family = AF_INET;
@@ -209,7 +230,7 @@ fn route<P: Packet>(p: &P, parsed: &Parsed, t: &Tuple, flags: u32) -> Route {
 
 /// Maps a FIB result to a verdict; `Ok` means "send it".
 #[inline(always)]
-fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict> {
+pub fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict> {
     match r.ret {
         BPF_FIB_LKUP_RET_SUCCESS => {
             if P::IS_XDP && FWD_TX_PORTS.get(r.ifindex).is_none() {
@@ -248,6 +269,9 @@ pub fn decide<P: Packet>(p: &P) -> Verdict {
         Ok(v) => v,
         Err(v) => return v,
     };
+    if parsed.proto == PROTO_ICMP {
+        return crate::icmp::decide(p, parsed);
+    }
     let key = FlowKey::new(&parsed.tuple, parsed.proto);
     if let Some(entry) = FWD_FLOWS.get_ptr_mut(&key) {
         // SAFETY: map value pointer valid until program exit.

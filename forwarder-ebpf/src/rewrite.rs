@@ -14,9 +14,9 @@ use crate::{
 };
 
 /// Writes the new addresses, decrements the TTL and fixes the header
-/// checksum; writes the new ports at `l4_off`.
+/// checksum.
 #[inline(always)]
-pub fn ip_and_ports<P: Packet>(p: &P, new: &Tuple, d: &CsumDelta, l4_off: usize) -> Option<()> {
+pub fn ip_header<P: Packet>(p: &P, new: &Tuple, d: &CsumDelta) -> Option<()> {
     let ip: *mut Ipv4Hdr = ptr_at(p, EthHdr::LEN)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &mut *ip };
@@ -25,6 +25,13 @@ pub fn ip_and_ports<P: Packet>(p: &P, new: &Tuple, d: &CsumDelta, l4_off: usize)
     ip.ttl -= 1;
     ip.src_addr = new.saddr;
     ip.dst_addr = new.daddr;
+    Some(())
+}
+
+/// [`ip_header`], then the new ports at `l4_off`.
+#[inline(always)]
+pub fn ip_and_ports<P: Packet>(p: &P, new: &Tuple, d: &CsumDelta, l4_off: usize) -> Option<()> {
+    ip_header(p, new, d)?;
     let ports: *mut [u8; 4] = ptr_at(p, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *ports = [new.sport[0], new.sport[1], new.dport[0], new.dport[1]] };

@@ -24,8 +24,9 @@ use crate::{
 };
 
 const AF_INET: u32 = 2;
-/// Enough linear bytes for Ethernet + the largest IPv4 header + TCP.
-const PULL_LEN: u32 = 14 + 60 + 20;
+/// Enough linear bytes for Ethernet + the largest IPv4 header + TCP, or an
+/// ICMP error quoting the largest IPv4 header and 20 bytes of TCP.
+const PULL_LEN: u32 = 14 + 60 + 8 + 60 + 20;
 
 #[inline(always)]
 fn handed_off(ctx: &TcContext) -> bool {
@@ -67,6 +68,15 @@ pub fn run(ctx: &TcContext) -> i32 {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
             }
+            redirect(&fwd)
+        }
+        Verdict::ForwardIcmp(parsed, fwd, quote) => {
+            let macs = if fwd.resolve_nexthop.is_none() { rewrite::macs(ctx, &fwd) } else { Some(()) };
+            if crate::icmp::rewrite(ctx, &parsed, &fwd.new, &quote).and(macs).is_none() {
+                count(stats::DROP_REDIRECT_FAILED);
+                return TC_ACT_SHOT;
+            }
+            count(stats::ICMP_TRANSLATED);
             redirect(&fwd)
         }
     }

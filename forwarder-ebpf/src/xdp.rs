@@ -45,16 +45,29 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 count(stats::PASS_MALFORMED);
                 return XDP_ABORTED;
             }
-            match FWD_TX_PORTS.redirect(fwd.ifindex, 0) {
-                Ok(a) => {
-                    count(stats::XDP_REDIRECTED);
-                    a
-                }
-                Err(_) => {
-                    count(stats::DROP_REDIRECT_FAILED);
-                    XDP_DROP
-                }
+            redirect(&fwd)
+        }
+        Verdict::ForwardIcmp(parsed, fwd, quote) => {
+            if crate::icmp::rewrite(ctx, &parsed, &fwd.new, &quote).and_then(|()| rewrite::macs(ctx, &fwd)).is_none() {
+                count(stats::PASS_MALFORMED);
+                return XDP_ABORTED;
             }
+            count(stats::ICMP_TRANSLATED);
+            redirect(&fwd)
+        }
+    }
+}
+
+#[inline(always)]
+fn redirect(fwd: &Forward) -> u32 {
+    match FWD_TX_PORTS.redirect(fwd.ifindex, 0) {
+        Ok(a) => {
+            count(stats::XDP_REDIRECTED);
+            a
+        }
+        Err(_) => {
+            count(stats::DROP_REDIRECT_FAILED);
+            XDP_DROP
         }
     }
 }

@@ -273,6 +273,48 @@ fn run_table(dp: &Datapath, m: &Macs, pub_if: u32, int_if: u32) {
     }
     assert_eq!(dp.flows().unwrap().len(), 6, "a passed packet created state");
 
+    // 7b. ICMP errors about translated flows, both directions. The backend
+    //     says "fragmentation needed" about the SYN we sent it (quoting
+    //     gi:p -> s:80, 8 bytes of TCP): the client gets it from the public
+    //     address, quoting its own packet c:40000 -> g:8080.
+    let quote = |src: Ipv4Addr, dst: Ipv4Addr, l4: &L4, n: usize| {
+        let f = frame([0; 6], [0; 6], src, dst, 63, l4, &[]);
+        f[14..14 + 20 + n].to_vec()
+    };
+    let icmp_err = |smac, dmac, src: Ipv4Addr, dst: Ipv4Addr, ttl, code, q: &[u8]| {
+        let mut v = Vec::new();
+        let t = match code {
+            4 => etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }),
+            _ => etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port),
+        };
+        PacketBuilder::ethernet2(smac, dmac).ipv4(src.octets(), dst.octets(), ttl).icmpv4(t).write(&mut v, q).unwrap();
+        v
+    };
+    check(
+        dp,
+        "ICMP frag-needed from the backend side",
+        &icmp_err(m.server, m.gw_int, s, gi, 64, 4, &quote(gi, s, &syn_out, 8)),
+        int_if,
+        XDP_REDIRECT,
+        &icmp_err(m.gw_pub, m.client, g, c, 63, 4, &quote(c, g, &syn, 8)),
+    );
+    // The client says "port unreachable" about a UDP reply (quoting
+    // g:5353 -> c:41000, whole UDP header incl. its checksum): the backend
+    // gets it from the gateway's internal address, quoting s:53 -> gi:pu.
+    let reply = L4::Udp { sport: 5353, dport: 41000 };
+    let reply_out = L4::Udp { sport: 53, dport: pu };
+    check(
+        dp,
+        "ICMP port unreachable from the client side",
+        &icmp_err(m.client, m.gw_pub, c, g, 64, 3, &quote(g, c, &reply, 8)),
+        pub_if,
+        XDP_REDIRECT,
+        &icmp_err(m.gw_int, m.server, gi, s, 63, 3, &quote(s, gi, &reply_out, 8)),
+    );
+    // An error about a flow we do not know, and an echo request: untouched.
+    let stranger = icmp_err(m.client, m.gw_pub, c, g, 64, 3, &quote(g, c, &L4::Udp { sport: 1, dport: 2 }, 8));
+    check(dp, "ICMP error about no flow of ours", &stranger, pub_if, XDP_PASS, &stranger);
+
     // 8. A new flow whose TTL would expire at the gateway is dropped.
     let ttl1 = frame(m.client, m.gw_pub, c, g, 1, &L4::Tcp { sport: 40004, dport: 8080, seq: 1, flags: "S" }, &[]);
     let (verdict, _, _) = dp.test_run_xdp(&ttl1, pub_if, 1).unwrap();

@@ -655,3 +655,47 @@ fn hairpin_internal_host_reaches_the_public_address() {
     assert_eq!(rule_counters(&stats, 0).2, 2, "{stats}");
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn icmp_errors_are_translated_both_ways() {
+    let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53", "udp:5354=192.168.1.50:54"]);
+    // 1. Nothing listens on the backend's port 53: its "port unreachable"
+    //    about our translated datagram must reach the client as an error
+    //    on its connected socket (untranslated, it would die at the gateway).
+    let refused = lab
+        .client
+        .enter(|| {
+            let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+            u.connect(public(5353)).unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            u.send(b"anyone?").unwrap();
+            let mut b = [0u8; 16];
+            u.recv(&mut b).map(|_| ()).map_err(|e| e.kind())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "the client did not get the backend's ICMP error");
+    // 2. The other way: the client's socket is gone when the backend
+    //    answers; the client's "port unreachable" must reach the backend.
+    let srv = lab.server.enter(|| UdpSocket::bind("0.0.0.0:54").unwrap()).unwrap().join().unwrap();
+    srv.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    lab.client
+        .enter(|| {
+            let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+            u.send_to(b"hello", public(5354)).unwrap();
+            // dropped here: the port closes
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let mut b = [0u8; 16];
+    let (_, peer) = srv.recv_from(&mut b).unwrap();
+    srv.connect(peer).unwrap();
+    srv.send(b"too late").unwrap();
+    let back = srv.recv(&mut b).map(|_| ()).map_err(|e| e.kind());
+    assert_eq!(back, Err(std::io::ErrorKind::ConnectionRefused), "the backend did not get the client's ICMP error");
+    let stats = fwd.stop().unwrap();
+    assert!(counter(&stats, "icmp_translated") >= 2, "{stats}");
+    assert_no_csum_errors(&lab);
+}

@@ -1,0 +1,121 @@
+//! ICMP errors about translated connections, in both directions: an error
+//! from the backend side about a packet we sent there (e.g. "fragmentation
+//! needed" from a link with a smaller MTU) goes to the client as if the
+//! public address had sent it, quoting the packet as the client sent it; an
+//! error from the public side about a reply goes to the backend likewise.
+//!
+//! The quoted packet is one we sent, so its tuple is some entry's outgoing
+//! tuple; the entry of the *other* direction is keyed by the quote
+//! reversed, and its outgoing tuple is exactly the translation the error
+//! needs: outer header from its source to its destination, quote as its
+//! reverse.
+
+use forwarder_common::{
+    abi::{FlowKey, PROTO_TCP, PROTO_UDP},
+    icmp::{is_error, quote_rewrite},
+    nat::{Tuple, delta},
+    stats,
+};
+
+use crate::{
+    ctx::{Packet, ptr_at},
+    maps::{FWD_FLOWS, rule_stats},
+    pipeline::{Parsed, Verdict, fib_verdict, route},
+    rewrite,
+};
+
+/// Where the quoted packet sits and how it must read afterwards.
+#[derive(Clone, Copy)]
+pub struct Quote {
+    /// Offset of the quoted IPv4 header.
+    ip_off: usize,
+    /// Offset of the quoted TCP/UDP header.
+    l4_off: usize,
+    proto: u8,
+    old: Tuple,
+    new: Tuple,
+}
+
+#[inline(always)]
+pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
+    // `tcp_flags` carries the ICMP type for ICMP.
+    if !is_error(parsed.tcp_flags) {
+        return Verdict::Pass(stats::PASS_NOT_OURS);
+    }
+    let ip_off = parsed.l4_off + 8;
+    let Some(q) = ptr_at::<[u8; 20], P>(p, ip_off) else {
+        return Verdict::Pass(stats::PASS_NOT_OURS);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let q = unsafe { *q };
+    let proto = q[9];
+    if q[0] >> 4 != 4 || q[0] & 0x0f < 5 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return Verdict::Pass(stats::PASS_NOT_OURS);
+    }
+    let l4_off = ip_off + (usize::from(q[0] & 0x0f) * 4 & 0x3c);
+    let Some(ports) = ptr_at::<[u8; 4], P>(p, l4_off) else {
+        return Verdict::Pass(stats::PASS_NOT_OURS);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { *ports };
+    let old = Tuple { saddr: [q[12], q[13], q[14], q[15]], daddr: [q[16], q[17], q[18], q[19]], sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] };
+    let Some(entry) = FWD_FLOWS.get_ptr(&FlowKey::new(&old.reversed(), proto)) else {
+        return Verdict::Pass(stats::PASS_NOT_OURS); // about the gateway's own traffic
+    };
+    // SAFETY: map value pointer valid until program exit.
+    let entry = unsafe { *entry };
+    if parsed.ttl <= 1 {
+        return Verdict::Drop(stats::DROP_TTL);
+    }
+    let out = entry.tuple();
+    let outer = Tuple { saddr: out.saddr, daddr: out.daddr, sport: [0; 2], dport: [0; 2] };
+    let fwd = match fib_verdict::<P>(&route(p, &parsed, &outer, 0), outer) {
+        Ok(f) => f,
+        Err(v) => return v,
+    };
+    if let Some(s) = rule_stats(entry.rule_id) {
+        if entry.dir == forwarder_common::abi::DIR_ORIGINAL {
+            s.orig_packets += 1;
+            s.orig_bytes += u64::from(parsed.frame_len);
+        } else {
+            s.reply_packets += 1;
+            s.reply_bytes += u64::from(parsed.frame_len);
+        }
+    }
+    Verdict::ForwardIcmp(parsed, fwd, Quote { ip_off, l4_off, proto, old, new: out.reversed() })
+}
+
+/// Rewrites the outer header and the quote (direct writes only: ICMP
+/// checksums are never partial, so XDP and TC share this).
+#[inline(always)]
+pub fn rewrite<P: Packet>(p: &P, parsed: &Parsed, outer_new: &Tuple, q: &Quote) -> Option<()> {
+    let d = delta(&parsed.tuple, outer_new);
+    rewrite::ip_header(p, outer_new, &d)?;
+    let icmp_c: *mut [u8; 2] = ptr_at(p, parsed.l4_off + 2)?;
+    let ip: *mut [u8; 20] = ptr_at(p, q.ip_off)?;
+    let ports: *mut [u8; 4] = ptr_at(p, q.l4_off)?;
+    let l4c_ptr: Option<*mut [u8; 2]> = ptr_at(p, rewrite::l4_csum_off(q.l4_off, q.proto));
+    // SAFETY: every pointer was bounds-checked by ptr_at.
+    unsafe {
+        let ip = &mut *ip;
+        let l4c = l4c_ptr.map_or(0, |c| u16::from_be_bytes(*c));
+        let c = quote_rewrite(
+            u16::from_be_bytes(*icmp_c),
+            u16::from_be_bytes([ip[10], ip[11]]),
+            l4c,
+            l4c_ptr.is_some(),
+            q.proto,
+            &q.old,
+            &q.new,
+        );
+        ip[10..12].copy_from_slice(&c.ip.to_be_bytes());
+        ip[12..16].copy_from_slice(&q.new.saddr);
+        ip[16..20].copy_from_slice(&q.new.daddr);
+        *ports = [q.new.sport[0], q.new.sport[1], q.new.dport[0], q.new.dport[1]];
+        if let Some(l) = l4c_ptr {
+            *l = c.l4.to_be_bytes();
+        }
+        *icmp_c = c.icmp.to_be_bytes();
+    }
+    Some(())
+}
