@@ -66,6 +66,8 @@ pub struct Lab {
     pub client: Netns,
     pub gateway: Netns,
     pub server: Netns,
+    /// A router between gateway and server ([`Lab::with_router`]).
+    pub router: Option<Netns>,
     /// Scratch directory, removed on drop.
     pub dir: PathBuf,
 }
@@ -93,9 +95,59 @@ impl Lab {
         let client = Netns::create(&format!("{id}-c"))?;
         let gateway = Netns::create(&format!("{id}-g"))?;
         let server = Netns::create(&format!("{id}-s"))?;
-        let lab = Self { procs: Vec::new(), id, addrs: ADDRS, client, gateway, server, dir };
+        let lab = Self { procs: Vec::new(), id, addrs: ADDRS, client, gateway, server, router: None, dir };
         lab.wire().with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
+    }
+
+    /// The lab with a plain Linux router between gateway and server, whose
+    /// link towards the server has `mtu` (the server's own side keeps 1500,
+    /// so its MSS does not hide the bottleneck): packets too big for it make
+    /// the router send "fragmentation needed" to the gateway.
+    ///
+    /// ```text
+    /// gateway int0 192.168.1.1 ── r0 192.168.1.254 | r1 192.168.2.1 (mtu) ── eth0 192.168.2.50 server
+    /// ```
+    pub fn with_router(mtu: u32) -> Result<Self> {
+        sweep_stale();
+        let id = format!("{PREFIX}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        let client = Netns::create(&format!("{id}-c"))?;
+        let gateway = Netns::create(&format!("{id}-g"))?;
+        let server = Netns::create(&format!("{id}-s"))?;
+        let router = Netns::create(&format!("{id}-r"))?;
+        let addrs = Addrs { server: Ipv4Addr::new(192, 168, 2, 50), ..ADDRS };
+        let lab = Self { procs: Vec::new(), id, addrs, client, gateway, server, router: Some(router), dir };
+        lab.wire_routed(mtu).with_context(|| format!("building lab {}", lab.id))?;
+        Ok(lab)
+    }
+
+    fn wire_routed(&self, mtu: u32) -> Result<()> {
+        let a = self.addrs;
+        let r = self.router.as_ref().context("router")?;
+        self.gateway.ip(&["link", "add", GW_PUBLIC_IF, "type", "veth", "peer", "name", "eth0", "netns", &self.client.name])?;
+        self.gateway.ip(&["link", "add", GW_INTERNAL_IF, "type", "veth", "peer", "name", "r0", "netns", &r.name])?;
+        r.ip(&["link", "add", "r1", "type", "veth", "peer", "name", "eth0", "netns", &self.server.name])?;
+        r.ip(&["link", "set", "r1", "mtu", &mtu.to_string()])?;
+        self.client.ip(&["addr", "add", &format!("{}/24", a.client), "dev", "eth0"])?;
+        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_public), "dev", GW_PUBLIC_IF])?;
+        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_internal), "dev", GW_INTERNAL_IF])?;
+        r.ip(&["addr", "add", "192.168.1.254/24", "dev", "r0"])?;
+        r.ip(&["addr", "add", "192.168.2.1/24", "dev", "r1"])?;
+        self.server.ip(&["addr", "add", &format!("{}/24", a.server), "dev", "eth0"])?;
+        for (ns, ifname) in [(&self.client, "eth0"), (&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF), (r, "r0"), (r, "r1"), (&self.server, "eth0")] {
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        self.client.ip(&["route", "add", "default", "via", &a.gw_public.to_string()])?;
+        self.gateway.ip(&["route", "add", "192.168.2.0/24", "via", "192.168.1.254"])?;
+        // The server answers the masqueraded address through the router.
+        self.server.ip(&["route", "add", "192.168.1.0/24", "via", "192.168.2.1"])?;
+        r.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        for (ns, ifname) in [(&self.client, "eth0"), (r, "r0")] {
+            ns.exec("ethtool", &["-K", ifname, "gro", "on"])?;
+        }
+        Ok(())
     }
 
     fn wire(&self) -> Result<()> {

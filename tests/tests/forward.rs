@@ -699,3 +699,51 @@ fn icmp_errors_are_translated_both_ways() {
     assert!(counter(&stats, "icmp_translated") >= 2, "{stats}");
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn path_mtu_discovery_works_through_the_gateway() {
+    // A router behind the gateway has a 1280-byte link to the server; the
+    // endpoints both have 1500 (so MSS does not hide it). The client's
+    // full-size DF segments make the router send "fragmentation needed" to
+    // the gateway's internal address; translated, it reaches the client,
+    // which lowers its path MTU; 10 MB arrive intact.
+    const LEN: usize = 10 * 1024 * 1024;
+    let lab = forwarder_testkit::Lab::with_router(1280).unwrap();
+    let mut fwd = lab.start_forwarder(&["--rule", "tcp:8080=192.168.2.50:80"]).unwrap();
+    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0;
+        loop {
+            let k = s.read(&mut buf).unwrap();
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            n += k;
+        }
+        (n, h.finalize().to_vec())
+    });
+    let sent = lab
+        .client
+        .enter(|| {
+            let data = pattern(LEN, 3);
+            let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(&data).expect("transfer stalled: PMTU discovery broken");
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            Sha256::digest(&data).to_vec()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let (n, got) = server.join().unwrap();
+    assert_eq!((n, got), (LEN, sent));
+    let route = lab.client.ip(&["route", "get", &ADDRS.gw_public.to_string()]).unwrap();
+    assert!(route.contains("mtu 1280"), "the client never learnt the path MTU: {route}");
+    let stats = fwd.stop().unwrap();
+    assert!(counter(&stats, "icmp_translated") >= 1, "{stats}");
+    assert_no_csum_errors(&lab);
+}
