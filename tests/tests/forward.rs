@@ -747,3 +747,22 @@ fn path_mtu_discovery_works_through_the_gateway() {
     assert!(counter(&stats, "icmp_translated") >= 1, "{stats}");
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn two_thousand_concurrent_connections_from_one_client() {
+    // Masquerade keeps thousands of connections from one client address
+    // apart (one source port each) without a single failure.
+    let lim = libc::rlimit { rlim_cur: 16_384, rlim_max: 16_384 };
+    // SAFETY: plain syscall; root may raise its own limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
+    let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
+    let (extra, echoed, ports) = fill_then_probe(&lab, 2000);
+    assert_eq!(echoed, 2000);
+    assert!(extra.is_ok(), "{extra:?}");
+    let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), 2000, "two connections shared a masquerade port");
+    let stats = fwd.stop().unwrap();
+    assert_eq!(rule_counters(&stats, 0).2, 2001, "{stats}");
+    assert_eq!(counter(&stats, "drop_snat_exhausted"), 0, "{stats}");
+    assert_no_csum_errors(&lab);
+}
