@@ -9,6 +9,11 @@
 
 /// XDP program (the fast path).
 pub const PROG_XDP: &str = "forwarder_xdp";
+/// XDP program reached by tail call from [`PROG_XDP`] for packets whose
+/// L4 checksum must be summed in full.
+pub const PROG_XDP_CSUM: &str = "forwarder_xdp_csum";
+/// Program array of [`PROG_XDP`]'s tail calls; index 0 = [`PROG_XDP_CSUM`].
+pub const MAP_XDP_TAILS: &str = "FWD_XDP_TAILS";
 /// TC clsact ingress program: takes what XDP cannot finish (unresolved
 /// neighbour, egress not in the devmap) with `bpf_redirect_neigh`.
 pub const PROG_TC: &str = "forwarder_tc";
@@ -27,6 +32,12 @@ pub const MAX_SRC_ENTRIES: u32 = 65_536;
 /// (not LRU: full means new flows are refused, live ones are never evicted);
 /// expired entries are collected by userspace.
 pub const MAP_FLOWS: &str = "FWD_FLOWS";
+/// Fragments of translated datagrams: [`FragKey`] → [`FragEntry`]. LRU
+/// hash (short-lived state: a datagram's fragments arrive within
+/// milliseconds). Written when the first fragment is translated, read for
+/// the later ones, which carry no ports.
+pub const MAP_FRAGS: &str = "FWD_FRAGS";
+pub const FRAG_TABLE_SIZE: u32 = 16_384;
 /// Per-rule counters, indexed by `rule_id`: [`RuleStats`]. Per-CPU array.
 pub const MAP_RULE_STATS: &str = "FWD_RULE_STATS";
 /// Global counters, indexed by [`crate::stats`] constants: `u64`. Per-CPU array.
@@ -172,6 +183,36 @@ pub struct FlowEntry {
     pub _pad: [u8; 6],
 }
 
+/// Key of [`MAP_FRAGS`]: what all fragments of one datagram share.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragKey {
+    /// Network byte order.
+    pub saddr: [u8; 4],
+    /// Network byte order.
+    pub daddr: [u8; 4],
+    /// IP identification, network byte order.
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`MAP_FRAGS`]: the addresses the datagram leaves with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragEntry {
+    /// Network byte order.
+    pub saddr: [u8; 4],
+    /// Network byte order.
+    pub daddr: [u8; 4],
+    /// Host byte order.
+    pub rule_id: u32,
+    pub dir: u8,
+    pub _pad: [u8; 3],
+}
+
 /// Per-rule counters (one per CPU; userspace sums them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -240,6 +281,8 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 48);
 const _: () = assert!(core::mem::size_of::<SrcKey>() == 8);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 
@@ -253,6 +296,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::RuleStats {}
     unsafe impl aya::Pod for super::SrcKey {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragEntry {}
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Config {}
 }

@@ -27,6 +27,8 @@ pub struct Ipv4Meta {
     pub total_len: usize,
     /// More-fragments set or a non-zero offset.
     pub is_fragment: bool,
+    /// The fragment that carries the L4 header (offset 0, more-fragments).
+    pub first_fragment: bool,
 }
 
 /// IPv4 flag/offset field (host order): more-fragments bit and offset mask.
@@ -50,7 +52,12 @@ pub const fn ipv4(vihl: u8, total_len: u16, frags: u16, avail: usize) -> Result<
     if total_len < header_len || total_len > avail {
         return Err(Malformed::TotalLength);
     }
-    Ok(Ipv4Meta { header_len, total_len, is_fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0 })
+    Ok(Ipv4Meta {
+        header_len,
+        total_len,
+        is_fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0,
+        first_fragment: frags & IP_MF != 0 && frags & IP_OFFSET_MASK == 0,
+    })
 }
 
 /// Minimum L4 header length for the protocols we translate.
@@ -60,13 +67,16 @@ pub const fn l4_min_len(proto: u8) -> usize {
 }
 
 /// Checks that the L4 header of `proto` fits into `l4_len` payload bytes, and
-/// for UDP that its length field (host order) is consistent.
+/// for UDP that its length field (host order) is consistent: at most the
+/// payload, or, in a first fragment, at least the payload.
 #[inline(always)]
-pub const fn l4(proto: u8, l4_len: usize, udp_len: u16) -> Result<(), Malformed> {
+pub const fn l4(proto: u8, l4_len: usize, udp_len: u16, first_fragment: bool) -> Result<(), Malformed> {
     if l4_len < l4_min_len(proto) {
         return Err(Malformed::L4Length);
     }
-    if proto == crate::abi::PROTO_UDP && ((udp_len as usize) < 8 || udp_len as usize > l4_len) {
+    let udp_len = udp_len as usize;
+    let consistent = if first_fragment { udp_len > l4_len } else { udp_len <= l4_len };
+    if proto == crate::abi::PROTO_UDP && (udp_len < 8 || !consistent) {
         return Err(Malformed::L4Length);
     }
     Ok(())
@@ -78,7 +88,7 @@ mod tests {
 
     #[test]
     fn accepts_plain_and_options() {
-        assert_eq!(ipv4(0x45, 40, 0x4000, 60), Ok(Ipv4Meta { header_len: 20, total_len: 40, is_fragment: false }));
+        assert_eq!(ipv4(0x45, 40, 0x4000, 60), Ok(Ipv4Meta { header_len: 20, total_len: 40, is_fragment: false, first_fragment: false }));
         assert_eq!(ipv4(0x46, 44, 0, 44).unwrap().header_len, 24);
         assert_eq!(ipv4(0x4f, 60, 0, 60).unwrap().header_len, 60);
     }
@@ -96,14 +106,20 @@ mod tests {
         assert!(ipv4(0x45, 40, IP_MF, 40).unwrap().is_fragment);
         assert!(ipv4(0x45, 40, 185, 40).unwrap().is_fragment);
         assert!(!ipv4(0x45, 40, 0x4000, 40).unwrap().is_fragment);
+        assert!(ipv4(0x45, 40, IP_MF, 40).unwrap().first_fragment);
+        assert!(!ipv4(0x45, 40, IP_MF | 0xb9, 40).unwrap().first_fragment);
+        assert!(!ipv4(0x45, 40, 185, 40).unwrap().first_fragment);
     }
 
     #[test]
     fn l4_lengths() {
-        assert!(l4(6, 20, 0).is_ok());
-        assert_eq!(l4(6, 19, 0), Err(Malformed::L4Length));
-        assert!(l4(17, 8, 8).is_ok());
-        assert_eq!(l4(17, 8, 9), Err(Malformed::L4Length));
-        assert_eq!(l4(17, 16, 7), Err(Malformed::L4Length));
+        assert!(l4(6, 20, 0, false).is_ok());
+        assert_eq!(l4(6, 19, 0, false), Err(Malformed::L4Length));
+        assert!(l4(17, 8, 8, false).is_ok());
+        assert_eq!(l4(17, 8, 9, false), Err(Malformed::L4Length));
+        assert_eq!(l4(17, 16, 7, false), Err(Malformed::L4Length));
+        // A first fragment carries less than the datagram's UDP length.
+        assert!(l4(17, 1480, 4008, true).is_ok());
+        assert_eq!(l4(17, 1480, 1000, true), Err(Malformed::L4Length));
     }
 }

@@ -7,7 +7,8 @@
 pub const PASS_NOT_IPV4: u32 = 0;
 /// IPv4 but not TCP/UDP, or no rule and no flow: not ours.
 pub const PASS_NOT_OURS: u32 = 1;
-/// IPv4 fragments (not translated yet; passed to the kernel).
+/// IPv4 fragments that are not ours, or later fragments whose first one was
+/// not seen (yet): passed to the kernel.
 pub const PASS_FRAGMENT: u32 = 2;
 /// Headers that fail validation (passed untouched).
 pub const PASS_MALFORMED: u32 = 3;
@@ -54,8 +55,11 @@ pub const DROP_CT_FULL: u32 = 20;
 /// ICMP errors about a translated connection, translated and forwarded.
 pub const ICMP_TRANSLATED: u32 = 21;
 
+/// Fragments of translated datagrams, translated (first ones included).
+pub const FRAGMENT_TRANSLATED: u32 = 22;
+
 /// Number of counters.
-pub const COUNT: u32 = 22;
+pub const COUNT: u32 = 23;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -81,4 +85,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_src_denied",
     "drop_ct_full",
     "icmp_translated",
+    "fragment_translated",
 ];

@@ -19,7 +19,7 @@ use forwarder_common::{
 
 use crate::{
     ctx::{Packet, ptr_at},
-    maps::{FWD_FLOWS, rule_stats},
+    maps::{FWD_FLOWS, count_rule},
     pipeline::{Parsed, Verdict, fib_verdict, route},
     rewrite,
 };
@@ -73,15 +73,7 @@ pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
         Ok(f) => f,
         Err(v) => return v,
     };
-    if let Some(s) = rule_stats(entry.rule_id) {
-        if entry.dir == forwarder_common::abi::DIR_ORIGINAL {
-            s.orig_packets += 1;
-            s.orig_bytes += u64::from(parsed.frame_len);
-        } else {
-            s.reply_packets += 1;
-            s.reply_bytes += u64::from(parsed.frame_len);
-        }
-    }
+    count_rule(entry.rule_id, entry.dir, parsed.frame_len);
     Verdict::ForwardIcmp(parsed, fwd, Quote { ip_off, l4_off, proto, old, new: out.reversed() })
 }
 

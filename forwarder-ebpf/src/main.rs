@@ -16,6 +16,7 @@
 
 mod csum;
 mod ctx;
+mod frag;
 mod icmp;
 mod maps;
 mod pipeline;
@@ -31,6 +32,12 @@ use aya_ebpf::{
 #[xdp]
 pub fn forwarder_xdp(ctx: XdpContext) -> u32 {
     xdp::run(&ctx)
+}
+
+/// Tail call of `forwarder_xdp` for packets that need a full L4 checksum.
+#[xdp]
+pub fn forwarder_xdp_csum(ctx: XdpContext) -> u32 {
+    xdp::run_full_csum(&ctx)
 }
 
 #[classifier]

@@ -4,10 +4,10 @@
 use aya_ebpf::{
     bindings::bpf_devmap_val,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use forwarder_common::abi::{
-    Config, FLOW_TABLE_SIZE, FlowEntry, FlowKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
+    Config, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
     MAX_SRC_ENTRIES,
     RuleKey, RuleStats, RuleTarget, SrcKey,
 };
@@ -23,6 +23,9 @@ pub static FWD_SRC_ALLOW: LpmTrie<SrcKey, u8> = LpmTrie::with_max_entries(MAX_SR
 /// Not LRU: a full table refuses new flows (counted) instead of silently
 /// evicting live ones; userspace collects expired entries. Size set at load.
 pub static FWD_FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(FLOW_TABLE_SIZE, 0);
+
+#[map]
+pub static FWD_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAG_TABLE_SIZE, 0);
 
 #[map]
 pub static FWD_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES, 0);
@@ -42,6 +45,14 @@ pub static FWD_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0
 #[map]
 pub static FWD_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// The XDP program's tail calls (see `xdp::TAIL_FULL_CSUM`).
+#[map]
+pub static FWD_XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Hand-over from the XDP program to its tail call, one slot per CPU.
+#[map]
+pub static FWD_SCRATCH: PerCpuArray<crate::xdp::FullCsum> = PerCpuArray::with_max_entries(1, 0);
+
 // Keeps the devmap value type referenced (the loader checks its size).
 const _: usize = core::mem::size_of::<bpf_devmap_val>();
 
@@ -57,6 +68,21 @@ pub fn count(index: u32) {
 pub fn rule_stats(rule_id: u32) -> Option<&'static mut RuleStats> {
     // SAFETY: per-CPU slot, no concurrent writer on this CPU.
     FWD_RULE_STATS.get_ptr_mut(rule_id).map(|p| unsafe { &mut *p })
+}
+
+/// Counts one translated packet of `bytes` for rule `rule_id`, direction
+/// `dir` (`abi::DIR_*`).
+#[inline(always)]
+pub fn count_rule(rule_id: u32, dir: u8, bytes: u32) {
+    if let Some(s) = rule_stats(rule_id) {
+        if dir == forwarder_common::abi::DIR_ORIGINAL {
+            s.orig_packets += 1;
+            s.orig_bytes += u64::from(bytes);
+        } else {
+            s.reply_packets += 1;
+            s.reply_bytes += u64::from(bytes);
+        }
+    }
 }
 
 #[inline(always)]

@@ -33,7 +33,7 @@ use network_types::{
 
 use crate::{
     ctx::{Packet, ptr_at},
-    maps::{FWD_FLOWS, FWD_IFACES, FWD_PUBLIC_ADDRS, FWD_RULES, FWD_SRC_ALLOW, FWD_TX_PORTS, config, rule_stats},
+    maps::{FWD_FLOWS, FWD_IFACES, FWD_PUBLIC_ADDRS, FWD_RULES, FWD_SRC_ALLOW, FWD_TX_PORTS, config, count_rule, rule_stats},
 };
 
 const AF_INET: u8 = 2;
@@ -56,7 +56,16 @@ pub struct Parsed {
     pub tcp_flags: u8,
     /// Frame length (a GRO'd skb in TC counts whole), for the byte counters.
     pub frame_len: u32,
+    /// IP identification (network order), for fragments.
+    pub ip_id: [u8; 2],
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] (carries the L4 header) or
+    /// [`FRAG_LATER`] (no L4 header; `tuple` ports are zero).
+    pub fragment: u8,
 }
+
+pub const FRAG_NONE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_LATER: u8 = 2;
 
 /// A translated packet ready to leave.
 #[derive(Clone, Copy)]
@@ -83,6 +92,9 @@ pub enum Verdict {
     /// An ICMP error about one of our connections: rewrite it (outer
     /// header and the quoted packet) and send.
     ForwardIcmp(Parsed, Forward, crate::icmp::Quote),
+    /// A later fragment of a translated datagram: rewrite the IPv4 header
+    /// only, and send.
+    ForwardL3(Parsed, Forward),
 }
 
 /// Parses Ethernet / IPv4 (any IHL) / TCP or UDP. `Err` carries the verdict
@@ -106,9 +118,6 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Verdict::Pass(stats::PASS_NOT_OURS));
     }
-    if meta.is_fragment {
-        return Err(Verdict::Pass(stats::PASS_FRAGMENT));
-    }
     // A corrupt header is the kernel's to drop (and count), never ours to
     // forward: the incremental update would carry the corruption along.
     let header_sum = if meta.header_len == 20 {
@@ -123,22 +132,48 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     // IHL is 4 bits: masking keeps the offset provably bounded.
     let l4_off = EthHdr::LEN + (meta.header_len & 0x3c);
     let l4_len = (meta.total_len - meta.header_len) as u16;
+    // ICMP fragments are never ours; TCP/UDP fragments after the first
+    // carry no L4 header: they follow their first fragment (crate::frag).
+    if proto == PROTO_ICMP && meta.is_fragment {
+        return Err(Verdict::Pass(stats::PASS_FRAGMENT));
+    }
+    // ICMP and fragments are rare: XDP hands them to TC, which keeps the
+    // XDP program (the hot path) small enough for the verifier to explore
+    // every path of it.
+    if P::IS_XDP && (proto == PROTO_ICMP || meta.is_fragment) {
+        return Err(Verdict::ToTc(stats::XDP_TO_TC));
+    }
+    let fragment = if !meta.is_fragment {
+        FRAG_NONE
+    } else if meta.first_fragment {
+        FRAG_FIRST
+    } else {
+        FRAG_LATER
+    };
+    // Packets without ports (later fragments, ICMP): the tuple carries
+    // zeros, `l4_check`/`tcp_flags` what the caller says.
+    let portless = |l4_check: u16, tcp_flags: u8| Parsed {
+        l4_off,
+        l4_len,
+        proto,
+        ttl: ip.ttl,
+        tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [0; 2], dport: [0; 2] },
+        l4_check,
+        tcp_flags,
+        frame_len: p.len(),
+        ip_id: ip.id,
+        fragment,
+    };
+    if fragment == FRAG_LATER {
+        return Ok(portless(0, 0));
+    }
     if proto == PROTO_ICMP {
         // Errors about our flows are translated (crate::icmp); the 8-byte
-        // ICMP header must be there. No ports: the tuple carries zeros.
+        // ICMP header must be there. `tcp_flags` carries the ICMP type.
         let h: *const [u8; 8] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
         // SAFETY: bounds checked by ptr_at.
         let h = unsafe { *h };
-        return Ok(Parsed {
-            l4_off,
-            l4_len,
-            proto,
-            ttl: ip.ttl,
-            tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [0; 2], dport: [0; 2] },
-            l4_check: u16::from_be_bytes([h[2], h[3]]),
-            tcp_flags: h[0], // the ICMP type
-            frame_len: p.len(),
-        });
+        return Ok(portless(u16::from_be_bytes([h[2], h[3]]), h[0]));
     }
     // Ports are the first 4 bytes of both TCP and UDP.
     let ports: *const [u8; 4] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
@@ -160,7 +195,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         l4_check = u16::from_be_bytes([t[16], t[17]]);
         tcp_flags = t[13];
     }
-    parse::l4(proto, l4_len as usize, udp_len).map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
+    parse::l4(proto, l4_len as usize, udp_len, fragment == FRAG_FIRST).map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
     Ok(Parsed {
         l4_off,
         l4_len,
@@ -170,6 +205,8 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         l4_check,
         tcp_flags,
         frame_len: p.len(),
+        ip_id: ip.id,
+        fragment,
     })
 }
 
@@ -179,7 +216,9 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
 #[inline(always)]
 pub fn needs_full_sum(parsed: &Parsed) -> bool {
     let udp_none = parsed.proto == PROTO_UDP && parsed.l4_check == 0;
-    !udp_none && looks_partial(parsed.l4_check, parsed.tuple.saddr, parsed.tuple.daddr, parsed.proto, parsed.l4_len)
+    // A fragment's checksum covers the whole datagram: never partial (the
+    // sender resolves offloads before fragmenting), never summable here.
+    parsed.fragment == FRAG_NONE && !udp_none && looks_partial(parsed.l4_check, parsed.tuple.saddr, parsed.tuple.daddr, parsed.proto, parsed.l4_len)
 }
 
 /// XDP cannot sum segments larger than `csum::MAX_SUM_LEN` (a GRO'd skb
@@ -272,6 +311,9 @@ pub fn decide<P: Packet>(p: &P) -> Verdict {
     if parsed.proto == PROTO_ICMP {
         return crate::icmp::decide(p, parsed);
     }
+    if parsed.fragment == FRAG_LATER {
+        return crate::frag::later(p, parsed);
+    }
     let key = FlowKey::new(&parsed.tuple, parsed.proto);
     if let Some(entry) = FWD_FLOWS.get_ptr_mut(&key) {
         // SAFETY: map value pointer valid until program exit.
@@ -279,6 +321,16 @@ pub fn decide<P: Packet>(p: &P) -> Verdict {
         return established(p, parsed, entry);
     }
     new_flow(p, parsed)
+}
+
+/// The verdict for a translated packet; a first fragment also leaves its
+/// translation for the later ones.
+#[inline(always)]
+fn forward<P: Packet>(parsed: Parsed, fwd: Forward, rule_id: u32, dir: u8) -> Verdict {
+    if !P::IS_XDP && parsed.fragment == FRAG_FIRST {
+        crate::frag::remember(&parsed, &fwd, rule_id, dir);
+    }
+    Verdict::Forward(parsed, fwd)
 }
 
 #[inline(always)]
@@ -312,16 +364,8 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
             unsafe { (*pe).state = state };
         }
     }
-    if let Some(s) = rule_stats(entry.rule_id) {
-        if entry.dir == DIR_ORIGINAL {
-            s.orig_packets += 1;
-            s.orig_bytes += u64::from(parsed.frame_len);
-        } else {
-            s.reply_packets += 1;
-            s.reply_bytes += u64::from(parsed.frame_len);
-        }
-    }
-    Verdict::Forward(parsed, fwd)
+    count_rule(entry.rule_id, entry.dir, parsed.frame_len);
+    forward::<P>(parsed, fwd, entry.rule_id, entry.dir)
 }
 
 /// The rule a new flow matches, and whether it is a hairpin (an internal
@@ -444,7 +488,7 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
         s.orig_bytes += u64::from(parsed.frame_len);
     }
     match fib_verdict::<P>(&r, out) {
-        Ok(fwd) => Verdict::Forward(parsed, fwd),
+        Ok(fwd) => forward::<P>(parsed, fwd, target.rule_id, DIR_ORIGINAL),
         Err(v) => v,
     }
 }

@@ -68,6 +68,19 @@ pub fn run(ctx: &TcContext) -> i32 {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
             }
+            if parsed.fragment != crate::pipeline::FRAG_NONE {
+                count(stats::FRAGMENT_TRANSLATED);
+            }
+            redirect(&fwd)
+        }
+        Verdict::ForwardL3(parsed, fwd) => {
+            let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
+            let macs = if fwd.resolve_nexthop.is_none() { rewrite::macs(ctx, &fwd) } else { Some(()) };
+            if rewrite::ip_header(ctx, &fwd.new, &d).and(macs).is_none() {
+                count(stats::DROP_REDIRECT_FAILED);
+                return TC_ACT_SHOT;
+            }
+            count(stats::FRAGMENT_TRANSLATED);
             redirect(&fwd)
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {

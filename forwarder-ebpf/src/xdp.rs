@@ -15,7 +15,7 @@ use forwarder_common::{
 use crate::{
     csum,
     ctx::ptr_at,
-    maps::{FWD_TX_PORTS, count},
+    maps::{FWD_SCRATCH, FWD_TX_PORTS, FWD_XDP_TAILS, count},
     pipeline::{Forward, Parsed, Verdict, decide, needs_full_sum},
     rewrite,
 };
@@ -40,11 +40,26 @@ pub fn run(ctx: &XdpContext) -> u32 {
             XDP_PASS
         }
         Verdict::Forward(parsed, fwd) => {
+            if needs_full_sum(&parsed) {
+                return tail_full_csum(ctx, parsed, fwd);
+            }
             if rewrite(ctx, &parsed, &fwd).is_none() {
                 // Bounds re-checks cannot fail after parse; be safe anyway.
                 count(stats::PASS_MALFORMED);
                 return XDP_ABORTED;
             }
+            if parsed.fragment != crate::pipeline::FRAG_NONE {
+                count(stats::FRAGMENT_TRANSLATED);
+            }
+            redirect(&fwd)
+        }
+        Verdict::ForwardL3(parsed, fwd) => {
+            let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
+            if rewrite::ip_header(ctx, &fwd.new, &d).and_then(|()| rewrite::macs(ctx, &fwd)).is_none() {
+                count(stats::PASS_MALFORMED);
+                return XDP_ABORTED;
+            }
+            count(stats::FRAGMENT_TRANSLATED);
             redirect(&fwd)
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
@@ -87,27 +102,78 @@ fn hand_to_tc(ctx: &XdpContext) {
     unsafe { *(meta as *mut u32) = TC_HANDOFF_MAGIC };
 }
 
+/// The incremental rewrite (RFC 1624), for packets with a complete checksum.
 #[inline(always)]
 fn rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
-    let old = parsed.tuple;
+    let d = delta(&parsed.tuple, &fwd.new);
+    rewrite::ip_and_ports(ctx, &fwd.new, &d, parsed.l4_off)?;
+    let l4c: *mut [u8; 2] = ptr_at(ctx, rewrite::l4_csum_off(parsed.l4_off, parsed.proto))?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { *l4c = l4_csum(parsed.l4_check, &d, parsed.proto).to_be_bytes() };
+    rewrite::macs(ctx, fwd)
+}
+
+/// A packet whose checksum must be summed in full, handed by the main
+/// program to [`run_full_csum`] through a tail call (per-CPU scratch: the
+/// tail call runs at once, on the same CPU). Summing a whole segment is a
+/// long loop; in the main program it multiplied the paths the verifier
+/// must walk past its limit, in a program of its own it is walked once.
+#[derive(Clone, Copy)]
+pub struct FullCsum {
+    parsed: Parsed,
+    fwd: Forward,
+}
+
+/// Index of [`run_full_csum`]'s program in `FWD_XDP_TAILS`.
+pub const TAIL_FULL_CSUM: u32 = 0;
+
+#[inline(always)]
+fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
+    if let Some(slot) = FWD_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; the tail call below runs on this CPU.
+        unsafe {
+            *slot = FullCsum { parsed, fwd };
+            FWD_XDP_TAILS.tail_call(ctx, TAIL_FULL_CSUM);
+        }
+    }
+    // Only reached when the tail call is not installed: TC can do it.
+    count(stats::XDP_TO_TC);
+    hand_to_tc(ctx);
+    XDP_PASS
+}
+
+/// Entry of the tail-called program: rewrite with a full L4 checksum
+/// (CHECKSUM_PARTIAL from a local sender: the payload was never summed, an
+/// incremental fix cannot help), then redirect.
+#[inline(always)]
+pub fn run_full_csum(ctx: &XdpContext) -> u32 {
+    let Some(plan) = FWD_SCRATCH.get(0) else { return XDP_ABORTED };
+    let FullCsum { mut parsed, fwd } = *plan;
+    // Values from a map are unknown to the verifier: bound the offset again
+    // (Ethernet + 20..60 bytes of IPv4 header).
+    if parsed.l4_off < 34 || parsed.l4_off > 74 {
+        return XDP_ABORTED;
+    }
+    parsed.l4_off &= 0x7f;
+    if full_csum_rewrite(ctx, &parsed, &fwd).is_none() {
+        count(stats::PASS_MALFORMED);
+        return XDP_ABORTED;
+    }
+    count(stats::CSUM_FULL_RECOMPUTE);
+    redirect(&fwd)
+}
+
+#[inline(always)]
+fn full_csum_rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
     let new = fwd.new;
-    let d = delta(&old, &new);
-    rewrite::ip_and_ports(ctx, &new, &d, parsed.l4_off)?;
+    rewrite::ip_and_ports(ctx, &new, &delta(&parsed.tuple, &new), parsed.l4_off)?;
     let off = rewrite::l4_csum_off(parsed.l4_off, parsed.proto);
     let l4c: *mut [u8; 2] = ptr_at(ctx, off)?;
     // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        if needs_full_sum(parsed) {
-            // CHECKSUM_PARTIAL from a local sender: the payload was never
-            // summed. Compute it whole; an incremental fix cannot.
-            *l4c = [0, 0];
-            let s = csum::sum(ctx, parsed.l4_off, usize::from(parsed.l4_len))?;
-            let l4c: *mut [u8; 2] = ptr_at(ctx, off)?;
-            *l4c = l4_csum_full(&new, parsed.proto, parsed.l4_len, s).to_be_bytes();
-            count(stats::CSUM_FULL_RECOMPUTE);
-        } else {
-            *l4c = l4_csum(parsed.l4_check, &d, parsed.proto).to_be_bytes();
-        }
-    }
+    unsafe { *l4c = [0, 0] };
+    let s = csum::sum(ctx, parsed.l4_off, usize::from(parsed.l4_len))?;
+    let l4c: *mut [u8; 2] = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { *l4c = l4_csum_full(&new, parsed.proto, parsed.l4_len, s).to_be_bytes() };
     rewrite::macs(ctx, fwd)
 }

@@ -9,7 +9,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray,
+        Array, HashMap, MapData, PerCpuArray, ProgramArray,
         lpm_trie::{Key, LpmTrie},
         xdp::DevMapHash,
     },
@@ -95,7 +95,7 @@ impl Datapath {
         }
         let mut ebpf = EbpfLoader::new().map_max_entries(abi::MAP_FLOWS, max_connections.saturating_mul(2)).load(OBJECT)?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| Error::Io(format!("kernel log channel: {e}")))?;
-        for name in [abi::PROG_XDP, abi::PROG_TC] {
+        for name in [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_TC] {
             let prog = ebpf.program_mut(name).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))?;
             match prog {
                 aya::programs::Program::Xdp(p) => p.load(),
@@ -104,6 +104,16 @@ impl Datapath {
             }
             .map_err(prog_err(format!("verifying {name}")))?;
         }
+        // The XDP program's tail call for full checksums.
+        let fd = {
+            let p: &Xdp = ebpf.program(abi::PROG_XDP_CSUM).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io("tail program missing".into()))?;
+            p.fd().map_err(prog_err(abi::PROG_XDP_CSUM.to_string()))?.try_clone().map_err(|e| Error::Io(format!("dup program fd: {e}")))?
+        };
+        let mut tails: ProgramArray<&mut MapData> = ProgramArray::try_from(
+            ebpf.map_mut(abi::MAP_XDP_TAILS).ok_or_else(|| Error::Io(format!("map {} missing", abi::MAP_XDP_TAILS)))?,
+        )
+        .map_err(map_err(abi::MAP_XDP_TAILS))?;
+        tails.set(0, &fd, 0).map_err(map_err(abi::MAP_XDP_TAILS))?;
         Ok(Self { ebpf, logger: Some(logger), attached: Vec::new(), flow_capacity: max_connections.saturating_mul(2) })
     }
 
@@ -231,6 +241,29 @@ impl Datapath {
             .map_err(prog_err("BPF_PROG_TEST_RUN".to_string()))?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out, res.duration))
+    }
+
+    /// Runs the TC program once on `frame` as if it arrived on `ifindex`
+    /// (`BPF_PROG_TEST_RUN`): the verdict (`TC_ACT_*`) and the frame as the
+    /// program left it.
+    pub fn test_run_tc(&self, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let tc: &SchedClassifier = self
+            .ebpf
+            .program(abi::PROG_TC)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::Io("TC program missing".into()))?;
+        // struct __sk_buff up to ifindex (offset 40): the kernel takes
+        // ingress_ifindex and ifindex from it, the rest must be zero.
+        let mut ctx = [0u8; 44];
+        ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = tc
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in: Some(&ctx), ..Default::default() })
+            .map_err(prog_err("BPF_PROG_TEST_RUN (TC)".to_string()))?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
     }
 
     /// The flow table's entries (both directions).

@@ -155,8 +155,7 @@ fn two_hundred_concurrent_connections_complete() {
 #[test]
 fn udp_request_response() {
     let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53"]);
-    let sock = lab.server.enter(|| UdpSocket::bind("0.0.0.0:53").unwrap()).unwrap().join().unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let sock = udp_backend(&lab, 53, 10);
     let server = std::thread::spawn(move || {
         let mut peers = Vec::new();
         let mut buf = [0u8; 2048];
@@ -172,8 +171,7 @@ fn udp_request_response() {
     let replies = lab
         .client
         .enter(|| {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let s = udp_client(5);
             let mut out = Vec::new();
             let mut buf = [0u8; 2048];
             for i in 0..20u32 {
@@ -268,8 +266,7 @@ fn udp_without_checksum_keeps_none() {
     // A UDP checksum of 0 (none, RFC 768) must stay 0 after translation:
     // the server receives the datagram (a wrong checksum would be dropped).
     let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53"]);
-    let sock = lab.server.enter(|| UdpSocket::bind("0.0.0.0:53").unwrap()).unwrap().join().unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let sock = udp_backend(&lab, 53, 5);
     lab.client
         .enter(|| {
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -374,8 +371,7 @@ fn port_ranges_map_each_port_to_its_counterpart() {
             lab.server.enter(move || TcpListener::bind(("0.0.0.0", p)).unwrap()).unwrap().join().unwrap()
         })
         .collect();
-    let udp = lab.server.enter(|| UdpSocket::bind("0.0.0.0:53").unwrap()).unwrap().join().unwrap();
-    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let udp = udp_backend(&lab, 53, 5);
     let udp_srv = std::thread::spawn(move || {
         let mut b = [0u8; 16];
         let (k, peer) = udp.recv_from(&mut b).unwrap();
@@ -405,8 +401,7 @@ fn port_ranges_map_each_port_to_its_counterpart() {
                 })
                 .collect();
             let outside = TcpStream::connect_timeout(&public(8101), Duration::from_secs(5)).map_err(|e| e.kind());
-            let u = UdpSocket::bind("0.0.0.0:0").unwrap();
-            u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let u = udp_client(5);
             u.send_to(b"ping", public(6005)).unwrap();
             let mut b = [0u8; 16];
             let (_, from) = u.recv_from(&mut b).unwrap();
@@ -579,8 +574,7 @@ fn conntrack_entries_expire_by_state_and_live_flows_stay() {
     let client = lab
         .client
         .enter(|| {
-            let u = UdpSocket::bind("0.0.0.0:0").unwrap();
-            u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let u = udp_client(5);
             u.send_to(b"q", public(5353)).unwrap();
             let mut b = [0u8; 8];
             u.recv_from(&mut b).unwrap();
@@ -678,8 +672,7 @@ fn icmp_errors_are_translated_both_ways() {
     assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "the client did not get the backend's ICMP error");
     // 2. The other way: the client's socket is gone when the backend
     //    answers; the client's "port unreachable" must reach the backend.
-    let srv = lab.server.enter(|| UdpSocket::bind("0.0.0.0:54").unwrap()).unwrap().join().unwrap();
-    srv.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let srv = udp_backend(&lab, 54, 3);
     lab.client
         .enter(|| {
             let u = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -764,5 +757,50 @@ fn two_thousand_concurrent_connections_from_one_client() {
     let stats = fwd.stop().unwrap();
     assert_eq!(rule_counters(&stats, 0).2, 2001, "{stats}");
     assert_eq!(counter(&stats, "drop_snat_exhausted"), 0, "{stats}");
+    assert_no_csum_errors(&lab);
+}
+
+#[test]
+fn fragmented_udp_datagrams_arrive_intact_both_ways() {
+    // 4000-byte datagrams over 1500-byte links: three IPv4 fragments each
+    // way; only the first carries the UDP header.
+    let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53"]);
+    let sock = udp_backend(&lab, 53, 5);
+    let server = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut peers = Vec::new();
+        for _ in 0..5 {
+            let (k, peer) = sock.recv_from(&mut buf).unwrap();
+            // Echo reversed, so the reply is a different 4000 bytes.
+            let reply: Vec<u8> = buf[..k].iter().rev().copied().collect();
+            sock.send_to(&reply, peer).unwrap();
+            peers.push((k, peer));
+        }
+        peers
+    });
+    let replies = lab
+        .client
+        .enter(|| {
+            let s = udp_client(5);
+            let mut buf = vec![0u8; 65536];
+            (0..5u8)
+                .map(|i| {
+                    let msg = pattern(4000, u64::from(i) + 10);
+                    s.send_to(&msg, public(5353)).unwrap();
+                    let (k, from) = s.recv_from(&mut buf).expect("fragmented reply");
+                    let want: Vec<u8> = msg.iter().rev().copied().collect();
+                    (buf[..k] == want[..], from)
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let peers = server.join().unwrap();
+    assert!(peers.iter().all(|(k, p)| *k == 4000 && p.ip() == ADDRS.gw_internal), "{peers:?}");
+    assert!(replies.iter().all(|(same, from)| *same && *from == public(5353)), "{replies:?}");
+    let stats = fwd.stop().unwrap();
+    // 5 datagrams × 3 fragments, each way.
+    assert!(counter(&stats, "fragment_translated") >= 30, "{stats}");
     assert_no_csum_errors(&lab);
 }

@@ -105,6 +105,21 @@ pub fn assert_no_csum_errors(lab: &Lab) {
     assert!(bad.is_empty(), "checksum errors recorded: {bad:?}");
 }
 
+/// A UDP socket on the server (backend) at `port`, with a read timeout.
+pub fn udp_backend(lab: &Lab, port: u16, timeout_secs: u64) -> std::net::UdpSocket {
+    let s = lab.server.enter(move || std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap()).unwrap().join().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(timeout_secs))).unwrap();
+    s
+}
+
+/// An ephemeral UDP socket with a read timeout (call it inside the
+/// namespace it belongs to).
+pub fn udp_client(timeout_secs: u64) -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(timeout_secs))).unwrap();
+    s
+}
+
 pub fn public(port: u16) -> SocketAddr {
     SocketAddr::from((forwarder_testkit::ADDRS.gw_public, port))
 }
