@@ -51,6 +51,32 @@ pub const fn quote_rewrite(icmp: u16, ip: u16, l4: u16, l4_present: bool, proto:
     QuoteCsums { icmp: c, ip: new_ip, l4: new_l4 }
 }
 
+/// The IPv4 and ICMP headers of a "fragmentation needed" error from `src`
+/// to `dst` announcing `mtu`, quoting `quote_len` bytes. The ICMP checksum
+/// field is 0: [`icmp_checksum`] fills it from the quote's sum.
+pub const fn frag_needed_headers(src: [u8; 4], dst: [u8; 4], mtu: u16, quote_len: u16) -> ([u8; 20], [u8; 8]) {
+    let tot = (20 + 8 + quote_len).to_be_bytes();
+    let mut ip = [0x45, 0xc0, tot[0], tot[1], 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3]];
+    let c = crate::csum::fold(crate::csum::sum20(&ip)) ^ 0xffff;
+    let c = c.to_be_bytes();
+    ip[10] = c[0];
+    ip[11] = c[1];
+    let m = mtu.to_be_bytes();
+    (ip, [DEST_UNREACHABLE, FRAG_NEEDED, 0, 0, 0, 0, m[0], m[1]])
+}
+
+/// The ICMP checksum of an 8-byte ICMP header (checksum field 0) followed
+/// by a payload whose unfolded sum is `payload_sum`.
+pub const fn icmp_checksum(hdr: &[u8; 8], payload_sum: u32) -> u16 {
+    let mut s = payload_sum;
+    let mut i = 0;
+    while i < 8 {
+        s += u16::from_be_bytes([hdr[i], hdr[i + 1]]) as u32;
+        i += 2;
+    }
+    !crate::csum::fold(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +129,27 @@ mod tests {
             assert_eq!(e, want, "tcp={tcp} quote={quote}");
             assert_eq!(checksum(&e[ip0..20]), 0);
         }
+    }
+
+    #[test]
+    fn generated_frag_needed_matches_etherparse() {
+        let orig = quoted(&Tuple { saddr: [203, 0, 113, 10], daddr: [203, 0, 113, 1], sport: 40000u16.to_be_bytes(), dport: 8080u16.to_be_bytes() }, true);
+        let q = &orig[..28];
+        let (ip, mut icmp) = frag_needed_headers([203, 0, 113, 1], [203, 0, 113, 10], 1280, 28);
+        let c = icmp_checksum(&icmp, crate::csum::sum_bytes(q, 0));
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut ours = ip.to_vec();
+        ours.extend_from_slice(&icmp);
+        ours.extend_from_slice(q);
+        let mut want = Vec::new();
+        let mut h = etherparse::Ipv4Header::new(36, 64, etherparse::IpNumber::ICMP, [203, 0, 113, 1], [203, 0, 113, 10]).unwrap();
+        h.dscp = etherparse::Ipv4Dscp::try_new(0x30).unwrap();
+        h.dont_fragment = false; // like the kernel's own ICMP errors
+        PacketBuilder::ip(etherparse::IpHeaders::Ipv4(h, etherparse::Ipv4Extensions::default()))
+            .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }))
+            .write(&mut want, q)
+            .unwrap();
+        assert_eq!(ours, want);
     }
 
     #[test]

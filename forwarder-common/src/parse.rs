@@ -33,6 +33,8 @@ pub struct Ipv4Meta {
 
 /// IPv4 flag/offset field (host order): more-fragments bit and offset mask.
 pub const IP_MF: u16 = 0x2000;
+/// Don't-fragment bit of the same field.
+pub const IP_DF: u16 = 0x4000;
 pub const IP_OFFSET_MASK: u16 = 0x1fff;
 
 /// Validates an IPv4 header: `vihl` (version/IHL byte), `total_len` and

@@ -28,8 +28,8 @@ pub const DROP_NO_ROUTE: u32 = 8;
 pub const PASS_FWD_DISABLED: u32 = 9;
 /// FIB: the destination is local / not forwardable: passed untouched.
 pub const PASS_NOT_FORWARDED: u32 = 10;
-/// FIB: packet larger than the egress MTU, in TC: passed untouched (XDP
-/// hands such packets to TC, which does not ask the FIB for an MTU check).
+/// Unused since "fragmentation needed" is answered (kept for the ABI of the
+/// counter array).
 pub const PASS_FRAG_NEEDED: u32 = 11;
 /// TTL would expire at the gateway: dropped.
 pub const DROP_TTL: u32 = 12;
@@ -58,8 +58,15 @@ pub const ICMP_TRANSLATED: u32 = 21;
 /// Fragments of translated datagrams, translated (first ones included).
 pub const FRAGMENT_TRANSLATED: u32 = 22;
 
+/// Larger than the egress MTU with DF set: answered with ICMP
+/// "fragmentation needed" (TC).
+pub const ICMP_FRAG_NEEDED_SENT: u32 = 23;
+/// Larger than the egress MTU without DF (we do not fragment), or an ICMP
+/// error too large to forward: dropped.
+pub const DROP_TOO_BIG: u32 = 24;
+
 /// Number of counters.
-pub const COUNT: u32 = 23;
+pub const COUNT: u32 = 25;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -86,4 +93,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_ct_full",
     "icmp_translated",
     "fragment_translated",
+    "icmp_frag_needed_sent",
+    "drop_too_big",
 ];

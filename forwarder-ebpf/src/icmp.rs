@@ -69,7 +69,12 @@ pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
     }
     let out = entry.tuple();
     let outer = Tuple { saddr: out.saddr, daddr: out.daddr, sport: [0; 2], dport: [0; 2] };
-    let fwd = match fib_verdict::<P>(&route(p, &parsed, &outer, 0), outer) {
+    let r = route(p, &parsed, &outer, 0);
+    // Never an ICMP error about an ICMP error (RFC 1122).
+    if r.too_big() {
+        return Verdict::Drop(stats::DROP_TOO_BIG);
+    }
+    let fwd = match fib_verdict::<P>(&r, outer) {
         Ok(f) => f,
         Err(v) => return v,
     };

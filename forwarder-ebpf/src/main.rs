@@ -22,6 +22,7 @@ mod maps;
 mod pipeline;
 mod rewrite;
 mod tc;
+mod toobig;
 mod xdp;
 
 use aya_ebpf::{

@@ -59,11 +59,19 @@ pub fn run(ctx: &TcContext) -> i32 {
             count(s);
             TC_ACT_OK
         }
+        Verdict::Drop(s) if s & 0xffff == stats::DROP_TOO_BIG && s >> 16 != 0 => crate::toobig::answer(ctx, s >> 16),
         Verdict::Drop(s) => {
-            count(s);
+            count(s & 0xffff);
             TC_ACT_SHOT
         }
         Verdict::Forward(parsed, fwd) => {
+            // A GRO'd skb passes the FIB's MTU check, but its segments must
+            // fit the egress link too (as in the kernel's ip_forward).
+            if let Some(seg) = gso_segment_len(ctx, &parsed) {
+                if fwd.mtu != 0 && seg > u32::from(fwd.mtu) {
+                    return crate::toobig::answer(ctx, u32::from(fwd.mtu));
+                }
+            }
             if rewrite(ctx, &parsed, &fwd).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
@@ -93,6 +101,24 @@ pub fn run(ctx: &TcContext) -> i32 {
             redirect(&fwd)
         }
     }
+}
+
+/// For a GSO skb, the IPv4 length of the segments it will be cut into.
+#[inline(always)]
+fn gso_segment_len(ctx: &TcContext, parsed: &Parsed) -> Option<u32> {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return None;
+    }
+    let l4_hdr = if parsed.proto == PROTO_UDP {
+        8
+    } else {
+        let doff: *const u8 = crate::ctx::ptr_at(ctx, parsed.l4_off + 12)?;
+        // SAFETY: bounds checked by ptr_at.
+        u32::from(unsafe { *doff } >> 4) * 4
+    };
+    Some((parsed.l4_off as u32 - 14) + l4_hdr + gso_size)
 }
 
 #[inline(always)]

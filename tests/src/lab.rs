@@ -176,10 +176,15 @@ impl Lab {
     /// with `extra` arguments; waits until it runs. The hook is
     /// [`test_mode`] unless `extra` says otherwise.
     pub fn start_forwarder(&self, extra: &[&str]) -> Result<Forwarder> {
+        self.start_forwarder_on(GW_PUBLIC_IF, GW_INTERNAL_IF, extra)
+    }
+
+    /// [`Lab::start_forwarder`] with other gateway interfaces.
+    pub fn start_forwarder_on(&self, public: &str, internal: &str, extra: &[&str]) -> Result<Forwarder> {
         let bin = forwarder_bin()?;
         let stats = self.dir.join("stats.json");
         let mut cmd = self.gateway.command(bin.to_str().context("binary path")?);
-        cmd.args(["run", "--public", GW_PUBLIC_IF, "--internal", GW_INTERNAL_IF, "--stats-file"]).arg(&stats);
+        cmd.args(["run", "--public", public, "--internal", internal, "--stats-file"]).arg(&stats);
         if !extra.contains(&"--mode") {
             cmd.args(["--mode", test_mode()]);
         }

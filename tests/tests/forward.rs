@@ -804,3 +804,41 @@ fn fragmented_udp_datagrams_arrive_intact_both_ways() {
     assert!(counter(&stats, "fragment_translated") >= 30, "{stats}");
     assert_no_csum_errors(&lab);
 }
+
+
+#[test]
+fn gateway_answers_fragmentation_needed_when_its_own_link_is_smaller() {
+    // The gateway's internal link has MTU 1280 (the server's side keeps
+    // 1500, so MSS does not hide it). The client's 1500-byte DF segments
+    // do not fit: the gateway itself must answer "fragmentation needed",
+    // from the public address, quoting the client's packet.
+    const LEN: usize = 4 * 1024 * 1024;
+    let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
+    lab.gateway.ip(&["link", "set", "int0", "mtu", "1280"]).unwrap();
+    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        Sha256::digest(&got).to_vec()
+    });
+    let sent = lab
+        .client
+        .enter(|| {
+            let data = pattern(LEN, 5);
+            let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(&data).expect("transfer stalled: no fragmentation-needed reached the client");
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            Sha256::digest(&data).to_vec()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(server.join().unwrap(), sent);
+    let route = lab.client.ip(&["route", "get", &ADDRS.gw_public.to_string()]).unwrap();
+    assert!(route.contains("mtu 1280"), "the client never learnt the path MTU: {route}");
+    let stats = fwd.stop().unwrap();
+    assert!(counter(&stats, "icmp_frag_needed_sent") >= 1, "{stats}");
+    assert_no_csum_errors(&lab);
+}
