@@ -180,7 +180,10 @@ pub struct FlowEntry {
     pub dir: u8,
     /// `conntrack::CT_*`, the same in both entries of a connection.
     pub state: u8,
-    pub _pad: [u8; 6],
+    /// 802.1Q TCI (host order) to tag packets of this direction with when
+    /// they leave (the client came tagged); 0 = untagged.
+    pub vlan: u16,
+    pub _pad: [u8; 4],
 }
 
 /// Key of [`MAP_FRAGS`]: what all fragments of one datagram share.
@@ -210,7 +213,9 @@ pub struct FragEntry {
     /// Host byte order.
     pub rule_id: u32,
     pub dir: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// 802.1Q TCI (host order) to tag the fragments with; 0 = untagged.
+    pub vlan: u16,
 }
 
 /// Per-rule counters (one per CPU; userspace sums them).

@@ -34,7 +34,8 @@ impl FlowEntry {
             rule_id,
             dir,
             state: 0,
-            _pad: [0; 6],
+            vlan: 0,
+            _pad: [0; 4],
         }
     }
 
@@ -47,12 +48,13 @@ impl FlowEntry {
 
 /// The two entries of a connection whose packets arrive as `orig` and leave
 /// as `translated`: the original-direction pair first, the reply pair second.
+/// `client_vlan`: the 802.1Q TCI the client's packets came with (0: none),
+/// which replies get back.
 #[inline(always)]
-pub const fn entry_pair(orig: &Tuple, translated: &Tuple, proto: u8, rule_id: u32, now_ns: u64) -> [(FlowKey, FlowEntry); 2] {
-    [
-        (FlowKey::new(orig, proto), FlowEntry::new(translated, rule_id, DIR_ORIGINAL, now_ns)),
-        (FlowKey::new(&translated.reversed(), proto), FlowEntry::new(&orig.reversed(), rule_id, DIR_REPLY, now_ns)),
-    ]
+pub const fn entry_pair(orig: &Tuple, translated: &Tuple, proto: u8, rule_id: u32, now_ns: u64, client_vlan: u16) -> [(FlowKey, FlowEntry); 2] {
+    let mut reply = FlowEntry::new(&orig.reversed(), rule_id, DIR_REPLY, now_ns);
+    reply.vlan = client_vlan;
+    [(FlowKey::new(orig, proto), FlowEntry::new(translated, rule_id, DIR_ORIGINAL, now_ns)), (FlowKey::new(&translated.reversed(), proto), reply)]
 }
 
 /// A 32-bit mix of a tuple (murmur3 finalizer over xor-folded words): the
@@ -195,7 +197,7 @@ mod tests {
     fn pair_translates_both_ways() {
         let client = Tuple { saddr: [203, 0, 113, 5], daddr: [198, 51, 100, 1], sport: 40000u16.to_be_bytes(), dport: 8080u16.to_be_bytes() };
         let out = Tuple { saddr: [10, 0, 2, 1], daddr: [10, 0, 2, 2], sport: 12345u16.to_be_bytes(), dport: 80u16.to_be_bytes() };
-        let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 3, 99);
+        let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 3, 99, 100);
         assert_eq!(ok.tuple(), client);
         assert_eq!(oe.tuple(), out);
         assert_eq!(oe.dir, DIR_ORIGINAL);
@@ -204,6 +206,8 @@ mod tests {
         // ... and the client must see 198.51.100.1:8080 → 203.0.113.5:40000.
         assert_eq!(re.tuple(), client.reversed());
         assert_eq!((re.dir, re.rule_id, rk.proto), (DIR_REPLY, 3, 6));
+        // Only replies go back tagged.
+        assert_eq!((oe.vlan, re.vlan), (0, 100));
     }
 
     proptest! {

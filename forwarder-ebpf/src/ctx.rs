@@ -18,6 +18,10 @@ pub trait Packet: EbpfContext {
     fn ingress_ifindex(&self) -> u32;
     /// The whole packet's length (for TC, including non-linear parts).
     fn len(&self) -> u32;
+    /// The 802.1Q TCI the packet came with (TC: the kernel has already
+    /// taken the tag off into the skb); 0 = untagged. XDP hands tagged
+    /// frames to TC, so it always says 0.
+    fn vlan(&self) -> u16;
     /// The context pointer helpers such as `bpf_fib_lookup` take.
     fn raw(&self) -> *mut c_void;
 }
@@ -39,6 +43,10 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn len(&self) -> u32 {
         (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+    #[inline(always)]
+    fn vlan(&self) -> u16 {
+        0
     }
     #[inline(always)]
     fn raw(&self) -> *mut c_void {
@@ -64,6 +72,15 @@ impl Packet for TcContext {
     #[inline(always)]
     fn len(&self) -> u32 {
         TcContext::len(self)
+    }
+    #[inline(always)]
+    fn vlan(&self) -> u16 {
+        // SAFETY: the context pointer is valid for the program's lifetime.
+        unsafe {
+            let skb = &*self.skb.skb;
+            // A priority tag alone (VID 0) counts as untagged.
+            if skb.vlan_present != 0 && skb.vlan_tci & 0x0fff != 0 { skb.vlan_tci as u16 } else { 0 }
+        }
     }
     #[inline(always)]
     fn raw(&self) -> *mut c_void {

@@ -36,6 +36,16 @@ pub struct Quote {
     new: Tuple,
 }
 
+impl Quote {
+    /// The 802.1Q TCI the translated error leaves with: that of the flow
+    /// direction it travels in.
+    #[inline(always)]
+    pub fn vlan(&self) -> u16 {
+        // SAFETY: map value pointer valid until program exit.
+        FWD_FLOWS.get_ptr(&FlowKey::new(&self.old.reversed(), self.proto)).map_or(0, |e| unsafe { (*e).vlan })
+    }
+}
+
 #[inline(always)]
 pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
     // `tcp_flags` carries the ICMP type for ICMP.

@@ -106,7 +106,13 @@ pub enum Verdict {
 pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     let eth: *const EthHdr = ptr_at(p, 0).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
     // SAFETY: bounds checked by ptr_at.
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+    let ether_type = unsafe { (*eth).ether_type };
+    // 802.1Q: XDP leaves tagged frames to TC, which sees them untagged (the
+    // kernel moves the tag into the skb) and tags replies again.
+    if P::IS_XDP && (ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16) {
+        return Err(Verdict::ToTc(stats::XDP_TO_TC));
+    }
+    if ether_type != EtherType::Ipv4 as u16 {
         return Err(Verdict::Pass(stats::PASS_NOT_IPV4));
     }
     let ip: *const Ipv4Hdr = ptr_at(p, EthHdr::LEN).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
@@ -363,6 +369,10 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
     if parsed.ttl <= 1 {
         return Verdict::Drop(stats::DROP_TTL);
     }
+    // Packets that must leave tagged are TC's (XDP does not push tags).
+    if P::IS_XDP && entry.vlan != 0 {
+        return Verdict::ToTc(stats::XDP_TO_TC);
+    }
     let new = entry.tuple();
     let r = route(p, &parsed, &new, 0);
     let fwd = match fib_verdict::<P>(&r, new) {
@@ -466,7 +476,7 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
                 break;
             }
             out.sport = snat_candidate(seed, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be_bytes();
-            let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now);
+            let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
             // NOEXIST claims the reply tuple atomically across CPUs.
             match FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)) {
                 Ok(()) => {
@@ -492,14 +502,14 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
             return Verdict::Drop(stats::DROP_SNAT_EXHAUSTED);
         }
     } else {
-        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now);
+        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
         match FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)) {
             Ok(()) => {}
             Err(e) if e == -EEXIST => return Verdict::Drop(stats::DROP_CT_INSERT),
             Err(_) => return Verdict::Drop(stats::DROP_CT_FULL),
         }
     }
-    let [(ok, oe), (rk, _)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now);
+    let [(ok, oe), (rk, _)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
     if let Err(e) = FWD_FLOWS.insert(&ok, &oe, u64::from(BPF_NOEXIST)) {
         // Another CPU created this flow first (EEXIST), or the table filled
         // up in between: give our reply entry back. A retransmission finds

@@ -7,17 +7,17 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh},
-    helpers::generated::{bpf_redirect, bpf_redirect_neigh},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     programs::TcContext,
 };
 use forwarder_common::{
-    abi::{IFACE_F_TC_ONLY, PROTO_UDP},
+    abi::{FlowKey, IFACE_F_TC_ONLY, PROTO_UDP},
     nat::delta,
     stats,
 };
 
 use crate::{
-    maps::{FWD_IFACES, count},
+    maps::{FWD_FLOWS, FWD_IFACES, count},
     pipeline::{Forward, Parsed, Verdict, decide},
     rewrite,
     xdp::TC_HANDOFF_MAGIC,
@@ -50,7 +50,9 @@ fn tc_only(ctx: &TcContext) -> bool {
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    if !handed_off(ctx) && !tc_only(ctx) {
+    // Tagged frames are always ours to look at: XDP hands them over, and
+    // the kernel's untagging may move the metadata word.
+    if !handed_off(ctx) && !tc_only(ctx) && crate::ctx::Packet::vlan(ctx) == 0 {
         return TC_ACT_OK;
     }
     let _ = ctx.pull_data(if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN });
@@ -72,6 +74,7 @@ pub fn run(ctx: &TcContext) -> i32 {
                     return crate::toobig::answer(ctx, u32::from(fwd.mtu));
                 }
             }
+            let vlan = flow_vlan(&FlowKey::new(&parsed.tuple, parsed.proto));
             if rewrite(ctx, &parsed, &fwd).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
@@ -79,7 +82,7 @@ pub fn run(ctx: &TcContext) -> i32 {
             if parsed.fragment != crate::pipeline::FRAG_NONE {
                 count(stats::FRAGMENT_TRANSLATED);
             }
-            redirect(&fwd)
+            retag_and_redirect(ctx, &fwd, vlan)
         }
         Verdict::ForwardL3(parsed, fwd) => {
             let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
@@ -89,16 +92,17 @@ pub fn run(ctx: &TcContext) -> i32 {
                 return TC_ACT_SHOT;
             }
             count(stats::FRAGMENT_TRANSLATED);
-            redirect(&fwd)
+            retag_and_redirect(ctx, &fwd, crate::frag::vlan(&parsed))
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
+            let vlan = quote.vlan();
             let macs = if fwd.resolve_nexthop.is_none() { rewrite::macs(ctx, &fwd) } else { Some(()) };
             if crate::icmp::rewrite(ctx, &parsed, &fwd.new, &quote).and(macs).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
             }
             count(stats::ICMP_TRANSLATED);
-            redirect(&fwd)
+            retag_and_redirect(ctx, &fwd, vlan)
         }
     }
 }
@@ -119,6 +123,33 @@ fn gso_segment_len(ctx: &TcContext, parsed: &Parsed) -> Option<u32> {
         u32::from(unsafe { *doff } >> 4) * 4
     };
     Some((parsed.l4_off as u32 - 14) + l4_hdr + gso_size)
+}
+
+/// The 802.1Q TCI packets of the flow with this key leave with.
+#[inline(always)]
+fn flow_vlan(key: &FlowKey) -> u16 {
+    // SAFETY: map value pointer valid until program exit.
+    FWD_FLOWS.get_ptr(key).map_or(0, |e| unsafe { (*e).vlan })
+}
+
+/// 802.1Q ethertype, network order as the helper wants it.
+const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
+
+/// The tag a packet came with belongs to where it came from; it leaves with
+/// the tag of its own flow direction (`vlan`, 0 = none): replies to a
+/// tagged client. Then redirect.
+#[inline(always)]
+fn retag_and_redirect(ctx: &TcContext, fwd: &Forward, vlan: u16) -> i32 {
+    // SAFETY: plain helper calls on the program's own skb.
+    let ok = unsafe {
+        ((*ctx.skb.skb).vlan_present == 0 || bpf_skb_vlan_pop(ctx.skb.skb) == 0)
+            && (vlan == 0 || bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q_BE, vlan) == 0)
+    };
+    if !ok {
+        count(stats::DROP_REDIRECT_FAILED);
+        return TC_ACT_SHOT;
+    }
+    redirect(fwd)
 }
 
 #[inline(always)]

@@ -842,3 +842,76 @@ fn gateway_answers_fragmentation_needed_when_its_own_link_is_smaller() {
     assert!(counter(&stats, "icmp_frag_needed_sent") >= 1, "{stats}");
     assert_no_csum_errors(&lab);
 }
+
+/// The MAC address of `ifname` in `ns`.
+fn mac_of(ns: &forwarder_testkit::Netns, ifname: &str) -> [u8; 6] {
+    let s = ns.exec("cat", &[&format!("/sys/class/net/{ifname}/address")]).unwrap();
+    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
+
+#[test]
+fn vlan_tagged_public_side() {
+    // The client sends 802.1Q-tagged frames (VLAN 100) to the public side;
+    // the backend gets them untagged and translated, and the reply goes
+    // back to the client tagged with VLAN 100 again. (This kernel has no
+    // VLAN devices, so the client speaks through a raw socket and we watch
+    // its wire with tcpdump.)
+    let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53"]);
+    let srv = udp_backend(&lab, 53, 5);
+    let echo = std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        let (k, peer) = srv.recv_from(&mut b).unwrap();
+        srv.send_to(&b[..k], peer).unwrap();
+        (b[..k].to_vec(), peer)
+    });
+    let mut dump = lab
+        .client
+        .command("tcpdump")
+        .args(["-i", "eth0", "-e", "-nn", "-l", "-c", "1", "udp and src port 5353"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700)); // tcpdump attaches
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac_of(&lab.client, "eth0"), mac_of(&lab.gateway, "pub0"))
+        .single_vlan(100.try_into().unwrap())
+        .ipv4(ADDRS.client.octets(), ADDRS.gw_public.octets(), 64)
+        .udp(41000, 5353)
+        .write(&mut frame, b"tagged")
+        .unwrap();
+    lab.client
+        .enter(move || {
+            // SAFETY: a raw packet socket we own; plain syscalls.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                assert!(fd >= 0, "AF_PACKET socket");
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()).cast_signed();
+                sll.sll_halen = 6;
+                let sent = libc::sendto(fd, frame.as_ptr().cast(), frame.len(), 0, (&raw const sll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32);
+                libc::close(fd);
+                assert_eq!(sent.cast_unsigned(), frame.len());
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let (payload, peer) = echo.join().unwrap();
+    assert_eq!(payload, b"tagged");
+    assert_eq!(peer.ip(), ADDRS.gw_internal, "the backend saw it untagged and masqueraded");
+    let start = std::time::Instant::now();
+    while dump.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = dump.kill();
+    let mut line = String::new();
+    dump.stdout.take().unwrap().read_to_string(&mut line).unwrap();
+    assert!(line.contains("vlan 100"), "the reply did not come back tagged: {line}");
+    assert!(line.contains("203.0.113.1.5353 > 203.0.113.10.41000"), "reply not translated back: {line}");
+    let stats = fwd.stop().unwrap();
+    assert_eq!(rule_counters(&stats, 0), (1, 1, 1), "{stats}");
+    assert_no_csum_errors(&lab);
+}
