@@ -98,6 +98,7 @@ fn hex(v: &[u8]) -> String {
 }
 
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
 /// What XDP does with a packet it leaves to TC: passes it untouched, with
@@ -417,6 +418,7 @@ fn l4_ok(f: &[u8]) -> Option<bool> {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one generator loop with its checks, read top to bottom")]
 fn fuzz_hundred_thousand_malformed_and_random_packets() {
     in_gateway(|dp, m, pub_if, int_if, _| {
         let (c, g) = (ADDRS.client, ADDRS.gw_public);
@@ -429,6 +431,7 @@ fn fuzz_hundred_thousand_malformed_and_random_packets() {
         ];
         let mut rng = Rng(0x5eed_f00d_cafe_f00d);
         let (mut redirected, mut passed, mut dropped) = (0, 0, 0);
+        let mut tc_verdicts = [0u32; 3];
         for i in 0..100_000 {
             let mut f = if i % 10 == 0 {
                 // Pure noise, sometimes behind a valid Ethernet/IPv4 start.
@@ -502,9 +505,36 @@ fn fuzz_hundred_thousand_malformed_and_random_packets() {
                 }
                 v => panic!("packet {i}: verdict {v}\n{}", hex(&f)),
             }
+            // The same frame through the TC program (which in this datapath
+            // takes every packet, as in TC mode). BPF_PROG_TEST_RUN refuses
+            // skbs shorter than Ethernet + an IPv4 header (no NIC delivers
+            // frames below 60 bytes anyway).
+            if f.len() < 34 {
+                continue;
+            }
+            let (tv, tout) = dp.test_run_tc(&f, ingress).unwrap_or_else(|e| panic!("packet {i} (TC): {e:?}\n{}", hex(&f)));
+            tc_verdicts[match tv {
+                TC_ACT_OK => 0,
+                TC_ACT_SHOT => 1,
+                TC_ACT_REDIRECT => 2,
+                v => panic!("packet {i} (TC): verdict {v}\n{}", hex(&f)),
+            }] += 1;
+            if tv == TC_ACT_OK {
+                assert_eq!(hex(&tout), hex(&f), "packet {i} (TC): passed but changed");
+            }
+            if tv == TC_ACT_REDIRECT && tout.len() == f.len() && tout[12..14] == [8, 0] {
+                let ihl = usize::from(tout[14] & 15) * 4;
+                assert_eq!(csum::checksum(&tout[14..14 + ihl]), 0, "packet {i} (TC): IPv4 header checksum\n{}", hex(&tout));
+                // TCP/UDP, not a fragment: the L4 checksum stays good.
+                let whole = u16::from_be_bytes([f[20], f[21]]) & (forwarder_common::parse::IP_MF | forwarder_common::parse::IP_OFFSET_MASK) == 0;
+                if whole && (f[23] == 6 || f[23] == 17) && l4_ok(&f) == Some(true) {
+                    assert_eq!(l4_ok(&tout), Some(true), "packet {i} (TC): bad L4 checksum\nin  {}\nout {}", hex(&f), hex(&tout));
+                }
+            }
         }
         // The mix exercised every outcome.
         assert!(redirected > 1000 && passed > 10_000 && dropped > 0, "redirected {redirected} passed {passed} dropped {dropped}");
-        eprintln!("fuzz: 100000 packets: {redirected} redirected, {passed} passed, {dropped} dropped");
+        assert!(tc_verdicts.iter().all(|n| *n > 0), "TC verdicts (ok, shot, redirect): {tc_verdicts:?}");
+        eprintln!("fuzz: 100000 packets: XDP {redirected} redirected, {passed} passed, {dropped} dropped; TC (ok, shot, redirect) {tc_verdicts:?}");
     });
 }

@@ -865,15 +865,7 @@ fn vlan_tagged_public_side() {
         srv.send_to(&b[..k], peer).unwrap();
         (b[..k].to_vec(), peer)
     });
-    let mut dump = lab
-        .client
-        .command("tcpdump")
-        .args(["-i", "eth0", "-e", "-nn", "-l", "-c", "1", "udp and src port 5353"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700)); // tcpdump attaches
+    let mut dump = capture_one(&lab.client, &["-e", "udp and src port 5353"]);
     let mut frame = Vec::new();
     etherparse::PacketBuilder::ethernet2(mac_of(&lab.client, "eth0"), mac_of(&lab.gateway, "pub0"))
         .single_vlan(100.try_into().unwrap())
@@ -902,16 +894,88 @@ fn vlan_tagged_public_side() {
     let (payload, peer) = echo.join().unwrap();
     assert_eq!(payload, b"tagged");
     assert_eq!(peer.ip(), ADDRS.gw_internal, "the backend saw it untagged and masqueraded");
-    let start = std::time::Instant::now();
-    while dump.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = dump.kill();
-    let mut line = String::new();
-    dump.stdout.take().unwrap().read_to_string(&mut line).unwrap();
+    let line = captured(&mut dump);
     assert!(line.contains("vlan 100"), "the reply did not come back tagged: {line}");
     assert!(line.contains("203.0.113.1.5353 > 203.0.113.10.41000"), "reply not translated back: {line}");
     let stats = fwd.stop().unwrap();
     assert_eq!(rule_counters(&stats, 0), (1, 1, 1), "{stats}");
     assert_no_csum_errors(&lab);
+}
+
+#[test]
+fn ip_options_are_forwarded() {
+    // The client's datagrams carry IPv4 options (IHL 6: NOP NOP NOP EOL);
+    // the L4 header is found after them and the options travel on.
+    let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53"]);
+    let srv = udp_backend(&lab, 53, 5);
+    let mut dump = capture_one(&lab.server, &["-v", "udp and dst port 53"]);
+    let echo = std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let (k, peer) = srv.recv_from(&mut b).unwrap();
+            srv.send_to(&b[..k], peer).unwrap();
+            got.push((b[..k].to_vec(), peer));
+        }
+        got
+    });
+    let replies = lab
+        .client
+        .enter(|| {
+            let s = udp_client(5);
+            let opts: [u8; 4] = [1, 1, 1, 0];
+            // SAFETY: valid socket and option buffer.
+            let rc = unsafe {
+                libc::setsockopt(std::os::fd::AsRawFd::as_raw_fd(&s), libc::IPPROTO_IP, libc::IP_OPTIONS, opts.as_ptr().cast(), 4)
+            };
+            assert_eq!(rc, 0, "IP_OPTIONS: {}", std::io::Error::last_os_error());
+            let mut out = Vec::new();
+            let mut b = [0u8; 64];
+            for i in 0..3u8 {
+                s.send_to(&[b'o', i], public(5353)).unwrap();
+                let (k, from) = s.recv_from(&mut b).unwrap();
+                out.push((b[..k].to_vec(), from));
+            }
+            out
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let got = echo.join().unwrap();
+    assert!(got.iter().all(|(_, p)| p.ip() == ADDRS.gw_internal), "{got:?}");
+    let seen = captured(&mut dump);
+    assert!(seen.contains("options (NOP,NOP,NOP,EOL)"), "the options did not reach the backend: {seen}");
+    assert!(replies.iter().enumerate().all(|(i, (b, f))| b == &[b'o', i as u8] && *f == public(5353)), "{replies:?}");
+    let stats = fwd.stop().unwrap();
+    assert_eq!(rule_counters(&stats, 0), (3, 3, 1), "{stats}");
+    assert_no_csum_errors(&lab);
+}
+
+/// tcpdump on `eth0` of `ns` for one packet matching the last argument
+/// (earlier ones are options), started and attached.
+fn capture_one(ns: &forwarder_testkit::Netns, args: &[&str]) -> std::process::Child {
+    let (filter, opts) = args.split_last().unwrap();
+    let child = ns
+        .command("tcpdump")
+        .args(["-i", "eth0", "-nn", "-l", "-c", "1"])
+        .args(opts)
+        .arg(filter)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700)); // tcpdump attaches
+    child
+}
+
+/// What [`capture_one`] printed (waits up to 5 s for its packet).
+fn captured(dump: &mut std::process::Child) -> String {
+    let start = std::time::Instant::now();
+    while dump.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = dump.kill();
+    let mut out = String::new();
+    dump.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    out
 }
