@@ -12,6 +12,10 @@ pub const PROG_XDP: &str = "forwarder_xdp";
 /// XDP program reached by tail call from [`PROG_XDP`] for packets whose
 /// L4 checksum must be summed in full.
 pub const PROG_XDP_CSUM: &str = "forwarder_xdp_csum";
+/// Micro-benchmark reference programs (never attached): an empty XDP
+/// program and a bare FIB-lookup + redirect one.
+pub const PROG_BENCH_PASS: &str = "bench_xdp_pass";
+pub const PROG_BENCH_FIB: &str = "bench_xdp_fib";
 /// Program array of [`PROG_XDP`]'s tail calls; index 0 = [`PROG_XDP_CSUM`].
 pub const MAP_XDP_TAILS: &str = "FWD_XDP_TAILS";
 /// TC clsact ingress program: takes what XDP cannot finish (unresolved
@@ -276,7 +280,7 @@ impl Default for Config {
 pub const DEFAULT_SNAT_PORT_MIN: u16 = 10_000;
 pub const DEFAULT_SNAT_PORT_MAX: u16 = 32_767;
 /// Bounded retry for a free masquerade port (the verifier needs a bound too).
-pub const DEFAULT_SNAT_ATTEMPTS: u32 = 16;
+pub const DEFAULT_SNAT_ATTEMPTS: u32 = 32;
 /// Hard upper bound on `Config::snat_attempts` compiled into the datapath.
 pub const MAX_SNAT_ATTEMPTS: u32 = 32;
 

@@ -14,6 +14,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod csum;
 mod ctx;
 mod frag;
@@ -39,6 +40,18 @@ pub fn forwarder_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn forwarder_xdp_csum(ctx: XdpContext) -> u32 {
     xdp::run_full_csum(&ctx)
+}
+
+/// Benchmark floor: does nothing.
+#[xdp]
+pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
+/// Benchmark ceiling of the XDP approach: FIB + redirect, no NAT.
+#[xdp]
+pub fn bench_xdp_fib(ctx: XdpContext) -> u32 {
+    bench::fib_redirect(&ctx)
 }
 
 #[classifier]

@@ -224,12 +224,22 @@ impl Datapath {
     /// the verdict and the frame as the program left it. For fixture tests
     /// and the micro-benchmark (`repeat` > 1 gives the mean time per run).
     pub fn test_run_xdp(&self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        self.test_run_named(abi::PROG_XDP, frame, ingress_ifindex, repeat)
+    }
+
+    /// Loads the micro-benchmark's reference programs (see `abi::PROG_BENCH_*`).
+    pub fn load_bench_programs(&mut self) -> Result<()> {
+        for name in [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB] {
+            let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing")))?;
+            p.load().map_err(prog_err(format!("verifying {name}")))?;
+        }
+        Ok(())
+    }
+
+    /// [`Datapath::test_run_xdp`] for any loaded XDP program of the object.
+    pub fn test_run_named(&self, name: &str, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         use aya::programs::{TestRun, TestRunOptions};
-        let xdp: &Xdp = self
-            .ebpf
-            .program(abi::PROG_XDP)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| Error::Io("XDP program missing".into()))?;
+        let xdp: &Xdp = self.ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("XDP program {name} missing")))?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex (u32 each).
         let mut ctx = [0u8; 24];

@@ -42,6 +42,13 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         requests: u32,
     },
+    /// Micro-benchmark of the XDP program (`BPF_PROG_TEST_RUN`) against an
+    /// empty program and a bare FIB-redirect one, in the same run.
+    Bench {
+        /// Fewer calls (well under a minute).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Unit tests and end-to-end tests (needs root). The README's test command.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -122,6 +129,17 @@ fn main() -> Result<()> {
             setup::run()?;
             let bin = build_forwarder()?;
             lab::run(&bin, requests)
+        }
+        Cmd::Bench { quick } => {
+            require_root("the benchmark")?;
+            setup::run()?;
+            build_forwarder()?;
+            let mut cmd = cargo();
+            cmd.args(["bench", "-p", "forwarder-testkit", "--bench", "micro", "--"]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            status(&mut cmd)
         }
         Cmd::Test { args } => {
             require_root("the end-to-end tests")?;

@@ -1,0 +1,57 @@
+//! Reference programs for the micro-benchmark (`cargo xtask bench`): the
+//! floor (an XDP program that does nothing) and the ceiling of the XDP
+//! approach on this path (FIB lookup, MAC rewrite, TTL decrement, devmap
+//! redirect — no NAT, no conntrack). Loaded only by the benchmark, never
+//! attached by `forwarder run`.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    helpers::generated::bpf_fib_lookup as fib_lookup_helper,
+    programs::XdpContext,
+};
+use forwarder_common::csum::ttl_decrement;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+use crate::{ctx::ptr_at, maps::FWD_TX_PORTS};
+
+#[inline(always)]
+pub fn fib_redirect(ctx: &XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr, XdpContext>(ctx, 0) else { return XDP_PASS };
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return XDP_PASS;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr, XdpContext>(ctx, EthHdr::LEN) else { return XDP_PASS };
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &mut *ip };
+    if ip.ttl <= 1 {
+        return XDP_PASS;
+    }
+    // SAFETY: plain old data.
+    let mut f: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    f.family = 2;
+    f.l4_protocol = ip.proto as u8;
+    f.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+    f.ifindex = ctx.ingress_ifindex() as u32;
+    f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
+    f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
+    // SAFETY: valid context and stack struct.
+    let rc = unsafe { fib_lookup_helper(ctx.ctx.cast(), &raw mut f, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return XDP_PASS;
+    }
+    ip.check = ttl_decrement(u16::from_be_bytes(ip.check), ip.ttl, ip.proto as u8).to_be_bytes();
+    ip.ttl -= 1;
+    // SAFETY: bounds checked above (eth).
+    unsafe {
+        (*eth).dst_addr = f.dmac;
+        (*eth).src_addr = f.smac;
+    }
+    FWD_TX_PORTS.redirect(f.ifindex, 0).unwrap_or(XDP_DROP)
+}

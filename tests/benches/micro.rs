@@ -1,0 +1,172 @@
+//! Micro-benchmark of the XDP program itself (`cargo xtask bench`):
+//! `BPF_PROG_TEST_RUN` on fixture frames, next to an empty XDP program and a
+//! bare FIB-lookup + redirect program, in the same run, inside a lab's
+//! gateway namespace (real routes, permanent neighbours).
+//!
+//! Every case runs one packet per call (`repeat` 1): the kernel does not
+//! reset a frame between repeats, and a translated frame is no longer the
+//! packet being measured. The figure is the kernel's own per-run time, so
+//! syscall overhead is not in it; the test-run loop's own overhead is, the
+//! same for every case (read the ratios). Each case: `reps` repetitions of
+//! `calls` calls; median and min–max of the repetitions' means.
+
+use std::{net::Ipv4Addr, time::Instant};
+
+use etherparse::PacketBuilder;
+use forwarder::{
+    config::{Rule, Settings},
+    iface,
+    loader::Datapath,
+};
+use forwarder_common::{
+    abi::{PROG_BENCH_FIB, PROG_BENCH_PASS, PROG_XDP},
+    csum,
+};
+use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
+
+fn mac(ns: &forwarder_testkit::Netns, ifname: &str) -> [u8; 6] {
+    let s = ns.exec("cat", &[&format!("/sys/class/net/{ifname}/address")]).unwrap();
+    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+#[expect(clippy::too_many_arguments, reason = "a frame is all of these")]
+fn tcp(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(smac, dmac).ipv4(src.octets(), dst.octets(), 64).tcp(sport, dport, 1, 64240);
+    b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+struct Case {
+    name: &'static str,
+    median_ns: f64,
+    min_ns: f64,
+    max_ns: f64,
+}
+
+/// Mean ns per run over `calls` single-run calls, `reps` times.
+fn measure(dp: &Datapath, prog: &str, frames: &[Vec<u8>], ifindex: u32, calls: usize, reps: usize, expect: u32) -> (f64, f64, f64) {
+    let mut means = Vec::new();
+    for r in 0..reps {
+        let mut total = 0u64;
+        for c in 0..calls {
+            let f = &frames[(r * calls + c) % frames.len()];
+            let (verdict, _, d) = dp.test_run_named(prog, f, ifindex, 1).unwrap();
+            assert_eq!(
+                verdict,
+                expect,
+                "{prog}: unexpected verdict (repetition {r}, call {c}); counters {:?}",
+                dp.snapshot(&[]).map(|s| s.counters.into_iter().filter(|(_, v)| *v > 0).collect::<Vec<_>>())
+            );
+            total += u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        }
+        #[expect(clippy::cast_precision_loss, reason = "sums of nanoseconds far below 2^52")]
+        means.push(total as f64 / calls as f64);
+    }
+    means.sort_by(f64::total_cmp);
+    (means[means.len() / 2], means[0], means[means.len() - 1])
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (calls, reps) = if quick { (5_000, 3) } else { (50_000, 5) };
+    let t0 = Instant::now();
+    let lab = Lab::new().expect("lab (needs root)");
+    let (client_mac, gw_pub_mac, gw_int_mac, server_mac) = (mac(&lab.client, "eth0"), mac(&lab.gateway, GW_PUBLIC_IF), mac(&lab.gateway, GW_INTERNAL_IF), mac(&lab.server, "eth0"));
+    lab.gateway.ip(&["neigh", "replace", &ADDRS.client.to_string(), "lladdr", &fmt_mac(client_mac), "dev", GW_PUBLIC_IF, "nud", "permanent"]).unwrap();
+    lab.gateway.ip(&["neigh", "replace", &ADDRS.server.to_string(), "lladdr", &fmt_mac(server_mac), "dev", GW_INTERNAL_IF, "nud", "permanent"]).unwrap();
+    lab.gateway.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    let cases = lab
+        .gateway
+        .enter(move || {
+            let settings = Settings {
+                public: vec![GW_PUBLIC_IF.into()],
+                internal: vec![GW_INTERNAL_IF.into()],
+                rules: vec![Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap()],
+                // Room for every new connection the benchmark makes, so no
+                // masquerade port search runs out (that is another case).
+                snat_ports: forwarder::config::PortRange(1024, 65535),
+                ..Default::default()
+            };
+            let compiled = settings.compile(iface::index).unwrap();
+            let mut dp = Datapath::load(1 << 20).unwrap();
+            dp.configure(&compiled).unwrap();
+            dp.load_bench_programs().unwrap();
+            let (pub_if, int_if) = (iface::index(GW_PUBLIC_IF).unwrap(), iface::index(GW_INTERNAL_IF).unwrap());
+            let (c, g, gi, s) = (ADDRS.client, ADDRS.gw_public, ADDRS.gw_internal, ADDRS.server);
+            // One established connection; its reply tuple from the flow table.
+            let syn = tcp(client_mac, gw_pub_mac, c, g, 40000, 8080, true, &[]);
+            assert_eq!(dp.test_run_xdp(&syn, pub_if, 1).unwrap().0, 4);
+            let flows = dp.flows().unwrap();
+            let (rk, _) = flows.iter().find(|(_, e)| e.dir == forwarder_common::abi::DIR_REPLY).unwrap();
+            let snat_port = u16::from_be_bytes(rk.dport);
+            let est = vec![tcp(client_mac, gw_pub_mac, c, g, 40000, 8080, false, &[0u8; 64])];
+            let reply = vec![tcp(server_mac, gw_int_mac, s, gi, 80, snat_port, false, &[0u8; 64])];
+            // The same segment with a partial checksum (a local sender).
+            let mut partial = est[0].clone();
+            let l4_len = (partial.len() - 34) as u16;
+            let p = csum::fold(csum::pseudo_header_sum(c.octets(), g.octets(), 6, l4_len));
+            partial[50..52].copy_from_slice(&p.to_be_bytes());
+            // New connections: one frame per source port (each creates
+            // state). At most 30 000 in all: masquerade has 64 512 ports
+            // towards one backend, and a fuller range is another case.
+            let new_calls = calls.min(30_000 / reps);
+            let news: Vec<Vec<u8>> = (0..(new_calls * reps) as u16).map(|i| tcp(client_mac, gw_pub_mac, c, g, 1024 + i, 8080, true, &[])).collect();
+            let other = vec![tcp(client_mac, gw_pub_mac, c, g, 40001, 9999, true, &[])];
+            // The bare program forwards the client's packet to the server as is.
+            let bare = vec![tcp(client_mac, gw_pub_mac, c, s, 40000, 80, false, &[0u8; 64])];
+            let run_n = |name, prog, frames: &Vec<Vec<u8>>, ifx, expect, n| {
+                let (median_ns, min_ns, max_ns) = measure(&dp, prog, frames, ifx, n, reps, expect);
+                Case { name, median_ns, min_ns, max_ns }
+            };
+            let run = |name, prog, frames: &Vec<Vec<u8>>, ifx, expect| run_n(name, prog, frames, ifx, expect, calls);
+            vec![
+                run("empty XDP program", PROG_BENCH_PASS, &est, pub_if, 2),
+                run("bare FIB lookup + redirect", PROG_BENCH_FIB, &bare, pub_if, 4),
+                run("forwarder: established, client -> backend", PROG_XDP, &est, pub_if, 4),
+                run("forwarder: established, backend -> client", PROG_XDP, &reply, int_if, 4),
+                run("forwarder: established, partial checksum", PROG_XDP, &vec![partial], pub_if, 4),
+                run_n("forwarder: new connection (SYN)", PROG_XDP, &news, pub_if, 4, new_calls),
+                run("forwarder: not ours (other port)", PROG_XDP, &other, pub_if, 2),
+            ]
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let bare = cases[1].median_ns;
+    let empty = cases[0].median_ns;
+    println!("micro-benchmark: BPF_PROG_TEST_RUN, one packet per call, {calls} calls x {reps} repetitions; kernel {}", kernel.trim());
+    println!("{:<44} {:>10} {:>17} {:>9} {:>9}", "case", "ns/packet", "min-max", "x bare", "x empty");
+    let mut json = Vec::new();
+    for c in &cases {
+        println!(
+            "{:<44} {:>10.1} {:>8.1}-{:<8.1} {:>9.2} {:>9.2}",
+            c.name,
+            c.median_ns,
+            c.min_ns,
+            c.max_ns,
+            c.median_ns / bare,
+            c.median_ns / empty
+        );
+        json.push(format!(
+            "{{\"case\":\"{}\",\"median_ns\":{:.1},\"min_ns\":{:.1},\"max_ns\":{:.1},\"ratio_bare_fib\":{:.3}}}",
+            c.name,
+            c.median_ns,
+            c.min_ns,
+            c.max_ns,
+            c.median_ns / bare
+        ));
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("micro.json");
+    std::fs::write(&out, format!("{{\"kernel\":\"{}\",\"calls\":{calls},\"reps\":{reps},\"cases\":[{}]}}\n", kernel.trim(), json.join(","))).unwrap();
+    println!("written {} ({:.0} s)", out.display(), t0.elapsed().as_secs_f64());
+}
