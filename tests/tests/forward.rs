@@ -955,16 +955,27 @@ fn ip_options_are_forwarded() {
 /// (earlier ones are options), started and attached.
 fn capture_one(ns: &forwarder_testkit::Netns, args: &[&str]) -> std::process::Child {
     let (filter, opts) = args.split_last().unwrap();
-    let child = ns
+    let mut child = ns
         .command("tcpdump")
         .args(["-i", "eth0", "-nn", "-l", "-c", "1"])
         .args(opts)
         .arg(filter)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700)); // tcpdump attaches
+    // Attached once it says "listening on" (on stderr).
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10)).expect("tcpdump did not start listening");
     child
 }
 
