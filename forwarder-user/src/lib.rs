@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod iface;
+pub mod import;
 pub mod loader;
 pub mod stats;
 pub mod sysctl;

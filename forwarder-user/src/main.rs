@@ -9,6 +9,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args).await,
+        Command::ImportIptables(args) => forwarder::cli::import::run(&args),
     };
     if let Err(e) = result {
         eprintln!("forwarder: error: {e:#}");

@@ -181,10 +181,18 @@ impl Lab {
 
     /// [`Lab::start_forwarder`] with other gateway interfaces.
     pub fn start_forwarder_on(&self, public: &str, internal: &str, extra: &[&str]) -> Result<Forwarder> {
+        let mut args = vec!["--public", public, "--internal", internal];
+        args.extend_from_slice(extra);
+        self.start_forwarder_with(&args)
+    }
+
+    /// `forwarder run --stats-file … ARGS` on the gateway, nothing else
+    /// added but the suite's mode.
+    pub fn start_forwarder_with(&self, extra: &[&str]) -> Result<Forwarder> {
         let bin = forwarder_bin()?;
         let stats = self.dir.join("stats.json");
         let mut cmd = self.gateway.command(bin.to_str().context("binary path")?);
-        cmd.args(["run", "--public", public, "--internal", internal, "--stats-file"]).arg(&stats);
+        cmd.args(["run", "--stats-file"]).arg(&stats);
         if !extra.contains(&"--mode") {
             cmd.args(["--mode", test_mode()]);
         }

@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+pub mod import;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -15,4 +16,7 @@ pub struct Cli {
 pub enum Command {
     /// Load the datapath onto interfaces and forward until SIGINT/SIGTERM.
     Run(run::RunArgs),
+    /// Convert `iptables-save` output (nat DNAT + MASQUERADE) into a forwarder
+    /// config on stdout; every rule it cannot convert is listed with the reason.
+    ImportIptables(import::ImportArgs),
 }
