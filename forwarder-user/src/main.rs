@@ -10,6 +10,7 @@ async fn main() {
     let result = match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::ImportIptables(args) => forwarder::cli::import::run(&args),
+        Command::Check(args) => forwarder::cli::check::run(&args),
     };
     if let Err(e) = result {
         eprintln!("forwarder: error: {e:#}");

@@ -55,3 +55,29 @@ fn lab_is_removed_even_when_a_test_panics() {
         assert!(!list.contains(n.as_str()), "{n} left behind");
     }
 }
+
+#[test]
+fn check_reports_each_problem_with_what_to_do() {
+    let lab = Lab::new().unwrap();
+    lab.gateway.ip(&["link", "set", "int0", "mtu", "1400"]).unwrap();
+    // A forwarder already running: its XDP program is "another program".
+    let mut fwd = lab.start_forwarder_on("pub0", "int0", &[]).unwrap();
+    let bin = forwarder_bin().unwrap();
+    let out = lab.gateway.command(bin.to_str().unwrap()).args(["check", "--public", "pub0", "--internal", "int0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "warnings only must not fail: {text}");
+    assert!(text.contains("OK   datapath loads"), "{text}");
+    assert!(text.contains("WARN pub0: another XDP program is attached"), "{text}");
+    assert!(text.contains("WARN MTU mismatch: pub0 has 1500, int0 has 1400"), "{text}");
+    fwd.stop().unwrap();
+    // Now free: native XDP is tried for real; an unknown interface fails.
+    let out = lab.gateway.command(bin.to_str().unwrap()).args(["check", "--public", "pub0", "--internal", "nosuch0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("OK   pub0 (ifindex"), "{text}");
+    assert!(text.contains("native XDP works"), "{text}");
+    assert!(text.contains("FAIL internal interface `nosuch0` does not exist"), "{text}");
+    assert!(text.contains("WARN net.ipv4.ip_forward=0"), "{text}");
+    // The dry attach left nothing behind.
+    assert!(!lab.gateway.ip(&["link", "show", "pub0"]).unwrap().contains("xdp"));
+}

@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+pub mod check;
 pub mod import;
 pub mod run;
 
@@ -16,6 +17,9 @@ pub struct Cli {
 pub enum Command {
     /// Load the datapath onto interfaces and forward until SIGINT/SIGTERM.
     Run(run::RunArgs),
+    /// Preflight: kernel, BPF, sysctls, firewall managers, interfaces (native
+    /// XDP, other programs, MTUs); OK/WARN/FAIL with what to do.
+    Check(check::CheckArgs),
     /// Convert `iptables-save` output (nat DNAT + MASQUERADE) into a forwarder
     /// config on stdout; every rule it cannot convert is listed with the reason.
     ImportIptables(import::ImportArgs),

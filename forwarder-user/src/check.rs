@@ -1,0 +1,130 @@
+//! `forwarder check`: what a gateway needs before `forwarder run`, each
+//! item OK / WARN / FAIL with what to do.
+
+use std::{fmt, path::Path, process::Command};
+
+use crate::{
+    iface,
+    loader::{Datapath, XdpAttach},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ok => "OK  ",
+            Self::Warn => "WARN",
+            Self::Fail => "FAIL",
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Item {
+    pub level: Level,
+    pub what: String,
+    /// What to do about it (empty when OK).
+    pub fix: String,
+}
+
+fn item(level: Level, what: impl Into<String>, fix: impl Into<String>) -> Item {
+    Item { level, what: what.into(), fix: fix.into() }
+}
+
+fn read(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+/// Kernel version as (major, minor).
+fn kernel() -> Option<(u32, u32)> {
+    let r = read("/proc/sys/kernel/osrelease")?;
+    let mut it = r.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// Runs all checks for these interfaces.
+pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
+    let mut out = Vec::new();
+    match kernel() {
+        Some(v) if v >= (6, 7) => out.push(item(Level::Ok, format!("kernel {}.{} (bpf_fib_lookup source selection needs 6.7)", v.0, v.1), "")),
+        Some(v) => out.push(item(Level::Fail, format!("kernel {}.{} is older than 6.7", v.0, v.1), "masquerade takes its source address from BPF_FIB_LOOKUP_SRC (6.7+): upgrade the kernel")),
+        None => out.push(item(Level::Warn, "kernel version unreadable", "check /proc/sys/kernel/osrelease")),
+    }
+    match read("/proc/sys/net/core/bpf_jit_enable").as_deref() {
+        Some("0") => out.push(item(Level::Warn, "BPF JIT disabled", "sysctl -w net.core.bpf_jit_enable=1 (interpreted BPF is several times slower)")),
+        _ => out.push(item(Level::Ok, "BPF JIT enabled", "")),
+    }
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        out.push(item(Level::Ok, "kernel BTF present", ""));
+    } else {
+        out.push(item(Level::Warn, "no kernel BTF (/sys/kernel/btf/vmlinux)", "not needed today; bpftool's views are poorer without it"));
+    }
+    match Datapath::load(1024) {
+        Ok(_) => out.push(item(Level::Ok, "datapath loads (verifier accepts all programs)", "")),
+        Err(e) => out.push(item(Level::Fail, format!("datapath does not load: {e}"), "run as root on a kernel with BPF; the message says what the verifier refused")),
+    }
+    match read("/proc/sys/net/ipv4/ip_forward").as_deref() {
+        Some("1") => out.push(item(Level::Ok, "net.ipv4.ip_forward=1", "")),
+        _ => out.push(item(Level::Warn, "net.ipv4.ip_forward=0", "`forwarder run` enables it (and restores it at exit unless --keep-ip-forward); to persist: net.ipv4.ip_forward=1 in /etc/sysctl.d/")),
+    }
+    for fw in ["firewalld", "ufw"] {
+        let active = Command::new("systemctl")
+            .args(["is-active", "--quiet", fw])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if active {
+            out.push(item(Level::Warn, format!("{fw} is active"), "it does not see forwarded flows (they bypass netfilter); keep its rules from fighting the forwarder's ports"));
+        }
+    }
+    let mut mtus = Vec::new();
+    for (name, role) in public.iter().map(|n| (n, "public")).chain(internal.iter().map(|n| (n, "internal"))) {
+        let Ok(idx) = iface::index(name) else {
+            out.push(item(Level::Fail, format!("{role} interface `{name}` does not exist"), "see `ip link`"));
+            continue;
+        };
+        if let Some(m) = read(&format!("/sys/class/net/{name}/mtu")).and_then(|m| m.parse::<u32>().ok()) {
+            mtus.push((name.clone(), m));
+        }
+        let link = Command::new("ip").args(["-d", "link", "show", "dev", name]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        if link.contains(" xdp") || link.contains("prog/xdp") {
+            out.push(item(Level::Warn, format!("{name}: another XDP program is attached"), "detach it (ip link set dev IFACE xdp off) or `forwarder run` cannot attach"));
+            continue;
+        }
+        match try_native_xdp(name) {
+            Ok(()) => out.push(item(Level::Ok, format!("{name} (ifindex {idx}, {role}): native XDP works"), "")),
+            Err(e) => out.push(item(Level::Warn, format!("{name} ({role}): no native XDP ({e})"), "use --mode tc (or auto) for this interface; generic XDP is slower than TC")),
+        }
+        let rp = read(&format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"));
+        if rp.as_deref() == Some("1") {
+            out.push(item(Level::Ok, format!("{name}: rp_filter strict (translated traffic bypasses it)"), ""));
+        }
+    }
+    if let (Some(min), Some(max)) = (mtus.iter().min_by_key(|m| m.1), mtus.iter().max_by_key(|m| m.1)) {
+        if min.1 == max.1 {
+            out.push(item(Level::Ok, format!("MTU {} on every interface", min.1), ""));
+        } else {
+            out.push(item(
+                Level::Warn,
+                format!("MTU mismatch: {} has {}, {} has {}", max.0, max.1, min.0, min.1),
+                "DF packets too big get \"fragmentation needed\" from the forwarder; packets without DF are dropped (it does not fragment)",
+            ));
+        }
+    }
+    out
+}
+
+/// Attaches the XDP program natively and detaches it again.
+fn try_native_xdp(name: &str) -> Result<(), String> {
+    let mut dp = Datapath::load(1024).map_err(|e| e.to_string())?;
+    let spec = crate::config::IfaceSpec { name: name.to_string(), ifindex: iface::index(name).map_err(|e| e.to_string())?, role: 1, mode: crate::config::Mode::Xdp };
+    let compiled = crate::config::Compiled { ifaces: vec![spec], rules: vec![], sources: vec![], snat_ports: crate::config::PortRange::default(), conntrack: crate::config::ConntrackSettings::default() };
+    dp.attach(&compiled, XdpAttach::Native).map_err(|e| e.to_string())
+    // dropped here: detached
+}
