@@ -12,5 +12,6 @@ pub mod error;
 pub mod iface;
 pub mod import;
 pub mod loader;
+pub mod pin;
 pub mod stats;
 pub mod sysctl;

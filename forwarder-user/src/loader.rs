@@ -13,7 +13,12 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         xdp::DevMapHash,
     },
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
 };
 use forwarder_common::{
     abi::{self, Config, IfaceInfo, RuleKey, RuleTarget},
@@ -22,6 +27,7 @@ use forwarder_common::{
 
 use crate::{
     config::{Compiled, Mode},
+    pin::{Pins, STATE_MAPS},
     error::{Error, Result},
 };
 
@@ -45,6 +51,8 @@ pub enum Hook {
     XdpNative,
     XdpGeneric,
     Tc,
+    /// Pinned links of an earlier daemon, with this daemon's programs.
+    XdpAdopted,
 }
 
 impl std::fmt::Display for Hook {
@@ -53,6 +61,7 @@ impl std::fmt::Display for Hook {
             Self::XdpNative => "XDP native + TC ingress (assist)",
             Self::XdpGeneric => "XDP generic + TC ingress (assist)",
             Self::Tc => "TC ingress (TC mode)",
+            Self::XdpAdopted => "XDP + TC ingress, adopted from the pinned links (programs swapped in)",
         })
     }
 }
@@ -90,10 +99,22 @@ impl Datapath {
     /// Loads the object into the kernel (verifier included) with a
     /// conntrack table for `max_connections`; attaches nothing.
     pub fn load(max_connections: u32) -> Result<Self> {
+        Self::load_pinned(max_connections, None)
+    }
+
+    /// [`Datapath::load`], with the state maps pinned under `pins` (and
+    /// adopted from there when an earlier daemon left them).
+    pub fn load_pinned(max_connections: u32, pins: Option<&Pins>) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(Error::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().map_max_entries(abi::MAP_FLOWS, max_connections.saturating_mul(2)).load(OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(abi::MAP_FLOWS, max_connections.saturating_mul(2));
+        let paths: Vec<(&str, std::path::PathBuf)> = pins.map(|p| STATE_MAPS.iter().map(|m| (*m, p.map(m))).collect()).unwrap_or_default();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| Error::Io(format!("kernel log channel: {e}")))?;
         for name in [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_TC] {
             let prog = ebpf.program_mut(name).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))?;
@@ -168,6 +189,13 @@ impl Datapath {
     /// Attaches the programs to every interface, per its mode: XDP with
     /// the TC assist program behind it, or TC alone.
     pub fn attach(&mut self, c: &Compiled, xdp_attach: XdpAttach) -> Result<()> {
+        self.attach_pinned(c, xdp_attach, None)
+    }
+
+    /// [`Datapath::attach`]; with `pins`, links are pinned, and links an
+    /// earlier daemon pinned get this daemon's programs swapped in
+    /// atomically instead of a new attachment.
+    pub fn attach_pinned(&mut self, c: &Compiled, xdp_attach: XdpAttach, pins: Option<&Pins>) -> Result<()> {
         for i in &c.ifaces {
             let (name, ifindex) = (&i.name, i.ifindex);
             let xdp: &mut Xdp = self
@@ -175,10 +203,29 @@ impl Datapath {
                 .program_mut(abi::PROG_XDP)
                 .and_then(|p| p.try_into().ok())
                 .ok_or_else(|| Error::Io("XDP program missing".into()))?;
+            let adopted_xdp = match pins.map(|p| p.link("xdp", name)).filter(|p| p.exists()) {
+                Some(path) if i.mode != Mode::Tc => {
+                    let link = PinnedLink::from_pin(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+                    let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+                    xdp.attach_to_link(link).map_err(prog_err(format!("swapping XDP on {name}")))?;
+                    true
+                }
+                Some(path) => {
+                    // Now TC mode: the earlier XDP link goes.
+                    std::fs::remove_file(&path).map_err(|e| Error::Io(format!("unpinning {}: {e}", path.display())))?;
+                    false
+                }
+                None => false,
+            };
+            let mut xdp_ids = Vec::new();
             let hook = match (i.mode, xdp_attach) {
+                _ if adopted_xdp => Hook::XdpAdopted,
                 (Mode::Tc, _) => Hook::Tc,
                 (Mode::Auto, _) => match xdp.attach(name, XdpMode::Driver) {
-                    Ok(_) => Hook::XdpNative,
+                    Ok(id) => {
+                        xdp_ids.push(id);
+                        Hook::XdpNative
+                    }
                     Err(e) => {
                         log::info!("{name}: no native XDP ({e}); using TC (mode auto)");
                         let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
@@ -190,18 +237,21 @@ impl Datapath {
                     }
                 },
                 (Mode::Xdp, XdpAttach::Generic) => {
-                    xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?;
+                    xdp_ids.push(xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?);
                     Hook::XdpGeneric
                 }
                 (Mode::Xdp, XdpAttach::Native) => {
-                    xdp.attach(name, XdpMode::Driver).map_err(prog_err(format!("attaching XDP (native) to {name}")))?;
+                    xdp_ids.push(xdp.attach(name, XdpMode::Driver).map_err(prog_err(format!("attaching XDP (native) to {name}")))?);
                     Hook::XdpNative
                 }
                 (Mode::Xdp, XdpAttach::Auto) => match xdp.attach(name, XdpMode::Driver) {
-                    Ok(_) => Hook::XdpNative,
+                    Ok(id) => {
+                        xdp_ids.push(id);
+                        Hook::XdpNative
+                    }
                     Err(e) => {
                         log::warn!("{name}: native XDP failed ({e}); falling back to generic XDP, which is much slower (consider --mode tc)");
-                        xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?;
+                        xdp_ids.push(xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?);
                         Hook::XdpGeneric
                     }
                 },
@@ -211,9 +261,28 @@ impl Datapath {
                 .program_mut(abi::PROG_TC)
                 .and_then(|p| p.try_into().ok())
                 .ok_or_else(|| Error::Io("TC program missing".into()))?;
-            // Kernels before 6.6 attach through a clsact qdisc; it may exist.
-            let _ = aya::programs::tc::qdisc_add_clsact(name);
-            tc.attach(name, TcAttachType::Ingress).map_err(prog_err(format!("attaching TC ingress to {name}")))?;
+            if let Some(path) = pins.map(|p| p.link("tc", name)).filter(|p| p.exists()) {
+                let link = PinnedLink::from_pin(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+                let link = SchedClassifierLink::try_from(FdLink::from(link)).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+                tc.attach_to_link(link).map_err(prog_err(format!("swapping TC on {name}")))?;
+            } else {
+                // Kernels before 6.6 attach through a clsact qdisc; it may exist.
+                let _ = aya::programs::tc::qdisc_add_clsact(name);
+                let id = tc.attach(name, TcAttachType::Ingress).map_err(prog_err(format!("attaching TC ingress to {name}")))?;
+                if let Some(p) = pins {
+                    let link = FdLink::try_from(tc.take_link(id).map_err(prog_err(format!("TC link on {name}")))?)
+                        .map_err(|e| Error::Io(format!("TC link on {name}: {e}")))?;
+                    link.pin(p.link("tc", name)).map_err(|e| Error::Io(format!("pinning TC link of {name}: {e}")))?;
+                }
+            }
+            if let (Some(p), false, true) = (pins, adopted_xdp, hook != Hook::Tc) {
+                let xdp: &mut Xdp = self.ebpf.program_mut(abi::PROG_XDP).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io("XDP program missing".into()))?;
+                for id in xdp_ids {
+                    let link = FdLink::try_from(xdp.take_link(id).map_err(prog_err(format!("XDP link on {name}")))?)
+                        .map_err(|e| Error::Io(format!("XDP link on {name}: {e}")))?;
+                    link.pin(p.link("xdp", name)).map_err(|e| Error::Io(format!("pinning XDP link of {name}: {e}")))?;
+                }
+            }
             self.attached.push(Attached { name: name.clone(), ifindex, hook });
         }
         Ok(())

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod import;
 pub mod run;
+pub mod teardown;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,9 @@ pub struct Cli {
 pub enum Command {
     /// Load the datapath onto interfaces and forward until SIGINT/SIGTERM.
     Run(run::RunArgs),
+    /// Remove a datapath left pinned by `forwarder run --persist` (or a
+    /// killed daemon): links (detaching the interfaces) and state maps.
+    Teardown(teardown::TeardownArgs),
     /// Preflight: kernel, BPF, sysctls, firewall managers, interfaces (native
     /// XDP, other programs, MTUs); OK/WARN/FAIL with what to do.
     Check(check::CheckArgs),

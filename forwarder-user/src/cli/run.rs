@@ -9,6 +9,7 @@ use clap::Args;
 use crate::{
     addrs,
     config::{Mode, PortRange, Rule, Settings},
+    pin::Pins,
     iface,
     loader::{Datapath, XdpAttach},
     sysctl,
@@ -58,6 +59,15 @@ pub struct RunArgs {
     /// Leave `net.ipv4.ip_forward` on at exit even if this run turned it on.
     #[arg(long)]
     pub keep_ip_forward: bool,
+    /// Pin the state maps and links here (bpffs; mounted if needed) and
+    /// adopt what an earlier daemon left here: hitless restarts.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// At exit, leave the datapath attached and pinned (with --pin-dir), for
+    /// the next `forwarder run --pin-dir` to adopt; `forwarder teardown`
+    /// removes it.
+    #[arg(long, requires = "pin_dir")]
+    pub persist: bool,
 }
 
 impl RunArgs {
@@ -100,10 +110,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if settings.rules.is_empty() {
         log::warn!("no rules given: every packet passes to the kernel untouched");
     }
-    let mut dp = Datapath::load(settings.conntrack.max_connections)?;
+    let pins = args.pin_dir.as_deref().map(Pins::open).transpose()?;
+    let adopting = pins.as_ref().is_some_and(Pins::has_state);
+    let mut dp = Datapath::load_pinned(settings.conntrack.max_connections, pins.as_ref())?;
+    if let Some(p) = &pins {
+        if adopting {
+            log::info!("adopted the state maps pinned in {} (connections, counters)", p.dir.display());
+        } else {
+            log::info!("pinning state maps and links in {}", p.dir.display());
+        }
+    }
     dp.configure(&compiled)?;
     dp.sync_public_addrs(&addrs::public_addresses(&compiled.ifaces)?)?;
-    dp.attach(&compiled, args.xdp_attach)?;
+    dp.attach_pinned(&compiled, args.xdp_attach, pins.as_ref())?;
     for a in &dp.attached {
         log::info!("attached to {} (ifindex {}): {}", a.name, a.ifindex, a.hook);
     }
@@ -126,9 +145,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let result = serve(&mut dp, logger, &settings, &compiled, &args).await;
 
     let snap = dp.snapshot(&settings.rules);
+    match (&pins, args.persist) {
+        (Some(p), true) => log::info!(
+            "left attached and pinned in {}: `forwarder run --pin-dir {0}` adopts it, `forwarder teardown --pin-dir {0}` removes it",
+            p.dir.display()
+        ),
+        (Some(p), false) => {
+            p.remove_all()?;
+        }
+        (None, _) => {}
+    }
     drop(dp);
-    log::info!("detached from all interfaces");
-    if !was_forwarding && !args.keep_ip_forward {
+    if args.persist {
+        log::info!("exiting; the datapath keeps forwarding");
+    } else {
+        log::info!("detached from all interfaces");
+    }
+    if !was_forwarding && !args.keep_ip_forward && !args.persist {
         sysctl::set_ip_forward(false)?;
         log::info!("restored net.ipv4.ip_forward=0");
     }
