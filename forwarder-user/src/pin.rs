@@ -65,6 +65,20 @@ impl Pins {
         self.map(abi::MAP_FLOWS).exists()
     }
 
+    /// Unpins (detaches) the links of interfaces not in `keep`.
+    pub fn prune_links(&self, keep: &[String]) -> Result<Vec<String>> {
+        let mut gone = Vec::new();
+        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let iface = name.strip_prefix("link-xdp-").or_else(|| name.strip_prefix("link-tc-"));
+            if let Some(i) = iface.filter(|i| !keep.iter().any(|k| k == i)) {
+                std::fs::remove_file(e.path()).map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
+                gone.push(i.to_string());
+            }
+        }
+        Ok(gone)
+    }
+
     /// Removes every pin: links go (their interfaces are detached once no
     /// process holds them) and the state maps are freed.
     pub fn remove_all(&self) -> Result<usize> {

@@ -1102,3 +1102,69 @@ fn hitless_restart_after_kill_keeps_a_transfer_going() {
     assert!(std::fs::read_dir(&pin).unwrap().next().is_none() || !std::path::Path::new(&pin).join("FWD_FLOWS").exists(), "state left pinned");
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn sighup_reload_swaps_the_rule_set_at_once_and_keeps_connections() {
+    let lab = forwarder_testkit::Lab::new().unwrap();
+    let bpf = BpfFs::mount(lab.dir.join("bpf"));
+    let cfg = lab.dir.join("forwarder.toml");
+    let rule = |port: u32, to: &str| format!("[[rule]]\nproto = \"tcp\"\nport = {port}\nto = \"{to}\"\n");
+    std::fs::write(&cfg, rule(8080, "192.168.1.50:80")).unwrap();
+    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.0.to_str().unwrap()]).unwrap();
+    // Backends on :80 and :81 answer with their own port; each keeps its
+    // connections open until the client closes.
+    let mut servers = Vec::new();
+    for port in [80u16, 81] {
+        let l = lab.server.enter(move || TcpListener::bind(("0.0.0.0", port)).unwrap()).unwrap().join().unwrap();
+        servers.push(std::thread::spawn(move || {
+            for s in l.incoming().take(3) {
+                let mut s = s.unwrap();
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 1];
+                    while s.read_exact(&mut b).is_ok() {
+                        s.write_all(&port.to_be_bytes()).unwrap();
+                    }
+                });
+            }
+        }));
+    }
+    let ask = |s: &mut TcpStream| -> u16 {
+        s.write_all(b"?").unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        u16::from_be_bytes(b)
+    };
+    let connect = |port: u16| lab.client.enter(move || TcpStream::connect_timeout(&public(port), Duration::from_secs(3)).map_err(|e| e.kind())).unwrap().join().unwrap();
+    let mut old = connect(8080).unwrap();
+    assert_eq!(ask(&mut old), 80);
+    // A new rule set: 8080 moves to :81, 9090 appears — in one step.
+    std::fs::write(&cfg, rule(8080, "192.168.1.50:81") + &rule(9090, "192.168.1.50:80")).unwrap();
+    let reloads = |f: &forwarder_testkit::Forwarder| f.log_text().matches("SIGHUP: reloaded").count();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(fwd.proc.pid().cast_signed(), libc::SIGHUP) };
+    let t0 = std::time::Instant::now();
+    while reloads(&fwd) == 0 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(reloads(&fwd), 1, "{}", fwd.log_text());
+    // The established connection keeps its translation (to :80)…
+    assert_eq!(ask(&mut old), 80);
+    // …new connections take the new rules.
+    assert_eq!(ask(&mut connect(8080).unwrap()), 81);
+    assert_eq!(ask(&mut connect(9090).unwrap()), 80);
+    // A broken file is refused and changes nothing.
+    std::fs::write(&cfg, rule(70000, "192.168.1.50:80")).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(fwd.proc.pid().cast_signed(), libc::SIGHUP) };
+    let t0 = std::time::Instant::now();
+    while !fwd.log_text().contains("reload refused") && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fwd.log_text().contains("70000"), "{}", fwd.log_text());
+    assert_eq!(ask(&mut old), 80);
+    assert_eq!(ask(&mut connect(9090).unwrap()), 80, "the running rules changed after a refused reload");
+    drop(old);
+    fwd.stop().unwrap();
+    drop(servers);
+    assert_no_csum_errors(&lab);
+}

@@ -142,7 +142,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings.conntrack.max_connections,
         settings.conntrack.timeouts
     );
-    let result = serve(&mut dp, logger, &settings, &compiled, &args).await;
+    let mut settings = settings;
+    let mut compiled = compiled;
+    let result = serve(&mut dp, logger, &mut settings, &mut compiled, &args, pins.as_ref()).await;
 
     let snap = dp.snapshot(&settings.rules);
     match (&pins, args.persist) {
@@ -181,13 +183,32 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
+/// SIGHUP: a new datapath from the re-read configuration, filled, then
+/// swapped into the pinned links in one step; the conntrack table carries
+/// over. Any error leaves the running datapath as it was.
+fn reload(args: &RunArgs, pins: &Pins) -> anyhow::Result<(Datapath, Settings, crate::config::Compiled)> {
+    let settings = args.settings()?;
+    let compiled = settings.compile(iface::index)?;
+    let mut dp = Datapath::load_pinned(settings.conntrack.max_connections, Some(pins))?;
+    dp.configure(&compiled)?;
+    dp.sync_public_addrs(&addrs::public_addresses(&compiled.ifaces)?)?;
+    dp.attach_pinned(&compiled, args.xdp_attach, Some(pins))?;
+    let keep: Vec<String> = compiled.ifaces.iter().map(|i| i.name.clone()).collect();
+    for gone in pins.prune_links(&keep)? {
+        log::info!("{gone}: no longer configured, detached");
+    }
+    Ok((dp, settings, compiled))
+}
+
 async fn serve(
     dp: &mut Datapath,
     logger: crate::loader::KernelLogger,
-    settings: &Settings,
-    compiled: &crate::config::Compiled,
+    settings: &mut Settings,
+    compiled: &mut crate::config::Compiled,
     args: &RunArgs,
+    pins: Option<&Pins>,
 ) -> anyhow::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
@@ -209,6 +230,28 @@ async fn serve(
             }
             _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); return Ok(()); }
             _ = term.recv() => { log::info!("SIGTERM: stopping"); return Ok(()); }
+            _ = hup.recv() => {
+                let Some(p) = pins else {
+                    log::warn!("SIGHUP: reloading needs --pin-dir (the connection table must outlive the swap); restart instead");
+                    continue;
+                };
+                match reload(args, p) {
+                    Ok((mut new_dp, new_settings, new_compiled)) => {
+                        let new_logger = new_dp.take_logger().context("kernel log channel")?;
+                        // SAFETY: as for the first logger.
+                        klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(new_logger, tokio::io::Interest::READABLE) }
+                            .map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))?;
+                        *dp = new_dp;
+                        *settings = new_settings;
+                        *compiled = new_compiled;
+                        for r in &settings.rules {
+                            log::info!("rule {r} ({})", r.origin);
+                        }
+                        log::info!("SIGHUP: reloaded, {} rule(s) live at once; existing connections keep their translation", settings.rules.len());
+                    }
+                    Err(e) => log::error!("SIGHUP: reload refused, the running configuration is unchanged: {e:#}"),
+                }
+            }
             _ = tick.tick() => {
                 ticks += 1;
                 if dp.sync_public_addrs(&addrs::public_addresses(&compiled.ifaces)?)? {
