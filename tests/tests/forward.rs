@@ -266,8 +266,9 @@ fn udp_without_checksum_keeps_none() {
     // A UDP checksum of 0 (none, RFC 768) must stay 0 after translation:
     // the server receives the datagram (a wrong checksum would be dropped).
     let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53"]);
-    let sock = udp_backend(&lab, 53, 5);
-    lab.client
+    let sock = udp_backend(&lab, 53, 1);
+    let client = lab
+        .client
         .enter(|| {
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
             let one: libc::c_int = 1;
@@ -282,20 +283,28 @@ fn udp_without_checksum_keeps_none() {
                 )
             };
             assert_eq!(rc, 0);
-            for _ in 0..5 {
-                s.send_to(b"no checksum", public(5353)).unwrap();
-            }
+            s
         })
         .unwrap()
         .join()
         .unwrap();
+    // One at a time, each resent up to 3 times: a datagram lost while the
+    // gateway resolves the backend's address must not fail the test; a
+    // wrong checksum would lose every copy.
     let mut buf = [0u8; 64];
-    for _ in 0..5 {
-        let (k, _) = sock.recv_from(&mut buf).expect("datagram without checksum arrives");
-        assert_eq!(&buf[..k], b"no checksum");
+    let mut sent = 0;
+    for i in 0..5u8 {
+        let msg = [b'n', b'o', b'c', b's', b'u', b'm', i];
+        let arrived = (0..3).any(|_| {
+            client.send_to(&msg, public(5353)).unwrap();
+            sent += 1;
+            sock.recv_from(&mut buf).is_ok_and(|(k, _)| buf[..k] == msg)
+        });
+        assert!(arrived, "datagram {i} without checksum never arrived");
     }
     let stats = fwd.stop().unwrap();
-    assert_eq!(rule_counters(&stats, 0).0, 5);
+    let seen = rule_counters(&stats, 0).0;
+    assert!((5..=sent).contains(&seen), "{seen} of {sent} counted: {stats}");
     assert_no_csum_errors(&lab);
 }
 
