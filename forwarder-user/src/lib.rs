@@ -12,6 +12,7 @@ pub mod error;
 pub mod iface;
 pub mod import;
 pub mod loader;
+pub mod metrics;
 pub mod pin;
 pub mod stats;
 pub mod sysctl;

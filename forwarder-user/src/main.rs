@@ -8,7 +8,7 @@ async fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::ImportIptables(args) => forwarder::cli::import::run(&args),
         Command::Check(args) => forwarder::cli::check::run(&args),
         Command::Teardown(args) => forwarder::cli::teardown::run(&args),

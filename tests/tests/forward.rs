@@ -1177,3 +1177,37 @@ fn sighup_reload_swaps_the_rule_set_at_once_and_keeps_connections() {
     drop(servers);
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn prometheus_endpoint_is_scraped() {
+    let lab = forwarder_testkit::Lab::new().unwrap();
+    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--metrics", "127.0.0.1:9108"]).unwrap();
+    let server = http_server(&lab, 2);
+    for _ in 0..2 {
+        http_get(&lab, public(8080));
+    }
+    server.join().unwrap();
+    let scrape = lab
+        .gateway
+        .enter(|| {
+            let mut s = TcpStream::connect("127.0.0.1:9108").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            r
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(scrape.starts_with("HTTP/1.0 200 OK"), "{scrape}");
+    assert!(scrape.contains("forwarder_rule_connections_total{id=\"0\",rule=\"tcp:8080=192.168.1.50:80\"} 2"), "{scrape}");
+    assert!(scrape.contains("# TYPE forwarder_conntrack_entries gauge"), "{scrape}");
+    let redirected: u64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("forwarder_datapath_events_total{event=\"xdp_redirected\"}") || l.starts_with("forwarder_datapath_events_total{event=\"tc_redirected"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(redirected > 0, "{scrape}");
+    fwd.stop().unwrap();
+    assert_no_csum_errors(&lab);
+}

@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load the datapath onto interfaces and forward until SIGINT/SIGTERM.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Remove a datapath left pinned by `forwarder run --persist` (or a
     /// killed daemon): links (detaching the interfaces) and state maps.
     Teardown(teardown::TeardownArgs),

@@ -63,6 +63,9 @@ pub struct RunArgs {
     /// adopt what an earlier daemon left here: hitless restarts.
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9108), path /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// At exit, leave the datapath attached and pinned (with --pin-dir), for
     /// the next `forwarder run --pin-dir` to adopt; `forwarder teardown`
     /// removes it.
@@ -209,6 +212,14 @@ async fn serve(
     pins: Option<&Pins>,
 ) -> anyhow::Result<()> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            log::info!("metrics on http://{addr}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
@@ -230,6 +241,19 @@ async fn serve(
             }
             _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); return Ok(()); }
             _ = term.recv() => { log::info!("SIGTERM: stopping"); return Ok(()); }
+            conn = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
+                if let Ok((mut s, _)) = conn {
+                    let body = crate::metrics::render(&dp.snapshot(&settings.rules)?);
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut req = [0u8; 1024];
+                        let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut req)).await;
+                        let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n", body.len());
+                        let _ = s.write_all(head.as_bytes()).await;
+                        let _ = s.write_all(body.as_bytes()).await;
+                    });
+                }
+            }
             _ = hup.recv() => {
                 let Some(p) = pins else {
                     log::warn!("SIGHUP: reloading needs --pin-dir (the connection table must outlive the swap); restart instead");

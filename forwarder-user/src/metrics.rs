@@ -1,0 +1,73 @@
+//! Prometheus text exposition of a counter snapshot (`--metrics ADDR`).
+
+use std::fmt::Write as _;
+
+use crate::stats::Snapshot;
+
+/// Escapes a label value (backslash, double quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The snapshot in the Prometheus text format (version 0.0.4).
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let per_rule = |f: &dyn Fn(&crate::stats::RuleCounters) -> Vec<(&'static str, u64)>| {
+        s.rules
+            .iter()
+            .flat_map(|r| {
+                f(r).into_iter()
+                    .map(|(dir, v)| (format!("{{id=\"{}\",rule=\"{}\"{}}}", r.id, label(&r.rule), if dir.is_empty() { String::new() } else { format!(",direction=\"{dir}\"") }), v))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "forwarder_rule_packets_total",
+        "counter",
+        "Packets translated, by rule and direction (in: client to backend).",
+        per_rule(&|r| vec![("in", r.packets_in), ("out", r.packets_out)]),
+    );
+    family(
+        "forwarder_rule_bytes_total",
+        "counter",
+        "Bytes translated, by rule and direction.",
+        per_rule(&|r| vec![("in", r.bytes_in), ("out", r.bytes_out)]),
+    );
+    family("forwarder_rule_connections_total", "counter", "Connections created, by rule.", per_rule(&|r| vec![("", r.new_connections)]));
+    family("forwarder_rule_denied_total", "counter", "New connections refused by the rule's source list.", per_rule(&|r| vec![("", r.denied)]));
+    family(
+        "forwarder_datapath_events_total",
+        "counter",
+        "Datapath decisions and drops by reason.",
+        s.counters.iter().map(|(k, v)| (format!("{{event=\"{}\"}}", label(k)), *v)).collect(),
+    );
+    family("forwarder_conntrack_entries", "gauge", "Conntrack entries in use (two per connection).", vec![(String::new(), s.flow_entries)]);
+    family("forwarder_conntrack_capacity", "gauge", "Conntrack capacity in entries.", vec![(String::new(), s.flow_capacity)]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::RuleCounters;
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let mut s = Snapshot { flow_entries: 4, flow_capacity: 100, ..Default::default() };
+        s.rules.push(RuleCounters { id: 0, rule: "tcp:8080=10.0.0.2:80".into(), packets_in: 3, bytes_in: 300, packets_out: 2, bytes_out: 200, new_connections: 1, denied: 0 });
+        s.counters.insert("xdp_redirected".into(), 5);
+        let t = render(&s);
+        assert!(t.contains("forwarder_rule_packets_total{id=\"0\",rule=\"tcp:8080=10.0.0.2:80\",direction=\"in\"} 3"), "{t}");
+        assert!(t.contains("forwarder_rule_connections_total{id=\"0\",rule=\"tcp:8080=10.0.0.2:80\"} 1"), "{t}");
+        assert!(t.contains("forwarder_datapath_events_total{event=\"xdp_redirected\"} 5"), "{t}");
+        assert!(t.contains("# TYPE forwarder_conntrack_entries gauge\nforwarder_conntrack_entries 4"), "{t}");
+        assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}
