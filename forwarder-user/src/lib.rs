@@ -8,6 +8,7 @@ pub mod addrs;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod iface;
 pub mod import;

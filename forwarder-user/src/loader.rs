@@ -345,6 +345,13 @@ impl Datapath {
         Ok((res.return_value, out))
     }
 
+    /// Removes flow table entries (both directions of connections).
+    pub fn remove_flows(&mut self, keys: &[abi::FlowKey]) -> Result<usize> {
+        let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
+            HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
+        Ok(keys.iter().filter(|k| flows.remove(k).is_ok()).count())
+    }
+
     /// The flow table's entries (both directions).
     pub fn flows(&self) -> Result<Vec<(abi::FlowKey, abi::FlowEntry)>> {
         let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =

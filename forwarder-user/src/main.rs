@@ -11,6 +11,8 @@ async fn main() {
         Command::Run(args) => run::run(*args).await,
         Command::ImportIptables(args) => forwarder::cli::import::run(&args),
         Command::Check(args) => forwarder::cli::check::run(&args),
+        Command::Stats(args) => forwarder::cli::client::stats(&args),
+        Command::Conntrack(args) => forwarder::cli::client::conntrack(&args),
         Command::Teardown(args) => forwarder::cli::teardown::run(&args),
     };
     if let Err(e) = result {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::Rule;
 
-#[derive(Debug, Default, Serialize, Clone)]
+#[derive(Debug, Default, Serialize, serde::Deserialize, Clone)]
 pub struct RuleCounters {
     pub id: u32,
     pub rule: String,
@@ -35,7 +35,7 @@ impl RuleCounters {
     }
 }
 
-#[derive(Debug, Default, Serialize, Clone)]
+#[derive(Debug, Default, Serialize, serde::Deserialize, Clone)]
 pub struct Snapshot {
     pub rules: Vec<RuleCounters>,
     /// Global datapath counters by name (see `forwarder_common::stats`).

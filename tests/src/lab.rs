@@ -192,7 +192,7 @@ impl Lab {
         let bin = forwarder_bin()?;
         let stats = self.dir.join("stats.json");
         let mut cmd = self.gateway.command(bin.to_str().context("binary path")?);
-        cmd.args(["run", "--stats-file"]).arg(&stats);
+        cmd.args(["run", "--stats-file"]).arg(&stats).arg("--control").arg(self.dir.join("control.sock"));
         if !extra.contains(&"--mode") {
             cmd.args(["--mode", test_mode()]);
         }

@@ -1211,3 +1211,42 @@ fn prometheus_endpoint_is_scraped() {
     fwd.stop().unwrap();
     assert_no_csum_errors(&lab);
 }
+
+#[test]
+fn control_socket_stats_and_conntrack() {
+    let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
+    let sock = lab.dir.join("control.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "control socket must be root-only");
+    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let held = lab.client.enter(|| TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap()).unwrap().join().unwrap();
+    let (_srv, _) = listener.accept().unwrap();
+    let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(&bin).args(args).arg("--control").arg(&sock).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, stats, err) = cli(&["stats", "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!(rule_counters(&stats, 0).2, 1, "{stats}");
+    let (ok, list, err) = cli(&["conntrack", "list", "--json"]);
+    assert!(ok, "{err}");
+    let conns: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(conns.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(conns[0]["backend"], "192.168.1.50:80");
+    assert!(conns[0]["client"].as_str().unwrap().starts_with("203.0.113.10:"), "{list}");
+    assert_eq!(conns[0]["state"], "established");
+    // Filters that match nothing, then a flush that matches.
+    let (_, none, _) = cli(&["conntrack", "list", "--json", "--port", "9999"]);
+    assert_eq!(none.trim(), "[]");
+    let (ok, flushed, err) = cli(&["conntrack", "flush", "--port", "8080"]);
+    assert!(ok && flushed.contains("removed 1"), "{flushed} {err}");
+    let (_, after, _) = cli(&["conntrack", "list", "--json"]);
+    assert_eq!(after.trim(), "[]");
+    drop(held);
+    fwd.stop().unwrap();
+    // Once the daemon is gone the CLI says so plainly.
+    let (ok, _, err) = cli(&["stats"]);
+    assert!(!ok && err.contains("forwarder is not running"), "{err}");
+    assert!(!sock.exists(), "the socket outlived the daemon");
+}

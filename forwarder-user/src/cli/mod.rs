@@ -1,6 +1,7 @@
 //! Subcommands, one file each.
 
 pub mod check;
+pub mod client;
 pub mod import;
 pub mod run;
 pub mod teardown;
@@ -18,6 +19,10 @@ pub struct Cli {
 pub enum Command {
     /// Load the datapath onto interfaces and forward until SIGINT/SIGTERM.
     Run(Box<run::RunArgs>),
+    /// Counters of a running daemon: per rule, drops by reason, conntrack use.
+    Stats(client::StatsArgs),
+    /// Tracked connections of a running daemon: list or flush.
+    Conntrack(client::ConntrackArgs),
     /// Remove a datapath left pinned by `forwarder run --persist` (or a
     /// killed daemon): links (detaching the interfaces) and state maps.
     Teardown(teardown::TeardownArgs),

@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// adopt what an earlier daemon left here: hitless restarts.
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Control socket for `forwarder stats` / `forwarder conntrack` (mode
+    /// 0600); one per daemon when several run side by side.
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    pub control: PathBuf,
     /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9108), path /metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -110,6 +114,10 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let compiled = settings.compile(iface::index)?;
+    // Before anything is loaded: a second daemon on the same socket is
+    // refused without touching the running one.
+    let control = bind_control(&args.control)?;
+    let _socket_file = SocketFile(args.control.clone());
     if settings.rules.is_empty() {
         log::warn!("no rules given: every packet passes to the kernel untouched");
     }
@@ -147,7 +155,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut settings = settings;
     let mut compiled = compiled;
-    let result = serve(&mut dp, logger, &mut settings, &mut compiled, &args, pins.as_ref()).await;
+    let result = serve(&mut dp, logger, control, &mut settings, &mut compiled, &args, pins.as_ref()).await;
 
     let snap = dp.snapshot(&settings.rules);
     match (&pins, args.persist) {
@@ -186,6 +194,68 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
+/// Removes the control socket's file when the daemon ends, however it ends.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds the control socket (0600), replacing a stale one nobody listens on.
+fn bind_control(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another forwarder listens on {}; give this one its own --control PATH", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    log::info!("control socket {}", path.display());
+    Ok(l)
+}
+
+/// One control request: read a JSON line, answer a JSON line.
+async fn answer_control(s: tokio::net::UnixStream, dp: &mut Datapath, rules: &[Rule]) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = BufReader::new(s);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_line(&mut line)).await.context("request timed out")??;
+    let reply = match serde_json::from_str::<crate::control::Request>(&line) {
+        Ok(req) => match control_reply(req, dp, rules) {
+            Ok(data) => serde_json::json!({"ok": true, "data": data}),
+            Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+        },
+        Err(e) => serde_json::json!({"ok": false, "error": format!("bad request `{}`: {e}", line.trim())}),
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    s.get_mut().write_all(&out).await?;
+    Ok(())
+}
+
+fn control_reply(req: crate::control::Request, dp: &mut Datapath, rules: &[Rule]) -> anyhow::Result<serde_json::Value> {
+    use crate::control::{Request, connections};
+    Ok(match req {
+        Request::Stats => serde_json::to_value(dp.snapshot(rules)?)?,
+        Request::Conntrack { filter } => {
+            let conns: Vec<_> = connections(&dp.flows()?, monotonic_ns()).into_iter().map(|c| c.0).filter(|c| filter.matches(c)).collect();
+            serde_json::to_value(conns)?
+        }
+        Request::Flush { filter } => {
+            let keys: Vec<_> = connections(&dp.flows()?, monotonic_ns()).into_iter().filter(|c| filter.matches(&c.0)).flat_map(|c| [c.1, c.2]).collect();
+            let removed = dp.remove_flows(&keys)?;
+            log::info!("conntrack flush: {} connection(s) removed", removed / 2);
+            serde_json::json!({ "removed_connections": removed / 2 })
+        }
+    })
+}
+
 /// SIGHUP: a new datapath from the re-read configuration, filled, then
 /// swapped into the pinned links in one step; the conntrack table carries
 /// over. Any error leaves the running datapath as it was.
@@ -203,9 +273,11 @@ fn reload(args: &RunArgs, pins: &Pins) -> anyhow::Result<(Datapath, Settings, cr
     Ok((dp, settings, compiled))
 }
 
+#[expect(clippy::too_many_lines, reason = "the daemon loop: one select over every event source")]
 async fn serve(
     dp: &mut Datapath,
     logger: crate::loader::KernelLogger,
+    control: tokio::net::UnixListener,
     settings: &mut Settings,
     compiled: &mut crate::config::Compiled,
     args: &RunArgs,
@@ -253,6 +325,12 @@ async fn serve(
                         let _ = s.write_all(body.as_bytes()).await;
                     });
                 }
+            }
+            conn = control.accept() => {
+                if let Ok((s, _)) = conn
+                    && let Err(e) = answer_control(s, dp, &settings.rules).await {
+                        log::warn!("control request: {e:#}");
+                    }
             }
             _ = hup.recv() => {
                 let Some(p) = pins else {

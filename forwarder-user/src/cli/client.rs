@@ -1,0 +1,150 @@
+//! Commands that ask a running daemon over its control socket: `stats` and
+//! `conntrack list|flush`.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::Ipv4Addr,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::{
+    control::{Conn, DEFAULT_SOCKET, Filter, Request},
+    stats::Snapshot,
+};
+
+/// Sends one request; the daemon's `data`, or its error.
+pub fn ask(path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            anyhow::anyhow!("forwarder is not running (no daemon listens on {}; see --control)", path.display())
+        }
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("permission denied on {} (the control socket is root-only)", path.display()),
+        _ => anyhow::anyhow!("{}: {e}", path.display()),
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).context("reading the daemon's answer")?;
+    let v: serde_json::Value = serde_json::from_str(&reply).with_context(|| format!("bad answer `{}`", reply.trim()))?;
+    if v["ok"] == true {
+        Ok(v["data"].clone())
+    } else {
+        bail!("{}", v["error"].as_str().unwrap_or("the daemon refused the request"))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub control: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every SECS seconds, with rates, until interrupted.
+    #[arg(long, value_name = "SECS")]
+    pub watch: Option<u64>,
+}
+
+pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
+    let mut last: Option<Snapshot> = None;
+    loop {
+        let snap: Snapshot = serde_json::from_value(ask(&args.control, &Request::Stats)?)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&snap)?);
+        } else {
+            if args.watch.is_some() {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("{}", snap.table());
+            if let (Some(prev), Some(secs)) = (&last, args.watch) {
+                for (r, p) in snap.rules.iter().zip(&prev.rules) {
+                    #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+                    let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs as f64;
+                    println!(
+                        "rate {:>3}: {:.0} pkt/s in, {:.0} pkt/s out, {:.1} conn/s",
+                        r.id,
+                        rate(r.packets_in, p.packets_in),
+                        rate(r.packets_out, p.packets_out),
+                        rate(r.new_connections, p.new_connections)
+                    );
+                }
+            }
+        }
+        let Some(secs) = args.watch else { return Ok(()) };
+        last = Some(snap);
+        std::thread::sleep(Duration::from_secs(secs.max(1)));
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FilterArgs {
+    /// Only connections of this rule id.
+    #[arg(long)]
+    pub rule: Option<u32>,
+    /// Only connections with this address (client, public, masquerade or backend).
+    #[arg(long)]
+    pub addr: Option<Ipv4Addr>,
+    /// Only connections with this port (any side).
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConntrackCmd {
+    /// List tracked connections.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove tracked connections (their next packet is a new connection).
+    Flush {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ConntrackArgs {
+    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH", global = true)]
+    pub control: PathBuf,
+    #[command(subcommand)]
+    pub cmd: ConntrackCmd,
+}
+
+fn filter(f: &FilterArgs) -> Filter {
+    Filter { rule: f.rule, addr: f.addr, port: f.port }
+}
+
+pub fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
+    match &args.cmd {
+        ConntrackCmd::List { filter: f, json } => {
+            let conns: Vec<Conn> = serde_json::from_value(ask(&args.control, &Request::Conntrack { filter: filter(f) })?)?;
+            if *json {
+                println!("{}", serde_json::to_string(&conns)?);
+                return Ok(());
+            }
+            println!("{:<5} {:>4} {:<12} {:<22} {:<22} {:<22} {:<22} {:>6}", "proto", "rule", "state", "client", "public", "masquerade", "backend", "idle");
+            for c in &conns {
+                println!(
+                    "{:<5} {:>4} {:<12} {:<22} {:<22} {:<22} {:<22} {:>5}s",
+                    c.proto, c.rule, c.state, c.client, c.public, c.masquerade, c.backend, c.idle_s
+                );
+            }
+            println!("{} connection(s)", conns.len());
+        }
+        ConntrackCmd::Flush { filter: f } => {
+            let v = ask(&args.control, &Request::Flush { filter: filter(f) })?;
+            println!("removed {} connection(s)", v["removed_connections"]);
+        }
+    }
+    Ok(())
+}
