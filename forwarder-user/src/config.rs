@@ -471,6 +471,52 @@ impl Settings {
         Ok(())
     }
 
+    /// These settings as a config file (what `forwarder save` writes).
+    pub fn to_toml(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let list = |v: &[String]| v.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(s, "public = [{}]", list(&self.public));
+        let _ = writeln!(s, "internal = [{}]", list(&self.internal));
+        let _ = writeln!(s, "snat_ports = \"{}-{}\"", self.snat_ports.0, self.snat_ports.1);
+        let mode = |m: Mode| match m {
+            Mode::Xdp => "xdp",
+            Mode::Tc => "tc",
+            Mode::Auto => "auto",
+        };
+        let _ = writeln!(s, "mode = \"{}\"", mode(self.mode));
+        if !self.iface_modes.is_empty() {
+            let _ = writeln!(s, "\n[modes]");
+            for (i, m) in &self.iface_modes {
+                let _ = writeln!(s, "{i:?} = \"{}\"", mode(*m));
+            }
+        }
+        let t = self.conntrack.timeouts;
+        let _ = writeln!(
+            s,
+            "\n[conntrack]\nmax = {}\ntimeouts = {{ tcp_syn = {}, tcp_established = {}, tcp_fin = {}, tcp_close = {}, udp = {}, udp_stream = {} }}",
+            self.conntrack.max_connections, t.tcp_syn, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp, t.udp_stream
+        );
+        for r in &self.rules {
+            let _ = writeln!(s, "\n[[rule]]  # {}", r.origin);
+            let _ = writeln!(s, "proto = \"{}\"", r.proto);
+            if r.ports.lo == r.ports.hi {
+                let _ = writeln!(s, "port = {}", r.ports.lo);
+            } else {
+                let _ = writeln!(s, "port = \"{}\"", r.ports);
+            }
+            let _ = writeln!(s, "to = \"{}:{}\"", r.backend, r.backend_ports);
+            if let Some(i) = &r.interface {
+                let _ = writeln!(s, "interface = {i:?}");
+            }
+            let _ = writeln!(s, "masquerade = {}", r.masquerade);
+            if !r.sources.is_empty() {
+                let _ = writeln!(s, "sources = [{}]", r.sources.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", "));
+            }
+        }
+        s
+    }
+
     /// Checks the whole set: interfaces exist and have one role, rules are
     /// unique and bound only to public interfaces. `ifindex` resolves names
     /// (injected for tests).
@@ -716,6 +762,21 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("`tcp_forever`"), "{e}");
         let e = Settings::default().merge_toml(Path::new("c.toml"), "[conntrack]\nmax = 3\n").unwrap_err().to_string();
         assert!(e.contains("conntrack max 3"), "{e}");
+    }
+
+    #[test]
+    fn saved_config_reads_back_the_same() {
+        let mut s = settings(&["tcp:8080@pub0=10.0.2.2:80", "udp:6000-6010=10.0.2.3:53,no-masquerade,src=203.0.113.0/24"]);
+        s.mode = Mode::Auto;
+        s.iface_modes.push(("int0".into(), Mode::Tc));
+        s.conntrack.set_timeout("udp", 7).unwrap();
+        let mut back = Settings::default();
+        back.merge_toml(Path::new("saved.toml"), &s.to_toml()).unwrap();
+        assert_eq!(back.public, s.public);
+        assert_eq!(back.internal, s.internal);
+        assert_eq!((back.mode, back.iface_modes.clone(), back.conntrack, back.snat_ports), (s.mode, s.iface_modes.clone(), s.conntrack, s.snat_ports));
+        let strip = |v: &[Rule]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(strip(&back.rules), strip(&s.rules));
     }
 
     #[test]

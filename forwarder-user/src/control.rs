@@ -4,7 +4,9 @@
 //! answers one JSON line `{"ok":true,"data":…}` or `{"ok":false,"error":"…"}`
 //! and closes.
 //!
-//! Requests: `{"cmd":"stats"}`; `{"cmd":"conntrack","filter":F}` lists
+//! Requests: `{"cmd":"stats"}`; `{"cmd":"rules"}`;
+//! `{"cmd":"save","path":"/etc/forwarder.toml"}` (atomic: temp file +
+//! rename); `{"cmd":"conntrack","filter":F}` lists
 //! connections; `{"cmd":"flush","filter":F}` removes them (both entries).
 //! `F` = `{"rule":N?,"addr":"A"?,"port":P?}`, every field optional; a
 //! connection matches when any of its addresses/ports (either direction)
@@ -39,6 +41,21 @@ pub enum Request {
         #[serde(default)]
         filter: Filter,
     },
+    /// The running rules: id, rule, where it came from.
+    Rules,
+    /// Write the running configuration to `path` (atomically).
+    Save { path: std::path::PathBuf },
+}
+
+/// Writes `text` to `path` so that readers see the old or the new file,
+/// never a torn one: a temporary file beside it, synced, then renamed.
+pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// One connection as `conntrack list` shows it.

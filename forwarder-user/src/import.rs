@@ -4,7 +4,7 @@
 //! rule that cannot be converted is reported with the reason, never
 //! dropped silently.
 
-use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use crate::config::{Cidr, Ports, Proto, Rule};
 
@@ -192,28 +192,13 @@ fn merge(out: &mut Import, r: Rule, n: usize, line: &str) {
 impl Import {
     /// The result as a forwarder TOML config.
     pub fn to_toml(&self) -> String {
-        let mut s = String::from("# converted by `forwarder import-iptables`\n");
-        let list = |v: &BTreeSet<String>| v.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(s, "public = [{}]", list(&self.public));
-        let _ = writeln!(s, "internal = [{}]", list(&self.internal));
-        for r in &self.rules {
-            let _ = writeln!(s, "\n[[rule]]  # {}", r.origin);
-            let _ = writeln!(s, "proto = \"{}\"", r.proto);
-            if r.ports.lo == r.ports.hi {
-                let _ = writeln!(s, "port = {}", r.ports.lo);
-            } else {
-                let _ = writeln!(s, "port = \"{}\"", r.ports);
-            }
-            let _ = writeln!(s, "to = \"{}:{}\"", r.backend, r.backend_ports);
-            if let Some(i) = &r.interface {
-                let _ = writeln!(s, "interface = {i:?}");
-            }
-            let _ = writeln!(s, "masquerade = {}", r.masquerade);
-            if !r.sources.is_empty() {
-                let _ = writeln!(s, "sources = [{}]", r.sources.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", "));
-            }
-        }
-        s
+        let settings = crate::config::Settings {
+            public: self.public.iter().cloned().collect(),
+            internal: self.internal.iter().cloned().collect(),
+            rules: self.rules.clone(),
+            ..Default::default()
+        };
+        format!("# converted by `forwarder import-iptables`\n{}", settings.to_toml())
     }
 }
 

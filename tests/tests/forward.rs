@@ -1243,6 +1243,31 @@ fn control_socket_stats_and_conntrack() {
     assert!(ok && flushed.contains("removed 1"), "{flushed} {err}");
     let (_, after, _) = cli(&["conntrack", "list", "--json"]);
     assert_eq!(after.trim(), "[]");
+    // The running rules, and a save that reads back as the same config.
+    let (ok, rules, err) = cli(&["rules", "--json"]);
+    assert!(ok && rules.contains("tcp:8080=192.168.1.50:80"), "{rules} {err}");
+    let saved = lab.dir.join("saved.toml");
+    let (ok, _, err) = cli(&["save", saved.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let mut back = forwarder::config::Settings::default();
+    back.merge_toml(&saved, &std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert_eq!(back.rules.iter().map(ToString::to_string).collect::<Vec<_>>(), ["tcp:8080=192.168.1.50:80"]);
+    assert_eq!((back.public.clone(), back.internal.clone()), (vec!["pub0".to_string()], vec!["int0".to_string()]));
+    // Not root: refused by the socket's permissions, and said so. (A copy
+    // of the binary in the lab's world-readable directory, so that the
+    // unprivileged user can run it wherever the build tree lives.)
+    let copy = lab.dir.join("forwarder");
+    std::fs::copy(&bin, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(["stats", "--control"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("permission denied"), "{err}");
     drop(held);
     fwd.stop().unwrap();
     // Once the daemon is gone the CLI says so plainly.

@@ -83,6 +83,43 @@ pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     }
 }
 
+#[derive(Args, Debug)]
+pub struct RulesArgs {
+    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub control: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn rules(args: &RulesArgs) -> anyhow::Result<()> {
+    let v = ask(&args.control, &Request::Rules)?;
+    if args.json {
+        println!("{v}");
+        return Ok(());
+    }
+    for r in v.as_array().into_iter().flatten() {
+        println!("{:>3}  {:<40} {}", r["id"], r["rule"].as_str().unwrap_or(""), r["origin"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub control: PathBuf,
+    /// Where to write the running configuration (atomically).
+    #[arg(default_value = "/etc/forwarder.toml")]
+    pub file: PathBuf,
+}
+
+pub fn save(args: &SaveArgs) -> anyhow::Result<()> {
+    // The daemon writes the file: give it an absolute path.
+    let file = std::path::absolute(&args.file)?;
+    let v = ask(&args.control, &Request::Save { path: file })?;
+    println!("saved the running configuration to {}", v["path"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct FilterArgs {
     /// Only connections of this rule id.

@@ -21,6 +21,11 @@ pub enum Command {
     Run(Box<run::RunArgs>),
     /// Counters of a running daemon: per rule, drops by reason, conntrack use.
     Stats(client::StatsArgs),
+    /// The running daemon's rules (id, rule, origin).
+    Rules(client::RulesArgs),
+    /// Write the running daemon's configuration to a file, atomically
+    /// (what `forwarder run --config` reads back, e.g. after a reboot).
+    Save(client::SaveArgs),
     /// Tracked connections of a running daemon: list or flush.
     Conntrack(client::ConntrackArgs),
     /// Remove a datapath left pinned by `forwarder run --persist` (or a

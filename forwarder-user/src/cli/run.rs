@@ -221,13 +221,13 @@ fn bind_control(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListen
 }
 
 /// One control request: read a JSON line, answer a JSON line.
-async fn answer_control(s: tokio::net::UnixStream, dp: &mut Datapath, rules: &[Rule]) -> anyhow::Result<()> {
+async fn answer_control(s: tokio::net::UnixStream, dp: &mut Datapath, settings: &Settings) -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let mut s = BufReader::new(s);
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(2), s.read_line(&mut line)).await.context("request timed out")??;
     let reply = match serde_json::from_str::<crate::control::Request>(&line) {
-        Ok(req) => match control_reply(req, dp, rules) {
+        Ok(req) => match control_reply(req, dp, settings) {
             Ok(data) => serde_json::json!({"ok": true, "data": data}),
             Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
         },
@@ -239,10 +239,24 @@ async fn answer_control(s: tokio::net::UnixStream, dp: &mut Datapath, rules: &[R
     Ok(())
 }
 
-fn control_reply(req: crate::control::Request, dp: &mut Datapath, rules: &[Rule]) -> anyhow::Result<serde_json::Value> {
-    use crate::control::{Request, connections};
+fn control_reply(req: crate::control::Request, dp: &mut Datapath, settings: &Settings) -> anyhow::Result<serde_json::Value> {
+    use crate::control::{Request, connections, write_atomically};
     Ok(match req {
-        Request::Stats => serde_json::to_value(dp.snapshot(rules)?)?,
+        Request::Stats => serde_json::to_value(dp.snapshot(&settings.rules)?)?,
+        Request::Rules => serde_json::Value::Array(
+            settings
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| serde_json::json!({"id": i, "rule": r.to_string(), "origin": r.origin}))
+                .collect(),
+        ),
+        Request::Save { path } => {
+            let text = format!("# saved by `forwarder save` from the running daemon\n{}", settings.to_toml());
+            write_atomically(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+            log::info!("saved the running configuration to {}", path.display());
+            serde_json::json!({ "path": path })
+        }
         Request::Conntrack { filter } => {
             let conns: Vec<_> = connections(&dp.flows()?, monotonic_ns()).into_iter().map(|c| c.0).filter(|c| filter.matches(c)).collect();
             serde_json::to_value(conns)?
@@ -328,7 +342,7 @@ async fn serve(
             }
             conn = control.accept() => {
                 if let Ok((s, _)) = conn
-                    && let Err(e) = answer_control(s, dp, &settings.rules).await {
+                    && let Err(e) = answer_control(s, dp, settings).await {
                         log::warn!("control request: {e:#}");
                     }
             }
