@@ -43,6 +43,10 @@ pub enum Request {
     },
     /// The running rules: id, rule, where it came from.
     Rules,
+    /// Add a rule (`PROTO:PORTS…` syntax); applied like a reload.
+    Add { spec: String },
+    /// Remove rule `id`; its connections keep their translation until they end.
+    Del { id: usize },
     /// Write the running configuration to `path` (atomically).
     Save { path: std::path::PathBuf },
 }

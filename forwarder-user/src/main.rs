@@ -12,7 +12,7 @@ async fn main() {
         Command::ImportIptables(args) => forwarder::cli::import::run(&args),
         Command::Check(args) => forwarder::cli::check::run(&args),
         Command::Stats(args) => forwarder::cli::client::stats(&args),
-        Command::Rules(args) => forwarder::cli::client::rules(&args),
+        Command::Rule(args) => forwarder::cli::client::rule(&args),
         Command::Save(args) => forwarder::cli::client::save(&args),
         Command::Conntrack(args) => forwarder::cli::client::conntrack(&args),
         Command::Teardown(args) => forwarder::cli::teardown::run(&args),

@@ -1244,7 +1244,7 @@ fn control_socket_stats_and_conntrack() {
     let (_, after, _) = cli(&["conntrack", "list", "--json"]);
     assert_eq!(after.trim(), "[]");
     // The running rules, and a save that reads back as the same config.
-    let (ok, rules, err) = cli(&["rules", "--json"]);
+    let (ok, rules, err) = cli(&["rule", "list", "--json"]);
     assert!(ok && rules.contains("tcp:8080=192.168.1.50:80"), "{rules} {err}");
     let saved = lab.dir.join("saved.toml");
     let (ok, _, err) = cli(&["save", saved.to_str().unwrap()]);
@@ -1274,4 +1274,56 @@ fn control_socket_stats_and_conntrack() {
     let (ok, _, err) = cli(&["stats"]);
     assert!(!ok && err.contains("forwarder is not running"), "{err}");
     assert!(!sock.exists(), "the socket outlived the daemon");
+}
+
+#[test]
+fn rule_add_and_del_at_runtime() {
+    let lab = forwarder_testkit::Lab::new().unwrap();
+    let bpf = BpfFs::mount(lab.dir.join("bpf"));
+    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--pin-dir", bpf.0.to_str().unwrap()]).unwrap();
+    let sock = lab.dir.join("control.sock");
+    let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(&bin).args(args).arg("--control").arg(&sock).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let echo = std::thread::spawn(move || {
+        for s in listener.incoming().take(2) {
+            let mut s = s.unwrap();
+            std::thread::spawn(move || {
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).is_ok() {
+                    s.write_all(&b).unwrap();
+                }
+            });
+        }
+    });
+    let connect = |port: u16| lab.client.enter(move || TcpStream::connect_timeout(&public(port), Duration::from_secs(3)).map_err(|e| e.kind())).unwrap().join().unwrap();
+    let roundtrip = |s: &mut TcpStream| {
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).is_ok()
+    };
+    let mut old = connect(8080).unwrap();
+    // A bad rule is refused before it reaches the daemon, naming the value.
+    let (ok, out) = cli(&["rule", "add", "tcp:99999=192.168.1.50:80"]);
+    assert!(!ok && out.contains("99999"), "{out}");
+    let (ok, out) = cli(&["rule", "add", "tcp:9090=192.168.1.50:80"]);
+    assert!(ok && out.contains("added rule 1"), "{out}");
+    assert!(roundtrip(&mut connect(9090).unwrap()));
+    // A duplicate is refused by the daemon; nothing changes.
+    let (ok, out) = cli(&["rule", "add", "tcp:9090=192.168.1.50:81"]);
+    assert!(!ok && out.contains("duplicate rule"), "{out}");
+    let (ok, out) = cli(&["rule", "del", "0"]);
+    assert!(ok && out.contains("tcp:8080=192.168.1.50:80"), "{out}");
+    // The removed rule's live connection keeps working; new ones are refused.
+    assert!(roundtrip(&mut old), "an established connection of a removed rule was cut");
+    assert_eq!(connect(8080).unwrap_err(), std::io::ErrorKind::ConnectionRefused);
+    let (_, list) = cli(&["rule", "list"]);
+    assert!(list.contains("tcp:9090") && !list.contains("tcp:8080"), "{list}");
+    drop(old);
+    fwd.stop().unwrap();
+    drop(echo);
+    assert_no_csum_errors(&lab);
 }

@@ -83,22 +83,51 @@ pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     }
 }
 
-#[derive(Args, Debug)]
-pub struct RulesArgs {
-    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
-    pub control: PathBuf,
-    #[arg(long)]
-    pub json: bool,
+#[derive(Subcommand, Debug)]
+pub enum RuleCmd {
+    /// The running rules: id, rule, where it came from.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a rule (`PROTO:PORTS[@IFACE]=ADDR[:PORTS][,…]`), live at once;
+    /// needs the daemon's --pin-dir. `forwarder save` makes it permanent.
+    Add { spec: String },
+    /// Remove rule ID; its connections keep their translation until they
+    /// end (flush them with `forwarder conntrack flush --rule ID`).
+    Del { id: usize },
 }
 
-pub fn rules(args: &RulesArgs) -> anyhow::Result<()> {
-    let v = ask(&args.control, &Request::Rules)?;
-    if args.json {
-        println!("{v}");
-        return Ok(());
-    }
-    for r in v.as_array().into_iter().flatten() {
-        println!("{:>3}  {:<40} {}", r["id"], r["rule"].as_str().unwrap_or(""), r["origin"].as_str().unwrap_or(""));
+#[derive(Args, Debug)]
+pub struct RuleArgs {
+    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH", global = true)]
+    pub control: PathBuf,
+    #[command(subcommand)]
+    pub cmd: RuleCmd,
+}
+
+pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
+    match &args.cmd {
+        RuleCmd::List { json } => {
+            let v = ask(&args.control, &Request::Rules)?;
+            if *json {
+                println!("{v}");
+                return Ok(());
+            }
+            for r in v.as_array().into_iter().flatten() {
+                println!("{:>3}  {:<40} {}", r["id"], r["rule"].as_str().unwrap_or(""), r["origin"].as_str().unwrap_or(""));
+            }
+        }
+        RuleCmd::Add { spec } => {
+            // Refuse a bad rule here already, naming the value.
+            crate::config::Rule::parse_spec(spec)?;
+            let v = ask(&args.control, &Request::Add { spec: spec.clone() })?;
+            println!("added rule {}: {spec}", v["id"]);
+        }
+        RuleCmd::Del { id } => {
+            let v = ask(&args.control, &Request::Del { id: *id })?;
+            println!("removed rule {id}: {}", v["removed"].as_str().unwrap_or("?"));
+        }
     }
     Ok(())
 }

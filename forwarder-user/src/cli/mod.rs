@@ -21,8 +21,9 @@ pub enum Command {
     Run(Box<run::RunArgs>),
     /// Counters of a running daemon: per rule, drops by reason, conntrack use.
     Stats(client::StatsArgs),
-    /// The running daemon's rules (id, rule, origin).
-    Rules(client::RulesArgs),
+    /// The running daemon's rules: list, add, del (changes apply at once,
+    /// atomically, like a reload).
+    Rule(client::RuleArgs),
     /// Write the running daemon's configuration to a file, atomically
     /// (what `forwarder run --config` reads back, e.g. after a reboot).
     Save(client::SaveArgs),

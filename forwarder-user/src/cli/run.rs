@@ -220,22 +220,58 @@ fn bind_control(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListen
     Ok(l)
 }
 
-/// One control request: read a JSON line, answer a JSON line.
-async fn answer_control(s: tokio::net::UnixStream, dp: &mut Datapath, settings: &Settings) -> anyhow::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut s = BufReader::new(s);
+/// Reads one control request line.
+async fn read_request(s: tokio::net::UnixStream) -> (anyhow::Result<crate::control::Request>, tokio::net::UnixStream) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut r = BufReader::new(s);
     let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_line(&mut line)).await.context("request timed out")??;
-    let reply = match serde_json::from_str::<crate::control::Request>(&line) {
-        Ok(req) => match control_reply(req, dp, settings) {
-            Ok(data) => serde_json::json!({"ok": true, "data": data}),
-            Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
-        },
-        Err(e) => serde_json::json!({"ok": false, "error": format!("bad request `{}`: {e}", line.trim())}),
+    let req = match tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line)).await {
+        Ok(Ok(_)) => serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("bad request `{}`: {e}", line.trim())),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(anyhow::anyhow!("request timed out")),
     };
-    let mut out = serde_json::to_vec(&reply)?;
+    (req, r.into_inner())
+}
+
+/// Answers one control request with a JSON line.
+async fn write_reply(s: &mut tokio::net::UnixStream, reply: anyhow::Result<serde_json::Value>) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let v = match reply {
+        Ok(data) => serde_json::json!({"ok": true, "data": data}),
+        Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+    };
+    let mut out = serde_json::to_vec(&v)?;
     out.push(b'\n');
-    s.get_mut().write_all(&out).await?;
+    s.write_all(&out).await?;
+    Ok(())
+}
+
+/// Builds a datapath for `next` and swaps it in (one link update); on any
+/// error nothing running changes. Needs `--pin-dir`: the connection table
+/// must outlive the swap.
+fn swap(
+    args: &RunArgs,
+    pins: Option<&Pins>,
+    next: Settings,
+    dp: &mut Datapath,
+    settings: &mut Settings,
+    compiled: &mut crate::config::Compiled,
+    klog: &mut tokio::io::unix::AsyncFd<crate::loader::KernelLogger>,
+) -> anyhow::Result<()> {
+    let Some(p) = pins else {
+        anyhow::bail!("changing rules at runtime needs --pin-dir (the connection table must outlive the swap); restart instead");
+    };
+    let (mut new_dp, new_settings, new_compiled) = reload(args, p, next)?;
+    let new_logger = new_dp.take_logger().context("kernel log channel")?;
+    // SAFETY: as for the first logger.
+    *klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(new_logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))?;
+    *dp = new_dp;
+    *settings = new_settings;
+    *compiled = new_compiled;
+    for r in &settings.rules {
+        log::info!("rule {r} ({})", r.origin);
+    }
     Ok(())
 }
 
@@ -251,6 +287,7 @@ fn control_reply(req: crate::control::Request, dp: &mut Datapath, settings: &Set
                 .map(|(i, r)| serde_json::json!({"id": i, "rule": r.to_string(), "origin": r.origin}))
                 .collect(),
         ),
+        Request::Add { .. } | Request::Del { .. } => anyhow::bail!("rule changes are applied by the daemon loop"),
         Request::Save { path } => {
             let text = format!("# saved by `forwarder save` from the running daemon\n{}", settings.to_toml());
             write_atomically(&path, &text).with_context(|| format!("writing {}", path.display()))?;
@@ -273,8 +310,7 @@ fn control_reply(req: crate::control::Request, dp: &mut Datapath, settings: &Set
 /// SIGHUP: a new datapath from the re-read configuration, filled, then
 /// swapped into the pinned links in one step; the conntrack table carries
 /// over. Any error leaves the running datapath as it was.
-fn reload(args: &RunArgs, pins: &Pins) -> anyhow::Result<(Datapath, Settings, crate::config::Compiled)> {
-    let settings = args.settings()?;
+fn reload(args: &RunArgs, pins: &Pins, settings: Settings) -> anyhow::Result<(Datapath, Settings, crate::config::Compiled)> {
     let compiled = settings.compile(iface::index)?;
     let mut dp = Datapath::load_pinned(settings.conntrack.max_connections, Some(pins))?;
     dp.configure(&compiled)?;
@@ -341,30 +377,35 @@ async fn serve(
                 }
             }
             conn = control.accept() => {
-                if let Ok((s, _)) = conn
-                    && let Err(e) = answer_control(s, dp, settings).await {
-                        log::warn!("control request: {e:#}");
+                let Ok((s, _)) = conn else { continue };
+                let (req, mut s) = read_request(s).await;
+                let reply = match req {
+                    Ok(crate::control::Request::Add { spec }) => {
+                        let mut next = settings.clone();
+                        Rule::parse_spec(&spec).map_err(anyhow::Error::from).and_then(|r| {
+                            next.rules.push(r);
+                            swap(args, pins, next, dp, settings, compiled, &mut klog).map(|()| serde_json::json!({"id": settings.rules.len() - 1}))
+                        })
                     }
+                    Ok(crate::control::Request::Del { id }) => {
+                        let mut next = settings.clone();
+                        if id < next.rules.len() {
+                            let gone = next.rules.remove(id);
+                            swap(args, pins, next, dp, settings, compiled, &mut klog).map(|()| serde_json::json!({"removed": gone.to_string()}))
+                        } else {
+                            Err(anyhow::anyhow!("no rule {id} (see `forwarder rule list`)"))
+                        }
+                    }
+                    Ok(other) => control_reply(other, dp, settings),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = write_reply(&mut s, reply).await {
+                    log::warn!("control request: {e:#}");
+                }
             }
             _ = hup.recv() => {
-                let Some(p) = pins else {
-                    log::warn!("SIGHUP: reloading needs --pin-dir (the connection table must outlive the swap); restart instead");
-                    continue;
-                };
-                match reload(args, p) {
-                    Ok((mut new_dp, new_settings, new_compiled)) => {
-                        let new_logger = new_dp.take_logger().context("kernel log channel")?;
-                        // SAFETY: as for the first logger.
-                        klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(new_logger, tokio::io::Interest::READABLE) }
-                            .map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))?;
-                        *dp = new_dp;
-                        *settings = new_settings;
-                        *compiled = new_compiled;
-                        for r in &settings.rules {
-                            log::info!("rule {r} ({})", r.origin);
-                        }
-                        log::info!("SIGHUP: reloaded, {} rule(s) live at once; existing connections keep their translation", settings.rules.len());
-                    }
+                match args.settings().and_then(|next| swap(args, pins, next, dp, settings, compiled, &mut klog)) {
+                    Ok(()) => log::info!("SIGHUP: reloaded, {} rule(s) live at once; existing connections keep their translation", settings.rules.len()),
                     Err(e) => log::error!("SIGHUP: reload refused, the running configuration is unchanged: {e:#}"),
                 }
             }
