@@ -87,7 +87,8 @@ fn sweep_stale() {
 }
 
 impl Lab {
-    pub fn new() -> Result<Self> {
+    /// Three empty namespaces (four with a router) and a scratch dir.
+    fn empty(router: bool, addrs: Addrs) -> Result<Self> {
         sweep_stale();
         let id = format!("{PREFIX}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join(&id);
@@ -95,7 +96,12 @@ impl Lab {
         let client = Netns::create(&format!("{id}-c"))?;
         let gateway = Netns::create(&format!("{id}-g"))?;
         let server = Netns::create(&format!("{id}-s"))?;
-        let lab = Self { procs: Vec::new(), id, addrs: ADDRS, client, gateway, server, router: None, dir };
+        let router = if router { Some(Netns::create(&format!("{id}-r"))?) } else { None };
+        Ok(Self { procs: Vec::new(), id, addrs, client, gateway, server, router, dir })
+    }
+
+    pub fn new() -> Result<Self> {
+        let lab = Self::empty(false, ADDRS)?;
         lab.wire().with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
     }
@@ -109,16 +115,7 @@ impl Lab {
     /// gateway int0 192.168.1.1 ── r0 192.168.1.254 | r1 192.168.2.1 (mtu) ── eth0 192.168.2.50 server
     /// ```
     pub fn with_router(mtu: u32) -> Result<Self> {
-        sweep_stale();
-        let id = format!("{PREFIX}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(&id);
-        std::fs::create_dir_all(&dir)?;
-        let client = Netns::create(&format!("{id}-c"))?;
-        let gateway = Netns::create(&format!("{id}-g"))?;
-        let server = Netns::create(&format!("{id}-s"))?;
-        let router = Netns::create(&format!("{id}-r"))?;
-        let addrs = Addrs { server: Ipv4Addr::new(192, 168, 2, 50), ..ADDRS };
-        let lab = Self { procs: Vec::new(), id, addrs, client, gateway, server, router: Some(router), dir };
+        let lab = Self::empty(true, Addrs { server: Ipv4Addr::new(192, 168, 2, 50), ..ADDRS })?;
         lab.wire_routed(mtu).with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
     }
