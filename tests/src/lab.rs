@@ -72,17 +72,29 @@ pub struct Lab {
     pub dir: PathBuf,
 }
 
-/// Deletes namespaces of labs whose process is gone (a killed run).
+/// Deletes namespaces and scratch directories of labs whose process is
+/// gone (a killed run).
 fn sweep_stale() {
+    let dead = |name: &str| {
+        name.strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('x').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !PathBuf::from(format!("/proc/{pid}")).exists())
+    };
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            if dead(&e.file_name().to_string_lossy()) {
+                let _ = Command::new("umount").arg("-l").arg(e.path().join("bpf")).stderr(std::process::Stdio::null()).status();
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let Ok(out) = run(Command::new("ip").args(["netns", "list"])) else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let pid: Option<u32> = rest.split('x').next().and_then(|p| p.parse().ok());
-        if let Some(pid) = pid
-            && !PathBuf::from(format!("/proc/{pid}")).exists() {
-                let _ = run(Command::new("ip").args(["netns", "del", name]));
-            }
+        if dead(name) {
+            let _ = run(Command::new("ip").args(["netns", "del", name]));
+        }
     }
 }
 
