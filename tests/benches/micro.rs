@@ -22,17 +22,7 @@ use forwarder_common::{
     abi::{PROG_BENCH_FIB, PROG_BENCH_PASS, PROG_XDP},
     csum,
 };
-use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
-
-fn mac(ns: &forwarder_testkit::Netns, ifname: &str) -> [u8; 6] {
-    let s = ns.exec("cat", &[&format!("/sys/class/net/{ifname}/address")]).unwrap();
-    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    v.try_into().unwrap()
-}
-
-fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
+use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab, fmt_mac};
 
 #[expect(clippy::too_many_arguments, reason = "a frame is all of these")]
 fn tcp(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
@@ -78,7 +68,7 @@ fn main() {
     let (calls, reps) = if quick { (5_000, 3) } else { (50_000, 5) };
     let t0 = Instant::now();
     let lab = Lab::new().expect("lab (needs root)");
-    let (client_mac, gw_pub_mac, gw_int_mac, server_mac) = (mac(&lab.client, "eth0"), mac(&lab.gateway, GW_PUBLIC_IF), mac(&lab.gateway, GW_INTERNAL_IF), mac(&lab.server, "eth0"));
+    let (client_mac, gw_pub_mac, gw_int_mac, server_mac) = (lab.client.mac("eth0").unwrap(), lab.gateway.mac(GW_PUBLIC_IF).unwrap(), lab.gateway.mac(GW_INTERNAL_IF).unwrap(), lab.server.mac("eth0").unwrap());
     lab.gateway.ip(&["neigh", "replace", &ADDRS.client.to_string(), "lladdr", &fmt_mac(client_mac), "dev", GW_PUBLIC_IF, "nud", "permanent"]).unwrap();
     lab.gateway.ip(&["neigh", "replace", &ADDRS.server.to_string(), "lladdr", &fmt_mac(server_mac), "dev", GW_INTERNAL_IF, "nud", "permanent"]).unwrap();
     lab.gateway.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();

@@ -14,5 +14,5 @@ pub mod netns;
 pub mod proc;
 
 pub use lab::{ADDRS, Addrs, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, test_mode};
-pub use netns::Netns;
+pub use netns::{Netns, fmt_mac};
 pub use proc::{Forwarder, Spawned};

@@ -22,6 +22,11 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// `aa:bb:cc:dd:ee:ff`, as `ip neigh` takes it.
+pub fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 impl Netns {
     pub fn create(name: &str) -> Result<Self> {
         run(Command::new("ip").args(["netns", "add", name]))?;
@@ -41,6 +46,13 @@ impl Netns {
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         let out = run(self.command(program).args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The MAC address of `ifname` in the namespace.
+    pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
+        let s = self.exec("cat", &[&format!("/sys/class/net/{ifname}/address")])?;
+        let bytes = s.trim().split(':').map(|h| u8::from_str_radix(h, 16)).collect::<Result<Vec<u8>, _>>().with_context(|| format!("MAC address of {ifname} in {}: {s:?}", self.name))?;
+        bytes.try_into().map_err(|b: Vec<u8>| anyhow::anyhow!("MAC address of {ifname} in {}: {} bytes", self.name, b.len()))
     }
 
     /// `ip ARGS` in the namespace.

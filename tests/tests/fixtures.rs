@@ -19,17 +19,11 @@ use forwarder_common::{
     csum,
     nat::Tuple,
 };
-use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
+use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab, fmt_mac};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
-
-fn mac(lab_ns: &forwarder_testkit::Netns, ifname: &str) -> [u8; 6] {
-    let s = lab_ns.exec("cat", &[&format!("/sys/class/net/{ifname}/address")]).unwrap();
-    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    v.try_into().unwrap()
-}
 
 struct Macs {
     client: [u8; 6],
@@ -134,10 +128,10 @@ const RULES: [&str; 4] = ["tcp:8080=192.168.1.50:80", "udp:5353=192.168.1.50:53"
 fn in_gateway(f: impl FnOnce(&Datapath, &Macs, u32, u32, &str) + Send + 'static) {
     let lab = Lab::new().unwrap();
     let m = Macs {
-        client: mac(&lab.client, "eth0"),
-        gw_pub: mac(&lab.gateway, GW_PUBLIC_IF),
-        gw_int: mac(&lab.gateway, GW_INTERNAL_IF),
-        server: mac(&lab.server, "eth0"),
+        client: lab.client.mac("eth0").unwrap(),
+        gw_pub: lab.gateway.mac(GW_PUBLIC_IF).unwrap(),
+        gw_int: lab.gateway.mac(GW_INTERNAL_IF).unwrap(),
+        server: lab.server.mac("eth0").unwrap(),
     };
     // Routes exist; make the neighbours permanent so the FIB says SUCCESS.
     lab.gateway.ip(&["neigh", "replace", &ADDRS.client.to_string(), "lladdr", &fmt_mac(m.client), "dev", GW_PUBLIC_IF, "nud", "permanent"]).unwrap();
@@ -187,10 +181,6 @@ fn fixture_table_through_the_xdp_program() {
             check(dp, "neighbour unknown", &syn, pub_if, XDP_PASS, &handed(&syn));
             assert_eq!(dp.flows().unwrap().len(), flows_before, "state created for a packet XDP did not send");
     });
-}
-
-fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn snat_port(client: Ipv4Addr, cport: u16, dport: u16) -> u16 {

@@ -852,13 +852,6 @@ fn gateway_answers_fragmentation_needed_when_its_own_link_is_smaller() {
     assert_no_csum_errors(&lab);
 }
 
-/// The MAC address of `ifname` in `ns`.
-fn mac_of(ns: &forwarder_testkit::Netns, ifname: &str) -> [u8; 6] {
-    let s = ns.exec("cat", &[&format!("/sys/class/net/{ifname}/address")]).unwrap();
-    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    v.try_into().unwrap()
-}
-
 #[test]
 fn vlan_tagged_public_side() {
     // The client sends 802.1Q-tagged frames (VLAN 100) to the public side;
@@ -876,7 +869,7 @@ fn vlan_tagged_public_side() {
     });
     let mut dump = capture_one(&lab.client, &["-e", "udp and src port 5353"]);
     let mut frame = Vec::new();
-    etherparse::PacketBuilder::ethernet2(mac_of(&lab.client, "eth0"), mac_of(&lab.gateway, "pub0"))
+    etherparse::PacketBuilder::ethernet2(lab.client.mac("eth0").unwrap(), lab.gateway.mac("pub0").unwrap())
         .single_vlan(100.try_into().unwrap())
         .ipv4(ADDRS.client.octets(), ADDRS.gw_public.octets(), 64)
         .udp(41000, 5353)
