@@ -22,7 +22,7 @@ use forwarder_common::{
     abi::{PROG_BENCH_FIB, PROG_BENCH_PASS, PROG_XDP},
     csum,
 };
-use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab, fmt_mac};
+use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
 
 #[expect(clippy::too_many_arguments, reason = "a frame is all of these")]
 fn tcp(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
@@ -68,10 +68,8 @@ fn main() {
     let (calls, reps) = if quick { (5_000, 3) } else { (50_000, 5) };
     let t0 = Instant::now();
     let lab = Lab::new().expect("lab (needs root)");
-    let (client_mac, gw_pub_mac, gw_int_mac, server_mac) = (lab.client.mac("eth0").unwrap(), lab.gateway.mac(GW_PUBLIC_IF).unwrap(), lab.gateway.mac(GW_INTERNAL_IF).unwrap(), lab.server.mac("eth0").unwrap());
-    lab.gateway.ip(&["neigh", "replace", &ADDRS.client.to_string(), "lladdr", &fmt_mac(client_mac), "dev", GW_PUBLIC_IF, "nud", "permanent"]).unwrap();
-    lab.gateway.ip(&["neigh", "replace", &ADDRS.server.to_string(), "lladdr", &fmt_mac(server_mac), "dev", GW_INTERNAL_IF, "nud", "permanent"]).unwrap();
-    lab.gateway.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    let macs = lab.prime_gateway().unwrap();
+    let (client_mac, gw_pub_mac, gw_int_mac, server_mac) = (macs.client, macs.gw_pub, macs.gw_int, macs.server);
     let cases = lab
         .gateway
         .enter(move || {

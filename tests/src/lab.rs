@@ -21,9 +21,18 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    netns::{Netns, run},
+    netns::{Netns, fmt_mac, run},
     proc::{Forwarder, Spawned, forwarder_bin},
 };
+
+/// The MAC addresses on the forwarding path of a lab.
+#[derive(Clone, Copy, Debug)]
+pub struct Macs {
+    pub client: [u8; 6],
+    pub gw_pub: [u8; 6],
+    pub gw_int: [u8; 6],
+    pub server: [u8; 6],
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Addrs {
@@ -110,6 +119,17 @@ impl Lab {
         let server = Netns::create(&format!("{id}-s"))?;
         let router = if router { Some(Netns::create(&format!("{id}-r"))?) } else { None };
         Ok(Self { procs: Vec::new(), id, addrs, client, gateway, server, router, dir })
+    }
+
+    /// Readies the gateway for `BPF_PROG_TEST_RUN` frames: client and server
+    /// become permanent neighbours (so the FIB lookup says SUCCESS) and
+    /// forwarding is on. Returns the MACs the frames carry.
+    pub fn prime_gateway(&self) -> Result<Macs> {
+        let m = Macs { client: self.client.mac("eth0")?, gw_pub: self.gateway.mac(GW_PUBLIC_IF)?, gw_int: self.gateway.mac(GW_INTERNAL_IF)?, server: self.server.mac("eth0")? };
+        self.gateway.ip(&["neigh", "replace", &self.addrs.client.to_string(), "lladdr", &fmt_mac(m.client), "dev", GW_PUBLIC_IF, "nud", "permanent"])?;
+        self.gateway.ip(&["neigh", "replace", &self.addrs.server.to_string(), "lladdr", &fmt_mac(m.server), "dev", GW_INTERNAL_IF, "nud", "permanent"])?;
+        self.gateway.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(m)
     }
 
     pub fn new() -> Result<Self> {

@@ -19,18 +19,11 @@ use forwarder_common::{
     csum,
     nat::Tuple,
 };
-use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab, fmt_mac};
+use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab, Macs};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
-
-struct Macs {
-    client: [u8; 6],
-    gw_pub: [u8; 6],
-    gw_int: [u8; 6],
-    server: [u8; 6],
-}
 
 enum L4<'a> {
     Tcp { sport: u16, dport: u16, seq: u32, flags: &'a str },
@@ -127,16 +120,7 @@ const RULES: [&str; 4] = ["tcp:8080=192.168.1.50:80", "udp:5353=192.168.1.50:53"
 /// inside the gateway namespace with (datapath, MACs, pub0, int0, netns).
 fn in_gateway(f: impl FnOnce(&Datapath, &Macs, u32, u32, &str) + Send + 'static) {
     let lab = Lab::new().unwrap();
-    let m = Macs {
-        client: lab.client.mac("eth0").unwrap(),
-        gw_pub: lab.gateway.mac(GW_PUBLIC_IF).unwrap(),
-        gw_int: lab.gateway.mac(GW_INTERNAL_IF).unwrap(),
-        server: lab.server.mac("eth0").unwrap(),
-    };
-    // Routes exist; make the neighbours permanent so the FIB says SUCCESS.
-    lab.gateway.ip(&["neigh", "replace", &ADDRS.client.to_string(), "lladdr", &fmt_mac(m.client), "dev", GW_PUBLIC_IF, "nud", "permanent"]).unwrap();
-    lab.gateway.ip(&["neigh", "replace", &ADDRS.server.to_string(), "lladdr", &fmt_mac(m.server), "dev", GW_INTERNAL_IF, "nud", "permanent"]).unwrap();
-    lab.gateway.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    let m = lab.prime_gateway().unwrap();
     let gw_ns = lab.gateway.name.clone();
     lab.gateway
         .enter(move || {
