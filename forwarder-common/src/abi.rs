@@ -16,7 +16,11 @@ pub const PROG_XDP_CSUM: &str = "forwarder_xdp_csum";
 /// program and a bare FIB-lookup + redirect one.
 pub const PROG_BENCH_PASS: &str = "bench_xdp_pass";
 pub const PROG_BENCH_FIB: &str = "bench_xdp_fib";
-/// Program array of [`PROG_XDP`]'s tail calls; index 0 = [`PROG_XDP_CSUM`].
+/// XDP program reached by tail call from [`PROG_XDP`] for the first
+/// packet of a connection: emits its audit event, then finishes it.
+pub const PROG_XDP_NEW: &str = "forwarder_xdp_new";
+/// Program array of [`PROG_XDP`]'s tail calls; index 0 = [`PROG_XDP_CSUM`],
+/// 1 = [`PROG_XDP_NEW`].
 pub const MAP_XDP_TAILS: &str = "FWD_XDP_TAILS";
 /// TC clsact ingress program: takes what XDP cannot finish (unresolved
 /// neighbour, egress not in the devmap) with `bpf_redirect_neigh`.
@@ -266,12 +270,68 @@ pub struct Config {
     pub snat_port_max: u16,
     /// How many candidate ports to try before giving up on a new flow.
     pub snat_attempts: u32,
+    /// Audit events each CPU may emit per second (0: no events).
+    pub audit_rate: u32,
+    /// Events a CPU may emit at once after a quiet spell (bucket depth).
+    pub audit_burst: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { snat_port_min: DEFAULT_SNAT_PORT_MIN, snat_port_max: DEFAULT_SNAT_PORT_MAX, snat_attempts: DEFAULT_SNAT_ATTEMPTS }
+        Self {
+            snat_port_min: DEFAULT_SNAT_PORT_MIN,
+            snat_port_max: DEFAULT_SNAT_PORT_MAX,
+            snat_attempts: DEFAULT_SNAT_ATTEMPTS,
+            audit_rate: 0,
+            audit_burst: 0,
+        }
     }
+}
+
+/// Audit events, kernel → daemon: a ring buffer of [`AuditEvent`]s, one
+/// per new connection attempt to a forwarded port (accepted or denied by a
+/// source list), rate-limited per CPU by [`MAP_AUDIT_BUCKET`]; what the
+/// limit or a full ring refused is counted (`stats::AUDIT_*`).
+pub const MAP_EVENTS: &str = "FWD_EVENTS";
+/// Size of [`MAP_EVENTS`] in bytes (a power of two): 4096 events.
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Per-CPU token bucket of the audit rate limit
+/// ([`crate::audit::TokenBucket`]).
+pub const MAP_AUDIT_BUCKET: &str = "FWD_AUDIT_BUCKET";
+
+/// [`AuditEvent::verdict`]: the connection was translated and forwarded.
+pub const AUDIT_ACCEPTED: u8 = 1;
+/// [`AuditEvent::verdict`]: refused by the rule's source allow-list.
+pub const AUDIT_DENIED: u8 = 2;
+
+/// One new connection attempt, as the datapath saw it. Addresses and ports
+/// in network order; for a denied attempt the backend is the rule's target
+/// and the masquerade source is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct AuditEvent {
+    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) when the packet was seen.
+    pub ts_ns: u64,
+    pub rule_id: u32,
+    /// Interface the packet arrived on.
+    pub ifindex: u32,
+    pub client: [u8; 4],
+    /// The gateway address the client called.
+    pub public: [u8; 4],
+    pub backend: [u8; 4],
+    /// Masquerade source (zero without masquerade or when denied).
+    pub snat: [u8; 4],
+    pub client_port: [u8; 2],
+    pub public_port: [u8; 2],
+    pub backend_port: [u8; 2],
+    pub snat_port: [u8; 2],
+    pub proto: u8,
+    /// `AUDIT_ACCEPTED` or `AUDIT_DENIED`.
+    pub verdict: u8,
+    /// TCP flags of the packet (0 for UDP).
+    pub tcp_flags: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Default masquerade port range: below Linux's default ephemeral range
@@ -293,7 +353,9 @@ const _: () = assert!(core::mem::size_of::<SrcKey>() == 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<AuditEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<crate::audit::TokenBucket>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -309,4 +371,6 @@ mod pod {
     unsafe impl aya::Pod for super::FragEntry {}
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::AuditEvent {}
+    unsafe impl aya::Pod for crate::audit::TokenBucket {}
 }

@@ -14,9 +14,11 @@
 //! - [`icmp`]: rewriting the packet an ICMP error quotes.
 //! - [`conntrack`]: flow keys, the two-direction entry pair, SNAT port choice.
 //! - [`stats`]: counter and drop-reason indices.
+//! - [`audit`]: the rate limit of audit events.
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;
+pub mod audit;
 pub mod conntrack;
 pub mod csum;
 pub mod icmp;

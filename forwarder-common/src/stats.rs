@@ -65,8 +65,15 @@ pub const ICMP_FRAG_NEEDED_SENT: u32 = 23;
 /// error too large to forward: dropped.
 pub const DROP_TOO_BIG: u32 = 24;
 
+/// Audit events handed to the daemon (`abi::MAP_EVENTS`).
+pub const AUDIT_EVENTS: u32 = 25;
+/// Audit events not emitted: over the rate limit.
+pub const AUDIT_RATE_LIMITED: u32 = 26;
+/// Audit events not emitted: the ring was full (the daemon is behind).
+pub const AUDIT_RING_FULL: u32 = 27;
+
 /// Number of counters.
-pub const COUNT: u32 = 25;
+pub const COUNT: u32 = 28;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -95,4 +102,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "fragment_translated",
     "icmp_frag_needed_sent",
     "drop_too_big",
+    "audit_events",
+    "audit_rate_limited",
+    "audit_ring_full",
 ];

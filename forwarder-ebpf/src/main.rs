@@ -14,6 +14,7 @@
 #![no_std]
 #![no_main]
 
+mod audit;
 mod bench;
 mod csum;
 mod ctx;
@@ -40,6 +41,13 @@ pub fn forwarder_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn forwarder_xdp_csum(ctx: XdpContext) -> u32 {
     xdp::run_full_csum(&ctx)
+}
+
+/// Tail call of `forwarder_xdp` for the first packet of a connection:
+/// audit event, then rewrite and redirect.
+#[xdp]
+pub fn forwarder_xdp_new(ctx: XdpContext) -> u32 {
+    xdp::run_new_flow(&ctx)
 }
 
 /// Benchmark floor: does nothing.

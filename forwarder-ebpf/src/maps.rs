@@ -45,9 +45,9 @@ pub static FWD_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0
 #[map]
 pub static FWD_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// The XDP program's tail calls (see `xdp::TAIL_FULL_CSUM`).
+/// The XDP program's tail calls (`xdp::TAIL_FULL_CSUM`, `xdp::TAIL_NEW_FLOW`).
 #[map]
-pub static FWD_XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static FWD_XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// Hand-over from the XDP program to its tail call, one slot per CPU.
 #[map]

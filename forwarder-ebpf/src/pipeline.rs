@@ -61,6 +61,9 @@ pub struct Parsed {
     /// [`FRAG_NONE`], [`FRAG_FIRST`] (carries the L4 header) or
     /// [`FRAG_LATER`] (no L4 header; `tuple` ports are zero).
     pub fragment: u8,
+    /// The first packet of a connection `new_flow` just created: its
+    /// rule id + 1, for the audit event; 0 for every other packet.
+    pub audit_rule: u32,
 }
 
 pub const FRAG_NONE: u8 = 0;
@@ -172,6 +175,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         frame_len: p.len(),
         ip_id: ip.id,
         fragment,
+        audit_rule: 0,
     };
     if fragment == FRAG_LATER {
         return Ok(portless(0, 0));
@@ -216,6 +220,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         frame_len: p.len(),
         ip_id: ip.id,
         fragment,
+        audit_rule: 0,
     })
 }
 
@@ -429,7 +434,7 @@ fn match_rule<P: Packet>(p: &P, parsed: &Parsed) -> Option<(RuleTarget, bool)> {
 }
 
 #[inline(always)]
-fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
+fn new_flow<P: Packet>(p: &P, mut parsed: Parsed) -> Verdict {
     let Some((target, hairpin)) = match_rule(p, &parsed) else {
         return Verdict::Pass(stats::PASS_NOT_OURS);
     };
@@ -441,6 +446,10 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
         if let Some(s) = rule_stats(target.rule_id) {
             s.denied += 1;
         }
+        // SAFETY: helper without side effects.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let port = backend_port(&target, u16::from_be_bytes(parsed.tuple.dport));
+        crate::audit::emit(&crate::audit::denied(&parsed, &target, port, p.ingress_ifindex(), now));
         return Verdict::Drop(stats::DROP_SRC_DENIED);
     }
     // A stray RST must not create state.
@@ -522,6 +531,7 @@ fn new_flow<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
         s.orig_packets += 1;
         s.orig_bytes += u64::from(parsed.frame_len);
     }
+    parsed.audit_rule = target.rule_id + 1;
     match fib_verdict::<P>(&r, out) {
         Ok(fwd) => forward::<P>(parsed, fwd, target.rule_id, DIR_ORIGINAL),
         Err(v) => v,

@@ -74,6 +74,11 @@ pub fn run(ctx: &TcContext) -> i32 {
                     return crate::toobig::answer(ctx, u32::from(fwd.mtu));
                 }
             }
+            if parsed.audit_rule != 0 {
+                // SAFETY: helper without side effects.
+                let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+                crate::audit::emit(&crate::audit::accepted(&parsed, &fwd, crate::ctx::Packet::ingress_ifindex(ctx), now));
+            }
             let vlan = flow_vlan(&FlowKey::new(&parsed.tuple, parsed.proto));
             if rewrite(ctx, &parsed, &fwd).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);

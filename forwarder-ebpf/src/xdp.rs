@@ -40,6 +40,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
             XDP_PASS
         }
         Verdict::Forward(parsed, fwd) => {
+            if parsed.audit_rule != 0 {
+                // Returns only when the tail call is missing: forward
+                // without the event then.
+                tail_call(ctx, parsed, fwd, TAIL_NEW_FLOW);
+            }
             if needs_full_sum(&parsed) {
                 return tail_full_csum(ctx, parsed, fwd);
             }
@@ -126,20 +131,63 @@ pub struct FullCsum {
 
 /// Index of [`run_full_csum`]'s program in `FWD_XDP_TAILS`.
 pub const TAIL_FULL_CSUM: u32 = 0;
+/// Index of [`run_new_flow`]'s program in `FWD_XDP_TAILS`.
+pub const TAIL_NEW_FLOW: u32 = 1;
 
+/// Hands `parsed`/`fwd` to tail program `index`; returns only if that
+/// program is not installed.
 #[inline(always)]
-fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
+fn tail_call(ctx: &XdpContext, parsed: Parsed, fwd: Forward, index: u32) {
     if let Some(slot) = FWD_SCRATCH.get_ptr_mut(0) {
         // SAFETY: per-CPU slot; the tail call below runs on this CPU.
         unsafe {
             *slot = FullCsum { parsed, fwd };
-            FWD_XDP_TAILS.tail_call(ctx, TAIL_FULL_CSUM);
+            FWD_XDP_TAILS.tail_call(ctx, index);
         }
     }
+}
+
+#[inline(always)]
+fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
+    tail_call(ctx, parsed, fwd, TAIL_FULL_CSUM);
     // Only reached when the tail call is not installed: TC can do it.
     count(stats::XDP_TO_TC);
     hand_to_tc(ctx);
     XDP_PASS
+}
+
+/// The hand-over from [`tail_call`], with the L4 offset bounded again:
+/// values from a map are unknown to the verifier (Ethernet + 20..60 bytes
+/// of IPv4 header).
+#[inline(always)]
+fn scratch() -> Option<FullCsum> {
+    let mut plan = *FWD_SCRATCH.get(0)?;
+    if plan.parsed.l4_off < 34 || plan.parsed.l4_off > 74 {
+        return None;
+    }
+    plan.parsed.l4_off &= 0x7f;
+    Some(plan)
+}
+
+/// Entry of the tail program for the first packet of a connection: its
+/// audit event (kept out of the main program, whose verification the
+/// event's branches would multiply past the verifier's budget), then the
+/// rewrite and redirect.
+#[inline(always)]
+pub fn run_new_flow(ctx: &XdpContext) -> u32 {
+    let Some(FullCsum { parsed, fwd }) = scratch() else { return XDP_ABORTED };
+    // SAFETY: helper without side effects.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    crate::audit::emit(&crate::audit::accepted(&parsed, &fwd, ctx.ingress_ifindex() as u32, now));
+    if needs_full_sum(&parsed) {
+        // The scratch slot still holds the plan.
+        return tail_full_csum(ctx, parsed, fwd);
+    }
+    if rewrite(ctx, &parsed, &fwd).is_none() {
+        count(stats::PASS_MALFORMED);
+        return XDP_ABORTED;
+    }
+    redirect(&fwd)
 }
 
 /// Entry of the tail-called program: rewrite with a full L4 checksum
@@ -147,14 +195,7 @@ fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
 /// incremental fix cannot help), then redirect.
 #[inline(always)]
 pub fn run_full_csum(ctx: &XdpContext) -> u32 {
-    let Some(plan) = FWD_SCRATCH.get(0) else { return XDP_ABORTED };
-    let FullCsum { mut parsed, fwd } = *plan;
-    // Values from a map are unknown to the verifier: bound the offset again
-    // (Ethernet + 20..60 bytes of IPv4 header).
-    if parsed.l4_off < 34 || parsed.l4_off > 74 {
-        return XDP_ABORTED;
-    }
-    parsed.l4_off &= 0x7f;
+    let Some(FullCsum { parsed, fwd }) = scratch() else { return XDP_ABORTED };
     if full_csum_rewrite(ctx, &parsed, &fwd).is_none() {
         count(stats::PASS_MALFORMED);
         return XDP_ABORTED;

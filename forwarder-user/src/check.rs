@@ -5,10 +5,11 @@ use std::{fmt, path::Path, process::Command};
 
 use crate::{
     iface,
-    loader::{Datapath, XdpAttach},
+    loader::{Datapath, VERIFIER_BUDGET, XdpAttach},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
     Warn,
@@ -25,7 +26,7 @@ impl fmt::Display for Level {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Item {
     pub level: Level,
     pub what: String,
@@ -66,7 +67,18 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
         out.push(item(Level::Warn, "no kernel BTF (/sys/kernel/btf/vmlinux)", "not needed today; bpftool's views are poorer without it"));
     }
     match Datapath::load(1024) {
-        Ok(_) => out.push(item(Level::Ok, "datapath loads (verifier accepts all programs)", "")),
+        Ok(dp) => {
+            out.push(item(Level::Ok, "datapath loads (verifier accepts all programs)", ""));
+            for (name, n) in dp.verified_insns() {
+                if let Some(n) = n {
+                    // Not a gateway problem, but the first thing to know
+                    // when a kernel upgrade or a new feature nears the limit.
+                    let level = if n > VERIFIER_BUDGET / 10 * 9 { Level::Warn } else { Level::Ok };
+                    let fix = if level == Level::Warn { "the program is close to the verifier's limit: a newer kernel may refuse it; report it" } else { "" };
+                    out.push(item(level, format!("{name}: verifier processed {n} of {VERIFIER_BUDGET} instructions"), fix));
+                }
+            }
+        }
         Err(e) => out.push(item(Level::Fail, format!("datapath does not load: {e}"), "run as root on a kernel with BPF; the message says what the verifier refused")),
     }
     match read("/proc/sys/net/ipv4/ip_forward").as_deref() {
@@ -124,7 +136,7 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
 fn try_native_xdp(name: &str) -> Result<(), String> {
     let mut dp = Datapath::load(1024).map_err(|e| e.to_string())?;
     let spec = crate::config::IfaceSpec { name: name.to_string(), ifindex: iface::index(name).map_err(|e| e.to_string())?, role: 1, mode: crate::config::Mode::Xdp };
-    let compiled = crate::config::Compiled { ifaces: vec![spec], rules: vec![], sources: vec![], snat_ports: crate::config::PortRange::default(), conntrack: crate::config::ConntrackSettings::default() };
+    let compiled = crate::config::Compiled { ifaces: vec![spec], rules: vec![], sources: vec![], snat_ports: crate::config::PortRange::default(), conntrack: crate::config::ConntrackSettings::default(), audit: (0, 1) };
     dp.attach(&compiled, XdpAttach::Native).map_err(|e| e.to_string())
     // dropped here: detached
 }

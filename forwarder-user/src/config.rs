@@ -306,6 +306,7 @@ pub struct Settings {
     pub mode: Mode,
     /// Per-interface overrides (`--iface-mode IFACE=MODE`, `[modes]`).
     pub iface_modes: Vec<(String, Mode)>,
+    pub audit: crate::audit::AuditSettings,
 }
 
 /// Conntrack table size and timeouts.
@@ -385,6 +386,15 @@ struct FileConfig {
     modes: std::collections::BTreeMap<String, Mode>,
     #[serde(default)]
     rule: Vec<toml::Spanned<FileRule>>,
+    audit: Option<toml::Spanned<FileAudit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAudit {
+    rate: Option<i64>,
+    burst: Option<i64>,
+    syslog: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -436,6 +446,20 @@ impl Settings {
             }
             for (name, secs) in ct.timeouts {
                 self.conntrack.set_timeout(&name, secs).map_err(at)?;
+            }
+        }
+        if let Some(a) = file.audit {
+            let line = line_of(text, a.span().start);
+            let a = a.into_inner();
+            let at = |why: String| cfg_err(format!("line {line}: audit: {why}"));
+            if let Some(n) = a.rate {
+                self.audit.set_rate(n).map_err(at)?;
+            }
+            if let Some(n) = a.burst {
+                self.audit.set_burst(n).map_err(at)?;
+            }
+            if let Some(t) = a.syslog {
+                self.audit.syslog = Some(t.parse().map_err(at)?);
             }
         }
         if let Some(m) = file.mode {
@@ -497,6 +521,10 @@ impl Settings {
             "\n[conntrack]\nmax = {}\ntimeouts = {{ tcp_syn = {}, tcp_established = {}, tcp_fin = {}, tcp_close = {}, udp = {}, udp_stream = {} }}",
             self.conntrack.max_connections, t.tcp_syn, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp, t.udp_stream
         );
+        let _ = writeln!(s, "\n[audit]\nrate = {}\nburst = {}", self.audit.rate, self.audit.burst);
+        if let Some(t) = &self.audit.syslog {
+            let _ = writeln!(s, "syslog = \"{t}\"");
+        }
         for r in &self.rules {
             let _ = writeln!(s, "\n[[rule]]  # {}", r.origin);
             let _ = writeln!(s, "proto = \"{}\"", r.proto);
@@ -593,7 +621,7 @@ impl Settings {
         if sources.len() > abi::MAX_SRC_ENTRIES as usize {
             return Err(Error::Io(format!("{} source prefixes over all rules; at most {}", sources.len(), abi::MAX_SRC_ENTRIES)));
         }
-        Ok(Compiled { ifaces, rules: entries, sources, snat_ports: self.snat_ports, conntrack: self.conntrack })
+        Ok(Compiled { ifaces, rules: entries, sources, snat_ports: self.snat_ports, conntrack: self.conntrack, audit: (self.audit.rate, self.audit.burst) })
     }
 }
 
@@ -608,6 +636,8 @@ pub struct Compiled {
     pub sources: Vec<(u32, SrcKey)>,
     pub snat_ports: PortRange,
     pub conntrack: ConntrackSettings,
+    /// Audit events per second and burst, per CPU.
+    pub audit: (u32, u32),
 }
 
 #[cfg(test)]
@@ -765,16 +795,36 @@ mod tests {
     }
 
     #[test]
+    fn audit_settings() {
+        let mut s = Settings::default();
+        assert_eq!((s.audit.rate, s.audit.burst, s.audit.syslog), (crate::audit::DEFAULT_RATE, crate::audit::DEFAULT_BURST, None));
+        s.merge_toml(Path::new("c.toml"), "[audit]\nrate = 50\nburst = 5\nsyslog = \"tcp://10.0.0.5:601\"\n").unwrap();
+        assert_eq!((s.audit.rate, s.audit.burst, s.audit.syslog.unwrap().to_string()), (50, 5, "tcp://10.0.0.5:601".to_string()));
+        for (text, says) in [
+            ("\n\n[audit]\nsyslog = \"smtp://1.2.3.4:25\"\n", "c.toml: line 3: audit: syslog target `smtp://1.2.3.4:25`: unknown transport `smtp`"),
+            ("[audit]\nrate = -5\n", "c.toml: line 1: audit: audit rate -5 is out of range"),
+            ("[audit]\nburst = 0\n", "audit burst 0 is out of range 1-"),
+            ("[audit]\nverbose = true\n", "unknown field `verbose`"),
+        ] {
+            let e = Settings::default().merge_toml(Path::new("c.toml"), text).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}\nwanted {says}");
+        }
+    }
+
+    #[test]
     fn saved_config_reads_back_the_same() {
         let mut s = settings(&["tcp:8080@pub0=10.0.2.2:80", "udp:6000-6010=10.0.2.3:53,no-masquerade,src=203.0.113.0/24"]);
         s.mode = Mode::Auto;
         s.iface_modes.push(("int0".into(), Mode::Tc));
         s.conntrack.set_timeout("udp", 7).unwrap();
+        s.audit.set_rate(0).unwrap();
+        s.audit.syslog = Some("udp://10.0.0.5:514".parse().unwrap());
         let mut back = Settings::default();
         back.merge_toml(Path::new("saved.toml"), &s.to_toml()).unwrap();
         assert_eq!(back.public, s.public);
         assert_eq!(back.internal, s.internal);
         assert_eq!((back.mode, back.iface_modes.clone(), back.conntrack, back.snat_ports), (s.mode, s.iface_modes.clone(), s.conntrack, s.snat_ports));
+        assert_eq!(back.audit, s.audit);
         let strip = |v: &[Rule]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(strip(&back.rules), strip(&s.rules));
     }

@@ -5,6 +5,7 @@
 //! ([`loader`]), counters ([`stats`]) and the subcommands ([`cli`]).
 
 pub mod addrs;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;

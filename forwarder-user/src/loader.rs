@@ -95,6 +95,10 @@ fn prog_err(what: String) -> impl FnOnce(aya::programs::ProgramError) -> Error {
     move |source| Error::Program { what, source }
 }
 
+/// The kernel verifier's limit on instructions processed per program
+/// (`BPF_COMPLEXITY_LIMIT_INSNS`).
+pub const VERIFIER_BUDGET: u32 = 1_000_000;
+
 impl Datapath {
     /// Loads the object into the kernel (verifier included) with a
     /// conntrack table for `max_connections`; attaches nothing.
@@ -116,7 +120,7 @@ impl Datapath {
         }
         let mut ebpf = loader.load(OBJECT)?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| Error::Io(format!("kernel log channel: {e}")))?;
-        for name in [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_TC] {
+        for name in [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_XDP_NEW, abi::PROG_TC] {
             let prog = ebpf.program_mut(name).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))?;
             match prog {
                 aya::programs::Program::Xdp(p) => p.load(),
@@ -125,17 +129,38 @@ impl Datapath {
             }
             .map_err(prog_err(format!("verifying {name}")))?;
         }
-        // The XDP program's tail call for full checksums.
-        let fd = {
-            let p: &Xdp = ebpf.program(abi::PROG_XDP_CSUM).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io("tail program missing".into()))?;
-            p.fd().map_err(prog_err(abi::PROG_XDP_CSUM.to_string()))?.try_clone().map_err(|e| Error::Io(format!("dup program fd: {e}")))?
-        };
-        let mut tails: ProgramArray<&mut MapData> = ProgramArray::try_from(
-            ebpf.map_mut(abi::MAP_XDP_TAILS).ok_or_else(|| Error::Io(format!("map {} missing", abi::MAP_XDP_TAILS)))?,
-        )
-        .map_err(map_err(abi::MAP_XDP_TAILS))?;
-        tails.set(0, &fd, 0).map_err(map_err(abi::MAP_XDP_TAILS))?;
+        // The XDP program's tail calls.
+        for (index, name) in [(0, abi::PROG_XDP_CSUM), (1, abi::PROG_XDP_NEW)] {
+            let fd = {
+                let p: &Xdp = ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("tail program {name} missing")))?;
+                p.fd().map_err(prog_err(name.to_string()))?.try_clone().map_err(|e| Error::Io(format!("dup program fd: {e}")))?
+            };
+            let mut tails: ProgramArray<&mut MapData> = ProgramArray::try_from(
+                ebpf.map_mut(abi::MAP_XDP_TAILS).ok_or_else(|| Error::Io(format!("map {} missing", abi::MAP_XDP_TAILS)))?,
+            )
+            .map_err(map_err(abi::MAP_XDP_TAILS))?;
+            tails.set(index, &fd, 0).map_err(map_err(abi::MAP_XDP_TAILS))?;
+        }
         Ok(Self { ebpf, logger: Some(logger), attached: Vec::new(), flow_capacity: max_connections.saturating_mul(2) })
+    }
+
+    /// The verifier's work per program: (name, instructions it processed),
+    /// out of its budget of [`VERIFIER_BUDGET`]. `None` when the kernel
+    /// does not say (before 5.16).
+    pub fn verified_insns(&self) -> Vec<(&'static str, Option<u32>)> {
+        [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_XDP_NEW, abi::PROG_TC]
+            .into_iter()
+            .map(|name| {
+                let n = self.ebpf.program(name).and_then(|p| p.info().ok()).and_then(|i| i.verified_instruction_count());
+                (name, n)
+            })
+            .collect()
+    }
+
+    /// The audit event ring (once): records are `abi::AuditEvent`s.
+    pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
+        let m = self.ebpf.take_map(abi::MAP_EVENTS).ok_or_else(|| Error::Io(format!("map {} missing from the object", abi::MAP_EVENTS)))?;
+        aya::maps::RingBuf::try_from(m).map_err(map_err(abi::MAP_EVENTS))
     }
 
     /// The kernel log reader, for polling (once).
@@ -157,6 +182,8 @@ impl Datapath {
             snat_port_min: c.snat_ports.0,
             snat_port_max: c.snat_ports.1,
             snat_attempts: abi::DEFAULT_SNAT_ATTEMPTS,
+            audit_rate: c.audit.0,
+            audit_burst: c.audit.1,
         };
         let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?).map_err(map_err(abi::MAP_CONFIG))?;
         a.set(0, cfg, 0).map_err(map_err(abi::MAP_CONFIG))?;

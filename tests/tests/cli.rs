@@ -29,6 +29,8 @@ fn invalid_input_is_refused_and_nothing_is_attached() {
         (vec!["--rule", "tcp:8080@int0=192.168.1.50:80"], "`int0` is not a public interface"),
         (vec!["--config", &cfg_arg], "line 7"),
         (vec!["--snat-ports", "40000-30000"], "`40000-30000`"),
+        (vec!["--syslog", "udp://logs.example:514"], "syslog target `udp://logs.example:514`"),
+        (vec!["--audit-rate", "5000000"], "audit rate 5000000 is out of range"),
     ];
     for (extra, needle) in cases {
         let args: Vec<&str> = if extra.first() == Some(&"run") { extra.clone() } else { base.iter().copied().chain(extra.iter().copied()).collect() };
@@ -80,4 +82,17 @@ fn check_reports_each_problem_with_what_to_do() {
     assert!(text.contains("WARN net.ipv4.ip_forward=0"), "{text}");
     // The dry attach left nothing behind.
     assert!(!lab.gateway.ip(&["link", "show", "pub0"]).unwrap().contains("xdp"));
+    // The same, for scripts: one JSON object, the same verdicts.
+    let out = lab.gateway.command(bin.to_str().unwrap()).args(["check", "--json", "--public", "pub0", "--internal", "nosuch0"]).output().unwrap();
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["failed"], 1, "{v}");
+    let items = v["items"].as_array().unwrap();
+    let fail = items.iter().find(|i| i["level"] == "fail").unwrap();
+    assert_eq!(fail["what"], "internal interface `nosuch0` does not exist", "{v}");
+    assert_eq!(fail["fix"], "see `ip link`", "{v}");
+    // The verifier's work per program, each below its budget.
+    let verifier: Vec<&serde_json::Value> = items.iter().filter(|i| i["what"].as_str().unwrap().contains("verifier processed")).collect();
+    assert_eq!(verifier.len(), 4, "{v}");
+    assert!(verifier.iter().all(|i| i["level"] == "ok"), "{v}");
 }

@@ -448,7 +448,7 @@ fn source_allow_list_admits_listed_clients_and_drops_others() {
                 r
             });
             // From 203.0.113.20: bind first, then connect.
-            let sock = socket2_connect_from([203, 0, 113, 20], public(8080));
+            let sock = connect_from([203, 0, 113, 20], public(8080));
             (ok.map_err(|e| e.kind()), sock)
         })
         .unwrap()
@@ -464,33 +464,6 @@ fn source_allow_list_admits_listed_clients_and_drops_others() {
     assert_eq!(rule_counters(&stats, 0).2, 1, "{stats}");
     assert!(counter(&stats, "drop_src_denied") >= 1, "{stats}");
     assert_no_csum_errors(&lab);
-}
-
-/// A TCP connect from a chosen local address, with a 2 s timeout.
-fn socket2_connect_from(local: [u8; 4], to: std::net::SocketAddr) -> Result<(), std::io::ErrorKind> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: plain socket syscalls on a descriptor we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let fd = OwnedFd::from_raw_fd(fd);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_addr.s_addr = u32::from_ne_bytes(local);
-        assert_eq!(libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32), 0);
-        let std::net::SocketAddr::V4(to) = to else { unreachable!() };
-        let mut da: libc::sockaddr_in = std::mem::zeroed();
-        da.sin_family = libc::AF_INET as u16;
-        da.sin_port = to.port().to_be();
-        da.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
-        let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as u32);
-        if libc::connect(fd.as_raw_fd(), (&raw const da).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        Err(if e.raw_os_error() == Some(libc::EINPROGRESS) || e.raw_os_error() == Some(libc::EAGAIN) { std::io::ErrorKind::TimedOut } else { e.kind() })
-    }
 }
 
 /// Opens `n` connections through the forward and keeps them open, tries one

@@ -94,6 +94,10 @@ fn demo(lab: &mut Lab, requests: u32) -> Result<()> {
         println!("   | {line}");
     }
     println!("== gateway: netfilter conntrack entries for the forwarded port: {}", conntrack_count(lab));
+    println!("== gateway: the forwarder's audit log (one event per new connection, from the kernel)");
+    for line in fwd.log_text().lines().filter(|l| l.contains(" audit]")) {
+        println!("   | {line}");
+    }
     let stats = fwd.stop().context("stopping the forwarder")?;
     println!("== gateway: forwarder stopped; its counters:");
     for line in fwd.log_text().lines().skip_while(|l| !l.contains("stopping")) {

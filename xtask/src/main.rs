@@ -153,7 +153,7 @@ fn main() -> Result<()> {
             eprintln!("xtask: the end-to-end suite again, in TC mode");
             let (p, f, o) = run_tests(
                 cargo()
-                    .args(["test", "-p", "forwarder-testkit", "--test", "forward"])
+                    .args(["test", "-p", "forwarder-testkit", "--test", "forward", "--test", "audit"])
                     .env("FORWARDER_BIN", &bin)
                     .env("FORWARDER_TEST_MODE", "tc")
                     .args(&args),

@@ -12,19 +12,26 @@ pub struct CheckArgs {
     /// Internal interface to check; repeatable.
     #[arg(long = "internal", value_name = "IFACE")]
     pub internal: Vec<String>,
+    /// One JSON object: `{"items":[{"level":"ok|warn|fail","what":…,"fix":…}],"failed":N,"warnings":N}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let items = checks(&args.public, &args.internal);
-    for i in &items {
-        println!("{} {}", i.level, i.what);
-        if !i.fix.is_empty() {
-            println!("     -> {}", i.fix);
-        }
-    }
     let fails = items.iter().filter(|i| i.level == Level::Fail).count();
     let warns = items.iter().filter(|i| i.level == Level::Warn).count();
-    println!("{} checks: {} failed, {} warnings", items.len(), fails, warns);
+    if args.json {
+        println!("{}", serde_json::json!({ "items": items, "failed": fails, "warnings": warns }));
+    } else {
+        for i in &items {
+            println!("{} {}", i.level, i.what);
+            if !i.fix.is_empty() {
+                println!("     -> {}", i.fix);
+            }
+        }
+        println!("{} checks: {} failed, {} warnings", items.len(), fails, warns);
+    }
     if fails > 0 {
         anyhow::bail!("{fails} check(s) failed");
     }

@@ -75,6 +75,18 @@ pub struct RunArgs {
     /// removes it.
     #[arg(long, requires = "pin_dir")]
     pub persist: bool,
+    /// Audit events (new connection attempts, accepted or denied) per
+    /// second and CPU; 0 turns audit off. Beyond it they are counted
+    /// (`audit_rate_limited`), not logged. Default 1000.
+    #[arg(long, value_name = "N")]
+    pub audit_rate: Option<i64>,
+    /// Audit events per CPU at once after a quiet spell. Default 2000.
+    #[arg(long, value_name = "N")]
+    pub audit_burst: Option<i64>,
+    /// Also send audit events to this syslog server, RFC 5424:
+    /// udp://ADDR:PORT or tcp://ADDR:PORT (octet-counted framing).
+    #[arg(long, value_name = "URL")]
+    pub syslog: Option<String>,
 }
 
 impl RunArgs {
@@ -106,6 +118,15 @@ impl RunArgs {
         }
         if let Some(r) = &self.snat_ports {
             s.snat_ports = r.parse::<PortRange>()?;
+        }
+        if let Some(n) = self.audit_rate {
+            s.audit.set_rate(n).map_err(|e| anyhow::anyhow!("--audit-rate: {e}"))?;
+        }
+        if let Some(n) = self.audit_burst {
+            s.audit.set_burst(n).map_err(|e| anyhow::anyhow!("--audit-burst: {e}"))?;
+        }
+        if let Some(t) = &self.syslog {
+            s.audit.syslog = Some(t.parse().map_err(|e: String| anyhow::anyhow!("--syslog: {e}"))?);
         }
         Ok(s)
     }
@@ -148,6 +169,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("forwarder: running; Ctrl-C or SIGTERM to stop");
 
     let logger = dp.take_logger().context("kernel log channel")?;
+    if settings.audit.rate == 0 {
+        log::info!("audit events off (--audit-rate 0)");
+    } else {
+        log::info!("audit events: at most {}/s and bursts of {} per CPU{}", settings.audit.rate, settings.audit.burst,
+            settings.audit.syslog.map(|t| format!(", also to syslog {t}")).unwrap_or_default());
+    }
     log::info!(
         "conntrack: {} connections max; timeouts {:?}",
         settings.conntrack.max_connections,
@@ -192,6 +219,87 @@ fn monotonic_ns() -> u64 {
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
+}
+
+/// What the daemon reads from the datapath: aya-log's records and the
+/// audit events. Both are replaced when a reload swaps the datapath.
+struct Channels {
+    klog: tokio::io::unix::AsyncFd<crate::loader::KernelLogger>,
+    audit: Audit,
+}
+
+/// The audit trail: the kernel's event ring, read when it has data, each
+/// event logged (target `audit`) and sent to syslog if configured.
+struct Audit {
+    ring: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    syslog: Option<crate::audit::SyslogSink>,
+    fmt: syslog::Formatter5424,
+    /// Loss counters at the last report: rate limited, ring full, syslog.
+    seen: (u64, u64, u64),
+}
+
+impl Audit {
+    fn new(dp: &mut Datapath, settings: &Settings) -> anyhow::Result<Self> {
+        let ring = Self::ring(dp)?;
+        let syslog = settings.audit.syslog.map(crate::audit::SyslogSink::start);
+        let seen = (dp.counter(forwarder_common::stats::AUDIT_RATE_LIMITED)?, dp.counter(forwarder_common::stats::AUDIT_RING_FULL)?, 0);
+        Ok(Self { ring, syslog, fmt: crate::audit::formatter(), seen })
+    }
+
+    fn ring(dp: &mut Datapath) -> anyhow::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
+        // SAFETY: the ring owns its map fd for as long as the AsyncFd owns
+        // the ring, and always reports that same fd.
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(dp.take_events()?, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling the audit event ring: {e}"))
+    }
+
+    /// After a reload: the new datapath's ring, and the syslog target
+    /// the new settings name.
+    fn replace(&mut self, dp: &mut Datapath, settings: &Settings) -> anyhow::Result<()> {
+        self.ring = Self::ring(dp)?;
+        if self.syslog.as_ref().map(|s| s.target) != settings.audit.syslog {
+            self.syslog = settings.audit.syslog.map(crate::audit::SyslogSink::start);
+            self.seen.2 = 0;
+        }
+        Ok(())
+    }
+
+    /// Logs every event waiting in the ring.
+    fn drain(&mut self, dp: &Datapath, settings: &Settings) {
+        let (mono, wall) = (monotonic_ns(), std::time::SystemTime::now());
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            let Some(ev) = crate::audit::parse_event(&item) else { continue };
+            let d = crate::audit::Described {
+                ev: &ev,
+                time: crate::audit::wall_time(ev.ts_ns, mono, wall),
+                rule: settings.rules.get(ev.rule_id as usize).map(ToString::to_string),
+                iface: dp.attached.iter().find(|a| a.ifindex == ev.ifindex).map(|a| a.name.clone()),
+            };
+            log::info!(target: "audit", "{d}");
+            if let Some(s) = &self.syslog {
+                s.send(d.syslog_message(&self.fmt));
+            }
+        }
+    }
+
+    /// Says how many events the rate limit, a full ring or the syslog
+    /// queue cost since the last report (nothing when none).
+    fn report_losses(&mut self, dp: &Datapath) -> anyhow::Result<()> {
+        use forwarder_common::stats::{AUDIT_RATE_LIMITED, AUDIT_RING_FULL};
+        let now = (dp.counter(AUDIT_RATE_LIMITED)?, dp.counter(AUDIT_RING_FULL)?, self.syslog.as_ref().map_or(0, crate::audit::SyslogSink::dropped));
+        let d = (now.0.saturating_sub(self.seen.0), now.1.saturating_sub(self.seen.1), now.2.saturating_sub(self.seen.2));
+        self.seen = now;
+        if d == (0, 0, 0) {
+            return Ok(());
+        }
+        let text = format!("{} events suppressed by the rate limit, {} lost to a full ring, {} not delivered to syslog in the last 10 s", d.0, d.1, d.2);
+        log::warn!(target: "audit", "{text}");
+        if let Some(s) = &self.syslog {
+            s.send(crate::audit::syslog_notice(&self.fmt, syslog::Severity::LOG_WARNING, &text));
+        }
+        Ok(())
+    }
 }
 
 /// Removes the control socket's file when the daemon ends, however it ends.
@@ -256,7 +364,7 @@ fn swap(
     dp: &mut Datapath,
     settings: &mut Settings,
     compiled: &mut crate::config::Compiled,
-    klog: &mut tokio::io::unix::AsyncFd<crate::loader::KernelLogger>,
+    ch: &mut Channels,
 ) -> anyhow::Result<()> {
     let Some(p) = pins else {
         anyhow::bail!("changing rules at runtime needs --pin-dir (the connection table must outlive the swap); restart instead");
@@ -264,8 +372,11 @@ fn swap(
     let (mut new_dp, new_settings, new_compiled) = reload(args, p, next)?;
     let new_logger = new_dp.take_logger().context("kernel log channel")?;
     // SAFETY: as for the first logger.
-    *klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(new_logger, tokio::io::Interest::READABLE) }
+    ch.klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(new_logger, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))?;
+    // Events the old programs left in their ring, before it goes.
+    ch.audit.drain(dp, settings);
+    ch.audit.replace(&mut new_dp, &new_settings)?;
     *dp = new_dp;
     *settings = new_settings;
     *compiled = new_compiled;
@@ -352,17 +463,24 @@ async fn serve(
     let mut full_seen = 0;
     // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
     // owns the logger, and always reports that same fd.
-    let mut klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+    let klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))?;
+    let mut ch = Channels { klog, audit: Audit::new(dp, settings)? };
     loop {
         tokio::select! {
-            guard = klog.readable_mut() => {
+            guard = ch.audit.ring.readable_mut() => {
+                let mut guard = guard?;
+                guard.clear_ready();
+                drop(guard);
+                ch.audit.drain(dp, settings);
+            }
+            guard = ch.klog.readable_mut() => {
                 let mut guard = guard?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); return Ok(()); }
-            _ = term.recv() => { log::info!("SIGTERM: stopping"); return Ok(()); }
+            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); ch.audit.drain(dp, settings); return Ok(()); }
+            _ = term.recv() => { log::info!("SIGTERM: stopping"); ch.audit.drain(dp, settings); return Ok(()); }
             conn = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
                 if let Ok((mut s, _)) = conn {
                     let body = crate::metrics::render(&dp.snapshot(&settings.rules)?);
@@ -384,14 +502,14 @@ async fn serve(
                         let mut next = settings.clone();
                         Rule::parse_spec(&spec).map_err(anyhow::Error::from).and_then(|r| {
                             next.rules.push(r);
-                            swap(args, pins, next, dp, settings, compiled, &mut klog).map(|()| serde_json::json!({"id": settings.rules.len() - 1}))
+                            swap(args, pins, next, dp, settings, compiled, &mut ch).map(|()| serde_json::json!({"id": settings.rules.len() - 1}))
                         })
                     }
                     Ok(crate::control::Request::Del { id }) => {
                         let mut next = settings.clone();
                         if id < next.rules.len() {
                             let gone = next.rules.remove(id);
-                            swap(args, pins, next, dp, settings, compiled, &mut klog).map(|()| serde_json::json!({"removed": gone.to_string()}))
+                            swap(args, pins, next, dp, settings, compiled, &mut ch).map(|()| serde_json::json!({"removed": gone.to_string()}))
                         } else {
                             Err(anyhow::anyhow!("no rule {id} (see `forwarder rule list`)"))
                         }
@@ -404,7 +522,7 @@ async fn serve(
                 }
             }
             _ = hup.recv() => {
-                match args.settings().and_then(|next| swap(args, pins, next, dp, settings, compiled, &mut klog)) {
+                match args.settings().and_then(|next| swap(args, pins, next, dp, settings, compiled, &mut ch)) {
                     Ok(()) => log::info!("SIGHUP: reloaded, {} rule(s) live at once; existing connections keep their translation", settings.rules.len()),
                     Err(e) => log::error!("SIGHUP: reload refused, the running configuration is unchanged: {e:#}"),
                 }
@@ -428,6 +546,9 @@ async fn serve(
                         settings.conntrack.max_connections
                     );
                     full_seen = full;
+                }
+                if ticks.is_multiple_of(10) {
+                    ch.audit.report_losses(dp)?;
                 }
                 let periodic = args.stats_interval > 0 && ticks.is_multiple_of(args.stats_interval);
                 if args.stats_file.is_none() && !periodic {

@@ -123,3 +123,30 @@ pub fn udp_client(timeout_secs: u64) -> std::net::UdpSocket {
 pub fn public(port: u16) -> SocketAddr {
     SocketAddr::from((forwarder_testkit::ADDRS.gw_public, port))
 }
+
+/// A TCP connect from a chosen local address, with a 2 s timeout.
+pub fn connect_from(local: [u8; 4], to: std::net::SocketAddr) -> Result<(), std::io::ErrorKind> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket syscalls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(local);
+        assert_eq!(libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32), 0);
+        let std::net::SocketAddr::V4(to) = to else { unreachable!() };
+        let mut da: libc::sockaddr_in = std::mem::zeroed();
+        da.sin_family = libc::AF_INET as u16;
+        da.sin_port = to.port().to_be();
+        da.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
+        let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as u32);
+        if libc::connect(fd.as_raw_fd(), (&raw const da).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        Err(if e.raw_os_error() == Some(libc::EINPROGRESS) || e.raw_os_error() == Some(libc::EAGAIN) { std::io::ErrorKind::TimedOut } else { e.kind() })
+    }
+}

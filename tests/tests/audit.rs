@@ -1,0 +1,238 @@
+//! End to end: the audit trail. Every new connection attempt to a
+//! forwarded port is an event from the kernel that the daemon logs (and
+//! sends to syslog); under a flood the events are rate-limited and what was
+//! not emitted is counted and reported.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use forwarder_testkit::{Host, Lab};
+
+/// The audit lines of a daemon log, without the logger's prefix.
+fn audit_lines(log: &str) -> Vec<String> {
+    log.lines().filter_map(|l| l.split_once(" audit] ").map(|(_, rest)| rest.to_string())).collect()
+}
+
+/// `n` HTTP requests from the client, one connection each; returns their
+/// local (client) ports.
+fn requests(lab: &Lab, n: usize) -> Vec<u16> {
+    lab.client
+        .enter(move || {
+            (0..n)
+                .map(|_| {
+                    let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).expect("connect");
+                    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                    let mut r = String::new();
+                    s.read_to_string(&mut r).unwrap();
+                    assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+                    s.local_addr().unwrap().port()
+                })
+                .collect()
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Waits until the daemon's log has `what` (or `secs` pass).
+fn wait_for_log(fwd: &forwarder_testkit::Forwarder, what: &str, secs: u64) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if fwd.log_text().contains(what) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn every_new_connection_is_an_audit_event_accepted_or_denied() {
+    let (lab, mut fwd) = lab_with(&["tcp:8080=192.168.1.50:80,src=203.0.113.10/32", "udp:5300=192.168.1.50:5300"]);
+    lab.client.ip(&["addr", "add", "203.0.113.20/24", "dev", "eth0"]).unwrap();
+    let server = http_server(&lab, 3);
+    let client_ports = requests(&lab, 3);
+    let peers = server.join().unwrap();
+    // A client outside the allow-list: dropped, and audited as denied.
+    let denied = lab.client.enter(|| connect_from([203, 0, 113, 20], public(8080))).unwrap().join().unwrap();
+    assert_eq!(denied, Err(std::io::ErrorKind::TimedOut));
+    // One UDP flow.
+    let backend = udp_backend(&lab, 5300, 5);
+    let udp_port = lab
+        .client
+        .enter(|| {
+            let s = udp_client(5);
+            s.send_to(b"ping", public(5300)).unwrap();
+            s.local_addr().unwrap().port()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let (n, udp_peer) = backend.recv_from(&mut [0u8; 16]).unwrap();
+    assert_eq!(n, 4);
+    let stats = fwd.stop().unwrap();
+    let lines = audit_lines(&fwd.log_text());
+
+    // Accepted TCP: one event per connection, naming the client's port,
+    // the backend and the masquerade source the server saw.
+    let accepted: Vec<&String> = lines.iter().filter(|l| l.contains(" accepted tcp ")).collect();
+    assert_eq!(accepted.len(), 3, "{lines:#?}");
+    for ((line, cport), peer) in accepted.iter().zip(&client_ports).zip(&peers) {
+        let want = format!(
+            " accepted tcp 203.0.113.10:{cport} -> 203.0.113.1:8080 on pub0 rule 0 (tcp:8080=192.168.1.50:80,src=203.0.113.10/32) backend 192.168.1.50:80 via 192.168.1.1:{}",
+            peer.port()
+        );
+        assert!(line.ends_with(&want), "{line}\nwanted …{want}");
+        // The event's own time stamp leads the line (RFC 3339, ms, UTC).
+        let ts = line.split(' ').next().unwrap();
+        assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{line}");
+    }
+    // Denied: at least the first SYN (the client retransmits), none
+    // accepted from that address.
+    let denied: Vec<&String> = lines.iter().filter(|l| l.contains(" denied tcp 203.0.113.20:")).collect();
+    assert!(!denied.is_empty(), "{lines:#?}");
+    assert!(denied.iter().all(|l| l.contains(" -> 203.0.113.1:8080 on pub0 rule 0 ") && l.ends_with("backend 192.168.1.50:80 (source not allowed)")), "{denied:#?}");
+    assert!(!lines.iter().any(|l| l.contains("accepted tcp 203.0.113.20")), "{lines:#?}");
+    // UDP.
+    let udp: Vec<&String> = lines.iter().filter(|l| l.contains(" accepted udp ")).collect();
+    assert_eq!(udp.len(), 1, "{lines:#?}");
+    assert!(udp[0].ends_with(&format!("accepted udp 203.0.113.10:{udp_port} -> 203.0.113.1:5300 on pub0 rule 1 (udp:5300=192.168.1.50:5300) backend 192.168.1.50:5300 via 192.168.1.1:{}", udp_peer.port())), "{}", udp[0]);
+    // Every event the kernel emitted was logged; nothing was limited.
+    assert_eq!(counter(&stats, "audit_events"), lines.len() as u64, "{stats}");
+    assert_eq!(counter(&stats, "audit_rate_limited") + counter(&stats, "audit_ring_full"), 0, "{stats}");
+    assert_eq!(rule_counters(&stats, 0).2 + rule_counters(&stats, 1).2, 4, "{stats}");
+}
+
+#[test]
+fn an_audit_flood_is_rate_limited_counted_and_reported() {
+    const FLOWS: usize = 1500;
+    let lab = Lab::new().unwrap();
+    let mut fwd = lab.start_forwarder(&["--rule", "udp:5300=192.168.1.50:5300", "--audit-rate", "20", "--audit-burst", "20"]).unwrap();
+    let t0 = Instant::now();
+    // Each datagram from a new socket: a new flow, an audit event to emit.
+    lab.client
+        .enter(|| {
+            for _ in 0..FLOWS {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.send_to(b"x", public(5300)).unwrap();
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let flood_secs = t0.elapsed().as_secs_f64();
+    // The daemon reports the losses every 10 s.
+    assert!(wait_for_log(&fwd, "suppressed by the rate limit", 20), "{}", fwd.log_text());
+    let elapsed_ms = u64::try_from(t0.elapsed().as_millis()).unwrap();
+    let stats = fwd.stop().unwrap();
+    let log = fwd.log_text();
+    let events = audit_lines(&log).iter().filter(|l| l.contains(" accepted udp ")).count() as u64;
+    let emitted = counter(&stats, "audit_events");
+    let limited = counter(&stats, "audit_rate_limited");
+    let new = rule_counters(&stats, 0).2;
+    assert!(new >= FLOWS as u64 * 9 / 10, "{stats}");
+    // Every attempt is accounted for: emitted, or limited, or lost to a full ring.
+    assert_eq!(emitted + limited + counter(&stats, "audit_ring_full"), new, "{stats}");
+    assert_eq!(events, emitted, "{log}");
+    // Within the limit, per CPU: the burst, then 20/s.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u64;
+    assert!(emitted * 1000 <= cpus * (20 * 1000 + 20 * elapsed_ms), "{emitted} events in {elapsed_ms} ms (flood {flood_secs:.1} s)");
+    // At least one CPU's burst went out.
+    assert!(emitted >= 20, "{emitted}");
+    // The report adds up to the counter.
+    let reported: u64 = log
+        .lines()
+        .filter_map(|l| l.split_once(" audit] ").and_then(|(_, r)| r.split(" events suppressed").next()?.trim().parse::<u64>().ok()))
+        .sum();
+    assert_eq!(reported, limited, "{log}");
+}
+
+/// rsyslogd on the server host, listening on UDP 5514 and TCP 5601,
+/// writing what it parsed (RFC 5424) to a file. Returns the file.
+fn rsyslog(lab: &mut Lab) -> std::path::PathBuf {
+    let dir = lab.dir.join("rsyslog");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("received.log");
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{d}\")\nmodule(load=\"imudp\")\nmodule(load=\"imtcp\")\n\
+             input(type=\"imudp\" port=\"5514\")\ninput(type=\"imtcp\" port=\"5601\")\n\
+             *.* action(type=\"omfile\" file=\"{o}\" template=\"RSYSLOG_SyslogProtocol23Format\")\n",
+            d = dir.display(),
+            o = out.display()
+        ),
+    )
+    .unwrap();
+    let pid = dir.join("rsyslogd.pid");
+    lab.spawn(Host::Server, "rsyslogd", &["-n", "-f", conf.to_str().unwrap(), "-i", pid.to_str().unwrap()]).unwrap();
+    // Listening on both ports.
+    let t0 = Instant::now();
+    loop {
+        let ss = lab.server.exec("ss", &["-lntu"]).unwrap_or_default();
+        if ss.contains(":5514") && ss.contains(":5601") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "rsyslogd did not start: {ss}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    out
+}
+
+#[test]
+fn audit_events_reach_a_real_syslog_server_over_udp_and_tcp() {
+    let mut lab = Lab::new().unwrap();
+    let received = rsyslog(&mut lab);
+    let mut ports = Vec::new();
+    for target in ["udp://192.168.1.50:5514", "tcp://192.168.1.50:5601"] {
+        let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--syslog", target]).unwrap();
+        let server = http_server(&lab, 2);
+        let cports = requests(&lab, 2);
+        let peers = server.join().unwrap();
+        ports.extend(cports.into_iter().zip(peers.iter().map(std::net::SocketAddr::port)));
+        // Give the sender a moment before the daemon goes.
+        std::thread::sleep(Duration::from_millis(500));
+        fwd.stop().unwrap();
+        assert!(fwd.log_text().contains(&format!("also to syslog {target}")), "{}", fwd.log_text());
+    }
+    let t0 = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&received).unwrap_or_default();
+        if text.lines().count() >= 4 || t0.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // rsyslog parsed each as RFC 5424: facility daemon, severity notice
+    // (<29>), version 1, our app name, MSGID 1 (accepted), the structured
+    // data, and the readable line.
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let mut seen = BTreeSet::new();
+    for (cport, mport) in &ports {
+        let sd = format!(
+            " forwarder {{pid}} 1 [forwarder@32473 backend=\"192.168.1.50:80\" client=\"203.0.113.10:{cport}\" proto=\"tcp\" public=\"203.0.113.1:8080\" rule=\"0\" snat=\"192.168.1.1:{mport}\" verdict=\"accepted\"] "
+        );
+        let (before, after) = sd.split_once("{pid}").unwrap();
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("client=\"203.0.113.10:{cport}\"")))
+            .unwrap_or_else(|| panic!("no message for client port {cport}:\n{text}"));
+        assert!(line.starts_with("<29>1 "), "{line}");
+        let (_, rest) = line.split_once(before).unwrap_or_else(|| panic!("{line}"));
+        let (pid, rest) = rest.split_once(' ').unwrap();
+        assert!(pid.parse::<u32>().is_ok(), "{line}");
+        assert!(format!(" {rest}").starts_with(after.trim_end()), "{line}");
+        assert!(line.ends_with(&format!("via 192.168.1.1:{mport}")), "{line}");
+        seen.insert(*cport);
+    }
+    assert_eq!(seen.len(), 4);
+}
