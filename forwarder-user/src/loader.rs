@@ -114,7 +114,16 @@ impl Datapath {
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(abi::MAP_FLOWS, max_connections.saturating_mul(2));
-        let paths: Vec<(&str, std::path::PathBuf)> = pins.map(|p| STATE_MAPS.iter().map(|m| (*m, p.map(m))).collect()).unwrap_or_default();
+        if let Some(p) = pins {
+            for gone in p.retire_stale()? {
+                log::warn!(
+                    "{}: pinned by a forwarder with another layout of this map; not adopted, this daemon starts it fresh{}",
+                    gone,
+                    if gone.starts_with(abi::MAP_FLOWS) { " (connections it tracked are not translated any more)" } else { "" }
+                );
+            }
+        }
+        let paths: Vec<(&str, std::path::PathBuf)> = pins.map(|p| STATE_MAPS.iter().map(|(m, _)| (*m, p.map(m))).collect()).unwrap_or_default();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }

@@ -41,18 +41,6 @@ fn requests(lab: &Lab, n: usize) -> Vec<u16> {
         .unwrap()
 }
 
-/// Waits until the daemon's log has `what` (or `secs` pass).
-fn wait_for_log(fwd: &forwarder_testkit::Forwarder, what: &str, secs: u64) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(secs) {
-        if fwd.log_text().contains(what) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 #[test]
 fn every_new_connection_is_an_audit_event_accepted_or_denied() {
     let (lab, mut fwd) = lab_with(&["tcp:8080=192.168.1.50:80,src=203.0.113.10/32", "udp:5300=192.168.1.50:5300"]);
@@ -128,8 +116,17 @@ fn an_audit_flood_is_rate_limited_counted_and_reported() {
         .join()
         .unwrap();
     let flood_secs = t0.elapsed().as_secs_f64();
-    // The daemon reports the losses every 10 s.
-    assert!(wait_for_log(&fwd, "suppressed by the rate limit", 20), "{}", fwd.log_text());
+    // The daemon reports the losses every 10 s: wait until its reports
+    // cover everything the counter says (the flood is over).
+    let t1 = Instant::now();
+    loop {
+        let limited = counter(&fwd.stats().unwrap(), "audit_rate_limited");
+        if limited > 0 && reported(&fwd.log_text()) == limited {
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(25), "reports {} != counter {limited}:\n{}", reported(&fwd.log_text()), fwd.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let elapsed_ms = u64::try_from(t0.elapsed().as_millis()).unwrap();
     let stats = fwd.stop().unwrap();
     let log = fwd.log_text();
@@ -146,12 +143,16 @@ fn an_audit_flood_is_rate_limited_counted_and_reported() {
     assert!(emitted * 1000 <= cpus * (20 * 1000 + 20 * elapsed_ms), "{emitted} events in {elapsed_ms} ms (flood {flood_secs:.1} s)");
     // At least one CPU's burst went out.
     assert!(emitted >= 20, "{emitted}");
-    // The report adds up to the counter.
-    let reported: u64 = log
-        .lines()
-        .filter_map(|l| l.split_once(" audit] ").and_then(|(_, r)| r.split(" events suppressed").next()?.trim().parse::<u64>().ok()))
-        .sum();
-    assert_eq!(reported, limited, "{log}");
+    // The reports add up to the counter.
+    assert_eq!(reported(&log), limited, "{log}");
+}
+
+/// The sum of the "N events suppressed by the rate limit" reports.
+fn reported(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains(" events suppressed by the rate limit"))
+        .filter_map(|l| l.split_once(" audit] ").and_then(|(_, r)| r.split(' ').next()?.parse::<u64>().ok()))
+        .sum()
 }
 
 /// rsyslogd on the server host, listening on UDP 5514 and TCP 5601,
