@@ -15,7 +15,7 @@ use forwarder_common::abi;
 use crate::error::{Error, Result};
 
 /// Maps whose contents must survive a restart, with the version of their
-/// layout: pinned as `NAME.vN`. Bump a version when the map's key, value
+/// layout: pinned as `NAME_vN` (bpffs refuses dots in names). Bump a version when the map's key, value
 /// or meaning of its entries changes; a daemon then never adopts a map of
 /// another layout (it retires it, see [`Pins::retire_stale`]), while maps
 /// whose layout did not change carry over an upgrade.
@@ -29,7 +29,7 @@ pub const STATE_MAPS: [(&str, u32); 4] = [
 
 /// The pin file name of state map `name` at `version`.
 fn versioned(name: &str, version: u32) -> String {
-    format!("{name}.v{version}")
+    format!("{name}_v{version}")
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -73,7 +73,7 @@ impl Pins {
     }
 
     /// Unpins state maps an earlier daemon of another layout version left
-    /// (`NAME` without a version, or `NAME.vN` with another N), so they
+    /// (`NAME` without a version, or `NAME_vN` with another N), so they
     /// are not adopted: this daemon starts that map fresh. Returns the
     /// retired pin names.
     pub fn retire_stale(&self) -> Result<Vec<String>> {
@@ -81,7 +81,7 @@ impl Pins {
         for e in std::fs::read_dir(&self.dir).map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?.flatten() {
             let file = e.file_name().to_string_lossy().into_owned();
             let stale = STATE_MAPS.iter().any(|(name, version)| {
-                let other_version = file.strip_prefix(name).and_then(|rest| rest.strip_prefix(".v")).is_some_and(|v| v != version.to_string());
+                let other_version = file.strip_prefix(name).and_then(|rest| rest.strip_prefix("_v")).is_some_and(|v| v != version.to_string());
                 file == *name || other_version
             });
             if stale {
@@ -122,7 +122,7 @@ impl Pins {
         let mut n = 0;
         for e in std::fs::read_dir(&self.dir).map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("link-") || STATE_MAPS.iter().any(|(m, _)| name == *m || name.starts_with(&format!("{m}.v"))) {
+            if name.starts_with("link-") || STATE_MAPS.iter().any(|(m, _)| name == *m || name.starts_with(&format!("{m}_v"))) {
                 std::fs::remove_file(e.path()).map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
                 n += 1;
             }
@@ -142,17 +142,17 @@ mod tests {
         let pins = Pins { dir: dir.clone() };
         let flows = pins.map(abi::MAP_FLOWS);
         let stats = pins.map(abi::MAP_STATS);
-        assert_eq!(stats.file_name().unwrap(), "FWD_STATS.v2");
-        for f in ["FWD_STATS", "FWD_STATS.v1", "FWD_FLOWS.v1", "FWD_STATS.v2", "link-xdp-pub0", "FWD_FLOWS_OTHER"] {
+        assert_eq!(stats.file_name().unwrap(), "FWD_STATS_v2");
+        for f in ["FWD_STATS", "FWD_STATS_v1", "FWD_FLOWS_v1", "FWD_STATS_v2", "link-xdp-pub0", "FWD_FLOWS_OTHER"] {
             std::fs::write(dir.join(f), "").unwrap();
         }
         let mut gone = pins.retire_stale().unwrap();
         gone.sort();
-        assert_eq!(gone, ["FWD_STATS", "FWD_STATS.v1"]);
+        assert_eq!(gone, ["FWD_STATS", "FWD_STATS_v1"]);
         assert!(flows.exists() && stats.exists() && dir.join("link-xdp-pub0").exists() && dir.join("FWD_FLOWS_OTHER").exists());
         assert!(pins.has_state());
         // Teardown takes every version and the links, nothing else.
-        std::fs::write(dir.join("FWD_FRAGS.v7"), "").unwrap();
+        std::fs::write(dir.join("FWD_FRAGS_v7"), "").unwrap();
         assert_eq!(pins.remove_all().unwrap(), 4);
         assert!(dir.join("FWD_FLOWS_OTHER").exists());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -166,6 +166,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !was_forwarding {
         log::info!("enabled net.ipv4.ip_forward (it was 0){}", if args.keep_ip_forward { "" } else { "; it is restored at exit" });
     }
+    // Before saying "running": a signal right after must stop us cleanly,
+    // not kill us with the datapath attached.
+    let inputs = Inputs::new(control)?;
     println!("forwarder: running; Ctrl-C or SIGTERM to stop");
 
     let logger = dp.take_logger().context("kernel log channel")?;
@@ -182,7 +185,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut settings = settings;
     let mut compiled = compiled;
-    let result = serve(&mut dp, logger, control, &mut settings, &mut compiled, &args, pins.as_ref()).await;
+    let result = serve(&mut dp, logger, inputs, &mut settings, &mut compiled, &args, pins.as_ref()).await;
 
     let snap = dp.snapshot(&settings.rules);
     match (&pins, args.persist) {
@@ -219,6 +222,22 @@ fn monotonic_ns() -> u64 {
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
+}
+
+/// What the daemon is told from outside: the control socket and the
+/// signals it handles (registered once, before it says it runs).
+struct Inputs {
+    control: tokio::net::UnixListener,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Inputs {
+    fn new(control: tokio::net::UnixListener) -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { control, int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())?, hup: signal(SignalKind::hangup())? })
+    }
 }
 
 /// What the daemon reads from the datapath: aya-log's records and the
@@ -438,13 +457,12 @@ fn reload(args: &RunArgs, pins: &Pins, settings: Settings) -> anyhow::Result<(Da
 async fn serve(
     dp: &mut Datapath,
     logger: crate::loader::KernelLogger,
-    control: tokio::net::UnixListener,
+    mut sig: Inputs,
     settings: &mut Settings,
     compiled: &mut crate::config::Compiled,
     args: &RunArgs,
     pins: Option<&Pins>,
 ) -> anyhow::Result<()> {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let metrics = match args.metrics {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics endpoint {addr}"))?;
@@ -453,7 +471,6 @@ async fn serve(
         }
         None => None,
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
     let t = settings.conntrack.timeouts;
@@ -479,8 +496,8 @@ async fn serve(
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); ch.audit.drain(dp, settings); return Ok(()); }
-            _ = term.recv() => { log::info!("SIGTERM: stopping"); ch.audit.drain(dp, settings); return Ok(()); }
+            _ = sig.int.recv() => { log::info!("SIGINT: stopping"); ch.audit.drain(dp, settings); return Ok(()); }
+            _ = sig.term.recv() => { log::info!("SIGTERM: stopping"); ch.audit.drain(dp, settings); return Ok(()); }
             conn = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
                 if let Ok((mut s, _)) = conn {
                     let body = crate::metrics::render(&dp.snapshot(&settings.rules)?);
@@ -494,7 +511,7 @@ async fn serve(
                     });
                 }
             }
-            conn = control.accept() => {
+            conn = sig.control.accept() => {
                 let Ok((s, _)) = conn else { continue };
                 let (req, mut s) = read_request(s).await;
                 let reply = match req {
@@ -521,7 +538,7 @@ async fn serve(
                     log::warn!("control request: {e:#}");
                 }
             }
-            _ = hup.recv() => {
+            _ = sig.hup.recv() => {
                 match args.settings().and_then(|next| swap(args, pins, next, dp, settings, compiled, &mut ch)) {
                     Ok(()) => log::info!("SIGHUP: reloaded, {} rule(s) live at once; existing connections keep their translation", settings.rules.len()),
                     Err(e) => log::error!("SIGHUP: reload refused, the running configuration is unchanged: {e:#}"),
