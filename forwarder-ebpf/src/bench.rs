@@ -1,14 +1,18 @@
 //! Reference programs for the micro-benchmark (`cargo xtask bench`): the
 //! floor (an XDP program that does nothing) and the ceiling of the XDP
 //! approach on this path (FIB lookup, MAC rewrite, TTL decrement, devmap
-//! redirect — no NAT, no conntrack). Loaded only by the benchmark, never
-//! attached by `forwarder run`.
+//! redirect — no NAT, no conntrack), attached to the gateway as a mode of
+//! the netfilter comparison; and the comparison's receiver (counts and
+//! drops the generated UDP packets at the server). Loaded only by the
+//! benchmark, never by `forwarder run`.
 
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
+    macros::map,
+    maps::PerCpuArray,
     helpers::generated::bpf_fib_lookup as fib_lookup_helper,
     programs::XdpContext,
 };
@@ -54,4 +58,38 @@ pub fn fib_redirect(ctx: &XdpContext) -> u32 {
         (*eth).src_addr = f.smac;
     }
     FWD_TX_PORTS.redirect(f.ifindex, 0).unwrap_or(XDP_DROP)
+}
+
+/// Packets [`sink`] counted (index 0).
+#[map]
+pub static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The UDP destination port of the generated packets.
+const SINK_PORT: u16 = 5300;
+
+/// Receiver: counts and drops IPv4 UDP packets to port [`SINK_PORT`];
+/// passes everything else (ARP, the other workloads' traffic).
+#[inline(always)]
+pub fn sink(ctx: &XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr, XdpContext>(ctx, 0) else { return XDP_PASS };
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return XDP_PASS;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr, XdpContext>(ctx, EthHdr::LEN) else { return XDP_PASS };
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    if ip.proto as u8 != 17 || ip.vihl != 0x45 {
+        return XDP_PASS;
+    }
+    let Some(ports) = ptr_at::<[u8; 4], XdpContext>(ctx, EthHdr::LEN + 20) else { return XDP_PASS };
+    // SAFETY: bounds checked by ptr_at.
+    if u16::from_be_bytes([unsafe { (*ports)[2] }, unsafe { (*ports)[3] }]) != SINK_PORT {
+        return XDP_PASS;
+    }
+    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    XDP_DROP
 }

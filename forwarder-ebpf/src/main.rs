@@ -62,6 +62,12 @@ pub fn bench_xdp_fib(ctx: XdpContext) -> u32 {
     bench::fib_redirect(&ctx)
 }
 
+/// Benchmark receiver: counts and drops the generated packets.
+#[xdp]
+pub fn bench_xdp_sink(ctx: XdpContext) -> u32 {
+    bench::sink(&ctx)
+}
+
 #[classifier]
 pub fn forwarder_tc(ctx: TcContext) -> i32 {
     tc::run(&ctx)

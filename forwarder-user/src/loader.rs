@@ -334,11 +334,30 @@ impl Datapath {
 
     /// Loads the micro-benchmark's reference programs (see `abi::PROG_BENCH_*`).
     pub fn load_bench_programs(&mut self) -> Result<()> {
-        for name in [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB] {
+        for name in [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB, abi::PROG_BENCH_SINK] {
             let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing")))?;
             p.load().map_err(prog_err(format!("verifying {name}")))?;
         }
         Ok(())
+    }
+
+    /// Attaches loaded XDP program `name` natively to `ifname` (resolved in
+    /// the calling thread's namespace): for the benchmark's reference
+    /// programs. Detached by [`Datapath::detach_named`] or on drop.
+    pub fn attach_named(&mut self, name: &str, ifname: &str) -> Result<aya::programs::xdp::XdpLinkId> {
+        let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing")))?;
+        p.attach(ifname, XdpMode::Driver).map_err(prog_err(format!("attaching {name} to {ifname}")))
+    }
+
+    pub fn detach_named(&mut self, name: &str, link: aya::programs::xdp::XdpLinkId) -> Result<()> {
+        let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing")))?;
+        p.detach(link).map_err(prog_err(format!("detaching {name}")))
+    }
+
+    /// Packets the benchmark receiver counted so far (all CPUs).
+    pub fn bench_sink_count(&self) -> Result<u64> {
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_BENCH_SINK)?).map_err(map_err(abi::MAP_BENCH_SINK))?;
+        Ok(a.get(&0, 0).map_err(map_err(abi::MAP_BENCH_SINK))?.iter().sum())
     }
 
     /// [`Datapath::test_run_xdp`] for any loaded XDP program of the object.

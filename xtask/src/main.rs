@@ -134,12 +134,16 @@ fn main() -> Result<()> {
             require_root("the benchmark")?;
             setup::run()?;
             build_forwarder()?;
-            let mut cmd = cargo();
-            cmd.args(["bench", "-p", "forwarder-testkit", "--bench", "micro", "--"]);
-            if quick {
-                cmd.arg("--quick");
+            // The program's micro-benchmark, then the netfilter comparison.
+            for bench in ["micro", "compare"] {
+                let mut cmd = cargo();
+                cmd.args(["bench", "-p", "forwarder-testkit", "--bench", bench, "--"]);
+                if quick {
+                    cmd.arg("--quick");
+                }
+                status(&mut cmd)?;
             }
-            status(&mut cmd)
+            Ok(())
         }
         Cmd::Test { args } => {
             require_root("the end-to-end tests")?;

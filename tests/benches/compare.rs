@@ -1,0 +1,673 @@
+//! The netfilter comparison (`cargo xtask bench`): the same lab, traffic
+//! and durations for six ways of publishing a service through a Linux
+//! gateway, measured in one run, interleaved (A B C … A B C …) so drift of
+//! the machine hits every mode alike.
+//!
+//! Modes: plain routing (no NAT: the kernel's own ceiling on this path);
+//! iptables, exactly the classic recipe (PREROUTING DNAT, FORWARD `-m state
+//! --state NEW,ESTABLISHED,RELATED -j ACCEPT`, POSTROUTING MASQUERADE); the
+//! nftables equivalent; the forwarder in XDP mode and in TC mode; a bare
+//! XDP FIB-lookup + redirect program (no NAT: the ceiling of the XDP
+//! approach). NAT modes publish 203.0.113.1:{8080,5201,5300,5301} as
+//! 192.168.1.50:{80,5201,5300,5301} with masquerade, the server having no
+//! route back to the client; the no-NAT modes reach the server's address
+//! directly and give it that route.
+//!
+//! Workloads per mode: 64-byte UDP frames from the client (`sendmmsg`, one
+//! flow) counted by an XDP program at the server — on veth the sender's
+//! CPU carries the packet through gateway and server in the same softirq,
+//! so the rate is bounded by the whole path's cost per packet (generator
+//! included, the same in every mode); in-kernel generation with
+//! `BPF_PROG_TEST_RUN` live frames delivered only the first 64-frame batch
+//! of each call on this kernel's veth (see the README); TCP bulk (iperf3, 1 and 4 streams); new
+//! TCP connections per second (connect, request, answer, close); UDP
+//! request/response latency at 1000 requests/s; and CPU time of the whole
+//! machine per delivered packet during the packet-rate run (generator and
+//! receiver included: the same in every mode, so the differences are the
+//! gateway's).
+//!
+//! Every run is checked before it counts: packets arrived at the server,
+//! replies came back, the server saw the address the mode must produce
+//! (the gateway's for NAT, the client's for routing), and the work was done
+//! by the mode's own path (netfilter conntrack entries for iptables and
+//! nftables, kernel-forwarded datagrams for routing, neither for the XDP
+//! modes, the forwarder's rule counters for its modes). A failed check
+//! marks that figure of that mode FAILED; nothing is reported as zero.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use forwarder::{iface, loader::Datapath};
+use forwarder_common::abi::{PROG_BENCH_FIB, PROG_BENCH_SINK};
+use forwarder_testkit::{ADDRS, Forwarder, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab};
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Routing,
+    Iptables,
+    Nftables,
+    ForwarderXdp,
+    ForwarderTc,
+    BareXdp,
+}
+
+const MODES: [Mode; 6] = [Mode::Routing, Mode::Iptables, Mode::Nftables, Mode::ForwarderXdp, Mode::ForwarderTc, Mode::BareXdp];
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Routing => "routing (no NAT)",
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
+            Self::ForwarderXdp => "forwarder XDP",
+            Self::ForwarderTc => "forwarder TC",
+            Self::BareXdp => "bare XDP redirect (no NAT)",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Routing => "routing",
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
+            Self::ForwarderXdp => "forwarder_xdp",
+            Self::ForwarderTc => "forwarder_tc",
+            Self::BareXdp => "bare_xdp",
+        }
+    }
+
+    fn nat(self) -> bool {
+        !matches!(self, Self::Routing | Self::BareXdp)
+    }
+
+    /// Whether packets should cross the kernel's IPv4 forwarding code.
+    fn kernel_forwards(self) -> bool {
+        matches!(self, Self::Routing | Self::Iptables | Self::Nftables)
+    }
+
+    /// Where the client sends to: (address, port) for a service port.
+    fn target(self, service: u16) -> SocketAddr {
+        if self.nat() {
+            let public = match service {
+                80 => 8080,
+                p => p,
+            };
+            SocketAddr::from((ADDRS.gw_public, public))
+        } else {
+            SocketAddr::from((ADDRS.server, service))
+        }
+    }
+
+    /// The source address the server must see.
+    fn seen_source(self) -> Ipv4Addr {
+        if self.nat() { ADDRS.gw_internal } else { ADDRS.client }
+    }
+}
+
+/// The services: (protocol, public port, server port).
+const SERVICES: [(&str, u16, u16); 4] = [("tcp", 8080, 80), ("tcp", 5201, 5201), ("udp", 5300, 5300), ("udp", 5301, 5301)];
+
+const FIGURES: [(&str, &str, bool); 7] = [
+    // (key, label, higher is better)
+    ("udp64_kpps", "UDP 64 B delivered (kpps)", true),
+    ("udp64_loss_pct", "UDP 64 B loss (%)", false),
+    ("cpu_ns_per_pkt", "CPU per delivered packet (ns, whole machine)", false),
+    ("tcp1_gbps", "TCP bulk, 1 stream (Gbit/s)", true),
+    ("tcp4_gbps", "TCP bulk, 4 streams (Gbit/s)", true),
+    ("conn_per_s", "new TCP connections/s", true),
+    ("rtt_p50_us", "UDP request/response p50 (us)", false),
+];
+const RTT_P99: (&str, &str, bool) = ("rtt_p99_us", "UDP request/response p99 (us)", false);
+
+struct Params {
+    secs: u64,
+    reps: usize,
+}
+
+/// What a mode left running.
+enum Active {
+    None,
+    Forwarder(Box<Forwarder>),
+    /// Held: its programs stay attached until it is dropped.
+    Bare(#[expect(dead_code, reason = "held for its attachments")] Box<Datapath>),
+}
+
+fn sh(lab: &Lab, host: Host, program: &str, args: &[&str]) -> Result<String> {
+    lab.ns(host).exec(program, args).with_context(|| format!("{program} {}", args.join(" ")))
+}
+
+fn setup(lab: &Lab, mode: Mode) -> Result<Active> {
+    // The same gateway in every mode: neighbours pinned, forwarding on,
+    // NAPI (GRO) on its veths so generated frames can be received.
+    lab.prime_gateway()?;
+    for ifname in [GW_PUBLIC_IF, GW_INTERNAL_IF] {
+        sh(lab, Host::Gateway, "ethtool", &["-K", ifname, "gro", "on"])?;
+    }
+    // Client and server put complete checksums and MTU-sized segments on
+    // the "wire", as packets from a real network arrive at a gateway (a
+    // veth otherwise passes CHECKSUM_PARTIAL super-packets from local
+    // senders, which no NIC delivers).
+    for host in [Host::Client, Host::Server] {
+        sh(lab, host, "ethtool", &["-K", "eth0", "tx", "off"])?;
+    }
+    if !mode.nat() {
+        lab.server.ip(&["route", "add", "203.0.113.0/24", "via", &ADDRS.gw_internal.to_string()])?;
+    }
+    let s = ADDRS.server.to_string();
+    Ok(match mode {
+        Mode::Routing => Active::None,
+        Mode::Iptables => {
+            for (proto, public, port) in SERVICES {
+                let to = format!("{s}:{port}");
+                sh(lab, Host::Gateway, "iptables", &["-t", "nat", "-A", "PREROUTING", "-p", proto, "-i", GW_PUBLIC_IF, "--dport", &public.to_string(), "-j", "DNAT", "--to-destination", &to])?;
+            }
+            sh(lab, Host::Gateway, "iptables", &["-A", "FORWARD", "-m", "state", "--state", "NEW,ESTABLISHED,RELATED", "-j", "ACCEPT"])?;
+            sh(lab, Host::Gateway, "iptables", &["-t", "nat", "-A", "POSTROUTING", "-o", GW_INTERNAL_IF, "-j", "MASQUERADE"])?;
+            Active::None
+        }
+        Mode::Nftables => {
+            let dnat = SERVICES.iter().fold(String::new(), |mut acc, (proto, public, port)| {
+                use std::fmt::Write as _;
+                let _ = writeln!(acc, "    iifname \"{GW_PUBLIC_IF}\" {proto} dport {public} dnat to {s}:{port}");
+                acc
+            });
+            let ruleset = format!(
+                "table ip fwdbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat;\n{dnat}  }}\n  \
+                 chain forward {{\n    type filter hook forward priority filter;\n    ct state new,established,related accept\n  }}\n  \
+                 chain postrouting {{\n    type nat hook postrouting priority srcnat;\n    oifname \"{GW_INTERNAL_IF}\" masquerade\n  }}\n}}\n"
+            );
+            let path = lab.dir.join("bench.nft");
+            std::fs::write(&path, ruleset)?;
+            sh(lab, Host::Gateway, "nft", &["-f", path.to_str().context("path")?])?;
+            Active::None
+        }
+        Mode::ForwarderXdp | Mode::ForwarderTc => {
+            let rules: Vec<String> = SERVICES.iter().map(|(proto, public, port)| format!("{proto}:{public}={s}:{port}")).collect();
+            let mut args: Vec<&str> = Vec::new();
+            for r in &rules {
+                args.extend(["--rule", r.as_str()]);
+            }
+            // Audit off: the recipe it is compared with has no LOG rule.
+            args.extend(["--mode", if mode == Mode::ForwarderXdp { "xdp" } else { "tc" }, "--xdp-attach", "native", "--audit-rate", "0"]);
+            Active::Forwarder(Box::new(lab.start_forwarder(&args)?))
+        }
+        Mode::BareXdp => {
+            let dp = lab
+                .gateway
+                .enter(|| -> Result<Datapath> {
+                    let settings = forwarder::config::Settings { public: vec![GW_PUBLIC_IF.into()], internal: vec![GW_INTERNAL_IF.into()], ..Default::default() };
+                    let compiled = settings.compile(iface::index)?;
+                    let mut dp = Datapath::load(1024)?;
+                    dp.configure(&compiled)?;
+                    dp.load_bench_programs()?;
+                    dp.attach_named(PROG_BENCH_FIB, GW_PUBLIC_IF)?;
+                    dp.attach_named(PROG_BENCH_FIB, GW_INTERNAL_IF)?;
+                    Ok(dp)
+                })?
+                .join()
+                .map_err(|_| anyhow::anyhow!("bare XDP setup panicked"))??;
+            Active::Bare(Box::new(dp))
+        }
+    })
+}
+
+/// /proc/stat: busy time of all CPUs in ns (user, nice, system, irq, softirq).
+fn cpu_busy_ns() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = text.lines().next().unwrap_or_default();
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum::<u64>();
+    busy * (1_000_000_000 / hz)
+}
+
+/// An IPv4 counter of the gateway's `/proc/net/snmp` (`Ip:` line).
+fn ip_counter(lab: &Lab, name: &str) -> Result<u64> {
+    let text = sh(lab, Host::Gateway, "cat", &["/proc/net/snmp"])?;
+    let mut lines = text.lines().filter(|l| l.starts_with("Ip:"));
+    let (head, vals) = (lines.next().context("snmp")?, lines.next().context("snmp")?);
+    let i = head.split_whitespace().position(|h| h == name).context("counter")?;
+    vals.split_whitespace().nth(i).context("value")?.parse().context("number")
+}
+
+/// 64-byte UDP frames from the client for `secs` (one flow, `sendmmsg` in
+/// batches of 64), counted at the server: (kpps delivered, loss %, CPU ns
+/// of the whole machine per delivered packet, packets delivered).
+fn udp64(lab: &Lab, mode: Mode, receiver: &Arc<Mutex<Datapath>>, secs: u64) -> Result<(f64, f64, f64, u64)> {
+    let t = mode.target(5300);
+    let r = receiver.clone();
+    let link = lab.server.enter(move || r.lock().expect("datapath").attach_named(PROG_BENCH_SINK, "eth0"))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    let count = || receiver.lock().expect("datapath").bench_sink_count();
+    // Warm-up: state created, neighbours and caches warm.
+    lab.client.enter(move || flood(t, Duration::from_millis(200)))?.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+    std::thread::sleep(Duration::from_millis(100));
+    let (c0, cpu0) = (count()?, cpu_busy_ns());
+    let (sent, took) = lab.client.enter(move || flood(t, Duration::from_secs(secs)))?.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+    std::thread::sleep(Duration::from_millis(50));
+    let (c1, cpu1) = (count()?, cpu_busy_ns());
+    let r = receiver.clone();
+    lab.server.enter(move || r.lock().expect("datapath").detach_named(PROG_BENCH_SINK, link))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    let got = c1 - c0;
+    ensure!(got > sent / 100, "only {got} of {sent} packets reached the server");
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    Ok((got as f64 / took.as_secs_f64() / 1000.0, 100.0 * (1.0 - got as f64 / sent as f64), (cpu1 - cpu0) as f64 / got as f64, got))
+}
+
+/// Sends 22-byte UDP payloads (64-byte frames) to `to` for `d`: (sent, time).
+fn flood(to: SocketAddr, d: Duration) -> Result<(u64, Duration)> {
+    use std::os::fd::AsRawFd;
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(to)?;
+    let payload = [0x5au8; 22];
+    let mut iov = libc::iovec { iov_base: payload.as_ptr().cast_mut().cast(), iov_len: payload.len() };
+    let mut msgs: Vec<libc::mmsghdr> = (0..64)
+        .map(|_| {
+            // SAFETY: plain old data; zero is a valid mmsghdr.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = &raw mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let (mut sent, t0) = (0u64, Instant::now());
+    while t0.elapsed() < d {
+        // SAFETY: 64 valid headers pointing at a live buffer.
+        let n = unsafe { libc::sendmmsg(s.as_raw_fd(), msgs.as_mut_ptr(), 64, 0) };
+        if let Ok(n) = u64::try_from(n) {
+            sent += n;
+        }
+    }
+    Ok((sent, t0.elapsed()))
+}
+
+/// iperf3 from the client through the mode: Gbit/s received.
+fn iperf(lab: &Lab, mode: Mode, streams: u32, secs: u64) -> Result<f64> {
+    let t = mode.target(5201);
+    let out = lab
+        .client
+        .command("iperf3")
+        .args(["-c", &t.ip().to_string(), "-p", &t.port().to_string(), "-t", &secs.to_string(), "-P", &streams.to_string(), "-J", "--connect-timeout", "3000"])
+        .output()?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received")?;
+    ensure!(bps > 0.0, "nothing received");
+    Ok(bps / 1e9)
+}
+
+/// New TCP connections per second (2 client threads, each connect →
+/// request → answer → close); checks the source the server saw.
+fn conns(lab: &Lab, mode: Mode, secs: u64) -> Result<f64> {
+    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80"))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut peers = BTreeSet::new();
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                    let mut b = [0u8; 16];
+                    if s.read(&mut b).is_ok() {
+                        let _ = s.write_all(b"OK\n");
+                    }
+                    peers.insert(peer.ip());
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+        peers
+    });
+    let t = mode.target(80);
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            lab.client
+                .enter(move || {
+                    let t0 = Instant::now();
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    while t0.elapsed() < Duration::from_secs(secs) {
+                        let r = TcpStream::connect_timeout(&t, Duration::from_secs(1)).and_then(|mut s| {
+                            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                            s.write_all(b"GET\n")?;
+                            let mut r = Vec::new();
+                            s.read_to_end(&mut r)?;
+                            if r == b"OK\n" { Ok(()) } else { Err(std::io::Error::other("bad answer")) }
+                        });
+                        if r.is_ok() { ok += 1 } else { failed += 1 }
+                    }
+                    (ok, failed, t0.elapsed())
+                })
+                .expect("client thread")
+        })
+        .collect();
+    let results: Vec<(u64, u64, Duration)> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    stop.store(true, Ordering::Relaxed);
+    let peers = server.join().map_err(|_| anyhow::anyhow!("server panicked"))?;
+    let ok: u64 = results.iter().map(|r| r.0).sum();
+    let failed: u64 = results.iter().map(|r| r.1).sum();
+    ensure!(ok > 0, "no connection completed ({failed} failed)");
+    ensure!(failed * 100 <= ok, "{failed} of {} connections failed", ok + failed);
+    ensure!(peers == BTreeSet::from([IpAddr::V4(mode.seen_source())]), "the server saw {peers:?}, expected {}", mode.seen_source());
+    let secs = results.iter().map(|r| r.2.as_secs_f64()).fold(0.0, f64::max);
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    Ok(ok as f64 / secs)
+}
+
+/// UDP request/response round trips at 1000/s: (p50 µs, p99 µs).
+fn rtt(lab: &Lab, mode: Mode, secs: u64) -> Result<(f64, f64)> {
+    let sock = lab.server.enter(|| UdpSocket::bind("0.0.0.0:5301"))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let echo = std::thread::spawn(move || {
+        let mut peers = BTreeSet::new();
+        let mut b = [0u8; 64];
+        while !stop2.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut b) {
+                let _ = sock.send_to(&b[..n], from);
+                peers.insert(from.ip());
+            }
+        }
+        peers
+    });
+    let t = mode.target(5301);
+    let n = secs * 1000;
+    let (mut samples, lost) = lab
+        .client
+        .enter(move || -> Result<(Vec<f64>, u64)> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(t)?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let (mut samples, mut lost) = (Vec::new(), 0);
+            let t0 = Instant::now();
+            let mut b = [0u8; 64];
+            for i in 0..n {
+                let due = t0 + Duration::from_millis(i);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let sent = Instant::now();
+                s.send(&i.to_be_bytes())?;
+                loop {
+                    match s.recv(&mut b) {
+                        Ok(8) if b[..8] == i.to_be_bytes() => {
+                            samples.push(sent.elapsed().as_secs_f64() * 1e6);
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            lost += 1;
+                            break;
+                        }
+                    }
+                }
+                if lost * 20 > n {
+                    break;
+                }
+            }
+            Ok((samples, lost))
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    stop.store(true, Ordering::Relaxed);
+    let peers = echo.join().map_err(|_| anyhow::anyhow!("echo panicked"))?;
+    ensure!(lost * 20 <= n, "{lost} of {n} requests unanswered");
+    ensure!(peers == BTreeSet::from([IpAddr::V4(mode.seen_source())]), "the server saw {peers:?}, expected {}", mode.seen_source());
+    samples.sort_by(f64::total_cmp);
+    // Nearest-rank percentiles.
+    let at = |pct: usize| samples[(samples.len() - 1) * pct / 100];
+    Ok((at(50), at(99)))
+}
+
+/// Checks the mode's own path did the work: `delivered` = packets of the
+/// packet-rate run, `kernel_forwarded` = datagrams the kernel's IPv4
+/// forwarding counted meanwhile.
+fn verify_path(lab: &Lab, mode: Mode, delivered: u64, kernel_forwarded: u64) -> Result<()> {
+    if matches!(mode, Mode::Iptables | Mode::Nftables) {
+        let n: u64 = sh(lab, Host::Gateway, "conntrack", &["-C"])?.trim().parse()?;
+        ensure!(n > 0, "no netfilter conntrack entries: netfilter did not translate");
+    }
+    if mode.kernel_forwards() {
+        ensure!(kernel_forwarded >= delivered * 9 / 10, "the kernel forwarded {kernel_forwarded} datagrams for {delivered} delivered packets");
+    } else {
+        ensure!(kernel_forwarded <= delivered / 100, "the kernel forwarded {kernel_forwarded} datagrams: the mode's own path did not");
+    }
+    Ok(())
+}
+
+/// The forwarder's rule counters saw every workload.
+fn verify_counters(stats: &str) -> Result<()> {
+    let stats: Value = serde_json::from_str(stats)?;
+    for (i, svc) in SERVICES.iter().enumerate() {
+        let c = stats["rules"][i]["new_connections"].as_u64().unwrap_or(0);
+        ensure!(c > 0, "forwarder rule {svc:?} counted no connection");
+    }
+    Ok(())
+}
+
+type Figures = Vec<(&'static str, Result<f64, String>)>;
+
+/// One mode, one repetition: a fresh lab (nothing of an earlier mode
+/// survives, e.g. netfilter hooks), every workload, the checks.
+fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Datapath>>) -> Result<Figures> {
+    let mut lab = Lab::new()?;
+    let mut active = setup(&lab, mode)?;
+    // (Bare: the Datapath keeps its programs attached until dropped.)
+    let iperf_log = lab.dir.join("iperf3-server.log");
+    lab.spawn(Host::Server, "iperf3", &["-s", "-p", "5201", "--logfile", iperf_log.to_str().context("path")?])?;
+    let fwd0 = ip_counter(&lab, "ForwDatagrams")?;
+    let pps = udp64(&lab, mode, traffic, p.secs);
+    let fwd1 = ip_counter(&lab, "ForwDatagrams")?;
+    let checked = match &pps {
+        Ok(r) => verify_path(&lab, mode, r.3, fwd1 - fwd0).map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    let mut out: Figures = Vec::new();
+    let failed_pps = |e: &String| (Err(e.clone()), Err(e.clone()), Err(e.clone()));
+    let (kpps, loss, cpu) = match (&pps, &checked) {
+        (Ok(r), Ok(())) => (Ok(r.0), Ok(r.1), Ok(r.2)),
+        (_, Err(e)) => failed_pps(e),
+        (Err(e), Ok(())) => failed_pps(&format!("{e:#}")),
+    };
+    out.extend([("udp64_kpps", kpps), ("udp64_loss_pct", loss), ("cpu_ns_per_pkt", cpu)]);
+    out.push(("tcp1_gbps", iperf(&lab, mode, 1, p.secs).map_err(|e| format!("{e:#}"))));
+    out.push(("tcp4_gbps", iperf(&lab, mode, 4, p.secs).map_err(|e| format!("{e:#}"))));
+    out.push(("conn_per_s", conns(&lab, mode, p.secs).map_err(|e| format!("{e:#}"))));
+    match rtt(&lab, mode, p.secs) {
+        Ok((p50, p99)) => out.extend([("rtt_p50_us", Ok(p50)), ("rtt_p99_us", Ok(p99))]),
+        Err(e) => out.extend([("rtt_p50_us", Err(format!("{e:#}"))), ("rtt_p99_us", Err(format!("{e:#}")))]),
+    }
+    // The forwarder's rule counters cover every workload: checked last.
+    if let Active::Forwarder(f) = &mut active
+        && let Err(e) = f.stop().and_then(|stats| verify_counters(&stats))
+    {
+        let e = format!("{e:#}");
+        for f in &mut out {
+            f.1 = Err(e.clone());
+        }
+    }
+    drop(active);
+    drop(lab);
+    Ok(out)
+}
+
+struct Summary {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn summarize(values: &[Result<f64, String>]) -> Result<Summary, String> {
+    if let Some(Err(e)) = values.iter().find(|v| v.is_err()) {
+        return Err(e.clone());
+    }
+    let mut v: Vec<f64> = values.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    if v.is_empty() {
+        return Err("no repetition".into());
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(Summary { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] })
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    format!("{n} x {cpu}, kernel {}", kernel.trim())
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    // `--modes=iptables,forwarder_xdp`: a subset (iptables is always run:
+    // the ratios are to it).
+    let only: Option<Vec<String>> = std::env::args().find_map(|a| a.strip_prefix("--modes=").map(|m| m.split(',').map(String::from).collect()));
+    let modes: Vec<Mode> = MODES.iter().copied().filter(|m| *m == Mode::Iptables || only.as_ref().is_none_or(|o| o.iter().any(|k| k == m.key()))).collect();
+    let p = if quick { Params { secs: 1, reps: 3 } } else { Params { secs: 4, reps: 5 } };
+    let t0 = Instant::now();
+    // The generator and receiver programs, loaded once.
+    let mut traffic = Datapath::load(1024)?;
+    traffic.load_bench_programs()?;
+    let traffic = Arc::new(Mutex::new(traffic));
+    let mut all: Vec<Vec<Figures>> = vec![Vec::new(); modes.len()];
+    for rep in 0..p.reps {
+        for (i, mode) in modes.iter().enumerate() {
+            let t = Instant::now();
+            let figs = run_mode(*mode, &p, &traffic).unwrap_or_else(|e| {
+                let e = format!("{e:#}");
+                FIGURES.iter().chain([&RTT_P99]).map(|f| (f.0, Err(e.clone()))).collect()
+            });
+            let failed: Vec<&str> = figs.iter().filter(|f| f.1.is_err()).map(|f| f.0).collect();
+            eprintln!(
+                "compare: rep {}/{} {:<28} {:.1} s{}",
+                rep + 1,
+                p.reps,
+                mode.name(),
+                t.elapsed().as_secs_f64(),
+                if failed.is_empty() { String::new() } else { format!("  FAILED: {}", failed.join(", ")) }
+            );
+            all[i].push(figs);
+        }
+    }
+    let figures: Vec<(&str, &str, bool)> = FIGURES.iter().copied().chain([RTT_P99]).collect();
+    // summary[mode][figure]
+    let summary: Vec<Vec<Result<Summary, String>>> = all
+        .iter()
+        .map(|reps| figures.iter().map(|(key, _, _)| summarize(&reps.iter().map(|r| r.iter().find(|f| f.0 == *key).map_or(Err("missing".into()), |f| f.1.clone())).collect::<Vec<_>>())).collect())
+        .collect();
+    let ipt = modes.iter().position(|m| *m == Mode::Iptables).expect("iptables mode");
+    let machine = machine();
+    println!("\nnetfilter comparison: {} repetitions x {} s per workload, interleaved; {machine}", p.reps, p.secs);
+    println!("median [min-max], and the ratio to iptables (x; > 1 = better for throughput figures, < 1 = better for time figures)\n");
+    let mut json_modes = Vec::new();
+    for (fi, (key, label, higher)) in figures.iter().enumerate() {
+        println!("{label}");
+        for (mi, mode) in modes.iter().enumerate() {
+            match &summary[mi][fi] {
+                Ok(s) => {
+                    let ratio = summary[ipt][fi].as_ref().ok().filter(|b| b.median > 0.0).map(|b| s.median / b.median);
+                    println!(
+                        "  {:<28} {:>10.2} [{:.2}-{:.2}]{}",
+                        mode.name(),
+                        s.median,
+                        s.min,
+                        s.max,
+                        ratio.map(|r| format!("  x{r:.2}")).unwrap_or_default()
+                    );
+                }
+                Err(e) => println!("  {:<28} FAILED: {e}", mode.name()),
+            }
+        }
+        let _ = (key, higher);
+    }
+    for (mi, mode) in modes.iter().enumerate() {
+        let mut figs = serde_json::Map::new();
+        for (fi, (key, _, higher)) in figures.iter().enumerate() {
+            let v = match &summary[mi][fi] {
+                Ok(s) => json!({"median": s.median, "min": s.min, "max": s.max, "higher_is_better": higher,
+                    "ratio_to_iptables": summary[ipt][fi].as_ref().ok().filter(|b| b.median > 0.0).map(|b| s.median / b.median),
+                    "runs": all[mi].iter().map(|r| r.iter().find(|f| f.0 == *key).and_then(|f| f.1.clone().ok())).collect::<Vec<_>>()}),
+                Err(e) => json!({"failed": e}),
+            };
+            figs.insert((*key).to_string(), v);
+        }
+        json_modes.push(json!({"mode": mode.key(), "name": mode.name(), "figures": figs}));
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let doc = json!({"machine": machine, "reps": p.reps, "secs": p.secs, "quick": quick, "modes": json_modes});
+    std::fs::write(dir.join("compare.json"), serde_json::to_string_pretty(&doc)?)?;
+    let svg = dir.join("compare.svg");
+    chart(&svg, &modes, &figures, &summary, ipt, &machine)?;
+    println!("\nwritten {} and {} ({:.0} s)", dir.join("compare.json").display(), svg.display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[expect(clippy::cast_precision_loss, reason = "a handful of bars")]
+/// One panel per figure: a bar per mode, its median relative to iptables
+/// (iptables = 1), with the absolute median written on it.
+fn chart(path: &std::path::Path, modes: &[Mode], figures: &[(&str, &str, bool)], summary: &[Vec<Result<Summary, String>>], ipt: usize, machine: &str) -> Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1200, 260 * figures.len().div_ceil(2) as u32 + 60)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title, body) = root.split_vertically(60);
+    title.draw(&Text::new(format!("forwarder vs netfilter: median of each mode relative to iptables (= 1); {machine}"), (10, 8), ("sans-serif", 17)))?;
+    let colors = [RGBColor(120, 120, 120), RGBColor(214, 39, 40), RGBColor(255, 127, 14), RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+    // Legend: one colour per mode, in bar order.
+    for (mi, mode) in modes.iter().enumerate() {
+        let x = 10 + 195 * i32::try_from(mi).unwrap_or(0);
+        title.draw(&Rectangle::new([(x, 36), (x + 14, 50)], colors[mi % colors.len()].filled()))?;
+        title.draw(&Text::new(mode.name(), (x + 18, 37), ("sans-serif", 13)))?;
+    }
+    let panels = body.split_evenly((figures.len().div_ceil(2), 2));
+    for (fi, (panel, (_, label, higher))) in panels.iter().zip(figures).enumerate() {
+        let vals: Vec<Option<(f64, f64)>> = (0..modes.len())
+            .map(|mi| {
+                let base = summary[ipt][fi].as_ref().ok()?.median;
+                let s = summary[mi][fi].as_ref().ok()?;
+                (base > 0.0).then(|| (s.median / base, s.median))
+            })
+            .collect();
+        let top = vals.iter().flatten().map(|v| v.0).fold(1.0, f64::max) * 1.25;
+        let caption = format!("{label} ({} is better)", if *higher { "higher" } else { "lower" });
+        let mut c = ChartBuilder::on(panel)
+            .caption(caption, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(5)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0f64..modes.len() as f64, 0f64..top)?;
+        c.configure_mesh().disable_x_mesh().x_labels(0).y_desc("x iptables").draw()?;
+        for (mi, v) in vals.iter().enumerate() {
+            let x = mi as f64;
+            match v {
+                Some((ratio, abs)) => {
+                    c.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, *ratio)], colors[mi % colors.len()].filled())))?;
+                    c.draw_series(std::iter::once(Text::new(format!("{abs:.1}"), (x + 0.2, ratio + top * 0.03), ("sans-serif", 11))))?;
+                }
+                None => {
+                    c.draw_series(std::iter::once(Text::new("FAILED", (x + 0.15, top * 0.1), ("sans-serif", 11).into_font().color(&RED))))?;
+                }
+            }
+        }
+    }
+    root.present()?;
+    Ok(())
+}
