@@ -195,7 +195,18 @@ pub struct FlowEntry {
     /// 802.1Q TCI (host order) to tag packets of this direction with when
     /// they leave (the client came tagged); 0 = untagged.
     pub vlan: u16,
-    pub _pad: [u8; 4],
+    /// The cached next hop of this direction (a `bpf_fib_lookup` result,
+    /// see `conntrack::NextHop`): egress ifindex (host order; 0 = none).
+    pub nh_ifindex: u32,
+    /// Source and destination MAC of the next hop.
+    pub nh_smac: [u8; 6],
+    pub nh_dmac: [u8; 6],
+    /// The egress MTU (host order): larger packets take the full lookup.
+    pub nh_mtu: u16,
+    pub _pad: [u8; 2],
+    /// When the next hop was looked up (`bpf_ktime_get_ns`); it is used
+    /// for `conntrack::NEXT_HOP_TTL_NS`, then looked up again.
+    pub nh_checked_ns: u64,
 }
 
 /// Key of [`MAP_FRAGS`]: what all fragments of one datagram share.
@@ -351,7 +362,7 @@ pub const MAX_SNAT_ATTEMPTS: u32 = 32;
 const _: () = assert!(core::mem::size_of::<RuleKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleTarget>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 56);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 48);
 const _: () = assert!(core::mem::size_of::<SrcKey>() == 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);

@@ -35,8 +35,33 @@ impl FlowEntry {
             dir,
             state: 0,
             vlan: 0,
-            _pad: [0; 4],
+            nh_ifindex: 0,
+            nh_smac: [0; 6],
+            nh_dmac: [0; 6],
+            nh_mtu: 0,
+            _pad: [0; 2],
+            nh_checked_ns: 0,
         }
+    }
+
+    /// The cached next hop, if there is one, it is younger than
+    /// [`NEXT_HOP_TTL_NS`], and a packet of `l3_len` bytes fits its MTU.
+    #[inline(always)]
+    pub const fn next_hop(&self, now_ns: u64, l3_len: u16) -> Option<NextHop> {
+        if self.nh_ifindex == 0 || now_ns.wrapping_sub(self.nh_checked_ns) >= NEXT_HOP_TTL_NS || l3_len > self.nh_mtu {
+            return None;
+        }
+        Some(NextHop { ifindex: self.nh_ifindex, smac: self.nh_smac, dmac: self.nh_dmac, mtu: self.nh_mtu })
+    }
+
+    /// Caches `nh`, looked up at `now_ns`.
+    #[inline(always)]
+    pub const fn cache_next_hop(&mut self, nh: &NextHop, now_ns: u64) {
+        self.nh_ifindex = nh.ifindex;
+        self.nh_smac = nh.smac;
+        self.nh_dmac = nh.dmac;
+        self.nh_mtu = nh.mtu;
+        self.nh_checked_ns = now_ns;
     }
 
     /// The tuple a packet matching this entry leaves with.
@@ -45,6 +70,22 @@ impl FlowEntry {
         Tuple { saddr: self.saddr, daddr: self.daddr, sport: self.sport, dport: self.dport }
     }
 }
+
+/// Where a flow's packets go next: what `bpf_fib_lookup` said, cached in
+/// the flow entry so the established path skips the lookup. Routes and
+/// neighbours change rarely; a cached next hop is used for at most
+/// [`NEXT_HOP_TTL_NS`], then looked up again, so a route or neighbour
+/// change reaches established flows within that time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub mtu: u16,
+}
+
+/// How long a cached next hop is trusted: 1 s.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
 /// The two entries of a connection whose packets arrive as `orig` and leave
 /// as `translated`: the original-direction pair first, the reply pair second.
@@ -310,5 +351,23 @@ mod tests {
     fn refresh_is_coarse() {
         assert!(!needs_refresh(10, 10 + REFRESH_NS));
         assert!(needs_refresh(10, 11 + REFRESH_NS));
+    }
+
+    #[test]
+    fn next_hop_cache_is_used_fresh_and_fitting_only() {
+        let t = Tuple { saddr: [10, 0, 0, 1], daddr: [10, 0, 0, 2], sport: [0, 1], dport: [0, 2] };
+        let mut e = FlowEntry::new(&t, 0, DIR_ORIGINAL, 5);
+        // Nothing cached yet.
+        assert_eq!(e.next_hop(5, 60), None);
+        let nh = NextHop { ifindex: 3, smac: [2; 6], dmac: [4; 6], mtu: 1500 };
+        e.cache_next_hop(&nh, 1_000);
+        assert_eq!(e.next_hop(1_000, 1500), Some(nh));
+        assert_eq!(e.next_hop(1_000 + NEXT_HOP_TTL_NS - 1, 40), Some(nh));
+        // Too old: look it up again.
+        assert_eq!(e.next_hop(1_000 + NEXT_HOP_TTL_NS, 40), None);
+        // Too big for the cached MTU: the full lookup decides (fragmentation needed).
+        assert_eq!(e.next_hop(1_000, 1501), None);
+        // The tuple is untouched by caching.
+        assert_eq!(e.tuple(), t);
     }
 }

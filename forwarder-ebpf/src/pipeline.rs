@@ -20,7 +20,7 @@ use forwarder_common::{
         RULE_KEY_FULL_BITS, RuleKey, RuleTarget, SrcKey,
     },
     rule::backend_port,
-    conntrack::{TCP_RST, entry_pair, needs_refresh, next_state, snat_candidate, tuple_hash},
+    conntrack::{NextHop, TCP_RST, entry_pair, needs_refresh, next_state, snat_candidate, tuple_hash},
     csum::looks_partial,
     icmp::PROTO_ICMP,
     nat::Tuple,
@@ -379,16 +379,26 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
         return Verdict::ToTc(stats::XDP_TO_TC);
     }
     let new = entry.tuple();
-    let r = route(p, &parsed, &new, 0);
-    let fwd = match fib_verdict::<P>(&r, new) {
-        Ok(f) => f,
-        Err(v) => return v,
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // The next hop cached in the entry (fresh, and the packet fits its
+    // MTU), or a FIB lookup whose answer is cached for the next packets.
+    let fwd = if let Some(nh) = entry.next_hop(now, parsed.l4_len.saturating_add(20)) {
+        Forward { new, ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac, resolve_nexthop: None, mtu: nh.mtu }
+    } else {
+        let r = route(p, &parsed, &new, 0);
+        let fwd = match fib_verdict::<P>(&r, new) {
+            Ok(f) => f,
+            Err(v) => return v,
+        };
+        if fwd.resolve_nexthop.is_none() && fwd.mtu != 0 {
+            entry.cache_next_hop(&NextHop { ifindex: fwd.ifindex, smac: fwd.smac, dmac: fwd.dmac, mtu: fwd.mtu }, now);
+        }
+        fwd
     };
     if !xdp_can_finish::<P>(&parsed) {
         return Verdict::ToTc(stats::XDP_TO_TC);
     }
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
     if needs_refresh(entry.last_seen_ns, now) {
         entry.last_seen_ns = now;
     }

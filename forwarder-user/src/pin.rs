@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 /// another layout (it retires it, see [`Pins::retire_stale`]), while maps
 /// whose layout did not change carry over an upgrade.
 pub const STATE_MAPS: [(&str, u32); 4] = [
-    (abi::MAP_FLOWS, 1),
+    // v2: the cached next hop (56-byte entries).
+    (abi::MAP_FLOWS, 2),
     (abi::MAP_FRAGS, 1),
     (abi::MAP_RULE_STATS, 1),
     // v2: 28 counters (the audit counters were added).
@@ -143,7 +144,7 @@ mod tests {
         let flows = pins.map(abi::MAP_FLOWS);
         let stats = pins.map(abi::MAP_STATS);
         assert_eq!(stats.file_name().unwrap(), "FWD_STATS_v2");
-        for f in ["FWD_STATS", "FWD_STATS_v1", "FWD_FLOWS_v1", "FWD_STATS_v2", "link-xdp-pub0", "FWD_FLOWS_OTHER"] {
+        for f in ["FWD_STATS", "FWD_STATS_v1", "FWD_FLOWS_v2", "FWD_STATS_v2", "link-xdp-pub0", "FWD_FLOWS_OTHER"] {
             std::fs::write(dir.join(f), "").unwrap();
         }
         let mut gone = pins.retire_stale().unwrap();

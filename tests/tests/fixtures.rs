@@ -154,6 +154,12 @@ fn fixture_table_through_the_xdp_program() {
             //    untouched, to TC, which lets the egress device segment it.
             let ip = |args: &[&str]| assert!(std::process::Command::new("ip").args(["-n", gw_ns]).args(args).status().unwrap().success());
             ip(&["link", "set", GW_INTERNAL_IF, "mtu", "1280"]);
+            // The flow's cached next hop (MTU 1500) is trusted for 1 s:
+            // within it, the frame would still be sent; after it, the
+            // route is looked up again and the new MTU applies.
+            let big0 = frame(m.client, m.gw_pub, ADDRS.client, ADDRS.gw_public, 64, &L4::Tcp { sport: 40000, dport: 8080, seq: 3, flags: "A" }, &[7u8; 1400]);
+            assert_eq!(dp.test_run_xdp(&big0, pub_if, 1).unwrap().0, XDP_REDIRECT, "within the cache's second");
+            std::thread::sleep(std::time::Duration::from_millis(1100));
             let big = frame(m.client, m.gw_pub, ADDRS.client, ADDRS.gw_public, 64, &L4::Tcp { sport: 40000, dport: 8080, seq: 3, flags: "A" }, &[7u8; 1400]);
             check(dp, "above the egress MTU", &big, pub_if, XDP_PASS, &handed(&big));
             ip(&["link", "set", GW_INTERNAL_IF, "mtu", "1500"]);
@@ -196,6 +202,13 @@ fn run_table(dp: &Datapath, m: &Macs, pub_if: u32, int_if: u32) {
     let body = b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n";
     let want = frame(m.gw_int, m.server, gi, s, 63, &data_out, body);
     check(dp, "established", &frame(m.client, m.gw_pub, c, g, 64, &data, body), pub_if, XDP_REDIRECT, &want);
+    // Its next hop is cached in the entry (the next packets skip the FIB
+    // lookup for a second): the internal interface, the gateway's and the
+    // server's MAC, the MTU.
+    let flows = dp.flows().unwrap();
+    let (_, e) = flows.iter().find(|(k, _)| k.saddr == c.octets() && k.sport == 40000u16.to_be_bytes()).expect("original entry");
+    assert_eq!((e.nh_ifindex, e.nh_smac, e.nh_dmac, e.nh_mtu), (int_if, m.gw_int, m.server, 1500), "{e:?}");
+    assert!(e.nh_checked_ns > 0);
 
     // 4. The same packet with a partial checksum (local sender over veth):
     //    the output checksum must be complete and correct.
