@@ -489,7 +489,15 @@ impl Datapath {
         }
         let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =
             HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
-        out.flow_entries = flows.keys().flatten().count() as u64;
+        for (k, e) in flows.iter().flatten() {
+            out.flow_entries += 1;
+            // A reply entry is keyed by the translated tuple: its
+            // destination is the masquerade address unless the rule keeps
+            // the client's (then it equals where the reply goes).
+            if e.dir == abi::DIR_REPLY && k.daddr != e.daddr {
+                out.snat_ports_in_use += 1;
+            }
+        }
         out.flow_capacity = u64::from(self.flow_capacity);
         Ok(out)
     }

@@ -50,6 +50,7 @@ pub fn render(s: &Snapshot) -> String {
     );
     family("forwarder_conntrack_entries", "gauge", "Conntrack entries in use (two per connection).", vec![(String::new(), s.flow_entries)]);
     family("forwarder_conntrack_capacity", "gauge", "Conntrack capacity in entries.", vec![(String::new(), s.flow_capacity)]);
+    family("forwarder_snat_ports_in_use", "gauge", "Masquerade source ports held by live connections.", vec![(String::new(), s.snat_ports_in_use)]);
     out
 }
 
@@ -60,7 +61,7 @@ mod tests {
 
     #[test]
     fn renders_every_family_with_labels() {
-        let mut s = Snapshot { flow_entries: 4, flow_capacity: 100, ..Default::default() };
+        let mut s = Snapshot { flow_entries: 4, flow_capacity: 100, snat_ports_in_use: 2, ..Default::default() };
         s.rules.push(RuleCounters { id: 0, rule: "tcp:8080=10.0.0.2:80".into(), packets_in: 3, bytes_in: 300, packets_out: 2, bytes_out: 200, new_connections: 1, denied: 0 });
         s.counters.insert("xdp_redirected".into(), 5);
         let t = render(&s);
@@ -68,6 +69,7 @@ mod tests {
         assert!(t.contains("forwarder_rule_connections_total{id=\"0\",rule=\"tcp:8080=10.0.0.2:80\"} 1"), "{t}");
         assert!(t.contains("forwarder_datapath_events_total{event=\"xdp_redirected\"} 5"), "{t}");
         assert!(t.contains("# TYPE forwarder_conntrack_entries gauge\nforwarder_conntrack_entries 4"), "{t}");
+        assert!(t.contains("forwarder_snat_ports_in_use 2"), "{t}");
         assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
     }
 }

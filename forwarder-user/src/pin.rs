@@ -50,6 +50,14 @@ fn is_bpffs(dir: &Path) -> bool {
     }
 }
 
+/// Whether this process runs in another mount namespace than PID 1.
+fn private_mount_namespace() -> bool {
+    match (std::fs::read_link("/proc/self/ns/mnt"), std::fs::read_link("/proc/1/ns/mnt")) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => false,
+    }
+}
+
 impl Pins {
     /// Uses `dir` (created if needed) on a bpf filesystem, mounting one
     /// there if it is not (`ip netns exec` gives a fresh /sys without one).
@@ -63,6 +71,12 @@ impl Pins {
                 return Err(Error::Io(format!("{} is not on bpffs and mounting one failed: {}", dir.display(), std::io::Error::last_os_error())));
             }
             log::info!("mounted bpffs on {}", dir.display());
+            if private_mount_namespace() {
+                log::warn!(
+                    "{} was mounted in this process's own mount namespace (e.g. `ip netns exec`): it and the pins vanish when the daemon dies, so a killed daemon's datapath is detached; for restarts without loss, mount bpffs there first from the host (mount -t bpf bpf {0})",
+                    dir.display()
+                );
+            }
         }
         Ok(Self { dir: dir.to_path_buf() })
     }

@@ -43,6 +43,11 @@ pub struct Snapshot {
     /// Conntrack entries in use (two per connection) and capacity.
     pub flow_entries: u64,
     pub flow_capacity: u64,
+    /// Masquerade source ports held by live connections (one per
+    /// masqueraded connection; each (source address, backend, protocol)
+    /// has the whole `snat_ports` range).
+    #[serde(default)]
+    pub snat_ports_in_use: u64,
 }
 
 impl Snapshot {
@@ -61,7 +66,7 @@ impl Snapshot {
                 r.id, r.rule, r.packets_in, r.bytes_in, r.packets_out, r.bytes_out, r.new_connections, r.denied
             );
         }
-        let _ = writeln!(s, "conntrack: {} / {} entries", self.flow_entries, self.flow_capacity);
+        let _ = writeln!(s, "conntrack: {} / {} entries; masquerade ports in use: {}", self.flow_entries, self.flow_capacity, self.snat_ports_in_use);
         let nonzero: Vec<String> = self.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let _ = write!(s, "datapath: {}", if nonzero.is_empty() { "(no events)".to_string() } else { nonzero.join(" ") });
         s

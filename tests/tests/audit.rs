@@ -116,15 +116,10 @@ fn an_audit_flood_is_rate_limited_counted_and_reported() {
         .join()
         .unwrap();
     let flood_secs = t0.elapsed().as_secs_f64();
-    // The daemon reports the losses every 10 s: wait until its reports
-    // cover everything the counter says (the flood is over).
+    // The daemon reports the losses every 10 s (and at exit).
     let t1 = Instant::now();
-    loop {
-        let limited = counter(&fwd.stats().unwrap(), "audit_rate_limited");
-        if limited > 0 && reported(&fwd.log_text()) == limited {
-            break;
-        }
-        assert!(t1.elapsed() < Duration::from_secs(25), "reports {} != counter {limited}:\n{}", reported(&fwd.log_text()), fwd.log_text());
+    while reported(&fwd.log_text()) == 0 {
+        assert!(t1.elapsed() < Duration::from_secs(30), "no loss report:\n{}", fwd.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
     let elapsed_ms = u64::try_from(t0.elapsed().as_millis()).unwrap();
@@ -143,7 +138,7 @@ fn an_audit_flood_is_rate_limited_counted_and_reported() {
     assert!(emitted * 1000 <= cpus * (20 * 1000 + 20 * elapsed_ms), "{emitted} events in {elapsed_ms} ms (flood {flood_secs:.1} s)");
     // At least one CPU's burst went out.
     assert!(emitted >= 20, "{emitted}");
-    // The reports add up to the counter.
+    // The reports (the last one at exit) add up to the counter.
     assert_eq!(reported(&log), limited, "{log}");
 }
 

@@ -1195,6 +1195,9 @@ fn control_socket_stats_and_conntrack() {
     let (ok, stats, err) = cli(&["stats", "--json"]);
     assert!(ok, "{err}");
     assert_eq!(rule_counters(&stats, 0).2, 1, "{stats}");
+    // One live masqueraded connection: two entries, one masquerade port.
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!((v["flow_entries"].as_u64(), v["snat_ports_in_use"].as_u64()), (Some(2), Some(1)), "{stats}");
     let (ok, list, err) = cli(&["conntrack", "list", "--json"]);
     assert!(ok, "{err}");
     let conns: serde_json::Value = serde_json::from_str(&list).unwrap();

@@ -302,6 +302,15 @@ impl Audit {
         }
     }
 
+    /// At exit: the events still in the ring, and the losses since the
+    /// last report.
+    fn finish(&mut self, dp: &Datapath, settings: &Settings) {
+        self.drain(dp, settings);
+        if let Err(e) = self.report_losses(dp) {
+            log::warn!(target: "audit", "reading the audit counters: {e:#}");
+        }
+    }
+
     /// Says how many events the rate limit, a full ring or the syslog
     /// queue cost since the last report (nothing when none).
     fn report_losses(&mut self, dp: &Datapath) -> anyhow::Result<()> {
@@ -312,7 +321,7 @@ impl Audit {
         if d == (0, 0, 0) {
             return Ok(());
         }
-        let text = format!("{} events suppressed by the rate limit, {} lost to a full ring, {} not delivered to syslog in the last 10 s", d.0, d.1, d.2);
+        let text = format!("{} events suppressed by the rate limit, {} lost to a full ring, {} not delivered to syslog since the last report", d.0, d.1, d.2);
         log::warn!(target: "audit", "{text}");
         if let Some(s) = &self.syslog {
             s.send(crate::audit::syslog_notice(&self.fmt, syslog::Severity::LOG_WARNING, &text));
@@ -496,8 +505,8 @@ async fn serve(
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            _ = sig.int.recv() => { log::info!("SIGINT: stopping"); ch.audit.drain(dp, settings); return Ok(()); }
-            _ = sig.term.recv() => { log::info!("SIGTERM: stopping"); ch.audit.drain(dp, settings); return Ok(()); }
+            _ = sig.int.recv() => { log::info!("SIGINT: stopping"); ch.audit.finish(dp, settings); return Ok(()); }
+            _ = sig.term.recv() => { log::info!("SIGTERM: stopping"); ch.audit.finish(dp, settings); return Ok(()); }
             conn = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
                 if let Ok((mut s, _)) = conn {
                     let body = crate::metrics::render(&dp.snapshot(&settings.rules)?);
