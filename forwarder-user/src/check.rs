@@ -81,6 +81,18 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
         }
         Err(e) => out.push(item(Level::Fail, format!("datapath does not load: {e}"), "run as root on a kernel with BPF; the message says what the verifier refused")),
     }
+    // bpffs: where `--pin-dir` keeps the datapath across restarts.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let bpffs: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().collect::<Vec<_>>().get(1..3).filter(|f| f[1] == "bpf").map(|f| f[0])).collect();
+    if bpffs.contains(&"/sys/fs/bpf") {
+        out.push(item(Level::Ok, "bpffs mounted on /sys/fs/bpf (for --pin-dir /sys/fs/bpf/forwarder: hitless restarts)", ""));
+    } else {
+        out.push(item(
+            Level::Warn,
+            "no bpffs on /sys/fs/bpf",
+            "mount -t bpf bpf /sys/fs/bpf (systemd does at boot); `forwarder run --pin-dir` mounts one itself, but one mounted inside `ip netns exec` dies with the daemon",
+        ));
+    }
     match read("/proc/sys/net/ipv4/ip_forward").as_deref() {
         Some("1") => out.push(item(Level::Ok, "net.ipv4.ip_forward=1", "")),
         _ => out.push(item(Level::Warn, "net.ipv4.ip_forward=0", "`forwarder run` enables it (and restores it at exit unless --keep-ip-forward); to persist: net.ipv4.ip_forward=1 in /etc/sysctl.d/")),

@@ -69,6 +69,8 @@ fn check_reports_each_problem_with_what_to_do() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "warnings only must not fail: {text}");
     assert!(text.contains("OK   datapath loads"), "{text}");
+    // bpffs for the pins: inside `ip netns exec` a fresh /sys has none.
+    assert!(text.contains("WARN no bpffs on /sys/fs/bpf"), "{text}");
     assert!(text.contains("WARN pub0: another XDP program is attached"), "{text}");
     assert!(text.contains("WARN MTU mismatch: pub0 has 1500, int0 has 1400"), "{text}");
     fwd.stop().unwrap();

@@ -1208,13 +1208,18 @@ fn control_socket_stats_and_conntrack() {
     // Filters that match nothing, then a flush that matches.
     let (_, none, _) = cli(&["conntrack", "list", "--json", "--port", "9999"]);
     assert_eq!(none.trim(), "[]");
-    let (ok, flushed, err) = cli(&["conntrack", "flush", "--port", "8080"]);
-    assert!(ok && flushed.contains("removed 1"), "{flushed} {err}");
+    let (ok, flushed, err) = cli(&["conntrack", "flush", "--port", "8080", "--json"]);
+    assert!(ok && flushed.trim() == r#"{"removed_connections":1}"#, "{flushed} {err}");
     let (_, after, _) = cli(&["conntrack", "list", "--json"]);
     assert_eq!(after.trim(), "[]");
     // The running rules, and a save that reads back as the same config.
     let (ok, rules, err) = cli(&["rule", "list", "--json"]);
-    assert!(ok && rules.contains("tcp:8080=192.168.1.50:80"), "{rules} {err}");
+    assert!(ok, "{err}");
+    let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
+    assert_eq!(rules[0]["rule"], "tcp:8080=192.168.1.50:80", "{rules}");
+    // With its counters: the one connection, its packets both ways.
+    assert_eq!(rules[0]["new_connections"], 1, "{rules}");
+    assert!(rules[0]["packets_in"].as_u64().unwrap() >= 2 && rules[0]["packets_out"].as_u64().unwrap() >= 1, "{rules}");
     let saved = lab.dir.join("saved.toml");
     let (ok, _, err) = cli(&["save", saved.to_str().unwrap()]);
     assert!(ok, "{err}");
@@ -1278,8 +1283,8 @@ fn rule_add_and_del_at_runtime() {
     // A bad rule is refused before it reaches the daemon, naming the value.
     let (ok, out) = cli(&["rule", "add", "tcp:99999=192.168.1.50:80"]);
     assert!(!ok && out.contains("99999"), "{out}");
-    let (ok, out) = cli(&["rule", "add", "tcp:9090=192.168.1.50:80"]);
-    assert!(ok && out.contains("added rule 1"), "{out}");
+    let (ok, out) = cli(&["rule", "add", "tcp:9090=192.168.1.50:80", "--json"]);
+    assert!(ok && out.trim() == r#"{"id":1}"#, "{out}");
     assert!(roundtrip(&mut connect(9090).unwrap()));
     // A duplicate is refused by the daemon; nothing changes.
     let (ok, out) = cli(&["rule", "add", "tcp:9090=192.168.1.50:81"]);

@@ -85,11 +85,8 @@ pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
 
 #[derive(Subcommand, Debug)]
 pub enum RuleCmd {
-    /// The running rules: id, rule, where it came from.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    /// The running rules: id, rule, counters, where it came from.
+    List,
     /// Add a rule (`PROTO:PORTS[@IFACE]=ADDR[:PORTS][,…]`), live at once;
     /// needs the daemon's --pin-dir. `forwarder save` makes it permanent.
     Add { spec: String },
@@ -102,31 +99,52 @@ pub enum RuleCmd {
 pub struct RuleArgs {
     #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH", global = true)]
     pub control: PathBuf,
+    /// Machine-readable output (the daemon's answer as JSON).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub cmd: RuleCmd,
 }
 
 pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
     match &args.cmd {
-        RuleCmd::List { json } => {
+        RuleCmd::List => {
             let v = ask(&args.control, &Request::Rules)?;
-            if *json {
+            if args.json {
                 println!("{v}");
                 return Ok(());
             }
+            println!("{:>3}  {:<34} {:>10} {:>10} {:>8} {:>8}  origin", "id", "rule", "pkts in", "pkts out", "conns", "denied");
             for r in v.as_array().into_iter().flatten() {
-                println!("{:>3}  {:<40} {}", r["id"], r["rule"].as_str().unwrap_or(""), r["origin"].as_str().unwrap_or(""));
+                println!(
+                    "{:>3}  {:<34} {:>10} {:>10} {:>8} {:>8}  {}",
+                    r["id"],
+                    r["rule"].as_str().unwrap_or(""),
+                    r["packets_in"],
+                    r["packets_out"],
+                    r["new_connections"],
+                    r["denied"],
+                    r["origin"].as_str().unwrap_or("")
+                );
             }
         }
         RuleCmd::Add { spec } => {
             // Refuse a bad rule here already, naming the value.
             crate::config::Rule::parse_spec(spec)?;
             let v = ask(&args.control, &Request::Add { spec: spec.clone() })?;
-            println!("added rule {}: {spec}", v["id"]);
+            if args.json {
+                println!("{v}");
+            } else {
+                println!("added rule {}: {spec}", v["id"]);
+            }
         }
         RuleCmd::Del { id } => {
             let v = ask(&args.control, &Request::Del { id: *id })?;
-            println!("removed rule {id}: {}", v["removed"].as_str().unwrap_or("?"));
+            if args.json {
+                println!("{v}");
+            } else {
+                println!("removed rule {id}: {}", v["removed"].as_str().unwrap_or("?"));
+            }
         }
     }
     Ok(())
@@ -136,6 +154,9 @@ pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
 pub struct SaveArgs {
     #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
     pub control: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
     /// Where to write the running configuration (atomically).
     #[arg(default_value = "/etc/forwarder.toml")]
     pub file: PathBuf,
@@ -145,7 +166,11 @@ pub fn save(args: &SaveArgs) -> anyhow::Result<()> {
     // The daemon writes the file: give it an absolute path.
     let file = std::path::absolute(&args.file)?;
     let v = ask(&args.control, &Request::Save { path: file })?;
-    println!("saved the running configuration to {}", v["path"].as_str().unwrap_or("?"));
+    if args.json {
+        println!("{v}");
+    } else {
+        println!("saved the running configuration to {}", v["path"].as_str().unwrap_or("?"));
+    }
     Ok(())
 }
 
@@ -175,6 +200,8 @@ pub enum ConntrackCmd {
     Flush {
         #[command(flatten)]
         filter: FilterArgs,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -207,9 +234,13 @@ pub fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
             }
             println!("{} connection(s)", conns.len());
         }
-        ConntrackCmd::Flush { filter: f } => {
+        ConntrackCmd::Flush { filter: f, json } => {
             let v = ask(&args.control, &Request::Flush { filter: filter(f) })?;
-            println!("removed {} connection(s)", v["removed_connections"]);
+            if *json {
+                println!("{v}");
+            } else {
+                println!("removed {} connection(s)", v["removed_connections"]);
+            }
         }
     }
     Ok(())

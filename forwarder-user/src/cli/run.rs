@@ -418,14 +418,22 @@ fn control_reply(req: crate::control::Request, dp: &mut Datapath, settings: &Set
     use crate::control::{Request, connections, write_atomically};
     Ok(match req {
         Request::Stats => serde_json::to_value(dp.snapshot(&settings.rules)?)?,
-        Request::Rules => serde_json::Value::Array(
-            settings
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(i, r)| serde_json::json!({"id": i, "rule": r.to_string(), "origin": r.origin}))
-                .collect(),
-        ),
+        Request::Rules => {
+            let snap = dp.snapshot(&settings.rules)?;
+            serde_json::Value::Array(
+                settings
+                    .rules
+                    .iter()
+                    .zip(&snap.rules)
+                    .enumerate()
+                    .map(|(i, (r, c))| {
+                        serde_json::json!({"id": i, "rule": r.to_string(), "origin": r.origin,
+                            "packets_in": c.packets_in, "bytes_in": c.bytes_in, "packets_out": c.packets_out, "bytes_out": c.bytes_out,
+                            "new_connections": c.new_connections, "denied": c.denied})
+                    })
+                    .collect(),
+            )
+        }
         Request::Add { .. } | Request::Del { .. } => anyhow::bail!("rule changes are applied by the daemon loop"),
         Request::Save { path } => {
             let text = format!("# saved by `forwarder save` from the running daemon\n{}", settings.to_toml());
