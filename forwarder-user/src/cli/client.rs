@@ -118,12 +118,12 @@ pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
             for r in v.as_array().into_iter().flatten() {
                 println!(
                     "{:>3}  {:<34} {:>10} {:>10} {:>8} {:>8}  {}",
-                    r["id"],
+                    r["id"].as_u64().unwrap_or(0),
                     r["rule"].as_str().unwrap_or(""),
-                    r["packets_in"],
-                    r["packets_out"],
-                    r["new_connections"],
-                    r["denied"],
+                    r["packets_in"].as_u64().unwrap_or(0),
+                    r["packets_out"].as_u64().unwrap_or(0),
+                    r["new_connections"].as_u64().unwrap_or(0),
+                    r["denied"].as_u64().unwrap_or(0),
                     r["origin"].as_str().unwrap_or("")
                 );
             }
