@@ -78,14 +78,14 @@ grep " audit]" "$DIR/daemon.log" || true
 say "printf '*nat\\n-A PREROUTING -i pub0 -p udp --dport 5353 -j DNAT --to-destination 192.168.1.50:53\\n-A PREROUTING -p tcp -m multiport --dports 1,2 -j DNAT --to-destination 10.0.0.1\\n-A POSTROUTING -o int0 -j MASQUERADE\\nCOMMIT\\n' | forwarder import-iptables -"
 printf '*nat\n-A PREROUTING -i pub0 -p udp --dport 5353 -j DNAT --to-destination 192.168.1.50:53\n-A PREROUTING -p tcp -m multiport --dports 1,2 -j DNAT --to-destination 10.0.0.1\n-A POSTROUTING -o int0 -j MASQUERADE\nCOMMIT\n' | "$BIN" import-iptables - 2>&1 || true
 
-say "kill -9 <daemon>; forwarder run … (the same --pin-dir): adopted, connections kept"
+say "kill -9 <daemon>; a new connection; forwarder run --persist … (the same --pin-dir): adopted"
 kill -9 "${PIDS[-1]}"; sleep 0.5
 ip netns exec "$C" curl -sS -m 5 http://203.0.113.1:8080/ | sed 's/^/  (a new connection while no daemon runs) /' || true
-ip netns exec "$G" "$BIN" run --config "$DIR/forwarder.toml" --pin-dir "$DIR/pins" --control "$DIR/control.sock" >"$DIR/daemon2.log" 2>&1 & PIDS+=($!)
+ip netns exec "$G" "$BIN" run --config "$DIR/forwarder.toml" --pin-dir "$DIR/pins" --persist --control "$DIR/control.sock" >"$DIR/daemon2.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 50); do grep -q "running" "$DIR/daemon2.log" && break; sleep 0.2; done
 grep -E "adopted|attached" "$DIR/daemon2.log" | sed 's/^/  | /'
 gw stats
-kill -TERM "${PIDS[-1]}"; sleep 1
+kill -TERM "${PIDS[-1]}"; sleep 1; grep -E "left attached" "$DIR/daemon2.log" | sed "s/^/  | /"
 say "forwarder teardown --pin-dir PINS"
 ip netns exec "$G" "$BIN" teardown --pin-dir "$DIR/pins" 2>&1 || true
 say "forwarder stats   (no daemon any more)"
