@@ -16,8 +16,11 @@ pub const PROG_XDP_CSUM: &str = "forwarder_xdp_csum";
 /// program and a bare FIB-lookup + redirect one.
 pub const PROG_BENCH_PASS: &str = "bench_xdp_pass";
 pub const PROG_BENCH_FIB: &str = "bench_xdp_fib";
-/// Netfilter comparison: the receiver (counts UDP to port 5300 in
-/// [`MAP_BENCH_SINK`], drops them).
+/// Netfilter comparison: the generator (writes the 64-byte frame of
+/// [`MAP_BENCH_FRAME`], `XDP_TX`; run in live-frames mode) and the receiver
+/// (counts UDP to port 5300 in [`MAP_BENCH_SINK`], drops them).
+pub const PROG_BENCH_TX: &str = "bench_xdp_tx";
+pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
 pub const PROG_BENCH_SINK: &str = "bench_xdp_sink";
 pub const MAP_BENCH_SINK: &str = "BENCH_SINK";
 /// XDP program reached by tail call from [`PROG_XDP`] for the first

@@ -2,17 +2,18 @@
 //! floor (an XDP program that does nothing) and the ceiling of the XDP
 //! approach on this path (FIB lookup, MAC rewrite, TTL decrement, devmap
 //! redirect — no NAT, no conntrack), attached to the gateway as a mode of
-//! the netfilter comparison; and the comparison's receiver (counts and
-//! drops the generated UDP packets at the server). Loaded only by the
-//! benchmark, never by `forwarder run`.
+//! the netfilter comparison; and the comparison's traffic generator (run
+//! with `BPF_PROG_TEST_RUN` in live-frames mode on the client's interface)
+//! and receiver (counts and drops the generated UDP packets at the server).
+//! Loaded only by the benchmark, never by `forwarder run`.
 
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
-        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     },
     macros::map,
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     helpers::generated::bpf_fib_lookup as fib_lookup_helper,
     programs::XdpContext,
 };
@@ -58,6 +59,24 @@ pub fn fib_redirect(ctx: &XdpContext) -> u32 {
         (*eth).src_addr = f.smac;
     }
     FWD_TX_PORTS.redirect(f.ifindex, 0).unwrap_or(XDP_DROP)
+}
+
+/// The frame [`tx`] sends (index 0): 64 bytes, Ethernet to UDP.
+#[map]
+pub static BENCH_FRAME: Array<[u8; 64]> = Array::with_max_entries(1, 0);
+
+/// Generator: writes the whole frame, then sends it out of the interface
+/// it "arrived" on (live-frames mode turns `XDP_TX` into a transmission).
+/// Writing it every time matters: live-frames mode recycles its pages
+/// without restoring their contents, and the gateway's rewrite (MACs, TTL,
+/// NAT) would otherwise come back in the next frames.
+#[inline(always)]
+pub fn tx(ctx: &XdpContext) -> u32 {
+    let Some(t) = BENCH_FRAME.get(0) else { return XDP_ABORTED };
+    let Some(p) = ptr_at::<[u8; 64], XdpContext>(ctx, 0) else { return XDP_ABORTED };
+    // SAFETY: 64 bytes bounds-checked by ptr_at.
+    unsafe { *p = *t };
+    XDP_TX
 }
 
 /// Packets [`sink`] counted (index 0).

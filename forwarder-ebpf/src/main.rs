@@ -62,6 +62,12 @@ pub fn bench_xdp_fib(ctx: XdpContext) -> u32 {
     bench::fib_redirect(&ctx)
 }
 
+/// Benchmark traffic generator (live-frames test run).
+#[xdp]
+pub fn bench_xdp_tx(ctx: XdpContext) -> u32 {
+    bench::tx(&ctx)
+}
+
 /// Benchmark receiver: counts and drops the generated packets.
 #[xdp]
 pub fn bench_xdp_sink(ctx: XdpContext) -> u32 {

@@ -334,7 +334,7 @@ impl Datapath {
 
     /// Loads the micro-benchmark's reference programs (see `abi::PROG_BENCH_*`).
     pub fn load_bench_programs(&mut self) -> Result<()> {
-        for name in [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB, abi::PROG_BENCH_SINK] {
+        for name in [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB, abi::PROG_BENCH_TX, abi::PROG_BENCH_SINK] {
             let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing")))?;
             p.load().map_err(prog_err(format!("verifying {name}")))?;
         }
@@ -352,6 +352,24 @@ impl Datapath {
     pub fn detach_named(&mut self, name: &str, link: aya::programs::xdp::XdpLinkId) -> Result<()> {
         let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing")))?;
         p.detach(link).map_err(prog_err(format!("detaching {name}")))
+    }
+
+    /// Sends the 64-byte `frame` out of `ifindex` (in the calling thread's
+    /// namespace) `count` times, as fast as the kernel can: the benchmark
+    /// generator (`BPF_PROG_TEST_RUN`, live frames, batches of 64). Returns
+    /// the time it took.
+    pub fn generate(&mut self, frame: &[u8; 64], ifindex: u32, count: u32) -> Result<std::time::Duration> {
+        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+        let mut a: Array<&mut MapData, [u8; 64]> = Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?).map_err(map_err(abi::MAP_BENCH_FRAME))?;
+        a.set(0, *frame, 0).map_err(map_err(abi::MAP_BENCH_FRAME))?;
+        let xdp: &Xdp = self.ebpf.program(abi::PROG_BENCH_TX).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io("generator program missing".into()))?;
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&64u32.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let t0 = std::time::Instant::now();
+        xdp.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: count, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
+            .map_err(prog_err("BPF_PROG_TEST_RUN (live frames)".to_string()))?;
+        Ok(t0.elapsed())
     }
 
     /// Packets the benchmark receiver counted so far (all CPUs).

@@ -13,13 +13,12 @@
 //! route back to the client; the no-NAT modes reach the server's address
 //! directly and give it that route.
 //!
-//! Workloads per mode: 64-byte UDP frames from the client (`sendmmsg`, one
-//! flow) counted by an XDP program at the server — on veth the sender's
-//! CPU carries the packet through gateway and server in the same softirq,
-//! so the rate is bounded by the whole path's cost per packet (generator
-//! included, the same in every mode); in-kernel generation with
-//! `BPF_PROG_TEST_RUN` live frames delivered only the first 64-frame batch
-//! of each call on this kernel's veth (see the README); TCP bulk (iperf3, 1 and 4 streams); new
+//! Workloads per mode: 64-byte UDP frames generated in the kernel
+//! (`BPF_PROG_TEST_RUN` in live-frames mode on the client's interface: an
+//! XDP program writes the frame and transmits it; one flow) and counted by
+//! an XDP program at the server — on veth the generating CPU carries each
+//! frame through gateway and server in the same softirq, so the rate is the
+//! whole path's (generator and receiver cost the same in every mode); TCP bulk (iperf3, 1 and 4 streams); new
 //! TCP connections per second (connect, request, answer, close); UDP
 //! request/response latency at 1000 requests/s; and CPU time of the whole
 //! machine per delivered packet during the packet-rate run (generator and
@@ -132,6 +131,8 @@ const RTT_P99: (&str, &str, bool) = ("rtt_p99_us", "UDP request/response p99 (us
 struct Params {
     secs: u64,
     reps: usize,
+    /// Frames per packet-rate run.
+    frames: u32,
 }
 
 /// What a mode left running.
@@ -241,54 +242,42 @@ fn ip_counter(lab: &Lab, name: &str) -> Result<u64> {
     vals.split_whitespace().nth(i).context("value")?.parse().context("number")
 }
 
-/// 64-byte UDP frames from the client for `secs` (one flow, `sendmmsg` in
-/// batches of 64), counted at the server: (kpps delivered, loss %, CPU ns
-/// of the whole machine per delivered packet, packets delivered).
-fn udp64(lab: &Lab, mode: Mode, receiver: &Arc<Mutex<Datapath>>, secs: u64) -> Result<(f64, f64, f64, u64)> {
+/// 64-byte UDP frames from the client, generated in the kernel
+/// (`BPF_PROG_TEST_RUN` live frames on the client's interface, `frames`
+/// of them, one flow), counted at the server: (kpps delivered, loss %, CPU
+/// ns of the whole machine per delivered packet, packets delivered).
+fn udp64(lab: &Lab, mode: Mode, traffic: &Arc<Mutex<Datapath>>, frames: u32) -> Result<(f64, f64, f64, u64)> {
+    let m = lab.prime_gateway()?;
     let t = mode.target(5300);
-    let r = receiver.clone();
+    let IpAddr::V4(dst) = t.ip() else { bail!("IPv4") };
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(m.client, m.gw_pub).ipv4(ADDRS.client.octets(), dst.octets(), 64).udp(40000, t.port()).write(&mut frame, &[0x5a; 22])?;
+    let frame: [u8; 64] = frame.try_into().map_err(|f: Vec<u8>| anyhow::anyhow!("frame is {} bytes", f.len()))?;
+    let r = traffic.clone();
     let link = lab.server.enter(move || r.lock().expect("datapath").attach_named(PROG_BENCH_SINK, "eth0"))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
-    let count = || receiver.lock().expect("datapath").bench_sink_count();
-    // Warm-up: state created, neighbours and caches warm.
-    lab.client.enter(move || flood(t, Duration::from_millis(200)))?.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
-    std::thread::sleep(Duration::from_millis(100));
-    let (c0, cpu0) = (count()?, cpu_busy_ns());
-    let (sent, took) = lab.client.enter(move || flood(t, Duration::from_secs(secs)))?.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
-    std::thread::sleep(Duration::from_millis(50));
-    let (c1, cpu1) = (count()?, cpu_busy_ns());
-    let r = receiver.clone();
+    let r = traffic.clone();
+    let result = lab
+        .client
+        .enter(move || -> Result<(f64, f64, f64, u64)> {
+            let mut dp = r.lock().expect("datapath");
+            let ifindex = iface::index("eth0")?;
+            // Warm-up: state created, neighbours and caches warm.
+            dp.generate(&frame, ifindex, 1000)?;
+            std::thread::sleep(Duration::from_millis(100));
+            let (c0, cpu0) = (dp.bench_sink_count()?, cpu_busy_ns());
+            let took = dp.generate(&frame, ifindex, frames)?;
+            std::thread::sleep(Duration::from_millis(50));
+            let (c1, cpu1) = (dp.bench_sink_count()?, cpu_busy_ns());
+            let got = c1 - c0;
+            ensure!(got > u64::from(frames) / 100, "only {got} of {frames} packets reached the server");
+            #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+            Ok((got as f64 / took.as_secs_f64() / 1000.0, 100.0 * (1.0 - got as f64 / f64::from(frames)), (cpu1 - cpu0) as f64 / got as f64, got))
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator panicked"))?;
+    let r = traffic.clone();
     lab.server.enter(move || r.lock().expect("datapath").detach_named(PROG_BENCH_SINK, link))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
-    let got = c1 - c0;
-    ensure!(got > sent / 100, "only {got} of {sent} packets reached the server");
-    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-    Ok((got as f64 / took.as_secs_f64() / 1000.0, 100.0 * (1.0 - got as f64 / sent as f64), (cpu1 - cpu0) as f64 / got as f64, got))
-}
-
-/// Sends 22-byte UDP payloads (64-byte frames) to `to` for `d`: (sent, time).
-fn flood(to: SocketAddr, d: Duration) -> Result<(u64, Duration)> {
-    use std::os::fd::AsRawFd;
-    let s = UdpSocket::bind("0.0.0.0:0")?;
-    s.connect(to)?;
-    let payload = [0x5au8; 22];
-    let mut iov = libc::iovec { iov_base: payload.as_ptr().cast_mut().cast(), iov_len: payload.len() };
-    let mut msgs: Vec<libc::mmsghdr> = (0..64)
-        .map(|_| {
-            // SAFETY: plain old data; zero is a valid mmsghdr.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = &raw mut iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
-    let (mut sent, t0) = (0u64, Instant::now());
-    while t0.elapsed() < d {
-        // SAFETY: 64 valid headers pointing at a live buffer.
-        let n = unsafe { libc::sendmmsg(s.as_raw_fd(), msgs.as_mut_ptr(), 64, 0) };
-        if let Ok(n) = u64::try_from(n) {
-            sent += n;
-        }
-    }
-    Ok((sent, t0.elapsed()))
+    result
 }
 
 /// iperf3 from the client through the mode: Gbit/s received.
@@ -471,7 +460,7 @@ fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Datapath>>) -> Result<Fi
     let iperf_log = lab.dir.join("iperf3-server.log");
     lab.spawn(Host::Server, "iperf3", &["-s", "-p", "5201", "--logfile", iperf_log.to_str().context("path")?])?;
     let fwd0 = ip_counter(&lab, "ForwDatagrams")?;
-    let pps = udp64(&lab, mode, traffic, p.secs);
+    let pps = udp64(&lab, mode, traffic, p.frames);
     let fwd1 = ip_counter(&lab, "ForwDatagrams")?;
     let checked = match &pps {
         Ok(r) => verify_path(&lab, mode, r.3, fwd1 - fwd0).map_err(|e| format!("{e:#}")),
@@ -541,7 +530,7 @@ fn main() -> Result<()> {
     // the ratios are to it).
     let only: Option<Vec<String>> = std::env::args().find_map(|a| a.strip_prefix("--modes=").map(|m| m.split(',').map(String::from).collect()));
     let modes: Vec<Mode> = MODES.iter().copied().filter(|m| *m == Mode::Iptables || only.as_ref().is_none_or(|o| o.iter().any(|k| k == m.key()))).collect();
-    let p = if quick { Params { secs: 1, reps: 3 } } else { Params { secs: 4, reps: 5 } };
+    let p = if quick { Params { secs: 1, reps: 3, frames: 500_000 } } else { Params { secs: 4, reps: 5, frames: 3_000_000 } };
     let t0 = Instant::now();
     // The generator and receiver programs, loaded once.
     let mut traffic = Datapath::load(1024)?;
