@@ -10,7 +10,7 @@ use crate::{ebpf_toolchain, status};
 
 /// Debian packages: the eBPF toolchain, and the tools the lab and tests use.
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
-const LAB_PKGS: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nftables", "conntrack", "curl", "python3", "procps", "tcpdump", "iptables", "rsyslog"];
+const LAB_PKGS: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nftables", "conntrack", "curl", "python3", "procps", "tcpdump", "iptables", "rsyslog", "iperf3"];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
