@@ -47,42 +47,34 @@ pub fn emit(ev: &AuditEvent) {
 /// first packet, `fwd` its translation).
 #[inline(always)]
 pub fn accepted(parsed: &Parsed, fwd: &Forward, ifindex: u32, now: u64) -> AuditEvent {
-    AuditEvent {
-        ts_ns: now,
-        rule_id: parsed.audit_rule.wrapping_sub(1),
-        ifindex,
-        client: parsed.tuple.saddr,
-        public: parsed.tuple.daddr,
-        backend: fwd.new.daddr,
-        snat: fwd.new.saddr,
-        client_port: parsed.tuple.sport,
-        public_port: parsed.tuple.dport,
-        backend_port: fwd.new.dport,
-        snat_port: fwd.new.sport,
-        proto: parsed.proto,
-        verdict: AUDIT_ACCEPTED,
-        tcp_flags: parsed.tcp_flags,
-        _pad: [0; 5],
-    }
+    let n = &fwd.new;
+    event(parsed, parsed.audit_rule.wrapping_sub(1), ifindex, now, AUDIT_ACCEPTED, (n.daddr, n.dport), (n.saddr, n.sport))
 }
 
 /// The event of an attempt the rule's source allow-list refused.
 #[inline(always)]
 pub fn denied(parsed: &Parsed, target: &RuleTarget, backend_port: [u8; 2], ifindex: u32, now: u64) -> AuditEvent {
+    event(parsed, target.rule_id, ifindex, now, AUDIT_DENIED, (target.addr, backend_port), ([0; 4], [0; 2]))
+}
+
+/// An event about `parsed`'s connection: backend and masquerade source as
+/// (address, port), network order.
+#[inline(always)]
+fn event(parsed: &Parsed, rule_id: u32, ifindex: u32, now: u64, verdict: u8, backend: ([u8; 4], [u8; 2]), snat: ([u8; 4], [u8; 2])) -> AuditEvent {
     AuditEvent {
         ts_ns: now,
-        rule_id: target.rule_id,
+        rule_id,
         ifindex,
         client: parsed.tuple.saddr,
         public: parsed.tuple.daddr,
-        backend: target.addr,
-        snat: [0; 4],
+        backend: backend.0,
+        snat: snat.0,
         client_port: parsed.tuple.sport,
         public_port: parsed.tuple.dport,
-        backend_port,
-        snat_port: [0; 2],
+        backend_port: backend.1,
+        snat_port: snat.1,
         proto: parsed.proto,
-        verdict: AUDIT_DENIED,
+        verdict,
         tcp_flags: parsed.tcp_flags,
         _pad: [0; 5],
     }

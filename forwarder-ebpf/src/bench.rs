@@ -26,13 +26,20 @@ use network_types::{
 use crate::{ctx::ptr_at, maps::FWD_TX_PORTS};
 
 #[inline(always)]
-pub fn fib_redirect(ctx: &XdpContext) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr, XdpContext>(ctx, 0) else { return XDP_PASS };
+/// The Ethernet and IPv4 headers of an IPv4 frame (`None` for anything
+/// else, or too short).
+#[inline(always)]
+fn ipv4(ctx: &XdpContext) -> Option<(*mut EthHdr, *mut Ipv4Hdr)> {
+    let eth = ptr_at::<EthHdr, XdpContext>(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return XDP_PASS;
+        return None;
     }
-    let Some(ip) = ptr_at::<Ipv4Hdr, XdpContext>(ctx, EthHdr::LEN) else { return XDP_PASS };
+    Some((eth, ptr_at::<Ipv4Hdr, XdpContext>(ctx, EthHdr::LEN)?))
+}
+
+pub fn fib_redirect(ctx: &XdpContext) -> u32 {
+    let Some((eth, ip)) = ipv4(ctx) else { return XDP_PASS };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &mut *ip };
     if ip.ttl <= 1 {
@@ -90,12 +97,7 @@ const SINK_PORT: u16 = 5300;
 /// passes everything else (ARP, the other workloads' traffic).
 #[inline(always)]
 pub fn sink(ctx: &XdpContext) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr, XdpContext>(ctx, 0) else { return XDP_PASS };
-    // SAFETY: bounds checked by ptr_at.
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return XDP_PASS;
-    }
-    let Some(ip) = ptr_at::<Ipv4Hdr, XdpContext>(ctx, EthHdr::LEN) else { return XDP_PASS };
+    let Some((_, ip)) = ipv4(ctx) else { return XDP_PASS };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     if ip.proto as u8 != 17 || ip.vihl != 0x45 {

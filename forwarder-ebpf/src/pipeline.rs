@@ -162,14 +162,14 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     } else {
         FRAG_LATER
     };
-    // Packets without ports (later fragments, ICMP): the tuple carries
-    // zeros, `l4_check`/`tcp_flags` what the caller says.
-    let portless = |l4_check: u16, tcp_flags: u8| Parsed {
+    // What every packet shares; the ports, L4 checksum and TCP flags
+    // (or ICMP type) come from the L4 header, if the packet has one.
+    let parsed = |ports: [u8; 4], l4_check: u16, tcp_flags: u8| Parsed {
         l4_off,
         l4_len,
         proto,
         ttl: ip.ttl,
-        tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [0; 2], dport: [0; 2] },
+        tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] },
         l4_check,
         tcp_flags,
         frame_len: p.len(),
@@ -177,6 +177,9 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         fragment,
         audit_rule: 0,
     };
+    // Packets without ports (later fragments, ICMP): the tuple carries
+    // zeros, `l4_check`/`tcp_flags` what the caller says.
+    let portless = |l4_check: u16, tcp_flags: u8| parsed([0; 4], l4_check, tcp_flags);
     if fragment == FRAG_LATER {
         return Ok(portless(0, 0));
     }
@@ -209,19 +212,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         tcp_flags = t[13];
     }
     parse::l4(proto, l4_len as usize, udp_len, fragment == FRAG_FIRST).map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
-    Ok(Parsed {
-        l4_off,
-        l4_len,
-        proto,
-        ttl: ip.ttl,
-        tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] },
-        l4_check,
-        tcp_flags,
-        frame_len: p.len(),
-        ip_id: ip.id,
-        fragment,
-        audit_rule: 0,
-    })
+    Ok(parsed(ports, l4_check, tcp_flags))
 }
 
 /// Whether the L4 checksum holds only the pseudo-header sum (a

@@ -91,6 +91,16 @@ fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> Error + '_ {
     move |source| Error::Map { what: what.to_string(), source }
 }
 
+/// The `struct xdp_md` a test run starts with: a frame of `len` bytes
+/// arriving on `ifindex` (fields `data`, `data_end`, `data_meta`,
+/// `ingress_ifindex`, `rx_queue_index`, `egress_ifindex`: u32 each).
+fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
 fn prog_err(what: String) -> impl FnOnce(aya::programs::ProgramError) -> Error {
     move |source| Error::Program { what, source }
 }
@@ -363,9 +373,7 @@ impl Datapath {
         let mut a: Array<&mut MapData, [u8; 64]> = Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?).map_err(map_err(abi::MAP_BENCH_FRAME))?;
         a.set(0, *frame, 0).map_err(map_err(abi::MAP_BENCH_FRAME))?;
         let xdp: &Xdp = self.ebpf.program(abi::PROG_BENCH_TX).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io("generator program missing".into()))?;
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&64u32.to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let ctx = xdp_md(frame.len(), ifindex);
         let t0 = std::time::Instant::now();
         xdp.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: count, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
             .map_err(prog_err("BPF_PROG_TEST_RUN (live frames)".to_string()))?;
@@ -382,11 +390,7 @@ impl Datapath {
     pub fn test_run_named(&self, name: &str, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         use aya::programs::{TestRun, TestRunOptions};
         let xdp: &Xdp = self.ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("XDP program {name} missing")))?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex (u32 each).
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let ctx = xdp_md(frame.len(), ingress_ifindex);
         let mut out = vec![0u8; frame.len() + 256];
         let res = xdp
             .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in: Some(&ctx), repeat: repeat.max(1), ..Default::default() })

@@ -47,7 +47,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use forwarder::{iface, loader::Datapath};
 use forwarder_common::abi::{PROG_BENCH_FIB, PROG_BENCH_SINK};
-use forwarder_testkit::{ADDRS, Forwarder, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab};
+use forwarder_testkit::{ADDRS, Forwarder, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, Macs, Netns};
 use serde_json::{Value, json};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -143,14 +143,21 @@ enum Active {
     Bare(#[expect(dead_code, reason = "held for its attachments")] Box<Datapath>),
 }
 
+/// Runs `f` on a thread inside `ns` and waits for it.
+fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    ns.enter(f)?.join().map_err(|_| anyhow::anyhow!("a thread in {} panicked", ns.name))
+}
+
 fn sh(lab: &Lab, host: Host, program: &str, args: &[&str]) -> Result<String> {
     lab.ns(host).exec(program, args).with_context(|| format!("{program} {}", args.join(" ")))
 }
 
-fn setup(lab: &Lab, mode: Mode) -> Result<Active> {
+/// Sets the gateway up for `mode`; returns what it left running and the
+/// lab's MACs (for the generated frames).
+fn setup(lab: &Lab, mode: Mode) -> Result<(Active, Macs)> {
     // The same gateway in every mode: neighbours pinned, forwarding on,
     // NAPI (GRO) on its veths so generated frames can be received.
-    lab.prime_gateway()?;
+    let macs = lab.prime_gateway()?;
     for ifname in [GW_PUBLIC_IF, GW_INTERNAL_IF] {
         sh(lab, Host::Gateway, "ethtool", &["-K", ifname, "gro", "on"])?;
     }
@@ -165,7 +172,7 @@ fn setup(lab: &Lab, mode: Mode) -> Result<Active> {
         lab.server.ip(&["route", "add", "203.0.113.0/24", "via", &ADDRS.gw_internal.to_string()])?;
     }
     let s = ADDRS.server.to_string();
-    Ok(match mode {
+    let active = match mode {
         Mode::Routing => Active::None,
         Mode::Iptables => {
             for (proto, public, port) in SERVICES {
@@ -203,9 +210,7 @@ fn setup(lab: &Lab, mode: Mode) -> Result<Active> {
             Active::Forwarder(Box::new(lab.start_forwarder(&args)?))
         }
         Mode::BareXdp => {
-            let dp = lab
-                .gateway
-                .enter(|| -> Result<Datapath> {
+            let dp = in_ns(&lab.gateway, || -> Result<Datapath> {
                     let settings = forwarder::config::Settings { public: vec![GW_PUBLIC_IF.into()], internal: vec![GW_INTERNAL_IF.into()], ..Default::default() };
                     let compiled = settings.compile(iface::index)?;
                     let mut dp = Datapath::load(1024)?;
@@ -214,12 +219,11 @@ fn setup(lab: &Lab, mode: Mode) -> Result<Active> {
                     dp.attach_named(PROG_BENCH_FIB, GW_PUBLIC_IF)?;
                     dp.attach_named(PROG_BENCH_FIB, GW_INTERNAL_IF)?;
                     Ok(dp)
-                })?
-                .join()
-                .map_err(|_| anyhow::anyhow!("bare XDP setup panicked"))??;
+                })??;
             Active::Bare(Box::new(dp))
         }
-    })
+    };
+    Ok((active, macs))
 }
 
 /// /proc/stat: busy time of all CPUs in ns (user, nice, system, irq, softirq).
@@ -246,19 +250,16 @@ fn ip_counter(lab: &Lab, name: &str) -> Result<u64> {
 /// (`BPF_PROG_TEST_RUN` live frames on the client's interface, `frames`
 /// of them, one flow), counted at the server: (kpps delivered, loss %, CPU
 /// ns of the whole machine per delivered packet, packets delivered).
-fn udp64(lab: &Lab, mode: Mode, traffic: &Arc<Mutex<Datapath>>, frames: u32) -> Result<(f64, f64, f64, u64)> {
-    let m = lab.prime_gateway()?;
+fn udp64(lab: &Lab, mode: Mode, m: &Macs, traffic: &Arc<Mutex<Datapath>>, frames: u32) -> Result<(f64, f64, f64, u64)> {
     let t = mode.target(5300);
     let IpAddr::V4(dst) = t.ip() else { bail!("IPv4") };
     let mut frame = Vec::new();
     etherparse::PacketBuilder::ethernet2(m.client, m.gw_pub).ipv4(ADDRS.client.octets(), dst.octets(), 64).udp(40000, t.port()).write(&mut frame, &[0x5a; 22])?;
     let frame: [u8; 64] = frame.try_into().map_err(|f: Vec<u8>| anyhow::anyhow!("frame is {} bytes", f.len()))?;
     let r = traffic.clone();
-    let link = lab.server.enter(move || r.lock().expect("datapath").attach_named(PROG_BENCH_SINK, "eth0"))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    let link = in_ns(&lab.server, move || r.lock().expect("datapath").attach_named(PROG_BENCH_SINK, "eth0"))??;
     let r = traffic.clone();
-    let result = lab
-        .client
-        .enter(move || -> Result<(f64, f64, f64, u64)> {
+    let result = in_ns(&lab.client, move || -> Result<(f64, f64, f64, u64)> {
             let mut dp = r.lock().expect("datapath");
             let ifindex = iface::index("eth0")?;
             // Warm-up: state created, neighbours and caches warm.
@@ -272,11 +273,9 @@ fn udp64(lab: &Lab, mode: Mode, traffic: &Arc<Mutex<Datapath>>, frames: u32) -> 
             ensure!(got > u64::from(frames) / 100, "only {got} of {frames} packets reached the server");
             #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
             Ok((got as f64 / took.as_secs_f64() / 1000.0, 100.0 * (1.0 - got as f64 / f64::from(frames)), (cpu1 - cpu0) as f64 / got as f64, got))
-        })?
-        .join()
-        .map_err(|_| anyhow::anyhow!("generator panicked"))?;
+        })?;
     let r = traffic.clone();
-    lab.server.enter(move || r.lock().expect("datapath").detach_named(PROG_BENCH_SINK, link))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    in_ns(&lab.server, move || r.lock().expect("datapath").detach_named(PROG_BENCH_SINK, link))??;
     result
 }
 
@@ -300,7 +299,7 @@ fn iperf(lab: &Lab, mode: Mode, streams: u32, secs: u64) -> Result<f64> {
 /// New TCP connections per second (2 client threads, each connect →
 /// request → answer → close); checks the source the server saw.
 fn conns(lab: &Lab, mode: Mode, secs: u64) -> Result<f64> {
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80"))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    let listener = in_ns(&lab.server, || TcpListener::bind("0.0.0.0:80"))??;
     listener.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -359,7 +358,7 @@ fn conns(lab: &Lab, mode: Mode, secs: u64) -> Result<f64> {
 
 /// UDP request/response round trips at 1000/s: (p50 µs, p99 µs).
 fn rtt(lab: &Lab, mode: Mode, secs: u64) -> Result<(f64, f64)> {
-    let sock = lab.server.enter(|| UdpSocket::bind("0.0.0.0:5301"))?.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    let sock = in_ns(&lab.server, || UdpSocket::bind("0.0.0.0:5301"))??;
     sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -376,9 +375,7 @@ fn rtt(lab: &Lab, mode: Mode, secs: u64) -> Result<(f64, f64)> {
     });
     let t = mode.target(5301);
     let n = secs * 1000;
-    let (mut samples, lost) = lab
-        .client
-        .enter(move || -> Result<(Vec<f64>, u64)> {
+    let (mut samples, lost) = in_ns(&lab.client, move || -> Result<(Vec<f64>, u64)> {
             let s = UdpSocket::bind("0.0.0.0:0")?;
             s.connect(t)?;
             s.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -410,9 +407,7 @@ fn rtt(lab: &Lab, mode: Mode, secs: u64) -> Result<(f64, f64)> {
                 }
             }
             Ok((samples, lost))
-        })?
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+        })??;
     stop.store(true, Ordering::Relaxed);
     let peers = echo.join().map_err(|_| anyhow::anyhow!("echo panicked"))?;
     ensure!(lost * 20 <= n, "{lost} of {n} requests unanswered");
@@ -455,12 +450,12 @@ type Figures = Vec<(&'static str, Result<f64, String>)>;
 /// survives, e.g. netfilter hooks), every workload, the checks.
 fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Datapath>>) -> Result<Figures> {
     let mut lab = Lab::new()?;
-    let mut active = setup(&lab, mode)?;
+    let (mut active, macs) = setup(&lab, mode)?;
     // (Bare: the Datapath keeps its programs attached until dropped.)
     let iperf_log = lab.dir.join("iperf3-server.log");
     lab.spawn(Host::Server, "iperf3", &["-s", "-p", "5201", "--logfile", iperf_log.to_str().context("path")?])?;
     let fwd0 = ip_counter(&lab, "ForwDatagrams")?;
-    let pps = udp64(&lab, mode, traffic, p.frames);
+    let pps = udp64(&lab, mode, &macs, traffic, p.frames);
     let fwd1 = ip_counter(&lab, "ForwDatagrams")?;
     let checked = match &pps {
         Ok(r) => verify_path(&lab, mode, r.3, fwd1 - fwd0).map_err(|e| format!("{e:#}")),
