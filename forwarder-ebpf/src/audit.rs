@@ -48,7 +48,10 @@ pub fn emit(ev: &AuditEvent) {
 #[inline(always)]
 pub fn accepted(parsed: &Parsed, fwd: &Forward, ifindex: u32, now: u64) -> AuditEvent {
     let n = &fwd.new;
-    event(parsed, parsed.audit_rule.wrapping_sub(1), ifindex, now, AUDIT_ACCEPTED, (n.daddr, n.dport), (n.saddr, n.sport))
+    // Without masquerade the packet leaves from the client's own address:
+    // no masquerade source to report (zero, as `AuditEvent::snat` says).
+    let snat = if n.saddr == parsed.tuple.saddr { ([0; 4], [0; 2]) } else { (n.saddr, n.sport) };
+    event(parsed, parsed.audit_rule.wrapping_sub(1), ifindex, now, AUDIT_ACCEPTED, (n.daddr, n.dport), snat)
 }
 
 /// The event of an attempt the rule's source allow-list refused.

@@ -367,6 +367,11 @@ fn config_file_and_dnat_without_masquerade() {
     let stats = fwd.stop().unwrap();
     assert_eq!(rule_counters(&stats, 0).2, 2, "{stats}");
     assert!(fwd.log_text().contains("forwarder.toml:1"), "rule origin not logged: {}", fwd.log_text());
+    // The audit trail names no masquerade source: there is none.
+    let log = fwd.log_text();
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains(" audit] ") && l.contains(" accepted tcp ")).collect();
+    assert_eq!(audit.len(), 2, "{audit:#?}");
+    assert!(audit.iter().all(|l| l.ends_with("backend 192.168.1.50:80")), "{audit:#?}");
     assert_no_csum_errors(&lab);
 }
 
