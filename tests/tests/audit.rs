@@ -116,21 +116,6 @@ fn an_audit_flood_is_rate_limited_counted_and_reported() {
         .join()
         .unwrap();
     let flood_secs = t0.elapsed().as_secs_f64();
-    // The datagrams are sent; on a loaded machine the gateway's softirq
-    // may still be working through them. Wait until its counters stand
-    // still, so the daemon's last report (at exit) sees all of them.
-    let t1 = Instant::now();
-    let mut last = (u64::MAX, u64::MAX);
-    loop {
-        std::thread::sleep(Duration::from_millis(1200));
-        let s = fwd.stats().unwrap();
-        let now = (rule_counters(&s, 0).2, counter(&s, "audit_rate_limited"));
-        if now == last {
-            break;
-        }
-        assert!(t1.elapsed() < Duration::from_secs(30), "counters still moving: {s}");
-        last = now;
-    }
     // The daemon reports the losses every 10 s (and at exit).
     let t1 = Instant::now();
     while reported(&fwd.log_text()) == 0 {
