@@ -145,6 +145,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pins = args.pin_dir.as_deref().map(Pins::open).transpose()?;
     let adopting = pins.as_ref().is_some_and(Pins::has_state);
     let mut dp = Datapath::load_pinned(settings.conntrack.max_connections, pins.as_ref())?;
+    // Before anything is attached: the loss counters' baseline (adopted
+    // ones carry an earlier daemon's) must not miss the first events.
+    let audit = Audit::new(&mut dp, &settings)?;
     if let Some(p) = &pins {
         if adopting {
             log::info!("adopted the state maps pinned in {} (connections, counters)", p.dir.display());
@@ -169,9 +172,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Before saying "running": a signal right after must stop us cleanly,
     // not kill us with the datapath attached.
     let inputs = Inputs::new(control)?;
+    let logger = dp.take_logger().context("kernel log channel")?;
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
+    // owns the logger, and always reports that same fd.
+    let klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))?;
+    let channels = Channels { klog, audit };
     println!("forwarder: running; Ctrl-C or SIGTERM to stop");
 
-    let logger = dp.take_logger().context("kernel log channel")?;
     if settings.audit.rate == 0 {
         log::info!("audit events off (--audit-rate 0)");
     } else {
@@ -185,7 +193,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut settings = settings;
     let mut compiled = compiled;
-    let result = serve(&mut dp, logger, inputs, &mut settings, &mut compiled, &args, pins.as_ref()).await;
+    let result = serve(&mut dp, channels, inputs, &mut settings, &mut compiled, &args, pins.as_ref()).await;
 
     let snap = dp.snapshot(&settings.rules);
     match (&pins, args.persist) {
@@ -473,7 +481,7 @@ fn reload(args: &RunArgs, pins: &Pins, settings: Settings) -> anyhow::Result<(Da
 #[expect(clippy::too_many_lines, reason = "the daemon loop: one select over every event source")]
 async fn serve(
     dp: &mut Datapath,
-    logger: crate::loader::KernelLogger,
+    mut ch: Channels,
     mut sig: Inputs,
     settings: &mut Settings,
     compiled: &mut crate::config::Compiled,
@@ -495,11 +503,6 @@ async fn serve(
     let shortest = [t.tcp_syn, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp, t.udp_stream].into_iter().min().unwrap_or(10);
     let gc_every = u64::from((shortest / 2).clamp(1, 10));
     let mut full_seen = 0;
-    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
-    // owns the logger, and always reports that same fd.
-    let klog = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))?;
-    let mut ch = Channels { klog, audit: Audit::new(dp, settings)? };
     loop {
         tokio::select! {
             guard = ch.audit.ring.readable_mut() => {
