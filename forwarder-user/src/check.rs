@@ -122,7 +122,14 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
             continue;
         }
         match try_native_xdp(name) {
-            Ok(()) => out.push(item(Level::Ok, format!("{name} (ifindex {idx}, {role}): native XDP works"), "")),
+            Ok(()) => match iface::driver(name) {
+                Some(d) if iface::prefers_tc(&d) => out.push(item(
+                    Level::Ok,
+                    format!("{name} (ifindex {idx}, {role}, {d}): native XDP works; --mode auto picks TC here"),
+                    "XDP on a veth turns off TSO on its peer: TCP bulk is faster in TC, small packets in XDP",
+                )),
+                _ => out.push(item(Level::Ok, format!("{name} (ifindex {idx}, {role}): native XDP works"), "")),
+            },
             Err(e) => out.push(item(Level::Warn, format!("{name} ({role}): no native XDP ({e})"), "use --mode tc (or auto) for this interface; generic XDP is slower than TC")),
         }
         let rp = read(&format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"));

@@ -278,7 +278,9 @@ pub enum Mode {
     /// TC ingress only: the skb path (keeps GRO/TSO; handles partial
     /// checksums in the kernel's helpers).
     Tc,
-    /// Native XDP where the driver has it, TC elsewhere (never generic XDP).
+    /// Native XDP where the driver has it, TC elsewhere (never generic
+    /// XDP) and on veth (XDP there turns off the peer's TSO: TCP bulk is
+    /// faster through TC).
     Auto,
 }
 

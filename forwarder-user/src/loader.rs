@@ -232,6 +232,14 @@ impl Datapath {
         Ok(())
     }
 
+    /// Tells the programs that `ifindex` carries TC alone (mode `auto`
+    /// decided so at attach time).
+    fn mark_tc_only(&mut self, ifindex: u32, role: u32) -> Result<()> {
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
+            HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
+        ifaces.insert(ifindex, IfaceInfo { role, flags: abi::IFACE_F_TC_ONLY }, 0).map_err(map_err(abi::MAP_IFACES))
+    }
+
     /// Attaches the programs to every interface, per its mode: XDP with
     /// the TC assist program behind it, or TC alone.
     pub fn attach(&mut self, c: &Compiled, xdp_attach: XdpAttach) -> Result<()> {
@@ -244,13 +252,26 @@ impl Datapath {
     pub fn attach_pinned(&mut self, c: &Compiled, xdp_attach: XdpAttach, pins: Option<&Pins>) -> Result<()> {
         for i in &c.ifaces {
             let (name, ifindex) = (&i.name, i.ifindex);
+            let mode = match i.mode {
+                Mode::Auto => match crate::iface::driver(name) {
+                    Some(d) if crate::iface::prefers_tc(&d) => {
+                        log::info!(
+                            "{name}: {d}: using TC (mode auto: XDP on a {d} turns off TSO on its peer, which costs TCP bulk more than XDP saves per packet; --iface-mode {name}=xdp for packet rate)"
+                        );
+                        self.mark_tc_only(ifindex, i.role)?;
+                        Mode::Tc
+                    }
+                    _ => Mode::Auto,
+                },
+                m => m,
+            };
             let xdp: &mut Xdp = self
                 .ebpf
                 .program_mut(abi::PROG_XDP)
                 .and_then(|p| p.try_into().ok())
                 .ok_or_else(|| Error::Io("XDP program missing".into()))?;
             let adopted_xdp = match pins.map(|p| p.link("xdp", name)).filter(|p| p.exists()) {
-                Some(path) if i.mode != Mode::Tc => {
+                Some(path) if mode != Mode::Tc => {
                     let link = PinnedLink::from_pin(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
                     let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
                     xdp.attach_to_link(link).map_err(prog_err(format!("swapping XDP on {name}")))?;
@@ -264,7 +285,7 @@ impl Datapath {
                 None => false,
             };
             let mut xdp_ids = Vec::new();
-            let hook = match (i.mode, xdp_attach) {
+            let hook = match (mode, xdp_attach) {
                 _ if adopted_xdp => Hook::XdpAdopted,
                 (Mode::Tc, _) => Hook::Tc,
                 (Mode::Auto, _) => match xdp.attach(name, XdpMode::Driver) {
@@ -274,11 +295,7 @@ impl Datapath {
                     }
                     Err(e) => {
                         log::info!("{name}: no native XDP ({e}); using TC (mode auto)");
-                        let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
-                            HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
-                        ifaces
-                            .insert(ifindex, IfaceInfo { role: i.role, flags: abi::IFACE_F_TC_ONLY }, 0)
-                            .map_err(map_err(abi::MAP_IFACES))?;
+                        self.mark_tc_only(ifindex, i.role)?;
                         Hook::Tc
                     }
                 },

@@ -314,7 +314,8 @@ fn counters_survive_stop_and_program_detaches() {
     // (The TC program is attached through a TCX link, owned by the
     // process like the XDP link; the HTTP test proves it works by its
     // tc_redirected_neigh counter.)
-    let xdp = forwarder_testkit::test_mode() != "tc";
+    // (`auto` picks TC on veth.)
+    let xdp = forwarder_testkit::test_mode() == "xdp";
     for dev in ["pub0", "int0"] {
         let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
         assert_eq!(link.contains("xdp"), xdp, "XDP attached to {dev} in mode {}: {link}", forwarder_testkit::test_mode());
@@ -326,6 +327,28 @@ fn counters_survive_stop_and_program_detaches() {
     }
     let log = fwd.log_text();
     assert!(log.contains("detached from all interfaces"), "{log}");
+}
+
+#[test]
+fn auto_mode_picks_tc_on_veth_and_forwards() {
+    let lab = forwarder_testkit::Lab::new().expect("lab");
+    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--mode", "auto"]).expect("forwarder starts");
+    let server = http_server(&lab, 2);
+    for _ in 0..2 {
+        assert_eq!(http_get(&lab, public(8080)).0, format!("hello {}", ADDRS.gw_internal));
+    }
+    server.join().unwrap();
+    for dev in ["pub0", "int0"] {
+        let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
+        assert!(!link.contains("xdp"), "mode auto attached XDP to the veth {dev}: {link}");
+    }
+    let stats = fwd.stop().unwrap();
+    // TC did all of it: no XDP verdict at all.
+    assert!(counter(&stats, "tc_redirected") + counter(&stats, "tc_redirected_neigh") >= 2 * 5, "{stats}");
+    assert_eq!(counter(&stats, "xdp_redirected") + counter(&stats, "xdp_to_tc"), 0, "{stats}");
+    let log = fwd.log_text();
+    assert!(log.contains("pub0: veth: using TC (mode auto") && log.contains("int0: veth: using TC (mode auto"), "{log}");
+    assert!(log.contains("attached to pub0 (ifindex") && log.contains("TC ingress (TC mode)"), "{log}");
 }
 
 #[test]

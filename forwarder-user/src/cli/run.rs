@@ -30,7 +30,7 @@ pub struct RunArgs {
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Datapath hook for every interface: xdp (TC behind it for what XDP
-    /// cannot finish), tc (TC only), auto (native XDP where available, else TC).
+    /// cannot finish), tc (TC only), auto (native XDP where available, TC elsewhere and on veth).
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// Per-interface hook, overriding --mode: IFACE=xdp|tc|auto; repeatable.
