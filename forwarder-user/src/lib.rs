@@ -6,6 +6,7 @@
 
 pub mod addrs;
 pub mod audit;
+pub mod batch;
 pub mod check;
 pub mod cli;
 pub mod config;

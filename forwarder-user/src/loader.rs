@@ -448,34 +448,45 @@ impl Datapath {
 
     /// The flow table's entries (both directions).
     pub fn flows(&self) -> Result<Vec<(abi::FlowKey, abi::FlowEntry)>> {
-        let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =
-            HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
-        Ok(flows.iter().filter_map(Result::ok).collect())
+        let aya::maps::Map::HashMap(data) = self.map(abi::MAP_FLOWS)? else {
+            return Err(Error::Io(format!("{} is not a hash map", abi::MAP_FLOWS)));
+        };
+        crate::batch::lookup_all(std::os::fd::AsFd::as_fd(data.fd()), abi::MAP_FLOWS)
     }
 
-    /// Removes the connections idle past their timeout (both entries).
+    /// Removes the connections idle past their timeout (both entries),
+    /// `now_ns` on the datapath's clock ([`monotonic_ns`]).
     /// Returns (entries scanned, entries removed).
     pub fn collect_expired(&mut self, t: &Timeouts, now_ns: u64) -> Result<(usize, usize)> {
+        // The whole table in a few syscalls; only entries that look expired
+        // there are read again (fresh, right before their removal: a packet
+        // may have refreshed them since).
+        let all = self.flows()?;
+        let by_key: std::collections::HashMap<abi::FlowKey, abi::FlowEntry> = all.iter().copied().collect();
+        // Idle past its timeout, judged with its peer (the other direction).
+        let expired = |k: &abi::FlowKey, e: &abi::FlowEntry, peer: Option<&abi::FlowEntry>| {
+            let (ps, pl) = peer.map_or((e.state, e.last_seen_ns), |p| (p.state, p.last_seen_ns));
+            conntrack::expired(t, k.proto, e.state, ps, e.last_seen_ns, pl, now_ns)
+        };
+        let peer_key = |k: &abi::FlowKey, e: &abi::FlowEntry| abi::FlowKey::new(&e.tuple().reversed(), k.proto);
+        let keys: Vec<abi::FlowKey> = all.iter().filter(|(k, e)| expired(k, e, by_key.get(&peer_key(k, e)))).map(|(k, _)| *k).collect();
         let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
             HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
-        // Keys first: deleting while walking would skip entries.
-        let keys: Vec<abi::FlowKey> = flows.keys().flatten().collect();
         let mut removed = 0;
         for k in &keys {
             let Ok(e) = flows.get(k, 0) else { continue }; // gone with its peer
-            let peer_key = abi::FlowKey::new(&e.tuple().reversed(), k.proto);
-            let peer = flows.get(&peer_key, 0).ok();
-            let (ps, pl) = peer.map_or((e.state, e.last_seen_ns), |p| (p.state, p.last_seen_ns));
-            if conntrack::expired(t, k.proto, e.state, ps, e.last_seen_ns, pl, now_ns) {
+            let pk = peer_key(k, &e);
+            let peer = flows.get(&pk, 0).ok();
+            if expired(k, &e, peer.as_ref()) {
                 if flows.remove(k).is_ok() {
                     removed += 1;
                 }
-                if peer.is_some() && flows.remove(&peer_key).is_ok() {
+                if peer.is_some() && flows.remove(&pk).is_ok() {
                     removed += 1;
                 }
             }
         }
-        Ok((keys.len(), removed))
+        Ok((all.len(), removed))
     }
 
     /// Makes the public-address table equal to `want`; returns whether it
@@ -526,9 +537,7 @@ impl Datapath {
             let v: u64 = gs.get(&(i as u32), 0).map_err(map_err(abi::MAP_STATS))?.iter().sum();
             out.counters.insert((*name).to_string(), v);
         }
-        let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =
-            HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
-        for (k, e) in flows.iter().flatten() {
+        for (k, e) in self.flows()? {
             out.flow_entries += 1;
             // A reply entry is keyed by the translated tuple: its
             // destination is the masquerade address unless the rule keeps
@@ -540,4 +549,13 @@ impl Datapath {
         out.flow_capacity = u64::from(self.flow_capacity);
         Ok(out)
     }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`, which the
+/// flow entries' times are on.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }

@@ -116,9 +116,10 @@ fn check(dp: &Datapath, name: &str, input: &[u8], ifindex: u32, want_verdict: u3
 const RULES: [&str; 4] = ["tcp:8080=192.168.1.50:80", "udp:5353=192.168.1.50:53", "udp:7000=192.168.1.50:7002", "udp:7000@pub0=192.168.1.50:7001"];
 
 /// A lab whose gateway has permanent neighbours and forwarding on, and a
-/// datapath loaded (not attached) with [`RULES`]; runs `f` on a thread
-/// inside the gateway namespace with (datapath, MACs, pub0, int0, netns).
-fn in_gateway(f: impl FnOnce(&Datapath, &Macs, u32, u32, &str) + Send + 'static) {
+/// datapath loaded (not attached) with [`RULES`] and room for `conns`
+/// connections; runs `f` on a thread inside the gateway namespace with
+/// (datapath, MACs, pub0, int0, netns).
+fn in_gateway(conns: u32, f: impl FnOnce(&mut Datapath, &Macs, u32, u32, &str) + Send + 'static) {
     let lab = Lab::new().unwrap();
     let m = lab.prime_gateway().unwrap();
     let gw_ns = lab.gateway.name.clone();
@@ -134,11 +135,11 @@ fn in_gateway(f: impl FnOnce(&Datapath, &Macs, u32, u32, &str) + Send + 'static)
                 ..Default::default()
             };
             let compiled = settings.compile(iface::index).unwrap();
-            let mut dp = Datapath::load(1024).unwrap();
+            let mut dp = Datapath::load(conns).unwrap();
             dp.configure(&compiled).unwrap();
             let pub_if = iface::index(GW_PUBLIC_IF).unwrap();
             let int_if = iface::index(GW_INTERNAL_IF).unwrap();
-            f(&dp, &m, pub_if, int_if, &gw_ns);
+            f(&mut dp, &m, pub_if, int_if, &gw_ns);
         })
         .unwrap()
         .join()
@@ -147,7 +148,7 @@ fn in_gateway(f: impl FnOnce(&Datapath, &Macs, u32, u32, &str) + Send + 'static)
 
 #[test]
 fn fixture_table_through_the_xdp_program() {
-    in_gateway(|dp, m, pub_if, int_if, gw_ns| {
+    in_gateway(1024, |dp, m, pub_if, int_if, gw_ns| {
             run_table(dp, m, pub_if, int_if);
             // 9. A frame above the egress MTU (in generic XDP, a GRO'd skb
             //    looks like this): XDP does not translate it but hands it,
@@ -170,6 +171,33 @@ fn fixture_table_through_the_xdp_program() {
             let syn = frame(m.client, m.gw_pub, ADDRS.client, ADDRS.gw_public, 64, &L4::Tcp { sport: 40005, dport: 8080, seq: 1, flags: "S" }, &[]);
             check(dp, "neighbour unknown", &syn, pub_if, XDP_PASS, &handed(&syn));
             assert_eq!(dp.flows().unwrap().len(), flows_before, "state created for a packet XDP did not send");
+    });
+}
+
+#[test]
+fn flow_table_is_read_whole_in_batches_and_expired_in_full() {
+    in_gateway(8192, |dp, m, pub_if, _, _| {
+        // 5 000 UDP flows: 10 000 entries, more than one batch (4 096).
+        let n = 5000u16;
+        for i in 0..n {
+            let f = frame(m.client, m.gw_pub, ADDRS.client, ADDRS.gw_public, 64, &L4::Udp { sport: 20000 + i, dport: 5353 }, b"q");
+            assert_eq!(dp.test_run_xdp(&f, pub_if, 1).unwrap().0, XDP_REDIRECT, "flow {i}");
+        }
+        let flows = dp.flows().unwrap();
+        let keys: std::collections::HashSet<_> = flows.iter().map(|(k, _)| *k).collect();
+        assert_eq!((flows.len(), keys.len()), (2 * usize::from(n), 2 * usize::from(n)), "every entry once");
+        // Each entry's peer is there: both directions of each connection.
+        for (k, e) in &flows {
+            assert!(keys.contains(&forwarder_common::abi::FlowKey::new(&e.tuple().reversed(), k.proto)), "{k:?} without its peer");
+        }
+        let snap = dp.snapshot(&[]).unwrap();
+        assert_eq!((snap.flow_entries, snap.snat_ports_in_use), (2 * u64::from(n), u64::from(n)));
+        // Nothing idle yet; then, a day later, all of it.
+        let t = forwarder_common::conntrack::Timeouts::default();
+        let now = forwarder::loader::monotonic_ns();
+        assert_eq!(dp.collect_expired(&t, now).unwrap(), (2 * usize::from(n), 0));
+        assert_eq!(dp.collect_expired(&t, now + 86_400_000_000_000).unwrap(), (2 * usize::from(n), 2 * usize::from(n)));
+        assert!(dp.flows().unwrap().is_empty());
     });
 }
 
@@ -407,7 +435,7 @@ fn l4_ok(f: &[u8]) -> Option<bool> {
 #[test]
 #[expect(clippy::too_many_lines, reason = "one generator loop with its checks, read top to bottom")]
 fn fuzz_hundred_thousand_malformed_and_random_packets() {
-    in_gateway(|dp, m, pub_if, int_if, _| {
+    in_gateway(1024, |dp, m, pub_if, int_if, _| {
         let (c, g) = (ADDRS.client, ADDRS.gw_public);
         let seeds: Vec<Vec<u8>> = vec![
             frame(m.client, m.gw_pub, c, g, 64, &L4::Tcp { sport: 40000, dport: 8080, seq: 1, flags: "S" }, &[]),

@@ -224,14 +224,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
-}
-
 /// What the daemon is told from outside: the control socket and the
 /// signals it handles (registered once, before it says it runs).
 struct Inputs {
@@ -293,7 +285,7 @@ impl Audit {
 
     /// Logs every event waiting in the ring.
     fn drain(&mut self, dp: &Datapath, settings: &Settings) {
-        let (mono, wall) = (monotonic_ns(), std::time::SystemTime::now());
+        let (mono, wall) = (crate::loader::monotonic_ns(), std::time::SystemTime::now());
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             let Some(ev) = crate::audit::parse_event(&item) else { continue };
@@ -450,11 +442,11 @@ fn control_reply(req: crate::control::Request, dp: &mut Datapath, settings: &Set
             serde_json::json!({ "path": path })
         }
         Request::Conntrack { filter } => {
-            let conns: Vec<_> = connections(&dp.flows()?, monotonic_ns()).into_iter().map(|c| c.0).filter(|c| filter.matches(c)).collect();
+            let conns: Vec<_> = connections(&dp.flows()?, crate::loader::monotonic_ns()).into_iter().map(|c| c.0).filter(|c| filter.matches(c)).collect();
             serde_json::to_value(conns)?
         }
         Request::Flush { filter } => {
-            let keys: Vec<_> = connections(&dp.flows()?, monotonic_ns()).into_iter().filter(|c| filter.matches(&c.0)).flat_map(|c| [c.1, c.2]).collect();
+            let keys: Vec<_> = connections(&dp.flows()?, crate::loader::monotonic_ns()).into_iter().filter(|c| filter.matches(&c.0)).flat_map(|c| [c.1, c.2]).collect();
             let removed = dp.remove_flows(&keys)?;
             log::info!("conntrack flush: {} connection(s) removed", removed / 2);
             serde_json::json!({ "removed_connections": removed / 2 })
@@ -570,7 +562,7 @@ async fn serve(
                     log::info!("public addresses changed; hairpin follows");
                 }
                 if ticks.is_multiple_of(gc_every) {
-                    let (scanned, removed) = dp.collect_expired(&t, monotonic_ns())?;
+                    let (scanned, removed) = dp.collect_expired(&t, crate::loader::monotonic_ns())?;
                     if removed > 0 {
                         log::debug!("conntrack: {removed} of {scanned} entries expired and removed");
                     }
