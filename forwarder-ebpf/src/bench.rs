@@ -17,7 +17,10 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup as fib_lookup_helper,
     programs::XdpContext,
 };
-use forwarder_common::csum::ttl_decrement;
+use forwarder_common::{
+    abi::{BenchFrame, bench_flow},
+    csum::{ttl_decrement, update16},
+};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -25,7 +28,6 @@ use network_types::{
 
 use crate::{ctx::ptr_at, maps::FWD_TX_PORTS};
 
-#[inline(always)]
 /// The Ethernet and IPv4 headers of an IPv4 frame (`None` for anything
 /// else, or too short).
 #[inline(always)]
@@ -68,21 +70,52 @@ pub fn fib_redirect(ctx: &XdpContext) -> u32 {
     FWD_TX_PORTS.redirect(f.ifindex, 0).unwrap_or(XDP_DROP)
 }
 
-/// The frame [`tx`] sends (index 0): 64 bytes, Ethernet to UDP.
+/// The frame [`tx`] sends and how many flows it spreads over (index 0).
 #[map]
-pub static BENCH_FRAME: Array<[u8; 64]> = Array::with_max_entries(1, 0);
+pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 
-/// Generator: writes the whole frame, then sends it out of the interface
-/// it "arrived" on (live-frames mode turns `XDP_TX` into a transmission).
-/// Writing it every time matters: live-frames mode recycles its pages
-/// without restoring their contents, and the gateway's rewrite (MACs, TTL,
-/// NAT) would otherwise come back in the next frames.
+/// Generator: writes the whole frame, with the source (port, address) of
+/// its flow and the checksums to match, then sends it out of the
+/// interface it "arrived" on (live-frames mode turns `XDP_TX` into a
+/// transmission). Writing it every time matters: live-frames mode recycles
+/// its pages without restoring their contents, and the gateway's rewrite
+/// (MACs, TTL, NAT) would otherwise come back in the next frames.
 #[inline(always)]
 pub fn tx(ctx: &XdpContext) -> u32 {
-    let Some(t) = BENCH_FRAME.get(0) else { return XDP_ABORTED };
+    let Some(b) = BENCH_FRAME.get_ptr_mut(0) else { return XDP_ABORTED };
     let Some(p) = ptr_at::<[u8; 64], XdpContext>(ctx, 0) else { return XDP_ABORTED };
-    // SAFETY: 64 bytes bounds-checked by ptr_at.
-    unsafe { *p = *t };
+    // SAFETY: map value valid until exit; 64 bytes bounds-checked by
+    // ptr_at; the generator runs on one CPU (the test run's).
+    unsafe {
+        let b = &mut *b;
+        let f = &mut *p;
+        *f = b.frame;
+        let (port, addr) = bench_flow(b.seq, b.flows);
+        b.seq = b.seq.wrapping_add(1);
+        // The L4 checksum: UDP's at 40 (0 stays "none"), TCP's at 50.
+        let csum_at = if f[23] == 17 { 40 } else { 50 };
+        let mut l4 = u16::from_be_bytes([f[csum_at], f[csum_at + 1]]);
+        let none = f[23] == 17 && l4 == 0;
+        if port != 0 {
+            let old = u16::from_be_bytes([f[34], f[35]]);
+            let new = old.wrapping_add(port);
+            [f[34], f[35]] = new.to_be_bytes();
+            l4 = update16(l4, old, new);
+        }
+        if addr != 0 {
+            // The source address's second half: in the IPv4 header's sum
+            // and in the L4 pseudo-header's.
+            let old = u16::from_be_bytes([f[28], f[29]]);
+            f[29] = f[29].wrapping_add(addr);
+            let new = u16::from_be_bytes([f[28], f[29]]);
+            [f[24], f[25]] = update16(u16::from_be_bytes([f[24], f[25]]), old, new).to_be_bytes();
+            l4 = update16(l4, old, new);
+        }
+        if !none {
+            // (A computed UDP checksum of 0 is sent as 0xffff.)
+            [f[csum_at], f[csum_at + 1]] = (if f[23] == 17 && l4 == 0 { 0xffff } else { l4 }).to_be_bytes();
+        }
+    }
     XDP_TX
 }
 
@@ -90,17 +123,18 @@ pub fn tx(ctx: &XdpContext) -> u32 {
 #[map]
 pub static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// The UDP destination port of the generated packets.
+/// The UDP (and TCP) destination port of the generated packets.
 const SINK_PORT: u16 = 5300;
 
-/// Receiver: counts and drops IPv4 UDP packets to port [`SINK_PORT`];
-/// passes everything else (ARP, the other workloads' traffic).
+/// Receiver: counts and drops IPv4 UDP and TCP packets to port
+/// [`SINK_PORT`]; passes everything else (ARP, the other workloads'
+/// traffic).
 #[inline(always)]
 pub fn sink(ctx: &XdpContext) -> u32 {
     let Some((_, ip)) = ipv4(ctx) else { return XDP_PASS };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    if ip.proto as u8 != 17 || ip.vihl != 0x45 {
+    if (ip.proto as u8 != 17 && ip.proto as u8 != 6) || ip.vihl != 0x45 {
         return XDP_PASS;
     }
     let Some(ports) = ptr_at::<[u8; 4], XdpContext>(ctx, EthHdr::LEN + 20) else { return XDP_PASS };

@@ -25,9 +25,14 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Entries per syscall: large enough that a hash bucket never holds more
-/// (the kernel answers ENOSPC then, and we double it).
-const CHUNK: usize = 4096;
+/// Entries per syscall. Small: a batch call runs to its end (kernels
+/// without kernel preemption, like this machine's, do not switch tasks
+/// inside a syscall), and 4 096
+/// entries per call held the daemon's CPU long enough to add a
+/// millisecond to the p99 latency of traffic whose endpoints shared it
+/// (`cargo xtask bench`); 256 still saves all but one syscall in 512. A
+/// bucket holding more is answered ENOSPC, and the chunk doubles.
+const CHUNK: usize = 256;
 
 /// Every (key, value) of the hash map `fd` (plain, not per-CPU). `K` and
 /// `V` must be the map's key and value types (sizes checked by the

@@ -383,12 +383,14 @@ impl Datapath {
 
     /// Sends the 64-byte `frame` out of `ifindex` (in the calling thread's
     /// namespace) `count` times, as fast as the kernel can: the benchmark
-    /// generator (`BPF_PROG_TEST_RUN`, live frames, batches of 64). Returns
-    /// the time it took.
-    pub fn generate(&mut self, frame: &[u8; 64], ifindex: u32, count: u32) -> Result<std::time::Duration> {
+    /// generator (`BPF_PROG_TEST_RUN`, live frames, batches of 64). The
+    /// frames are spread over `flows` flows from the frame's source up
+    /// ([`abi::bench_flow`]). Returns the time it took.
+    pub fn generate(&mut self, frame: &[u8; 64], flows: u32, ifindex: u32, count: u32) -> Result<std::time::Duration> {
         use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
-        let mut a: Array<&mut MapData, [u8; 64]> = Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?).map_err(map_err(abi::MAP_BENCH_FRAME))?;
-        a.set(0, *frame, 0).map_err(map_err(abi::MAP_BENCH_FRAME))?;
+        let mut a: Array<&mut MapData, abi::BenchFrame> =
+            Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?).map_err(map_err(abi::MAP_BENCH_FRAME))?;
+        a.set(0, abi::BenchFrame { frame: *frame, flows, seq: 0 }, 0).map_err(map_err(abi::MAP_BENCH_FRAME))?;
         let xdp: &Xdp = self.ebpf.program(abi::PROG_BENCH_TX).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io("generator program missing".into()))?;
         let ctx = xdp_md(frame.len(), ifindex);
         let t0 = std::time::Instant::now();

@@ -6,24 +6,35 @@
 //! Modes: plain routing (no NAT: the kernel's own ceiling on this path);
 //! iptables, exactly the classic recipe (PREROUTING DNAT, FORWARD `-m state
 //! --state NEW,ESTABLISHED,RELATED -j ACCEPT`, POSTROUTING MASQUERADE); the
-//! nftables equivalent; the forwarder in XDP mode and in TC mode; a bare
+//! nftables equivalent; the forwarder in XDP mode and in TC mode (as
+//! `--mode auto` picks it on veth); a bare
 //! XDP FIB-lookup + redirect program (no NAT: the ceiling of the XDP
-//! approach). NAT modes publish 203.0.113.1:{8080,5201,5300,5301} as
-//! 192.168.1.50:{80,5201,5300,5301} with masquerade, the server having no
+//! approach). NAT modes publish 203.0.113.1:{8080,5201,5300,5301} (and
+//! TCP 5300) as 192.168.1.50:{80,5201,5300,5301} with masquerade, the server having no
 //! route back to the client; the no-NAT modes reach the server's address
 //! directly and give it that route.
 //!
+//! Cores: the gateway's packet work runs on a core of its own. Every veth
+//! end gets threaded NAPI (GRO on, which also gives a veth the NAPI that
+//! frames redirected into it need): the gateway's interfaces' NAPI
+//! threads — where XDP, TC, netfilter and the kernel's routing all run —
+//! are pinned to CPU 1, and everything else (generator, receiver,
+//! clients, servers, the forwarder daemon) to CPU 0. "Gateway CPU" is the
+//! scheduler's exact run time of the gateway's NAPI threads plus the
+//! forwarder daemon's threads (`/proc/TID/schedstat`), divided by what
+//! was delivered.
+//!
 //! Workloads per mode: 64-byte UDP frames generated in the kernel
 //! (`BPF_PROG_TEST_RUN` in live-frames mode on the client's interface: an
-//! XDP program writes the frame and transmits it; one flow) and counted by
-//! an XDP program at the server — on veth the generating CPU carries each
-//! frame through gateway and server in the same softirq, so the rate is the
-//! whole path's (generator and receiver cost the same in every mode); TCP bulk (iperf3, 1 and 4 streams); new
-//! TCP connections per second (connect, request, answer, close); UDP
-//! request/response latency at 1000 requests/s; and CPU time of the whole
-//! machine per delivered packet during the packet-rate run (generator and
-//! receiver included: the same in every mode, so the differences are the
-//! gateway's).
+//! XDP program writes the frame and transmits it), as fast as the
+//! generator goes, over one flow and over 10 000 flows (every flow's state
+//! made before the count), counted by an XDP program at the server:
+//! delivered packets/s, loss, gateway CPU per packet; a SYN flood of
+//! 100 000 new connections (one flow each): connections set up per second
+//! and gateway CPU per connection set up; TCP bulk (iperf3, 1 and 4
+//! streams); TCP connections per second (connect, request, answer,
+//! close) and the gateway CPU per whole connection; UDP request/response
+//! latency at 1000 requests/s (p50, p99).
 //!
 //! Every run is checked before it counts: packets arrived at the server,
 //! replies came back, the server saw the address the mode must produce
@@ -69,7 +80,7 @@ impl Mode {
             Self::Iptables => "iptables",
             Self::Nftables => "nftables",
             Self::ForwarderXdp => "forwarder XDP",
-            Self::ForwarderTc => "forwarder TC",
+            Self::ForwarderTc => "forwarder TC (mode auto)",
             Self::BareXdp => "bare XDP redirect (no NAT)",
         }
     }
@@ -114,19 +125,32 @@ impl Mode {
 }
 
 /// The services: (protocol, public port, server port).
-const SERVICES: [(&str, u16, u16); 4] = [("tcp", 8080, 80), ("tcp", 5201, 5201), ("udp", 5300, 5300), ("udp", 5301, 5301)];
+const SERVICES: [(&str, u16, u16); 5] = [("tcp", 8080, 80), ("tcp", 5201, 5201), ("udp", 5300, 5300), ("udp", 5301, 5301), ("tcp", 5300, 5300)];
 
-const FIGURES: [(&str, &str, bool); 7] = [
+const FIGURES: [(&str, &str, bool); 13] = [
     // (key, label, higher is better)
-    ("udp64_kpps", "UDP 64 B delivered (kpps)", true),
-    ("udp64_loss_pct", "UDP 64 B loss (%)", false),
-    ("cpu_ns_per_pkt", "CPU per delivered packet (ns, whole machine)", false),
+    ("udp64_kpps", "UDP 64 B delivered, 1 flow (kpps)", true),
+    ("udp64_loss_pct", "UDP 64 B loss, 1 flow (%)", false),
+    ("cpu_ns_per_pkt", "gateway CPU per packet, 1 flow (ns)", false),
+    ("udp64_flows_kpps", "UDP 64 B delivered, 10 000 flows (kpps)", true),
+    ("cpu_ns_per_pkt_flows", "gateway CPU per packet, 10 000 flows (ns)", false),
+    ("syn_kpps", "new connections set up, SYN flood (k/s)", true),
+    ("cpu_ns_per_syn", "gateway CPU per new connection, SYN flood (ns)", false),
     ("tcp1_gbps", "TCP bulk, 1 stream (Gbit/s)", true),
     ("tcp4_gbps", "TCP bulk, 4 streams (Gbit/s)", true),
-    ("conn_per_s", "new TCP connections/s", true),
+    ("conn_per_s", "TCP connections/s (connect, request, close)", true),
+    ("cpu_us_per_conn", "gateway CPU per TCP connection, whole (us)", false),
     ("rtt_p50_us", "UDP request/response p50 (us)", false),
+    ("rtt_p99_us", "UDP request/response p99 (us)", false),
 ];
-const RTT_P99: (&str, &str, bool) = ("rtt_p99_us", "UDP request/response p99 (us)", false);
+/// Flows of the multi-flow packet-rate run.
+const FLOWS: u32 = 10_000;
+/// SYNs of the connection-setup run, each from a flow of its own (source
+/// ports 20000-59999 of 203.0.113.10, .11, .12): more than any mode
+/// takes in while they are generated (a few tens of ms), so the gateway
+/// works on nothing but first packets of connections, flat out (the
+/// receive queue drops the rest before the gateway sees them).
+const SYNS: u32 = 100_000;
 
 struct Params {
     secs: u64,
@@ -152,14 +176,40 @@ fn sh(lab: &Lab, host: Host, program: &str, args: &[&str]) -> Result<String> {
     lab.ns(host).exec(program, args).with_context(|| format!("{program} {}", args.join(" ")))
 }
 
-/// Sets the gateway up for `mode`; returns what it left running and the
-/// lab's MACs (for the generated frames).
-fn setup(lab: &Lab, mode: Mode) -> Result<(Active, Macs)> {
-    // The same gateway in every mode: neighbours pinned, forwarding on,
-    // NAPI (GRO) on its veths so generated frames can be received.
+/// The tasks that do the gateway's work: the NAPI threads of its
+/// interfaces (on [`GW_CPU`]; XDP, TC, netfilter and routing all run in
+/// them) and, in the forwarder's modes, the daemon.
+#[derive(Default)]
+struct GwTasks {
+    napi: Vec<i32>,
+    daemon: Option<u32>,
+}
+
+impl GwTasks {
+    /// CPU time they have used so far, in ns (the scheduler's own count,
+    /// `/proc/TID/schedstat`: exact, unlike tick-sampled `/proc/stat`).
+    fn cpu_ns(&self) -> u64 {
+        let runtime = |path: String| std::fs::read_to_string(path).ok().and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0);
+        let daemon = self.daemon.and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok()).into_iter().flatten().flatten();
+        self.napi.iter().map(|t| runtime(format!("/proc/{t}/schedstat"))).sum::<u64>()
+            + daemon.map(|t| runtime(t.path().join("schedstat").to_string_lossy().into_owned())).sum::<u64>()
+    }
+}
+
+/// Sets the gateway up for `mode`; returns what it left running, the
+/// gateway's tasks and the lab's MACs (for the generated frames).
+fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
+    // The same gateway in every mode: neighbours pinned, forwarding on.
     let macs = lab.prime_gateway()?;
+    // Every veth end gets NAPI (GRO on: frames redirected into a veth need
+    // it), in threads of its own: the gateway's on the gateway core, the
+    // client's and server's on the other one, with everything else.
+    let mut gw = GwTasks::default();
     for ifname in [GW_PUBLIC_IF, GW_INTERNAL_IF] {
-        sh(lab, Host::Gateway, "ethtool", &["-K", ifname, "gro", "on"])?;
+        gw.napi.extend(threaded_napi(lab, Host::Gateway, ifname, GW_CPU)?);
+    }
+    for host in [Host::Client, Host::Server] {
+        threaded_napi(lab, host, "eth0", HOST_CPU)?;
     }
     // Client and server put complete checksums and MTU-sized segments on
     // the "wire", as packets from a real network arrive at a gateway (a
@@ -206,8 +256,21 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, Macs)> {
                 args.extend(["--rule", r.as_str()]);
             }
             // Audit off: the recipe it is compared with has no LOG rule.
-            args.extend(["--mode", if mode == Mode::ForwarderXdp { "xdp" } else { "tc" }, "--xdp-attach", "native", "--audit-rate", "0"]);
-            Active::Forwarder(Box::new(lab.start_forwarder(&args)?))
+            // TC mode is what `--mode auto` picks on veth: run as such.
+            // Masquerade ports: the whole range, as MASQUERADE takes it
+            // (the default leaves 32768-60999 to the gateway's own sockets).
+            args.extend(["--mode", if mode == Mode::ForwarderXdp { "xdp" } else { "auto" }, "--xdp-attach", "native", "--audit-rate", "0", "--snat-ports", "1024-65535"]);
+            let fwd = lab.start_forwarder(&args)?;
+            if mode == Mode::ForwarderTc {
+                let log = fwd.log_text();
+                ensure!(log.matches("using TC (mode auto").count() == 2, "mode auto did not pick TC on both veths:\n{log}");
+            }
+            // Its control plane is gateway work too: counted with it,
+            // wherever it runs (on the host core: as on a real gateway, it
+            // does not hold up the packet core; its stats file refresh
+            // walks the whole flow table every second).
+            gw.daemon = Some(fwd.proc.pid());
+            Active::Forwarder(Box::new(fwd))
         }
         Mode::BareXdp => {
             let dp = in_ns(&lab.gateway, || -> Result<Datapath> {
@@ -223,18 +286,51 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, Macs)> {
             Active::Bare(Box::new(dp))
         }
     };
-    Ok((active, macs))
+    Ok((active, gw, macs))
 }
 
-/// /proc/stat: busy time of all CPUs in ns (user, nice, system, irq, softirq).
-fn cpu_busy_ns() -> u64 {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = text.lines().next().unwrap_or_default();
-    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
-    let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum::<u64>();
-    busy * (1_000_000_000 / hz)
+/// The core that carries the gateway's packet work: the NAPI threads of
+/// its interfaces (where XDP, TC, netfilter and routing all run).
+/// Generator, receiver, clients, servers and the forwarder daemon run on
+/// [`HOST_CPU`].
+const GW_CPU: usize = 1;
+const HOST_CPU: usize = 0;
+
+/// Pins task `tid` (0: the calling thread) to `cpu`.
+fn pin(tid: i32, cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data, `cpu` is below its capacity, and the
+    // call only reads the set.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    ensure!(rc == 0, "pinning task {tid} to CPU {cpu}: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// The kernel's NAPI threads (`napi/IFNAME-ID`) by task id.
+fn napi_threads() -> BTreeSet<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("napi/")))
+        .collect()
+}
+
+/// GRO and threaded NAPI on `ifname` of `host`; the NAPI threads that
+/// appear (only ours: the benchmark creates nothing else meanwhile) are
+/// pinned to `cpu`.
+fn threaded_napi(lab: &Lab, host: Host, ifname: &str, cpu: usize) -> Result<Vec<i32>> {
+    let before = napi_threads();
+    sh(lab, host, "ethtool", &["-K", ifname, "gro", "on"])?;
+    sh(lab, host, "sh", &["-c", &format!("echo 1 > /sys/class/net/{ifname}/threaded")])?;
+    let new: Vec<i32> = napi_threads().difference(&before).copied().collect();
+    ensure!(!new.is_empty(), "no NAPI thread appeared for {ifname}");
+    for tid in &new {
+        pin(*tid, cpu)?;
+    }
+    Ok(new)
 }
 
 /// An IPv4 counter of the gateway's `/proc/net/snmp` (`Ip:` line).
@@ -246,34 +342,63 @@ fn ip_counter(lab: &Lab, name: &str) -> Result<u64> {
     vals.split_whitespace().nth(i).context("value")?.parse().context("number")
 }
 
-/// 64-byte UDP frames from the client, generated in the kernel
-/// (`BPF_PROG_TEST_RUN` live frames on the client's interface, `frames`
-/// of them, one flow), counted at the server: (kpps delivered, loss %, CPU
-/// ns of the whole machine per delivered packet, packets delivered).
-fn udp64(lab: &Lab, mode: Mode, m: &Macs, traffic: &Arc<Mutex<Datapath>>, frames: u32) -> Result<(f64, f64, f64, u64)> {
+/// A generated packet-rate run: 64-byte frames from the client, made in
+/// the kernel (`BPF_PROG_TEST_RUN` live frames on the client's interface),
+/// `frames` of them spread over `flows` flows (`abi::bench_flow`: source
+/// ports from the frame's up, then the next source addresses),
+/// counted at the server.
+#[derive(Clone, Copy)]
+struct Gen {
+    /// UDP datagrams, or TCP SYNs (each one a connection attempt).
+    syn: bool,
+    frames: u32,
+    flows: u32,
+    /// Frames sent before the count starts: every flow gets its state, so
+    /// the figure is the established path's (0: each counted frame is the
+    /// first of its flow, the figure is connection setup's).
+    warm_up: u32,
+}
+
+/// Runs `g`: (kpps delivered, loss %, gateway CPU ns per delivered
+/// packet, packets delivered).
+fn generated(lab: &Lab, mode: Mode, gw: &GwTasks, m: &Macs, traffic: &Arc<Mutex<Datapath>>, g: Gen) -> Result<(f64, f64, f64, u64)> {
+    let (frames, flows) = (g.frames, g.flows);
     let t = mode.target(5300);
     let IpAddr::V4(dst) = t.ip() else { bail!("IPv4") };
     let mut frame = Vec::new();
-    etherparse::PacketBuilder::ethernet2(m.client, m.gw_pub).ipv4(ADDRS.client.octets(), dst.octets(), 64).udp(40000, t.port()).write(&mut frame, &[0x5a; 22])?;
+    let head = etherparse::PacketBuilder::ethernet2(m.client, m.gw_pub).ipv4(ADDRS.client.octets(), dst.octets(), 64);
+    if g.syn {
+        head.tcp(20000, t.port(), 1, 64240).syn().write(&mut frame, &[])?;
+        // Ethernet padding to the minimum frame (not part of the IP packet).
+        frame.resize(64, 0);
+    } else {
+        head.udp(40000, t.port()).write(&mut frame, &[0x5a; 22])?;
+    }
     let frame: [u8; 64] = frame.try_into().map_err(|f: Vec<u8>| anyhow::anyhow!("frame is {} bytes", f.len()))?;
     let r = traffic.clone();
     let link = in_ns(&lab.server, move || r.lock().expect("datapath").attach_named(PROG_BENCH_SINK, "eth0"))??;
     let r = traffic.clone();
-    let result = in_ns(&lab.client, move || -> Result<(f64, f64, f64, u64)> {
-            let mut dp = r.lock().expect("datapath");
-            let ifindex = iface::index("eth0")?;
-            // Warm-up: state created, neighbours and caches warm.
-            dp.generate(&frame, ifindex, 1000)?;
-            std::thread::sleep(Duration::from_millis(100));
-            let (c0, cpu0) = (dp.bench_sink_count()?, cpu_busy_ns());
-            let took = dp.generate(&frame, ifindex, frames)?;
-            std::thread::sleep(Duration::from_millis(50));
-            let (c1, cpu1) = (dp.bench_sink_count()?, cpu_busy_ns());
-            let got = c1 - c0;
-            ensure!(got > u64::from(frames) / 100, "only {got} of {frames} packets reached the server");
-            #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-            Ok((got as f64 / took.as_secs_f64() / 1000.0, 100.0 * (1.0 - got as f64 / f64::from(frames)), (cpu1 - cpu0) as f64 / got as f64, got))
-        })?;
+    let ifindex = in_ns(&lab.client, || iface::index("eth0"))??;
+    let generate = |n: u32| -> Result<Duration> {
+        let r = r.clone();
+        in_ns(&lab.client, move || r.lock().expect("datapath").generate(&frame, flows, ifindex, n))?.map_err(Into::into)
+    };
+    if g.warm_up > 0 {
+        generate(g.warm_up)?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (c0, cpu0) = (traffic.lock().expect("datapath").bench_sink_count()?, gw.cpu_ns());
+    let took = generate(frames)?;
+    // Time for the queues to drain (256 frames at most).
+    std::thread::sleep(Duration::from_millis(10));
+    let (c1, cpu1) = (traffic.lock().expect("datapath").bench_sink_count()?, gw.cpu_ns());
+    let got = c1 - c0;
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let result = if got > u64::from(frames) / 100 {
+        Ok((got as f64 / took.as_secs_f64() / 1000.0, 100.0 * (1.0 - got as f64 / f64::from(frames)), (cpu1 - cpu0) as f64 / got as f64, got))
+    } else {
+        Err(anyhow::anyhow!("only {got} of {frames} packets reached the server"))
+    };
     let r = traffic.clone();
     in_ns(&lab.server, move || r.lock().expect("datapath").detach_named(PROG_BENCH_SINK, link))??;
     result
@@ -297,8 +422,9 @@ fn iperf(lab: &Lab, mode: Mode, streams: u32, secs: u64) -> Result<f64> {
 }
 
 /// New TCP connections per second (2 client threads, each connect →
-/// request → answer → close); checks the source the server saw.
-fn conns(lab: &Lab, mode: Mode, secs: u64) -> Result<f64> {
+/// request → answer → close) and the gateway CPU µs per connection;
+/// checks the source the server saw.
+fn conns(lab: &Lab, mode: Mode, gw: &GwTasks, secs: u64) -> Result<(f64, f64)> {
     let listener = in_ns(&lab.server, || TcpListener::bind("0.0.0.0:80"))??;
     listener.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -322,6 +448,7 @@ fn conns(lab: &Lab, mode: Mode, secs: u64) -> Result<f64> {
         peers
     });
     let t = mode.target(80);
+    let cpu0 = gw.cpu_ns();
     let clients: Vec<_> = (0..2)
         .map(|_| {
             lab.client
@@ -344,6 +471,7 @@ fn conns(lab: &Lab, mode: Mode, secs: u64) -> Result<f64> {
         })
         .collect();
     let results: Vec<(u64, u64, Duration)> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    let cpu1 = gw.cpu_ns();
     stop.store(true, Ordering::Relaxed);
     let peers = server.join().map_err(|_| anyhow::anyhow!("server panicked"))?;
     let ok: u64 = results.iter().map(|r| r.0).sum();
@@ -353,7 +481,7 @@ fn conns(lab: &Lab, mode: Mode, secs: u64) -> Result<f64> {
     ensure!(peers == BTreeSet::from([IpAddr::V4(mode.seen_source())]), "the server saw {peers:?}, expected {}", mode.seen_source());
     let secs = results.iter().map(|r| r.2.as_secs_f64()).fold(0.0, f64::max);
     #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-    Ok(ok as f64 / secs)
+    Ok((ok as f64 / secs, (cpu1 - cpu0) as f64 / 1000.0 / (ok + failed) as f64))
 }
 
 /// UDP request/response round trips at 1000/s: (p50 µs, p99 µs).
@@ -450,28 +578,31 @@ type Figures = Vec<(&'static str, Result<f64, String>)>;
 /// survives, e.g. netfilter hooks), every workload, the checks.
 fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Datapath>>) -> Result<Figures> {
     let mut lab = Lab::new()?;
-    let (mut active, macs) = setup(&lab, mode)?;
+    let (mut active, gw, macs) = setup(&lab, mode)?;
     // (Bare: the Datapath keeps its programs attached until dropped.)
     let iperf_log = lab.dir.join("iperf3-server.log");
     lab.spawn(Host::Server, "iperf3", &["-s", "-p", "5201", "--logfile", iperf_log.to_str().context("path")?])?;
-    let fwd0 = ip_counter(&lab, "ForwDatagrams")?;
-    let pps = udp64(&lab, mode, &macs, traffic, p.frames);
-    let fwd1 = ip_counter(&lab, "ForwDatagrams")?;
-    let checked = match &pps {
-        Ok(r) => verify_path(&lab, mode, r.3, fwd1 - fwd0).map_err(|e| format!("{e:#}")),
-        Err(e) => Err(format!("{e:#}")),
-    };
     let mut out: Figures = Vec::new();
-    let failed_pps = |e: &String| (Err(e.clone()), Err(e.clone()), Err(e.clone()));
-    let (kpps, loss, cpu) = match (&pps, &checked) {
-        (Ok(r), Ok(())) => (Ok(r.0), Ok(r.1), Ok(r.2)),
-        (_, Err(e)) => failed_pps(e),
-        (Err(e), Ok(())) => failed_pps(&format!("{e:#}")),
-    };
-    out.extend([("udp64_kpps", kpps), ("udp64_loss_pct", loss), ("cpu_ns_per_pkt", cpu)]);
+    let runs = [
+        (Gen { syn: false, frames: p.frames, flows: 1, warm_up: 1000 }, ["udp64_kpps", "udp64_loss_pct", "cpu_ns_per_pkt"]),
+        (Gen { syn: false, frames: p.frames, flows: FLOWS, warm_up: 2 * FLOWS }, ["udp64_flows_kpps", "", "cpu_ns_per_pkt_flows"]),
+        (Gen { syn: true, frames: SYNS, flows: SYNS, warm_up: 0 }, ["syn_kpps", "", "cpu_ns_per_syn"]),
+    ];
+    for (g, keys) in runs {
+        let fwd0 = ip_counter(&lab, "ForwDatagrams")?;
+        let r = generated(&lab, mode, &gw, &macs, traffic, g).map_err(|e| format!("{e:#}"));
+        let fwd1 = ip_counter(&lab, "ForwDatagrams")?;
+        let r = r.and_then(|r| verify_path(&lab, mode, r.3, fwd1 - fwd0).map_err(|e| format!("{e:#}")).map(|()| r));
+        for (key, v) in keys.into_iter().zip([r.clone().map(|r| r.0), r.clone().map(|r| r.1), r.map(|r| r.2)]) {
+            if !key.is_empty() {
+                out.push((key, v));
+            }
+        }
+    }
     out.push(("tcp1_gbps", iperf(&lab, mode, 1, p.secs).map_err(|e| format!("{e:#}"))));
     out.push(("tcp4_gbps", iperf(&lab, mode, 4, p.secs).map_err(|e| format!("{e:#}"))));
-    out.push(("conn_per_s", conns(&lab, mode, p.secs).map_err(|e| format!("{e:#}"))));
+    let c = conns(&lab, mode, &gw, p.secs).map_err(|e| format!("{e:#}"));
+    out.extend([("conn_per_s", c.clone().map(|c| c.0)), ("cpu_us_per_conn", c.map(|c| c.1))]);
     match rtt(&lab, mode, p.secs) {
         Ok((p50, p99)) => out.extend([("rtt_p50_us", Ok(p50)), ("rtt_p99_us", Ok(p99))]),
         Err(e) => out.extend([("rtt_p50_us", Err(format!("{e:#}"))), ("rtt_p99_us", Err(format!("{e:#}")))]),
@@ -527,6 +658,10 @@ fn main() -> Result<()> {
     let modes: Vec<Mode> = MODES.iter().copied().filter(|m| *m == Mode::Iptables || only.as_ref().is_none_or(|o| o.iter().any(|k| k == m.key()))).collect();
     let p = if quick { Params { secs: 1, reps: 3, frames: 500_000 } } else { Params { secs: 4, reps: 5, frames: 3_000_000 } };
     let t0 = Instant::now();
+    ensure!(std::thread::available_parallelism().map_or(1, std::num::NonZero::get) > GW_CPU, "the comparison needs 2 CPUs: one for the gateway, one for everything else");
+    // This thread and everything it starts (threads, namespaces' processes)
+    // on the host core; only the gateway's work is moved to its own.
+    pin(0, HOST_CPU)?;
     // The generator and receiver programs, loaded once.
     let mut traffic = Datapath::load(1024)?;
     traffic.load_bench_programs()?;
@@ -537,7 +672,7 @@ fn main() -> Result<()> {
             let t = Instant::now();
             let figs = run_mode(*mode, &p, &traffic).unwrap_or_else(|e| {
                 let e = format!("{e:#}");
-                FIGURES.iter().chain([&RTT_P99]).map(|f| (f.0, Err(e.clone()))).collect()
+                FIGURES.iter().map(|f| (f.0, Err(e.clone()))).collect()
             });
             let failed: Vec<&str> = figs.iter().filter(|f| f.1.is_err()).map(|f| f.0).collect();
             eprintln!(
@@ -551,7 +686,7 @@ fn main() -> Result<()> {
             all[i].push(figs);
         }
     }
-    let figures: Vec<(&str, &str, bool)> = FIGURES.iter().copied().chain([RTT_P99]).collect();
+    let figures: Vec<(&str, &str, bool)> = FIGURES.to_vec();
     // summary[mode][figure]
     let summary: Vec<Vec<Result<Summary, String>>> = all
         .iter()
