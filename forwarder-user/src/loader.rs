@@ -458,8 +458,8 @@ impl Datapath {
 
     /// Removes the connections idle past their timeout (both entries),
     /// `now_ns` on the datapath's clock ([`monotonic_ns`]).
-    /// Returns (entries scanned, entries removed).
-    pub fn collect_expired(&mut self, t: &Timeouts, now_ns: u64) -> Result<(usize, usize)> {
+    /// Returns (entries scanned, entries removed, the table's use after).
+    pub fn collect_expired(&mut self, t: &Timeouts, now_ns: u64) -> Result<(usize, usize, CtUsage)> {
         // The whole table in a few syscalls; only entries that look expired
         // there are read again (fresh, right before their removal: a packet
         // may have refreshed them since).
@@ -474,21 +474,22 @@ impl Datapath {
         let keys: Vec<abi::FlowKey> = all.iter().filter(|(k, e)| expired(k, e, by_key.get(&peer_key(k, e)))).map(|(k, _)| *k).collect();
         let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
             HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
-        let mut removed = 0;
+        let mut gone = std::collections::HashSet::new();
         for k in &keys {
             let Ok(e) = flows.get(k, 0) else { continue }; // gone with its peer
             let pk = peer_key(k, &e);
             let peer = flows.get(&pk, 0).ok();
             if expired(k, &e, peer.as_ref()) {
                 if flows.remove(k).is_ok() {
-                    removed += 1;
+                    gone.insert(*k);
                 }
                 if peer.is_some() && flows.remove(&pk).is_ok() {
-                    removed += 1;
+                    gone.insert(pk);
                 }
             }
         }
-        Ok((all.len(), removed))
+        let left: Vec<(abi::FlowKey, abi::FlowEntry)> = all.iter().filter(|(k, _)| !gone.contains(k)).copied().collect();
+        Ok((all.len(), gone.len(), CtUsage::of(&left)))
     }
 
     /// Makes the public-address table equal to `want`; returns whether it
@@ -515,8 +516,14 @@ impl Datapath {
         Ok(gs.get(&index, 0).map_err(map_err(abi::MAP_STATS))?.iter().sum())
     }
 
-    /// Sums the per-CPU counters.
+    /// Sums the per-CPU counters and counts the conntrack table.
     pub fn snapshot(&self, rules: &[crate::config::Rule]) -> Result<crate::stats::Snapshot> {
+        self.snapshot_with(rules, CtUsage::of(&self.flows()?))
+    }
+
+    /// [`Datapath::snapshot`] with the conntrack table's use counted
+    /// elsewhere (by the last sweep: reading the whole table costs time).
+    pub fn snapshot_with(&self, rules: &[crate::config::Rule], ct: CtUsage) -> Result<crate::stats::Snapshot> {
         let rs: PerCpuArray<&MapData, abi::RuleStats> =
             PerCpuArray::try_from(self.map(abi::MAP_RULE_STATS)?).map_err(map_err(abi::MAP_RULE_STATS))?;
         let mut out = crate::stats::Snapshot::default();
@@ -539,17 +546,29 @@ impl Datapath {
             let v: u64 = gs.get(&(i as u32), 0).map_err(map_err(abi::MAP_STATS))?.iter().sum();
             out.counters.insert((*name).to_string(), v);
         }
-        for (k, e) in self.flows()? {
-            out.flow_entries += 1;
-            // A reply entry is keyed by the translated tuple: its
-            // destination is the masquerade address unless the rule keeps
-            // the client's (then it equals where the reply goes).
-            if e.dir == abi::DIR_REPLY && k.daddr != e.daddr {
-                out.snat_ports_in_use += 1;
-            }
-        }
+        (out.flow_entries, out.snat_ports_in_use) = (ct.entries, ct.snat_ports);
         out.flow_capacity = u64::from(self.flow_capacity);
         Ok(out)
+    }
+}
+
+/// How much of the conntrack table is in use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtUsage {
+    /// Entries (two per connection).
+    pub entries: u64,
+    /// Masquerade source ports held (one per masqueraded connection).
+    pub snat_ports: u64,
+}
+
+impl CtUsage {
+    /// Counts `flows` (the table's entries).
+    pub fn of(flows: &[(abi::FlowKey, abi::FlowEntry)]) -> Self {
+        // A reply entry is keyed by the translated tuple: its destination
+        // is the masquerade address unless the rule keeps the client's
+        // (then it equals where the reply goes).
+        let snat = flows.iter().filter(|(k, e)| e.dir == abi::DIR_REPLY && k.daddr != e.daddr).count();
+        Self { entries: flows.len() as u64, snat_ports: snat as u64 }
     }
 }
 

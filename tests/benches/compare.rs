@@ -18,8 +18,8 @@
 //! end gets threaded NAPI (GRO on, which also gives a veth the NAPI that
 //! frames redirected into it need): the gateway's interfaces' NAPI
 //! threads — where XDP, TC, netfilter and the kernel's routing all run —
-//! are pinned to CPU 1, and everything else (generator, receiver,
-//! clients, servers, the forwarder daemon) to CPU 0. "Gateway CPU" is the
+//! are pinned to CPU 1 with the forwarder daemon, and everything else
+//! (generator, receiver, clients, servers) to CPU 0. "Gateway CPU" is the
 //! scheduler's exact run time of the gateway's NAPI threads plus the
 //! forwarder daemon's threads (`/proc/TID/schedstat`), divided by what
 //! was delivered.
@@ -176,8 +176,8 @@ fn sh(lab: &Lab, host: Host, program: &str, args: &[&str]) -> Result<String> {
     lab.ns(host).exec(program, args).with_context(|| format!("{program} {}", args.join(" ")))
 }
 
-/// The tasks that do the gateway's work: the NAPI threads of its
-/// interfaces (on [`GW_CPU`]; XDP, TC, netfilter and routing all run in
+/// The tasks that do the gateway's work, all on [`GW_CPU`]: the NAPI
+/// threads of its interfaces (XDP, TC, netfilter and routing all run in
 /// them) and, in the forwarder's modes, the daemon.
 #[derive(Default)]
 struct GwTasks {
@@ -265,10 +265,10 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
                 let log = fwd.log_text();
                 ensure!(log.matches("using TC (mode auto").count() == 2, "mode auto did not pick TC on both veths:\n{log}");
             }
-            // Its control plane is gateway work too: counted with it,
-            // wherever it runs (on the host core: as on a real gateway, it
-            // does not hold up the packet core; its stats file refresh
-            // walks the whole flow table every second).
+            // Its control plane is gateway work too: counted with it, and
+            // on the gateway's core (on a real gateway it shares the
+            // machine with the packet work, never with the endpoints).
+            pin_process(fwd.proc.pid(), GW_CPU)?;
             gw.daemon = Some(fwd.proc.pid());
             Active::Forwarder(Box::new(fwd))
         }
@@ -289,10 +289,9 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
     Ok((active, gw, macs))
 }
 
-/// The core that carries the gateway's packet work: the NAPI threads of
-/// its interfaces (where XDP, TC, netfilter and routing all run).
-/// Generator, receiver, clients, servers and the forwarder daemon run on
-/// [`HOST_CPU`].
+/// The gateway's core: the NAPI threads of its interfaces (where XDP, TC,
+/// netfilter and routing all run) and the forwarder daemon. Generator,
+/// receiver, clients and servers run on [`HOST_CPU`].
 const GW_CPU: usize = 1;
 const HOST_CPU: usize = 0;
 
@@ -306,6 +305,16 @@ fn pin(tid: i32, cpu: usize) -> Result<()> {
         libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
     };
     ensure!(rc == 0, "pinning task {tid} to CPU {cpu}: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Pins every thread of process `pid` to `cpu`.
+fn pin_process(pid: u32, cpu: usize) -> Result<()> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = t?.file_name().to_str().and_then(|t| t.parse().ok()) {
+            pin(tid, cpu)?;
+        }
+    }
     Ok(())
 }
 

@@ -46,7 +46,8 @@ pub struct RunArgs {
     /// Log the counters every N seconds (0 = only at exit).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     pub stats_interval: u64,
-    /// Keep a JSON snapshot of the counters in FILE (refreshed every second, atomically).
+    /// Keep a JSON snapshot of the counters in FILE (refreshed every second,
+    /// atomically; its conntrack figures at each conntrack sweep).
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
     /// Conntrack capacity in connections (two table entries each).
@@ -494,6 +495,11 @@ async fn serve(
     // Collect often enough for the shortest timeout, at most every 10 s.
     let shortest = [t.tcp_syn, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp, t.udp_stream].into_iter().min().unwrap_or(10);
     let gc_every = u64::from((shortest / 2).clamp(1, 10));
+    // The conntrack table's use, as the last sweep found it: the stats
+    // file and the periodic table take it from there (reading the whole
+    // table every second cost CPU that latency-sensitive neighbours felt);
+    // `forwarder stats` and /metrics count afresh.
+    let mut ct_usage = crate::loader::CtUsage::of(&dp.flows()?);
     let mut full_seen = 0;
     loop {
         tokio::select! {
@@ -562,7 +568,8 @@ async fn serve(
                     log::info!("public addresses changed; hairpin follows");
                 }
                 if ticks.is_multiple_of(gc_every) {
-                    let (scanned, removed) = dp.collect_expired(&t, crate::loader::monotonic_ns())?;
+                    let (scanned, removed, usage) = dp.collect_expired(&t, crate::loader::monotonic_ns())?;
+                    ct_usage = usage;
                     if removed > 0 {
                         log::debug!("conntrack: {removed} of {scanned} entries expired and removed");
                     }
@@ -583,7 +590,7 @@ async fn serve(
                 if args.stats_file.is_none() && !periodic {
                     continue;
                 }
-                let snap = dp.snapshot(&settings.rules)?;
+                let snap = dp.snapshot_with(&settings.rules, ct_usage)?;
                 if let Some(path) = &args.stats_file {
                     snap.write_json(path).with_context(|| format!("writing {}", path.display()))?;
                 }
