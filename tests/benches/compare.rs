@@ -743,10 +743,32 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let doc = json!({"machine": machine, "reps": p.reps, "secs": p.secs, "quick": quick, "modes": json_modes});
     std::fs::write(dir.join("compare.json"), serde_json::to_string_pretty(&doc)?)?;
+    std::fs::write(dir.join("compare.md"), markdown(&modes, &figures, &summary, ipt))?;
     let svg = dir.join("compare.svg");
     chart(&svg, &modes, &figures, &summary, ipt, &machine)?;
-    println!("\nwritten {} and {} ({:.0} s)", dir.join("compare.json").display(), svg.display(), t0.elapsed().as_secs_f64());
+    println!("\nwritten {}, compare.md (the README's table) and {} ({:.0} s)", dir.join("compare.json").display(), svg.display(), t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The summary as a Markdown table (a row per figure, a column per mode):
+/// iptables' median with min–max, every other mode's median and its ratio
+/// to iptables.
+fn markdown(modes: &[Mode], figures: &[(&str, &str, bool)], summary: &[Vec<Result<Summary, String>>], ipt: usize) -> String {
+    use std::fmt::Write as _;
+    let num = |v: f64| if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") };
+    let mut out = format!("| figure | {} |\n|{}\n", modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(" | "), " --- |".repeat(modes.len() + 1));
+    for (fi, (_, label, _)) in figures.iter().enumerate() {
+        let cells: Vec<String> = (0..modes.len())
+            .map(|mi| match (&summary[mi][fi], &summary[ipt][fi]) {
+                (Ok(s), _) if mi == ipt => format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max)),
+                (Ok(s), Ok(b)) if b.median > 0.0 => format!("{} ×{:.2}", num(s.median), s.median / b.median),
+                (Ok(s), _) => num(s.median),
+                (Err(_), _) => "FAILED".into(),
+            })
+            .collect();
+        let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+    }
+    out
 }
 
 #[expect(clippy::cast_precision_loss, reason = "a handful of bars")]
