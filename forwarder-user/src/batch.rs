@@ -38,18 +38,41 @@ const CHUNK: usize = 256;
 /// `V` must be the map's key and value types (sizes checked by the
 /// kernel against the map's).
 pub fn lookup_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>, what: &str) -> Result<Vec<(K, V)>> {
+    Ok(lookup_from(fd, Walk::Start, usize::MAX, what)?.0)
+}
+
+/// Where a walk over a hash map stands: a hash map's batch token is a
+/// bucket index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Walk {
+    #[default]
+    Start,
+    /// Resume at this bucket.
+    At(u32),
+    /// Past the last bucket.
+    Done,
+}
+
+/// At least `max` entries (or all that are left) of the hash map `fd`
+/// from `from` on, whole buckets at a time, and where to go on. Entries
+/// added behind the walk while it goes are not seen.
+pub fn lookup_from<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>, from: Walk, max: usize, what: &str) -> Result<(Vec<(K, V)>, Walk)> {
     let mut out = Vec::new();
     let mut chunk = CHUNK;
-    // A hash map's batch token is a bucket index (u32).
-    let (mut token_in, mut token_out) = (0u32, 0u32);
-    let mut first = true;
-    loop {
+    let mut at = from;
+    let mut token_out = 0u32;
+    while out.len() < max {
+        let token_in = match at {
+            Walk::Start => None,
+            Walk::At(t) => Some(t),
+            Walk::Done => break,
+        };
         // SAFETY: Pod types are valid for any bit pattern, zero included.
         let mut keys: Vec<K> = vec![unsafe { core::mem::zeroed() }; chunk];
         // SAFETY: as above.
         let mut values: Vec<V> = vec![unsafe { core::mem::zeroed() }; chunk];
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { (&raw const token_in) as u64 },
+            in_batch: token_in.as_ref().map_or(0, |t| core::ptr::from_ref(t) as u64),
             out_batch: (&raw mut token_out) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -65,15 +88,13 @@ pub fn lookup_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>, what: &str) -> R
             None | Some(libc::ENOENT) => {
                 let n = attr.count as usize;
                 out.extend(keys.into_iter().zip(values).take(n));
-                if err.is_some() {
-                    return Ok(out); // ENOENT: past the last bucket
-                }
-                token_in = token_out;
-                first = false;
+                // ENOENT: past the last bucket.
+                at = if err.is_some() { Walk::Done } else { Walk::At(token_out) };
             }
             // A bucket holds more entries than we offered room for.
             Some(libc::ENOSPC) if chunk < 1 << 20 => chunk *= 2,
             _ => return Err(Error::Io(format!("reading {what} (BPF_MAP_LOOKUP_BATCH): {}", err.expect("error")))),
         }
     }
+    Ok((out, at))
 }

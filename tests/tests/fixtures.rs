@@ -11,7 +11,7 @@ use etherparse::PacketBuilder;
 use forwarder::{
     config::{Mode, Rule, Settings},
     iface,
-    loader::Datapath,
+    loader::{CtUsage, Datapath, Sweep, SweepPass},
 };
 use forwarder_common::{
     abi::{DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN},
@@ -192,15 +192,32 @@ fn flow_table_is_read_whole_in_batches_and_expired_in_full() {
         }
         let snap = dp.snapshot(&[]).unwrap();
         assert_eq!((snap.flow_entries, snap.snat_ports_in_use), (2 * u64::from(n), u64::from(n)));
-        // Nothing idle yet; then, a day later, all of it.
+        // Nothing idle yet; the pass reports what is left (the figures the
+        // stats file shows).
         let t = forwarder_common::conntrack::Timeouts::default();
         let now = forwarder::loader::monotonic_ns();
-        // The sweep reports what is left: the figures the stats file shows.
-        let all = forwarder::loader::CtUsage { entries: 2 * u64::from(n), snat_ports: u64::from(n) };
-        assert_eq!(dp.collect_expired(&t, now).unwrap(), (2 * usize::from(n), 0, all));
-        let none = forwarder::loader::CtUsage::default();
-        assert_eq!(dp.collect_expired(&t, now + 86_400_000_000_000).unwrap(), (2 * usize::from(n), 2 * usize::from(n), none));
+        let entries = 2 * usize::from(n);
+        let all = CtUsage { entries: entries as u64, snat_ports: u64::from(n) };
+        assert_eq!(dp.collect_expired(&t, now).unwrap(), SweepPass { scanned: entries, removed: 0, usage: all });
+        // A day later, all of it, a part per step. A connection is read
+        // once or twice (its second entry goes with the first one read,
+        // unless the walk has passed it), so a pass of 1 000-entry steps
+        // reads 5 000 to 10 000 entries in 5 to 10 steps, and removes all.
+        let later = now + 86_400_000_000_000;
+        let mut sweep = Sweep::default();
+        let mut steps = 1;
+        let pass = loop {
+            match dp.sweep_step(&mut sweep, &t, later, 1000).unwrap() {
+                Some(pass) => break pass,
+                None => steps += 1,
+            }
+        };
+        assert!((usize::from(n)..=entries).contains(&pass.scanned), "{pass:?}");
+        assert!((pass.scanned / 1024..=pass.scanned / 1000 + 1).contains(&steps), "{steps} steps for {pass:?}");
+        assert_eq!((pass.removed, pass.usage), (entries, CtUsage::default()));
         assert!(dp.flows().unwrap().is_empty());
+        // The next step starts a new pass, over the empty table.
+        assert_eq!(dp.sweep_step(&mut sweep, &t, later, 1000).unwrap(), Some(SweepPass::default()));
     });
 }
 

@@ -495,10 +495,14 @@ async fn serve(
     // Collect often enough for the shortest timeout, at most every 10 s.
     let shortest = [t.tcp_syn, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp, t.udp_stream].into_iter().min().unwrap_or(10);
     let gc_every = u64::from((shortest / 2).clamp(1, 10));
-    // The conntrack table's use, as the last sweep found it: the stats
-    // file and the periodic table take it from there (reading the whole
-    // table every second cost CPU that latency-sensitive neighbours felt);
-    // `forwarder stats` and /metrics count afresh.
+    // The sweep goes through the table a part per second, a pass in about
+    // `gc_every` seconds (in one step while the table is small): its work
+    // is spread, never one long burst.
+    let mut sweep = crate::loader::Sweep::default();
+    // The conntrack table's use, as the last sweep pass found it: the
+    // stats file and the periodic table take it from there (reading the
+    // whole table every second cost CPU that latency-sensitive neighbours
+    // felt); `forwarder stats` and /metrics count afresh.
     let mut ct_usage = crate::loader::CtUsage::of(&dp.flows()?);
     let mut full_seen = 0;
     loop {
@@ -567,11 +571,11 @@ async fn serve(
                 if dp.sync_public_addrs(&addrs::public_addresses(&compiled.ifaces)?)? {
                     log::info!("public addresses changed; hairpin follows");
                 }
-                if ticks.is_multiple_of(gc_every) {
-                    let (scanned, removed, usage) = dp.collect_expired(&t, crate::loader::monotonic_ns())?;
-                    ct_usage = usage;
-                    if removed > 0 {
-                        log::debug!("conntrack: {removed} of {scanned} entries expired and removed");
+                let budget = usize::try_from(ct_usage.entries / gc_every).unwrap_or(usize::MAX).max(4096);
+                if let Some(pass) = dp.sweep_step(&mut sweep, &t, crate::loader::monotonic_ns(), budget)? {
+                    ct_usage = pass.usage;
+                    if pass.removed > 0 {
+                        log::debug!("conntrack: {} of {} entries expired and removed", pass.removed, pass.scanned);
                     }
                 }
                 let full = dp.counter(forwarder_common::stats::DROP_CT_FULL)?;
