@@ -75,26 +75,28 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts `cmd` (a `forwarder run …` command line with stdout/stderr
-    /// piped) and waits until it says it is running, or fails with its log.
+    /// Starts `cmd` (a `forwarder run …` command line) with stdout and
+    /// stderr into one pipe, so its lines are read in the order it wrote
+    /// them, and waits until it says it is running (everything it logged
+    /// before is in [`Forwarder::log_text`] then), or fails with its log.
     pub fn start(mut cmd: Command, stats_file: PathBuf) -> Result<Self> {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let (out, into) = std::io::pipe().context("pipe for the forwarder's output")?;
+        cmd.stdout(into.try_clone().context("pipe")?).stderr(into).stdin(Stdio::null());
+        // (`cmd`, and with it our copy of the pipe's writing end, is
+        // dropped by spawn: the reader sees the end when the process goes.)
         let mut proc = Spawned::spawn(cmd, "forwarder")?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
-        let mut readers = Vec::new();
-        for stream in [proc.child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), proc.child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
-            let log = log.clone();
-            let tx = tx.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("forwarder: running") {
-                        let _ = tx.send(());
-                    }
-                    log.lock().expect("log").push(line);
+        let log2 = log.clone();
+        let readers = vec![std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let running = line.contains("forwarder: running");
+                log2.lock().expect("log").push(line);
+                if running {
+                    let _ = tx.send(());
                 }
-            }));
-        }
+            }
+        })];
         let t0 = Instant::now();
         loop {
             if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
