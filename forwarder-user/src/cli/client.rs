@@ -17,6 +17,15 @@ use crate::{
     stats::Snapshot,
 };
 
+/// Prints the daemon's answer `v` as JSON with `json`, else as `human` says.
+fn answer(json: bool, v: &serde_json::Value, human: impl FnOnce(&serde_json::Value) -> String) {
+    if json {
+        println!("{v}");
+    } else {
+        println!("{}", human(v));
+    }
+}
+
 /// Sends one request; the daemon's `data`, or its error.
 pub fn ask(path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
     let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
@@ -132,19 +141,11 @@ pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
             // Refuse a bad rule here already, naming the value.
             crate::config::Rule::parse_spec(spec)?;
             let v = ask(&args.control, &Request::Add { spec: spec.clone() })?;
-            if args.json {
-                println!("{v}");
-            } else {
-                println!("added rule {}: {spec}", v["id"]);
-            }
+            answer(args.json, &v, |v| format!("added rule {}: {spec}", v["id"]));
         }
         RuleCmd::Del { id } => {
             let v = ask(&args.control, &Request::Del { id: *id })?;
-            if args.json {
-                println!("{v}");
-            } else {
-                println!("removed rule {id}: {}", v["removed"].as_str().unwrap_or("?"));
-            }
+            answer(args.json, &v, |v| format!("removed rule {id}: {}", v["removed"].as_str().unwrap_or("?")));
         }
     }
     Ok(())
@@ -166,11 +167,7 @@ pub fn save(args: &SaveArgs) -> anyhow::Result<()> {
     // The daemon writes the file: give it an absolute path.
     let file = std::path::absolute(&args.file)?;
     let v = ask(&args.control, &Request::Save { path: file })?;
-    if args.json {
-        println!("{v}");
-    } else {
-        println!("saved the running configuration to {}", v["path"].as_str().unwrap_or("?"));
-    }
+    answer(args.json, &v, |v| format!("saved the running configuration to {}", v["path"].as_str().unwrap_or("?")));
     Ok(())
 }
 
@@ -236,11 +233,7 @@ pub fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
         }
         ConntrackCmd::Flush { filter: f, json } => {
             let v = ask(&args.control, &Request::Flush { filter: filter(f) })?;
-            if *json {
-                println!("{v}");
-            } else {
-                println!("removed {} connection(s)", v["removed_connections"]);
-            }
+            answer(*json, &v, |v| format!("removed {} connection(s)", v["removed_connections"]));
         }
     }
     Ok(())
