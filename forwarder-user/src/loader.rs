@@ -91,6 +91,23 @@ fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> Error + '_ {
     move |source| Error::Map { what: what.to_string(), source }
 }
 
+/// Program `name` of the object, as the type it is (`Xdp`,
+/// `SchedClassifier`).
+fn prog<'a, T>(ebpf: &'a Ebpf, name: &str) -> Result<&'a T>
+where
+    &'a T: TryFrom<&'a aya::programs::Program>,
+{
+    ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))
+}
+
+/// [`prog`], mutable.
+fn prog_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))
+}
+
 /// The `struct xdp_md` a test run starts with: a frame of `len` bytes
 /// arriving on `ifindex` (fields `data`, `data_end`, `data_meta`,
 /// `ingress_ifindex`, `rx_queue_index`, `egress_ifindex`: u32 each).
@@ -151,7 +168,7 @@ impl Datapath {
         // The XDP program's tail calls.
         for (index, name) in [(0, abi::PROG_XDP_CSUM), (1, abi::PROG_XDP_NEW)] {
             let fd = {
-                let p: &Xdp = ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("tail program {name} missing")))?;
+                let p: &Xdp = prog(&ebpf, name)?;
                 p.fd().map_err(prog_err(name.to_string()))?.try_clone().map_err(|e| Error::Io(format!("dup program fd: {e}")))?
             };
             let mut tails: ProgramArray<&mut MapData> = ProgramArray::try_from(
@@ -265,11 +282,7 @@ impl Datapath {
                 },
                 m => m,
             };
-            let xdp: &mut Xdp = self
-                .ebpf
-                .program_mut(abi::PROG_XDP)
-                .and_then(|p| p.try_into().ok())
-                .ok_or_else(|| Error::Io("XDP program missing".into()))?;
+            let xdp: &mut Xdp = prog_mut(&mut self.ebpf, abi::PROG_XDP)?;
             let adopted_xdp = match pins.map(|p| p.link("xdp", name)).filter(|p| p.exists()) {
                 Some(path) if mode != Mode::Tc => {
                     let link = PinnedLink::from_pin(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
@@ -319,11 +332,7 @@ impl Datapath {
                     }
                 },
             };
-            let tc: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(abi::PROG_TC)
-                .and_then(|p| p.try_into().ok())
-                .ok_or_else(|| Error::Io("TC program missing".into()))?;
+            let tc: &mut SchedClassifier = prog_mut(&mut self.ebpf, abi::PROG_TC)?;
             if let Some(path) = pins.map(|p| p.link("tc", name)).filter(|p| p.exists()) {
                 let link = PinnedLink::from_pin(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
                 let link = SchedClassifierLink::try_from(FdLink::from(link)).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
@@ -339,7 +348,7 @@ impl Datapath {
                 }
             }
             if let (Some(p), false, true) = (pins, adopted_xdp, hook != Hook::Tc) {
-                let xdp: &mut Xdp = self.ebpf.program_mut(abi::PROG_XDP).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io("XDP program missing".into()))?;
+                let xdp: &mut Xdp = prog_mut(&mut self.ebpf, abi::PROG_XDP)?;
                 for id in xdp_ids {
                     let link = FdLink::try_from(xdp.take_link(id).map_err(prog_err(format!("XDP link on {name}")))?)
                         .map_err(|e| Error::Io(format!("XDP link on {name}: {e}")))?;
@@ -362,7 +371,7 @@ impl Datapath {
     /// Loads the micro-benchmark's reference programs (see `abi::PROG_BENCH_*`).
     pub fn load_bench_programs(&mut self) -> Result<()> {
         for name in [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB, abi::PROG_BENCH_TX, abi::PROG_BENCH_SINK] {
-            let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing")))?;
+            let p: &mut Xdp = prog_mut(&mut self.ebpf, name)?;
             p.load().map_err(prog_err(format!("verifying {name}")))?;
         }
         Ok(())
@@ -372,12 +381,12 @@ impl Datapath {
     /// the calling thread's namespace): for the benchmark's reference
     /// programs. Detached by [`Datapath::detach_named`] or on drop.
     pub fn attach_named(&mut self, name: &str, ifname: &str) -> Result<aya::programs::xdp::XdpLinkId> {
-        let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing")))?;
+        let p: &mut Xdp = prog_mut(&mut self.ebpf, name)?;
         p.attach(ifname, XdpMode::Driver).map_err(prog_err(format!("attaching {name} to {ifname}")))
     }
 
     pub fn detach_named(&mut self, name: &str, link: aya::programs::xdp::XdpLinkId) -> Result<()> {
-        let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing")))?;
+        let p: &mut Xdp = prog_mut(&mut self.ebpf, name)?;
         p.detach(link).map_err(prog_err(format!("detaching {name}")))
     }
 
@@ -391,7 +400,7 @@ impl Datapath {
         let mut a: Array<&mut MapData, abi::BenchFrame> =
             Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?).map_err(map_err(abi::MAP_BENCH_FRAME))?;
         a.set(0, abi::BenchFrame { frame: *frame, flows, seq: 0 }, 0).map_err(map_err(abi::MAP_BENCH_FRAME))?;
-        let xdp: &Xdp = self.ebpf.program(abi::PROG_BENCH_TX).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io("generator program missing".into()))?;
+        let xdp: &Xdp = prog(&self.ebpf, abi::PROG_BENCH_TX)?;
         let ctx = xdp_md(frame.len(), ifindex);
         let t0 = std::time::Instant::now();
         xdp.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: count, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
@@ -408,7 +417,7 @@ impl Datapath {
     /// [`Datapath::test_run_xdp`] for any loaded XDP program of the object.
     pub fn test_run_named(&self, name: &str, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         use aya::programs::{TestRun, TestRunOptions};
-        let xdp: &Xdp = self.ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("XDP program {name} missing")))?;
+        let xdp: &Xdp = prog(&self.ebpf, name)?;
         let ctx = xdp_md(frame.len(), ingress_ifindex);
         let mut out = vec![0u8; frame.len() + 256];
         let res = xdp
@@ -423,11 +432,7 @@ impl Datapath {
     /// program left it.
     pub fn test_run_tc(&self, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
         use aya::programs::{TestRun, TestRunOptions};
-        let tc: &SchedClassifier = self
-            .ebpf
-            .program(abi::PROG_TC)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| Error::Io("TC program missing".into()))?;
+        let tc: &SchedClassifier = prog(&self.ebpf, abi::PROG_TC)?;
         // struct __sk_buff up to ifindex (offset 40): the kernel takes
         // ingress_ifindex and ifindex from it, the rest must be zero.
         let mut ctx = [0u8; 44];
@@ -450,10 +455,15 @@ impl Datapath {
 
     /// The flow table's entries (both directions).
     pub fn flows(&self) -> Result<Vec<(abi::FlowKey, abi::FlowEntry)>> {
+        crate::batch::lookup_all(self.flows_fd()?, abi::MAP_FLOWS)
+    }
+
+    /// The flow table's descriptor, for batch reads.
+    fn flows_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
         let aya::maps::Map::HashMap(data) = self.map(abi::MAP_FLOWS)? else {
             return Err(Error::Io(format!("{} is not a hash map", abi::MAP_FLOWS)));
         };
-        crate::batch::lookup_all(std::os::fd::AsFd::as_fd(data.fd()), abi::MAP_FLOWS)
+        Ok(std::os::fd::AsFd::as_fd(data.fd()))
     }
 
     /// Removes the connections idle past their timeout (both entries),
@@ -477,10 +487,7 @@ impl Datapath {
     /// of a connection carry its state, so a pair is expired only if its
     /// more advanced entry looks so alone).
     pub fn sweep_step(&mut self, sweep: &mut Sweep, t: &Timeouts, now_ns: u64, budget: usize) -> Result<Option<SweepPass>> {
-        let aya::maps::Map::HashMap(data) = self.map(abi::MAP_FLOWS)? else {
-            return Err(Error::Io(format!("{} is not a hash map", abi::MAP_FLOWS)));
-        };
-        let (chunk, next) = crate::batch::lookup_from::<abi::FlowKey, abi::FlowEntry>(std::os::fd::AsFd::as_fd(data.fd()), sweep.at, budget, abi::MAP_FLOWS)?;
+        let (chunk, next) = crate::batch::lookup_from::<abi::FlowKey, abi::FlowEntry>(self.flows_fd()?, sweep.at, budget, abi::MAP_FLOWS)?;
         let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
             HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
         // Idle past its timeout, judged with its peer (the other direction).
