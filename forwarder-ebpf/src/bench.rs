@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use forwarder_common::{
     abi::{BenchFrame, bench_flow},
-    csum::{ttl_decrement, update16},
+    csum::{ttl_decrement, udp_fixup, update16},
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -92,10 +92,11 @@ pub fn tx(ctx: &XdpContext) -> u32 {
         *f = b.frame;
         let (port, addr) = bench_flow(b.seq, b.flows);
         b.seq = b.seq.wrapping_add(1);
-        // The L4 checksum: UDP's at 40 (0 stays "none"), TCP's at 50.
-        let csum_at = if f[23] == 17 { 40 } else { 50 };
-        let mut l4 = u16::from_be_bytes([f[csum_at], f[csum_at + 1]]);
-        let none = f[23] == 17 && l4 == 0;
+        // The L4 checksum: UDP's at 40, TCP's at 50.
+        let udp = f[23] == 17;
+        let csum_at = if udp { 40 } else { 50 };
+        let check = u16::from_be_bytes([f[csum_at], f[csum_at + 1]]);
+        let mut l4 = check;
         if port != 0 {
             let old = u16::from_be_bytes([f[34], f[35]]);
             let new = old.wrapping_add(port);
@@ -111,10 +112,8 @@ pub fn tx(ctx: &XdpContext) -> u32 {
             [f[24], f[25]] = update16(u16::from_be_bytes([f[24], f[25]]), old, new).to_be_bytes();
             l4 = update16(l4, old, new);
         }
-        if !none {
-            // (A computed UDP checksum of 0 is sent as 0xffff.)
-            [f[csum_at], f[csum_at + 1]] = (if f[23] == 17 && l4 == 0 { 0xffff } else { l4 }).to_be_bytes();
-        }
+        // UDP: 0 stays "none", a computed 0 is sent as 0xffff.
+        [f[csum_at], f[csum_at + 1]] = (if udp { udp_fixup(check, l4) } else { l4 }).to_be_bytes();
     }
     XDP_TX
 }
