@@ -33,6 +33,26 @@ pub const MAP_XDP_TAILS: &str = "FWD_XDP_TAILS";
 /// TC clsact ingress program: takes what XDP cannot finish (unresolved
 /// neighbour, egress not in the devmap) with `bpf_redirect_neigh`.
 pub const PROG_TC: &str = "forwarder_tc";
+/// TC program reached by tail call from [`PROG_TC`] for the first packet
+/// of a connection (its setup: rule checks, route, masquerade port, the
+/// entries), so that the verifier walks it apart from the rest.
+pub const PROG_TC_NEW: &str = "forwarder_tc_new";
+/// Program array of [`PROG_TC`]'s tail call; index 0 = [`PROG_TC_NEW`].
+pub const MAP_TC_TAILS: &str = "FWD_TC_TAILS";
+/// Raw tracepoint program on `xdp_redirect_err`: counts, per egress, the
+/// frames the kernel refused to transmit after [`PROG_XDP`] redirected
+/// them through [`MAP_TX_PORTS`] (in [`MAP_XDP_TX_ERRORS`]).
+pub const PROG_XDP_TX_ERR: &str = "forwarder_xdp_tx_err";
+/// The tracepoint [`PROG_XDP_TX_ERR`] attaches to.
+pub const TRACEPOINT_XDP_REDIRECT_ERR: &str = "xdp_redirect_err";
+
+/// The first 4 bytes of XDP metadata on a packet XDP leaves untouched for
+/// the TC program to do all the work (host byte order).
+pub const XDP_HANDOFF_MAGIC: u32 = 0xf04d_7c01;
+/// The first 4 bytes of XDP metadata on a packet XDP has translated but
+/// could not transmit (its egress left the devmap since its next hop was
+/// cached): the next 4 bytes are the egress ifindex, and TC only sends it.
+pub const XDP_HANDOFF_TX_MAGIC: u32 = 0xf04d_7c02;
 
 /// Port mappings: LPM trie keyed by `(prefix_len, RuleKey)` → [`RuleTarget`].
 /// A port range is stored as the few prefixes that cover it exactly
@@ -69,6 +89,21 @@ pub const MAX_PUBLIC_ADDRS: u32 = 256;
 pub const MAP_TX_PORTS: &str = "FWD_TX_PORTS";
 /// Global settings, one entry at index 0: [`Config`]. Array.
 pub const MAP_CONFIG: &str = "FWD_CONFIG";
+/// Early-drop candidates: the [`FlowKey`]s of the most recent new
+/// connections and of connections that began closing, oldest first
+/// (queue of [`crate::conntrack::CT_CANDIDATES`]; a push into a full
+/// queue drops the oldest).
+pub const MAP_CT_CANDIDATES: &str = "FWD_CT_CANDIDATES";
+/// Per-CPU token bucket of the new-connection rate limit
+/// ([`crate::audit::TokenBucket`]).
+pub const MAP_NEW_CONN_BUCKET: &str = "FWD_NEW_CONN_BUCKET";
+/// What the kernel refused to transmit, per egress ifindex (host order):
+/// [`XdpTxErrors`]. Per-CPU hash, written by [`PROG_XDP_TX_ERR`].
+pub const MAP_XDP_TX_ERRORS: &str = "FWD_XDP_TX_ERR";
+/// The id of this datapath's [`MAP_TX_PORTS`] (`u32`, index 0), so that
+/// [`PROG_XDP_TX_ERR`] counts only its own datapath's redirects (the
+/// tracepoint fires for every XDP program of the machine).
+pub const MAP_TX_WATCH: &str = "FWD_TX_WATCH";
 
 /// Capacity of the per-rule counter array (rules, not trie entries).
 pub const MAX_RULES: u32 = 4096;
@@ -293,6 +328,10 @@ pub struct Config {
     pub audit_rate: u32,
     /// Events a CPU may emit at once after a quiet spell (bucket depth).
     pub audit_burst: u32,
+    /// New connections each CPU may set up per second (0: no limit).
+    pub new_conn_rate: u32,
+    /// New connections a CPU may set up at once after a quiet spell.
+    pub new_conn_burst: u32,
 }
 
 impl Default for Config {
@@ -303,8 +342,23 @@ impl Default for Config {
             snat_attempts: DEFAULT_SNAT_ATTEMPTS,
             audit_rate: 0,
             audit_burst: 0,
+            new_conn_rate: 0,
+            new_conn_burst: 0,
         }
     }
+}
+
+/// Value of [`MAP_XDP_TX_ERRORS`] (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct XdpTxErrors {
+    /// Frames refused.
+    pub frames: u64,
+    /// The last refusal's errno, negative (`-EOPNOTSUPP`: the device takes
+    /// no XDP frames, e.g. a veth whose peer has no NAPI).
+    pub last_err: i32,
+    pub _pad: u32,
 }
 
 /// Audit events, kernel → daemon: a ring buffer of [`AuditEvent`]s, one
@@ -404,7 +458,8 @@ const _: () = assert!(core::mem::size_of::<SrcKey>() == 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<XdpTxErrors>() == 16);
 const _: () = assert!(core::mem::size_of::<AuditEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<crate::audit::TokenBucket>() == 16);
 
@@ -424,6 +479,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::AuditEvent {}
     unsafe impl aya::Pod for super::BenchFrame {}
+    unsafe impl aya::Pod for super::XdpTxErrors {}
     unsafe impl aya::Pod for crate::audit::TokenBucket {}
 }
 

@@ -141,15 +141,25 @@ pub const fn snat_candidate(seed: u32, attempt: u32, min: u16, max: u16) -> u16 
     min + off as u16
 }
 
-/// `FlowEntry::state` values: how far a connection has got. Both entries
-/// of a connection carry it; the datapath updates both on a transition.
+/// `FlowEntry::state` values: how far a connection has got, in order of
+/// progress (the more advanced of a pair's two states is the pair's).
+/// Both entries of a connection carry it; the datapath updates both on a
+/// transition.
+///
+/// Seen one way only (TCP: SYN sent; UDP: unanswered).
 pub const CT_NEW: u8 = 0;
-/// A reply has been seen (TCP: SYN-ACK or later; UDP: any answer).
-pub const CT_ESTABLISHED: u8 = 1;
+/// A reply has been seen but the connection is not assured yet (TCP:
+/// SYN-ACK, handshake not completed; UDP: answered, the client has not
+/// spoken again since). Like netfilter's unassured entries, these may give
+/// way to new connections when the table is full ([`evictable`]).
+pub const CT_REPLIED: u8 = 1;
+/// Assured (TCP: the client's ACK completed the handshake; UDP: the client
+/// sent again after an answer: a stream).
+pub const CT_ESTABLISHED: u8 = 2;
 /// A FIN has been seen (TCP): closing.
-pub const CT_FIN: u8 = 2;
+pub const CT_FIN: u8 = 3;
 /// An RST has been seen (TCP): closed.
-pub const CT_CLOSED: u8 = 3;
+pub const CT_CLOSED: u8 = 4;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -160,7 +170,8 @@ pub const TCP_ACK: u8 = 0x10;
 /// direction `dir` (`DIR_ORIGINAL`/`DIR_REPLY`) met a flow in `state`.
 #[inline(always)]
 pub const fn next_state(state: u8, dir: u8, proto: u8, tcp_flags: u8) -> u8 {
-    if proto == crate::abi::PROTO_TCP {
+    let tcp = proto == crate::abi::PROTO_TCP;
+    if tcp {
         if tcp_flags & TCP_RST != 0 {
             return CT_CLOSED;
         }
@@ -174,32 +185,56 @@ pub const fn next_state(state: u8, dir: u8, proto: u8, tcp_flags: u8) -> u8 {
         }
     }
     if dir == DIR_REPLY && state == CT_NEW {
+        return CT_REPLIED;
+    }
+    // The client speaks after the answer: TCP's third handshake packet
+    // (an ACK without SYN), or a UDP client's next datagram.
+    if dir == DIR_ORIGINAL && state == CT_REPLIED && (!tcp || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK) {
         return CT_ESTABLISHED;
     }
     state
 }
+
+/// Whether a connection in `state` may give way to a new one when the
+/// table is full: any that is not assured (seen one way only, or replied
+/// but not completed) or that is closing — never an established one
+/// (netfilter's `early_drop`: unassured entries, and TCP's
+/// `tcp_can_early_drop` closing states).
+#[inline(always)]
+pub const fn evictable(state: u8) -> bool {
+    state != CT_ESTABLISHED
+}
+
+/// Capacity of the early-drop candidate queue (`abi::MAP_CT_CANDIDATES`):
+/// the most recent new connections and transitions to a closing state;
+/// when full, a push drops the oldest.
+pub const CT_CANDIDATES: u32 = 65_536;
+/// Candidates looked at per new connection when the table is full.
+pub const EARLY_DROP_TRIES: u32 = 8;
 
 /// Conntrack timeouts in seconds, like netfilter's defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP, no reply yet (SYN sent).
     pub tcp_syn: u32,
+    /// TCP, SYN-ACK seen, handshake not completed.
+    pub tcp_syn_recv: u32,
     pub tcp_established: u32,
     /// TCP after a FIN (covers `FIN_WAIT`, `CLOSE_WAIT`, `LAST_ACK`, `TIME_WAIT`).
     pub tcp_fin: u32,
     /// TCP after an RST.
     pub tcp_close: u32,
-    /// UDP, no reply yet.
+    /// UDP, not a stream yet (unanswered, or answered once).
     pub udp: u32,
-    /// UDP with replies.
+    /// UDP stream (the client sent again after an answer).
     pub udp_stream: u32,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        // `nf_conntrack_tcp_timeout_{syn_sent,established,time_wait,close}`,
+        // `nf_conntrack_tcp_timeout_{syn_sent,syn_recv,established,time_wait,close}`,
         // `nf_conntrack_udp_timeout{,_stream}`.
-        Self { tcp_syn: 120, tcp_established: 432_000, tcp_fin: 120, tcp_close: 10, udp: 30, udp_stream: 180 }
+        Self { tcp_syn: 120, tcp_syn_recv: 60, tcp_established: 432_000, tcp_fin: 120, tcp_close: 10, udp: 30, udp_stream: 180 }
     }
 }
 
@@ -209,15 +244,30 @@ impl Timeouts {
         if proto == crate::abi::PROTO_TCP {
             match state {
                 CT_NEW => self.tcp_syn,
+                CT_REPLIED => self.tcp_syn_recv,
                 CT_ESTABLISHED => self.tcp_established,
                 CT_FIN => self.tcp_fin,
                 _ => self.tcp_close,
             }
-        } else if state == CT_NEW {
-            self.udp
-        } else {
+        } else if state == CT_ESTABLISHED {
             self.udp_stream
+        } else {
+            self.udp
         }
+    }
+
+    /// The shortest of them (the sweep runs often enough for it).
+    pub const fn shortest(&self) -> u32 {
+        let all = [self.tcp_syn, self.tcp_syn_recv, self.tcp_established, self.tcp_fin, self.tcp_close, self.udp, self.udp_stream];
+        let mut min = all[0];
+        let mut i = 1;
+        while i < all.len() {
+            if all[i] < min {
+                min = all[i];
+            }
+            i += 1;
+        }
+        min
     }
 }
 
@@ -282,10 +332,14 @@ mod tests {
         let (o, r, t) = (DIR_ORIGINAL, DIR_REPLY, crate::abi::PROTO_TCP);
         let mut s = CT_NEW;
         s = next_state(s, o, t, TCP_SYN);
-        assert_eq!(s, CT_NEW);
+        assert_eq!(s, CT_NEW, "a retransmitted SYN");
         s = next_state(s, r, t, TCP_SYN | TCP_ACK);
-        assert_eq!(s, CT_ESTABLISHED);
+        assert_eq!(s, CT_REPLIED, "SYN-ACK: replied, not assured");
+        assert_eq!(next_state(s, o, t, TCP_SYN), CT_REPLIED, "a SYN again does not complete the handshake");
+        assert_eq!(next_state(s, r, t, TCP_SYN | TCP_ACK), CT_REPLIED);
         s = next_state(s, o, t, TCP_ACK);
+        assert_eq!(s, CT_ESTABLISHED, "the client's ACK completes it");
+        s = next_state(s, o, t, TCP_ACK | 0x08);
         assert_eq!(s, CT_ESTABLISHED);
         s = next_state(s, o, t, TCP_FIN | TCP_ACK);
         assert_eq!(s, CT_FIN);
@@ -293,28 +347,57 @@ mod tests {
         assert_eq!(s, CT_FIN, "a reply does not reopen a closing flow");
         assert_eq!(next_state(s, o, t, TCP_SYN), CT_NEW, "port reuse reopens");
         assert_eq!(next_state(CT_ESTABLISHED, r, t, TCP_RST | TCP_ACK), CT_CLOSED);
+        assert_eq!(next_state(CT_REPLIED, o, t, TCP_RST), CT_CLOSED);
         assert_eq!(next_state(CT_ESTABLISHED, o, t, TCP_SYN), CT_ESTABLISHED, "a stray SYN does not reset a live flow");
+        assert_eq!(next_state(CT_NEW, o, t, TCP_FIN), CT_FIN);
     }
 
     #[test]
     fn udp_lifecycle() {
         let u = crate::abi::PROTO_UDP;
         assert_eq!(next_state(CT_NEW, DIR_ORIGINAL, u, 0), CT_NEW);
-        assert_eq!(next_state(CT_NEW, DIR_REPLY, u, 0), CT_ESTABLISHED);
+        assert_eq!(next_state(CT_NEW, DIR_REPLY, u, 0), CT_REPLIED, "answered once: not a stream yet");
+        assert_eq!(next_state(CT_REPLIED, DIR_REPLY, u, 0), CT_REPLIED);
+        assert_eq!(next_state(CT_REPLIED, DIR_ORIGINAL, u, 0), CT_ESTABLISHED, "the client spoke again");
         // TCP flag bits mean nothing for UDP.
         assert_eq!(next_state(CT_ESTABLISHED, DIR_ORIGINAL, u, TCP_RST), CT_ESTABLISHED);
+        assert_eq!(next_state(CT_REPLIED, DIR_ORIGINAL, u, TCP_SYN), CT_ESTABLISHED);
+    }
+
+    #[test]
+    fn only_assured_connections_are_safe_from_early_drop() {
+        let all = [CT_NEW, CT_REPLIED, CT_ESTABLISHED, CT_FIN, CT_CLOSED];
+        let safe: Vec<u8> = all.into_iter().filter(|s| !evictable(*s)).collect();
+        assert_eq!(safe, [CT_ESTABLISHED]);
+        // States are ordered by progress: the pair's state is the larger.
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn each_state_has_its_own_timeout() {
+        // Every timeout different, so a mix-up shows.
+        let t = Timeouts { tcp_syn: 1, tcp_syn_recv: 2, tcp_established: 3, tcp_fin: 4, tcp_close: 5, udp: 6, udp_stream: 7 };
+        let tcp: Vec<u32> = [CT_NEW, CT_REPLIED, CT_ESTABLISHED, CT_FIN, CT_CLOSED].iter().map(|s| t.for_state(6, *s)).collect();
+        assert_eq!(tcp, [1, 2, 3, 4, 5]);
+        let udp: Vec<u32> = [CT_NEW, CT_REPLIED, CT_ESTABLISHED].iter().map(|s| t.for_state(17, *s)).collect();
+        assert_eq!(udp, [6, 6, 7]);
+        assert_eq!(t.shortest(), 1);
+        assert_eq!(Timeouts { udp_stream: 0, ..t }.shortest(), 0);
+        assert_eq!(Timeouts::default().shortest(), 10);
     }
 
     #[test]
     fn expiry_uses_latest_activity_and_most_advanced_state() {
-        let t = Timeouts { tcp_syn: 5, tcp_established: 100, tcp_fin: 10, tcp_close: 1, udp: 3, udp_stream: 50 };
+        let t = Timeouts { tcp_syn: 5, tcp_syn_recv: 4, tcp_established: 100, tcp_fin: 10, tcp_close: 1, udp: 3, udp_stream: 50 };
         let s = 1_000_000_000u64;
         assert!(!expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, 0, 90 * s, 150 * s), "the reply side was active");
         assert!(expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, 0, 40 * s, 150 * s));
         assert!(expired(&t, 6, CT_ESTABLISHED, CT_CLOSED, 0, 148 * s, 150 * s), "RST either way closes");
+        assert!(expired(&t, 6, CT_REPLIED, CT_NEW, 0, 0, 9 * s / 2), "half-open after SYN-ACK: tcp_syn_recv");
         assert!(!expired(&t, 17, CT_NEW, CT_NEW, 0, 0, 2 * s));
         assert!(expired(&t, 17, CT_NEW, CT_NEW, 0, 0, 4 * s));
-        assert!(!expired(&t, 17, CT_ESTABLISHED, CT_NEW, 0, 0, 4 * s));
+        assert!(expired(&t, 17, CT_REPLIED, CT_NEW, 0, 0, 4 * s), "answered once: udp");
+        assert!(!expired(&t, 17, CT_ESTABLISHED, CT_NEW, 0, 0, 4 * s), "a stream: udp_stream");
     }
 
     /// Allocating ports flow after flow, as the datapath does, a range 60%

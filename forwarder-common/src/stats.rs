@@ -48,8 +48,9 @@ pub const CSUM_FULL_RECOMPUTE: u32 = 17;
 pub const PASS_FIB_OTHER: u32 = 18;
 /// New connections from a source outside the rule's allow-list: dropped.
 pub const DROP_SRC_DENIED: u32 = 19;
-/// New connections refused because the conntrack table is full (existing
-/// connections are never evicted for them).
+/// New connections refused because the conntrack table is full and no
+/// unassured or closing connection could give way ([`EARLY_DROP`]);
+/// established ones are never evicted.
 pub const DROP_CT_FULL: u32 = 20;
 
 /// ICMP errors about a translated connection, translated and forwarded.
@@ -72,8 +73,15 @@ pub const AUDIT_RATE_LIMITED: u32 = 26;
 /// Audit events not emitted: the ring was full (the daemon is behind).
 pub const AUDIT_RING_FULL: u32 = 27;
 
+/// Connections (both entries) removed from a full table to make room
+/// for a new one: unassured (no completed handshake, no UDP stream) or
+/// closing, oldest first, as netfilter's `early_drop`.
+pub const EARLY_DROP: u32 = 28;
+/// New connections over the per-CPU new-connection rate limit: dropped.
+pub const DROP_NEW_CONN_RATE: u32 = 29;
+
 /// Number of counters.
-pub const COUNT: u32 = 28;
+pub const COUNT: u32 = 30;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -97,7 +105,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "csum_full_recompute",
     "pass_fib_other",
     "drop_src_denied",
-    "drop_ct_full",
+    "table_full_refused",
     "icmp_translated",
     "fragment_translated",
     "icmp_frag_needed_sent",
@@ -105,4 +113,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "audit_events",
     "audit_rate_limited",
     "audit_ring_full",
+    "early_drop",
+    "drop_new_conn_rate",
 ];

@@ -52,7 +52,7 @@ pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
     if !is_error(parsed.tcp_flags) {
         return Verdict::Pass(stats::PASS_NOT_OURS);
     }
-    let ip_off = parsed.l4_off + 8;
+    let ip_off = parsed.l4() + 8;
     let Some(q) = ptr_at::<[u8; 20], P>(p, ip_off) else {
         return Verdict::Pass(stats::PASS_NOT_OURS);
     };
@@ -98,7 +98,7 @@ pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
 pub fn rewrite<P: Packet>(p: &P, parsed: &Parsed, outer_new: &Tuple, q: &Quote) -> Option<()> {
     let d = delta(&parsed.tuple, outer_new);
     rewrite::ip_header(p, outer_new, &d)?;
-    let icmp_c: *mut [u8; 2] = ptr_at(p, parsed.l4_off + 2)?;
+    let icmp_c: *mut [u8; 2] = ptr_at(p, parsed.l4() + 2)?;
     let ip: *mut [u8; 20] = ptr_at(p, q.ip_off)?;
     let ports: *mut [u8; 4] = ptr_at(p, q.l4_off)?;
     let l4c_ptr: Option<*mut [u8; 2]> = ptr_at(p, rewrite::l4_csum_off(q.l4_off, q.proto));

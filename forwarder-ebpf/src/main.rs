@@ -13,10 +13,13 @@
 //!   (TC checksum helpers) are called after the last direct write.
 #![no_std]
 #![no_main]
+// The verifier-bounding mask in `pipeline::Parsed::l4`.
+#![feature(asm_experimental_arch)]
 
 mod audit;
 mod bench;
 mod csum;
+mod ct;
 mod ctx;
 mod frag;
 mod icmp;
@@ -25,11 +28,12 @@ mod pipeline;
 mod rewrite;
 mod tc;
 mod toobig;
+mod txwatch;
 mod xdp;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, raw_tracepoint, xdp},
+    programs::{RawTracePointContext, TcContext, XdpContext},
 };
 
 #[xdp]
@@ -77,6 +81,19 @@ pub fn bench_xdp_sink(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn forwarder_tc(ctx: TcContext) -> i32 {
     tc::run(&ctx)
+}
+
+/// Tail call of `forwarder_tc` for the first packet of a connection.
+#[classifier]
+pub fn forwarder_tc_new(ctx: TcContext) -> i32 {
+    tc::run_new_flow(&ctx)
+}
+
+/// Counts the frames the kernel refused to transmit after our redirect.
+#[raw_tracepoint(tracepoint = "xdp_redirect_err")]
+pub fn forwarder_xdp_tx_err(ctx: RawTracePointContext) -> i32 {
+    txwatch::on_redirect_err(&ctx);
+    0
 }
 
 #[cfg(not(test))]

@@ -4,14 +4,14 @@
 use aya_ebpf::{
     bindings::bpf_devmap_val,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, Queue},
 };
 use forwarder_common::abi::{
     Config, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
     MAX_SRC_ENTRIES,
     RuleKey, RuleStats, RuleTarget, SrcKey,
 };
-use forwarder_common::stats;
+use forwarder_common::{audit::TokenBucket, conntrack::CT_CANDIDATES, stats};
 
 #[map]
 pub static FWD_RULES: LpmTrie<RuleKey, RuleTarget> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
@@ -23,6 +23,15 @@ pub static FWD_SRC_ALLOW: LpmTrie<SrcKey, u8> = LpmTrie::with_max_entries(MAX_SR
 /// Not LRU: a full table refuses new flows (counted) instead of silently
 /// evicting live ones; userspace collects expired entries. Size set at load.
 pub static FWD_FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(FLOW_TABLE_SIZE, 0);
+
+/// Early-drop candidates (`abi::MAP_CT_CANDIDATES`): keys of recent new
+/// connections and of connections that began closing, oldest first.
+#[map]
+pub static FWD_CT_CANDIDATES: Queue<FlowKey> = Queue::with_max_entries(CT_CANDIDATES, 0);
+
+/// The per-CPU new-connection rate limit's buckets.
+#[map]
+pub static FWD_NEW_CONN_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static FWD_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAG_TABLE_SIZE, 0);
@@ -49,7 +58,13 @@ pub static FWD_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static FWD_XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
-/// Hand-over from the XDP program to its tail call, one slot per CPU.
+/// Hand-over from a hook's main program to its new-flow program, one slot
+/// per CPU.
+#[map]
+pub static FWD_NEW_SCRATCH: PerCpuArray<crate::pipeline::NewFlowPlan> = PerCpuArray::with_max_entries(1, 0);
+
+/// Hand-over from the XDP programs to the full-checksum tail call, one
+/// slot per CPU.
 #[map]
 pub static FWD_SCRATCH: PerCpuArray<crate::xdp::FullCsum> = PerCpuArray::with_max_entries(1, 0);
 

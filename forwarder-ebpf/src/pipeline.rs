@@ -8,7 +8,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, BPF_FIB_LOOKUP_SRC,
-        BPF_NOEXIST, bpf_fib_lookup,
+        bpf_fib_lookup,
     },
     helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup as fib_lookup_helper},
     maps::lpm_trie::Key,
@@ -20,7 +20,7 @@ use forwarder_common::{
         RULE_KEY_FULL_BITS, RuleKey, RuleTarget, SrcKey,
     },
     rule::backend_port,
-    conntrack::{NextHop, TCP_RST, entry_pair, needs_refresh, next_state, snat_candidate, tuple_hash},
+    conntrack::{CT_FIN, NextHop, TCP_RST, entry_pair, needs_refresh, next_state, snat_candidate, tuple_hash},
     csum::looks_partial,
     icmp::PROTO_ICMP,
     nat::Tuple,
@@ -32,13 +32,12 @@ use network_types::{
 };
 
 use crate::{
+    ct::{self, InsertError},
     ctx::{Packet, ptr_at},
     maps::{FWD_FLOWS, FWD_IFACES, FWD_PUBLIC_ADDRS, FWD_RULES, FWD_SRC_ALLOW, FWD_TX_PORTS, config, count_rule, rule_stats},
 };
 
 const AF_INET: u8 = 2;
-/// `bpf_map_update_elem` errno for an existing key (NOEXIST).
-const EEXIST: i32 = 17;
 
 /// What the parser learned about a packet we may translate.
 #[derive(Clone, Copy)]
@@ -47,6 +46,9 @@ pub struct Parsed {
     pub l4_off: usize,
     /// L4 header + payload length (IP total length − header length).
     pub l4_len: u16,
+    /// The IPv4 total length (header with its options + payload): what
+    /// must fit the egress MTU.
+    pub l3_len: u16,
     pub proto: u8,
     pub ttl: u8,
     pub tuple: Tuple,
@@ -66,6 +68,21 @@ pub struct Parsed {
     pub audit_rule: u32,
 }
 
+impl Parsed {
+    /// The L4 offset, bounded for the verifier where it is used (at most
+    /// 14 + 60, so a 7-bit mask changes nothing): an `asm` mask LLVM
+    /// cannot drop. After a hand-over through a map or a spill in 32-bit
+    /// halves the verifier no longer knows the offset's bounds, and
+    /// refuses packet pointer arithmetic with it.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        let mut off = self.l4_off;
+        // SAFETY: one ALU instruction on a register.
+        unsafe { core::arch::asm!("{0} &= 127", inout(reg) off) };
+        off
+    }
+}
+
 pub const FRAG_NONE: u8 = 0;
 pub const FRAG_FIRST: u8 = 1;
 pub const FRAG_LATER: u8 = 2;
@@ -78,11 +95,19 @@ pub struct Forward {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    /// Next hop address (network order) when the neighbour is not resolved
-    /// yet (TC only: `bpf_redirect_neigh`); `None` when MACs are known.
-    pub resolve_nexthop: Option<[u8; 4]>,
+    /// TC only: the neighbour is not resolved yet; `nexthop` is its
+    /// address, for `bpf_redirect_neigh` (MACs unknown). (Plain fields,
+    /// not an `Option`: LLVM fills the payload of a `None` with whatever
+    /// register is at hand, a pointer included, and the verifier refuses
+    /// the byte shifts that store it.)
+    pub resolve: bool,
+    /// Next hop address, network order (meaningful with `resolve`).
+    pub nexthop: [u8; 4],
     /// The egress MTU (0 when the FIB did not say).
     pub mtu: u16,
+    /// The 802.1Q TCI the packet leaves with (its flow direction's; 0 =
+    /// untagged): TC tags it, XDP leaves tagged flows to TC.
+    pub vlan: u16,
 }
 
 pub enum Verdict {
@@ -100,6 +125,11 @@ pub enum Verdict {
     /// A later fragment of a translated datagram: rewrite the IPv4 header
     /// only, and send.
     ForwardL3(Parsed, Forward),
+    /// The first packet of a connection matching this rule (hairpin or
+    /// not); [`create`] decides it in the hook's new-flow program (a tail
+    /// call), so that the verifier walks the connection setup apart from
+    /// the established path, each with a stack of its own.
+    NewFlow(Parsed, RuleTarget, bool),
 
 }
 
@@ -167,6 +197,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     let parsed = |ports: [u8; 4], l4_check: u16, tcp_flags: u8| Parsed {
         l4_off,
         l4_len,
+        l3_len: meta.total_len as u16,
         proto,
         ttl: ip.ttl,
         tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] },
@@ -264,7 +295,7 @@ pub fn route<P: Packet>(p: &P, parsed: &Parsed, t: &Tuple, flags: u32) -> Route 
     // XDP: let the kernel check the egress MTU against the frame. TC:
     // tot_len 0 makes the kernel check the skb itself (a GRO'd skb passes,
     // it is segmented on egress; a plain oversize one does not).
-    f.__bindgen_anon_1.tot_len = if P::IS_XDP { parsed.l4_len + 20 } else { 0 };
+    f.__bindgen_anon_1.tot_len = if P::IS_XDP { parsed.l3_len } else { 0 };
     f.ifindex = p.ingress_ifindex();
     f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(t.saddr);
     f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(t.daddr);
@@ -302,14 +333,14 @@ pub fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict>
                 // Egress is not one of ours: TC can redirect anywhere.
                 return Err(Verdict::ToTc(stats::XDP_TO_TC));
             }
-            Ok(Forward { new, ifindex: r.ifindex, smac: r.smac, dmac: r.dmac, resolve_nexthop: None, mtu: r.mtu })
+            Ok(Forward { new, ifindex: r.ifindex, smac: r.smac, dmac: r.dmac, resolve: false, nexthop: [0; 4], mtu: r.mtu, vlan: 0 })
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             if P::IS_XDP {
                 // XDP cannot resolve neighbours: TC will, with redirect_neigh.
                 Err(Verdict::ToTc(stats::XDP_TO_TC))
             } else {
-                Ok(Forward { new, ifindex: r.ifindex, smac: [0; 6], dmac: [0; 6], resolve_nexthop: Some(r.nexthop), mtu: 0 })
+                Ok(Forward { new, ifindex: r.ifindex, smac: [0; 6], dmac: [0; 6], resolve: true, nexthop: r.nexthop, mtu: 0, vlan: 0 })
             }
         }
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
@@ -335,10 +366,12 @@ pub fn decide<P: Packet>(p: &P) -> Verdict {
         Ok(v) => v,
         Err(v) => return v,
     };
-    if parsed.proto == PROTO_ICMP {
+    // ICMP errors and fragments never reach here in XDP (`parse` hands
+    // them to TC): spelled out, so that the XDP programs carry neither.
+    if !P::IS_XDP && parsed.proto == PROTO_ICMP {
         return crate::icmp::decide(p, parsed);
     }
-    if parsed.fragment == FRAG_LATER {
+    if !P::IS_XDP && parsed.fragment == FRAG_LATER {
         return crate::frag::later(p, parsed);
     }
     let key = FlowKey::new(&parsed.tuple, parsed.proto);
@@ -347,7 +380,42 @@ pub fn decide<P: Packet>(p: &P) -> Verdict {
         let entry = unsafe { &mut *entry };
         return established(p, parsed, entry);
     }
-    new_flow(p, parsed)
+    let Some((target, hairpin)) = match_rule(p, &parsed) else {
+        return Verdict::Pass(stats::PASS_NOT_OURS);
+    };
+    Verdict::NewFlow(parsed, target, hairpin)
+}
+
+/// A first packet and the rule it matched, handed from a hook's main
+/// program to its new-flow program (per-CPU scratch: the tail call runs at
+/// once, on the same CPU).
+#[derive(Clone, Copy)]
+pub struct NewFlowPlan {
+    pub parsed: Parsed,
+    pub target: RuleTarget,
+    pub hairpin: bool,
+}
+
+impl NewFlowPlan {
+    /// The plan, with its L4 offset taken from the packet again (see
+    /// [`l4_off_again`]).
+    #[inline(always)]
+    pub fn rebased<P: Packet>(mut self, p: &P) -> Option<Self> {
+        self.parsed.l4_off = l4_off_again(p)?;
+        Some(self)
+    }
+}
+
+/// The L4 offset of a packet whose IPv4 header `parse` validated, read
+/// from the header again, for a program reached by tail call: a value
+/// handed over in a map is unknown to the verifier, and bounding it there
+/// does not last (LLVM drops a mask it can prove changes nothing, and
+/// reloads the unbounded copy).
+#[inline(always)]
+pub fn l4_off_again<P: Packet>(p: &P) -> Option<usize> {
+    let vihl: *const u8 = ptr_at(p, EthHdr::LEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    Some(EthHdr::LEN + (usize::from(unsafe { *vihl }) & 0x0f) * 4)
 }
 
 /// The verdict for a translated packet; a first fragment also leaves its
@@ -374,15 +442,16 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
     let now = unsafe { bpf_ktime_get_ns() };
     // The next hop cached in the entry (fresh, and the packet fits its
     // MTU), or a FIB lookup whose answer is cached for the next packets.
-    let fwd = if let Some(nh) = entry.next_hop(now, parsed.l4_len.saturating_add(20)) {
-        Forward { new, ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac, resolve_nexthop: None, mtu: nh.mtu }
+    let fwd = if let Some(nh) = entry.next_hop(now, parsed.l3_len) {
+        Forward { new, ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac, resolve: false, nexthop: [0; 4], mtu: nh.mtu, vlan: entry.vlan }
     } else {
         let r = route(p, &parsed, &new, 0);
-        let fwd = match fib_verdict::<P>(&r, new) {
+        let mut fwd = match fib_verdict::<P>(&r, new) {
             Ok(f) => f,
             Err(v) => return v,
         };
-        if fwd.resolve_nexthop.is_none() && fwd.mtu != 0 {
+        fwd.vlan = entry.vlan;
+        if !fwd.resolve && fwd.mtu != 0 {
             entry.cache_next_hop(&NextHop { ifindex: fwd.ifindex, smac: fwd.smac, dmac: fwd.dmac, mtu: fwd.mtu }, now);
         }
         fwd
@@ -398,6 +467,11 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
     // one lookup and no extra writes.
     let state = next_state(entry.state, entry.dir, parsed.proto, parsed.tcp_flags);
     if state != entry.state {
+        // A connection that begins closing may give way to new ones
+        // when the table is full.
+        if state >= CT_FIN && entry.state < CT_FIN {
+            ct::candidate(&FlowKey::new(&parsed.tuple, parsed.proto));
+        }
         entry.state = state;
         let peer = FlowKey::new(&new.reversed(), parsed.proto);
         if let Some(pe) = FWD_FLOWS.get_ptr_mut(&peer) {
@@ -434,11 +508,10 @@ fn match_rule<P: Packet>(p: &P, parsed: &Parsed) -> Option<(RuleTarget, bool)> {
     FWD_RULES.get(&key).map(|t| (*t, !public))
 }
 
+/// The first packet of a connection that matches `target`: source
+/// allow-list, rate limit, route, masquerade port, both entries.
 #[inline(always)]
-fn new_flow<P: Packet>(p: &P, mut parsed: Parsed) -> Verdict {
-    let Some((target, hairpin)) = match_rule(p, &parsed) else {
-        return Verdict::Pass(stats::PASS_NOT_OURS);
-    };
+pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin: bool) -> Verdict {
     // Source allow-list: refused here, never passed on (the kernel would
     // deliver it to the gateway itself).
     if target.flags & RULE_F_SRC_FILTER != 0
@@ -449,8 +522,8 @@ fn new_flow<P: Packet>(p: &P, mut parsed: Parsed) -> Verdict {
         }
         // SAFETY: helper without side effects.
         let now = unsafe { bpf_ktime_get_ns() };
-        let port = backend_port(&target, u16::from_be_bytes(parsed.tuple.dport));
-        crate::audit::emit(&crate::audit::denied(&parsed, &target, port, p.ingress_ifindex(), now));
+        let port = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
+        crate::audit::emit(&crate::audit::denied(&parsed, target, port, p.ingress_ifindex(), now));
         return Verdict::Drop(stats::DROP_SRC_DENIED);
     }
     // A stray RST must not create state.
@@ -460,10 +533,15 @@ fn new_flow<P: Packet>(p: &P, mut parsed: Parsed) -> Verdict {
     if parsed.ttl <= 1 {
         return Verdict::Drop(stats::DROP_TTL);
     }
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !ct::new_conn_allowed(now) {
+        return Verdict::Drop(stats::DROP_NEW_CONN_RATE);
+    }
     // Hairpin always masquerades: without it the backend would answer the
     // internal client directly, from an address the client never called.
     let masquerade = hairpin || target.flags & RULE_F_MASQUERADE != 0;
-    let dport = backend_port(&target, u16::from_be_bytes(parsed.tuple.dport));
+    let dport = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
     let mut out = Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport };
     let r = route(p, &parsed, &out, if masquerade { BPF_FIB_LOOKUP_SRC } else { 0 });
     // Route first: nothing is inserted for a packet we cannot send (XDP
@@ -474,31 +552,44 @@ fn new_flow<P: Packet>(p: &P, mut parsed: Parsed) -> Verdict {
     if !xdp_can_finish::<P>(&parsed) {
         return Verdict::ToTc(stats::XDP_TO_TC);
     }
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The reply entry first: NOEXIST claims its tuple (with masquerade:
+    // the source port) atomically across CPUs. Without masquerade there
+    // is one candidate, the client's own port.
+    let cfg = config();
+    let attempts = if masquerade { cfg.snat_attempts } else { 1 };
     if masquerade {
         out.saddr = r.src;
-        let cfg = config();
-        let seed = tuple_hash(&parsed.tuple);
-        let mut claimed = false;
-        for attempt in 0..MAX_SNAT_ATTEMPTS {
-            if attempt >= cfg.snat_attempts {
-                break;
-            }
-            out.sport = snat_candidate(seed, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be_bytes();
-            let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
-            // NOEXIST claims the reply tuple atomically across CPUs.
-            match FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)) {
-                Ok(()) => {
-                    claimed = true;
-                    break;
-                }
-                Err(e) if e == -EEXIST => {}
-                // Table full (E2BIG) or out of memory: no retry helps.
-                Err(_) => return Verdict::Drop(stats::DROP_CT_FULL),
-            }
+    }
+    let seed = tuple_hash(&parsed.tuple);
+    let mut claim = Err(InsertError::Exists);
+    for attempt in 0..MAX_SNAT_ATTEMPTS {
+        if attempt >= attempts {
+            break;
         }
-        if !claimed {
+        if masquerade {
+            out.sport = snat_candidate(seed, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be_bytes();
+        }
+        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+        claim = ct::insert(&rk, &re);
+        // Taken: the next candidate; claimed, or the table is full: done.
+        if !matches!(claim, Err(InsertError::Exists)) {
+            break;
+        }
+    }
+    if matches!(claim, Err(InsertError::Full)) {
+        // A full table: an unassured or closing connection gives way, and
+        // the same candidate is tried again.
+        if !ct::make_room() {
+            return Verdict::Drop(stats::DROP_CT_FULL);
+        }
+        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+        claim = ct::insert(&rk, &re);
+    }
+    match claim {
+        Ok(()) => {}
+        Err(InsertError::Full) => return Verdict::Drop(stats::DROP_CT_FULL),
+        Err(InsertError::Exists) if !masquerade => return Verdict::Drop(stats::DROP_CT_INSERT),
+        Err(InsertError::Exists) => {
             // Rare by construction (bounded retries over a large range);
             // logged so the operator sees which backend ran out.
             warn!(
@@ -511,22 +602,20 @@ fn new_flow<P: Packet>(p: &P, mut parsed: Parsed) -> Verdict {
             );
             return Verdict::Drop(stats::DROP_SNAT_EXHAUSTED);
         }
-    } else {
-        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
-        match FWD_FLOWS.insert(&rk, &re, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {}
-            Err(e) if e == -EEXIST => return Verdict::Drop(stats::DROP_CT_INSERT),
-            Err(_) => return Verdict::Drop(stats::DROP_CT_FULL),
-        }
     }
     let [(ok, oe), (rk, _)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
-    if let Err(e) = FWD_FLOWS.insert(&ok, &oe, u64::from(BPF_NOEXIST)) {
-        // Another CPU created this flow first (EEXIST), or the table filled
+    if let Err(e) = ct::insert(&ok, &oe) {
+        // Another CPU created this flow first (exists), or the table filled
         // up in between: give our reply entry back. A retransmission finds
         // the winner's entry.
         let _ = FWD_FLOWS.remove(&rk);
-        return Verdict::Drop(if e == -EEXIST { stats::DROP_CT_INSERT } else { stats::DROP_CT_FULL });
+        return Verdict::Drop(match e {
+            InsertError::Exists => stats::DROP_CT_INSERT,
+            InsertError::Full => stats::DROP_CT_FULL,
+        });
     }
+    // Until it is assured, it may give way to a newer one in a full table.
+    ct::candidate(&ok);
     if let Some(s) = rule_stats(target.rule_id) {
         s.new_conns += 1;
         s.orig_packets += 1;

@@ -8,36 +8,61 @@
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh},
     helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_skb_vlan_pop, bpf_skb_vlan_push},
+    macros::map,
+    maps::ProgramArray,
     programs::TcContext,
 };
 use forwarder_common::{
-    abi::{FlowKey, IFACE_F_TC_ONLY, PROTO_UDP},
+    abi::{IFACE_F_TC_ONLY, PROTO_UDP, XDP_HANDOFF_MAGIC, XDP_HANDOFF_TX_MAGIC},
     nat::delta,
     stats,
 };
 
 use crate::{
-    maps::{FWD_FLOWS, FWD_IFACES, count},
-    pipeline::{Forward, Parsed, Verdict, decide},
+    maps::{FWD_IFACES, FWD_NEW_SCRATCH, count},
+    pipeline::{Forward, NewFlowPlan, Parsed, Verdict, create, decide},
     rewrite,
-    xdp::TC_HANDOFF_MAGIC,
 };
+
+/// The TC program's tail call: index [`TAIL_NEW_FLOW`] = the new-flow
+/// program (`abi::PROG_TC_NEW`).
+#[map]
+pub static FWD_TC_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Index of the new-flow program in [`FWD_TC_TAILS`].
+pub const TAIL_NEW_FLOW: u32 = 0;
 
 const AF_INET: u32 = 2;
 /// Enough linear bytes for Ethernet + the largest IPv4 header + TCP, or an
 /// ICMP error quoting the largest IPv4 header and 20 bytes of TCP.
 const PULL_LEN: u32 = 14 + 60 + 8 + 60 + 20;
 
+/// What XDP left in the metadata area for this program.
+enum Handoff {
+    /// Nothing: a packet XDP did not look at or let go.
+    None,
+    /// The whole work ([`XDP_HANDOFF_MAGIC`]).
+    Whole,
+    /// Only sending the packet XDP translated, out of this ifindex
+    /// ([`XDP_HANDOFF_TX_MAGIC`]).
+    Transmit(u32),
+}
+
 #[inline(always)]
-fn handed_off(ctx: &TcContext) -> bool {
+fn handoff(ctx: &TcContext) -> Handoff {
     // SAFETY: the context pointer is valid; data_meta/data are readable in
     // cls_bpf programs.
     let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
     if meta + 4 > data {
-        return false;
+        return Handoff::None;
     }
     // SAFETY: 4 bytes of metadata, checked above.
-    unsafe { *(meta as *const u32) == TC_HANDOFF_MAGIC }
+    match unsafe { *(meta as *const u32) } {
+        XDP_HANDOFF_MAGIC => Handoff::Whole,
+        // SAFETY: 8 bytes of metadata, checked first.
+        XDP_HANDOFF_TX_MAGIC if meta + 8 <= data => Handoff::Transmit(unsafe { *((meta + 4) as *const u32) }),
+        _ => Handoff::None,
+    }
 }
 
 /// Whether this interface runs in TC mode (no XDP in front).
@@ -52,11 +77,52 @@ fn tc_only(ctx: &TcContext) -> bool {
 pub fn run(ctx: &TcContext) -> i32 {
     // Tagged frames are always ours to look at: XDP hands them over, and
     // the kernel's untagging may move the metadata word.
-    if !handed_off(ctx) && !tc_only(ctx) && crate::ctx::Packet::vlan(ctx) == 0 {
-        return TC_ACT_OK;
+    match handoff(ctx) {
+        Handoff::Transmit(ifindex) => {
+            count(stats::TC_REDIRECTED);
+            // SAFETY: plain helper call.
+            return unsafe { bpf_redirect(ifindex, 0) } as i32;
+        }
+        Handoff::None if !tc_only(ctx) && crate::ctx::Packet::vlan(ctx) == 0 => return TC_ACT_OK,
+        _ => {}
     }
     let _ = ctx.pull_data(if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN });
     match decide(ctx) {
+        Verdict::NewFlow(parsed, target, hairpin) => {
+            if let Some(slot) = FWD_NEW_SCRATCH.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot; the tail call below runs at once,
+                // on this CPU.
+                unsafe {
+                    *slot = NewFlowPlan { parsed, target, hairpin };
+                    let _ = FWD_TC_TAILS.tail_call(ctx, TAIL_NEW_FLOW);
+                }
+            }
+            // Only reached when the new-flow program is not installed.
+            count(stats::PASS_NOT_OURS);
+            TC_ACT_OK
+        }
+        v => apply(ctx, v),
+    }
+}
+
+/// Entry of the new-flow program (the TC program's tail call): the
+/// connection's setup, then its first packet sent like any other.
+#[inline(always)]
+pub fn run_new_flow(ctx: &TcContext) -> i32 {
+    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| plan.rebased(ctx)) else { return TC_ACT_OK };
+    let v = create(ctx, plan.parsed, &plan.target, plan.hairpin);
+    apply(ctx, v)
+}
+
+/// Carries out a verdict on the packet.
+#[inline(always)]
+fn apply(ctx: &TcContext, v: Verdict) -> i32 {
+    match v {
+        // Decided by the new-flow program (the verdict never gets here).
+        Verdict::NewFlow(..) => {
+            count(stats::PASS_NOT_OURS);
+            TC_ACT_OK
+        }
         Verdict::Pass(s) | Verdict::ToTc(s) => {
             count(s);
             TC_ACT_OK
@@ -79,7 +145,7 @@ pub fn run(ctx: &TcContext) -> i32 {
                 let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
                 crate::audit::emit(&crate::audit::accepted(&parsed, &fwd, crate::ctx::Packet::ingress_ifindex(ctx), now));
             }
-            let vlan = flow_vlan(&FlowKey::new(&parsed.tuple, parsed.proto));
+            let vlan = fwd.vlan;
             if rewrite(ctx, &parsed, &fwd).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
@@ -91,7 +157,7 @@ pub fn run(ctx: &TcContext) -> i32 {
         }
         Verdict::ForwardL3(parsed, fwd) => {
             let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
-            let macs = if fwd.resolve_nexthop.is_none() { rewrite::macs(ctx, &fwd) } else { Some(()) };
+            let macs = if !fwd.resolve { rewrite::macs(ctx, &fwd) } else { Some(()) };
             if rewrite::ip_header(ctx, &fwd.new, &d).and(macs).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
@@ -101,7 +167,7 @@ pub fn run(ctx: &TcContext) -> i32 {
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
             let vlan = quote.vlan();
-            let macs = if fwd.resolve_nexthop.is_none() { rewrite::macs(ctx, &fwd) } else { Some(()) };
+            let macs = if !fwd.resolve { rewrite::macs(ctx, &fwd) } else { Some(()) };
             if crate::icmp::rewrite(ctx, &parsed, &fwd.new, &quote).and(macs).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
@@ -123,18 +189,11 @@ fn gso_segment_len(ctx: &TcContext, parsed: &Parsed) -> Option<u32> {
     let l4_hdr = if parsed.proto == PROTO_UDP {
         8
     } else {
-        let doff: *const u8 = crate::ctx::ptr_at(ctx, parsed.l4_off + 12)?;
+        let doff: *const u8 = crate::ctx::ptr_at(ctx, parsed.l4() + 12)?;
         // SAFETY: bounds checked by ptr_at.
         u32::from(unsafe { *doff } >> 4) * 4
     };
-    Some((parsed.l4_off as u32 - 14) + l4_hdr + gso_size)
-}
-
-/// The 802.1Q TCI packets of the flow with this key leave with.
-#[inline(always)]
-fn flow_vlan(key: &FlowKey) -> u16 {
-    // SAFETY: map value pointer valid until program exit.
-    FWD_FLOWS.get_ptr(key).map_or(0, |e| unsafe { (*e).vlan })
+    Some((parsed.l4() as u32 - 14) + l4_hdr + gso_size)
 }
 
 /// 802.1Q ethertype, network order as the helper wants it.
@@ -161,18 +220,15 @@ fn retag_and_redirect(ctx: &TcContext, fwd: &Forward, vlan: u16) -> i32 {
 fn redirect(fwd: &Forward) -> i32 {
     // SAFETY: plain helper calls with stack arguments.
     let ret = unsafe {
-        match fwd.resolve_nexthop {
-            Some(nh) => {
-                let mut p: bpf_redir_neigh = core::mem::zeroed();
-                p.nh_family = AF_INET;
-                p.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(nh);
-                count(stats::TC_REDIRECTED_NEIGH);
-                bpf_redirect_neigh(fwd.ifindex, &raw mut p, core::mem::size_of::<bpf_redir_neigh>() as i32, 0)
-            }
-            None => {
-                count(stats::TC_REDIRECTED);
-                bpf_redirect(fwd.ifindex, 0)
-            }
+        if fwd.resolve {
+            let mut p: bpf_redir_neigh = core::mem::zeroed();
+            p.nh_family = AF_INET;
+            p.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(fwd.nexthop);
+            count(stats::TC_REDIRECTED_NEIGH);
+            bpf_redirect_neigh(fwd.ifindex, &raw mut p, core::mem::size_of::<bpf_redir_neigh>() as i32, 0)
+        } else {
+            count(stats::TC_REDIRECTED);
+            bpf_redirect(fwd.ifindex, 0)
         }
     };
     ret as i32
@@ -184,12 +240,12 @@ fn rewrite(ctx: &TcContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
     let new = fwd.new;
     let d = delta(&old, &new);
     // Direct writes first: the checksum helpers below invalidate pointers.
-    rewrite::ip_and_ports(ctx, &new, &d, parsed.l4_off)?;
-    if fwd.resolve_nexthop.is_none() {
+    rewrite::ip_and_ports(ctx, &new, &d, parsed.l4())?;
+    if !fwd.resolve {
         rewrite::macs(ctx, fwd)?;
     }
     let udp = parsed.proto == PROTO_UDP;
-    let off = rewrite::l4_csum_off(parsed.l4_off, parsed.proto);
+    let off = rewrite::l4_csum_off(parsed.l4(), parsed.proto);
     let mangled = if udp { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
     let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled;
     let a = |o: [u8; 4]| u64::from(u32::from_ne_bytes(o));

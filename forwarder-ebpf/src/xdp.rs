@@ -8,6 +8,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use forwarder_common::{
+    abi::{XDP_HANDOFF_MAGIC, XDP_HANDOFF_TX_MAGIC},
     nat::{delta, l4_csum, l4_csum_full},
     stats,
 };
@@ -15,17 +16,38 @@ use forwarder_common::{
 use crate::{
     csum,
     ctx::ptr_at,
-    maps::{FWD_SCRATCH, FWD_TX_PORTS, FWD_XDP_TAILS, count},
-    pipeline::{Forward, Parsed, Verdict, decide, needs_full_sum},
+    maps::{FWD_NEW_SCRATCH, FWD_SCRATCH, FWD_TX_PORTS, FWD_XDP_TAILS, count},
+    pipeline::{Forward, NewFlowPlan, Parsed, Verdict, create, decide, needs_full_sum},
     rewrite,
 };
-
-/// Written into the XDP metadata area when XDP hands a packet to TC.
-pub const TC_HANDOFF_MAGIC: u32 = 0xf0_4d_7c_01;
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     match decide(ctx) {
+        Verdict::NewFlow(parsed, target, hairpin) => {
+            if let Some(slot) = FWD_NEW_SCRATCH.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot; the tail call below runs at once,
+                // on this CPU.
+                unsafe {
+                    *slot = NewFlowPlan { parsed, target, hairpin };
+                    let _ = FWD_XDP_TAILS.tail_call(ctx, TAIL_NEW_FLOW);
+                }
+            }
+            // Only reached when the new-flow program is not installed: TC
+            // can set the connection up.
+            count(stats::XDP_TO_TC);
+            hand_to_tc(ctx);
+            XDP_PASS
+        }
+        v => apply::<false>(ctx, v),
+    }
+}
+
+/// Carries out a verdict; `FIRST`: in the new-flow program, where a
+/// translated first packet also gets its audit event.
+#[inline(always)]
+fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
+    match v {
         Verdict::Pass(s) => {
             count(s);
             XDP_PASS
@@ -39,11 +61,16 @@ pub fn run(ctx: &XdpContext) -> u32 {
             hand_to_tc(ctx);
             XDP_PASS
         }
+        // Decided by the new-flow program (the verdict never gets here).
+        Verdict::NewFlow(..) => {
+            count(stats::PASS_NOT_OURS);
+            XDP_PASS
+        }
         Verdict::Forward(parsed, fwd) => {
-            if parsed.audit_rule != 0 {
-                // Returns only when the tail call is missing: forward
-                // without the event then.
-                tail_call(ctx, parsed, fwd, TAIL_NEW_FLOW);
+            if FIRST && parsed.audit_rule != 0 {
+                // SAFETY: helper without side effects.
+                let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+                crate::audit::emit(&crate::audit::accepted(&parsed, &fwd, ctx.ingress_ifindex() as u32, now));
             }
             if needs_full_sum(&parsed) {
                 return tail_full_csum(ctx, parsed, fwd);
@@ -56,7 +83,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
             if parsed.fragment != crate::pipeline::FRAG_NONE {
                 count(stats::FRAGMENT_TRANSLATED);
             }
-            redirect(&fwd)
+            redirect(ctx, &fwd)
         }
         Verdict::ForwardL3(parsed, fwd) => {
             let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
@@ -65,7 +92,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 return XDP_ABORTED;
             }
             count(stats::FRAGMENT_TRANSLATED);
-            redirect(&fwd)
+            redirect(ctx, &fwd)
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
             if crate::icmp::rewrite(ctx, &parsed, &fwd.new, &quote).and_then(|()| rewrite::macs(ctx, &fwd)).is_none() {
@@ -73,26 +100,38 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 return XDP_ABORTED;
             }
             count(stats::ICMP_TRANSLATED);
-            redirect(&fwd)
+            redirect(ctx, &fwd)
         }
     }
 }
 
+/// Sends the translated packet out of `fwd.ifindex` through the devmap.
+/// An egress that is not in the devmap (any more: the daemon takes out
+/// the egresses XDP cannot transmit into, and a flow's cached next hop
+/// may predate that) makes the lookup fail: the packet, translated
+/// already, is handed to TC, which only sends it.
 #[inline(always)]
-fn redirect(fwd: &Forward) -> u32 {
-    match FWD_TX_PORTS.redirect(fwd.ifindex, 0) {
+fn redirect(ctx: &XdpContext, fwd: &Forward) -> u32 {
+    // The flags' action bits: what the helper returns on a lookup miss.
+    match FWD_TX_PORTS.redirect(fwd.ifindex, u64::from(XDP_PASS)) {
         Ok(a) => {
             count(stats::XDP_REDIRECTED);
             a
         }
         Err(_) => {
-            count(stats::DROP_REDIRECT_FAILED);
-            XDP_DROP
+            if hand_to_tc_tx(ctx, fwd.ifindex) {
+                count(stats::XDP_TO_TC);
+                XDP_PASS
+            } else {
+                count(stats::DROP_REDIRECT_FAILED);
+                XDP_DROP
+            }
         }
     }
 }
 
-/// Marks the packet for the TC program through the metadata area.
+/// Marks the untouched packet for the TC program through the metadata
+/// area ([`XDP_HANDOFF_MAGIC`]).
 #[inline(always)]
 fn hand_to_tc(ctx: &XdpContext) {
     // SAFETY: valid context; the helper only moves data_meta.
@@ -104,15 +143,35 @@ fn hand_to_tc(ctx: &XdpContext) {
         return;
     }
     // SAFETY: 4 bytes between data_meta and data, checked above.
-    unsafe { *(meta as *mut u32) = TC_HANDOFF_MAGIC };
+    unsafe { *(meta as *mut u32) = XDP_HANDOFF_MAGIC };
+}
+
+/// Marks the translated packet for TC to send out of `ifindex`
+/// ([`XDP_HANDOFF_TX_MAGIC`], then the ifindex); whether it could.
+#[inline(always)]
+fn hand_to_tc_tx(ctx: &XdpContext, ifindex: u32) -> bool {
+    // SAFETY: valid context; the helper only moves data_meta.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -8) } != 0 {
+        return false;
+    }
+    let meta = ctx.metadata();
+    if meta + 8 > ctx.data() {
+        return false;
+    }
+    // SAFETY: 8 bytes between data_meta and data, checked above.
+    unsafe {
+        *(meta as *mut u32) = XDP_HANDOFF_TX_MAGIC;
+        *((meta + 4) as *mut u32) = ifindex;
+    }
+    true
 }
 
 /// The incremental rewrite (RFC 1624), for packets with a complete checksum.
 #[inline(always)]
 fn rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
     let d = delta(&parsed.tuple, &fwd.new);
-    rewrite::ip_and_ports(ctx, &fwd.new, &d, parsed.l4_off)?;
-    let l4c: *mut [u8; 2] = ptr_at(ctx, rewrite::l4_csum_off(parsed.l4_off, parsed.proto))?;
+    rewrite::ip_and_ports(ctx, &fwd.new, &d, parsed.l4())?;
+    let l4c: *mut [u8; 2] = ptr_at(ctx, rewrite::l4_csum_off(parsed.l4(), parsed.proto))?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *l4c = l4_csum(parsed.l4_check, &d, parsed.proto).to_be_bytes() };
     rewrite::macs(ctx, fwd)
@@ -131,63 +190,46 @@ pub struct FullCsum {
 
 /// Index of [`run_full_csum`]'s program in `FWD_XDP_TAILS`.
 pub const TAIL_FULL_CSUM: u32 = 0;
-/// Index of [`run_new_flow`]'s program in `FWD_XDP_TAILS`.
+/// Index of [`run_new_flow`]'s program in `FWD_XDP_TAILS`: the first
+/// packet of a connection matching a rule.
 pub const TAIL_NEW_FLOW: u32 = 1;
 
-/// Hands `parsed`/`fwd` to tail program `index`; returns only if that
-/// program is not installed.
+/// Hands `parsed`/`fwd` to [`run_full_csum`]; TC's when that program is
+/// not installed.
 #[inline(always)]
-fn tail_call(ctx: &XdpContext, parsed: Parsed, fwd: Forward, index: u32) {
+fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
     if let Some(slot) = FWD_SCRATCH.get_ptr_mut(0) {
         // SAFETY: per-CPU slot; the tail call below runs on this CPU.
         unsafe {
             *slot = FullCsum { parsed, fwd };
-            FWD_XDP_TAILS.tail_call(ctx, index);
+            let _ = FWD_XDP_TAILS.tail_call(ctx, TAIL_FULL_CSUM);
         }
     }
-}
-
-#[inline(always)]
-fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
-    tail_call(ctx, parsed, fwd, TAIL_FULL_CSUM);
     // Only reached when the tail call is not installed: TC can do it.
     count(stats::XDP_TO_TC);
     hand_to_tc(ctx);
     XDP_PASS
 }
 
-/// The hand-over from [`tail_call`], with the L4 offset bounded again:
-/// values from a map are unknown to the verifier (Ethernet + 20..60 bytes
-/// of IPv4 header).
+/// The hand-over from [`tail_full_csum`], with the L4 offset read from
+/// the packet again ([`crate::pipeline::l4_off_again`]).
 #[inline(always)]
-fn scratch() -> Option<FullCsum> {
+fn scratch(ctx: &XdpContext) -> Option<FullCsum> {
     let mut plan = *FWD_SCRATCH.get(0)?;
-    if plan.parsed.l4_off < 34 || plan.parsed.l4_off > 74 {
-        return None;
-    }
-    plan.parsed.l4_off &= 0x7f;
+    plan.parsed.l4_off = crate::pipeline::l4_off_again(ctx)?;
     Some(plan)
 }
 
-/// Entry of the tail program for the first packet of a connection: its
-/// audit event (kept out of the main program, whose verification the
-/// event's branches would multiply past the verifier's budget), then the
-/// rewrite and redirect.
+/// Entry of the new-flow program (tail call of the main one): the
+/// connection's setup (kept out of the main program, whose verification
+/// the setup's branches would multiply past the verifier's budget and
+/// whose stack it would overflow), then its first packet with its audit
+/// event.
 #[inline(always)]
 pub fn run_new_flow(ctx: &XdpContext) -> u32 {
-    let Some(FullCsum { parsed, fwd }) = scratch() else { return XDP_ABORTED };
-    // SAFETY: helper without side effects.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    crate::audit::emit(&crate::audit::accepted(&parsed, &fwd, ctx.ingress_ifindex() as u32, now));
-    if needs_full_sum(&parsed) {
-        // The scratch slot still holds the plan.
-        return tail_full_csum(ctx, parsed, fwd);
-    }
-    if rewrite(ctx, &parsed, &fwd).is_none() {
-        count(stats::PASS_MALFORMED);
-        return XDP_ABORTED;
-    }
-    redirect(&fwd)
+    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| plan.rebased(ctx)) else { return XDP_ABORTED };
+    let v = create(ctx, plan.parsed, &plan.target, plan.hairpin);
+    apply::<true>(ctx, v)
 }
 
 /// Entry of the tail-called program: rewrite with a full L4 checksum
@@ -195,24 +237,24 @@ pub fn run_new_flow(ctx: &XdpContext) -> u32 {
 /// incremental fix cannot help), then redirect.
 #[inline(always)]
 pub fn run_full_csum(ctx: &XdpContext) -> u32 {
-    let Some(FullCsum { parsed, fwd }) = scratch() else { return XDP_ABORTED };
+    let Some(FullCsum { parsed, fwd }) = scratch(ctx) else { return XDP_ABORTED };
     if full_csum_rewrite(ctx, &parsed, &fwd).is_none() {
         count(stats::PASS_MALFORMED);
         return XDP_ABORTED;
     }
     count(stats::CSUM_FULL_RECOMPUTE);
-    redirect(&fwd)
+    redirect(ctx, &fwd)
 }
 
 #[inline(always)]
 fn full_csum_rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
     let new = fwd.new;
-    rewrite::ip_and_ports(ctx, &new, &delta(&parsed.tuple, &new), parsed.l4_off)?;
-    let off = rewrite::l4_csum_off(parsed.l4_off, parsed.proto);
+    rewrite::ip_and_ports(ctx, &new, &delta(&parsed.tuple, &new), parsed.l4())?;
+    let off = rewrite::l4_csum_off(parsed.l4(), parsed.proto);
     let l4c: *mut [u8; 2] = ptr_at(ctx, off)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *l4c = [0, 0] };
-    let s = csum::sum(ctx, parsed.l4_off, usize::from(parsed.l4_len))?;
+    let s = csum::sum(ctx, parsed.l4(), usize::from(parsed.l4_len))?;
     let l4c: *mut [u8; 2] = ptr_at(ctx, off)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *l4c = l4_csum_full(&new, parsed.proto, parsed.l4_len, s).to_be_bytes() };

@@ -108,6 +108,7 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
         }
     }
     let mut mtus = Vec::new();
+    let mut netdev = crate::netdev::Netdev::open().map_err(|e| e.to_string());
     for (name, role) in public.iter().map(|n| (n, "public")).chain(internal.iter().map(|n| (n, "internal"))) {
         let Ok(idx) = iface::index(name) else {
             out.push(item(Level::Fail, format!("{role} interface `{name}` does not exist"), "see `ip link`"));
@@ -132,6 +133,7 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
             },
             Err(e) => out.push(item(Level::Warn, format!("{name} ({role}): no native XDP ({e})"), "use --mode tc (or auto) for this interface; generic XDP is slower than TC")),
         }
+        out.push(xdp_transmit(&mut netdev, name, idx));
         let rp = read(&format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"));
         if rp.as_deref() == Some("1") {
             out.push(item(Level::Ok, format!("{name}: rp_filter strict (translated traffic bypasses it)"), ""));
@@ -151,11 +153,44 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
     out
 }
 
+/// Whether XDP can transmit into `name`: its XDP features say so (a veth
+/// only while its peer has an XDP program or GRO on).
+fn xdp_transmit(netdev: &mut Result<crate::netdev::Netdev, String>, name: &str, ifindex: u32) -> Item {
+    let features = match netdev {
+        Ok(n) => n.xdp_features(ifindex).map_err(|e| e.to_string()),
+        Err(e) => Err(e.clone()),
+    };
+    let veth = iface::driver(name).is_some_and(|d| iface::prefers_tc(&d));
+    match features {
+        Ok(Some(f)) if crate::netdev::takes_xdp_frames(f) => item(Level::Ok, format!("{name}: takes redirected XDP frames (XDP transmits into it)"), ""),
+        Ok(Some(_)) if veth => item(
+            Level::Ok,
+            format!("{name}: takes no redirected XDP frames (its veth peer has no XDP program and GRO off); where XDP runs, packets towards {name} go through TC"),
+            format!("for XDP speed towards {name}: `ethtool -K PEER gro on` on its peer (in the peer's namespace)"),
+        ),
+        Ok(Some(_)) => item(
+            Level::Warn,
+            format!("{name}: takes no redirected XDP frames (its driver has no XDP transmit now); packets towards it go through TC"),
+            "nothing is lost, but XDP's speed needs a driver that takes redirected frames (see its documentation)",
+        ),
+        Ok(None) => item(Level::Warn, format!("{name}: the kernel does not report XDP features (before 6.3)"), "the forwarder tries XDP towards it and watches the kernel's refusals"),
+        Err(e) => item(Level::Warn, format!("{name}: XDP features unreadable ({e})"), "the forwarder tries XDP towards it and watches the kernel's refusals"),
+    }
+}
+
 /// Attaches the XDP program natively and detaches it again.
 fn try_native_xdp(name: &str) -> Result<(), String> {
     let mut dp = Datapath::load(1024).map_err(|e| e.to_string())?;
     let spec = crate::config::IfaceSpec { name: name.to_string(), ifindex: iface::index(name).map_err(|e| e.to_string())?, role: 1, mode: crate::config::Mode::Xdp };
-    let compiled = crate::config::Compiled { ifaces: vec![spec], rules: vec![], sources: vec![], snat_ports: crate::config::PortRange::default(), conntrack: crate::config::ConntrackSettings::default(), audit: (0, 1) };
+    let compiled = crate::config::Compiled {
+        ifaces: vec![spec],
+        rules: vec![],
+        sources: vec![],
+        snat_ports: crate::config::PortRange::default(),
+        conntrack: crate::config::ConntrackSettings::default(),
+        audit: (0, 1),
+        new_conn: (0, 0),
+    };
     dp.attach(&compiled, XdpAttach::Native).map_err(|e| e.to_string())
     // dropped here: detached
 }

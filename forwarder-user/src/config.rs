@@ -273,15 +273,32 @@ impl FromStr for PortRange {
 pub enum Mode {
     /// XDP (native, or generic with a warning), with the TC program behind
     /// it for what XDP cannot finish.
-    #[default]
     Xdp,
     /// TC ingress only: the skb path (keeps GRO/TSO; handles partial
     /// checksums in the kernel's helpers).
     Tc,
     /// Native XDP where the driver has it, TC elsewhere (never generic
     /// XDP) and on veth (XDP there turns off the peer's TSO: TCP bulk is
-    /// faster through TC).
+    /// faster through TC). The default: it forwards on any interface,
+    /// tuned or not.
+    #[default]
     Auto,
+}
+
+impl Mode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Tc => "tc",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl FromStr for Mode {
@@ -311,19 +328,27 @@ pub struct Settings {
     pub audit: crate::audit::AuditSettings,
 }
 
-/// Conntrack table size and timeouts.
+/// Conntrack table size, timeouts and the new-connection rate limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConntrackSettings {
     /// Connections the table holds (two entries each).
     pub max_connections: u32,
     pub timeouts: Timeouts,
+    /// New connections each CPU may set up per second (0: no limit, the
+    /// default); a second line of defence behind early drop.
+    pub new_conn_rate: u32,
+    /// New connections a CPU may set up at once (0: as many as the rate).
+    pub new_conn_burst: u32,
 }
 
 impl Default for ConntrackSettings {
     fn default() -> Self {
-        Self { max_connections: abi::FLOW_TABLE_SIZE / 2, timeouts: Timeouts::default() }
+        Self { max_connections: abi::FLOW_TABLE_SIZE / 2, timeouts: Timeouts::default(), new_conn_rate: 0, new_conn_burst: 0 }
     }
 }
+
+/// Highest new-connection rate or burst per CPU.
+pub const MAX_NEW_CONN_RATE: u64 = 10_000_000;
 
 impl ConntrackSettings {
     /// Sets one timeout by its name (`tcp_established`, …).
@@ -331,18 +356,37 @@ impl ConntrackSettings {
         let t = &mut self.timeouts;
         let slot = match name {
             "tcp_syn" => &mut t.tcp_syn,
+            "tcp_syn_recv" => &mut t.tcp_syn_recv,
             "tcp_established" => &mut t.tcp_established,
             "tcp_fin" => &mut t.tcp_fin,
             "tcp_close" => &mut t.tcp_close,
             "udp" => &mut t.udp,
             "udp_stream" => &mut t.udp_stream,
-            _ => return Err(format!("unknown timeout `{name}` (known: tcp_syn, tcp_established, tcp_fin, tcp_close, udp, udp_stream)")),
+            _ => return Err(format!("unknown timeout `{name}` (known: tcp_syn, tcp_syn_recv, tcp_established, tcp_fin, tcp_close, udp, udp_stream)")),
         };
         if secs == 0 {
             return Err(format!("timeout `{name}` must be at least 1 second"));
         }
         *slot = secs;
         Ok(())
+    }
+
+    /// The new-connection rate limit (per CPU per second, 0 = off).
+    pub fn set_new_conn_rate(&mut self, n: u64) -> Result<(), String> {
+        self.new_conn_rate = new_conn(n, "rate")?;
+        Ok(())
+    }
+
+    pub fn set_new_conn_burst(&mut self, n: u64) -> Result<(), String> {
+        self.new_conn_burst = new_conn(n, "burst")?;
+        Ok(())
+    }
+
+    /// The limit in the datapath's terms: (rate, burst); the burst
+    /// defaults to one second's worth.
+    pub const fn new_conn_limit(&self) -> (u32, u32) {
+        let burst = if self.new_conn_burst == 0 { self.new_conn_rate } else { self.new_conn_burst };
+        (self.new_conn_rate, burst)
     }
 
     /// Validates the table size.
@@ -355,12 +399,38 @@ impl ConntrackSettings {
     }
 }
 
+fn new_conn(n: u64, what: &str) -> Result<u32, String> {
+    if n > MAX_NEW_CONN_RATE {
+        return Err(format!("new-connection {what} {n} is out of range 0-{MAX_NEW_CONN_RATE} per CPU"));
+    }
+    Ok(n as u32)
+}
+
+/// The timeouts in words: `tcp_syn 120 s, tcp_syn_recv 60 s, …`.
+pub fn timeouts_text(t: &Timeouts) -> String {
+    [
+        ("tcp_syn", t.tcp_syn),
+        ("tcp_syn_recv", t.tcp_syn_recv),
+        ("tcp_established", t.tcp_established),
+        ("tcp_fin", t.tcp_fin),
+        ("tcp_close", t.tcp_close),
+        ("udp", t.udp),
+        ("udp_stream", t.udp_stream),
+    ]
+    .iter()
+    .map(|(n, v)| format!("{n} {v} s"))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConntrack {
     max: Option<u64>,
     #[serde(default)]
     timeouts: std::collections::BTreeMap<String, u32>,
+    new_conn_rate: Option<u64>,
+    new_conn_burst: Option<u64>,
 }
 
 /// One managed interface, resolved.
@@ -449,6 +519,12 @@ impl Settings {
             for (name, secs) in ct.timeouts {
                 self.conntrack.set_timeout(&name, secs).map_err(at)?;
             }
+            if let Some(n) = ct.new_conn_rate {
+                self.conntrack.set_new_conn_rate(n).map_err(at)?;
+            }
+            if let Some(n) = ct.new_conn_burst {
+                self.conntrack.set_new_conn_burst(n).map_err(at)?;
+            }
         }
         if let Some(a) = file.audit {
             let line = line_of(text, a.span().start);
@@ -505,24 +581,22 @@ impl Settings {
         let _ = writeln!(s, "public = [{}]", list(&self.public));
         let _ = writeln!(s, "internal = [{}]", list(&self.internal));
         let _ = writeln!(s, "snat_ports = \"{}-{}\"", self.snat_ports.0, self.snat_ports.1);
-        let mode = |m: Mode| match m {
-            Mode::Xdp => "xdp",
-            Mode::Tc => "tc",
-            Mode::Auto => "auto",
-        };
-        let _ = writeln!(s, "mode = \"{}\"", mode(self.mode));
+        let _ = writeln!(s, "mode = \"{}\"", self.mode);
         if !self.iface_modes.is_empty() {
             let _ = writeln!(s, "\n[modes]");
             for (i, m) in &self.iface_modes {
-                let _ = writeln!(s, "{i:?} = \"{}\"", mode(*m));
+                let _ = writeln!(s, "{i:?} = \"{m}\"");
             }
         }
         let t = self.conntrack.timeouts;
         let _ = writeln!(
             s,
-            "\n[conntrack]\nmax = {}\ntimeouts = {{ tcp_syn = {}, tcp_established = {}, tcp_fin = {}, tcp_close = {}, udp = {}, udp_stream = {} }}",
-            self.conntrack.max_connections, t.tcp_syn, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp, t.udp_stream
+            "\n[conntrack]\nmax = {}\ntimeouts = {{ tcp_syn = {}, tcp_syn_recv = {}, tcp_established = {}, tcp_fin = {}, tcp_close = {}, udp = {}, udp_stream = {} }}",
+            self.conntrack.max_connections, t.tcp_syn, t.tcp_syn_recv, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp, t.udp_stream
         );
+        if self.conntrack.new_conn_rate != 0 {
+            let _ = writeln!(s, "new_conn_rate = {}\nnew_conn_burst = {}", self.conntrack.new_conn_rate, self.conntrack.new_conn_burst);
+        }
         let _ = writeln!(s, "\n[audit]\nrate = {}\nburst = {}", self.audit.rate, self.audit.burst);
         if let Some(t) = &self.audit.syslog {
             let _ = writeln!(s, "syslog = \"{t}\"");
@@ -623,7 +697,15 @@ impl Settings {
         if sources.len() > abi::MAX_SRC_ENTRIES as usize {
             return Err(Error::Io(format!("{} source prefixes over all rules; at most {}", sources.len(), abi::MAX_SRC_ENTRIES)));
         }
-        Ok(Compiled { ifaces, rules: entries, sources, snat_ports: self.snat_ports, conntrack: self.conntrack, audit: (self.audit.rate, self.audit.burst) })
+        Ok(Compiled {
+            ifaces,
+            rules: entries,
+            sources,
+            snat_ports: self.snat_ports,
+            conntrack: self.conntrack,
+            audit: (self.audit.rate, self.audit.burst),
+            new_conn: self.conntrack.new_conn_limit(),
+        })
     }
 }
 
@@ -640,6 +722,8 @@ pub struct Compiled {
     pub conntrack: ConntrackSettings,
     /// Audit events per second and burst, per CPU.
     pub audit: (u32, u32),
+    /// New connections per second and burst, per CPU (rate 0: no limit).
+    pub new_conn: (u32, u32),
 }
 
 #[cfg(test)]
@@ -704,7 +788,7 @@ mod tests {
     fn compiles_and_numbers_rules() {
         let c = settings(&["tcp:8080=10.0.2.2:80", "udp:53@pub1=10.0.2.3"]).compile(fake_ifindex).unwrap();
         assert_eq!(c.ifaces.len(), 3);
-        assert!(c.ifaces.iter().all(|i| i.mode == Mode::Xdp));
+        assert!(c.ifaces.iter().all(|i| i.mode == Mode::Auto), "auto is the default");
         assert_eq!(c.rules[0].0, abi::RULE_KEY_FULL_BITS);
         assert_eq!(c.rules[0].1, RuleKey { ifindex: 0, port: 8080u16.to_be_bytes(), proto: 6, _pad: 0 });
         assert_eq!(c.rules[1].1.ifindex, 3);
@@ -787,8 +871,13 @@ mod tests {
     #[test]
     fn conntrack_settings() {
         let mut s = Settings::default();
-        s.merge_toml(Path::new("c.toml"), "[conntrack]\nmax = 1000\ntimeouts = { tcp_established = 3600, udp = 10 }\n").unwrap();
+        s.merge_toml(Path::new("c.toml"), "[conntrack]\nmax = 1000\ntimeouts = { tcp_established = 3600, udp = 10, tcp_syn_recv = 7 }\nnew_conn_rate = 500\n").unwrap();
         assert_eq!(s.conntrack.max_connections, 1000);
+        assert_eq!((s.conntrack.timeouts.tcp_syn_recv, s.conntrack.new_conn_limit()), (7, (500, 500)), "burst defaults to the rate");
+        s.merge_toml(Path::new("c.toml"), "[conntrack]\nnew_conn_burst = 50\n").unwrap();
+        assert_eq!(s.conntrack.new_conn_limit(), (500, 50));
+        let e = Settings::default().merge_toml(Path::new("c.toml"), "\n\n[conntrack]\nnew_conn_rate = 99999999999\n").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("new-connection rate 99999999999 is out of range"), "{e}");
         assert_eq!((s.conntrack.timeouts.tcp_established, s.conntrack.timeouts.udp, s.conntrack.timeouts.tcp_fin), (3600, 10, 120));
         let e = Settings::default().merge_toml(Path::new("c.toml"), "\n[conntrack]\ntimeouts = { tcp_forever = 1 }\n").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("`tcp_forever`"), "{e}");
@@ -819,6 +908,9 @@ mod tests {
         s.mode = Mode::Auto;
         s.iface_modes.push(("int0".into(), Mode::Tc));
         s.conntrack.set_timeout("udp", 7).unwrap();
+        s.conntrack.set_timeout("tcp_syn_recv", 9).unwrap();
+        s.conntrack.set_new_conn_rate(100).unwrap();
+        s.conntrack.set_new_conn_burst(10).unwrap();
         s.audit.set_rate(0).unwrap();
         s.audit.syslog = Some("udp://10.0.0.5:514".parse().unwrap());
         let mut back = Settings::default();

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use forwarder_common::{
     abi::{DIR_ORIGINAL, FlowEntry, FlowKey},
-    conntrack::{CT_CLOSED, CT_ESTABLISHED, CT_FIN, CT_NEW},
+    conntrack::{CT_CLOSED, CT_ESTABLISHED, CT_FIN, CT_NEW, CT_REPLIED},
 };
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +85,7 @@ fn ep(a: [u8; 4], p: [u8; 2]) -> String {
 const fn state_name(s: u8) -> &'static str {
     match s {
         CT_NEW => "new",
+        CT_REPLIED => "replied",
         CT_ESTABLISHED => "established",
         CT_FIN => "closing",
         CT_CLOSED => "closed",
@@ -92,14 +93,16 @@ const fn state_name(s: u8) -> &'static str {
     }
 }
 
-/// The connections in a flow table dump: one per original-direction entry.
+/// The connections in a flow table dump: one per original-direction entry
+/// (its peer found through an index: linear in the table's size).
 pub fn connections(flows: &[(FlowKey, FlowEntry)], now_ns: u64) -> Vec<(Conn, FlowKey, FlowKey)> {
+    let last_seen: std::collections::HashMap<FlowKey, u64> = flows.iter().filter(|(_, e)| e.dir != DIR_ORIGINAL).map(|(k, e)| (*k, e.last_seen_ns)).collect();
     flows
         .iter()
         .filter(|(_, e)| e.dir == DIR_ORIGINAL)
         .map(|(k, e)| {
             let reply_key = FlowKey::new(&e.tuple().reversed(), k.proto);
-            let last = flows.iter().find(|(rk, _)| *rk == reply_key).map_or(e.last_seen_ns, |(_, r)| r.last_seen_ns.max(e.last_seen_ns));
+            let last = last_seen.get(&reply_key).map_or(e.last_seen_ns, |r| (*r).max(e.last_seen_ns));
             let conn = Conn {
                 proto: if k.proto == 6 { "tcp" } else { "udp" }.into(),
                 rule: e.rule_id,

@@ -14,7 +14,7 @@ use aya::{
         xdp::DevMapHash,
     },
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        RawTracePoint, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -85,6 +85,8 @@ pub struct Datapath {
     pub attached: Vec<Attached>,
     /// Entries the conntrack table holds.
     flow_capacity: u32,
+    /// The refusal watch (`abi::PROG_XDP_TX_ERR`) is attached.
+    tx_watch: bool,
 }
 
 fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> Error + '_ {
@@ -156,7 +158,7 @@ impl Datapath {
         }
         let mut ebpf = loader.load(OBJECT)?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| Error::Io(format!("kernel log channel: {e}")))?;
-        for name in [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_XDP_NEW, abi::PROG_TC] {
+        for name in [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_XDP_NEW, abi::PROG_TC, abi::PROG_TC_NEW] {
             let prog = ebpf.program_mut(name).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))?;
             match prog {
                 aya::programs::Program::Xdp(p) => p.load(),
@@ -165,26 +167,52 @@ impl Datapath {
             }
             .map_err(prog_err(format!("verifying {name}")))?;
         }
-        // The XDP program's tail calls.
-        for (index, name) in [(0, abi::PROG_XDP_CSUM), (1, abi::PROG_XDP_NEW)] {
-            let fd = {
-                let p: &Xdp = prog(&ebpf, name)?;
-                p.fd().map_err(prog_err(name.to_string()))?.try_clone().map_err(|e| Error::Io(format!("dup program fd: {e}")))?
-            };
-            let mut tails: ProgramArray<&mut MapData> = ProgramArray::try_from(
-                ebpf.map_mut(abi::MAP_XDP_TAILS).ok_or_else(|| Error::Io(format!("map {} missing", abi::MAP_XDP_TAILS)))?,
-            )
-            .map_err(map_err(abi::MAP_XDP_TAILS))?;
-            tails.set(index, &fd, 0).map_err(map_err(abi::MAP_XDP_TAILS))?;
+        // The watch on the kernel refusing our redirects: counts for this
+        // datapath's devmap only. A kernel without BPF tracing still
+        // forwards; it only cannot see refusals (the egress features still
+        // keep XDP off the devices that cannot take its frames).
+        let devmap_id = match ebpf.map(abi::MAP_TX_PORTS) {
+            Some(aya::maps::Map::DevMapHash(m)) => m.info().map_err(map_err(abi::MAP_TX_PORTS))?.id(),
+            _ => return Err(Error::Io(format!("map {} missing from the object", abi::MAP_TX_PORTS))),
+        };
+        let mut watch: Array<&mut MapData, u32> =
+            Array::try_from(ebpf.map_mut(abi::MAP_TX_WATCH).ok_or_else(|| Error::Io(format!("map {} missing", abi::MAP_TX_WATCH)))?).map_err(map_err(abi::MAP_TX_WATCH))?;
+        watch.set(0, devmap_id, 0).map_err(map_err(abi::MAP_TX_WATCH))?;
+        let tp: &mut RawTracePoint = prog_mut(&mut ebpf, abi::PROG_XDP_TX_ERR)?;
+        let tx_watch = match tp.load().and_then(|()| tp.attach(abi::TRACEPOINT_XDP_REDIRECT_ERR)) {
+            Ok(_) => true,
+            Err(e) => {
+                log::warn!("cannot watch XDP transmit refusals ({e}); egresses are chosen by their XDP features alone");
+                false
+            }
+        };
+        // The programs' tail calls.
+        for (map, index, name) in [(abi::MAP_XDP_TAILS, 0, abi::PROG_XDP_CSUM), (abi::MAP_XDP_TAILS, 1, abi::PROG_XDP_NEW), (abi::MAP_TC_TAILS, 0, abi::PROG_TC_NEW)] {
+            let fd = match ebpf.program(name) {
+                Some(aya::programs::Program::Xdp(p)) => p.fd(),
+                Some(aya::programs::Program::SchedClassifier(p)) => p.fd(),
+                _ => return Err(Error::Io(format!("program {name} missing from the object"))),
+            }
+            .map_err(prog_err(name.to_string()))?
+            .try_clone()
+            .map_err(|e| Error::Io(format!("dup program fd: {e}")))?;
+            let mut tails: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(ebpf.map_mut(map).ok_or_else(|| Error::Io(format!("map {map} missing")))?).map_err(map_err(map))?;
+            tails.set(index, &fd, 0).map_err(map_err(map))?;
         }
-        Ok(Self { ebpf, logger: Some(logger), attached: Vec::new(), flow_capacity: max_connections.saturating_mul(2) })
+        Ok(Self { ebpf, logger: Some(logger), attached: Vec::new(), flow_capacity: max_connections.saturating_mul(2), tx_watch })
+    }
+
+    /// Whether the kernel's refusals of XDP redirects are watched.
+    pub const fn tx_watch(&self) -> bool {
+        self.tx_watch
     }
 
     /// The verifier's work per program: (name, instructions it processed),
     /// out of its budget of [`VERIFIER_BUDGET`]. `None` when the kernel
     /// does not say (before 5.16).
     pub fn verified_insns(&self) -> Vec<(&'static str, Option<u32>)> {
-        [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_XDP_NEW, abi::PROG_TC]
+        [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_XDP_NEW, abi::PROG_TC, abi::PROG_TC_NEW, abi::PROG_XDP_TX_ERR]
             .into_iter()
             .map(|name| {
                 let n = self.ebpf.program(name).and_then(|p| p.info().ok()).and_then(|i| i.verified_instruction_count());
@@ -220,6 +248,8 @@ impl Datapath {
             snat_attempts: abi::DEFAULT_SNAT_ATTEMPTS,
             audit_rate: c.audit.0,
             audit_burst: c.audit.1,
+            new_conn_rate: c.new_conn.0,
+            new_conn_burst: c.new_conn.1,
         };
         let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?).map_err(map_err(abi::MAP_CONFIG))?;
         a.set(0, cfg, 0).map_err(map_err(abi::MAP_CONFIG))?;
@@ -247,6 +277,35 @@ impl Datapath {
             allow.insert(&Key::new(*prefix_len, *k), 1, 0).map_err(map_err(abi::MAP_SRC_ALLOW))?;
         }
         Ok(())
+    }
+
+    /// Puts egress `ifindex` into XDP's transmit set (the devmap) or takes
+    /// it out (XDP then hands packets towards it to TC); whether it
+    /// changed.
+    pub fn set_xdp_egress(&mut self, ifindex: u32, on: bool) -> Result<bool> {
+        let mut tx: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(abi::MAP_TX_PORTS)?).map_err(map_err(abi::MAP_TX_PORTS))?;
+        let present = tx.get(ifindex, 0).is_ok();
+        match (present, on) {
+            (false, true) => tx.insert(ifindex, ifindex, None, 0).map_err(|e| Error::Io(format!("adding ifindex {ifindex} to {}: {e}", abi::MAP_TX_PORTS)))?,
+            (true, false) => tx.remove(ifindex).map_err(map_err(abi::MAP_TX_PORTS))?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Frames the kernel refused after XDP redirected them, per egress
+    /// ifindex: (frames, the last errno, negative). Empty when not watched.
+    pub fn xdp_tx_errors(&self) -> Result<std::collections::BTreeMap<u32, (u64, i32)>> {
+        let m: aya::maps::PerCpuHashMap<&MapData, u32, abi::XdpTxErrors> =
+            aya::maps::PerCpuHashMap::try_from(self.map(abi::MAP_XDP_TX_ERRORS)?).map_err(map_err(abi::MAP_XDP_TX_ERRORS))?;
+        let mut out = std::collections::BTreeMap::new();
+        for item in &m {
+            let (ifindex, per_cpu) = item.map_err(map_err(abi::MAP_XDP_TX_ERRORS))?;
+            let frames = per_cpu.iter().map(|v| v.frames).sum();
+            let last_err = per_cpu.iter().map(|v| v.last_err).find(|e| *e != 0).unwrap_or(0);
+            out.insert(ifindex, (frames, last_err));
+        }
+        Ok(out)
     }
 
     /// Tells the programs that `ifindex` carries TC alone (mode `auto`
@@ -514,22 +573,26 @@ impl Datapath {
         Ok((next == crate::batch::Walk::Done).then(|| std::mem::take(sweep).pass))
     }
 
-    /// Makes the public-address table equal to `want`; returns whether it
-    /// changed.
-    pub fn sync_public_addrs(&mut self, want: &std::collections::BTreeSet<([u8; 4], u32)>) -> Result<bool> {
+    /// Makes the public-address table equal to `want`, or to its first
+    /// [`abi::MAX_PUBLIC_ADDRS`] when it holds more (hairpin then works for
+    /// those); says whether the table changed and how many did not fit.
+    pub fn sync_public_addrs(&mut self, want: &std::collections::BTreeSet<([u8; 4], u32)>) -> Result<AddrSync> {
+        let fit: std::collections::BTreeMap<[u8; 4], u32> = want.iter().take(abi::MAX_PUBLIC_ADDRS as usize).copied().collect();
+        let left_out = want.len().saturating_sub(fit.len());
         let mut m: HashMap<&mut MapData, [u8; 4], u32> =
             HashMap::try_from(self.map_mut(abi::MAP_PUBLIC_ADDRS)?).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
-        let have: std::collections::BTreeSet<([u8; 4], u32)> = m.iter().flatten().collect();
-        if &have == want {
-            return Ok(false);
+        let have: std::collections::BTreeMap<[u8; 4], u32> = m.iter().collect::<std::result::Result<_, _>>().map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        if have == fit {
+            return Ok(AddrSync { changed: false, left_out });
         }
-        for (a, i) in want {
-            m.insert(a, i, 0).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
-        }
-        for (a, _) in have.iter().filter(|(a, _)| !want.iter().any(|(w, _)| w == a)) {
+        // Removals first: the table never needs room for both.
+        for a in have.keys().filter(|a| !fit.contains_key(*a)) {
             m.remove(a).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
         }
-        Ok(true)
+        for (a, i) in fit.iter().filter(|(a, i)| have.get(*a) != Some(i)) {
+            m.insert(a, i, 0).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        }
+        Ok(AddrSync { changed: true, left_out })
     }
 
     /// One global counter (`forwarder_common::stats::*`), summed over CPUs.
@@ -572,6 +635,14 @@ impl Datapath {
         out.flow_capacity = u64::from(self.flow_capacity);
         Ok(out)
     }
+}
+
+/// What [`Datapath::sync_public_addrs`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrSync {
+    pub changed: bool,
+    /// Public addresses beyond the table's capacity (not hairpinned).
+    pub left_out: usize,
 }
 
 /// How much of the conntrack table is in use.

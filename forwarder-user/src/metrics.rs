@@ -51,6 +51,24 @@ pub fn render(s: &Snapshot) -> String {
     family("forwarder_conntrack_entries", "gauge", "Conntrack entries in use (two per connection).", vec![(String::new(), s.flow_entries)]);
     family("forwarder_conntrack_capacity", "gauge", "Conntrack capacity in entries.", vec![(String::new(), s.flow_capacity)]);
     family("forwarder_snat_ports_in_use", "gauge", "Masquerade source ports held by live connections.", vec![(String::new(), s.snat_ports_in_use)]);
+    family(
+        "forwarder_egress_xdp",
+        "gauge",
+        "1 when XDP transmits into the interface, 0 when its packets go through TC.",
+        s.egress.iter().map(|e| (format!("{{iface=\"{}\"}}", label(&e.iface)), u64::from(e.xdp))).collect(),
+    );
+    family(
+        "forwarder_egress_xdp_refused_frames_total",
+        "counter",
+        "Frames the kernel refused after XDP redirected them into the interface.",
+        s.egress.iter().map(|e| (format!("{{iface=\"{}\"}}", label(&e.iface)), e.refused_frames)).collect(),
+    );
+    family(
+        "forwarder_daemon_errors_total",
+        "counter",
+        "Failed passes of the daemon's housekeeping tasks (retried; forwarding is not affected).",
+        crate::housekeeping::TASKS.iter().map(|t| (format!("{{task=\"{t}\"}}"), s.daemon_errors.get(*t).copied().unwrap_or(0))).collect(),
+    );
     out
 }
 
@@ -70,6 +88,13 @@ mod tests {
         assert!(t.contains("forwarder_datapath_events_total{event=\"xdp_redirected\"} 5"), "{t}");
         assert!(t.contains("# TYPE forwarder_conntrack_entries gauge\nforwarder_conntrack_entries 4"), "{t}");
         assert!(t.contains("forwarder_snat_ports_in_use 2"), "{t}");
+        // Every housekeeping task has its error counter, failed or not.
+        assert!(t.contains("forwarder_daemon_errors_total{task=\"conntrack_sweep\"} 0"), "{t}");
+        s.daemon_errors.insert("stats_file".into(), 3);
+        s.egress.push(crate::egress::EgressStatus { iface: "int0".into(), ifindex: 3, xdp: false, why: "x".into(), refused_frames: 7, fallbacks: 1 });
+        let t = render(&s);
+        assert!(t.contains("forwarder_daemon_errors_total{task=\"stats_file\"} 3"), "{t}");
+        assert!(t.contains("forwarder_egress_xdp{iface=\"int0\"} 0") && t.contains("forwarder_egress_xdp_refused_frames_total{iface=\"int0\"} 7"), "{t}");
         assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
     }
 }

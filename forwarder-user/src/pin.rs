@@ -19,13 +19,15 @@ use crate::error::{Error, Result};
 /// or meaning of its entries changes; a daemon then never adopts a map of
 /// another layout (it retires it, see [`Pins::retire_stale`]), while maps
 /// whose layout did not change carry over an upgrade.
-pub const STATE_MAPS: [(&str, u32); 4] = [
-    // v2: the cached next hop (56-byte entries).
-    (abi::MAP_FLOWS, 2),
+pub const STATE_MAPS: [(&str, u32); 5] = [
+    // v3: states NEW, REPLIED, ESTABLISHED (assured), FIN, CLOSED.
+    (abi::MAP_FLOWS, 3),
     (abi::MAP_FRAGS, 1),
     (abi::MAP_RULE_STATS, 1),
-    // v2: 28 counters (the audit counters were added).
-    (abi::MAP_STATS, 2),
+    // v3: 30 counters (early drop, the new-connection limit).
+    (abi::MAP_STATS, 3),
+    // The early-drop candidates: keys into the adopted table.
+    (abi::MAP_CT_CANDIDATES, 1),
 ];
 
 /// The pin file name of state map `name` at `version`.
@@ -157,13 +159,13 @@ mod tests {
         let pins = Pins { dir: dir.clone() };
         let flows = pins.map(abi::MAP_FLOWS);
         let stats = pins.map(abi::MAP_STATS);
-        assert_eq!(stats.file_name().unwrap(), "FWD_STATS_v2");
-        for f in ["FWD_STATS", "FWD_STATS_v1", "FWD_FLOWS_v2", "FWD_STATS_v2", "link-xdp-pub0", "FWD_FLOWS_OTHER"] {
+        assert_eq!(stats.file_name().unwrap(), "FWD_STATS_v3");
+        for f in ["FWD_STATS", "FWD_STATS_v1", "FWD_FLOWS_v3", "FWD_STATS_v3", "FWD_FLOWS_v2", "link-xdp-pub0", "FWD_FLOWS_OTHER"] {
             std::fs::write(dir.join(f), "").unwrap();
         }
         let mut gone = pins.retire_stale().unwrap();
         gone.sort();
-        assert_eq!(gone, ["FWD_STATS", "FWD_STATS_v1"]);
+        assert_eq!(gone, ["FWD_FLOWS_v2", "FWD_STATS", "FWD_STATS_v1"]);
         assert!(flows.exists() && stats.exists() && dir.join("link-xdp-pub0").exists() && dir.join("FWD_FLOWS_OTHER").exists());
         assert!(pins.has_state());
         // Teardown takes every version and the links, nothing else.

@@ -48,6 +48,14 @@ pub struct Snapshot {
     /// has the whole `snat_ports` range).
     #[serde(default)]
     pub snat_ports_in_use: u64,
+    /// How each managed interface is served as an egress: by XDP, or
+    /// through TC (and why).
+    #[serde(default)]
+    pub egress: Vec<crate::egress::EgressStatus>,
+    /// Failures of the daemon's housekeeping, per task (forwarding is not
+    /// affected by them; each is retried).
+    #[serde(default)]
+    pub daemon_errors: BTreeMap<String, u64>,
 }
 
 impl Snapshot {
@@ -67,6 +75,18 @@ impl Snapshot {
             );
         }
         let _ = writeln!(s, "conntrack: {} / {} entries; masquerade ports in use: {}", self.flow_entries, self.flow_capacity, self.snat_ports_in_use);
+        for e in &self.egress {
+            let how = if e.xdp { "XDP" } else { "TC" };
+            let _ = write!(s, "egress {}: {how} ({})", e.iface, e.why);
+            if e.refused_frames > 0 || e.fallbacks > 0 {
+                let _ = write!(s, "; {} frame(s) refused, moved to TC {} time(s)", e.refused_frames, e.fallbacks);
+            }
+            let _ = writeln!(s);
+        }
+        if !self.daemon_errors.is_empty() {
+            let list: Vec<String> = self.daemon_errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "daemon housekeeping failures (retried; forwarding not affected): {}", list.join(" "));
+        }
         let nonzero: Vec<String> = self.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let _ = write!(s, "datapath: {}", if nonzero.is_empty() { "(no events)".to_string() } else { nonzero.join(" ") });
         s

@@ -7,9 +7,12 @@
 //! ```
 //!
 //! The server has no route to the client network: replies only find their
-//! way because the forwarder masquerades. Receiving veth ends have GRO on,
-//! which gives them NAPI, without which frames redirected into a veth by XDP
-//! are dropped silently.
+//! way because the forwarder masquerades. In the tuned lab (the default)
+//! the far veth ends have GRO on, which gives them NAPI, so that the
+//! gateway's XDP can transmit into its veths; the untuned lab
+//! (`FORWARDER_TEST_LAB=untuned`) leaves every veth at the kernel's
+//! defaults, as containers and first tries do, where only the TC path can
+//! transmit.
 
 use std::{
     net::Ipv4Addr,
@@ -57,14 +60,36 @@ const PREFIX: &str = "fwdlab";
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// The datapath hook the end-to-end suite runs with: `$FORWARDER_TEST_MODE`
-/// (`xdp`, `tc` or `auto`), default `xdp`. `cargo xtask test` runs the
-/// suite once per mode.
+/// = `xdp`, `tc`, `auto` or `default` (no `--mode` at all: what a user
+/// gets without flags); unset: `xdp`. Anything else stops the test, so a
+/// typo cannot quietly test another mode. `cargo xtask test` runs the
+/// suite once per combination of mode and lab.
 pub fn test_mode() -> &'static str {
     match std::env::var("FORWARDER_TEST_MODE").as_deref() {
+        Err(_) | Ok("xdp") => "xdp",
         Ok("tc") => "tc",
         Ok("auto") => "auto",
-        _ => "xdp",
+        Ok("default") => "default",
+        Ok(other) => panic!("FORWARDER_TEST_MODE={other}: not xdp, tc, auto or default"),
     }
+}
+
+/// Whether the lab's far veth ends are tuned for XDP (GRO on):
+/// `$FORWARDER_TEST_LAB` = `tuned` (also unset) or `untuned`.
+pub fn tuned_lab() -> bool {
+    match std::env::var("FORWARDER_TEST_LAB").as_deref() {
+        Err(_) | Ok("tuned") => true,
+        Ok("untuned") => false,
+        Ok(other) => panic!("FORWARDER_TEST_LAB={other}: not tuned or untuned"),
+    }
+}
+
+/// How the suite's mode serves the lab's veths: `true` when XDP transmits
+/// the translated packets (mode `xdp` on a tuned lab); else TC does
+/// (modes `tc`, `auto` and the default pick TC on veth; `xdp` on an
+/// untuned lab hands every packet towards an incapable veth to TC).
+pub fn xdp_transmits() -> bool {
+    test_mode() == "xdp" && tuned_lab()
 }
 
 pub struct Lab {
@@ -152,6 +177,15 @@ impl Lab {
         Ok(lab)
     }
 
+    /// GRO on `ifname` of `ns` in the tuned lab: NAPI for frames XDP
+    /// redirects into its peer. Nothing in the untuned one.
+    fn tune(ns: &Netns, ifname: &str) -> Result<()> {
+        if tuned_lab() {
+            ns.exec("ethtool", &["-K", ifname, "gro", "on"])?;
+        }
+        Ok(())
+    }
+
     fn wire_routed(&self, mtu: u32) -> Result<()> {
         let a = self.addrs;
         let r = self.router.as_ref().context("router")?;
@@ -174,7 +208,7 @@ impl Lab {
         self.server.ip(&["route", "add", "192.168.1.0/24", "via", "192.168.2.1"])?;
         r.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         for (ns, ifname) in [(&self.client, "eth0"), (r, "r0")] {
-            ns.exec("ethtool", &["-K", ifname, "gro", "on"])?;
+            Self::tune(ns, ifname)?;
         }
         Ok(())
     }
@@ -196,7 +230,7 @@ impl Lab {
         self.client.ip(&["route", "add", "default", "via", &a.gw_public.to_string()])?;
         // NAPI on the receiving ends, for frames redirected by XDP.
         for ns in [&self.client, &self.server] {
-            ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
+            Self::tune(ns, "eth0")?;
         }
         Ok(())
     }
@@ -222,7 +256,7 @@ impl Lab {
         let stats = self.dir.join("stats.json");
         let mut cmd = self.gateway.command(bin.to_str().context("binary path")?);
         cmd.args(["run", "--stats-file"]).arg(&stats).arg("--control").arg(self.dir.join("control.sock"));
-        if !extra.contains(&"--mode") {
+        if !extra.contains(&"--mode") && test_mode() != "default" {
             cmd.args(["--mode", test_mode()]);
         }
         cmd.args(extra);

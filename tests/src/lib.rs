@@ -13,6 +13,6 @@ pub mod lab;
 pub mod netns;
 pub mod proc;
 
-pub use lab::{ADDRS, Addrs, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, Macs, test_mode};
+pub use lab::{ADDRS, Addrs, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, Macs, test_mode, tuned_lab, xdp_transmits};
 pub use netns::Netns;
 pub use proc::{Forwarder, Spawned};

@@ -314,8 +314,8 @@ fn counters_survive_stop_and_program_detaches() {
     // (The TC program is attached through a TCX link, owned by the
     // process like the XDP link; the HTTP test proves it works by its
     // tc_redirected_neigh counter.)
-    // (`auto` picks TC on veth.)
-    let xdp = forwarder_testkit::test_mode() == "xdp";
+    // (`auto`, and so the default, picks TC on veth.)
+    let xdp = xdp_attached();
     for dev in ["pub0", "int0"] {
         let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
         assert_eq!(link.contains("xdp"), xdp, "XDP attached to {dev} in mode {}: {link}", forwarder_testkit::test_mode());
@@ -546,10 +546,12 @@ fn full_conntrack_table_refuses_new_connections_and_keeps_the_rest() {
     assert_eq!(echoed, 16, "an existing connection was disturbed");
     std::thread::sleep(Duration::from_millis(1500)); // one report tick
     let stats = fwd.stop().unwrap();
-    assert!(counter(&stats, "drop_ct_full") >= 1, "{stats}");
+    assert!(counter(&stats, "table_full_refused") >= 1, "{stats}");
+    // All 16 are established (assured): none may give way.
+    assert_eq!(counter(&stats, "early_drop"), 0, "{stats}");
     assert_eq!(rule_counters(&stats, 0).2, 16, "{stats}");
     let log = fwd.log_text();
-    assert!(log.contains("conntrack table full"), "{log}");
+    assert!(log.contains("conntrack table full (16 connections): 0 unassured or closing connection(s) gave way"), "{log}");
     assert_no_csum_errors(&lab);
 }
 
@@ -1095,7 +1097,7 @@ fn hitless_restart_after_kill_keeps_a_transfer_going() {
     // entries (a re-created flow would have counted a second connection).
     assert_eq!(rule_counters(&stats, 0).2, 1, "{stats}");
     // (XDP is visible in `ip link`; TC mode's TCX links are not.)
-    let xdp = forwarder_testkit::test_mode() != "tc";
+    let xdp = xdp_attached();
     assert!(!xdp || lab.gateway.ip(&["link", "show", "pub0"]).unwrap().contains("xdp"), "--persist left it attached");
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
     let out = lab.gateway.command(bin.to_str().unwrap()).args(["teardown", "--pin-dir", &pin]).output().unwrap();
