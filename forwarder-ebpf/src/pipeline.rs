@@ -533,11 +533,6 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
     if parsed.ttl <= 1 {
         return Verdict::Drop(stats::DROP_TTL);
     }
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if !ct::new_conn_allowed(now) {
-        return Verdict::Drop(stats::DROP_NEW_CONN_RATE);
-    }
     // Hairpin always masquerades: without it the backend would answer the
     // internal client directly, from an address the client never called.
     let masquerade = hairpin || target.flags & RULE_F_MASQUERADE != 0;
@@ -551,6 +546,13 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
     }
     if !xdp_can_finish::<P>(&parsed) {
         return Verdict::ToTc(stats::XDP_TO_TC);
+    }
+    // The rate limit counts connections about to be set up (not those XDP
+    // hands to TC, which would count them twice).
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !ct::new_conn_allowed(now) {
+        return Verdict::Drop(stats::DROP_NEW_CONN_RATE);
     }
     // The reply entry first: NOEXIST claims its tuple (with masquerade:
     // the source port) atomically across CPUs. Without masquerade there

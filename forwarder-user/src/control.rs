@@ -93,37 +93,144 @@ const fn state_name(s: u8) -> &'static str {
     }
 }
 
+/// One connection of a flow table dump, as the table holds it: its
+/// original-direction entry, the key of its reply entry, and when either
+/// last saw a packet.
+#[derive(Clone, Copy, Debug)]
+pub struct Tracked {
+    pub key: FlowKey,
+    pub entry: FlowEntry,
+    pub reply_key: FlowKey,
+    pub last_seen_ns: u64,
+}
+
+impl Tracked {
+    /// Its four endpoints: client, public, masquerade, backend.
+    fn endpoints(&self) -> [([u8; 4], [u8; 2]); 4] {
+        let (k, e) = (&self.key, &self.entry);
+        [(k.saddr, k.sport), (k.daddr, k.dport), (e.saddr, e.sport), (e.daddr, e.dport)]
+    }
+
+    pub fn conn(&self, now_ns: u64) -> Conn {
+        let [client, public, masquerade, backend] = self.endpoints().map(|(a, p)| ep(a, p));
+        Conn {
+            proto: if self.key.proto == 6 { "tcp" } else { "udp" }.into(),
+            rule: self.entry.rule_id,
+            state: state_name(self.entry.state).into(),
+            client,
+            public,
+            masquerade,
+            backend,
+            idle_s: now_ns.saturating_sub(self.last_seen_ns) / 1_000_000_000,
+        }
+    }
+
+    /// [`Tracked::conn`] as a JSON object, written straight into `out`
+    /// (a listing of a quarter of a million connections is made in one
+    /// pass, without a string per field or the formatting machinery).
+    pub fn write_json(&self, now_ns: u64, out: &mut String) {
+        let [c, p, m, b] = self.endpoints();
+        out.push_str(r#"{"proto":""#);
+        out.push_str(if self.key.proto == 6 { "tcp" } else { "udp" });
+        out.push_str(r#"","rule":"#);
+        push_dec(out, u64::from(self.entry.rule_id));
+        out.push_str(r#","state":""#);
+        out.push_str(state_name(self.entry.state));
+        for (name, (a, port)) in [(r#"","client":""#, c), (r#"","public":""#, p), (r#"","masquerade":""#, m), (r#"","backend":""#, b)] {
+            out.push_str(name);
+            for (i, octet) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_dec(out, u64::from(*octet));
+            }
+            out.push(':');
+            push_dec(out, u64::from(u16::from_be_bytes(port)));
+        }
+        out.push_str(r#"","idle_s":"#);
+        push_dec(out, now_ns.saturating_sub(self.last_seen_ns) / 1_000_000_000);
+        out.push('}');
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_dec(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
 /// The connections in a flow table dump: one per original-direction entry
 /// (its peer found through an index: linear in the table's size).
-pub fn connections(flows: &[(FlowKey, FlowEntry)], now_ns: u64) -> Vec<(Conn, FlowKey, FlowKey)> {
-    let last_seen: std::collections::HashMap<FlowKey, u64> = flows.iter().filter(|(_, e)| e.dir != DIR_ORIGINAL).map(|(k, e)| (*k, e.last_seen_ns)).collect();
+pub fn connections(flows: &[(FlowKey, FlowEntry)]) -> Vec<Tracked> {
+    let last_seen: std::collections::HashMap<FlowKey, u64, FastHash> =
+        flows.iter().filter(|(_, e)| e.dir != DIR_ORIGINAL).map(|(k, e)| (*k, e.last_seen_ns)).collect();
     flows
         .iter()
         .filter(|(_, e)| e.dir == DIR_ORIGINAL)
         .map(|(k, e)| {
             let reply_key = FlowKey::new(&e.tuple().reversed(), k.proto);
             let last = last_seen.get(&reply_key).map_or(e.last_seen_ns, |r| (*r).max(e.last_seen_ns));
-            let conn = Conn {
-                proto: if k.proto == 6 { "tcp" } else { "udp" }.into(),
-                rule: e.rule_id,
-                state: state_name(e.state).into(),
-                client: ep(k.saddr, k.sport),
-                public: ep(k.daddr, k.dport),
-                masquerade: ep(e.saddr, e.sport),
-                backend: ep(e.daddr, e.dport),
-                idle_s: now_ns.saturating_sub(last) / 1_000_000_000,
-            };
-            (conn, *k, reply_key)
+            Tracked { key: *k, entry: *e, reply_key, last_seen_ns: last }
         })
         .collect()
 }
 
+/// The listing as a JSON array.
+pub fn connections_json(conns: &[Tracked], now_ns: u64) -> String {
+    let mut out = String::with_capacity(conns.len() * 220 + 2);
+    out.push('[');
+    for (i, c) in conns.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        c.write_json(now_ns, &mut out);
+    }
+    out.push(']');
+    out
+}
+
+/// A hasher for flow keys of our own table (no adversary picks them
+/// here: the datapath has admitted them already): FNV-1a, several times
+/// faster than `SipHash` on 16-byte keys.
+#[derive(Clone, Copy, Default)]
+pub struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
 impl Filter {
-    pub fn matches(&self, c: &Conn) -> bool {
-        let eps = [&c.client, &c.public, &c.masquerade, &c.backend];
-        self.rule.is_none_or(|r| r == c.rule)
-            && self.addr.is_none_or(|a| eps.iter().any(|e| e.split(':').next() == Some(a.to_string().as_str())))
-            && self.port.is_none_or(|p| eps.iter().any(|e| e.rsplit(':').next() == Some(p.to_string().as_str())))
+    pub fn matches(&self, c: &Tracked) -> bool {
+        let eps = c.endpoints();
+        self.rule.is_none_or(|r| r == c.entry.rule_id)
+            && self.addr.is_none_or(|a| eps.iter().any(|(e, _)| *e == a.octets()))
+            && self.port.is_none_or(|p| eps.iter().any(|(_, e)| u16::from_be_bytes(*e) == p))
     }
 }
 
@@ -137,16 +244,31 @@ mod tests {
         let client = Tuple { saddr: [203, 0, 113, 10], daddr: [203, 0, 113, 1], sport: 40000u16.to_be_bytes(), dport: 8080u16.to_be_bytes() };
         let out = Tuple { saddr: [192, 168, 1, 1], daddr: [192, 168, 1, 50], sport: 12345u16.to_be_bytes(), dport: 80u16.to_be_bytes() };
         let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 2, 1_000_000_000, 0);
-        let conns = connections(&[(ok, oe), (rk, re)], 4_000_000_000);
-        assert_eq!(conns.len(), 1);
-        let c = &conns[0].0;
+        let mut re = re;
+        // The reply side was active later: idle counts from there.
+        re.last_seen_ns = 2_000_000_000;
+        let tracked = connections(&[(ok, oe), (rk, re)]);
+        assert_eq!(tracked.len(), 1);
+        let c = &tracked[0].conn(4_000_000_000);
+        // The fast JSON is the same as serde's (and decimals are decimals).
+        let mut d = String::new();
+        for n in [0, 7, 10, 65_535, u64::MAX] {
+            push_dec(&mut d, n);
+            d.push(' ');
+        }
+        assert_eq!(d, format!("0 7 10 65535 {} ", u64::MAX));
+        let json: Vec<Conn> = serde_json::from_str(&connections_json(&tracked, 4_000_000_000)).unwrap();
+        assert_eq!(&json[0], c);
         assert_eq!((c.client.as_str(), c.public.as_str(), c.masquerade.as_str(), c.backend.as_str()), ("203.0.113.10:40000", "203.0.113.1:8080", "192.168.1.1:12345", "192.168.1.50:80"));
-        assert_eq!((c.rule, c.state.as_str(), c.idle_s), (2, "new", 3));
-        assert_eq!(conns[0].2, rk);
-        assert!(Filter { rule: Some(2), ..Default::default() }.matches(c));
-        assert!(!Filter { rule: Some(1), ..Default::default() }.matches(c));
-        assert!(Filter { addr: Some(Ipv4Addr::new(192, 168, 1, 50)), port: Some(80), ..Default::default() }.matches(c));
-        assert!(!Filter { port: Some(81), ..Default::default() }.matches(c));
+        assert_eq!((c.rule, c.state.as_str(), c.idle_s), (2, "new", 2));
+        assert_eq!(tracked[0].reply_key, rk);
+        let t = &tracked[0];
+        assert!(Filter { rule: Some(2), ..Default::default() }.matches(t));
+        assert!(!Filter { rule: Some(1), ..Default::default() }.matches(t));
+        assert!(Filter { addr: Some(Ipv4Addr::new(192, 168, 1, 50)), port: Some(80), ..Default::default() }.matches(t));
+        assert!(Filter { port: Some(12345), ..Default::default() }.matches(t), "the masquerade port");
+        assert!(!Filter { port: Some(81), ..Default::default() }.matches(t));
+        assert!(!Filter { addr: Some(Ipv4Addr::new(192, 168, 1, 5)), ..Default::default() }.matches(t));
         let r: Request = serde_json::from_str(r#"{"cmd":"flush","filter":{"rule":2}}"#).unwrap();
         assert!(matches!(r, Request::Flush { filter: Filter { rule: Some(2), .. } }));
     }

@@ -43,9 +43,16 @@ pub struct Options {
     pub reread: Box<dyn Fn() -> anyhow::Result<Settings>>,
 }
 
+/// An answer's data: a JSON value, or JSON text made straight from its
+/// type (a listing of a large table: no value tree of a million nodes).
+pub enum Data {
+    Value(serde_json::Value),
+    Text(String),
+}
+
 /// A request for the loop, from a client task.
 enum Ask {
-    Control(crate::control::Request, oneshot::Sender<anyhow::Result<serde_json::Value>>),
+    Control(crate::control::Request, oneshot::Sender<anyhow::Result<Data>>),
     Metrics(oneshot::Sender<anyhow::Result<String>>),
 }
 
@@ -247,9 +254,9 @@ impl Daemon {
         }
     }
 
-    fn control(&mut self, req: crate::control::Request) -> anyhow::Result<serde_json::Value> {
-        use crate::control::{Request, connections, write_atomically};
-        Ok(match req {
+    fn control(&mut self, req: crate::control::Request) -> anyhow::Result<Data> {
+        use crate::control::{Request, connections, connections_json, write_atomically};
+        Ok(Data::Value(match req {
             Request::Stats => serde_json::to_value(self.snapshot(true)?)?,
             Request::Rules => {
                 let snap = self.dp.snapshot(&self.settings.rules)?;
@@ -288,17 +295,16 @@ impl Daemon {
                 serde_json::json!({ "path": path })
             }
             Request::Conntrack { filter } => {
-                let conns: Vec<_> = connections(&self.dp.flows()?, crate::loader::monotonic_ns()).into_iter().map(|c| c.0).filter(|c| filter.matches(c)).collect();
-                serde_json::to_value(conns)?
+                let conns: Vec<_> = connections(&self.dp.flows()?).into_iter().filter(|c| filter.matches(c)).collect();
+                return Ok(Data::Text(connections_json(&conns, crate::loader::monotonic_ns())));
             }
             Request::Flush { filter } => {
-                let keys: Vec<_> =
-                    connections(&self.dp.flows()?, crate::loader::monotonic_ns()).into_iter().filter(|c| filter.matches(&c.0)).flat_map(|c| [c.1, c.2]).collect();
+                let keys: Vec<_> = connections(&self.dp.flows()?).into_iter().filter(|c| filter.matches(c)).flat_map(|c| [c.key, c.reply_key]).collect();
                 let removed = self.dp.remove_flows(&keys)?;
                 log::info!("conntrack flush: {} connection(s) removed", removed / 2);
                 serde_json::json!({ "removed_connections": removed / 2 })
             }
-        })
+        }))
     }
 
     /// Builds a datapath for `next` and swaps it in (one link update); on
@@ -528,13 +534,13 @@ async fn read_request(s: tokio::net::UnixStream) -> (anyhow::Result<crate::contr
 }
 
 /// Answers one control request with a JSON line.
-async fn write_reply(s: &mut tokio::net::UnixStream, reply: anyhow::Result<serde_json::Value>) -> anyhow::Result<()> {
+async fn write_reply(s: &mut tokio::net::UnixStream, reply: anyhow::Result<Data>) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let v = match reply {
-        Ok(data) => serde_json::json!({"ok": true, "data": data}),
-        Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+    let mut out = match reply {
+        Ok(Data::Value(data)) => serde_json::to_vec(&serde_json::json!({"ok": true, "data": data}))?,
+        Ok(Data::Text(data)) => format!("{{\"ok\":true,\"data\":{data}}}").into_bytes(),
+        Err(e) => serde_json::to_vec(&serde_json::json!({"ok": false, "error": format!("{e:#}")}))?,
     };
-    let mut out = serde_json::to_vec(&v)?;
     out.push(b'\n');
     s.write_all(&out).await?;
     Ok(())

@@ -416,6 +416,25 @@ impl Datapath {
             }
             self.attached.push(Attached { name: name.clone(), ifindex, hook });
         }
+        if let Some(p) = pins {
+            self.pin_tails(p)?;
+        }
+        Ok(())
+    }
+
+    /// Pins this datapath's tail-call tables (see `pin::TAIL_MAPS`),
+    /// replacing an earlier daemon's pins.
+    fn pin_tails(&mut self, pins: &Pins) -> Result<()> {
+        for name in crate::pin::TAIL_MAPS {
+            let path = pins.tails(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| Error::Io(format!("unpinning {}: {e}", path.display())))?;
+            }
+            let aya::maps::Map::ProgramArray(m) = self.map_mut(name)? else {
+                return Err(Error::Io(format!("{name} is not a program array")));
+            };
+            m.pin(&path).map_err(|e| Error::Io(format!("pinning {}: {e}", path.display())))?;
+        }
         Ok(())
     }
 

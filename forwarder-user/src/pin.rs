@@ -30,6 +30,13 @@ pub const STATE_MAPS: [(&str, u32); 5] = [
     (abi::MAP_CT_CANDIDATES, 1),
 ];
 
+/// The programs' tail-call tables, pinned beside the links: the kernel
+/// empties a program array when its last reference from user space goes,
+/// so without a pin a killed or persisted daemon's programs would lose
+/// their tail calls (and with them the setup of new connections). Each
+/// daemon pins its own, replacing the pin of the one before.
+pub const TAIL_MAPS: [&str; 2] = [abi::MAP_XDP_TAILS, abi::MAP_TC_TAILS];
+
 /// The pin file name of state map `name` at `version`.
 fn versioned(name: &str, version: u32) -> String {
     format!("{name}_v{version}")
@@ -109,6 +116,11 @@ impl Pins {
         Ok(gone)
     }
 
+    /// The pin of tail-call table `name` ([`TAIL_MAPS`]).
+    pub fn tails(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
     /// `kind` is "xdp" or "tc".
     pub fn link(&self, kind: &str, ifname: &str) -> PathBuf {
         self.dir.join(format!("link-{kind}-{ifname}"))
@@ -139,7 +151,7 @@ impl Pins {
         let mut n = 0;
         for e in std::fs::read_dir(&self.dir).map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("link-") || STATE_MAPS.iter().any(|(m, _)| name == *m || name.starts_with(&format!("{m}_v"))) {
+            if name.starts_with("link-") || TAIL_MAPS.contains(&name.as_str()) || STATE_MAPS.iter().any(|(m, _)| name == *m || name.starts_with(&format!("{m}_v"))) {
                 std::fs::remove_file(e.path()).map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
                 n += 1;
             }
@@ -170,7 +182,8 @@ mod tests {
         assert!(pins.has_state());
         // Teardown takes every version and the links, nothing else.
         std::fs::write(dir.join("FWD_FRAGS_v7"), "").unwrap();
-        assert_eq!(pins.remove_all().unwrap(), 4);
+        std::fs::write(dir.join("FWD_TC_TAILS"), "").unwrap();
+        assert_eq!(pins.remove_all().unwrap(), 5);
         assert!(dir.join("FWD_FLOWS_OTHER").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }

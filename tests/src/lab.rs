@@ -104,6 +104,8 @@ pub struct Lab {
     pub router: Option<Netns>,
     /// Scratch directory, removed on drop.
     pub dir: PathBuf,
+    /// Far ends with GRO on (see the module's notes).
+    pub tuned: bool,
 }
 
 /// Deletes namespaces and scratch directories of labs whose process is
@@ -143,7 +145,7 @@ impl Lab {
         let gateway = Netns::create(&format!("{id}-g"))?;
         let server = Netns::create(&format!("{id}-s"))?;
         let router = if router { Some(Netns::create(&format!("{id}-r"))?) } else { None };
-        Ok(Self { procs: Vec::new(), id, addrs, client, gateway, server, router, dir })
+        Ok(Self { procs: Vec::new(), id, addrs, client, gateway, server, router, dir, tuned: tuned_lab() })
     }
 
     /// Readies the gateway for `BPF_PROG_TEST_RUN` frames: client and server
@@ -157,8 +159,15 @@ impl Lab {
         Ok(m)
     }
 
+    /// The lab the suite runs in (tuned unless `FORWARDER_TEST_LAB=untuned`).
     pub fn new() -> Result<Self> {
-        let lab = Self::empty(false, ADDRS)?;
+        Self::with_tuning(tuned_lab())
+    }
+
+    /// The lab with its far ends tuned for XDP or not, whatever the suite's.
+    pub fn with_tuning(tuned: bool) -> Result<Self> {
+        let mut lab = Self::empty(false, ADDRS)?;
+        lab.tuned = tuned;
         lab.wire().with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
     }
@@ -179,8 +188,8 @@ impl Lab {
 
     /// GRO on `ifname` of `ns` in the tuned lab: NAPI for frames XDP
     /// redirects into its peer. Nothing in the untuned one.
-    fn tune(ns: &Netns, ifname: &str) -> Result<()> {
-        if tuned_lab() {
+    fn tune(&self, ns: &Netns, ifname: &str) -> Result<()> {
+        if self.tuned {
             ns.exec("ethtool", &["-K", ifname, "gro", "on"])?;
         }
         Ok(())
@@ -208,7 +217,7 @@ impl Lab {
         self.server.ip(&["route", "add", "192.168.1.0/24", "via", "192.168.2.1"])?;
         r.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         for (ns, ifname) in [(&self.client, "eth0"), (r, "r0")] {
-            Self::tune(ns, ifname)?;
+            self.tune(ns, ifname)?;
         }
         Ok(())
     }
@@ -230,7 +239,7 @@ impl Lab {
         self.client.ip(&["route", "add", "default", "via", &a.gw_public.to_string()])?;
         // NAPI on the receiving ends, for frames redirected by XDP.
         for ns in [&self.client, &self.server] {
-            Self::tune(ns, "eth0")?;
+            self.tune(ns, "eth0")?;
         }
         Ok(())
     }
@@ -252,6 +261,12 @@ impl Lab {
     /// `forwarder run --stats-file … ARGS` on the gateway, nothing else
     /// added but the suite's mode.
     pub fn start_forwarder_with(&self, extra: &[&str]) -> Result<Forwarder> {
+        self.start_forwarder_env(&[], extra)
+    }
+
+    /// [`Lab::start_forwarder_with`] with `env` in the daemon's
+    /// environment (e.g. `FORWARDER_FAILPOINTS`).
+    pub fn start_forwarder_env(&self, env: &[(&str, &str)], extra: &[&str]) -> Result<Forwarder> {
         let bin = forwarder_bin()?;
         let stats = self.dir.join("stats.json");
         let mut cmd = self.gateway.command(bin.to_str().context("binary path")?);
@@ -260,6 +275,7 @@ impl Lab {
             cmd.args(["--mode", test_mode()]);
         }
         cmd.args(extra);
+        cmd.envs(env.iter().copied());
         Forwarder::start(cmd, stats)
     }
 

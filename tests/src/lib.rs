@@ -9,6 +9,7 @@
 //! Used by the integration tests (`tests/tests/*.rs`), `cargo xtask lab`
 //! and, later, the benchmark.
 
+pub mod flood;
 pub mod lab;
 pub mod netns;
 pub mod proc;

@@ -63,7 +63,7 @@ fn check_reports_each_problem_with_what_to_do() {
     let lab = Lab::new().unwrap();
     lab.gateway.ip(&["link", "set", "int0", "mtu", "1400"]).unwrap();
     // A forwarder already running: its XDP program is "another program".
-    let mut fwd = lab.start_forwarder_on("pub0", "int0", &[]).unwrap();
+    let mut fwd = lab.start_forwarder_on("pub0", "int0", &["--mode", "xdp"]).unwrap();
     let bin = forwarder_bin().unwrap();
     let out = lab.gateway.command(bin.to_str().unwrap()).args(["check", "--public", "pub0", "--internal", "int0"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

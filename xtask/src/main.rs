@@ -1,4 +1,4 @@
-//! Orchestration: `cargo xtask setup | build-ebpf | run | lab | test`.
+//! Orchestration: `cargo xtask setup | build-ebpf | run | lab | bench | soak | test`.
 //!
 //! Only orchestration lives here; the lab itself is `forwarder-testkit`,
 //! the toolchain logic is shared with `forwarder-user/build.rs`.
@@ -48,6 +48,21 @@ enum Cmd {
         /// Fewer calls (well under a minute).
         #[arg(long)]
         quick: bool,
+    },
+    /// The soak run (not part of the tests): everything at once for N
+    /// minutes — TCP and UDP clients with checked payloads, a rule change
+    /// every second, a SIGKILL + adopting restart every minute, SYN-flood
+    /// bursts — then checks hashes, conntrack baseline, RSS, drop counters.
+    Soak {
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+        /// On the lab tuned for XDP (GRO at the far ends) instead of one at
+        /// the kernel's defaults.
+        #[arg(long)]
+        tuned: bool,
+        /// The datapath mode (default: none given, as a user runs it).
+        #[arg(long, default_value = "default")]
+        mode: String,
     },
     /// Unit tests and end-to-end tests (needs root). The README's test command.
     Test {
@@ -145,24 +160,38 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Soak { minutes, tuned, mode } => {
+            require_root("the soak run")?;
+            setup::run()?;
+            let bin = build_forwarder()?;
+            let mut cmd = cargo();
+            cmd.args(["bench", "-p", "forwarder-testkit", "--bench", "soak", "--", "--minutes", &minutes.to_string()]);
+            if tuned {
+                cmd.arg("--tuned");
+            }
+            status(cmd.env("FORWARDER_BIN", &bin).env("FORWARDER_TEST_MODE", &mode))
+        }
         Cmd::Test { args } => {
             require_root("the end-to-end tests")?;
             setup::run()?;
             let bin = build_forwarder()?;
             let t0 = std::time::Instant::now();
-            // Everything once (end-to-end in XDP mode), then the end-to-end
-            // traffic suite again in TC mode.
+            // Everything once (end-to-end in XDP mode on the lab tuned for
+            // it), then the end-to-end suites again: in TC mode, and in the
+            // mode a user gets without flags on a lab at the kernel's
+            // defaults (where only the TC path can transmit into veths).
             let (mut passed, mut failed, mut ok) =
                 run_tests(cargo().args(["test", "--workspace", "--exclude", "forwarder-ebpf"]).env("FORWARDER_BIN", &bin).args(&args))?;
-            eprintln!("xtask: the end-to-end suite again, in TC mode");
-            let (p, f, o) = run_tests(
-                cargo()
-                    .args(["test", "-p", "forwarder-testkit", "--test", "forward", "--test", "audit"])
-                    .env("FORWARDER_BIN", &bin)
-                    .env("FORWARDER_TEST_MODE", "tc")
-                    .args(&args),
-            )?;
-            (passed, failed, ok) = (passed + p, failed + f, ok && o);
+            for (mode, lab, suites) in [("tc", "tuned", &["forward", "audit", "failsafe"][..]), ("default", "untuned", &["forward", "audit", "failsafe", "cli"][..])] {
+                eprintln!("xtask: the end-to-end suites again: mode {mode}, {lab} lab");
+                let mut cmd = cargo();
+                cmd.args(["test", "-p", "forwarder-testkit"]);
+                for s in suites {
+                    cmd.args(["--test", s]);
+                }
+                let (p, f, o) = run_tests(cmd.env("FORWARDER_BIN", &bin).env("FORWARDER_TEST_MODE", mode).env("FORWARDER_TEST_LAB", lab).args(&args))?;
+                (passed, failed, ok) = (passed + p, failed + f, ok && o);
+            }
             eprintln!("xtask: tests took {:.0} s", t0.elapsed().as_secs_f64());
             println!("tests: {passed} passed, {failed} failed");
             if !ok || failed > 0 {

@@ -28,6 +28,21 @@ fn answer(json: bool, v: &serde_json::Value, human: impl FnOnce(&serde_json::Val
 
 /// Sends one request; the daemon's `data`, or its error.
 pub fn ask(path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&ask_raw(path, req)?)?)
+}
+
+/// The daemon's answer: `data` as the JSON text it sent, or its error.
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    ok: bool,
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+    error: Option<String>,
+}
+
+/// [`ask`], with `data` left as JSON text (a listing of a large table is
+/// printed as it came, or read straight into its own type).
+pub fn ask_raw(path: &Path, req: &Request) -> anyhow::Result<String> {
     let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
             anyhow::anyhow!("forwarder is not running (no daemon listens on {}; see --control)", path.display())
@@ -41,11 +56,17 @@ pub fn ask(path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
     s.write_all(&line)?;
     let mut reply = String::new();
     BufReader::new(s).read_line(&mut reply).context("reading the daemon's answer")?;
-    let v: serde_json::Value = serde_json::from_str(&reply).with_context(|| format!("bad answer `{}`", reply.trim()))?;
-    if v["ok"] == true {
-        Ok(v["data"].clone())
-    } else {
-        bail!("{}", v["error"].as_str().unwrap_or("the daemon refused the request"))
+    // The daemon's own envelope around data it wrote as text (a table
+    // listing): taken out as it is, without parsing 50 MB only to print
+    // them again.
+    if let Some(data) = reply.trim_end().strip_prefix(r#"{"ok":true,"data":"#).and_then(|r| r.strip_suffix('}')) {
+        return Ok(data.to_string());
+    }
+    let a: Answer = serde_json::from_str(&reply).with_context(|| format!("bad answer `{}`", reply.chars().take(200).collect::<String>().trim()))?;
+    match (a.ok, a.data) {
+        (true, Some(d)) => Ok(d.get().to_string()),
+        (true, None) => Ok("null".to_string()),
+        (false, _) => bail!("{}", a.error.as_deref().unwrap_or("the daemon refused the request")),
     }
 }
 
@@ -217,11 +238,12 @@ fn filter(f: &FilterArgs) -> Filter {
 pub fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
     match &args.cmd {
         ConntrackCmd::List { filter: f, json } => {
-            let conns: Vec<Conn> = serde_json::from_value(ask(&args.control, &Request::Conntrack { filter: filter(f) })?)?;
+            let raw = ask_raw(&args.control, &Request::Conntrack { filter: filter(f) })?;
             if *json {
-                println!("{}", serde_json::to_string(&conns)?);
+                println!("{raw}");
                 return Ok(());
             }
+            let conns: Vec<Conn> = serde_json::from_str(&raw)?;
             println!("{:<5} {:>4} {:<12} {:<22} {:<22} {:<22} {:<22} {:>6}", "proto", "rule", "state", "client", "public", "masquerade", "backend", "idle");
             for c in &conns {
                 println!(

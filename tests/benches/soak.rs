@@ -1,0 +1,440 @@
+//! The soak run (`cargo xtask soak [--minutes N]`, default 5; not part of
+//! CI): the forwarder as users get it (default mode, on a lab at the
+//! kernel's defaults unless `--tuned`), under everything at once for N
+//! minutes:
+//!
+//! - TCP clients, each connection a transfer of a random size whose
+//!   SHA-256 the backend sends back, and a few long-lived connections that
+//!   exchange checked chunks the whole time;
+//! - UDP clients whose datagrams come back echoed, checked byte for byte;
+//! - a rule added or removed every second (`forwarder rule add|del`), the
+//!   added one used at once;
+//! - the daemon killed with SIGKILL every minute and started again on the
+//!   same pins (it adopts the connection table);
+//! - a burst of 3000 spoofed SYNs every 20 s.
+//!
+//! At the end it checks: every transfer's hash matched and none failed;
+//! the conntrack table is back to its baseline once the (short) timeouts
+//! have passed; no daemon's RSS grew by more than 10 % after its warm-up;
+//! no drop counter that must stay 0 grew. It prints a summary and exits
+//! non-zero on any failed check.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use forwarder_testkit::{
+    ADDRS, Forwarder, Lab,
+    flood::{Rng, Sources, syn_flood},
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Counters that must not grow under this load: every one of them is a
+/// packet of a real client lost, or a fault.
+const MUST_STAY_ZERO: [&str; 10] = [
+    "drop_ttl",
+    "drop_snat_exhausted",
+    "drop_no_src_addr",
+    "drop_redirect_failed",
+    "drop_src_denied",
+    "table_full_refused",
+    "drop_too_big",
+    "drop_new_conn_rate",
+    "pass_malformed",
+    "audit_ring_full",
+];
+
+#[derive(Default)]
+struct Tally {
+    tcp_ok: AtomicU64,
+    tcp_failed: AtomicU64,
+    tcp_bytes: AtomicU64,
+    hash_mismatch: AtomicU64,
+    udp_ok: AtomicU64,
+    udp_lost: AtomicU64,
+    long_chunks: AtomicU64,
+    rule_changes: AtomicU64,
+    rule_checks_failed: AtomicU64,
+    restarts: AtomicU64,
+    floods: AtomicU64,
+    /// The first few failures, in words.
+    errors: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn error(&self, what: String) {
+        let mut e = self.errors.lock().expect("errors");
+        if e.len() < 20 {
+            e.push(what);
+        }
+    }
+}
+
+fn public(port: u16) -> SocketAddr {
+    SocketAddr::from((ADDRS.gw_public, port))
+}
+
+/// The backend: on :80, a connection brings `len` (u32) then that many
+/// bytes, and gets their SHA-256 back; `ECHO` starts a long-lived echo.
+fn backend(lab: &Lab, stop: Arc<AtomicBool>) -> Result<()> {
+    let l = lab.server.enter(|| TcpListener::bind("0.0.0.0:80"))?.join().map_err(|_| anyhow::anyhow!("bind"))??;
+    l.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            std::thread::spawn(move || {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut head = [0u8; 4];
+                if s.read_exact(&mut head).is_err() {
+                    return;
+                }
+                if &head == b"ECHO" {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(k) = s.read(&mut buf) {
+                        if k == 0 || s.write_all(&buf[..k]).is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+                let len = u32::from_be_bytes(head) as usize;
+                let mut h = Sha256::new();
+                let mut buf = vec![0u8; 1 << 16];
+                let mut got = 0;
+                while got < len {
+                    match s.read(&mut buf[..(len - got).min(1 << 16)]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => {
+                            h.update(&buf[..k]);
+                            got += k;
+                        }
+                    }
+                }
+                let _ = s.write_all(&h.finalize());
+            });
+        }
+    });
+    let u = lab.server.enter(|| UdpSocket::bind("0.0.0.0:53"))?.join().map_err(|_| anyhow::anyhow!("bind"))??;
+    u.set_read_timeout(Some(Duration::from_millis(200)))?;
+    std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        loop {
+            if let Ok((k, peer)) = u.recv_from(&mut b) {
+                let _ = u.send_to(&b[..k], peer);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One transfer: a random size (1 KB to 512 KB), its hash compared.
+fn transfer(rng: &mut Rng, t: &Tally) {
+    let len = 1024 + (rng.next_u64() % (511 * 1024)) as usize;
+    let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+    let r = (|| -> std::io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(&(len as u32).to_be_bytes())?;
+        s.write_all(&data)?;
+        let mut back = [0u8; 32];
+        s.read_exact(&mut back)?;
+        Ok(back[..] == Sha256::digest(&data)[..])
+    })();
+    match r {
+        Ok(true) => {
+            t.tcp_ok.fetch_add(1, Ordering::Relaxed);
+            t.tcp_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Ok(false) => {
+            t.hash_mismatch.fetch_add(1, Ordering::Relaxed);
+            t.error(format!("transfer of {len} bytes: hash mismatch"));
+        }
+        Err(e) => {
+            t.tcp_failed.fetch_add(1, Ordering::Relaxed);
+            t.error(format!("transfer of {len} bytes: {e}"));
+        }
+    }
+}
+
+/// A long-lived connection: a checked 64-byte chunk every 100 ms.
+fn long_lived(seed: u64, t: &Tally, stop: &AtomicBool) {
+    let mut rng = Rng(seed);
+    let r = (|| -> std::io::Result<()> {
+        let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"ECHO")?;
+        while !stop.load(Ordering::Relaxed) {
+            let chunk: Vec<u8> = (0..64).map(|_| rng.next_u64() as u8).collect();
+            s.write_all(&chunk)?;
+            let mut back = [0u8; 64];
+            s.read_exact(&mut back)?;
+            if back[..] != chunk[..] {
+                return Err(std::io::Error::other("echo differs"));
+            }
+            t.long_chunks.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        t.tcp_failed.fetch_add(1, Ordering::Relaxed);
+        t.error(format!("long-lived connection: {e}"));
+    }
+}
+
+/// UDP: a new socket for every 20 datagrams, each echoed and compared.
+fn udp_client(rng: &mut Rng, t: &Tally) {
+    let Ok(s) = UdpSocket::bind("0.0.0.0:0") else { return };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    for _ in 0..20 {
+        let len = 1 + (rng.next_u64() % 1400) as usize;
+        let msg: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        let mut b = [0u8; 2048];
+        let ok = s.send_to(&msg, public(5353)).is_ok() && s.recv_from(&mut b).is_ok_and(|(k, _)| b[..k] == msg[..]);
+        if ok {
+            t.udp_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            t.udp_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Daemon {
+    fwd: Forwarder,
+    started: Instant,
+    /// RSS (kB) after warm-up, and the latest.
+    rss_warm: Option<u64>,
+    rss_last: u64,
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cli(lab: &Lab, args: &[&str]) -> Result<String> {
+    let bin = forwarder_testkit::proc::forwarder_bin()?;
+    let out = std::process::Command::new(&bin).args(args).arg("--control").arg(lab.dir.join("control.sock")).output()?;
+    ensure!(out.status.success(), "forwarder {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[expect(clippy::too_many_lines, reason = "the soak's one timeline, read top to bottom")]
+fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    let minutes: u64 = argv.iter().position(|a| a == "--minutes").and_then(|i| argv.get(i + 1)).map_or(Ok(5), |m| m.parse()).context("--minutes N")?;
+    let tuned = argv.iter().any(|a| a == "--tuned");
+    let run_for = Duration::from_secs(minutes * 60);
+    let lab = Lab::with_tuning(tuned)?;
+    let pins = lab.dir.join("bpf");
+    std::fs::create_dir_all(&pins)?;
+    ensure!(std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&pins).status()?.success(), "mounting bpffs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(pins.clone());
+    let pin = pins.to_str().context("path")?.to_string();
+    // Short timeouts, so that the table is back to its baseline soon
+    // after the load stops.
+    let run_args: Vec<String> = [
+        "--public", "pub0", "--internal", "int0", "--rule", "tcp:8080=192.168.1.50:80", "--rule", "udp:5353=192.168.1.50:53", "--pin-dir", &pin,
+        "--conntrack-max", "20000", "--ct-timeout", "tcp_syn=10", "--ct-timeout", "tcp_syn_recv=5", "--ct-timeout", "tcp_fin=5", "--ct-timeout", "tcp_close=3",
+        "--ct-timeout", "udp=5", "--ct-timeout", "udp_stream=10", "--audit-rate", "100",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let start = || -> Result<Daemon> {
+        let a: Vec<&str> = run_args.iter().map(String::as_str).collect();
+        let fwd = lab.start_forwarder_with(&a)?;
+        Ok(Daemon { fwd, started: Instant::now(), rss_warm: None, rss_last: 0 })
+    };
+    let mut daemon = start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    backend(&lab, stop.clone())?;
+    let baseline = {
+        let v: Value = serde_json::from_str(&cli(&lab, &["stats", "--json"])?)?;
+        v["flow_entries"].as_u64().unwrap_or(0)
+    };
+    let tally = Arc::new(Tally::default());
+    let mut workers = Vec::new();
+    for w in 0..6u64 {
+        let (t, stop) = (tally.clone(), stop.clone());
+        workers.push(lab.client.enter(move || {
+            let mut rng = Rng(0x50a6 + w);
+            while !stop.load(Ordering::Relaxed) {
+                transfer(&mut rng, &t);
+            }
+        })?);
+    }
+    for w in 0..2u64 {
+        let (t, stop) = (tally.clone(), stop.clone());
+        workers.push(lab.client.enter(move || {
+            let mut rng = Rng(0x0d9 + w);
+            while !stop.load(Ordering::Relaxed) {
+                udp_client(&mut rng, &t);
+            }
+        })?);
+    }
+    for w in 0..3u64 {
+        let (t, stop) = (tally.clone(), stop.clone());
+        workers.push(lab.client.enter(move || long_lived(0x1099 + w, &t, &stop))?);
+    }
+    let t0 = Instant::now();
+    let mut rss: Vec<(u64, u64)> = Vec::new();
+    let mut added = false;
+    let mut tick = 0u64;
+    let mut next_flood = 20u64;
+    while t0.elapsed() < run_for {
+        std::thread::sleep(Duration::from_secs(1));
+        tick += 1;
+        // A rule change every second: add, use it, remove.
+        let r = if added { cli(&lab, &["rule", "del", "2"]) } else { cli(&lab, &["rule", "add", "tcp:9090=192.168.1.50:80"]) };
+        match r {
+            Ok(_) => {
+                tally.rule_changes.fetch_add(1, Ordering::Relaxed);
+                if !added {
+                    let ok = lab
+                        .client
+                        .enter(|| {
+                            TcpStream::connect_timeout(&public(9090), Duration::from_secs(2)).and_then(|mut s| {
+                                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                                s.write_all(&4u32.to_be_bytes())?;
+                                s.write_all(b"rule")?;
+                                let mut back = [0u8; 32];
+                                s.read_exact(&mut back)?;
+                                Ok(back[..] == Sha256::digest(b"rule")[..])
+                            })
+                        })?
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("rule check panicked"))?;
+                    if !matches!(ok, Ok(true)) {
+                        tally.rule_checks_failed.fetch_add(1, Ordering::Relaxed);
+                        tally.error(format!("the rule added at {tick} s did not carry a connection: {ok:?}"));
+                    }
+                }
+                added = !added;
+            }
+            Err(e) => tally.error(format!("rule change at {tick} s: {e:#}")),
+        }
+        // RSS: after 20 s of each daemon's life (warm-up), then the latest.
+        let pid = daemon.fwd.proc.pid();
+        daemon.rss_last = rss_kb(pid);
+        if daemon.rss_warm.is_none() && daemon.started.elapsed() >= Duration::from_secs(20) {
+            daemon.rss_warm = Some(daemon.rss_last);
+        }
+        if tick >= next_flood {
+            next_flood += 20;
+            syn_flood(&lab.client, 3000, public(8080), Sources::Unroutable, tick)?;
+            tally.floods.fetch_add(1, Ordering::Relaxed);
+        }
+        // A SIGKILL and an adopting restart every minute.
+        if tick.is_multiple_of(60) && t0.elapsed() + Duration::from_secs(5) < run_for {
+            if let Some(w) = daemon.rss_warm {
+                rss.push((w, daemon.rss_last));
+            }
+            daemon.fwd.proc.child.kill()?;
+            let _ = daemon.fwd.proc.child.wait();
+            daemon = start()?;
+            ensure!(daemon.fwd.log_text().contains("adopted the state maps"), "the restarted daemon did not adopt:\n{}", daemon.fwd.log_text());
+            // The rule table is the configuration's again: 2 rules.
+            added = false;
+            tally.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    if let Some(w) = daemon.rss_warm {
+        rss.push((w, rss_kb(daemon.fwd.proc.pid())));
+    }
+    // Back to the baseline once the timeouts (at most 10 s) and a sweep
+    // pass have gone by.
+    let t1 = Instant::now();
+    let entries = loop {
+        let v: Value = serde_json::from_str(&cli(&lab, &["stats", "--json"])?)?;
+        let e = v["flow_entries"].as_u64().unwrap_or(u64::MAX);
+        if e <= baseline || t1.elapsed() > Duration::from_secs(40) {
+            break e;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let settle = t1.elapsed();
+    let stats: Value = serde_json::from_str(&cli(&lab, &["stats", "--json"])?)?;
+    daemon.fwd.stop()?;
+    let l = Ordering::Relaxed;
+    println!("soak: {minutes} min, {} lab, mode {}", if tuned { "tuned" } else { "untuned" }, forwarder_testkit::test_mode());
+    println!(
+        "  TCP transfers: {} ok ({:.1} MB), {} failed, {} hash mismatches; long-lived: {} chunks echoed",
+        tally.tcp_ok.load(l),
+        tally.tcp_bytes.load(l) as f64 / 1e6,
+        tally.tcp_failed.load(l),
+        tally.hash_mismatch.load(l),
+        tally.long_chunks.load(l)
+    );
+    println!("  UDP datagrams: {} echoed intact, {} lost", tally.udp_ok.load(l), tally.udp_lost.load(l));
+    println!(
+        "  rule changes: {} ({} added rules failed to carry a connection); SIGKILL + adopting restarts: {}; SYN floods: {} x 3000",
+        tally.rule_changes.load(l),
+        tally.rule_checks_failed.load(l),
+        tally.restarts.load(l),
+        tally.floods.load(l)
+    );
+    println!("  conntrack entries: baseline {baseline}, after the load {entries} ({:.0} s after it stopped)", settle.as_secs_f64());
+    let rss_text: Vec<String> = rss.iter().map(|(w, e)| format!("{w}->{e} kB")).collect();
+    println!("  daemon RSS (after warm-up -> at its end, per daemon): {}", rss_text.join(", "));
+    let counters = &stats["counters"];
+    let grown: Vec<String> = MUST_STAY_ZERO.iter().filter(|c| counters[**c].as_u64().unwrap_or(0) > 0).map(|c| format!("{c}={}", counters[*c])).collect();
+    let nonzero: Vec<String> = counters.as_object().into_iter().flatten().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    println!("  datapath counters: {}", nonzero.join(" "));
+    println!("  daemon housekeeping failures: {}", stats["daemon_errors"]);
+    for e in tally.errors.lock().expect("errors").iter() {
+        println!("  ! {e}");
+    }
+    let mut failed = Vec::new();
+    if tally.hash_mismatch.load(l) > 0 || tally.tcp_failed.load(l) > 0 {
+        failed.push("TCP transfers failed or differed".to_string());
+    }
+    if tally.udp_lost.load(l) * 1000 > tally.udp_ok.load(l) {
+        failed.push(format!("more than 0.1 % of UDP datagrams lost ({})", tally.udp_lost.load(l)));
+    }
+    if tally.rule_checks_failed.load(l) > 0 {
+        failed.push("an added rule did not carry a connection".into());
+    }
+    if entries > baseline {
+        failed.push(format!("conntrack not back to its baseline: {entries} > {baseline}"));
+    }
+    if let Some((w, e)) = rss.iter().find(|(w, e)| *e * 10 > *w * 11) {
+        failed.push(format!("a daemon's RSS grew after warm-up: {w} -> {e} kB"));
+    }
+    if !grown.is_empty() {
+        failed.push(format!("drop counters grew: {}", grown.join(" ")));
+    }
+    if tally.tcp_ok.load(l) < 100 || tally.restarts.load(l) + 1 < minutes {
+        failed.push("too little happened to count".into());
+    }
+    if failed.is_empty() {
+        println!("soak: all checks passed");
+        Ok(())
+    } else {
+        bail!("soak failed: {}", failed.join("; "))
+    }
+}
