@@ -89,11 +89,14 @@ pub const MAX_PUBLIC_ADDRS: u32 = 256;
 pub const MAP_TX_PORTS: &str = "FWD_TX_PORTS";
 /// Global settings, one entry at index 0: [`Config`]. Array.
 pub const MAP_CONFIG: &str = "FWD_CONFIG";
-/// Early-drop candidates: the [`FlowKey`]s of the most recent new
-/// connections and of connections that began closing, oldest first
-/// (queue of [`crate::conntrack::CT_CANDIDATES`]; a push into a full
-/// queue drops the oldest).
+/// Early-drop candidates, one ring per CPU: the [`FlowKey`]s of its most
+/// recent new connections and of connections that began closing (per-CPU
+/// array of [`crate::conntrack::CT_CANDIDATES`] slots, written round and
+/// round, without locks).
 pub const MAP_CT_CANDIDATES: &str = "FWD_CT_CANDIDATES";
+/// Where each CPU's ring of [`MAP_CT_CANDIDATES`] stands: a [`RingPos`]
+/// per CPU (per-CPU array of one).
+pub const MAP_CT_CANDIDATE_POS: &str = "FWD_CT_CAND_POS";
 /// Per-CPU token bucket of the new-connection rate limit
 /// ([`crate::audit::TokenBucket`]).
 pub const MAP_NEW_CONN_BUCKET: &str = "FWD_NEW_CONN_BUCKET";
@@ -332,6 +335,9 @@ pub struct Config {
     pub new_conn_rate: u32,
     /// New connections a CPU may set up at once after a quiet spell.
     pub new_conn_burst: u32,
+    /// The machine's possible CPUs (the early-drop rings to look in).
+    pub cpus: u32,
+    pub _pad: u32,
 }
 
 impl Default for Config {
@@ -344,8 +350,20 @@ impl Default for Config {
             audit_burst: 0,
             new_conn_rate: 0,
             new_conn_burst: 0,
+            cpus: 1,
+            _pad: 0,
         }
     }
+}
+
+/// Value of [`MAP_CT_CANDIDATE_POS`]: how many candidates were pushed
+/// (`head`) and taken (`tail`) on a CPU's ring; slot = count % slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RingPos {
+    pub head: u64,
+    pub tail: u64,
 }
 
 /// Value of [`MAP_XDP_TX_ERRORS`] (per CPU).
@@ -458,7 +476,8 @@ const _: () = assert!(core::mem::size_of::<SrcKey>() == 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<RingPos>() == 16);
 const _: () = assert!(core::mem::size_of::<XdpTxErrors>() == 16);
 const _: () = assert!(core::mem::size_of::<AuditEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<crate::audit::TokenBucket>() == 16);
@@ -480,6 +499,7 @@ mod pod {
     unsafe impl aya::Pod for super::AuditEvent {}
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::XdpTxErrors {}
+    unsafe impl aya::Pod for super::RingPos {}
     unsafe impl aya::Pod for crate::audit::TokenBucket {}
 }
 

@@ -205,12 +205,38 @@ pub const fn evictable(state: u8) -> bool {
     state != CT_ESTABLISHED
 }
 
-/// Capacity of the early-drop candidate queue (`abi::MAP_CT_CANDIDATES`):
-/// the most recent new connections and transitions to a closing state;
-/// when full, a push drops the oldest.
-pub const CT_CANDIDATES: u32 = 65_536;
-/// Candidates looked at per new connection when the table is full.
+/// Slots per CPU of the early-drop candidate rings
+/// (`abi::MAP_CT_CANDIDATES`): each CPU's most recent new connections and
+/// transitions to a closing state, written round and round. A power of
+/// two.
+pub const CT_CANDIDATES: u32 = 16_384;
+/// Candidates looked at per new connection when the table is full: the
+/// first [`EARLY_DROP_OWN`] from the CPU's own ring, then one from each of
+/// the next CPUs' in turn.
 pub const EARLY_DROP_TRIES: u32 = 8;
+pub const EARLY_DROP_OWN: u32 = 4;
+
+/// The next candidate of a ring whose pushes have reached `head` and
+/// whose takes `tail` (both count up for ever; slot = count % `slots`):
+/// `Some((seq, new tail))`, or `None` when every candidate pushed has been
+/// taken. A tail that fell more than `slots` behind skips to the oldest
+/// candidate the ring still holds.
+#[inline(always)]
+pub const fn ring_next(head: u64, tail: u64, slots: u64) -> Option<(u64, u64)> {
+    if tail >= head {
+        return None;
+    }
+    let tail = if head - tail > slots { head - slots } else { tail };
+    Some((tail, tail + 1))
+}
+
+/// The CPU the `try`-th early-drop attempt looks at, for a program
+/// running on `cpu` of `cpus`.
+#[inline(always)]
+pub const fn early_drop_cpu(attempt: u32, cpu: u32, cpus: u32) -> u32 {
+    let step = if attempt < EARLY_DROP_OWN { 0 } else { attempt - EARLY_DROP_OWN + 1 };
+    if cpus == 0 { cpu } else { (cpu + step) % cpus }
+}
 
 /// Conntrack timeouts in seconds, like netfilter's defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -371,6 +397,23 @@ mod tests {
         assert_eq!(safe, [CT_ESTABLISHED]);
         // States are ordered by progress: the pair's state is the larger.
         assert!(all.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn rings_hand_out_candidates_oldest_first_and_never_an_overwritten_slot() {
+        let n = 8;
+        assert_eq!((0..5).map(|t| ring_next(5, t, n)).collect::<Vec<_>>(), (0..5).map(|t| Some((t, t + 1))).collect::<Vec<_>>());
+        assert_eq!(ring_next(5, 5, n), None, "all taken");
+        assert_eq!(ring_next(5, 7, n), None, "a tail past the head (another CPU took) is empty too");
+        // 20 pushed into 8 slots, tail at 3: 3..12 were overwritten.
+        assert_eq!(ring_next(20, 3, n), Some((12, 13)));
+        assert_eq!(ring_next(u64::MAX, u64::MAX - 1, n), Some((u64::MAX - 1, u64::MAX)));
+        assert!(CT_CANDIDATES.is_power_of_two());
+        // Four from the own CPU's ring, then the others in turn.
+        let cpus: Vec<u32> = (0..EARLY_DROP_TRIES).map(|a| early_drop_cpu(a, 2, 4)).collect();
+        assert_eq!(cpus, [2, 2, 2, 2, 3, 0, 1, 2]);
+        assert_eq!(early_drop_cpu(5, 0, 1), 0);
+        assert_eq!(early_drop_cpu(5, 3, 0), 3, "no CPU count: the own");
     }
 
     #[test]

@@ -5,20 +5,27 @@
 //! The table is a plain hash, never LRU: a full table must not evict a
 //! live connection. When an insert finds it full, one connection that is
 //! not assured (no completed handshake, no UDP stream) or that is closing
-//! gives way, both its entries, the oldest of the recent ones first (a
-//! queue of candidates fed by every new connection and every transition
-//! to a closing state), as netfilter's `early_drop` does. A SYN flood
+//! gives way, both its entries, the oldest of the recent ones first
+//! (candidates fed by every new connection and every transition to a
+//! closing state, in a ring per CPU written without locks: an array store
+//! per new connection), as netfilter's `early_drop` does. A SYN flood
 //! therefore cycles through its own half-open entries instead of locking
 //! legitimate clients out.
 
-use aya_ebpf::bindings::{BPF_EXIST, BPF_NOEXIST};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_get_smp_processor_id, bpf_map_lookup_percpu_elem},
+    maps::PerCpuArray,
+};
 use forwarder_common::{
     abi::{FlowEntry, FlowKey},
-    conntrack::{EARLY_DROP_TRIES, evictable},
+    conntrack::{CT_CANDIDATES, EARLY_DROP_TRIES, early_drop_cpu, evictable, ring_next},
     stats,
 };
 
-use crate::maps::{FWD_CT_CANDIDATES, FWD_FLOWS, FWD_NEW_CONN_BUCKET, config, count};
+use crate::maps::{FWD_CT_CAND_POS, FWD_CT_CANDIDATES, FWD_FLOWS, FWD_NEW_CONN_BUCKET, config, count};
 
 /// `bpf_map_update_elem` errno for an existing key (NOEXIST).
 const EEXIST: i32 = 17;
@@ -44,14 +51,19 @@ pub fn insert(key: &FlowKey, entry: &FlowEntry) -> Result<(), InsertError> {
 }
 
 /// Makes room in a full table: removes one evictable connection (both
-/// entries) from the candidates, oldest first; whether one went.
-/// Candidates that are gone or assured by now leave the queue on the way.
-/// Called once per new connection at most, after its first insert found
-/// the table full: the verifier walks this loop at every call site.
+/// entries) from the candidate rings, oldest first: this CPU's, then the
+/// next CPUs' in turn (a flood may come in on one CPU and a real client
+/// on another); whether one went. Candidates gone or assured by now are
+/// passed over. Called once per new connection at most, after its first
+/// insert found the table full: the verifier walks this loop at every
+/// call site.
 #[inline(always)]
 pub fn make_room() -> bool {
-    for _ in 0..EARLY_DROP_TRIES {
-        let Ok(Some(key)) = FWD_CT_CANDIDATES.pop() else { return false };
+    // SAFETY: helper without side effects.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let cpus = config().cpus;
+    for attempt in 0..EARLY_DROP_TRIES {
+        let Some(key) = take_candidate(early_drop_cpu(attempt, cpu, cpus)) else { continue };
         let Some(e) = FWD_FLOWS.get_ptr(&key) else { continue };
         // SAFETY: map value pointer valid until program exit.
         let (state, out) = unsafe { ((*e).state, (*e).tuple()) };
@@ -66,11 +78,46 @@ pub fn make_room() -> bool {
     false
 }
 
+/// A per-CPU map's value on CPU `cpu` (`bpf_map_lookup_percpu_elem`).
+#[inline(always)]
+fn on_cpu<T>(map: &PerCpuArray<T>, index: u32, cpu: u32) -> Option<*mut T> {
+    // The map's definition is the static itself (`repr(transparent)`), as
+    // the map accessors of aya-ebpf pass it.
+    let def = core::ptr::from_ref(map).cast_mut().cast::<c_void>();
+    // SAFETY: a map of ours, a key on the stack; the helper returns a
+    // pointer into the map or null.
+    let p = unsafe { bpf_map_lookup_percpu_elem(def, core::ptr::from_ref(&index).cast(), cpu) };
+    (!p.is_null()).then_some(p.cast())
+}
+
+/// The oldest untaken candidate of CPU `cpu`'s ring. Another CPU's ring is
+/// read without a lock: two CPUs may take the same candidate (the second
+/// finds it gone) or one may be skipped; neither matters.
+#[inline(always)]
+fn take_candidate(cpu: u32) -> Option<FlowKey> {
+    let pos = on_cpu(&FWD_CT_CAND_POS, 0, cpu)?;
+    // SAFETY: a value pointer of the map, valid until program exit.
+    let (seq, tail) = unsafe { ring_next((*pos).head, (*pos).tail, u64::from(CT_CANDIDATES))? };
+    // SAFETY: as above.
+    unsafe { (*pos).tail = tail };
+    let slot = on_cpu(&FWD_CT_CANDIDATES, (seq % u64::from(CT_CANDIDATES)) as u32, cpu)?;
+    // SAFETY: as above.
+    Some(unsafe { *slot })
+}
+
 /// Remembers the connection with entry `key` as an early-drop candidate
-/// (a full queue forgets its oldest).
+/// on this CPU's ring (its oldest is overwritten when full).
 #[inline(always)]
 pub fn candidate(key: &FlowKey) {
-    let _ = FWD_CT_CANDIDATES.push(key, u64::from(BPF_EXIST));
+    let Some(pos) = FWD_CT_CAND_POS.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot; no other writer runs on this CPU meanwhile.
+    unsafe {
+        let head = (*pos).head;
+        if let Some(slot) = FWD_CT_CANDIDATES.get_ptr_mut((head % u64::from(CT_CANDIDATES)) as u32) {
+            *slot = *key;
+            (*pos).head = head + 1;
+        }
+    }
 }
 
 /// The per-CPU new-connection rate limit: whether one more may be set up

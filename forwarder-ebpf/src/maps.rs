@@ -4,10 +4,10 @@
 use aya_ebpf::{
     bindings::bpf_devmap_val,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, Queue},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use forwarder_common::abi::{
-    Config, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
+    Config, FLOW_TABLE_SIZE, RingPos, FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
     MAX_SRC_ENTRIES,
     RuleKey, RuleStats, RuleTarget, SrcKey,
 };
@@ -24,10 +24,15 @@ pub static FWD_SRC_ALLOW: LpmTrie<SrcKey, u8> = LpmTrie::with_max_entries(MAX_SR
 /// evicting live ones; userspace collects expired entries. Size set at load.
 pub static FWD_FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(FLOW_TABLE_SIZE, 0);
 
-/// Early-drop candidates (`abi::MAP_CT_CANDIDATES`): keys of recent new
-/// connections and of connections that began closing, oldest first.
+/// Early-drop candidates (`abi::MAP_CT_CANDIDATES`): per CPU, a ring of
+/// the keys of its recent new connections and of those that began
+/// closing.
 #[map]
-pub static FWD_CT_CANDIDATES: Queue<FlowKey> = Queue::with_max_entries(CT_CANDIDATES, 0);
+pub static FWD_CT_CANDIDATES: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(CT_CANDIDATES, 0);
+
+/// Each CPU's position on its ring.
+#[map]
+pub static FWD_CT_CAND_POS: PerCpuArray<RingPos> = PerCpuArray::with_max_entries(1, 0);
 
 /// The per-CPU new-connection rate limit's buckets.
 #[map]

@@ -170,8 +170,8 @@ fn hand_to_tc_tx(ctx: &XdpContext, ifindex: u32) -> bool {
 #[inline(always)]
 fn rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
     let d = delta(&parsed.tuple, &fwd.new);
-    rewrite::ip_and_ports(ctx, &fwd.new, &d, parsed.l4())?;
-    let l4c: *mut [u8; 2] = ptr_at(ctx, rewrite::l4_csum_off(parsed.l4(), parsed.proto))?;
+    rewrite::ip_and_ports(ctx, &fwd.new, &d, parsed.l4_off)?;
+    let l4c: *mut [u8; 2] = ptr_at(ctx, rewrite::l4_csum_off(parsed.l4_off, parsed.proto))?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *l4c = l4_csum(parsed.l4_check, &d, parsed.proto).to_be_bytes() };
     rewrite::macs(ctx, fwd)
@@ -249,12 +249,12 @@ pub fn run_full_csum(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn full_csum_rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
     let new = fwd.new;
-    rewrite::ip_and_ports(ctx, &new, &delta(&parsed.tuple, &new), parsed.l4())?;
-    let off = rewrite::l4_csum_off(parsed.l4(), parsed.proto);
+    rewrite::ip_and_ports(ctx, &new, &delta(&parsed.tuple, &new), parsed.l4_off)?;
+    let off = rewrite::l4_csum_off(parsed.l4_off, parsed.proto);
     let l4c: *mut [u8; 2] = ptr_at(ctx, off)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *l4c = [0, 0] };
-    let s = csum::sum(ctx, parsed.l4(), usize::from(parsed.l4_len))?;
+    let s = csum::sum(ctx, parsed.l4_off, usize::from(parsed.l4_len))?;
     let l4c: *mut [u8; 2] = ptr_at(ctx, off)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *l4c = l4_csum_full(&new, parsed.proto, parsed.l4_len, s).to_be_bytes() };

@@ -250,6 +250,8 @@ impl Datapath {
             audit_burst: c.audit.1,
             new_conn_rate: c.new_conn.0,
             new_conn_burst: c.new_conn.1,
+            cpus: aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            _pad: 0,
         };
         let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?).map_err(map_err(abi::MAP_CONFIG))?;
         a.set(0, cfg, 0).map_err(map_err(abi::MAP_CONFIG))?;

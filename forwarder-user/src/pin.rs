@@ -19,15 +19,17 @@ use crate::error::{Error, Result};
 /// or meaning of its entries changes; a daemon then never adopts a map of
 /// another layout (it retires it, see [`Pins::retire_stale`]), while maps
 /// whose layout did not change carry over an upgrade.
-pub const STATE_MAPS: [(&str, u32); 5] = [
+pub const STATE_MAPS: [(&str, u32); 6] = [
     // v3: states NEW, REPLIED, ESTABLISHED (assured), FIN, CLOSED.
     (abi::MAP_FLOWS, 3),
     (abi::MAP_FRAGS, 1),
     (abi::MAP_RULE_STATS, 1),
     // v3: 30 counters (early drop, the new-connection limit).
     (abi::MAP_STATS, 3),
-    // The early-drop candidates: keys into the adopted table.
-    (abi::MAP_CT_CANDIDATES, 1),
+    // The early-drop candidates (keys into the adopted table), v2: a ring
+    // per CPU; and where each ring stands.
+    (abi::MAP_CT_CANDIDATES, 2),
+    (abi::MAP_CT_CANDIDATE_POS, 1),
 ];
 
 /// The programs' tail-call tables, pinned beside the links: the kernel

@@ -65,16 +65,30 @@ struct Tally {
     rule_checks_failed: AtomicU64,
     restarts: AtomicU64,
     floods: AtomicU64,
-    /// The first few failures, in words.
+    /// The first few failures, in words, with when they happened.
     errors: Mutex<Vec<String>>,
+    /// What the soak did and when (rule changes, floods, restarts), for
+    /// reading a failure against.
+    events: Mutex<Vec<String>>,
+    t0: Mutex<Option<Instant>>,
 }
 
 impl Tally {
+    fn at(&self) -> f64 {
+        self.t0.lock().expect("t0").map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
     fn error(&self, what: String) {
+        let at = self.at();
         let mut e = self.errors.lock().expect("errors");
         if e.len() < 20 {
-            e.push(what);
+            e.push(format!("{at:7.2} s: {what}"));
         }
+    }
+
+    fn event(&self, what: &str) {
+        let at = self.at();
+        self.events.lock().expect("events").push(format!("{at:.2} s {what}"));
     }
 }
 
@@ -211,6 +225,15 @@ fn udp_client(rng: &mut Rng, t: &Tally) {
     }
 }
 
+/// A bpffs mount, unmounted on drop.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 struct Daemon {
     fwd: Forwarder,
     started: Instant,
@@ -243,12 +266,6 @@ fn main() -> Result<()> {
     let pins = lab.dir.join("bpf");
     std::fs::create_dir_all(&pins)?;
     ensure!(std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&pins).status()?.success(), "mounting bpffs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
     let _unmount = Unmount(pins.clone());
     let pin = pins.to_str().context("path")?.to_string();
     // Short timeouts, so that the table is back to its baseline soon
@@ -268,7 +285,10 @@ fn main() -> Result<()> {
     };
     let mut daemon = start()?;
     let stop = Arc::new(AtomicBool::new(false));
-    backend(&lab, stop.clone())?;
+    // The backend stops only after the clients have (else their last
+    // transfers meet a closed listener).
+    let backend_stop = Arc::new(AtomicBool::new(false));
+    backend(&lab, backend_stop.clone())?;
     let baseline = {
         let v: Value = serde_json::from_str(&cli(&lab, &["stats", "--json"])?)?;
         v["flow_entries"].as_u64().unwrap_or(0)
@@ -298,41 +318,47 @@ fn main() -> Result<()> {
         workers.push(lab.client.enter(move || long_lived(0x1099 + w, &t, &stop))?);
     }
     let t0 = Instant::now();
+    *tally.t0.lock().expect("t0") = Some(t0);
     let mut rss: Vec<(u64, u64)> = Vec::new();
     let mut added = false;
-    let mut tick = 0u64;
-    let mut next_flood = 20u64;
+    let (mut next_change, mut next_flood, mut next_restart) = (1.0, 20.0, 60.0);
     while t0.elapsed() < run_for {
-        std::thread::sleep(Duration::from_secs(1));
-        tick += 1;
-        // A rule change every second: add, use it, remove.
-        let r = if added { cli(&lab, &["rule", "del", "2"]) } else { cli(&lab, &["rule", "add", "tcp:9090=192.168.1.50:80"]) };
-        match r {
-            Ok(_) => {
-                tally.rule_changes.fetch_add(1, Ordering::Relaxed);
-                if !added {
-                    let ok = lab
-                        .client
-                        .enter(|| {
-                            TcpStream::connect_timeout(&public(9090), Duration::from_secs(2)).and_then(|mut s| {
-                                s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                                s.write_all(&4u32.to_be_bytes())?;
-                                s.write_all(b"rule")?;
-                                let mut back = [0u8; 32];
-                                s.read_exact(&mut back)?;
-                                Ok(back[..] == Sha256::digest(b"rule")[..])
-                            })
-                        })?
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("rule check panicked"))?;
-                    if !matches!(ok, Ok(true)) {
-                        tally.rule_checks_failed.fetch_add(1, Ordering::Relaxed);
-                        tally.error(format!("the rule added at {tick} s did not carry a connection: {ok:?}"));
+        std::thread::sleep(Duration::from_millis(100));
+        let now = t0.elapsed().as_secs_f64();
+        // A rule change every second (or at once, when one took longer:
+        // each change loads and verifies a whole datapath): add, use it,
+        // remove.
+        if now >= next_change {
+            next_change = now + 1.0;
+            tally.event(if added { "rule del" } else { "rule add" });
+            let r = if added { cli(&lab, &["rule", "del", "2"]) } else { cli(&lab, &["rule", "add", "tcp:9090=192.168.1.50:80"]) };
+            match r {
+                Ok(_) => {
+                    tally.rule_changes.fetch_add(1, Ordering::Relaxed);
+                    if !added {
+                        let ok = lab
+                            .client
+                            .enter(|| {
+                                TcpStream::connect_timeout(&public(9090), Duration::from_secs(2)).and_then(|mut s| {
+                                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                                    s.write_all(&4u32.to_be_bytes())?;
+                                    s.write_all(b"rule")?;
+                                    let mut back = [0u8; 32];
+                                    s.read_exact(&mut back)?;
+                                    Ok(back[..] == Sha256::digest(b"rule")[..])
+                                })
+                            })?
+                            .join()
+                            .map_err(|_| anyhow::anyhow!("rule check panicked"))?;
+                        if !matches!(ok, Ok(true)) {
+                            tally.rule_checks_failed.fetch_add(1, Ordering::Relaxed);
+                            tally.error(format!("the rule just added did not carry a connection: {ok:?}"));
+                        }
                     }
+                    added = !added;
                 }
-                added = !added;
+                Err(e) => tally.error(format!("rule change: {e:#}")),
             }
-            Err(e) => tally.error(format!("rule change at {tick} s: {e:#}")),
         }
         // RSS: after 20 s of each daemon's life (warm-up), then the latest.
         let pid = daemon.fwd.proc.pid();
@@ -340,32 +366,38 @@ fn main() -> Result<()> {
         if daemon.rss_warm.is_none() && daemon.started.elapsed() >= Duration::from_secs(20) {
             daemon.rss_warm = Some(daemon.rss_last);
         }
-        if tick >= next_flood {
-            next_flood += 20;
-            syn_flood(&lab.client, 3000, public(8080), Sources::Unroutable, tick)?;
+        if now >= next_flood {
+            next_flood += 20.0;
+            tally.event("SYN flood");
+            syn_flood(&lab.client, 3000, public(8080), Sources::Unroutable, now as u64)?;
             tally.floods.fetch_add(1, Ordering::Relaxed);
         }
         // A SIGKILL and an adopting restart every minute.
-        if tick.is_multiple_of(60) && t0.elapsed() + Duration::from_secs(5) < run_for {
+        if now >= next_restart && now + 5.0 < run_for.as_secs_f64() {
+            next_restart += 60.0;
             if let Some(w) = daemon.rss_warm {
                 rss.push((w, daemon.rss_last));
             }
+            tally.event("SIGKILL + restart");
             daemon.fwd.proc.child.kill()?;
             let _ = daemon.fwd.proc.child.wait();
             daemon = start()?;
             ensure!(daemon.fwd.log_text().contains("adopted the state maps"), "the restarted daemon did not adopt:\n{}", daemon.fwd.log_text());
+            tally.event("restarted");
             // The rule table is the configuration's again: 2 rules.
             added = false;
             tally.restarts.fetch_add(1, Ordering::Relaxed);
         }
     }
+    // The last daemon's RSS as the others': at the end of its load.
+    if let Some(w) = daemon.rss_warm {
+        rss.push((w, daemon.rss_last));
+    }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.join();
     }
-    if let Some(w) = daemon.rss_warm {
-        rss.push((w, rss_kb(daemon.fwd.proc.pid())));
-    }
+    backend_stop.store(true, Ordering::Relaxed);
     // Back to the baseline once the timeouts (at most 10 s) and a sweep
     // pass have gone by.
     let t1 = Instant::now();
@@ -383,9 +415,9 @@ fn main() -> Result<()> {
     let l = Ordering::Relaxed;
     println!("soak: {minutes} min, {} lab, mode {}", if tuned { "tuned" } else { "untuned" }, forwarder_testkit::test_mode());
     println!(
-        "  TCP transfers: {} ok ({:.1} MB), {} failed, {} hash mismatches; long-lived: {} chunks echoed",
+        "  TCP transfers: {} ok ({} MB), {} failed, {} hash mismatches; long-lived: {} chunks echoed",
         tally.tcp_ok.load(l),
-        tally.tcp_bytes.load(l) as f64 / 1e6,
+        tally.tcp_bytes.load(l) / 1_000_000,
         tally.tcp_failed.load(l),
         tally.hash_mismatch.load(l),
         tally.long_chunks.load(l)
@@ -406,9 +438,14 @@ fn main() -> Result<()> {
     let nonzero: Vec<String> = counters.as_object().into_iter().flatten().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).map(|(k, v)| format!("{k}={v}")).collect();
     println!("  datapath counters: {}", nonzero.join(" "));
     println!("  daemon housekeeping failures: {}", stats["daemon_errors"]);
-    for e in tally.errors.lock().expect("errors").iter() {
+    let errors = tally.errors.lock().expect("errors");
+    for e in errors.iter() {
         println!("  ! {e}");
     }
+    if !errors.is_empty() {
+        println!("  events: {}", tally.events.lock().expect("events").join(", "));
+    }
+    drop(errors);
     let mut failed = Vec::new();
     if tally.hash_mismatch.load(l) > 0 || tally.tcp_failed.load(l) > 0 {
         failed.push("TCP transfers failed or differed".to_string());

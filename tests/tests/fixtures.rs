@@ -573,3 +573,59 @@ fn fuzz_hundred_thousand_malformed_and_random_packets() {
         eprintln!("fuzz: 100000 packets: XDP {redirected} redirected, {passed} passed, {dropped} dropped; TC (ok, shot, redirect) {tc_verdicts:?}");
     });
 }
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; the call only reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    assert_eq!(rc, 0, "pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_full_table_gives_way_to_new_connections_from_any_cpu_but_never_an_established_one() {
+    if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) < 2 {
+        eprintln!("one CPU: the cross-CPU case needs two");
+        return;
+    }
+    // Room for 16 connections.
+    in_gateway(16, |dp, m, pub_if, int_if, _| {
+        let (c, g, gi, s) = (ADDRS.client, ADDRS.gw_public, ADDRS.gw_internal, ADDRS.server);
+        let syn = |port: u16| frame(m.client, m.gw_pub, c, g, 64, &L4::Tcp { sport: port, dport: 8080, seq: 1, flags: "S" }, &[]);
+        let early = |dp: &Datapath| dp.snapshot(&[]).unwrap().counters["early_drop"];
+        let refused = |dp: &Datapath| dp.snapshot(&[]).unwrap().counters["table_full_refused"];
+        // 16 half-open connections, set up on CPU 0: its ring holds them.
+        pin_to(0);
+        for p in 0..16 {
+            assert_eq!(dp.test_run_xdp(&syn(30_000 + p), pub_if, 1).unwrap().0, XDP_REDIRECT);
+        }
+        assert_eq!(dp.flows().unwrap().len(), 32);
+        // A 17th on CPU 1 (whose ring is empty) takes the place of CPU 0's
+        // oldest.
+        pin_to(1);
+        assert_eq!(dp.test_run_xdp(&syn(31_000), pub_if, 1).unwrap().0, XDP_REDIRECT, "no room made from the other CPU's ring");
+        assert_eq!((early(dp), refused(dp)), (1, 0));
+        let flows = dp.flows().unwrap();
+        assert_eq!(flows.len(), 32);
+        assert!(!flows.iter().any(|(k, _)| k.sport == 30_000u16.to_be_bytes() && k.saddr == c.octets()), "the oldest half-open one went");
+        // Now make all 16 assured: SYN-ACK from the backend, ACK from the client.
+        for (k, e) in flows.iter().filter(|(_, e)| e.dir == forwarder_common::abi::DIR_ORIGINAL) {
+            let (cport, sport) = (u16::from_be_bytes(k.sport), u16::from_be_bytes(e.sport));
+            let synack = frame(m.server, m.gw_int, s, gi, 64, &L4::Tcp { sport: 80, dport: sport, seq: 9, flags: "SA" }, &[]);
+            assert_eq!(dp.test_run_xdp(&synack, int_if, 1).unwrap().0, XDP_REDIRECT);
+            let ack = frame(m.client, m.gw_pub, c, g, 64, &L4::Tcp { sport: cport, dport: 8080, seq: 2, flags: "A" }, &[]);
+            assert_eq!(dp.test_run_xdp(&ack, pub_if, 1).unwrap().0, XDP_REDIRECT);
+        }
+        assert!(dp.flows().unwrap().iter().all(|(_, e)| e.state == forwarder_common::conntrack::CT_ESTABLISHED));
+        // Nothing may give way now, on either CPU: refused, counted.
+        for cpu in [0, 1] {
+            pin_to(cpu);
+            assert_eq!(dp.test_run_xdp(&syn(32_000 + cpu as u16), pub_if, 1).unwrap().0, XDP_DROP, "an established connection was evicted (CPU {cpu})");
+        }
+        assert_eq!((early(dp), refused(dp)), (1, 2));
+        assert_eq!(dp.flows().unwrap().len(), 32);
+    });
+}

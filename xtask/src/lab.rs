@@ -65,8 +65,10 @@ fn demo(lab: &mut Lab, requests: u32) -> Result<()> {
     check_interrupt()?;
 
     let rule = format!("tcp:8080={}:80", a.server);
-    println!("== gateway: forwarder run --public {GW_PUBLIC_IF} --internal {GW_INTERNAL_IF} --rule {rule}");
-    let mut fwd = lab.start_forwarder(&["--rule", &rule])?;
+    // XDP explicitly: the lab's far ends have GRO on, so XDP can transmit
+    // into its veths (without flags, `auto` picks TC on veth).
+    println!("== gateway: forwarder run --public {GW_PUBLIC_IF} --internal {GW_INTERNAL_IF} --mode xdp --rule {rule}");
+    let mut fwd = lab.start_forwarder(&["--rule", &rule, "--mode", "xdp"])?;
     for line in fwd.log_text().lines() {
         println!("   | {line}");
     }
@@ -107,6 +109,10 @@ fn demo(lab: &mut Lab, requests: u32) -> Result<()> {
     println!("== the rule counted {conns} new connections");
     if ok != requests {
         bail!("{} of {requests} requests failed", requests - ok);
+    }
+    let xdp = stats.split("\"xdp_redirected\":").nth(1).and_then(|s| s.split([',', '\n']).next()).and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0);
+    if xdp == 0 {
+        bail!("XDP redirected nothing:\n{stats}");
     }
     println!("== {ok}/{requests} requests forwarded by XDP; the server saw the gateway's internal address {}", a.gw_internal);
     Ok(())
