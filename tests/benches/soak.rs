@@ -31,7 +31,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use forwarder_testkit::{
-    ADDRS, Forwarder, Lab,
+    ADDRS, BpfFs, Forwarder, Lab,
     flood::{Rng, Sources, syn_flood},
 };
 use serde_json::Value;
@@ -78,7 +78,7 @@ impl Tally {
         self.t0.lock().expect("t0").map_or(0.0, |t| t.elapsed().as_secs_f64())
     }
 
-    fn error(&self, what: String) {
+    fn error(&self, what: impl std::fmt::Display) {
         let at = self.at();
         let mut e = self.errors.lock().expect("errors");
         if e.len() < 20 {
@@ -225,15 +225,6 @@ fn udp_client(rng: &mut Rng, t: &Tally) {
     }
 }
 
-/// A bpffs mount, unmounted on drop.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 struct Daemon {
     fwd: Forwarder,
     started: Instant,
@@ -263,11 +254,8 @@ fn main() -> Result<()> {
     let tuned = argv.iter().any(|a| a == "--tuned");
     let run_for = Duration::from_secs(minutes * 60);
     let lab = Lab::with_tuning(tuned)?;
-    let pins = lab.dir.join("bpf");
-    std::fs::create_dir_all(&pins)?;
-    ensure!(std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&pins).status()?.success(), "mounting bpffs");
-    let _unmount = Unmount(pins.clone());
-    let pin = pins.to_str().context("path")?.to_string();
+    let pins = BpfFs::mount(lab.dir.join("bpf"))?;
+    let pin = pins.arg().to_string();
     // Short timeouts, so that the table is back to its baseline soon
     // after the load stops.
     let run_args: Vec<String> = [
@@ -369,7 +357,7 @@ fn main() -> Result<()> {
         if now >= next_flood {
             next_flood += 20.0;
             tally.event("SYN flood");
-            syn_flood(&lab.client, 3000, public(8080), Sources::Unroutable, now as u64)?;
+            syn_flood(&lab.client, 3000, public(8080), Sources::Unroutable, tally.floods.load(Ordering::Relaxed) + 1)?;
             tally.floods.fetch_add(1, Ordering::Relaxed);
         }
         // A SIGKILL and an adopting restart every minute.

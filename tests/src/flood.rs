@@ -82,36 +82,35 @@ fn v4(to: SocketAddr) -> std::net::SocketAddrV4 {
     }
 }
 
-/// `n` TCP SYNs to `to` from spoofed `sources` and random ports.
-pub fn syn_flood(ns: &Netns, n: usize, to: SocketAddr, sources: Sources, seed: u64) -> Result<()> {
+/// `n` packets to `to` from spoofed `sources` and random ports, each
+/// built by `build(source, source port, destination, rng)`.
+fn flood(ns: &Netns, n: usize, to: SocketAddr, sources: Sources, seed: u64, build: impl Fn([u8; 4], u16, std::net::SocketAddrV4, &mut Rng) -> Vec<u8>) -> Result<()> {
     let mut rng = Rng(seed | 1);
     let to = v4(to);
     let packets = (0..n)
         .map(|_| {
-            let mut v = Vec::new();
             let sport = 1024 + (rng.next_u64() % 60_000) as u16;
-            etherparse::PacketBuilder::ipv4(sources.pick(&mut rng), to.ip().octets(), 64)
-                .tcp(sport, to.port(), rng.next_u64() as u32, 64240)
-                .syn()
-                .write(&mut v, &[])
-                .expect("a SYN fits");
-            v
+            let src = sources.pick(&mut rng);
+            build(src, sport, to, &mut rng)
         })
         .collect();
     send_raw(ns, packets)
 }
 
+/// `n` TCP SYNs to `to` from spoofed `sources` and random ports.
+pub fn syn_flood(ns: &Netns, n: usize, to: SocketAddr, sources: Sources, seed: u64) -> Result<()> {
+    flood(ns, n, to, sources, seed, |src, sport, to, rng| {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ipv4(src, to.ip().octets(), 64).tcp(sport, to.port(), rng.next_u64() as u32, 64240).syn().write(&mut v, &[]).expect("a SYN fits");
+        v
+    })
+}
+
 /// `n` UDP datagrams to `to` from spoofed `sources` and random ports.
 pub fn udp_flood(ns: &Netns, n: usize, to: SocketAddr, sources: Sources, seed: u64) -> Result<()> {
-    let mut rng = Rng(seed | 1);
-    let to = v4(to);
-    let packets = (0..n)
-        .map(|_| {
-            let mut v = Vec::new();
-            let sport = 1024 + (rng.next_u64() % 60_000) as u16;
-            etherparse::PacketBuilder::ipv4(sources.pick(&mut rng), to.ip().octets(), 64).udp(sport, to.port()).write(&mut v, b"flood").expect("a datagram fits");
-            v
-        })
-        .collect();
-    send_raw(ns, packets)
+    flood(ns, n, to, sources, seed, |src, sport, to, _| {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ipv4(src, to.ip().octets(), 64).udp(sport, to.port()).write(&mut v, b"flood").expect("a datagram fits");
+        v
+    })
 }

@@ -109,3 +109,28 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
     }
 }
+
+/// A bpffs mounted on a directory (of a lab, say), unmounted on drop: a
+/// pin directory that outlives the daemons started on it, as the host's
+/// `/sys/fs/bpf` does (one a daemon mounts inside `ip netns exec` dies
+/// with it).
+pub struct BpfFs(pub std::path::PathBuf);
+
+impl BpfFs {
+    pub fn mount(dir: std::path::PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir))?;
+        Ok(Self(dir))
+    }
+
+    /// The directory, as the `--pin-dir` argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("a lab's paths are UTF-8")
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).stderr(Stdio::null()).status();
+    }
+}

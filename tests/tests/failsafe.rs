@@ -13,7 +13,7 @@ use std::{
 
 use common::*;
 use forwarder_testkit::{
-    ADDRS, Lab,
+    ADDRS, BpfFs, Lab,
     flood::{self, Rng, Sources},
 };
 use sha2::{Digest, Sha256};
@@ -227,6 +227,22 @@ fn get(lab: &Lab) -> String {
     http_get(lab, public(8080)).0
 }
 
+/// One HTTP request through the forward whose connection must be set up
+/// within `connect`; the whole answer.
+fn get_within(lab: &Lab, connect: Duration) -> String {
+    lab.client
+        .enter(move || {
+            let mut s = TcpStream::connect_timeout(&public(8080), connect).expect("connect");
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            r
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
 /// The daemon's answer on its control socket to one raw request line.
 fn control_raw(sock: &std::path::Path, line: &str) -> String {
     let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
@@ -318,28 +334,11 @@ fn housekeeping_failures_are_logged_counted_retried_and_never_stop_forwarding() 
     fwd.stop().unwrap();
 }
 
-/// A bpffs mounted on a directory of the lab (removed on drop).
-struct BpfFs(std::path::PathBuf);
-
-impl BpfFs {
-    fn mount(dir: std::path::PathBuf) -> Self {
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir).status().unwrap().success());
-        Self(dir)
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_fatal_error_leaves_a_pinned_datapath_forwarding() {
     let lab = Lab::new().unwrap();
-    let bpf = BpfFs::mount(lab.dir.join("bpf"));
-    let pin = bpf.0.to_str().unwrap().to_string();
+    let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
+    let pin = bpf.arg().to_string();
     // The loop ends with an injected fatal error at its 4th tick.
     let mut fwd = lab.start_forwarder_env(&[("FORWARDER_FAILPOINTS", "fatal@4")], &["--public", "pub0", "--internal", "int0", "--rule", HTTP_RULE, "--pin-dir", &pin]).unwrap();
     let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
@@ -388,8 +387,8 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
     };
     const N: u32 = 262_144;
     let lab = Lab::new().unwrap();
-    let bpf = BpfFs::mount(lab.dir.join("bpf"));
-    let pin = bpf.0.to_str().unwrap().to_string();
+    let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
+    let pin = bpf.arg().to_string();
     let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--pin-dir", &pin, "--conntrack-max", "300000"]).unwrap();
     // Fill the pinned table as the datapath would: established pairs.
     let data = aya::maps::MapData::from_pin(bpf.0.join("FWD_FLOWS_v3")).unwrap();
@@ -507,11 +506,11 @@ fn ip_options_and_a_small_egress_mtu_get_fragmentation_needed_never_an_oversized
 #[test]
 fn sighup_changes_the_conntrack_timeouts_of_the_running_sweep() {
     let lab = Lab::new().unwrap();
-    let bpf = BpfFs::mount(lab.dir.join("bpf"));
+    let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     let cfg = lab.dir.join("forwarder.toml");
     let text = |udp: u32| format!("[conntrack]\ntimeouts = {{ udp = {udp} }}\n\n[[rule]]\nproto = \"udp\"\nport = 5353\nto = \"192.168.1.50:53\"\n");
     std::fs::write(&cfg, text(600)).unwrap();
-    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.0.to_str().unwrap()]).unwrap();
+    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg()]).unwrap();
     let backend = udp_backend(&lab, 53, 5);
     lab.client.enter(|| udp_client(1).send_to(b"q", public(5353)).unwrap()).unwrap().join().unwrap();
     backend.recv_from(&mut [0u8; 8]).unwrap();
@@ -576,39 +575,16 @@ fn refused_xdp_transmits_are_watched_and_move_the_egress_to_tc() {
     let server = http_server(&lab, 3);
     // The first SYN is refused at int0; its retransmission (after 1 s)
     // finds int0 on TC.
-    let first = lab
-        .client
-        .enter(|| {
-            let t0 = Instant::now();
-            let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).expect("connect");
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-            let mut r = String::new();
-            s.read_to_string(&mut r).unwrap();
-            (r, t0.elapsed())
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    assert!(first.0.ends_with(&format!("hello {}", ADDRS.gw_internal)), "{first:?}");
+    let first = get_within(&lab, Duration::from_secs(5));
+    assert!(first.ends_with(&format!("hello {}", ADDRS.gw_internal)), "{first:?}");
     wait_log(&fwd, "int0: XDP cannot transmit into it: the kernel refused", 5);
     let log = fwd.log_text();
     assert!(log.contains("EOPNOTSUPP (the device takes no XDP frames)") && log.contains("XDP is tried again in 30 s"), "{log}");
     // From then on nothing is lost.
     for _ in 0..2 {
-        let (body, _) = lab
-            .client
-            .enter(|| {
-                let t0 = Instant::now();
-                let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_millis(900)).expect("connect without a lost SYN");
-                s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-                let mut r = String::new();
-                s.read_to_string(&mut r).unwrap();
-                (r, t0.elapsed())
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-        assert!(body.ends_with(&format!("hello {}", ADDRS.gw_internal)));
+        // (Under a second: a SYN lost and retransmitted fails it.)
+        let body = get_within(&lab, Duration::from_millis(900));
+        assert!(body.ends_with(&format!("hello {}", ADDRS.gw_internal)), "{body:?}");
     }
     server.join().unwrap();
     let (_, stats) = cli(&lab, &["stats", "--json"]);

@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::*;
-use forwarder_testkit::ADDRS;
+use forwarder_testkit::{ADDRS, BpfFs};
 use sha2::{Digest, Sha256};
 
 #[test]
@@ -1032,24 +1032,6 @@ fn iptables_recipe_imported_and_forwarded() {
     assert_no_csum_errors(&lab);
 }
 
-/// A bpffs mounted on a directory of the lab (removed on drop).
-struct BpfFs(std::path::PathBuf);
-
-impl BpfFs {
-    fn mount(dir: std::path::PathBuf) -> Self {
-        std::fs::create_dir_all(&dir).unwrap();
-        let ok = std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir).status().unwrap().success();
-        assert!(ok, "mounting bpffs on {}", dir.display());
-        Self(dir)
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn hitless_restart_after_kill_keeps_a_transfer_going() {
     // A transfer runs while the daemon is killed with SIGKILL and a new one
@@ -1059,8 +1041,8 @@ fn hitless_restart_after_kill_keeps_a_transfer_going() {
     const CHUNKS: usize = 150;
     const CHUNK: usize = 64 * 1024;
     let lab = forwarder_testkit::Lab::new().unwrap();
-    let bpf = BpfFs::mount(lab.dir.join("bpf"));
-    let pin = bpf.0.to_str().unwrap().to_string();
+    let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
+    let pin = bpf.arg().to_string();
     let args = ["--rule", HTTP_RULE, "--pin-dir", &pin, "--persist"];
     let mut first = lab.start_forwarder(&args).unwrap();
     let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
@@ -1111,11 +1093,11 @@ fn hitless_restart_after_kill_keeps_a_transfer_going() {
 #[test]
 fn sighup_reload_swaps_the_rule_set_at_once_and_keeps_connections() {
     let lab = forwarder_testkit::Lab::new().unwrap();
-    let bpf = BpfFs::mount(lab.dir.join("bpf"));
+    let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     let cfg = lab.dir.join("forwarder.toml");
     let rule = |port: u32, to: &str| format!("[[rule]]\nproto = \"tcp\"\nport = {port}\nto = \"{to}\"\n");
     std::fs::write(&cfg, rule(8080, "192.168.1.50:80")).unwrap();
-    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.0.to_str().unwrap()]).unwrap();
+    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg()]).unwrap();
     // Backends on :80 and :81 answer with their own port; each keeps its
     // connections open until the client closes.
     let mut servers = Vec::new();
@@ -1283,8 +1265,8 @@ fn control_socket_stats_and_conntrack() {
 #[test]
 fn rule_add_and_del_at_runtime() {
     let lab = forwarder_testkit::Lab::new().unwrap();
-    let bpf = BpfFs::mount(lab.dir.join("bpf"));
-    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--pin-dir", bpf.0.to_str().unwrap()]).unwrap();
+    let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
+    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--pin-dir", bpf.arg()]).unwrap();
     let sock = lab.dir.join("control.sock");
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
     let cli = |args: &[&str]| {
