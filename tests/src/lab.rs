@@ -74,14 +74,25 @@ pub fn test_mode() -> &'static str {
     }
 }
 
-/// Whether the lab's far veth ends are tuned for XDP (GRO on):
-/// `$FORWARDER_TEST_LAB` = `tuned` (also unset) or `untuned`.
-pub fn tuned_lab() -> bool {
+/// The lab the suite runs in: `$FORWARDER_TEST_LAB` = `tuned` (also
+/// unset: GRO at the far ends, XDP's best case), `untuned` (every veth at
+/// the kernel's defaults) or `csum` (untuned, and every checksum
+/// verified: senders and the gateway compute checksums in software, tx
+/// offload off, and the endpoints verify what they receive, rx offload
+/// off; otherwise a veth hands a local sender's CHECKSUM_PARTIAL packet
+/// on, and the receiver trusts it unverified).
+pub fn lab_kind() -> &'static str {
     match std::env::var("FORWARDER_TEST_LAB").as_deref() {
-        Err(_) | Ok("tuned") => true,
-        Ok("untuned") => false,
-        Ok(other) => panic!("FORWARDER_TEST_LAB={other}: not tuned or untuned"),
+        Err(_) | Ok("tuned") => "tuned",
+        Ok("untuned") => "untuned",
+        Ok("csum") => "csum",
+        Ok(other) => panic!("FORWARDER_TEST_LAB={other}: not tuned, untuned or csum"),
     }
+}
+
+/// Whether the suite's lab has GRO at the far ends.
+pub fn tuned_lab() -> bool {
+    lab_kind() == "tuned"
 }
 
 /// How the suite's mode serves the lab's veths: `true` when XDP transmits
@@ -106,6 +117,9 @@ pub struct Lab {
     pub dir: PathBuf,
     /// Far ends with GRO on (see the module's notes).
     pub tuned: bool,
+    /// Checksums computed in software and verified by the endpoints
+    /// ([`lab_kind`] `csum`).
+    pub verify_csums: bool,
 }
 
 /// Deletes namespaces and scratch directories of labs whose process is
@@ -145,7 +159,7 @@ impl Lab {
         let gateway = Netns::create(&format!("{id}-g"))?;
         let server = Netns::create(&format!("{id}-s"))?;
         let router = if router { Some(Netns::create(&format!("{id}-r"))?) } else { None };
-        Ok(Self { procs: Vec::new(), id, addrs, client, gateway, server, router, dir, tuned: tuned_lab() })
+        Ok(Self { procs: Vec::new(), id, addrs, client, gateway, server, router, dir, tuned: tuned_lab(), verify_csums: lab_kind() == "csum" })
     }
 
     /// Readies the gateway for `BPF_PROG_TEST_RUN` frames: client and server
@@ -168,6 +182,7 @@ impl Lab {
     pub fn with_tuning(tuned: bool) -> Result<Self> {
         let mut lab = Self::empty(false, ADDRS)?;
         lab.tuned = tuned;
+        lab.verify_csums &= !tuned;
         lab.wire().with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
     }
@@ -184,6 +199,22 @@ impl Lab {
         let lab = Self::empty(true, Addrs { server: Ipv4Addr::new(192, 168, 2, 50), ..ADDRS })?;
         lab.wire_routed(mtu).with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
+    }
+
+    /// In the `csum` lab: the endpoints compute their checksums in software
+    /// and verify every one they receive (tx and rx offload off); the
+    /// gateway's interfaces compute in software what it sends (tx off).
+    fn checksums(&self, endpoints: &[(&Netns, &str)], gateway: &[(&Netns, &str)]) -> Result<()> {
+        if !self.verify_csums {
+            return Ok(());
+        }
+        for (ns, ifname) in endpoints {
+            ns.exec("ethtool", &["-K", ifname, "tx", "off", "rx", "off"])?;
+        }
+        for (ns, ifname) in gateway {
+            ns.exec("ethtool", &["-K", ifname, "tx", "off"])?;
+        }
+        Ok(())
     }
 
     /// GRO on `ifname` of `ns` in the tuned lab: NAPI for frames XDP
@@ -219,7 +250,7 @@ impl Lab {
         for (ns, ifname) in [(&self.client, "eth0"), (r, "r0")] {
             self.tune(ns, ifname)?;
         }
-        Ok(())
+        self.checksums(&[(&self.client, "eth0"), (&self.server, "eth0")], &[(&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF)])
     }
 
     fn wire(&self) -> Result<()> {
@@ -241,7 +272,7 @@ impl Lab {
         for ns in [&self.client, &self.server] {
             self.tune(ns, "eth0")?;
         }
-        Ok(())
+        self.checksums(&[(&self.client, "eth0"), (&self.server, "eth0")], &[(&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF)])
     }
 
     /// Starts `forwarder run` on the gateway (public pub0, internal int0)

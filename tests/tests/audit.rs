@@ -65,7 +65,7 @@ fn every_new_connection_is_an_audit_event_accepted_or_denied() {
         .unwrap();
     let (n, udp_peer) = backend.recv_from(&mut [0u8; 16]).unwrap();
     assert_eq!(n, 4);
-    let stats = fwd.stop().unwrap();
+    let stats = finish(&lab, &mut fwd, Expect::counters(&["drop_src_denied"]));
     let lines = audit_lines(&fwd.log_text());
 
     // Accepted TCP: one event per connection, naming the client's port,
@@ -123,7 +123,7 @@ fn an_audit_flood_is_rate_limited_counted_and_reported() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let elapsed_ms = u64::try_from(t0.elapsed().as_millis()).unwrap();
-    let stats = fwd.stop().unwrap();
+    let stats = finish(&lab, &mut fwd, Expect::log(&["events suppressed by the rate limit"]));
     let log = fwd.log_text();
     let events = audit_lines(&log).iter().filter(|l| l.contains(" accepted udp ")).count() as u64;
     let emitted = counter(&stats, "audit_events");
@@ -196,7 +196,7 @@ fn audit_events_reach_a_real_syslog_server_over_udp_and_tcp() {
         ports.extend(cports.into_iter().zip(peers.iter().map(std::net::SocketAddr::port)));
         // Give the sender a moment before the daemon goes.
         std::thread::sleep(Duration::from_millis(500));
-        fwd.stop().unwrap();
+        finish(&lab, &mut fwd, Expect::default());
         assert!(fwd.log_text().contains(&format!("also to syslog {target}")), "{}", fwd.log_text());
     }
     let t0 = Instant::now();

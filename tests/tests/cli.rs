@@ -1,7 +1,11 @@
 //! The command line refuses bad input with a message naming the value, and
 //! leaves nothing behind (no program attached). Needs root.
 
+mod common;
+
 use std::process::{Command, Stdio};
+
+use common::{Expect, finish};
 
 use forwarder_testkit::{GW_PUBLIC_IF, Lab, proc::forwarder_bin};
 
@@ -73,7 +77,7 @@ fn check_reports_each_problem_with_what_to_do() {
     assert!(text.contains("WARN no bpffs on /sys/fs/bpf"), "{text}");
     assert!(text.contains("WARN pub0: another XDP program is attached"), "{text}");
     assert!(text.contains("WARN MTU mismatch: pub0 has 1500, int0 has 1400"), "{text}");
-    fwd.stop().unwrap();
+    finish(&lab, &mut fwd, Expect::log(&["no rules given"]));
     // Now free: native XDP is tried for real; an unknown interface fails.
     let out = lab.gateway.command(bin.to_str().unwrap()).args(["check", "--public", "pub0", "--internal", "nosuch0"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
