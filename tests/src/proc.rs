@@ -106,8 +106,8 @@ impl Forwarder {
                 std::thread::sleep(Duration::from_millis(100));
                 bail!("forwarder exited ({st}) before running:\n{}", log.lock().expect("log").join("\n"));
             }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("forwarder did not start within 30 s:\n{}", log.lock().expect("log").join("\n"));
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("forwarder did not start within 10 s:\n{}", log.lock().expect("log").join("\n"));
             }
         }
     }
@@ -119,9 +119,9 @@ impl Forwarder {
     /// Stops it (SIGTERM) and returns the final stats JSON.
     pub fn stop(&mut self) -> Result<String> {
         let t0 = Instant::now();
-        // Generous: on a loaded 2-core machine detaching and freeing large
-        // maps can take a while; a hang still fails.
-        let clean = self.proc.stop(Duration::from_secs(30));
+        // Detaching and freeing the maps takes well under a second; a
+        // daemon that needs more is hanging.
+        let clean = self.proc.stop(Duration::from_secs(10));
         let status = self.proc.child.try_wait().ok().flatten();
         // The process is gone: its pipes close, the readers finish.
         for r in self.readers.drain(..) {

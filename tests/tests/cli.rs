@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use common::{Expect, finish};
 
-use forwarder_testkit::{GW_PUBLIC_IF, Lab, proc::forwarder_bin};
+use forwarder_testkit::{Lab, proc::forwarder_bin};
 
 fn run_in_gateway(lab: &Lab, args: &[&str]) -> (bool, String) {
     let bin = forwarder_bin().unwrap();
@@ -36,14 +36,28 @@ fn invalid_input_is_refused_and_nothing_is_attached() {
         (vec!["--syslog", "udp://logs.example:514"], "syslog target `udp://logs.example:514`"),
         (vec!["--audit-rate", "5000000"], "audit rate 5000000 is out of range"),
     ];
+    // Halfway through attaching: pub0 takes native XDP and TC, then lo
+    // (no native XDP) fails; what was attached must go again.
+    let halfway = ["run", "--public", "pub0", "--internal", "lo", "--mode", "xdp", "--xdp-attach", "native", "--rule", "tcp:8080=192.168.1.50:80"];
+    // A backend that would answer, were anything left translating.
+    let backend = lab.server.enter(|| std::net::TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let cases = cases.into_iter().chain([(halfway.to_vec(), "attaching XDP (native) to lo")]);
     for (extra, needle) in cases {
         let args: Vec<&str> = if extra.first() == Some(&"run") { extra.clone() } else { base.iter().copied().chain(extra.iter().copied()).collect() };
         let (ok, stderr) = run_in_gateway(&lab, &args);
         assert!(!ok, "{args:?} was accepted");
         assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in: {stderr}");
-        let link = lab.gateway.ip(&["link", "show", GW_PUBLIC_IF]).unwrap();
-        assert!(!link.contains("xdp"), "{args:?} left XDP attached: {link}");
+        for dev in ["pub0", "int0"] {
+            let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
+            assert!(!link.contains("xdp"), "{args:?} left XDP attached to {dev}: {link}");
+        }
+        // Nothing translates (TC included, which `ip link` does not show):
+        // the gateway's own stack refuses the public port.
+        let to = std::net::SocketAddr::from((forwarder_testkit::ADDRS.gw_public, 8080));
+        let r = lab.client.enter(move || std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind())).unwrap().join().unwrap();
+        assert_eq!(r, Err(std::io::ErrorKind::ConnectionRefused), "{args:?} left a datapath translating");
     }
+    drop(backend);
 }
 
 #[test]

@@ -103,7 +103,7 @@ fn syn_flood_fills_the_table_and_real_clients_still_connect() {
         .client
         .enter(move || {
             let data = pattern(16 << 20, 9);
-            let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).unwrap();
+            let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
             s.write_all(b"BULK").unwrap();
             let (a, b) = data.split_at(data.len() / 2);
             s.write_all(a).unwrap();
@@ -207,7 +207,8 @@ fn new_connection_rate_limit_drops_and_counts_the_excess() {
     let t0 = Instant::now();
     syn_flood(&lab, 300, public(8080), 7);
     let secs = t0.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The housekeeping reports the drops once a second.
+    wait_log(&fwd, "new-connection rate limit:", 5);
     let stats = finish(&lab, &mut fwd, Expect { counters: &["drop_new_conn_rate", "pass_not_forwarded"], log: &["new-connection rate limit:"] });
     let cpus = f64::from(u32::try_from(std::thread::available_parallelism().map_or(1, std::num::NonZero::get)).unwrap_or(1));
     let created = rule_counters(&stats, 0).2;
@@ -255,15 +256,6 @@ fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
     let out = std::process::Command::new(&bin).args(args).arg("--control").arg(lab.dir.join("control.sock")).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-}
-
-/// Waits until the daemon's log contains `needle` (or fails after `secs`).
-fn wait_log(fwd: &forwarder_testkit::Forwarder, needle: &str, secs: u64) {
-    let t0 = Instant::now();
-    while !fwd.log_text().contains(needle) {
-        assert!(t0.elapsed() < Duration::from_secs(secs), "`{needle}` not logged within {secs} s:\n{}", fwd.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -351,7 +343,7 @@ fn a_fatal_error_leaves_a_pinned_datapath_forwarding() {
             });
         }
     });
-    let connect = || lab.client.enter(|| TcpStream::connect_timeout(&public(8080), Duration::from_secs(3))).unwrap().join().unwrap();
+    let connect = || lab.client.enter(|| TcpStream::connect_timeout(&public(8080), CONNECT)).unwrap().join().unwrap();
     let echo = |s: &mut TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.write_all(b"x").is_ok() && s.read_exact(&mut [0u8; 1]).is_ok()
@@ -365,9 +357,10 @@ fn a_fatal_error_leaves_a_pinned_datapath_forwarding() {
     }
     let status = fwd.proc.child.wait().unwrap();
     assert!(!status.success(), "a fatal error must be the exit status");
-    std::thread::sleep(Duration::from_millis(200));
-    let log = fwd.log_text();
-    assert!(log.contains("fatal: injected failure (fatal") && log.contains("stays attached and pinned") && log.contains(&format!("forwarder teardown --pin-dir {pin}")), "{log}");
+    // Its last words reach the log reader after the exit.
+    for line in ["fatal: injected failure (fatal", "stays attached and pinned", &format!("forwarder teardown --pin-dir {pin}")] {
+        wait_log(&fwd, line, 5);
+    }
     // Established and new connections keep being forwarded.
     assert!(echo(&mut old), "the established connection died with the daemon");
     assert!(echo(&mut connect().expect("no new connection after the daemon died")));
@@ -405,6 +398,8 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
     // Traffic all along: a request every 50 ms, each must succeed.
     let server = http_server(&lab, 1000);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let answered_in = answered.clone();
     let traffic = lab
         .client
         .enter(move || -> Result<u32, String> {
@@ -419,12 +414,18 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
                     return Err(format!("request {done}: {r:?}"));
                 }
                 done += 1;
+                answered_in.store(done, std::sync::atomic::Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }
             Ok(done)
         })
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The listing runs while requests are being answered.
+    let t_wait = Instant::now();
+    while answered.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(t_wait.elapsed() < Duration::from_secs(5), "no request answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The CLI's whole run: ask, receive, print (its output is read after).
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
     let t0 = Instant::now();

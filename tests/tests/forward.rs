@@ -79,10 +79,10 @@ fn fifty_megabytes_each_way_hash_matches() {
         .client
         .enter(move || {
             let data = pattern(LEN, 1);
-            let mut s = TcpStream::connect(public(8080)).unwrap();
+            let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
             s.write_all(&data).unwrap();
             s.shutdown(std::net::Shutdown::Write).unwrap();
-            let mut s2 = TcpStream::connect(public(8080)).unwrap();
+            let mut s2 = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
             let mut back = Vec::with_capacity(LEN);
             s2.read_to_end(&mut back).unwrap();
             (Sha256::digest(&data).to_vec(), back.len(), Sha256::digest(&back).to_vec())
@@ -124,7 +124,7 @@ fn two_hundred_concurrent_connections_complete() {
     let ok = lab
         .client
         .enter(move || {
-            let mut socks: Vec<TcpStream> = (0..N).map(|_| TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap()).collect();
+            let mut socks: Vec<TcpStream> = (0..N).map(|_| TcpStream::connect_timeout(&public(8080), CONNECT).unwrap()).collect();
             for (i, s) in socks.iter_mut().enumerate() {
                 s.write_all(&(i as u32).to_be_bytes()).unwrap();
             }
@@ -211,8 +211,8 @@ fn traffic_that_is_not_forwarded_is_untouched() {
     let (refused, own_reply) = lab
         .client
         .enter(|| {
-            let refused = TcpStream::connect_timeout(&public(9999), Duration::from_secs(5)).map_err(|e| e.kind());
-            let mut s = TcpStream::connect_timeout(&public(2222), Duration::from_secs(5)).unwrap();
+            let refused = TcpStream::connect_timeout(&public(9999), CONNECT).map_err(|e| e.kind());
+            let mut s = TcpStream::connect_timeout(&public(2222), CONNECT).unwrap();
             let mut r = String::new();
             s.read_to_string(&mut r).unwrap();
             (refused, r)
@@ -255,12 +255,53 @@ fn forwarded_flows_bypass_netfilter() {
     assert_eq!(rule_counters(&stats, 0).2, 3);
 }
 
+/// The next `n` IPv4 frames to UDP port `dport` that `ns` receives, as
+/// they arrived (an `AF_PACKET` socket opened before this returns; read
+/// for at most 5 s).
+fn capture_udp(ns: &forwarder_testkit::Netns, dport: u16, n: usize) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let fd = ns
+        .enter(|| {
+            // SAFETY: plain socket calls; the descriptor is owned below.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(0x0800u16.to_be()));
+                assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+                let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 2048];
+        while frames.len() < n {
+            // SAFETY: a buffer of its own length.
+            let k = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(&fd), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if k < 0 {
+                break;
+            }
+            let f = &buf[..k.cast_unsigned()];
+            let ihl = usize::from(f.get(14).copied().unwrap_or(0) & 0x0f) * 4;
+            let dport_at = 14 + ihl + 2;
+            if f.len() >= 14 + ihl + 8 && f[23] == 17 && f[dport_at..dport_at + 2] == dport.to_be_bytes() {
+                frames.push(f.to_vec());
+            }
+        }
+        frames
+    })
+}
+
 #[test]
-fn udp_without_checksum_keeps_none() {
+fn udp_without_checksum_keeps_none_byte_for_byte() {
     // A UDP checksum of 0 (none, RFC 768) must stay 0 after translation:
-    // the server receives the datagram (a wrong checksum would be dropped).
+    // read the bytes the server receives (arriving proves nothing: a
+    // computed, right checksum would arrive too). Each datagram is sent
+    // once: none may be lost either.
     let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53"]);
-    let sock = udp_backend(&lab, 53, 1);
+    let sock = udp_backend(&lab, 53, 2);
+    let wire = capture_udp(&lab.server, 53, 5);
     let client = lab
         .client
         .enter(|| {
@@ -282,44 +323,53 @@ fn udp_without_checksum_keeps_none() {
         .unwrap()
         .join()
         .unwrap();
-    // One at a time, each resent up to 3 times: a datagram lost while the
-    // gateway resolves the backend's address must not fail the test; a
-    // wrong checksum would lose every copy.
     let mut buf = [0u8; 64];
-    let mut sent = 0;
     for i in 0..5u8 {
         let msg = [b'n', b'o', b'c', b's', b'u', b'm', i];
-        let arrived = (0..3).any(|_| {
-            client.send_to(&msg, public(5353)).unwrap();
-            sent += 1;
-            sock.recv_from(&mut buf).is_ok_and(|(k, _)| buf[..k] == msg)
-        });
-        assert!(arrived, "datagram {i} without checksum never arrived");
+        client.send_to(&msg, public(5353)).unwrap();
+        let got = sock.recv_from(&mut buf).map(|(k, _)| buf[..k].to_vec());
+        assert_eq!(got.ok().as_deref(), Some(&msg[..]), "datagram {i} without checksum did not arrive");
+    }
+    let frames = wire.join().unwrap();
+    assert_eq!(frames.len(), 5, "captured {} of 5", frames.len());
+    for f in &frames {
+        let ihl = usize::from(f[14] & 0x0f) * 4;
+        let udp = &f[14 + ihl..];
+        assert_eq!(&f[26..30], &ADDRS.gw_internal.octets(), "not translated: {f:02x?}");
+        assert_eq!(udp[6..8], [0, 0], "the UDP checksum is not 0 any more: {f:02x?}");
     }
     let stats = finish(&lab, &mut fwd, Expect::default());
-    let seen = rule_counters(&stats, 0).0;
-    assert!((5..=sent).contains(&seen), "{seen} of {sent} counted: {stats}");
+    assert_eq!(rule_counters(&stats, 0).0, 5, "{stats}");
 }
 
 #[test]
-fn counters_survive_stop_and_program_detaches() {
+fn counters_survive_stop_and_the_datapath_detaches() {
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
-    // (The TC program is attached through a TCX link, owned by the
-    // process like the XDP link; the HTTP test proves it works by its
-    // tc_redirected_neigh counter.)
-    // (`auto`, and so the default, picks TC on veth.)
+    let server = http_server(&lab, 2);
+    for _ in 0..2 {
+        assert_eq!(http_get(&lab, public(8080)).0, format!("hello {}", ADDRS.gw_internal));
+    }
+    server.join().unwrap();
+    // (`auto`, and so the default, picks TC on veth: no XDP to see.)
     let xdp = xdp_attached();
     for dev in ["pub0", "int0"] {
         let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
         assert_eq!(link.contains("xdp"), xdp, "XDP attached to {dev} in mode {}: {link}", forwarder_testkit::test_mode());
     }
-    finish(&lab, &mut fwd, Expect::default());
+    // The final stats, written at exit, carry the traffic: 2 connections,
+    // at least SYN, ACK, request, FIN, ACK each way.
+    let stats = finish(&lab, &mut fwd, Expect::default());
+    let (pin, pout, conns) = rule_counters(&stats, 0);
+    assert!(conns == 2 && pin >= 8 && pout >= 6, "{stats}");
+    assert!(fwd.log_text().contains("detached from all interfaces"), "{}", fwd.log_text());
+    // Detached, whichever hook: nothing translates; the gateway's own
+    // stack refuses the port.
     for dev in ["pub0", "int0"] {
         let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
         assert!(!link.contains("xdp"), "XDP left attached to {dev} after stop: {link}");
     }
-    let log = fwd.log_text();
-    assert!(log.contains("detached from all interfaces"), "{log}");
+    let refused = lab.client.enter(|| TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind())).unwrap().join().unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "still forwarded after the daemon stopped");
 }
 
 #[test]
@@ -351,7 +401,8 @@ fn masquerade_port_exhaustion_is_bounded_counted_and_logged() {
     let lab = forwarder_testkit::Lab::new().unwrap();
     let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--snat-ports", "20000-20015"]).unwrap();
     let (extra, echoed, mut ports) = fill_then_probe(&lab, 16);
-    assert!(extra.is_err(), "a 17th connection got a port out of 16");
+    // Dropped, not refused: nothing (not even the gateway's stack) answered.
+    assert_eq!(extra, Err(std::io::ErrorKind::TimedOut), "a 17th connection got a port out of 16, or was refused");
     assert_eq!(echoed, 16);
     ports.sort_unstable();
     assert_eq!(ports, (20000..=20015).collect::<Vec<u16>>());
@@ -422,13 +473,13 @@ fn port_ranges_map_each_port_to_its_counterpart() {
             let got: Vec<u16> = [8000u16, 8050, 8100]
                 .iter()
                 .map(|p| {
-                    let mut s = TcpStream::connect_timeout(&public(*p), Duration::from_secs(5)).unwrap();
+                    let mut s = TcpStream::connect_timeout(&public(*p), CONNECT).unwrap();
                     let mut b = [0u8; 2];
                     s.read_exact(&mut b).unwrap();
                     u16::from_be_bytes(b)
                 })
                 .collect();
-            let outside = TcpStream::connect_timeout(&public(8101), Duration::from_secs(5)).map_err(|e| e.kind());
+            let outside = TcpStream::connect_timeout(&public(8101), CONNECT).map_err(|e| e.kind());
             let u = udp_client(5);
             u.send_to(b"ping", public(6005)).unwrap();
             let mut b = [0u8; 16];
@@ -459,7 +510,7 @@ fn source_allow_list_admits_listed_clients_and_drops_others() {
     let (allowed, denied) = lab
         .client
         .enter(|| {
-            let ok = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).map(|mut s| {
+            let ok = TcpStream::connect_timeout(&public(8080), CONNECT).map(|mut s| {
                 s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
                 let mut r = String::new();
                 s.read_to_string(&mut r).unwrap();
@@ -507,8 +558,10 @@ fn fill_then_probe(lab: &forwarder_testkit::Lab, n: usize) -> (Result<(), std::i
     let (extra, echoed) = lab
         .client
         .enter(move || {
-            let mut socks: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap()).collect();
+            let mut socks: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect_timeout(&public(8080), CONNECT).unwrap()).collect();
             let extra = TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind());
+            // (connect_timeout says WouldBlock on some kernels for a timeout.)
+            let extra = extra.map_err(|k| if k == std::io::ErrorKind::WouldBlock { std::io::ErrorKind::TimedOut } else { k });
             let mut echoed = 0;
             for s in &mut socks {
                 s.write_all(b"x").unwrap();
@@ -531,9 +584,11 @@ fn full_conntrack_table_refuses_new_connections_and_keeps_the_rest() {
     let lab = forwarder_testkit::Lab::new().unwrap();
     let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--conntrack-max", "16"]).unwrap();
     let (extra, echoed, _) = fill_then_probe(&lab, 16);
-    assert!(extra.is_err(), "a 17th connection fit into a table for 16");
+    // Dropped, not refused: nothing (not even the gateway's stack) answered.
+    assert_eq!(extra, Err(std::io::ErrorKind::TimedOut), "a 17th connection fit into a table for 16, or was refused");
     assert_eq!(echoed, 16, "an existing connection was disturbed");
-    std::thread::sleep(Duration::from_millis(1500)); // one report tick
+    // The daemon's table watch says so (within its second).
+    wait_log(&fwd, "conntrack table full (16 connections)", 5);
     let stats = finish(&lab, &mut fwd, Expect { counters: &["table_full_refused"], log: &["conntrack table full", "% full ("] });
     assert!(counter(&stats, "table_full_refused") >= 1, "{stats}");
     // All 16 are established (assured): none may give way.
@@ -543,27 +598,34 @@ fn full_conntrack_table_refuses_new_connections_and_keeps_the_rest() {
     assert!(log.contains("conntrack table full (16 connections): 0 unassured or closing connection(s) gave way"), "{log}");
 }
 
+/// The connections `forwarder conntrack list` shows, as (client port,
+/// state).
+fn tracked(lab: &forwarder_testkit::Lab) -> Vec<(u16, String)> {
+    let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
+    let out = std::process::Command::new(&bin).args(["conntrack", "list", "--json", "--control"]).arg(lab.dir.join("control.sock")).output().unwrap();
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    v.iter().map(|c| (c["client"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap(), c["state"].as_str().unwrap().to_string())).collect()
+}
+
 #[test]
-fn conntrack_entries_expire_by_state_and_live_flows_stay() {
-    let (lab, mut fwd) = {
-        let lab = forwarder_testkit::Lab::new().unwrap();
-        let fwd = lab
-            .start_forwarder(&[
-                "--rule", HTTP_RULE, "--rule", "udp:5353=192.168.1.50:53",
-                "--ct-timeout", "tcp_fin=2", "--ct-timeout", "udp_stream=2", "--ct-timeout", "udp=2",
-            ])
-            .unwrap();
-        (lab, fwd)
-    };
-    // A long-lived TCP connection, idle in between: established, stays.
+fn conntrack_entries_expire_each_by_the_timeout_of_its_state() {
+    // Each timeout different, so that the one that applied shows: UDP
+    // answered once (not a stream) 2 s, UDP stream 6 s, TCP after FIN 2 s;
+    // an idle established TCP connection (5 days) stays.
+    let lab = forwarder_testkit::Lab::new().unwrap();
+    let mut fwd = lab
+        .start_forwarder(&["--rule", HTTP_RULE, "--rule", "udp:5353=192.168.1.50:53", "--ct-timeout", "udp=2", "--ct-timeout", "udp_stream=6", "--ct-timeout", "tcp_fin=2"])
+        .unwrap();
     let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
-    let udp = lab.server.enter(|| UdpSocket::bind("0.0.0.0:53").unwrap()).unwrap().join().unwrap();
+    let udp = udp_backend(&lab, 53, 5);
     let echo = std::thread::spawn(move || {
         let mut b = [0u8; 64];
-        let (k, peer) = udp.recv_from(&mut b).unwrap();
-        udp.send_to(&b[..k], peer).unwrap();
+        // The one-shot flow's query, then the stream's two.
+        for _ in 0..3 {
+            let (k, peer) = udp.recv_from(&mut b).unwrap();
+            udp.send_to(&b[..k], peer).unwrap();
+        }
         let (mut live, _) = listener.accept().unwrap();
-        // Then one short HTTP-style connection that the client closes.
         let (mut short, _) = listener.accept().unwrap();
         let mut r = [0u8; 1];
         short.read_exact(&mut r).unwrap();
@@ -571,37 +633,58 @@ fn conntrack_entries_expire_by_state_and_live_flows_stay() {
         live.read_exact(&mut r).unwrap();
         live.write_all(&r).unwrap();
     });
-    let client = lab
+    let (ports, live) = lab
         .client
         .enter(|| {
-            let u = udp_client(5);
-            u.send_to(b"q", public(5353)).unwrap();
-            let mut b = [0u8; 8];
-            u.recv_from(&mut b).unwrap();
-            let live = TcpStream::connect(public(8080)).unwrap();
-            let mut short = TcpStream::connect(public(8080)).unwrap();
+            let ask = |s: &UdpSocket, m: &[u8]| {
+                s.send_to(m, public(5353)).unwrap();
+                s.recv_from(&mut [0u8; 8]).unwrap();
+            };
+            let once = udp_client(2);
+            ask(&once, b"1");
+            let stream = udp_client(2);
+            ask(&stream, b"a");
+            ask(&stream, b"b");
+            let live = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
+            let mut short = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
             short.write_all(b"x").unwrap();
-            let mut end = [0u8; 1];
-            assert_eq!(short.read(&mut end).unwrap(), 0, "server closed");
+            assert_eq!(short.read(&mut [0u8; 1]).unwrap(), 0, "server closed");
+            let ports = [once.local_addr().unwrap().port(), stream.local_addr().unwrap().port(), short.local_addr().unwrap().port(), live.local_addr().unwrap().port()];
             drop(short);
-            live
+            (ports, live)
         })
         .unwrap()
         .join()
         .unwrap();
-    // The UDP flow (2 s) and the closed TCP connection (FIN, 2 s) expire;
-    // the idle live connection (established, 5 days) does not.
-    let mut entries = u64::MAX;
-    for _ in 0..40 {
-        std::thread::sleep(Duration::from_millis(250));
-        let v: serde_json::Value = serde_json::from_str(&fwd.stats().unwrap()).unwrap();
-        entries = v["flow_entries"].as_u64().unwrap();
-        if entries == 2 {
+    let [once, stream, short, live_port] = ports;
+    let t0 = std::time::Instant::now();
+    let state_of = |list: &[(u16, String)], p: u16| list.iter().find(|(c, _)| *c == p).map(|(_, s)| s.clone());
+    let first = tracked(&lab);
+    assert_eq!(state_of(&first, once).as_deref(), Some("replied"), "{first:?}");
+    assert_eq!(state_of(&first, stream).as_deref(), Some("established"), "{first:?}");
+    assert_eq!(state_of(&first, live_port).as_deref(), Some("established"), "{first:?}");
+    // The 2 s ones go (the sweep runs every second) ...
+    loop {
+        let l = tracked(&lab);
+        if state_of(&l, once).is_none() && state_of(&l, short).is_none() {
+            // ... while the stream (6 s) and the live connection stay.
+            assert!(state_of(&l, stream).is_some() && state_of(&l, live_port).is_some(), "{l:?} at {:?}", t0.elapsed());
             break;
         }
+        assert!(t0.elapsed() < Duration::from_secs(5), "the 2 s flows outlived their timeout: {l:?}");
+        std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(entries, 2, "expected only the live connection's two entries");
-    let mut live = client;
+    loop {
+        let l = tracked(&lab);
+        if state_of(&l, stream).is_none() {
+            assert!(t0.elapsed() >= Duration::from_secs(5), "the stream went before its 6 s: {:?}", t0.elapsed());
+            assert_eq!(l.len(), 1, "only the live connection stays: {l:?}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the stream outlived its 6 s timeout: {l:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut live = live;
     lab.client
         .enter(move || {
             live.write_all(b"y").unwrap();
@@ -630,7 +713,7 @@ fn hairpin_internal_host_reaches_the_public_address() {
         let (body, from) = lab
             .server
             .enter(|| {
-                let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).expect("hairpin connect");
+                let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).expect("hairpin connect");
                 s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
                 let mut r = String::new();
                 s.read_to_string(&mut r).unwrap();
@@ -720,7 +803,7 @@ fn path_mtu_discovery_works_through_the_gateway() {
         .client
         .enter(|| {
             let data = pattern(LEN, 3);
-            let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap();
+            let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
             s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
             s.write_all(&data).expect("transfer stalled: PMTU discovery broken");
             s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -820,7 +903,7 @@ fn gateway_answers_fragmentation_needed_when_its_own_link_is_smaller() {
         .client
         .enter(|| {
             let data = pattern(LEN, 5);
-            let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap();
+            let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
             s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
             s.write_all(&data).expect("transfer stalled: no fragmentation-needed reached the client");
             s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -1025,7 +1108,7 @@ fn retransmitted(ns: &forwarder_testkit::Netns) -> u64 {
 fn forwards(lab: &forwarder_testkit::Lab) -> bool {
     lab.client
         .enter(|| {
-            TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).is_ok_and(|mut s| {
+            TcpStream::connect_timeout(&public(8080), CONNECT).is_ok_and(|mut s| {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 s.write_all(b"?").is_ok() && s.read_exact(&mut [0u8; 1]).is_ok()
             })
@@ -1083,7 +1166,7 @@ fn hitless_restart_after_kill_keeps_a_transfer_going_without_a_gap() {
         .enter(move || {
             // 16 KB every 10 ms until told to stop: a stream, not a burst
             // that could end before the restart.
-            let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).unwrap();
+            let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
             s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
             let (mut h, mut sent, mut seed) = (Sha256::new(), 0usize, 7u64);
             while stop_rx.try_recv().is_err() {
@@ -1176,7 +1259,7 @@ fn sighup_reload_swaps_the_rule_set_at_once_and_keeps_connections() {
         s.read_exact(&mut b).unwrap();
         u16::from_be_bytes(b)
     };
-    let connect = |port: u16| lab.client.enter(move || TcpStream::connect_timeout(&public(port), Duration::from_secs(3)).map_err(|e| e.kind())).unwrap().join().unwrap();
+    let connect = |port: u16| lab.client.enter(move || TcpStream::connect_timeout(&public(port), CONNECT).map_err(|e| e.kind())).unwrap().join().unwrap();
     let mut old = connect(8080).unwrap();
     assert_eq!(ask(&mut old), 80);
     // A new rule set: 8080 moves to :81, 9090 appears — in one step.
@@ -1250,7 +1333,7 @@ fn control_socket_stats_and_conntrack() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "control socket must be root-only");
     let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
-    let held = lab.client.enter(|| TcpStream::connect_timeout(&public(8080), Duration::from_secs(5)).unwrap()).unwrap().join().unwrap();
+    let held = lab.client.enter(|| TcpStream::connect_timeout(&public(8080), CONNECT).unwrap()).unwrap().join().unwrap();
     let (_srv, _) = listener.accept().unwrap();
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
     let cli = |args: &[&str]| {
@@ -1338,7 +1421,7 @@ fn rule_add_and_del_at_runtime() {
             });
         }
     });
-    let connect = |port: u16| lab.client.enter(move || TcpStream::connect_timeout(&public(port), Duration::from_secs(3)).map_err(|e| e.kind())).unwrap().join().unwrap();
+    let connect = |port: u16| lab.client.enter(move || TcpStream::connect_timeout(&public(port), CONNECT).map_err(|e| e.kind())).unwrap().join().unwrap();
     let roundtrip = |s: &mut TcpStream| {
         s.write_all(b"x").unwrap();
         let mut b = [0u8; 1];

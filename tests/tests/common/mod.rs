@@ -12,6 +12,10 @@ use serde_json::Value;
 
 pub const HTTP_RULE: &str = "tcp:8080=192.168.1.50:80";
 
+/// How long a connection may take to be set up: under a second, so that
+/// a first SYN lost (and retransmitted after one) fails the test.
+pub const CONNECT: Duration = Duration::from_millis(900);
+
 /// A lab with the forwarder running the given rules.
 pub fn lab_with(rules: &[&str]) -> (Lab, Forwarder) {
     let lab = Lab::new().expect("lab");
@@ -72,7 +76,7 @@ pub fn http_server(lab: &Lab, n: usize) -> std::thread::JoinHandle<Vec<SocketAdd
 pub fn http_get(lab: &Lab, to: SocketAddr) -> (String, SocketAddr) {
     lab.client
         .enter(move || {
-            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect through the forward");
+            let mut s = TcpStream::connect_timeout(&to, CONNECT).expect("connect through the forward");
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             s.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n").unwrap();
             let mut resp = String::new();
@@ -83,6 +87,15 @@ pub fn http_get(lab: &Lab, to: SocketAddr) -> (String, SocketAddr) {
         .unwrap()
         .join()
         .unwrap()
+}
+
+/// Waits until the daemon's log contains `needle` (or fails after `secs`).
+pub fn wait_log(fwd: &Forwarder, needle: &str, secs: u64) {
+    let t0 = std::time::Instant::now();
+    while !fwd.log_text().contains(needle) {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "`{needle}` not logged within {secs} s:\n{}", fwd.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Packets the datapath translated and sent, by either hook.
