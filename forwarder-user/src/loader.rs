@@ -488,6 +488,19 @@ impl Datapath {
         Ok(t0.elapsed())
     }
 
+    /// Runs the XDP program once on `frame` as if `ingress_ifindex` (in the
+    /// calling thread's namespace) received it, in live-frame mode: what it
+    /// redirects is transmitted, what it passes enters the stack there,
+    /// metadata and all, and meets the TC program if it is attached.
+    pub fn run_xdp_live(&self, frame: &[u8], ingress_ifindex: u32) -> Result<()> {
+        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+        let xdp: &Xdp = prog(&self.ebpf, abi::PROG_XDP)?;
+        let ctx = xdp_md(frame.len(), ingress_ifindex);
+        xdp.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: 1, attrs: TestRunAttrs::new().xdp_live_frames(1), ..Default::default() })
+            .map_err(prog_err("BPF_PROG_TEST_RUN (live frame)".to_string()))?;
+        Ok(())
+    }
+
     /// Packets the benchmark receiver counted so far (all CPUs).
     pub fn bench_sink_count(&self) -> Result<u64> {
         let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_BENCH_SINK)?).map_err(map_err(abi::MAP_BENCH_SINK))?;
@@ -531,6 +544,16 @@ impl Datapath {
         let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
             HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
         Ok(keys.iter().filter(|k| flows.remove(k).is_ok()).count())
+    }
+
+    /// The flow table's entry for `key`, if there is one.
+    pub fn flow(&self, key: &abi::FlowKey) -> Result<Option<abi::FlowEntry>> {
+        let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> = HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
+        match flows.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(abi::MAP_FLOWS)(e)),
+        }
     }
 
     /// The flow table's entries (both directions).

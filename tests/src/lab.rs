@@ -79,7 +79,7 @@ pub fn test_mode() -> &'static str {
 /// the kernel's defaults) or `csum` (untuned, and every checksum
 /// verified: senders and the gateway compute checksums in software, tx
 /// offload off, and the endpoints verify what they receive, rx offload
-/// off; otherwise a veth hands a local sender's CHECKSUM_PARTIAL packet
+/// off; otherwise a veth hands a local sender's `CHECKSUM_PARTIAL` packet
 /// on, and the receiver trusts it unverified).
 pub fn lab_kind() -> &'static str {
     match std::env::var("FORWARDER_TEST_LAB").as_deref() {

@@ -255,44 +255,6 @@ fn forwarded_flows_bypass_netfilter() {
     assert_eq!(rule_counters(&stats, 0).2, 3);
 }
 
-/// The next `n` IPv4 frames to UDP port `dport` that `ns` receives, as
-/// they arrived (an `AF_PACKET` socket opened before this returns; read
-/// for at most 5 s).
-fn capture_udp(ns: &forwarder_testkit::Netns, dport: u16, n: usize) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
-    let fd = ns
-        .enter(|| {
-            // SAFETY: plain socket calls; the descriptor is owned below.
-            unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(0x0800u16.to_be()));
-                assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-                let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
-                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
-            }
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut frames = Vec::new();
-        let mut buf = [0u8; 2048];
-        while frames.len() < n {
-            // SAFETY: a buffer of its own length.
-            let k = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(&fd), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if k < 0 {
-                break;
-            }
-            let f = &buf[..k.cast_unsigned()];
-            let ihl = usize::from(f.get(14).copied().unwrap_or(0) & 0x0f) * 4;
-            let dport_at = 14 + ihl + 2;
-            if f.len() >= 14 + ihl + 8 && f[23] == 17 && f[dport_at..dport_at + 2] == dport.to_be_bytes() {
-                frames.push(f.to_vec());
-            }
-        }
-        frames
-    })
-}
-
 #[test]
 fn udp_without_checksum_keeps_none_byte_for_byte() {
     // A UDP checksum of 0 (none, RFC 768) must stay 0 after translation:
@@ -301,7 +263,7 @@ fn udp_without_checksum_keeps_none_byte_for_byte() {
     // once: none may be lost either.
     let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53"]);
     let sock = udp_backend(&lab, 53, 2);
-    let wire = capture_udp(&lab.server, 53, 5);
+    let wire = forwarder_testkit::Capture::open(&lab.server, "eth0").unwrap().collect(5, Duration::from_secs(5), |f| forwarder_testkit::capture::is_l4_to(f, 17, 53));
     let client = lab
         .client
         .enter(|| {
@@ -1223,7 +1185,7 @@ fn hitless_restart_after_kill_keeps_a_transfer_going_without_a_gap() {
     assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "teardown left the datapath forwarding");
     // (`maps.debug`, `progs.debug`: bpffs's own, at the root of every one.)
     let left: Vec<String> =
-        std::fs::read_dir(&pin).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| !n.ends_with(".debug")).collect();
+        std::fs::read_dir(&pin).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| std::path::Path::new(n).extension().is_none_or(|e| e != "debug")).collect();
     assert!(left.is_empty(), "teardown left pins: {left:?}");
     assert_no_csum_errors(&lab);
 }
