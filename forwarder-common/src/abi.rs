@@ -23,7 +23,14 @@ pub const PROG_BENCH_TX: &str = "bench_xdp_tx";
 /// Array of one [`BenchFrame`].
 pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
 pub const PROG_BENCH_SINK: &str = "bench_xdp_sink";
+/// The receiver's counts: index [`BENCH_SINK_FROM_SOURCE`], packets from
+/// the source in [`MAP_BENCH_SINK_SOURCE`]; [`BENCH_SINK_FROM_OTHERS`],
+/// from any other.
 pub const MAP_BENCH_SINK: &str = "BENCH_SINK";
+pub const BENCH_SINK_FROM_SOURCE: u32 = 0;
+pub const BENCH_SINK_FROM_OTHERS: u32 = 1;
+/// The source the receiver expects ([`BenchSource`], index 0).
+pub const MAP_BENCH_SINK_SOURCE: &str = "BENCH_SINK_SOURCE";
 /// XDP program reached by tail call from [`PROG_XDP`] for the first
 /// packet of a connection: emits its audit event, then finishes it.
 pub const PROG_XDP_NEW: &str = "forwarder_xdp_new";
@@ -454,6 +461,27 @@ pub struct BenchFrame {
     pub seq: u32,
 }
 
+/// The source addresses the netfilter comparison's receiver expects
+/// ([`MAP_BENCH_SINK_SOURCE`]): those whose `mask`ed bits are `addr`'s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BenchSource {
+    /// Network byte order.
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub mask: [u8; 4],
+}
+
+impl BenchSource {
+    /// Whether `saddr` (network byte order) is one of them.
+    #[inline(always)]
+    #[must_use]
+    pub const fn matches(&self, saddr: [u8; 4]) -> bool {
+        u32::from_ne_bytes(saddr) & u32::from_ne_bytes(self.mask) == u32::from_ne_bytes(self.addr) & u32::from_ne_bytes(self.mask)
+    }
+}
+
 /// Source ports per source address of a generator's flows.
 pub const BENCH_PORTS_PER_ADDR: u32 = 40_000;
 
@@ -472,6 +500,7 @@ pub const fn bench_flow(seq: u32, flows: u32) -> (u16, u8) {
 }
 
 const _: () = assert!(core::mem::size_of::<BenchFrame>() == 72);
+const _: () = assert!(core::mem::size_of::<BenchSource>() == 8);
 const _: () = assert!(core::mem::size_of::<SrcKey>() == 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
@@ -498,6 +527,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::AuditEvent {}
     unsafe impl aya::Pod for super::BenchFrame {}
+    unsafe impl aya::Pod for super::BenchSource {}
     unsafe impl aya::Pod for super::XdpTxErrors {}
     unsafe impl aya::Pod for super::RingPos {}
     unsafe impl aya::Pod for crate::audit::TokenBucket {}
@@ -505,7 +535,18 @@ mod pod {
 
 #[cfg(test)]
 mod bench_tests {
-    use super::{BENCH_PORTS_PER_ADDR, bench_flow};
+    use super::{BENCH_PORTS_PER_ADDR, BenchSource, bench_flow};
+
+    #[test]
+    fn receiver_source_matches_by_prefix() {
+        let host = BenchSource { addr: [192, 168, 1, 1], mask: [255; 4] };
+        assert!(host.matches([192, 168, 1, 1]));
+        assert!(!host.matches([192, 168, 1, 2]) && !host.matches([203, 0, 113, 10]));
+        let net = BenchSource { addr: [203, 0, 113, 0], mask: [255, 255, 255, 0] };
+        assert!(net.matches([203, 0, 113, 10]) && net.matches([203, 0, 113, 12]));
+        assert!(!net.matches([203, 0, 114, 10]) && !net.matches([192, 168, 1, 1]));
+        assert!(BenchSource { addr: [10, 0, 0, 0], mask: [0; 4] }.matches([1, 2, 3, 4]), "prefix 0: any source");
+    }
 
     #[test]
     fn generator_spreads_frames_over_ports_then_addresses() {

@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use forwarder_common::{
-    abi::{BenchFrame, bench_flow},
+    abi::{BENCH_SINK_FROM_OTHERS, BENCH_SINK_FROM_SOURCE, BenchFrame, BenchSource, bench_flow},
     csum::{ttl_decrement, udp_fixup, update16},
 };
 use network_types::{
@@ -118,16 +118,21 @@ pub fn tx(ctx: &XdpContext) -> u32 {
     XDP_TX
 }
 
-/// Packets [`sink`] counted (index 0).
+/// Packets [`sink`] counted: from the expected source (index
+/// `BENCH_SINK_FROM_SOURCE`) and from any other (`BENCH_SINK_FROM_OTHERS`).
 #[map]
-pub static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// The source [`sink`] expects (index 0).
+#[map]
+pub static BENCH_SINK_SOURCE: Array<BenchSource> = Array::with_max_entries(1, 0);
 
 /// The UDP (and TCP) destination port of the generated packets.
 const SINK_PORT: u16 = 5300;
 
 /// Receiver: counts and drops IPv4 UDP and TCP packets to port
-/// [`SINK_PORT`]; passes everything else (ARP, the other workloads'
-/// traffic).
+/// [`SINK_PORT`], apart by whether they come from the expected source;
+/// passes everything else (ARP, the other workloads' traffic).
 #[inline(always)]
 pub fn sink(ctx: &XdpContext) -> u32 {
     let Some((_, ip)) = ipv4(ctx) else { return XDP_PASS };
@@ -141,7 +146,8 @@ pub fn sink(ctx: &XdpContext) -> u32 {
     if u16::from_be_bytes([unsafe { (*ports)[2] }, unsafe { (*ports)[3] }]) != SINK_PORT {
         return XDP_PASS;
     }
-    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
+    let expected = BENCH_SINK_SOURCE.get(0).is_some_and(|s| s.matches(ip.src_addr));
+    if let Some(c) = BENCH_SINK.get_ptr_mut(if expected { BENCH_SINK_FROM_SOURCE } else { BENCH_SINK_FROM_OTHERS }) {
         // SAFETY: per-CPU slot.
         unsafe { *c += 1 };
     }

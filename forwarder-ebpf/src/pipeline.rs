@@ -20,7 +20,7 @@ use forwarder_common::{
         RULE_KEY_FULL_BITS, RuleKey, RuleTarget, SrcKey,
     },
     rule::backend_port,
-    conntrack::{CT_FIN, NextHop, TCP_RST, entry_pair, needs_refresh, next_state, snat_candidate, tuple_hash},
+    conntrack::{CT_FIN, CT_NEW, NextHop, TCP_RST, entry_pair, needs_refresh, next_state, snat_candidate, tuple_hash},
     csum::looks_partial,
     icmp::PROTO_ICMP,
     nat::Tuple,
@@ -473,6 +473,13 @@ fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut forwarder_common::a
         // when the table is full.
         if state >= CT_FIN && entry.state < CT_FIN {
             ct::candidate(&FlowKey::new(&parsed.tuple, parsed.proto));
+        }
+        // A closed tuple the client opens again (port reuse) is a new
+        // connection: counted as one.
+        if state == CT_NEW {
+            if let Some(s) = rule_stats(entry.rule_id) {
+                s.new_conns += 1;
+            }
         }
         entry.state = state;
         let peer = FlowKey::new(&new.reversed(), parsed.proto);

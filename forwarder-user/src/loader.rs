@@ -474,12 +474,13 @@ impl Datapath {
     /// namespace) `count` times, as fast as the kernel can: the benchmark
     /// generator (`BPF_PROG_TEST_RUN`, live frames, batches of 64). The
     /// frames are spread over `flows` flows from the frame's source up
-    /// ([`abi::bench_flow`]). Returns the time it took.
-    pub fn generate(&mut self, frame: &[u8; 64], flows: u32, ifindex: u32, count: u32) -> Result<std::time::Duration> {
+    /// ([`abi::bench_flow`]), the first frame's flow being flow `first`.
+    /// Returns the time it took.
+    pub fn generate(&mut self, frame: &[u8; 64], flows: u32, first: u32, ifindex: u32, count: u32) -> Result<std::time::Duration> {
         use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
         let mut a: Array<&mut MapData, abi::BenchFrame> =
             Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?).map_err(map_err(abi::MAP_BENCH_FRAME))?;
-        a.set(0, abi::BenchFrame { frame: *frame, flows, seq: 0 }, 0).map_err(map_err(abi::MAP_BENCH_FRAME))?;
+        a.set(0, abi::BenchFrame { frame: *frame, flows, seq: first }, 0).map_err(map_err(abi::MAP_BENCH_FRAME))?;
         let xdp: &Xdp = prog(&self.ebpf, abi::PROG_BENCH_TX)?;
         let ctx = xdp_md(frame.len(), ifindex);
         let t0 = std::time::Instant::now();
@@ -501,10 +502,20 @@ impl Datapath {
         Ok(())
     }
 
-    /// Packets the benchmark receiver counted so far (all CPUs).
-    pub fn bench_sink_count(&self) -> Result<u64> {
+    /// Packets the benchmark receiver counted so far (all CPUs): (from the
+    /// source it expects, from any other).
+    pub fn bench_sink_count(&self) -> Result<(u64, u64)> {
         let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_BENCH_SINK)?).map_err(map_err(abi::MAP_BENCH_SINK))?;
-        Ok(a.get(&0, 0).map_err(map_err(abi::MAP_BENCH_SINK))?.iter().sum())
+        let n = |i: u32| -> Result<u64> { Ok(a.get(&i, 0).map_err(map_err(abi::MAP_BENCH_SINK))?.iter().sum()) };
+        Ok((n(abi::BENCH_SINK_FROM_SOURCE)?, n(abi::BENCH_SINK_FROM_OTHERS)?))
+    }
+
+    /// The source the benchmark receiver expects: `addr`/`prefix`.
+    pub fn set_bench_source(&mut self, addr: std::net::Ipv4Addr, prefix: u8) -> Result<()> {
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+        let mut a: Array<&mut MapData, abi::BenchSource> =
+            Array::try_from(self.map_mut(abi::MAP_BENCH_SINK_SOURCE)?).map_err(map_err(abi::MAP_BENCH_SINK_SOURCE))?;
+        a.set(0, abi::BenchSource { addr: addr.octets(), mask: mask.to_be_bytes() }, 0).map_err(map_err(abi::MAP_BENCH_SINK_SOURCE))
     }
 
     /// [`Datapath::test_run_xdp`] for any loaded XDP program of the object.

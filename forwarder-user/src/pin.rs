@@ -147,18 +147,60 @@ impl Pins {
         Ok(gone)
     }
 
-    /// Removes every pin: links go (their interfaces are detached once no
-    /// process holds them) and the state maps are freed.
+    /// Removes every pin: links are detached from their interfaces first
+    /// (at once, whoever still holds them) and the state maps are freed.
     pub fn remove_all(&self) -> Result<usize> {
         let mut n = 0;
         for e in std::fs::read_dir(&self.dir).map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("link-") || TAIL_MAPS.contains(&name.as_str()) || STATE_MAPS.iter().any(|(m, _)| name == *m || name.starts_with(&format!("{m}_v"))) {
+                if name.starts_with("link-") {
+                    detach_link(&e.path())?;
+                }
                 std::fs::remove_file(e.path()).map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
                 n += 1;
             }
         }
         Ok(n)
+    }
+}
+
+/// `BPF_OBJ_GET` and `BPF_LINK_DETACH` (uapi/linux/bpf.h `enum bpf_cmd`).
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// Detaches the link pinned at `path` from its hook now (Linux 5.9). Only
+/// unpinning would leave that to the kernel's deferred release of the
+/// link's last reference, after `teardown` has returned, and to whichever
+/// process still holds a descriptor of it: the datapath would go on
+/// forwarding for a while, or for good. A link whose kind cannot be
+/// detached (`EOPNOTSUPP`) goes when its pin does.
+fn detach_link(path: &Path) -> Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+
+    let at = |what: &str, e: std::io::Error| Error::Io(format!("{what} {}: {e}", path.display()));
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| at("pin path", e.into()))?;
+    // The `obj` member of `union bpf_attr`: pathname, bpf_fd, file_flags.
+    let mut obj = [0u64; 2];
+    obj[0] = name.as_ptr() as u64;
+    // SAFETY: the attribute points at a NUL-terminated path alive across
+    // the call; the kernel reads 16 bytes.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, obj.as_mut_ptr(), core::mem::size_of_val(&obj)) };
+    if fd < 0 {
+        return Err(at("opening", std::io::Error::last_os_error()));
+    }
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| at("opening", std::io::Error::from_raw_os_error(libc::EBADF)))?) };
+    // The `link_detach` member: link_fd.
+    let mut detach = [0u32; 2];
+    detach[0] = std::os::fd::AsRawFd::as_raw_fd(&fd).cast_unsigned();
+    // SAFETY: a plain attribute of two u32, alive across the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, detach.as_mut_ptr(), core::mem::size_of_val(&detach)) };
+    let err = (rc < 0).then(std::io::Error::last_os_error);
+    match err.as_ref().and_then(std::io::Error::raw_os_error) {
+        None | Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(at("detaching", err.expect("error"))),
     }
 }
 
@@ -182,10 +224,12 @@ mod tests {
         assert_eq!(gone, ["FWD_FLOWS_v2", "FWD_STATS", "FWD_STATS_v1"]);
         assert!(flows.exists() && stats.exists() && dir.join("link-xdp-pub0").exists() && dir.join("FWD_FLOWS_OTHER").exists());
         assert!(pins.has_state());
-        // Teardown takes every version and the links, nothing else.
+        // Teardown takes every version, nothing else (links, which it
+        // detaches first, need a real bpffs: the e2e hitless test).
+        std::fs::remove_file(dir.join("link-xdp-pub0")).unwrap();
         std::fs::write(dir.join("FWD_FRAGS_v7"), "").unwrap();
         std::fs::write(dir.join("FWD_TC_TAILS"), "").unwrap();
-        assert_eq!(pins.remove_all().unwrap(), 5);
+        assert_eq!(pins.remove_all().unwrap(), 4);
         assert!(dir.join("FWD_FLOWS_OTHER").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }

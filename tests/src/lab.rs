@@ -310,6 +310,30 @@ impl Lab {
         Forwarder::start(cmd, stats)
     }
 
+    /// The answer of the lab's forwarder daemon on its control socket to
+    /// one raw request line.
+    pub fn control(&self, line: &str) -> Result<String> {
+        use std::io::{BufRead, Write};
+        let path = self.dir.join("control.sock");
+        let mut s = std::os::unix::net::UnixStream::connect(&path).with_context(|| format!("connecting to {}", path.display()))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        s.write_all(line.as_bytes())?;
+        let mut r = String::new();
+        std::io::BufReader::new(s).read_line(&mut r)?;
+        Ok(r)
+    }
+
+    /// The daemon's counters as of now (its `stats` answer's data; the
+    /// stats file lags up to its period).
+    pub fn live_stats(&self) -> Result<serde_json::Value> {
+        let r = self.control("{\"cmd\":\"stats\"}\n")?;
+        let mut v: serde_json::Value = serde_json::from_str(&r).with_context(|| format!("stats answer {r:?}"))?;
+        if v["ok"] != serde_json::Value::Bool(true) {
+            anyhow::bail!("stats refused: {r}");
+        }
+        Ok(v["data"].take())
+    }
+
     /// Starts a process in `ns`, stopped when the lab goes.
     pub fn spawn(&mut self, which: Host, program: &str, args: &[&str]) -> Result<u32> {
         let mut cmd = self.ns(which).command(program);

@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::mpsc,
     time::{Duration, Instant},
@@ -242,16 +242,6 @@ fn get_within(lab: &Lab, connect: Duration) -> String {
         .unwrap()
 }
 
-/// The daemon's answer on its control socket to one raw request line.
-fn control_raw(sock: &std::path::Path, line: &str) -> String {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(line.as_bytes()).unwrap();
-    let mut r = String::new();
-    BufReader::new(s).read_line(&mut r).unwrap();
-    r
-}
-
 fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
     let out = std::process::Command::new(&bin).args(args).arg("--control").arg(lab.dir.join("control.sock")).output().unwrap();
@@ -311,7 +301,7 @@ fn housekeeping_failures_are_logged_counted_retried_and_never_stop_forwarding() 
     }
     // A bad request gets an error answer; a client that says nothing holds
     // up no other.
-    let r = control_raw(&lab.dir.join("control.sock"), "nonsense\n");
+    let r = lab.control("nonsense\n").unwrap();
     assert!(r.contains(r#""ok":false"#) && r.contains("bad request `nonsense`"), "{r}");
     let silent = std::os::unix::net::UnixStream::connect(lab.dir.join("control.sock")).unwrap();
     let t0 = Instant::now();

@@ -51,6 +51,9 @@ fn frame(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, l4
             if flags.contains('P') {
                 b = b.psh();
             }
+            if flags.contains('F') {
+                b = b.fin();
+            }
             b.write(&mut v, payload).unwrap();
         }
         L4::Udp { sport, dport } => ip.udp(sport, dport).write(&mut v, payload).unwrap(),
@@ -354,6 +357,50 @@ fn xdp_hands_packets_to_tc_through_the_metadata_area_and_tc_sends_them() {
         .unwrap()
         .join()
         .unwrap();
+}
+
+#[test]
+fn a_closed_tuple_opened_again_is_a_new_connection_in_both_hooks() {
+    // A client that reuses its port after the connection closed (it was
+    // not the side in TIME_WAIT): the new SYN meets the old entry, which
+    // must start over as a new connection, counted as one, same
+    // translation.
+    in_gateway(1024, |dp, m, pub_if, int_if, _| {
+        let (client, public, internal, server) = (ADDRS.client, ADDRS.gw_public, ADDRS.gw_internal, ADDRS.server);
+        let rules: Vec<Rule> = RULES.iter().map(|r| Rule::parse_spec(r).unwrap()).collect();
+        for (hook, cport) in [("XDP", 45000u16), ("TC", 45001)] {
+            let p = snat_port(client, cport, 8080);
+            let run = |f: &[u8], ifx: u32| {
+                let ok = if hook == "XDP" { dp.test_run_xdp(f, ifx, 1).unwrap().0 == XDP_REDIRECT } else { dp.test_run_tc(f, ifx).unwrap().0 == TC_ACT_REDIRECT };
+                assert!(ok, "{hook}: not forwarded:\n{}", hex(f));
+            };
+            let from_client = |seq, flags| frame(m.client, m.gw_pub, client, public, 64, &L4::Tcp { sport: cport, dport: 8080, seq, flags }, &[]);
+            let from_server = |seq, flags| frame(m.server, m.gw_int, server, internal, 64, &L4::Tcp { sport: 80, dport: p, seq, flags }, &[]);
+            let state = || dp.flows().unwrap().iter().find(|(k, _)| k.sport == cport.to_be_bytes()).map(|(_, e)| e.state);
+            let new_conns = || dp.snapshot(&rules).unwrap().rules[0].new_connections;
+            let before = new_conns();
+            run(&from_client(1, "S"), pub_if);
+            run(&from_server(9, "SA"), int_if);
+            run(&from_client(2, "A"), pub_if);
+            assert_eq!(state(), Some(forwarder_common::conntrack::CT_ESTABLISHED), "{hook}");
+            run(&from_server(10, "FA"), int_if);
+            run(&from_client(2, "FA"), pub_if);
+            run(&from_server(11, "A"), int_if);
+            assert!(state() >= Some(forwarder_common::conntrack::CT_FIN), "{hook}: {:?}", state());
+            // The same tuple again: the same translation, a new connection.
+            let (verdict, out) = if hook == "XDP" {
+                let (v, o, _) = dp.test_run_xdp(&from_client(100, "S"), pub_if, 1).unwrap();
+                (v == XDP_REDIRECT, o)
+            } else {
+                let (v, o) = dp.test_run_tc(&from_client(100, "S"), pub_if).unwrap();
+                (v == TC_ACT_REDIRECT, o)
+            };
+            assert!(verdict, "{hook}: the reopening SYN was not forwarded");
+            assert_eq!(hex(&out), hex(&frame(m.gw_int, m.server, internal, server, 63, &L4::Tcp { sport: p, dport: 80, seq: 100, flags: "S" }, &[])), "{hook}");
+            assert_eq!(state(), Some(forwarder_common::conntrack::CT_NEW), "{hook}");
+            assert_eq!(new_conns() - before, 2, "{hook}: the reopened connection was not counted");
+        }
+    });
 }
 
 #[test]

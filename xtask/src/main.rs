@@ -48,6 +48,11 @@ enum Cmd {
         /// Fewer calls (well under a minute).
         #[arg(long)]
         quick: bool,
+        /// Only prove that every workload and check works: the shortest
+        /// runs, figures to target/bench/check; fails when any is FAILED
+        /// (as every run does). Part of `cargo xtask test`.
+        #[arg(long)]
+        check: bool,
     },
     /// The soak run (not part of the tests): everything at once for N
     /// minutes — TCP and UDP clients with checked payloads, a rule change
@@ -145,20 +150,11 @@ fn main() -> Result<()> {
             let bin = build_forwarder()?;
             lab::run(&bin, requests)
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, check } => {
             require_root("the benchmark")?;
             setup::run()?;
-            build_forwarder()?;
-            // The program's micro-benchmark, then the netfilter comparison.
-            for bench in ["micro", "compare"] {
-                let mut cmd = cargo();
-                cmd.args(["bench", "-p", "forwarder-testkit", "--bench", bench, "--"]);
-                if quick {
-                    cmd.arg("--quick");
-                }
-                status(&mut cmd)?;
-            }
-            Ok(())
+            let bin = build_forwarder()?;
+            bench(&bin, quick || check, check)
         }
         Cmd::Soak { minutes, tuned, mode } => {
             require_root("the soak run")?;
@@ -175,29 +171,67 @@ fn main() -> Result<()> {
             require_root("the end-to-end tests")?;
             setup::run()?;
             let bin = build_forwarder()?;
-            let t0 = std::time::Instant::now();
-            // Everything once (end-to-end in XDP mode on the lab tuned for
-            // it), then the end-to-end suites again: in TC mode, and in the
-            // mode a user gets without flags on a lab at the kernel's
-            // defaults (where only the TC path can transmit into veths).
-            let (mut passed, mut failed, mut ok) =
-                run_tests(cargo().args(["test", "--workspace", "--exclude", "forwarder-ebpf"]).env("FORWARDER_BIN", &bin).args(&args))?;
-            for (mode, lab, suites) in [("tc", "tuned", &["forward", "audit", "failsafe"][..]), ("default", "untuned", &["forward", "audit", "failsafe", "cli"][..])] {
-                eprintln!("xtask: the end-to-end suites again: mode {mode}, {lab} lab");
-                let mut cmd = cargo();
-                cmd.args(["test", "-p", "forwarder-testkit"]);
-                for s in suites {
-                    cmd.args(["--test", s]);
-                }
-                let (p, f, o) = run_tests(cmd.env("FORWARDER_BIN", &bin).env("FORWARDER_TEST_MODE", mode).env("FORWARDER_TEST_LAB", lab).args(&args))?;
-                (passed, failed, ok) = (passed + p, failed + f, ok && o);
-            }
-            eprintln!("xtask: tests took {:.0} s", t0.elapsed().as_secs_f64());
-            println!("tests: {passed} passed, {failed} failed");
-            if !ok || failed > 0 {
-                bail!("tests failed");
-            }
-            Ok(())
+            test(&bin, &args)
         }
     }
+}
+
+/// The program's micro-benchmark, then the netfilter comparison; `check`:
+/// the comparison's shortest run, which only proves it works.
+fn bench(bin: &Path, quick: bool, check: bool) -> Result<()> {
+    for (name, flag) in [("micro", quick.then_some("--quick")), ("compare", if check { Some("--check") } else { quick.then_some("--quick") })] {
+        let mut cmd = cargo();
+        cmd.args(["bench", "-p", "forwarder-testkit", "--bench", name, "--"]);
+        cmd.args(flag);
+        status(cmd.env("FORWARDER_BIN", bin))?;
+    }
+    Ok(())
+}
+
+/// The datapath modes and labs every end-to-end test runs in (`mode`,
+/// `lab` as `FORWARDER_TEST_MODE` and `FORWARDER_TEST_LAB` take them). The
+/// first pass also runs the unit tests. Untuned labs are at the kernel's
+/// defaults (no GRO at the far ends: XDP cannot transmit into them); the
+/// `csum` lab is an untuned one whose endpoints verify every checksum they
+/// receive and whose gateway computes in software what it sends.
+const PASSES: [(&str, &str); 6] = [("xdp", "tuned"), ("xdp", "csum"), ("tc", "tuned"), ("tc", "untuned"), ("default", "tuned"), ("default", "csum")];
+
+/// `cargo xtask test`: the whole suite in every pass of [`PASSES`], the
+/// unit tests and fixtures once more in release, the benchmark's check.
+fn test(bin: &Path, args: &[String]) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let (mut passed, mut failed, mut ok) = (0, 0, true);
+    let mut tally = |(p, f, o): (u64, u64, bool)| {
+        (passed, failed, ok) = (passed + p, failed + f, ok && o);
+    };
+    for (i, (mode, lab)) in PASSES.iter().enumerate() {
+        eprintln!("xtask: pass {}/{}: mode {mode}, {lab} lab", i + 1, PASSES.len());
+        let t = std::time::Instant::now();
+        let mut cmd = cargo();
+        if i == 0 {
+            cmd.args(["test", "--workspace", "--exclude", "forwarder-ebpf"]);
+        } else {
+            cmd.args(["test", "-p", "forwarder-testkit", "--tests"]);
+        }
+        tally(run_tests(cmd.env("FORWARDER_BIN", bin).env("FORWARDER_TEST_MODE", mode).env("FORWARDER_TEST_LAB", lab).args(args))?);
+        eprintln!("xtask: pass {}/{} took {:.0} s", i + 1, PASSES.len(), t.elapsed().as_secs_f64());
+    }
+    // Optimised code can differ (overflow checks off, other inlining):
+    // the host-side logic and the fixtures once more in release.
+    eprintln!("xtask: unit tests and fixtures in release");
+    tally(run_tests(cargo().args(["test", "--release", "--workspace", "--exclude", "forwarder-ebpf", "--lib", "--bins"]).args(args))?);
+    tally(run_tests(cargo().args(["test", "--release", "-p", "forwarder-testkit", "--test", "fixtures"]).env("FORWARDER_BIN", bin).args(args))?);
+    eprintln!("xtask: tests took {:.0} s", t0.elapsed().as_secs_f64());
+    println!("tests: {passed} passed, {failed} failed");
+    if !ok || failed > 0 {
+        bail!("tests failed");
+    }
+    // A benchmark that cannot run (or whose checks fail) must not land.
+    if args.is_empty() {
+        eprintln!("xtask: the benchmark's check");
+        let t = std::time::Instant::now();
+        bench(bin, true, true)?;
+        eprintln!("xtask: the benchmark's check took {:.0} s", t.elapsed().as_secs_f64());
+    }
+    Ok(())
 }
