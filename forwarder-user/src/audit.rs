@@ -277,6 +277,16 @@ impl SyslogSink {
     }
 }
 
+/// Whether the server's end of a syslog connection is gone: end of
+/// stream or an error where there is nothing to read.
+fn peer_gone(s: &tokio::net::TcpStream) -> bool {
+    match s.try_read(&mut [0u8; 256]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 /// RFC 6587 octet counting: `LEN SP MSG`.
 pub fn octet_counted(msg: &[u8]) -> Vec<u8> {
     let mut f = format!("{} ", msg.len()).into_bytes();
@@ -303,6 +313,13 @@ async fn send_loop(target: SyslogTarget, mut rx: tokio::sync::mpsc::Receiver<Vec
                 }
             }
             Transport::Tcp => {
+                // A syslog server never writes: a readable socket means it
+                // closed (or reset) the connection. Found before the write,
+                // not after: a write into a closed connection still
+                // succeeds once, and that message would be lost uncounted.
+                if tcp.as_ref().is_some_and(peer_gone) {
+                    tcp = None;
+                }
                 if tcp.is_none() && tokio::time::Instant::now() >= retry_at {
                     match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(target.addr)).await {
                         Ok(Ok(s)) => {

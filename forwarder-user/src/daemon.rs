@@ -310,10 +310,22 @@ impl Daemon {
     /// Builds a datapath for `next` and swaps it in (one link update); on
     /// any error nothing running changes. Needs `--pin-dir`: the connection
     /// table must outlive the swap.
-    fn swap(&mut self, next: Settings) -> anyhow::Result<()> {
+    fn swap(&mut self, mut next: Settings) -> anyhow::Result<()> {
         let Some(p) = self.pins.clone() else {
             anyhow::bail!("changing rules at runtime needs --pin-dir (the connection table must outlive the swap); restart instead");
         };
+        // The connection table outlives the swap as it is sized (a new
+        // size would need a new, empty table): the rest of the reload
+        // applies, the size stays and is said so, as at a start that
+        // adopts the table.
+        let running = self.dp.connection_capacity();
+        if next.conntrack.max_connections != running {
+            log::warn!(
+                "SIGHUP: conntrack max {} asked, but the running connection table holds {running} and is kept across reloads: it keeps its size (a new size takes a restart after `forwarder teardown`, which forgets every tracked connection)",
+                next.conntrack.max_connections
+            );
+            next.conntrack.max_connections = running;
+        }
         let compiled = next.compile(iface::index)?;
         let mut dp = Datapath::load_pinned(next.conntrack.max_connections, Some(&p))?;
         dp.configure(&compiled)?;

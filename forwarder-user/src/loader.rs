@@ -200,7 +200,20 @@ impl Datapath {
                 ProgramArray::try_from(ebpf.map_mut(map).ok_or_else(|| Error::Io(format!("map {map} missing")))?).map_err(map_err(map))?;
             tails.set(index, &fd, 0).map_err(map_err(map))?;
         }
-        Ok(Self { ebpf, logger: Some(logger), attached: Vec::new(), flow_capacity: max_connections.saturating_mul(2), tx_watch })
+        // The table's real size: an adopted (pinned) one keeps the size it
+        // was made with, whatever `max_connections` asks (aya reuses a
+        // pinned map as it is).
+        let flow_capacity = match ebpf.map(abi::MAP_FLOWS) {
+            Some(aya::maps::Map::HashMap(m)) => m.info().map_err(map_err(abi::MAP_FLOWS))?.max_entries(),
+            _ => return Err(Error::Io(format!("map {} missing from the object", abi::MAP_FLOWS))),
+        };
+        Ok(Self { ebpf, logger: Some(logger), attached: Vec::new(), flow_capacity, tx_watch })
+    }
+
+    /// Connections the conntrack table holds (two entries each): as asked
+    /// at load, or as an adopted table was made.
+    pub const fn connection_capacity(&self) -> u32 {
+        self.flow_capacity / 2
     }
 
     /// Whether the kernel's refusals of XDP redirects are watched.

@@ -353,6 +353,15 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Stops (SIGTERM, then SIGKILL after 5 s) a process this lab started,
+    /// before the lab goes; `false` if `pid` is not one of them.
+    pub fn stop_spawned(&mut self, pid: u32) -> bool {
+        let Some(k) = self.procs.iter().position(|p| p.pid() == pid) else { return false };
+        let mut p = self.procs.remove(k);
+        p.stop(std::time::Duration::from_secs(5));
+        true
+    }
+
     pub fn ns(&self, which: Host) -> &Netns {
         match which {
             Host::Client => &self.client,

@@ -152,8 +152,9 @@ fn reported(log: &str) -> u64 {
 }
 
 /// rsyslogd on the server host, listening on UDP 5514 and TCP 5601,
-/// writing what it parsed (RFC 5424) to a file. Returns the file.
-fn rsyslog(lab: &mut Lab) -> std::path::PathBuf {
+/// writing what it parsed (RFC 5424) to a file (appending, when started
+/// again). Returns the file and the daemon's PID.
+fn rsyslog(lab: &mut Lab) -> (std::path::PathBuf, u32) {
     let dir = lab.dir.join("rsyslog");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("received.log");
@@ -170,7 +171,7 @@ fn rsyslog(lab: &mut Lab) -> std::path::PathBuf {
     )
     .unwrap();
     let pid = dir.join("rsyslogd.pid");
-    lab.spawn(Host::Server, "rsyslogd", &["-n", "-f", conf.to_str().unwrap(), "-i", pid.to_str().unwrap()]).unwrap();
+    let pid = lab.spawn(Host::Server, "rsyslogd", &["-n", "-f", conf.to_str().unwrap(), "-i", pid.to_str().unwrap()]).unwrap();
     // Listening on both ports.
     let t0 = Instant::now();
     loop {
@@ -181,13 +182,13 @@ fn rsyslog(lab: &mut Lab) -> std::path::PathBuf {
         assert!(t0.elapsed() < Duration::from_secs(10), "rsyslogd did not start: {ss}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    out
+    (out, pid)
 }
 
 #[test]
 fn audit_events_reach_a_real_syslog_server_over_udp_and_tcp() {
     let mut lab = Lab::new().unwrap();
-    let received = rsyslog(&mut lab);
+    let (received, _) = rsyslog(&mut lab);
     let mut ports = Vec::new();
     for (k, target) in ["udp://192.168.1.50:5514", "tcp://192.168.1.50:5601"].into_iter().enumerate() {
         let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--syslog", target]).unwrap();
@@ -236,4 +237,75 @@ fn audit_events_reach_a_real_syslog_server_over_udp_and_tcp() {
         seen.insert(*cport);
     }
     assert_eq!(seen.len(), 4);
+}
+
+/// The sum of the "N not delivered to syslog" figures of the loss reports.
+fn undelivered(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split_once(" lost to a full ring, ")?.1.split(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The client ports of the audit events the syslog server wrote.
+fn received_ports(file: &std::path::Path) -> BTreeSet<u16> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once("client=\"203.0.113.10:")?.1.split('"').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_syslog_server_going_away_costs_counted_messages_never_forwarding_and_is_reconnected() {
+    let mut lab = Lab::new().unwrap();
+    let (received, pid) = rsyslog(&mut lab);
+    let target = "tcp://192.168.1.50:5601";
+    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--syslog", target]).unwrap();
+    let server = http_server(&lab, 64);
+    let before = requests(&lab, 2);
+    let t0 = Instant::now();
+    while received_ports(&received).len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "syslog did not receive the first events");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The server goes (its socket closes): the events of the connections
+    // made meanwhile are dropped and counted, each one; forwarding goes on.
+    assert!(lab.stop_spawned(pid));
+    let down = requests(&lab, 3);
+    wait_log(&fwd, &format!("syslog: cannot send to {target}"), 5);
+    let t0 = Instant::now();
+    while undelivered(&fwd.log_text()) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(12), "the 3 lost events were not reported:\n{}", fwd.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Back: the sender connects again (it retries every 5 s) and delivers.
+    let _ = rsyslog(&mut lab);
+    let mut after = Vec::new();
+    let t0 = Instant::now();
+    while !fwd.log_text().contains(&format!("syslog: connected to {target} again")) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no reconnect:\n{}", fwd.log_text());
+        after.extend(requests(&lab, 1));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let last = *after.last().expect("at least one request after the restart");
+    let t0 = Instant::now();
+    while !received_ports(&received).contains(&last) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the event that reconnected was not delivered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = received_ports(&received);
+    assert!(before.iter().all(|p| got.contains(p)), "{got:?} {before:?}");
+    assert!(down.iter().all(|p| !got.contains(p)), "events sent while the server was down arrived: {got:?} {down:?}");
+    let log = fwd.log_text();
+    let stats = finish(&lab, &mut fwd, Expect::log(&["syslog: cannot send to", "not delivered to syslog"]));
+    // Every connection went through and was counted.
+    assert_eq!(rule_counters(&stats, 0).2, (before.len() + down.len() + after.len()) as u64, "{stats}");
+    // What did not arrive was counted: at least the 3 events of the
+    // downtime, and no more than every event that did not arrive (each
+    // of the retries' drops included) plus the reports sent meanwhile.
+    let undelivered_sum = undelivered(&log);
+    let events = before.len() + down.len() + after.len();
+    let reports = log.lines().filter(|l| l.contains(" not delivered to syslog since the last report")).count();
+    assert!(undelivered_sum >= 3 && undelivered_sum as usize <= events - got.len() + reports, "undelivered {undelivered_sum}, events {events}, received {}, reports {reports}\n{log}", got.len());
+    drop(server);
 }

@@ -152,7 +152,7 @@ impl RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::faults::init_from_env().map_err(anyhow::Error::msg)?;
-    let settings = args.settings()?;
+    let mut settings = args.settings()?;
     let compiled = settings.compile(iface::index)?;
     // Before anything is loaded: a second daemon on the same socket is
     // refused without touching the running one.
@@ -164,6 +164,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pins = args.pin_dir.as_deref().map(Pins::open).transpose()?;
     let adopting = pins.as_ref().is_some_and(Pins::has_state);
     let mut dp = Datapath::load_pinned(settings.conntrack.max_connections, pins.as_ref())?;
+    if dp.connection_capacity() != settings.conntrack.max_connections {
+        log::warn!(
+            "conntrack max {} asked, but the adopted connection table holds {}: it keeps its size (a new size takes `forwarder teardown` first, which forgets every tracked connection)",
+            settings.conntrack.max_connections,
+            dp.connection_capacity()
+        );
+        settings.conntrack.max_connections = dp.connection_capacity();
+    }
     // Before anything is attached: the loss counters' baseline (adopted
     // ones carry an earlier daemon's) must not miss the first events.
     let audit = Audit::new(&mut dp, &settings)?;
