@@ -19,3 +19,16 @@ pub use lab::{ADDRS, Addrs, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, Macs, lab_k
 pub use capture::Capture;
 pub use netns::{BpfFs, Netns};
 pub use proc::{Forwarder, Spawned};
+
+/// What the forwarder's two hooks transmitted, from the `counters` of its
+/// stats: (XDP, TC). `None` when a counter is missing.
+pub fn sent_by_hook(counters: &serde_json::Value) -> Option<(u64, u64)> {
+    let c = |k: &str| counters[k].as_u64();
+    Some((c("xdp_redirected")?, c("tc_redirected")? + c("tc_redirected_neigh")?))
+}
+
+/// Whether XDP carried at least 90 % of what the hooks sent: the share
+/// XDP mode must show where XDP can transmit.
+pub const fn xdp_carried_most(xdp: u64, tc: u64) -> bool {
+    xdp * 10 >= (xdp + tc) * 9
+}

@@ -133,8 +133,15 @@ impl Forwarder {
         std::fs::read_to_string(&self.stats_file).with_context(|| format!("reading {}", self.stats_file.display()))
     }
 
-    /// The current stats JSON (refreshed every second by the forwarder).
+    /// The current stats JSON (refreshed every second by the forwarder;
+    /// right after the start, the first one is waited for, up to 3 s).
     pub fn stats(&self) -> Result<String> {
-        std::fs::read_to_string(&self.stats_file).with_context(|| format!("reading {}", self.stats_file.display()))
+        let t0 = Instant::now();
+        loop {
+            match std::fs::read_to_string(&self.stats_file) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && t0.elapsed() < Duration::from_secs(3) => std::thread::sleep(Duration::from_millis(50)),
+                r => return r.with_context(|| format!("reading {}", self.stats_file.display())),
+            }
+        }
     }
 }
