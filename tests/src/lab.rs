@@ -18,7 +18,10 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use anyhow::{Context, Result};
@@ -57,6 +60,22 @@ pub const GW_PUBLIC_IF: &str = "pub0";
 pub const GW_INTERNAL_IF: &str = "int0";
 
 const PREFIX: &str = "fwdlab";
+
+/// Labs of one test process share the machine (tests run in parallel);
+/// a lab made with [`Lab::alone`] has it to itself.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+/// A lab's share of the machine: with others, or alone.
+enum Turn {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+impl Turn {
+    fn shared() -> Self {
+        Self::Shared(MACHINE.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// The datapath hook the end-to-end suite runs with: `$FORWARDER_TEST_MODE`
@@ -120,6 +139,8 @@ pub struct Lab {
     /// Checksums computed in software and verified by the endpoints
     /// ([`lab_kind`] `csum`).
     pub verify_csums: bool,
+    /// Held until everything else of the lab is gone.
+    _turn: Turn,
 }
 
 /// Deletes namespaces and scratch directories of labs whose process is
@@ -150,7 +171,7 @@ fn sweep_stale() {
 
 impl Lab {
     /// Three empty namespaces (four with a router) and a scratch dir.
-    fn empty(router: bool, addrs: Addrs) -> Result<Self> {
+    fn empty(router: bool, addrs: Addrs, turn: Turn) -> Result<Self> {
         sweep_stale();
         let id = format!("{PREFIX}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join(&id);
@@ -159,7 +180,7 @@ impl Lab {
         let gateway = Netns::create(&format!("{id}-g"))?;
         let server = Netns::create(&format!("{id}-s"))?;
         let router = if router { Some(Netns::create(&format!("{id}-r"))?) } else { None };
-        Ok(Self { procs: Vec::new(), id, addrs, client, gateway, server, router, dir, tuned: tuned_lab(), verify_csums: lab_kind() == "csum" })
+        Ok(Self { procs: Vec::new(), id, addrs, client, gateway, server, router, dir, tuned: tuned_lab(), verify_csums: lab_kind() == "csum", _turn: turn })
     }
 
     /// Readies the gateway for `BPF_PROG_TEST_RUN` frames: client and server
@@ -173,6 +194,15 @@ impl Lab {
         Ok(m)
     }
 
+    /// The suite's lab, built once no other lab of this test process
+    /// exists, and none is built while it does: for a test that counts
+    /// what the machine's load alone can cost (TCP retransmissions).
+    pub fn alone() -> Result<Self> {
+        let lab = Self::empty(false, ADDRS, Turn::Alone(MACHINE.write().unwrap_or_else(PoisonError::into_inner)))?;
+        lab.wire().with_context(|| format!("building lab {}", lab.id))?;
+        Ok(lab)
+    }
+
     /// The lab the suite runs in (tuned unless `FORWARDER_TEST_LAB=untuned`).
     pub fn new() -> Result<Self> {
         Self::with_tuning(tuned_lab())
@@ -180,7 +210,7 @@ impl Lab {
 
     /// The lab with its far ends tuned for XDP or not, whatever the suite's.
     pub fn with_tuning(tuned: bool) -> Result<Self> {
-        let mut lab = Self::empty(false, ADDRS)?;
+        let mut lab = Self::empty(false, ADDRS, Turn::shared())?;
         lab.tuned = tuned;
         lab.verify_csums &= !tuned;
         lab.wire().with_context(|| format!("building lab {}", lab.id))?;
@@ -196,7 +226,7 @@ impl Lab {
     /// gateway int0 192.168.1.1 ── r0 192.168.1.254 | r1 192.168.2.1 (mtu) ── eth0 192.168.2.50 server
     /// ```
     pub fn with_router(mtu: u32) -> Result<Self> {
-        let lab = Self::empty(true, Addrs { server: Ipv4Addr::new(192, 168, 2, 50), ..ADDRS })?;
+        let lab = Self::empty(true, Addrs { server: Ipv4Addr::new(192, 168, 2, 50), ..ADDRS }, Turn::shared())?;
         lab.wire_routed(mtu).with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
     }
