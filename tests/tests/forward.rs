@@ -109,6 +109,7 @@ fn two_hundred_concurrent_connections_complete() {
     const N: usize = 200;
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
     let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    deep_backlog(&listener);
     let server = std::thread::spawn(move || {
         let mut conns = Vec::new();
         for _ in 0..N {

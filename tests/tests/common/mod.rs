@@ -47,10 +47,22 @@ pub fn counter(json: &str, name: &str) -> u64 {
     v["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {json}"))
 }
 
+/// Deepens a listener's accept queue to 4096 (the namespace's
+/// `somaxconn`; std listens with 128): a burst of connections set up
+/// faster than the test's thread accepts them must not cost a SYN the
+/// server drops, which a tight connect bound would blame on the gateway.
+pub fn deep_backlog(l: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen(2) again on a listening socket we own only changes
+    // its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 4096) }, 0, "listen: {}", std::io::Error::last_os_error());
+}
+
 /// A minimal HTTP/1.0 server: for each of `n` connections, reads a request
 /// and answers `hello <peer ip>`. Returns the peers it saw.
 pub fn http_server(lab: &Lab, n: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
     let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").expect("bind :80")).unwrap().join().unwrap();
+    deep_backlog(&listener);
     std::thread::spawn(move || {
         let mut peers = Vec::new();
         for _ in 0..n {
