@@ -31,12 +31,18 @@ pub const BENCH_SINK_FROM_SOURCE: u32 = 0;
 pub const BENCH_SINK_FROM_OTHERS: u32 = 1;
 /// The source the receiver expects ([`BenchSource`], index 0).
 pub const MAP_BENCH_SINK_SOURCE: &str = "BENCH_SINK_SOURCE";
+/// The benchmark object's devmap: where [`PROG_BENCH_FIB`] may redirect.
+pub const MAP_BENCH_TX_PORTS: &str = "BENCH_TX_PORTS";
 /// XDP program reached by tail call from [`PROG_XDP`] for the first
 /// packet of a connection: emits its audit event, then finishes it.
 pub const PROG_XDP_NEW: &str = "forwarder_xdp_new";
 /// Program array of [`PROG_XDP`]'s tail calls; index 0 = [`PROG_XDP_CSUM`],
 /// 1 = [`PROG_XDP_NEW`].
 pub const MAP_XDP_TAILS: &str = "FWD_XDP_TAILS";
+/// Index of [`PROG_XDP_CSUM`] in [`MAP_XDP_TAILS`].
+pub const XDP_TAIL_FULL_CSUM: u32 = 0;
+/// Index of [`PROG_XDP_NEW`] in [`MAP_XDP_TAILS`].
+pub const XDP_TAIL_NEW_FLOW: u32 = 1;
 /// TC clsact ingress program: takes what XDP cannot finish (unresolved
 /// neighbour, egress not in the devmap) with `bpf_redirect_neigh`.
 pub const PROG_TC: &str = "forwarder_tc";
@@ -46,6 +52,8 @@ pub const PROG_TC: &str = "forwarder_tc";
 pub const PROG_TC_NEW: &str = "forwarder_tc_new";
 /// Program array of [`PROG_TC`]'s tail call; index 0 = [`PROG_TC_NEW`].
 pub const MAP_TC_TAILS: &str = "FWD_TC_TAILS";
+/// Index of [`PROG_TC_NEW`] in [`MAP_TC_TAILS`].
+pub const TC_TAIL_NEW_FLOW: u32 = 0;
 /// Raw tracepoint program on `xdp_redirect_err`: counts, per egress, the
 /// frames the kernel refused to transmit after [`PROG_XDP`] redirected
 /// them through [`MAP_TX_PORTS`] (in [`MAP_XDP_TX_ERRORS`]).

@@ -1,6 +1,24 @@
 //! The forwarder's kernel side: an XDP program (the fast path) and a TC
-//! clsact-ingress program (the assist path), both thin wrappers around one
-//! pipeline in [`pipeline`].
+//! clsact-ingress program (the assist path), both thin hooks around one
+//! pipeline. This file holds the entry points and nothing else; the
+//! benchmark's reference programs are a separate object (`bin/bench.rs`).
+//!
+//! One crate, one LLVM module: the datapath is compiled as a whole, as
+//! the verifier has seen it (split into a library and a binary, LLVM
+//! inlines and spills differently, and the new-flow program loses the
+//! bounds of its L4 offset).
+//!
+//! A layer imports only the layers below it:
+//!
+//! ```text
+//! hook/{xdp, tc, toobig, txwatch}   apply a verdict the way each hook can
+//! pipeline                          parse, then dispatch to a flow
+//! flow/{established, new, icmp, frag}   one kind of packet each; never each other
+//! ops/{parse, fib, rewrite, csum, conntrack, frag, audit}   mechanics
+//! maps                              every map, the counters
+//! types                             Parsed, Forward, Verdict, Quote, hand-over plans
+//! ctx                               one packet API over XDP and TC contexts
+//! ```
 //!
 //! Verifier notes that shaped this crate:
 //! - every packet access goes through [`ctx::ptr_at`], which checks against
@@ -13,28 +31,23 @@
 //!   (TC checksum helpers) are called after the last direct write.
 #![no_std]
 #![no_main]
-// The verifier-bounding mask in `pipeline::Parsed::l4`.
+// The verifier-bounding mask in `types::Parsed::l4`.
 #![feature(asm_experimental_arch)]
 
-mod audit;
-mod bench;
-mod csum;
-mod ct;
+// Bottom layer first.
 mod ctx;
-mod frag;
-mod icmp;
 mod maps;
+mod types;
+mod ops;
+mod flow;
 mod pipeline;
-mod rewrite;
-mod tc;
-mod toobig;
-mod txwatch;
-mod xdp;
+mod hook;
 
 use aya_ebpf::{
     macros::{classifier, raw_tracepoint, xdp},
     programs::{RawTracePointContext, TcContext, XdpContext},
 };
+use hook::{tc, txwatch, xdp};
 
 #[xdp]
 pub fn forwarder_xdp(ctx: XdpContext) -> u32 {
@@ -52,30 +65,6 @@ pub fn forwarder_xdp_csum(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn forwarder_xdp_new(ctx: XdpContext) -> u32 {
     xdp::run_new_flow(&ctx)
-}
-
-/// Benchmark floor: does nothing.
-#[xdp]
-pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
-    aya_ebpf::bindings::xdp_action::XDP_PASS
-}
-
-/// Benchmark ceiling of the XDP approach: FIB + redirect, no NAT.
-#[xdp]
-pub fn bench_xdp_fib(ctx: XdpContext) -> u32 {
-    bench::fib_redirect(&ctx)
-}
-
-/// Benchmark traffic generator (live-frames test run).
-#[xdp]
-pub fn bench_xdp_tx(ctx: XdpContext) -> u32 {
-    bench::tx(&ctx)
-}
-
-/// Benchmark receiver: counts and drops the generated packets.
-#[xdp]
-pub fn bench_xdp_sink(ctx: XdpContext) -> u32 {
-    bench::sink(&ctx)
 }
 
 #[classifier]

@@ -4,14 +4,16 @@
 use aya_ebpf::{
     bindings::bpf_devmap_val,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use forwarder_common::abi::{
     Config, FLOW_TABLE_SIZE, RingPos, FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
     MAX_SRC_ENTRIES,
-    RuleKey, RuleStats, RuleTarget, SrcKey,
+    RuleKey, RuleStats, RuleTarget, SrcKey, EVENTS_RING_BYTES, XdpTxErrors,
 };
 use forwarder_common::{audit::TokenBucket, conntrack::CT_CANDIDATES, stats};
+
+use crate::types::{FullCsum, NewFlowPlan};
 
 #[map]
 pub static FWD_RULES: LpmTrie<RuleKey, RuleTarget> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
@@ -59,19 +61,42 @@ pub static FWD_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0
 #[map]
 pub static FWD_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// The XDP program's tail calls (`xdp::TAIL_FULL_CSUM`, `xdp::TAIL_NEW_FLOW`).
+/// The XDP program's tail calls (`abi::XDP_TAIL_FULL_CSUM`,
+/// `abi::XDP_TAIL_NEW_FLOW`).
 #[map]
 pub static FWD_XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// The TC program's tail call: index `abi::TC_TAIL_NEW_FLOW` = the new-flow
+/// program (`abi::PROG_TC_NEW`).
+#[map]
+pub static FWD_TC_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Hand-over from a hook's main program to its new-flow program, one slot
 /// per CPU.
 #[map]
-pub static FWD_NEW_SCRATCH: PerCpuArray<crate::pipeline::NewFlowPlan> = PerCpuArray::with_max_entries(1, 0);
+pub static FWD_NEW_SCRATCH: PerCpuArray<NewFlowPlan> = PerCpuArray::with_max_entries(1, 0);
 
 /// Hand-over from the XDP programs to the full-checksum tail call, one
 /// slot per CPU.
 #[map]
-pub static FWD_SCRATCH: PerCpuArray<crate::xdp::FullCsum> = PerCpuArray::with_max_entries(1, 0);
+pub static FWD_SCRATCH: PerCpuArray<FullCsum> = PerCpuArray::with_max_entries(1, 0);
+
+/// Audit events to the daemon (`ops::audit`).
+#[map]
+pub static FWD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// The per-CPU audit rate limit's buckets.
+#[map]
+pub static FWD_AUDIT_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Frames the kernel refused to transmit after our redirect, per egress
+/// (`hook::txwatch`).
+#[map]
+pub static FWD_XDP_TX_ERR: PerCpuHashMap<u32, XdpTxErrors> = PerCpuHashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Index 0: the id of the devmap whose errors count (0 until set).
+#[map]
+pub static FWD_TX_WATCH: Array<u32> = Array::with_max_entries(1, 0);
 
 // Keeps the devmap value type referenced (the loader checks its size).
 const _: usize = core::mem::size_of::<bpf_devmap_val>();

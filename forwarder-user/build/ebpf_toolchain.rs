@@ -85,7 +85,8 @@ pub fn detect() -> Result<Toolchain, String> {
     Err(INSTRUCTIONS.to_string())
 }
 
-/// Builds the eBPF crate in `workspace` into `target_dir`; returns the object.
+/// Builds the eBPF crate in `workspace` into `target_dir`; returns the
+/// directory of its objects (`forwarder`, `bench`).
 pub fn build(tc: &Toolchain, workspace: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     let manifest = workspace.join("forwarder-ebpf/Cargo.toml");
     let linker_cfg = |l: &Path| format!("target.{TARGET}.linker=\"{}\"", l.display());
@@ -116,5 +117,5 @@ pub fn build(tc: &Toolchain, workspace: &Path, target_dir: &Path) -> Result<Path
     if !status.success() {
         return Err(format!("building the eBPF crate with {} failed ({status})", tc.describe()));
     }
-    Ok(target_dir.join(TARGET).join("release/forwarder"))
+    Ok(target_dir.join(TARGET).join("release"))
 }

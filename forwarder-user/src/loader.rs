@@ -34,6 +34,12 @@ use crate::{
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
 
+/// The benchmarks' object (reference programs, generator, receiver),
+/// built by `build.rs` from the same crate: loaded only by the benchmark
+/// harness; the `forwarder` binary never references it, so it does not
+/// carry it.
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
+
 /// How to attach XDP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttach {
@@ -110,16 +116,6 @@ where
     ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))
 }
 
-/// The `struct xdp_md` a test run starts with: a frame of `len` bytes
-/// arriving on `ifindex` (fields `data`, `data_end`, `data_meta`,
-/// `ingress_ifindex`, `rx_queue_index`, `egress_ifindex`: u32 each).
-fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
 fn prog_err(what: String) -> impl FnOnce(aya::programs::ProgramError) -> Error {
     move |source| Error::Program { what, source }
 }
@@ -187,7 +183,11 @@ impl Datapath {
             }
         };
         // The programs' tail calls.
-        for (map, index, name) in [(abi::MAP_XDP_TAILS, 0, abi::PROG_XDP_CSUM), (abi::MAP_XDP_TAILS, 1, abi::PROG_XDP_NEW), (abi::MAP_TC_TAILS, 0, abi::PROG_TC_NEW)] {
+        for (map, index, name) in [
+            (abi::MAP_XDP_TAILS, abi::XDP_TAIL_FULL_CSUM, abi::PROG_XDP_CSUM),
+            (abi::MAP_XDP_TAILS, abi::XDP_TAIL_NEW_FLOW, abi::PROG_XDP_NEW),
+            (abi::MAP_TC_TAILS, abi::TC_TAIL_NEW_FLOW, abi::PROG_TC_NEW),
+        ] {
             let fd = match ebpf.program(name) {
                 Some(aya::programs::Program::Xdp(p)) => p.fd(),
                 Some(aya::programs::Program::SchedClassifier(p)) => p.fd(),
@@ -453,114 +453,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// Runs the XDP program once on `frame` (`BPF_PROG_TEST_RUN`) as if it
-    /// arrived on `ingress_ifindex` (of the caller's network namespace):
-    /// the verdict and the frame as the program left it. For fixture tests
-    /// and the micro-benchmark (`repeat` > 1 gives the mean time per run).
-    pub fn test_run_xdp(&self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
-        self.test_run_named(abi::PROG_XDP, frame, ingress_ifindex, repeat)
+    /// XDP program `name` of the loaded object (the test harness runs it
+    /// with `BPF_PROG_TEST_RUN`).
+    pub fn xdp_program(&self, name: &str) -> Result<&Xdp> {
+        prog(&self.ebpf, name)
     }
 
-    /// Loads the micro-benchmark's reference programs (see `abi::PROG_BENCH_*`).
-    pub fn load_bench_programs(&mut self) -> Result<()> {
-        for name in [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB, abi::PROG_BENCH_TX, abi::PROG_BENCH_SINK] {
-            let p: &mut Xdp = prog_mut(&mut self.ebpf, name)?;
-            p.load().map_err(prog_err(format!("verifying {name}")))?;
-        }
-        Ok(())
-    }
-
-    /// Attaches loaded XDP program `name` natively to `ifname` (resolved in
-    /// the calling thread's namespace): for the benchmark's reference
-    /// programs. Detached by [`Datapath::detach_named`] or on drop.
-    pub fn attach_named(&mut self, name: &str, ifname: &str) -> Result<aya::programs::xdp::XdpLinkId> {
-        let p: &mut Xdp = prog_mut(&mut self.ebpf, name)?;
-        p.attach(ifname, XdpMode::Driver).map_err(prog_err(format!("attaching {name} to {ifname}")))
-    }
-
-    pub fn detach_named(&mut self, name: &str, link: aya::programs::xdp::XdpLinkId) -> Result<()> {
-        let p: &mut Xdp = prog_mut(&mut self.ebpf, name)?;
-        p.detach(link).map_err(prog_err(format!("detaching {name}")))
-    }
-
-    /// Sends the 64-byte `frame` out of `ifindex` (in the calling thread's
-    /// namespace) `count` times, as fast as the kernel can: the benchmark
-    /// generator (`BPF_PROG_TEST_RUN`, live frames, batches of 64). The
-    /// frames are spread over `flows` flows from the frame's source up
-    /// ([`abi::bench_flow`]), the first frame's flow being flow `first`.
-    /// Returns the time it took.
-    pub fn generate(&mut self, frame: &[u8; 64], flows: u32, first: u32, ifindex: u32, count: u32) -> Result<std::time::Duration> {
-        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
-        let mut a: Array<&mut MapData, abi::BenchFrame> =
-            Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?).map_err(map_err(abi::MAP_BENCH_FRAME))?;
-        a.set(0, abi::BenchFrame { frame: *frame, flows, seq: first }, 0).map_err(map_err(abi::MAP_BENCH_FRAME))?;
-        let xdp: &Xdp = prog(&self.ebpf, abi::PROG_BENCH_TX)?;
-        let ctx = xdp_md(frame.len(), ifindex);
-        let t0 = std::time::Instant::now();
-        xdp.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: count, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
-            .map_err(prog_err("BPF_PROG_TEST_RUN (live frames)".to_string()))?;
-        Ok(t0.elapsed())
-    }
-
-    /// Runs the XDP program once on `frame` as if `ingress_ifindex` (in the
-    /// calling thread's namespace) received it, in live-frame mode: what it
-    /// redirects is transmitted, what it passes enters the stack there,
-    /// metadata and all, and meets the TC program if it is attached.
-    pub fn run_xdp_live(&self, frame: &[u8], ingress_ifindex: u32) -> Result<()> {
-        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
-        let xdp: &Xdp = prog(&self.ebpf, abi::PROG_XDP)?;
-        let ctx = xdp_md(frame.len(), ingress_ifindex);
-        xdp.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: 1, attrs: TestRunAttrs::new().xdp_live_frames(1), ..Default::default() })
-            .map_err(prog_err("BPF_PROG_TEST_RUN (live frame)".to_string()))?;
-        Ok(())
-    }
-
-    /// Packets the benchmark receiver counted so far (all CPUs): (from the
-    /// source it expects, from any other).
-    pub fn bench_sink_count(&self) -> Result<(u64, u64)> {
-        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_BENCH_SINK)?).map_err(map_err(abi::MAP_BENCH_SINK))?;
-        let n = |i: u32| -> Result<u64> { Ok(a.get(&i, 0).map_err(map_err(abi::MAP_BENCH_SINK))?.iter().sum()) };
-        Ok((n(abi::BENCH_SINK_FROM_SOURCE)?, n(abi::BENCH_SINK_FROM_OTHERS)?))
-    }
-
-    /// The source the benchmark receiver expects: `addr`/`prefix`.
-    pub fn set_bench_source(&mut self, addr: std::net::Ipv4Addr, prefix: u8) -> Result<()> {
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
-        let mut a: Array<&mut MapData, abi::BenchSource> =
-            Array::try_from(self.map_mut(abi::MAP_BENCH_SINK_SOURCE)?).map_err(map_err(abi::MAP_BENCH_SINK_SOURCE))?;
-        a.set(0, abi::BenchSource { addr: addr.octets(), mask: mask.to_be_bytes() }, 0).map_err(map_err(abi::MAP_BENCH_SINK_SOURCE))
-    }
-
-    /// [`Datapath::test_run_xdp`] for any loaded XDP program of the object.
-    pub fn test_run_named(&self, name: &str, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
-        use aya::programs::{TestRun, TestRunOptions};
-        let xdp: &Xdp = prog(&self.ebpf, name)?;
-        let ctx = xdp_md(frame.len(), ingress_ifindex);
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = xdp
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in: Some(&ctx), repeat: repeat.max(1), ..Default::default() })
-            .map_err(prog_err("BPF_PROG_TEST_RUN".to_string()))?;
-        out.truncate(res.data_size_out as usize);
-        Ok((res.return_value, out, res.duration))
-    }
-
-    /// Runs the TC program once on `frame` as if it arrived on `ifindex`
-    /// (`BPF_PROG_TEST_RUN`): the verdict (`TC_ACT_*`) and the frame as the
-    /// program left it.
-    pub fn test_run_tc(&self, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
-        use aya::programs::{TestRun, TestRunOptions};
-        let tc: &SchedClassifier = prog(&self.ebpf, abi::PROG_TC)?;
-        // struct __sk_buff up to ifindex (offset 40): the kernel takes
-        // ingress_ifindex and ifindex from it, the rest must be zero.
-        let mut ctx = [0u8; 44];
-        ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
-        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = tc
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in: Some(&ctx), ..Default::default() })
-            .map_err(prog_err("BPF_PROG_TEST_RUN (TC)".to_string()))?;
-        out.truncate(res.data_size_out as usize);
-        Ok((res.return_value, out))
+    /// The loaded TC program (`abi::PROG_TC`), for the test harness.
+    pub fn tc_program(&self) -> Result<&SchedClassifier> {
+        prog(&self.ebpf, abi::PROG_TC)
     }
 
     /// Removes flow table entries (both directions of connections).

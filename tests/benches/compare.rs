@@ -72,10 +72,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use forwarder::{iface, loader::Datapath};
+use forwarder::iface;
 use forwarder_common::abi::{PROG_BENCH_FIB, PROG_BENCH_SINK};
 use forwarder_testkit::{ADDRS, Forwarder, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, Macs, Netns};
+use harness::Bench;
 use serde_json::{Value, json};
+
+#[path = "../harness/mod.rs"]
+#[allow(dead_code, reason = "the comparison uses the benchmark object, not the test runs")]
+mod harness;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -180,7 +185,7 @@ enum Active {
     None,
     Forwarder(Box<Forwarder>),
     /// Held: its programs stay attached until it is dropped.
-    Bare(#[expect(dead_code, reason = "held for its attachments")] Box<Datapath>),
+    Bare(#[expect(dead_code, reason = "held for its attachments")] Box<Bench>),
 }
 
 /// Runs `f` on a thread inside `ns` and waits for it.
@@ -289,15 +294,12 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
             Active::Forwarder(Box::new(fwd))
         }
         Mode::BareXdp => {
-            let dp = in_ns(&lab.gateway, || -> Result<Datapath> {
-                    let settings = forwarder::config::Settings { public: vec![GW_PUBLIC_IF.into()], internal: vec![GW_INTERNAL_IF.into()], ..Default::default() };
-                    let compiled = settings.compile(iface::index)?;
-                    let mut dp = Datapath::load(1024)?;
-                    dp.configure(&compiled)?;
-                    dp.load_bench_programs()?;
-                    dp.attach_named(PROG_BENCH_FIB, GW_PUBLIC_IF)?;
-                    dp.attach_named(PROG_BENCH_FIB, GW_INTERNAL_IF)?;
-                    Ok(dp)
+            let dp = in_ns(&lab.gateway, || -> Result<Bench> {
+                    let mut b = Bench::load()?;
+                    b.set_tx_ports(&[iface::index(GW_PUBLIC_IF)?, iface::index(GW_INTERNAL_IF)?])?;
+                    b.attach(PROG_BENCH_FIB, GW_PUBLIC_IF)?;
+                    b.attach(PROG_BENCH_FIB, GW_INTERNAL_IF)?;
+                    Ok(b)
                 })??;
             Active::Bare(Box::new(dp))
         }
@@ -396,7 +398,7 @@ fn generated(
     mode: Mode,
     gw: &GwTasks,
     m: &Macs,
-    traffic: &Arc<Mutex<Datapath>>,
+    traffic: &Arc<Mutex<Bench>>,
     g: Gen,
     sent: &dyn Fn() -> Result<Sent>,
     tracked: &dyn Fn() -> Result<Option<u64>>,
@@ -416,13 +418,13 @@ fn generated(
     // The source the server must see: the gateway's (NAT) or the
     // generator's flows' (routing: 203.0.113.10 and up).
     let (src, prefix) = if mode.nat() { (ADDRS.gw_internal, 32) } else { (ADDRS.client, 24) };
-    traffic.lock().expect("datapath").set_bench_source(src, prefix)?;
+    traffic.lock().expect("datapath").set_source(src, prefix)?;
     let r = traffic.clone();
-    let link = in_ns(&lab.server, move || r.lock().expect("datapath").attach_named(PROG_BENCH_SINK, "eth0"))??;
+    let link = in_ns(&lab.server, move || r.lock().expect("datapath").attach(PROG_BENCH_SINK, "eth0"))??;
     let result = generated_with_sink(lab, traffic, g, frame, &format!("{src}/{prefix}"), gw, sent, tracked);
     // Whatever the run's outcome: the next workload attaches its own.
     let r = traffic.clone();
-    in_ns(&lab.server, move || r.lock().expect("datapath").detach_named(PROG_BENCH_SINK, link))??;
+    in_ns(&lab.server, move || r.lock().expect("datapath").detach(PROG_BENCH_SINK, link))??;
     result
 }
 
@@ -439,7 +441,7 @@ const WARM_UP_PAUSE: Duration = Duration::from_millis(1);
 #[expect(clippy::too_many_arguments, reason = "the run's context and its two probes")]
 fn generated_with_sink(
     lab: &Lab,
-    traffic: &Arc<Mutex<Datapath>>,
+    traffic: &Arc<Mutex<Bench>>,
     g: Gen,
     frame: [u8; 64],
     want_src: &str,
@@ -452,7 +454,7 @@ fn generated_with_sink(
     let ifindex = in_ns(&lab.client, || iface::index("eth0"))??;
     let generate = |first: u32, n: u32| -> Result<Duration> {
         let r = r.clone();
-        in_ns(&lab.client, move || r.lock().expect("datapath").generate(&frame, flows, first, ifindex, n))?.map_err(Into::into)
+        in_ns(&lab.client, move || r.lock().expect("datapath").generate(&frame, flows, first, ifindex, n))?
     };
     for round in (1..=20).take_while(|_| g.warm_up > 0) {
         for first in (0..g.warm_up).step_by(WARM_UP_STEP as usize) {
@@ -467,11 +469,11 @@ fn generated_with_sink(
         }
     }
     let s0 = sent()?;
-    let (c0, cpu0) = (traffic.lock().expect("datapath").bench_sink_count()?, gw.cpu_ns());
+    let (c0, cpu0) = (traffic.lock().expect("datapath").sink_count()?, gw.cpu_ns());
     let took = generate(0, frames)?;
     // Time for the queues to drain (256 frames at most).
     std::thread::sleep(Duration::from_millis(10));
-    let (c1, cpu1) = (traffic.lock().expect("datapath").bench_sink_count()?, gw.cpu_ns());
+    let (c1, cpu1) = (traffic.lock().expect("datapath").sink_count()?, gw.cpu_ns());
     let sent = sent()?.since(s0);
     let (got, strangers) = (c1.0 - c0.0, c1.1 - c0.1);
     ensure!(strangers == 0, "{strangers} packets reached the server from another source than {want_src}");
@@ -745,10 +747,10 @@ type Figures = Vec<(&'static str, Result<f64, String>)>;
 
 /// One mode, one repetition: a fresh lab (nothing of an earlier mode
 /// survives, e.g. netfilter hooks), every workload, the checks.
-fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Datapath>>) -> Result<Figures> {
+fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Bench>>) -> Result<Figures> {
     let mut lab = Lab::new()?;
     let (mut active, gw, macs) = setup(&lab, mode)?;
-    // (Bare: the Datapath keeps its programs attached until dropped.)
+    // (Bare: the benchmark object keeps its programs attached until dropped.)
     let iperf_log = lab.dir.join("iperf3-server.log");
     lab.spawn(Host::Server, "iperf3", &["-s", "-p", "5201", "--logfile", iperf_log.to_str().context("path")?])?;
     let mut out: Figures = Vec::new();
@@ -875,9 +877,7 @@ fn main() -> Result<()> {
     // on the host core; only the gateway's work is moved to its own.
     pin(0, HOST_CPU)?;
     // The generator and receiver programs, loaded once.
-    let mut traffic = Datapath::load(1024)?;
-    traffic.load_bench_programs()?;
-    let traffic = Arc::new(Mutex::new(traffic));
+    let traffic = Arc::new(Mutex::new(Bench::load()?));
     let mut all: Vec<Vec<Figures>> = vec![Vec::new(); modes.len()];
     for rep in 0..p.reps {
         for (i, mode) in modes.iter().enumerate() {

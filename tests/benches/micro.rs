@@ -12,6 +12,8 @@
 
 use std::{net::Ipv4Addr, time::Instant};
 
+use aya::programs::Xdp;
+
 use etherparse::PacketBuilder;
 use forwarder::{
     config::{Rule, Settings},
@@ -23,6 +25,11 @@ use forwarder_common::{
     csum,
 };
 use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
+use harness::{Bench, TestRunExt};
+
+#[path = "../harness/mod.rs"]
+#[allow(dead_code, reason = "the micro-benchmark runs programs, it generates no traffic")]
+mod harness;
 
 #[expect(clippy::too_many_arguments, reason = "a frame is all of these")]
 fn tcp(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
@@ -40,14 +47,15 @@ struct Case {
     max_ns: f64,
 }
 
-/// Mean ns per run over `calls` single-run calls, `reps` times.
-fn measure(dp: &Datapath, prog: &str, frames: &[Vec<u8>], ifindex: u32, calls: usize, reps: usize, expect: u32) -> (f64, f64, f64) {
+/// Mean ns per run of `xdp` (program `prog`) over `calls` single-run
+/// calls, `reps` times.
+fn measure(dp: &Datapath, (xdp, prog): (&Xdp, &str), frames: &[Vec<u8>], ifindex: u32, calls: usize, reps: usize, expect: u32) -> (f64, f64, f64) {
     let mut means = Vec::new();
     for r in 0..reps {
         let mut total = 0u64;
         for c in 0..calls {
             let f = &frames[(r * calls + c) % frames.len()];
-            let (verdict, _, d) = dp.test_run_named(prog, f, ifindex, 1).unwrap();
+            let (verdict, _, d) = harness::test_run(xdp, f, ifindex, 1).unwrap();
             assert_eq!(
                 verdict,
                 expect,
@@ -85,8 +93,11 @@ fn main() {
             let compiled = settings.compile(iface::index).unwrap();
             let mut dp = Datapath::load(1 << 20).unwrap();
             dp.configure(&compiled).unwrap();
-            dp.load_bench_programs().unwrap();
             let (pub_if, int_if) = (iface::index(GW_PUBLIC_IF).unwrap(), iface::index(GW_INTERNAL_IF).unwrap());
+            // The reference programs: an object of their own, with a
+            // devmap of the same interfaces.
+            let mut bench = Bench::load().unwrap();
+            bench.set_tx_ports(&[pub_if, int_if]).unwrap();
             let (c, g, gi, s) = (ADDRS.client, ADDRS.gw_public, ADDRS.gw_internal, ADDRS.server);
             // One established connection; its reply tuple from the flow table.
             let syn = tcp(client_mac, gw_pub_mac, c, g, 40000, 8080, true, &[]);
@@ -110,7 +121,8 @@ fn main() {
             // The bare program forwards the client's packet to the server as is.
             let bare = vec![tcp(client_mac, gw_pub_mac, c, s, 40000, 80, false, &[0u8; 64])];
             let run_n = |name, prog, frames: &Vec<Vec<u8>>, ifx, expect, n| {
-                let (median_ns, min_ns, max_ns) = measure(&dp, prog, frames, ifx, n, reps, expect);
+                let xdp: &Xdp = if prog == PROG_XDP { dp.xdp_program(prog).unwrap() } else { bench.program(prog).unwrap() };
+                let (median_ns, min_ns, max_ns) = measure(&dp, (xdp, prog), frames, ifx, n, reps, expect);
                 Case { name, median_ns, min_ns, max_ns }
             };
             let run = |name, prog, frames: &Vec<Vec<u8>>, ifx, expect| run_n(name, prog, frames, ifx, expect, calls);

@@ -23,6 +23,11 @@ use forwarder_common::{
     nat::Tuple,
 };
 use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab, Macs};
+use harness::TestRunExt;
+
+#[path = "../harness/mod.rs"]
+#[allow(dead_code, reason = "the fixtures run the forwarder's programs, not the benchmark object")]
+mod harness;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

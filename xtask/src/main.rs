@@ -1,4 +1,4 @@
-//! Orchestration: `cargo xtask setup | build-ebpf | run | lab | bench | soak | test`.
+//! Orchestration: `cargo xtask setup | build-ebpf | run | lab | bench | soak | lint | test`.
 //!
 //! Only orchestration lives here; the lab itself is `forwarder-testkit`,
 //! the toolchain logic is shared with `forwarder-user/build.rs`.
@@ -6,15 +6,16 @@
 #[path = "../../forwarder-user/build/ebpf_toolchain.rs"]
 #[allow(dead_code, reason = "shared with build.rs, which uses other parts")]
 mod ebpf_toolchain;
+mod cmd;
+mod cycles;
 mod lab;
+mod lint;
 mod setup;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
+use cmd::{build_forwarder, cargo, require_root, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -69,39 +70,15 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         mode: String,
     },
+    /// The gates: no import cycle in any crate, `cargo fmt --check`, clippy
+    /// with `-D warnings` on every crate (the eBPF one too). Part of `test`.
+    Lint,
     /// Unit tests and end-to-end tests (needs root). The README's test command.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-}
-
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-pub fn cargo() -> Command {
-    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    c.current_dir(workspace());
-    c
-}
-
-pub fn status(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !st.success() {
-        bail!("{cmd:?} failed ({st})");
-    }
-    Ok(())
-}
-
-/// Builds `forwarder` (release) and returns its path.
-pub fn build_forwarder() -> Result<PathBuf> {
-    let tc = ebpf_toolchain::detect().map_err(|e| anyhow::anyhow!(e))?;
-    eprintln!("xtask: eBPF toolchain: {}", tc.describe());
-    status(cargo().args(["build", "--release", "-p", "forwarder-user"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from);
-    Ok(target.join("release/forwarder"))
 }
 
 /// Runs `cargo test`, echoing its output, and adds up its result lines.
@@ -119,14 +96,6 @@ fn run_tests(cmd: &mut Command) -> Result<(u64, u64, bool)> {
         }
     }
     Ok((passed, failed, child.wait()?.success()))
-}
-
-pub fn require_root(what: &str) -> Result<()> {
-    // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} needs root (network namespaces, XDP): run it as root, e.g. `sudo -E cargo xtask ...`");
-    }
-    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -166,6 +135,10 @@ fn main() -> Result<()> {
                 cmd.arg("--tuned");
             }
             status(cmd.env("FORWARDER_BIN", &bin).env("FORWARDER_TEST_MODE", &mode))
+        }
+        Cmd::Lint => {
+            setup::run()?;
+            lint::run()
         }
         Cmd::Test { args } => {
             require_root("the end-to-end tests")?;

@@ -6,10 +6,12 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{ebpf_toolchain, status};
+use crate::{cmd::status, ebpf_toolchain};
 
 /// Debian packages: the eBPF toolchain, and the tools the lab and tests use.
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
+/// The lint gate's clippy for the eBPF crate (Debian's rustc has its own).
+const LINT_PKGS: &[&str] = &["rust-web-clippy"];
 const LAB_PKGS: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nftables", "conntrack", "curl", "python3", "procps", "tcpdump", "iptables", "rsyslog", "iperf3"];
 
 fn installed(pkg: &str) -> bool {
@@ -32,7 +34,7 @@ pub fn run() -> Result<()> {
         eprintln!("xtask setup: eBPF toolchain found; make sure iproute2, ethtool, ping, nft, conntrack, curl and python3 are installed for the lab and tests");
         return Ok(());
     }
-    let mut missing: Vec<&str> = LAB_PKGS.iter().copied().filter(|p| !installed(p)).collect();
+    let mut missing: Vec<&str> = LAB_PKGS.iter().chain(LINT_PKGS).copied().filter(|p| !installed(p)).collect();
     if !toolchain_ok {
         missing.extend(TOOLCHAIN_PKGS.iter().copied().filter(|p| !installed(p)));
     }

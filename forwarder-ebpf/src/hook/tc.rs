@@ -8,29 +8,23 @@
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh},
     helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_skb_vlan_pop, bpf_skb_vlan_push},
-    macros::map,
-    maps::ProgramArray,
     programs::TcContext,
 };
 use forwarder_common::{
-    abi::{IFACE_F_TC_ONLY, PROTO_UDP, XDP_HANDOFF_MAGIC, XDP_HANDOFF_TX_MAGIC},
+    abi::{IFACE_F_TC_ONLY, PROTO_UDP, TC_TAIL_NEW_FLOW, XDP_HANDOFF_MAGIC, XDP_HANDOFF_TX_MAGIC},
     nat::delta,
     stats,
 };
 
+use super::toobig;
 use crate::{
-    maps::{FWD_IFACES, FWD_NEW_SCRATCH, count},
-    pipeline::{Forward, NewFlowPlan, Parsed, Verdict, create, decide},
-    rewrite,
+    ctx::{Packet, ptr_at},
+    flow::{icmp, new::create},
+    maps::{FWD_IFACES, FWD_NEW_SCRATCH, FWD_TC_TAILS, count},
+    ops::{audit, frag, parse::rebased, rewrite},
+    pipeline::decide,
+    types::{FRAG_NONE, Forward, NewFlowPlan, Parsed, Verdict},
 };
-
-/// The TC program's tail call: index [`TAIL_NEW_FLOW`] = the new-flow
-/// program (`abi::PROG_TC_NEW`).
-#[map]
-pub static FWD_TC_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
-
-/// Index of the new-flow program in [`FWD_TC_TAILS`].
-pub const TAIL_NEW_FLOW: u32 = 0;
 
 const AF_INET: u32 = 2;
 /// Enough linear bytes for Ethernet + the largest IPv4 header + TCP, or an
@@ -68,7 +62,7 @@ fn handoff(ctx: &TcContext) -> Handoff {
 /// Whether this interface runs in TC mode (no XDP in front).
 #[inline(always)]
 fn tc_only(ctx: &TcContext) -> bool {
-    let ifindex = crate::ctx::Packet::ingress_ifindex(ctx);
+    let ifindex = Packet::ingress_ifindex(ctx);
     // SAFETY: map value pointer valid until program exit.
     FWD_IFACES.get_ptr(&ifindex).is_some_and(|i| unsafe { (*i).flags } & IFACE_F_TC_ONLY != 0)
 }
@@ -83,7 +77,7 @@ pub fn run(ctx: &TcContext) -> i32 {
             // SAFETY: plain helper call.
             return unsafe { bpf_redirect(ifindex, 0) } as i32;
         }
-        Handoff::None if !tc_only(ctx) && crate::ctx::Packet::vlan(ctx) == 0 => return TC_ACT_OK,
+        Handoff::None if !tc_only(ctx) && Packet::vlan(ctx) == 0 => return TC_ACT_OK,
         _ => {}
     }
     let _ = ctx.pull_data(if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN });
@@ -94,7 +88,7 @@ pub fn run(ctx: &TcContext) -> i32 {
                 // on this CPU.
                 unsafe {
                     *slot = NewFlowPlan { parsed, target, hairpin };
-                    let _ = FWD_TC_TAILS.tail_call(ctx, TAIL_NEW_FLOW);
+                    let _ = FWD_TC_TAILS.tail_call(ctx, TC_TAIL_NEW_FLOW);
                 }
             }
             // Only reached when the new-flow program is not installed.
@@ -109,7 +103,7 @@ pub fn run(ctx: &TcContext) -> i32 {
 /// connection's setup, then its first packet sent like any other.
 #[inline(always)]
 pub fn run_new_flow(ctx: &TcContext) -> i32 {
-    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| plan.rebased(ctx)) else { return TC_ACT_OK };
+    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| rebased(*plan, ctx)) else { return TC_ACT_OK };
     let v = create(ctx, plan.parsed, &plan.target, plan.hairpin);
     apply(ctx, v)
 }
@@ -127,7 +121,7 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             count(s);
             TC_ACT_OK
         }
-        Verdict::Drop(s) if s & 0xffff == stats::DROP_TOO_BIG && s >> 16 != 0 => crate::toobig::answer(ctx, s >> 16),
+        Verdict::Drop(s) if s & 0xffff == stats::DROP_TOO_BIG && s >> 16 != 0 => toobig::answer(ctx, s >> 16),
         Verdict::Drop(s) => {
             count(s & 0xffff);
             TC_ACT_SHOT
@@ -137,20 +131,20 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             // fit the egress link too (as in the kernel's ip_forward).
             if let Some(seg) = gso_segment_len(ctx, &parsed) {
                 if fwd.mtu != 0 && seg > u32::from(fwd.mtu) {
-                    return crate::toobig::answer(ctx, u32::from(fwd.mtu));
+                    return toobig::answer(ctx, u32::from(fwd.mtu));
                 }
             }
             if parsed.audit_rule != 0 {
                 // SAFETY: helper without side effects.
                 let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-                crate::audit::emit(&crate::audit::accepted(&parsed, &fwd, crate::ctx::Packet::ingress_ifindex(ctx), now));
+                audit::emit(&audit::accepted(&parsed, &fwd, Packet::ingress_ifindex(ctx), now));
             }
             let vlan = fwd.vlan;
             if rewrite(ctx, &parsed, &fwd).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
             }
-            if parsed.fragment != crate::pipeline::FRAG_NONE {
+            if parsed.fragment != FRAG_NONE {
                 count(stats::FRAGMENT_TRANSLATED);
             }
             retag_and_redirect(ctx, &fwd, vlan)
@@ -163,12 +157,12 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
                 return TC_ACT_SHOT;
             }
             count(stats::FRAGMENT_TRANSLATED);
-            retag_and_redirect(ctx, &fwd, crate::frag::vlan(&parsed))
+            retag_and_redirect(ctx, &fwd, frag::vlan(&parsed))
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
-            let vlan = quote.vlan();
+            let vlan = icmp::vlan(&quote);
             let macs = if !fwd.resolve { rewrite::macs(ctx, &fwd) } else { Some(()) };
-            if crate::icmp::rewrite(ctx, &parsed, &fwd.new, &quote).and(macs).is_none() {
+            if rewrite::icmp_error(ctx, &parsed, &fwd.new, &quote).and(macs).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
             }
@@ -189,7 +183,7 @@ fn gso_segment_len(ctx: &TcContext, parsed: &Parsed) -> Option<u32> {
     let l4_hdr = if parsed.proto == PROTO_UDP {
         8
     } else {
-        let doff: *const u8 = crate::ctx::ptr_at(ctx, parsed.l4() + 12)?;
+        let doff: *const u8 = ptr_at(ctx, parsed.l4() + 12)?;
         // SAFETY: bounds checked by ptr_at.
         u32::from(unsafe { *doff } >> 4) * 4
     };

@@ -6,41 +6,17 @@
 //! no ports: they take the remembered addresses. A later fragment that
 //! arrives before its first is passed to the kernel (counted).
 
-use forwarder_common::{
-    abi::{FragEntry, FragKey},
-    nat::Tuple,
-    stats,
-};
+use forwarder_common::{nat::Tuple, stats};
 
 use crate::{
     ctx::Packet,
     maps::{FWD_FRAGS, count_rule},
-    pipeline::{Forward, Parsed, Verdict, fib_verdict, route},
+    ops::{
+        fib::{fib_verdict, route},
+        frag::key,
+    },
+    types::{Parsed, Verdict},
 };
-
-#[inline(always)]
-fn key(parsed: &Parsed) -> FragKey {
-    FragKey { saddr: parsed.tuple.saddr, daddr: parsed.tuple.daddr, id: parsed.ip_id, proto: parsed.proto, _pad: 0 }
-}
-
-/// Called for a translated first fragment of a flow of `rule_id`, `dir`.
-#[inline(always)]
-pub fn remember(parsed: &Parsed, fwd: &Forward, rule_id: u32, dir: u8) {
-    // The tag the fragments leave with: that of the flow direction.
-    let vlan = crate::maps::FWD_FLOWS.get_ptr(&forwarder_common::abi::FlowKey::new(&parsed.tuple, parsed.proto)).map_or(0, |e| {
-        // SAFETY: map value pointer valid until program exit.
-        unsafe { (*e).vlan }
-    });
-    let e = FragEntry { saddr: fwd.new.saddr, daddr: fwd.new.daddr, rule_id, dir, _pad: 0, vlan };
-    let _ = FWD_FRAGS.insert(&key(parsed), &e, 0);
-}
-
-/// The 802.1Q TCI the fragments of this datagram leave with.
-#[inline(always)]
-pub fn vlan(parsed: &Parsed) -> u16 {
-    // SAFETY: map value pointer valid until program exit.
-    FWD_FRAGS.get_ptr(&key(parsed)).map_or(0, |e| unsafe { (*e).vlan })
-}
 
 #[inline(always)]
 pub fn later<P: Packet>(p: &P, parsed: Parsed) -> Verdict {

@@ -10,19 +10,10 @@
 //! Arguments (`TP_PROTO` of `xdp_redirect_err`): dev, xdp, tgt, err,
 //! map_type, map_id, index.
 
-use aya_ebpf::{
-    macros::map,
-    maps::{Array, PerCpuHashMap},
-    programs::RawTracePointContext,
-};
-use forwarder_common::abi::{MAX_IFACES, XdpTxErrors};
+use aya_ebpf::programs::RawTracePointContext;
+use forwarder_common::abi::XdpTxErrors;
 
-#[map]
-pub static FWD_XDP_TX_ERR: PerCpuHashMap<u32, XdpTxErrors> = PerCpuHashMap::with_max_entries(MAX_IFACES, 0);
-
-/// Index 0: the id of the devmap whose errors count (0 until set).
-#[map]
-pub static FWD_TX_WATCH: Array<u32> = Array::with_max_entries(1, 0);
+use crate::maps::{FWD_TX_WATCH, FWD_XDP_TX_ERR};
 
 #[inline(always)]
 pub fn on_redirect_err(ctx: &RawTracePointContext) {

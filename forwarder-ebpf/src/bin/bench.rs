@@ -5,20 +5,23 @@
 //! the netfilter comparison; and the comparison's traffic generator (run
 //! with `BPF_PROG_TEST_RUN` in live-frames mode on the client's interface)
 //! and receiver (counts and drops the generated UDP packets at the server).
-//! Loaded only by the benchmark, never by `forwarder run`.
+//! An object of its own, loaded only by the benchmarks (never by
+//! `forwarder run`), with its own devmap.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
         xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     },
-    macros::map,
-    maps::{Array, PerCpuArray},
+    macros::{map, xdp},
+    maps::{Array, DevMapHash, PerCpuArray},
     helpers::generated::bpf_fib_lookup as fib_lookup_helper,
     programs::XdpContext,
 };
 use forwarder_common::{
-    abi::{BENCH_SINK_FROM_OTHERS, BENCH_SINK_FROM_SOURCE, BenchFrame, BenchSource, bench_flow},
+    abi::{BENCH_SINK_FROM_OTHERS, BENCH_SINK_FROM_SOURCE, BenchFrame, BenchSource, MAX_IFACES, bench_flow},
     csum::{ttl_decrement, udp_fixup, update16},
 };
 use network_types::{
@@ -26,21 +29,60 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 
-use crate::{ctx::ptr_at, maps::FWD_TX_PORTS};
+/// A pointer to a `T` at `offset` into the frame, or `None` when it does
+/// not fit. The object's own (the library's `ctx::ptr_at` is the same
+/// check): using nothing of the datapath library keeps its maps out of
+/// this object.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    if ctx.data() + offset + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((ctx.data() + offset) as *mut T)
+}
+
+/// Where [`bench_xdp_fib`] may redirect (`abi::MAP_BENCH_TX_PORTS`): the
+/// benchmark fills it with the gateway's interfaces.
+#[map]
+pub static BENCH_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+/// Benchmark floor: does nothing.
+#[xdp]
+pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// Benchmark ceiling of the XDP approach: FIB + redirect, no NAT.
+#[xdp]
+pub fn bench_xdp_fib(ctx: XdpContext) -> u32 {
+    fib_redirect(&ctx)
+}
+
+/// Benchmark traffic generator (live-frames test run).
+#[xdp]
+pub fn bench_xdp_tx(ctx: XdpContext) -> u32 {
+    tx(&ctx)
+}
+
+/// Benchmark receiver: counts and drops the generated packets.
+#[xdp]
+pub fn bench_xdp_sink(ctx: XdpContext) -> u32 {
+    sink(&ctx)
+}
 
 /// The Ethernet and IPv4 headers of an IPv4 frame (`None` for anything
 /// else, or too short).
 #[inline(always)]
 fn ipv4(ctx: &XdpContext) -> Option<(*mut EthHdr, *mut Ipv4Hdr)> {
-    let eth = ptr_at::<EthHdr, XdpContext>(ctx, 0)?;
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
         return None;
     }
-    Some((eth, ptr_at::<Ipv4Hdr, XdpContext>(ctx, EthHdr::LEN)?))
+    Some((eth, ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)?))
 }
 
-pub fn fib_redirect(ctx: &XdpContext) -> u32 {
+fn fib_redirect(ctx: &XdpContext) -> u32 {
     let Some((eth, ip)) = ipv4(ctx) else { return XDP_PASS };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &mut *ip };
@@ -67,7 +109,7 @@ pub fn fib_redirect(ctx: &XdpContext) -> u32 {
         (*eth).dst_addr = f.dmac;
         (*eth).src_addr = f.smac;
     }
-    FWD_TX_PORTS.redirect(f.ifindex, 0).unwrap_or(XDP_DROP)
+    BENCH_TX_PORTS.redirect(f.ifindex, 0).unwrap_or(XDP_DROP)
 }
 
 /// The frame [`tx`] sends and how many flows it spreads over (index 0).
@@ -81,9 +123,9 @@ pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 /// its pages without restoring their contents, and the gateway's rewrite
 /// (MACs, TTL, NAT) would otherwise come back in the next frames.
 #[inline(always)]
-pub fn tx(ctx: &XdpContext) -> u32 {
+fn tx(ctx: &XdpContext) -> u32 {
     let Some(b) = BENCH_FRAME.get_ptr_mut(0) else { return XDP_ABORTED };
-    let Some(p) = ptr_at::<[u8; 64], XdpContext>(ctx, 0) else { return XDP_ABORTED };
+    let Some(p) = ptr_at::<[u8; 64]>(ctx, 0) else { return XDP_ABORTED };
     // SAFETY: map value valid until exit; 64 bytes bounds-checked by
     // ptr_at; the generator runs on one CPU (the test run's).
     unsafe {
@@ -134,14 +176,14 @@ const SINK_PORT: u16 = 5300;
 /// [`SINK_PORT`], apart by whether they come from the expected source;
 /// passes everything else (ARP, the other workloads' traffic).
 #[inline(always)]
-pub fn sink(ctx: &XdpContext) -> u32 {
+fn sink(ctx: &XdpContext) -> u32 {
     let Some((_, ip)) = ipv4(ctx) else { return XDP_PASS };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     if (ip.proto as u8 != 17 && ip.proto as u8 != 6) || ip.vihl != 0x45 {
         return XDP_PASS;
     }
-    let Some(ports) = ptr_at::<[u8; 4], XdpContext>(ctx, EthHdr::LEN + 20) else { return XDP_PASS };
+    let Some(ports) = ptr_at::<[u8; 4]>(ctx, EthHdr::LEN + 20) else { return XDP_PASS };
     // SAFETY: bounds checked by ptr_at.
     if u16::from_be_bytes([unsafe { (*ports)[2] }, unsafe { (*ports)[3] }]) != SINK_PORT {
         return XDP_PASS;
@@ -153,3 +195,14 @@ pub fn sink(ctx: &XdpContext) -> u32 {
     }
     XDP_DROP
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; this is never called.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -2,26 +2,15 @@
 //! through a ring buffer to the daemon, under a per-CPU rate limit. What
 //! the limit or a full ring refuses is counted, never queued.
 
-use aya_ebpf::{
-    macros::map,
-    maps::{PerCpuArray, RingBuf},
-};
 use forwarder_common::{
-    abi::{AUDIT_ACCEPTED, AUDIT_DENIED, AuditEvent, EVENTS_RING_BYTES, RuleTarget},
-    audit::TokenBucket,
+    abi::{AUDIT_ACCEPTED, AUDIT_DENIED, AuditEvent, RuleTarget},
     stats,
 };
 
 use crate::{
-    maps::{config, count},
-    pipeline::{Forward, Parsed},
+    maps::{FWD_AUDIT_BUCKET, FWD_EVENTS, config, count},
+    types::{Forward, Parsed},
 };
-
-#[map]
-pub static FWD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
-
-#[map]
-pub static FWD_AUDIT_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// Emits `ev` if the rate limit allows and the ring has room; counts it
 /// either way. Nothing at all when audit is off (rate 0).

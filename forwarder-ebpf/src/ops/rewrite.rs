@@ -4,13 +4,14 @@
 
 use forwarder_common::{
     csum::ttl_decrement,
-    nat::{CsumDelta, Tuple, ip_csum},
+    icmp::quote_rewrite,
+    nat::{CsumDelta, Tuple, delta, ip_csum},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     ctx::{Packet, ptr_at},
-    pipeline::Forward,
+    types::{Forward, Parsed, Quote},
 };
 
 /// Writes the new addresses, decrements the TTL and fixes the header
@@ -54,4 +55,39 @@ pub fn macs<P: Packet>(p: &P, fwd: &Forward) -> Option<()> {
 #[inline(always)]
 pub const fn l4_csum_off(l4_off: usize, proto: u8) -> usize {
     l4_off + if proto == forwarder_common::abi::PROTO_UDP { 6 } else { 16 }
+}
+
+/// Rewrites the outer header and the quote (direct writes only: ICMP
+/// checksums are never partial, so XDP and TC share this).
+#[inline(always)]
+pub fn icmp_error<P: Packet>(p: &P, parsed: &Parsed, outer_new: &Tuple, q: &Quote) -> Option<()> {
+    let d = delta(&parsed.tuple, outer_new);
+    ip_header(p, outer_new, &d)?;
+    let icmp_c: *mut [u8; 2] = ptr_at(p, parsed.l4() + 2)?;
+    let ip: *mut [u8; 20] = ptr_at(p, q.ip_off)?;
+    let ports: *mut [u8; 4] = ptr_at(p, q.l4_off)?;
+    let l4c_ptr: Option<*mut [u8; 2]> = ptr_at(p, l4_csum_off(q.l4_off, q.proto));
+    // SAFETY: every pointer was bounds-checked by ptr_at.
+    unsafe {
+        let ip = &mut *ip;
+        let l4c = l4c_ptr.map_or(0, |c| u16::from_be_bytes(*c));
+        let c = quote_rewrite(
+            u16::from_be_bytes(*icmp_c),
+            u16::from_be_bytes([ip[10], ip[11]]),
+            l4c,
+            l4c_ptr.is_some(),
+            q.proto,
+            &q.old,
+            &q.new,
+        );
+        ip[10..12].copy_from_slice(&c.ip.to_be_bytes());
+        ip[12..16].copy_from_slice(&q.new.saddr);
+        ip[16..20].copy_from_slice(&q.new.daddr);
+        *ports = [q.new.sport[0], q.new.sport[1], q.new.dport[0], q.new.dport[1]];
+        if let Some(l) = l4c_ptr {
+            *l = c.l4.to_be_bytes();
+        }
+        *icmp_c = c.icmp.to_be_bytes();
+    }
+    Some(())
 }

@@ -25,7 +25,7 @@ use forwarder_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
-    csum,
+    ops::csum,
     ctx::{Packet, ptr_at},
     maps::count,
 };

@@ -12,38 +12,24 @@
 
 use forwarder_common::{
     abi::{FlowKey, PROTO_TCP, PROTO_UDP},
-    icmp::{is_error, quote_rewrite},
-    nat::{Tuple, delta},
+    icmp::is_error,
+    nat::Tuple,
     stats,
 };
 
 use crate::{
     ctx::{Packet, ptr_at},
     maps::{FWD_FLOWS, count_rule},
-    pipeline::{Parsed, Verdict, fib_verdict, route},
-    rewrite,
+    ops::fib::{fib_verdict, route},
+    types::{Parsed, Quote, Verdict},
 };
 
-/// Where the quoted packet sits and how it must read afterwards.
-#[derive(Clone, Copy)]
-pub struct Quote {
-    /// Offset of the quoted IPv4 header.
-    ip_off: usize,
-    /// Offset of the quoted TCP/UDP header.
-    l4_off: usize,
-    proto: u8,
-    old: Tuple,
-    new: Tuple,
-}
-
-impl Quote {
-    /// The 802.1Q TCI the translated error leaves with: that of the flow
-    /// direction it travels in.
-    #[inline(always)]
-    pub fn vlan(&self) -> u16 {
-        // SAFETY: map value pointer valid until program exit.
-        FWD_FLOWS.get_ptr(&FlowKey::new(&self.old.reversed(), self.proto)).map_or(0, |e| unsafe { (*e).vlan })
-    }
+/// The 802.1Q TCI the translated error leaves with: that of the flow
+/// direction it travels in.
+#[inline(always)]
+pub fn vlan(q: &Quote) -> u16 {
+    // SAFETY: map value pointer valid until program exit.
+    FWD_FLOWS.get_ptr(&FlowKey::new(&q.old.reversed(), q.proto)).map_or(0, |e| unsafe { (*e).vlan })
 }
 
 #[inline(always)]
@@ -90,39 +76,4 @@ pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
     };
     count_rule(entry.rule_id, entry.dir, parsed.frame_len);
     Verdict::ForwardIcmp(parsed, fwd, Quote { ip_off, l4_off, proto, old, new: out.reversed() })
-}
-
-/// Rewrites the outer header and the quote (direct writes only: ICMP
-/// checksums are never partial, so XDP and TC share this).
-#[inline(always)]
-pub fn rewrite<P: Packet>(p: &P, parsed: &Parsed, outer_new: &Tuple, q: &Quote) -> Option<()> {
-    let d = delta(&parsed.tuple, outer_new);
-    rewrite::ip_header(p, outer_new, &d)?;
-    let icmp_c: *mut [u8; 2] = ptr_at(p, parsed.l4() + 2)?;
-    let ip: *mut [u8; 20] = ptr_at(p, q.ip_off)?;
-    let ports: *mut [u8; 4] = ptr_at(p, q.l4_off)?;
-    let l4c_ptr: Option<*mut [u8; 2]> = ptr_at(p, rewrite::l4_csum_off(q.l4_off, q.proto));
-    // SAFETY: every pointer was bounds-checked by ptr_at.
-    unsafe {
-        let ip = &mut *ip;
-        let l4c = l4c_ptr.map_or(0, |c| u16::from_be_bytes(*c));
-        let c = quote_rewrite(
-            u16::from_be_bytes(*icmp_c),
-            u16::from_be_bytes([ip[10], ip[11]]),
-            l4c,
-            l4c_ptr.is_some(),
-            q.proto,
-            &q.old,
-            &q.new,
-        );
-        ip[10..12].copy_from_slice(&c.ip.to_be_bytes());
-        ip[12..16].copy_from_slice(&q.new.saddr);
-        ip[16..20].copy_from_slice(&q.new.daddr);
-        *ports = [q.new.sport[0], q.new.sport[1], q.new.dport[0], q.new.dport[1]];
-        if let Some(l) = l4c_ptr {
-            *l = c.l4.to_be_bytes();
-        }
-        *icmp_c = c.icmp.to_be_bytes();
-    }
-    Some(())
 }

@@ -8,17 +8,22 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use forwarder_common::{
-    abi::{XDP_HANDOFF_MAGIC, XDP_HANDOFF_TX_MAGIC},
+    abi::{XDP_HANDOFF_MAGIC, XDP_HANDOFF_TX_MAGIC, XDP_TAIL_FULL_CSUM, XDP_TAIL_NEW_FLOW},
     nat::{delta, l4_csum, l4_csum_full},
     stats,
 };
 
 use crate::{
-    csum,
     ctx::ptr_at,
+    flow::new::create,
     maps::{FWD_NEW_SCRATCH, FWD_SCRATCH, FWD_TX_PORTS, FWD_XDP_TAILS, count},
-    pipeline::{Forward, NewFlowPlan, Parsed, Verdict, create, decide, needs_full_sum},
-    rewrite,
+    ops::{
+        audit, csum,
+        parse::{l4_off_again, needs_full_sum, rebased},
+        rewrite,
+    },
+    pipeline::decide,
+    types::{FRAG_NONE, Forward, FullCsum, NewFlowPlan, Parsed, Verdict},
 };
 
 #[inline(always)]
@@ -30,7 +35,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 // on this CPU.
                 unsafe {
                     *slot = NewFlowPlan { parsed, target, hairpin };
-                    let _ = FWD_XDP_TAILS.tail_call(ctx, TAIL_NEW_FLOW);
+                    let _ = FWD_XDP_TAILS.tail_call(ctx, XDP_TAIL_NEW_FLOW);
                 }
             }
             // Only reached when the new-flow program is not installed: TC
@@ -70,17 +75,17 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             if FIRST && parsed.audit_rule != 0 {
                 // SAFETY: helper without side effects.
                 let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-                crate::audit::emit(&crate::audit::accepted(&parsed, &fwd, ctx.ingress_ifindex() as u32, now));
+                audit::emit(&audit::accepted(&parsed, &fwd, ctx.ingress_ifindex() as u32, now));
             }
             if needs_full_sum(&parsed) {
                 return tail_full_csum(ctx, parsed, fwd);
             }
-            if rewrite(ctx, &parsed, &fwd).is_none() {
+            if rewrite::<FIRST>(ctx, &parsed, &fwd).is_none() {
                 // Bounds re-checks cannot fail after parse; be safe anyway.
                 count(stats::PASS_MALFORMED);
                 return XDP_ABORTED;
             }
-            if parsed.fragment != crate::pipeline::FRAG_NONE {
+            if parsed.fragment != FRAG_NONE {
                 count(stats::FRAGMENT_TRANSLATED);
             }
             redirect(ctx, &fwd)
@@ -95,7 +100,7 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             redirect(ctx, &fwd)
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
-            if crate::icmp::rewrite(ctx, &parsed, &fwd.new, &quote).and_then(|()| rewrite::macs(ctx, &fwd)).is_none() {
+            if rewrite::icmp_error(ctx, &parsed, &fwd.new, &quote).and_then(|()| rewrite::macs(ctx, &fwd)).is_none() {
                 count(stats::PASS_MALFORMED);
                 return XDP_ABORTED;
             }
@@ -168,31 +173,18 @@ fn hand_to_tc_tx(ctx: &XdpContext, ifindex: u32) -> bool {
 
 /// The incremental rewrite (RFC 1624), for packets with a complete checksum.
 #[inline(always)]
-fn rewrite(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
+fn rewrite<const FIRST: bool>(ctx: &XdpContext, parsed: &Parsed, fwd: &Forward) -> Option<()> {
+    // The new-flow program: the connection setup keeps `parsed` on the
+    // stack, where LLVM may store the L4 offset bytewise and the verifier
+    // forgets its bounds; the masked offset bounds it again.
+    let l4_off = if FIRST { parsed.l4() } else { parsed.l4_off };
     let d = delta(&parsed.tuple, &fwd.new);
-    rewrite::ip_and_ports(ctx, &fwd.new, &d, parsed.l4_off)?;
-    let l4c: *mut [u8; 2] = ptr_at(ctx, rewrite::l4_csum_off(parsed.l4_off, parsed.proto))?;
+    rewrite::ip_and_ports(ctx, &fwd.new, &d, l4_off)?;
+    let l4c: *mut [u8; 2] = ptr_at(ctx, rewrite::l4_csum_off(l4_off, parsed.proto))?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *l4c = l4_csum(parsed.l4_check, &d, parsed.proto).to_be_bytes() };
     rewrite::macs(ctx, fwd)
 }
-
-/// A packet whose checksum must be summed in full, handed by the main
-/// program to [`run_full_csum`] through a tail call (per-CPU scratch: the
-/// tail call runs at once, on the same CPU). Summing a whole segment is a
-/// long loop; in the main program it multiplied the paths the verifier
-/// must walk past its limit, in a program of its own it is walked once.
-#[derive(Clone, Copy)]
-pub struct FullCsum {
-    parsed: Parsed,
-    fwd: Forward,
-}
-
-/// Index of [`run_full_csum`]'s program in `FWD_XDP_TAILS`.
-pub const TAIL_FULL_CSUM: u32 = 0;
-/// Index of [`run_new_flow`]'s program in `FWD_XDP_TAILS`: the first
-/// packet of a connection matching a rule.
-pub const TAIL_NEW_FLOW: u32 = 1;
 
 /// Hands `parsed`/`fwd` to [`run_full_csum`]; TC's when that program is
 /// not installed.
@@ -202,7 +194,7 @@ fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
         // SAFETY: per-CPU slot; the tail call below runs on this CPU.
         unsafe {
             *slot = FullCsum { parsed, fwd };
-            let _ = FWD_XDP_TAILS.tail_call(ctx, TAIL_FULL_CSUM);
+            let _ = FWD_XDP_TAILS.tail_call(ctx, XDP_TAIL_FULL_CSUM);
         }
     }
     // Only reached when the tail call is not installed: TC can do it.
@@ -212,11 +204,11 @@ fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
 }
 
 /// The hand-over from [`tail_full_csum`], with the L4 offset read from
-/// the packet again ([`crate::pipeline::l4_off_again`]).
+/// the packet again ([`l4_off_again`]).
 #[inline(always)]
 fn scratch(ctx: &XdpContext) -> Option<FullCsum> {
     let mut plan = *FWD_SCRATCH.get(0)?;
-    plan.parsed.l4_off = crate::pipeline::l4_off_again(ctx)?;
+    plan.parsed.l4_off = l4_off_again(ctx)?;
     Some(plan)
 }
 
@@ -227,7 +219,7 @@ fn scratch(ctx: &XdpContext) -> Option<FullCsum> {
 /// event.
 #[inline(always)]
 pub fn run_new_flow(ctx: &XdpContext) -> u32 {
-    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| plan.rebased(ctx)) else { return XDP_ABORTED };
+    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| rebased(*plan, ctx)) else { return XDP_ABORTED };
     let v = create(ctx, plan.parsed, &plan.target, plan.hairpin);
     apply::<true>(ctx, v)
 }

@@ -1,0 +1,86 @@
+//! A packet of a tracked connection: its translation from the flow entry,
+//! the next hop cached there (or a FIB lookup that refreshes the cache),
+//! the connection state on a transition, the rule's counters.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use forwarder_common::{
+    abi::{FlowEntry, FlowKey},
+    conntrack::{CT_FIN, CT_NEW, NextHop, needs_refresh, next_state},
+    stats,
+};
+
+use crate::{
+    ctx::Packet,
+    maps::{FWD_FLOWS, count_rule, rule_stats},
+    ops::{
+        conntrack as ct,
+        fib::{fib_verdict, route},
+        frag::forward,
+        parse::xdp_can_finish,
+    },
+    types::{Forward, Parsed, Verdict},
+};
+
+/// The verdict for `parsed`, whose flow entry is `entry`.
+#[inline(always)]
+pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> Verdict {
+    if parsed.ttl <= 1 {
+        return Verdict::Drop(stats::DROP_TTL);
+    }
+    // Packets that must leave tagged are TC's (XDP does not push tags).
+    if P::IS_XDP && entry.vlan != 0 {
+        return Verdict::ToTc(stats::XDP_TO_TC);
+    }
+    let new = entry.tuple();
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // The next hop cached in the entry (fresh, and the packet fits its
+    // MTU), or a FIB lookup whose answer is cached for the next packets.
+    let fwd = if let Some(nh) = entry.next_hop(now, parsed.l3_len) {
+        Forward { new, ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac, resolve: false, nexthop: [0; 4], mtu: nh.mtu, vlan: entry.vlan }
+    } else {
+        let r = route(p, &parsed, &new, 0);
+        let mut fwd = match fib_verdict::<P>(&r, new) {
+            Ok(f) => f,
+            Err(v) => return v,
+        };
+        fwd.vlan = entry.vlan;
+        if !fwd.resolve && fwd.mtu != 0 {
+            entry.cache_next_hop(&NextHop { ifindex: fwd.ifindex, smac: fwd.smac, dmac: fwd.dmac, mtu: fwd.mtu }, now);
+        }
+        fwd
+    };
+    if !xdp_can_finish::<P>(&parsed) {
+        return Verdict::ToTc(stats::XDP_TO_TC);
+    }
+    if needs_refresh(entry.last_seen_ns, now) {
+        entry.last_seen_ns = now;
+    }
+    // Connection state: written only on a transition (SYN-ACK, FIN, RST,
+    // first UDP answer), to both entries, so the established path stays
+    // one lookup and no extra writes.
+    let state = next_state(entry.state, entry.dir, parsed.proto, parsed.tcp_flags);
+    if state != entry.state {
+        // A connection that begins closing may give way to new ones
+        // when the table is full.
+        if state >= CT_FIN && entry.state < CT_FIN {
+            ct::candidate(&FlowKey::new(&parsed.tuple, parsed.proto));
+        }
+        // A closed tuple the client opens again (port reuse) is a new
+        // connection: counted as one.
+        if state == CT_NEW {
+            if let Some(s) = rule_stats(entry.rule_id) {
+                s.new_conns += 1;
+            }
+        }
+        entry.state = state;
+        let peer = FlowKey::new(&new.reversed(), parsed.proto);
+        if let Some(pe) = FWD_FLOWS.get_ptr_mut(&peer) {
+            // SAFETY: map value pointer valid until program exit.
+            unsafe { (*pe).state = state };
+        }
+    }
+    count_rule(entry.rule_id, entry.dir, parsed.frame_len);
+    forward::<P>(parsed, fwd, entry.rule_id, entry.dir)
+}
+

@@ -1,0 +1,176 @@
+//! The first packet of a connection: the rule it matches, then (in the
+//! hook's new-flow program) the checks, the route, the masquerade port and
+//! both conntrack entries.
+
+use aya_ebpf::{bindings::BPF_FIB_LOOKUP_SRC, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_log_ebpf::warn;
+use forwarder_common::{
+    abi::{
+        DIR_ORIGINAL, MAX_SNAT_ATTEMPTS, ROLE_PUBLIC, RULE_F_MASQUERADE, RULE_F_SRC_FILTER, RULE_KEY_FULL_BITS, RuleKey,
+        RuleTarget, SrcKey,
+    },
+    conntrack::{TCP_RST, entry_pair, snat_candidate, tuple_hash},
+    nat::Tuple,
+    rule::backend_port,
+    stats,
+};
+
+use crate::{
+    ctx::Packet,
+    maps::{FWD_FLOWS, FWD_IFACES, FWD_PUBLIC_ADDRS, FWD_RULES, FWD_SRC_ALLOW, config, rule_stats},
+    ops::{
+        audit,
+        conntrack::{self as ct, InsertError},
+        fib::{fib_verdict, route},
+        frag::forward,
+        parse::xdp_can_finish,
+    },
+    types::{Parsed, Verdict},
+};
+
+/// The rule a new flow matches, and whether it is a hairpin (an internal
+/// host reaching a public address of the gateway). Rules apply to packets
+/// arriving on public interfaces (bound to that interface first, then
+/// wildcard), and, for hairpin, to packets from any other interface whose
+/// destination is the address of a public interface: then that interface's
+/// rules apply.
+#[inline(always)]
+pub fn match_rule<P: Packet>(p: &P, parsed: &Parsed) -> Option<(RuleTarget, bool)> {
+    let ingress = p.ingress_ifindex();
+    // SAFETY: map value pointer valid until program exit.
+    let public = FWD_IFACES.get_ptr(&ingress).is_some_and(|i| unsafe { (*i).role } == ROLE_PUBLIC);
+    let rules_if = if public {
+        ingress
+    } else {
+        // SAFETY: as above.
+        unsafe { *FWD_PUBLIC_ADDRS.get_ptr(&parsed.tuple.daddr)? }
+    };
+    let mut key = Key::new(RULE_KEY_FULL_BITS, RuleKey { ifindex: rules_if, proto: parsed.proto, port: parsed.tuple.dport, _pad: 0 });
+    if let Some(t) = FWD_RULES.get(&key) {
+        return Some((*t, !public));
+    }
+    key.data.ifindex = 0;
+    FWD_RULES.get(&key).map(|t| (*t, !public))
+}
+
+/// The first packet of a connection that matches `target`: source
+/// allow-list, rate limit, route, masquerade port, both entries.
+#[inline(always)]
+pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin: bool) -> Verdict {
+    // Source allow-list: refused here, never passed on (the kernel would
+    // deliver it to the gateway itself).
+    if target.flags & RULE_F_SRC_FILTER != 0
+        && FWD_SRC_ALLOW.get(Key::new(64, SrcKey { rule_id: target.rule_id, addr: parsed.tuple.saddr })).is_none()
+    {
+        if let Some(s) = rule_stats(target.rule_id) {
+            s.denied += 1;
+        }
+        // SAFETY: helper without side effects.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let port = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
+        audit::emit(&audit::denied(&parsed, target, port, p.ingress_ifindex(), now));
+        return Verdict::Drop(stats::DROP_SRC_DENIED);
+    }
+    // A stray RST must not create state.
+    if parsed.tcp_flags & TCP_RST != 0 {
+        return Verdict::Pass(stats::PASS_NOT_OURS);
+    }
+    if parsed.ttl <= 1 {
+        return Verdict::Drop(stats::DROP_TTL);
+    }
+    // Hairpin always masquerades: without it the backend would answer the
+    // internal client directly, from an address the client never called.
+    let masquerade = hairpin || target.flags & RULE_F_MASQUERADE != 0;
+    let dport = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
+    let mut out = Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport };
+    let r = route(p, &parsed, &out, if masquerade { BPF_FIB_LOOKUP_SRC } else { 0 });
+    // Route first: nothing is inserted for a packet we cannot send (XDP
+    // hands NO_NEIGH to TC before any state exists).
+    if let Err(v) = fib_verdict::<P>(&r, out) {
+        return v;
+    }
+    if !xdp_can_finish::<P>(&parsed) {
+        return Verdict::ToTc(stats::XDP_TO_TC);
+    }
+    // The rate limit counts connections about to be set up (not those XDP
+    // hands to TC, which would count them twice).
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !ct::new_conn_allowed(now) {
+        return Verdict::Drop(stats::DROP_NEW_CONN_RATE);
+    }
+    // The reply entry first: NOEXIST claims its tuple (with masquerade:
+    // the source port) atomically across CPUs. Without masquerade there
+    // is one candidate, the client's own port.
+    let cfg = config();
+    let attempts = if masquerade { cfg.snat_attempts } else { 1 };
+    if masquerade {
+        out.saddr = r.src;
+    }
+    let seed = tuple_hash(&parsed.tuple);
+    let mut claim = Err(InsertError::Exists);
+    for attempt in 0..MAX_SNAT_ATTEMPTS {
+        if attempt >= attempts {
+            break;
+        }
+        if masquerade {
+            out.sport = snat_candidate(seed, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be_bytes();
+        }
+        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+        claim = ct::insert(&rk, &re);
+        // Taken: the next candidate; claimed, or the table is full: done.
+        if !matches!(claim, Err(InsertError::Exists)) {
+            break;
+        }
+    }
+    if matches!(claim, Err(InsertError::Full)) {
+        // A full table: an unassured or closing connection gives way, and
+        // the same candidate is tried again.
+        if !ct::make_room() {
+            return Verdict::Drop(stats::DROP_CT_FULL);
+        }
+        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+        claim = ct::insert(&rk, &re);
+    }
+    match claim {
+        Ok(()) => {}
+        Err(InsertError::Full) => return Verdict::Drop(stats::DROP_CT_FULL),
+        Err(InsertError::Exists) if !masquerade => return Verdict::Drop(stats::DROP_CT_INSERT),
+        Err(InsertError::Exists) => {
+            // Rare by construction (bounded retries over a large range);
+            // logged so the operator sees which backend ran out.
+            warn!(
+                p,
+                "masquerade: no free source port towards {:i}:{} after {} attempts (rule {}); new flow dropped",
+                target.addr,
+                u16::from_be_bytes(target.port),
+                cfg.snat_attempts,
+                target.rule_id
+            );
+            return Verdict::Drop(stats::DROP_SNAT_EXHAUSTED);
+        }
+    }
+    let [(ok, oe), (rk, _)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+    if let Err(e) = ct::insert(&ok, &oe) {
+        // Another CPU created this flow first (exists), or the table filled
+        // up in between: give our reply entry back. A retransmission finds
+        // the winner's entry.
+        let _ = FWD_FLOWS.remove(&rk);
+        return Verdict::Drop(match e {
+            InsertError::Exists => stats::DROP_CT_INSERT,
+            InsertError::Full => stats::DROP_CT_FULL,
+        });
+    }
+    // Until it is assured, it may give way to a newer one in a full table.
+    ct::candidate(&ok);
+    if let Some(s) = rule_stats(target.rule_id) {
+        s.new_conns += 1;
+        s.orig_packets += 1;
+        s.orig_bytes += u64::from(parsed.frame_len);
+    }
+    parsed.audit_rule = target.rule_id + 1;
+    match fib_verdict::<P>(&r, out) {
+        Ok(fwd) => forward::<P>(parsed, fwd, target.rule_id, DIR_ORIGINAL),
+        Err(v) => v,
+    }
+}
