@@ -17,7 +17,8 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let dest = out.join("forwarder.bpf.o");
     let bench_dest = out.join("bench.bpf.o");
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.parent().expect("workspace root").to_path_buf();
     println!("cargo:rerun-if-env-changed=FORWARDER_EBPF_STUB");
     for dir in ["forwarder-ebpf/src", "forwarder-common/src"] {
@@ -29,7 +30,9 @@ fn main() {
     if env::var_os("FORWARDER_EBPF_STUB").is_some_and(|v| v == "1") {
         fs::write(&dest, []).expect("write stub object");
         fs::write(&bench_dest, []).expect("write stub object");
-        println!("cargo:warning=FORWARDER_EBPF_STUB=1: the forwarder binary carries no eBPF object");
+        println!(
+            "cargo:warning=FORWARDER_EBPF_STUB=1: the forwarder binary carries no eBPF object"
+        );
         return;
     }
     let tc = match ebpf_toolchain::detect() {
@@ -38,7 +41,8 @@ fn main() {
     };
     // Own target dir: a nested cargo must not wait on the outer one's lock.
     let target_dir = out.join("ebpf-target");
-    let objects = ebpf_toolchain::build(&tc, &workspace, &target_dir).unwrap_or_else(|e| panic!("{e}"));
+    let objects =
+        ebpf_toolchain::build(&tc, &workspace, &target_dir).unwrap_or_else(|e| panic!("{e}"));
     for (name, to) in [("forwarder", &dest), ("bench", &bench_dest)] {
         let obj = objects.join(name);
         fs::copy(&obj, to).unwrap_or_else(|e| panic!("copy {}: {e}", obj.display()));

@@ -486,7 +486,8 @@ impl BenchSource {
     #[inline(always)]
     #[must_use]
     pub const fn matches(&self, saddr: [u8; 4]) -> bool {
-        u32::from_ne_bytes(saddr) & u32::from_ne_bytes(self.mask) == u32::from_ne_bytes(self.addr) & u32::from_ne_bytes(self.mask)
+        u32::from_ne_bytes(saddr) & u32::from_ne_bytes(self.mask)
+            == u32::from_ne_bytes(self.addr) & u32::from_ne_bytes(self.mask)
     }
 }
 
@@ -553,7 +554,10 @@ mod bench_tests {
         let net = BenchSource { addr: [203, 0, 113, 0], mask: [255, 255, 255, 0] };
         assert!(net.matches([203, 0, 113, 10]) && net.matches([203, 0, 113, 12]));
         assert!(!net.matches([203, 0, 114, 10]) && !net.matches([192, 168, 1, 1]));
-        assert!(BenchSource { addr: [10, 0, 0, 0], mask: [0; 4] }.matches([1, 2, 3, 4]), "prefix 0: any source");
+        assert!(
+            BenchSource { addr: [10, 0, 0, 0], mask: [0; 4] }.matches([1, 2, 3, 4]),
+            "prefix 0: any source"
+        );
     }
 
     #[test]

@@ -48,10 +48,18 @@ impl FlowEntry {
     /// [`NEXT_HOP_TTL_NS`], and a packet of `l3_len` bytes fits its MTU.
     #[inline(always)]
     pub const fn next_hop(&self, now_ns: u64, l3_len: u16) -> Option<NextHop> {
-        if self.nh_ifindex == 0 || now_ns.wrapping_sub(self.nh_checked_ns) >= NEXT_HOP_TTL_NS || l3_len > self.nh_mtu {
+        if self.nh_ifindex == 0
+            || now_ns.wrapping_sub(self.nh_checked_ns) >= NEXT_HOP_TTL_NS
+            || l3_len > self.nh_mtu
+        {
             return None;
         }
-        Some(NextHop { ifindex: self.nh_ifindex, smac: self.nh_smac, dmac: self.nh_dmac, mtu: self.nh_mtu })
+        Some(NextHop {
+            ifindex: self.nh_ifindex,
+            smac: self.nh_smac,
+            dmac: self.nh_dmac,
+            mtu: self.nh_mtu,
+        })
     }
 
     /// Caches `nh`, looked up at `now_ns`.
@@ -92,10 +100,20 @@ pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 /// `client_vlan`: the 802.1Q TCI the client's packets came with (0: none),
 /// which replies get back.
 #[inline(always)]
-pub const fn entry_pair(orig: &Tuple, translated: &Tuple, proto: u8, rule_id: u32, now_ns: u64, client_vlan: u16) -> [(FlowKey, FlowEntry); 2] {
+pub const fn entry_pair(
+    orig: &Tuple,
+    translated: &Tuple,
+    proto: u8,
+    rule_id: u32,
+    now_ns: u64,
+    client_vlan: u16,
+) -> [(FlowKey, FlowEntry); 2] {
     let mut reply = FlowEntry::new(&orig.reversed(), rule_id, DIR_REPLY, now_ns);
     reply.vlan = client_vlan;
-    [(FlowKey::new(orig, proto), FlowEntry::new(translated, rule_id, DIR_ORIGINAL, now_ns)), (FlowKey::new(&translated.reversed(), proto), reply)]
+    [
+        (FlowKey::new(orig, proto), FlowEntry::new(translated, rule_id, DIR_ORIGINAL, now_ns)),
+        (FlowKey::new(&translated.reversed(), proto), reply),
+    ]
 }
 
 /// The murmur3 32-bit finalizer: a cheap full-avalanche mix.
@@ -189,7 +207,10 @@ pub const fn next_state(state: u8, dir: u8, proto: u8, tcp_flags: u8) -> u8 {
     }
     // The client speaks after the answer: TCP's third handshake packet
     // (an ACK without SYN), or a UDP client's next datagram.
-    if dir == DIR_ORIGINAL && state == CT_REPLIED && (!tcp || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK) {
+    if dir == DIR_ORIGINAL
+        && state == CT_REPLIED
+        && (!tcp || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK)
+    {
         return CT_ESTABLISHED;
     }
     state
@@ -260,7 +281,15 @@ impl Default for Timeouts {
     fn default() -> Self {
         // `nf_conntrack_tcp_timeout_{syn_sent,syn_recv,established,time_wait,close}`,
         // `nf_conntrack_udp_timeout{,_stream}`.
-        Self { tcp_syn: 120, tcp_syn_recv: 60, tcp_established: 432_000, tcp_fin: 120, tcp_close: 10, udp: 30, udp_stream: 180 }
+        Self {
+            tcp_syn: 120,
+            tcp_syn_recv: 60,
+            tcp_established: 432_000,
+            tcp_fin: 120,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 180,
+        }
     }
 }
 
@@ -284,7 +313,15 @@ impl Timeouts {
 
     /// The shortest of them (the sweep runs often enough for it).
     pub const fn shortest(&self) -> u32 {
-        let all = [self.tcp_syn, self.tcp_syn_recv, self.tcp_established, self.tcp_fin, self.tcp_close, self.udp, self.udp_stream];
+        let all = [
+            self.tcp_syn,
+            self.tcp_syn_recv,
+            self.tcp_established,
+            self.tcp_fin,
+            self.tcp_close,
+            self.udp,
+            self.udp_stream,
+        ];
         let mut min = all[0];
         let mut i = 1;
         while i < all.len() {
@@ -301,7 +338,15 @@ impl Timeouts {
 /// (the peer may be gone: pass the same value twice) and whose states are
 /// `sa`, `sb` has been idle longer than its timeout at `now_ns`. The more
 /// advanced state decides (an RST seen either way closes both).
-pub const fn expired(t: &Timeouts, proto: u8, sa: u8, sb: u8, a_ns: u64, b_ns: u64, now_ns: u64) -> bool {
+pub const fn expired(
+    t: &Timeouts,
+    proto: u8,
+    sa: u8,
+    sb: u8,
+    a_ns: u64,
+    b_ns: u64,
+    now_ns: u64,
+) -> bool {
     let state = if sa > sb { sa } else { sb };
     let last = if a_ns > b_ns { a_ns } else { b_ns };
     now_ns.saturating_sub(last) > t.for_state(proto, state) as u64 * 1_000_000_000
@@ -323,14 +368,32 @@ mod tests {
 
     #[test]
     fn pair_translates_both_ways() {
-        let client = Tuple { saddr: [203, 0, 113, 5], daddr: [198, 51, 100, 1], sport: 40000u16.to_be_bytes(), dport: 8080u16.to_be_bytes() };
-        let out = Tuple { saddr: [10, 0, 2, 1], daddr: [10, 0, 2, 2], sport: 12345u16.to_be_bytes(), dport: 80u16.to_be_bytes() };
+        let client = Tuple {
+            saddr: [203, 0, 113, 5],
+            daddr: [198, 51, 100, 1],
+            sport: 40000u16.to_be_bytes(),
+            dport: 8080u16.to_be_bytes(),
+        };
+        let out = Tuple {
+            saddr: [10, 0, 2, 1],
+            daddr: [10, 0, 2, 2],
+            sport: 12345u16.to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+        };
         let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 3, 99, 100);
         assert_eq!(ok.tuple(), client);
         assert_eq!(oe.tuple(), out);
         assert_eq!(oe.dir, DIR_ORIGINAL);
         // The backend answers from 10.0.2.2:80 to 10.0.2.1:12345 ...
-        assert_eq!(rk.tuple(), Tuple { saddr: [10, 0, 2, 2], daddr: [10, 0, 2, 1], sport: 80u16.to_be_bytes(), dport: 12345u16.to_be_bytes() });
+        assert_eq!(
+            rk.tuple(),
+            Tuple {
+                saddr: [10, 0, 2, 2],
+                daddr: [10, 0, 2, 1],
+                sport: 80u16.to_be_bytes(),
+                dport: 12345u16.to_be_bytes()
+            }
+        );
         // ... and the client must see 198.51.100.1:8080 → 203.0.113.5:40000.
         assert_eq!(re.tuple(), client.reversed());
         assert_eq!((re.dir, re.rule_id, rk.proto), (DIR_REPLY, 3, 6));
@@ -361,7 +424,11 @@ mod tests {
         assert_eq!(s, CT_NEW, "a retransmitted SYN");
         s = next_state(s, r, t, TCP_SYN | TCP_ACK);
         assert_eq!(s, CT_REPLIED, "SYN-ACK: replied, not assured");
-        assert_eq!(next_state(s, o, t, TCP_SYN), CT_REPLIED, "a SYN again does not complete the handshake");
+        assert_eq!(
+            next_state(s, o, t, TCP_SYN),
+            CT_REPLIED,
+            "a SYN again does not complete the handshake"
+        );
         assert_eq!(next_state(s, r, t, TCP_SYN | TCP_ACK), CT_REPLIED);
         s = next_state(s, o, t, TCP_ACK);
         assert_eq!(s, CT_ESTABLISHED, "the client's ACK completes it");
@@ -374,7 +441,11 @@ mod tests {
         assert_eq!(next_state(s, o, t, TCP_SYN), CT_NEW, "port reuse reopens");
         assert_eq!(next_state(CT_ESTABLISHED, r, t, TCP_RST | TCP_ACK), CT_CLOSED);
         assert_eq!(next_state(CT_REPLIED, o, t, TCP_RST), CT_CLOSED);
-        assert_eq!(next_state(CT_ESTABLISHED, o, t, TCP_SYN), CT_ESTABLISHED, "a stray SYN does not reset a live flow");
+        assert_eq!(
+            next_state(CT_ESTABLISHED, o, t, TCP_SYN),
+            CT_ESTABLISHED,
+            "a stray SYN does not reset a live flow"
+        );
         assert_eq!(next_state(CT_NEW, o, t, TCP_FIN), CT_FIN);
     }
 
@@ -382,9 +453,17 @@ mod tests {
     fn udp_lifecycle() {
         let u = crate::abi::PROTO_UDP;
         assert_eq!(next_state(CT_NEW, DIR_ORIGINAL, u, 0), CT_NEW);
-        assert_eq!(next_state(CT_NEW, DIR_REPLY, u, 0), CT_REPLIED, "answered once: not a stream yet");
+        assert_eq!(
+            next_state(CT_NEW, DIR_REPLY, u, 0),
+            CT_REPLIED,
+            "answered once: not a stream yet"
+        );
         assert_eq!(next_state(CT_REPLIED, DIR_REPLY, u, 0), CT_REPLIED);
-        assert_eq!(next_state(CT_REPLIED, DIR_ORIGINAL, u, 0), CT_ESTABLISHED, "the client spoke again");
+        assert_eq!(
+            next_state(CT_REPLIED, DIR_ORIGINAL, u, 0),
+            CT_ESTABLISHED,
+            "the client spoke again"
+        );
         // TCP flag bits mean nothing for UDP.
         assert_eq!(next_state(CT_ESTABLISHED, DIR_ORIGINAL, u, TCP_RST), CT_ESTABLISHED);
         assert_eq!(next_state(CT_REPLIED, DIR_ORIGINAL, u, TCP_SYN), CT_ESTABLISHED);
@@ -402,9 +481,16 @@ mod tests {
     #[test]
     fn rings_hand_out_candidates_oldest_first_and_never_an_overwritten_slot() {
         let n = 8;
-        assert_eq!((0..5).map(|t| ring_next(5, t, n)).collect::<Vec<_>>(), (0..5).map(|t| Some((t, t + 1))).collect::<Vec<_>>());
+        assert_eq!(
+            (0..5).map(|t| ring_next(5, t, n)).collect::<Vec<_>>(),
+            (0..5).map(|t| Some((t, t + 1))).collect::<Vec<_>>()
+        );
         assert_eq!(ring_next(5, 5, n), None, "all taken");
-        assert_eq!(ring_next(5, 7, n), None, "a tail past the head (another CPU took) is empty too");
+        assert_eq!(
+            ring_next(5, 7, n),
+            None,
+            "a tail past the head (another CPU took) is empty too"
+        );
         // 20 pushed into 8 slots, tail at 3: 3..12 were overwritten.
         assert_eq!(ring_next(20, 3, n), Some((12, 13)));
         assert_eq!(ring_next(u64::MAX, u64::MAX - 1, n), Some((u64::MAX - 1, u64::MAX)));
@@ -419,10 +505,22 @@ mod tests {
     #[test]
     fn each_state_has_its_own_timeout() {
         // Every timeout different, so a mix-up shows.
-        let t = Timeouts { tcp_syn: 1, tcp_syn_recv: 2, tcp_established: 3, tcp_fin: 4, tcp_close: 5, udp: 6, udp_stream: 7 };
-        let tcp: Vec<u32> = [CT_NEW, CT_REPLIED, CT_ESTABLISHED, CT_FIN, CT_CLOSED].iter().map(|s| t.for_state(6, *s)).collect();
+        let t = Timeouts {
+            tcp_syn: 1,
+            tcp_syn_recv: 2,
+            tcp_established: 3,
+            tcp_fin: 4,
+            tcp_close: 5,
+            udp: 6,
+            udp_stream: 7,
+        };
+        let tcp: Vec<u32> = [CT_NEW, CT_REPLIED, CT_ESTABLISHED, CT_FIN, CT_CLOSED]
+            .iter()
+            .map(|s| t.for_state(6, *s))
+            .collect();
         assert_eq!(tcp, [1, 2, 3, 4, 5]);
-        let udp: Vec<u32> = [CT_NEW, CT_REPLIED, CT_ESTABLISHED].iter().map(|s| t.for_state(17, *s)).collect();
+        let udp: Vec<u32> =
+            [CT_NEW, CT_REPLIED, CT_ESTABLISHED].iter().map(|s| t.for_state(17, *s)).collect();
         assert_eq!(udp, [6, 6, 7]);
         assert_eq!(t.shortest(), 1);
         assert_eq!(Timeouts { udp_stream: 0, ..t }.shortest(), 0);
@@ -431,12 +529,29 @@ mod tests {
 
     #[test]
     fn expiry_uses_latest_activity_and_most_advanced_state() {
-        let t = Timeouts { tcp_syn: 5, tcp_syn_recv: 4, tcp_established: 100, tcp_fin: 10, tcp_close: 1, udp: 3, udp_stream: 50 };
+        let t = Timeouts {
+            tcp_syn: 5,
+            tcp_syn_recv: 4,
+            tcp_established: 100,
+            tcp_fin: 10,
+            tcp_close: 1,
+            udp: 3,
+            udp_stream: 50,
+        };
         let s = 1_000_000_000u64;
-        assert!(!expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, 0, 90 * s, 150 * s), "the reply side was active");
+        assert!(
+            !expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, 0, 90 * s, 150 * s),
+            "the reply side was active"
+        );
         assert!(expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, 0, 40 * s, 150 * s));
-        assert!(expired(&t, 6, CT_ESTABLISHED, CT_CLOSED, 0, 148 * s, 150 * s), "RST either way closes");
-        assert!(expired(&t, 6, CT_REPLIED, CT_NEW, 0, 0, 9 * s / 2), "half-open after SYN-ACK: tcp_syn_recv");
+        assert!(
+            expired(&t, 6, CT_ESTABLISHED, CT_CLOSED, 0, 148 * s, 150 * s),
+            "RST either way closes"
+        );
+        assert!(
+            expired(&t, 6, CT_REPLIED, CT_NEW, 0, 0, 9 * s / 2),
+            "half-open after SYN-ACK: tcp_syn_recv"
+        );
         assert!(!expired(&t, 17, CT_NEW, CT_NEW, 0, 0, 2 * s));
         assert!(expired(&t, 17, CT_NEW, CT_NEW, 0, 0, 4 * s));
         assert!(expired(&t, 17, CT_REPLIED, CT_NEW, 0, 0, 4 * s), "answered once: udp");
@@ -453,7 +568,12 @@ mod tests {
         let mut used = std::collections::HashSet::new();
         let mut failures = 0;
         for client_port in 0..2_450u16 {
-            let t = Tuple { saddr: [203, 0, 113, 10], daddr: [203, 0, 113, 1], sport: client_port.to_be_bytes(), dport: 8080u16.to_be_bytes() };
+            let t = Tuple {
+                saddr: [203, 0, 113, 10],
+                daddr: [203, 0, 113, 1],
+                sport: client_port.to_be_bytes(),
+                dport: 8080u16.to_be_bytes(),
+            };
             let seed = tuple_hash(&t);
             match (0..16).map(|a| snat_candidate(seed, a, min, max)).find(|p| !used.contains(p)) {
                 Some(p) => {
@@ -468,7 +588,8 @@ mod tests {
     #[test]
     fn small_ranges_are_walked_whole() {
         for seed in [0, 7, u32::MAX] {
-            let ports: std::collections::HashSet<u16> = (0..16).map(|a| snat_candidate(seed, a, 20_000, 20_015)).collect();
+            let ports: std::collections::HashSet<u16> =
+                (0..16).map(|a| snat_candidate(seed, a, 20_000, 20_015)).collect();
             assert_eq!(ports.len(), 16);
         }
     }

@@ -23,7 +23,8 @@ pub const fn add16(a: u16, b: u16) -> u16 {
 /// Adds the two 16-bit halves of a 4-byte field (an IPv4 address) to `sum`.
 #[inline(always)]
 pub const fn add_addr(sum: u32, addr: [u8; 4]) -> u32 {
-    sum + u16::from_be_bytes([addr[0], addr[1]]) as u32 + u16::from_be_bytes([addr[2], addr[3]]) as u32
+    sum + u16::from_be_bytes([addr[0], addr[1]]) as u32
+        + u16::from_be_bytes([addr[2], addr[3]]) as u32
 }
 
 /// The one's-complement sum of `data` (big-endian words, odd byte padded), on
@@ -114,7 +115,13 @@ pub const fn ttl_decrement(check: u16, ttl: u8, proto: u8) -> u16 {
 /// this value once in 65 536 packets, and then a full recomputation is merely
 /// redundant, never wrong.
 #[inline(always)]
-pub const fn looks_partial(check: u16, saddr: [u8; 4], daddr: [u8; 4], proto: u8, l4_len: u16) -> bool {
+pub const fn looks_partial(
+    check: u16,
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    proto: u8,
+    l4_len: u16,
+) -> bool {
     let p = fold(pseudo_header_sum(saddr, daddr, proto, l4_len));
     check == p || (check == 0xffff && p == 0) || (check == 0 && p == 0xffff)
 }

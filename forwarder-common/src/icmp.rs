@@ -38,7 +38,15 @@ pub struct QuoteCsums {
 /// quote reaches the quoted L4 checksum field (a TCP quote of 8 bytes does
 /// not).
 #[inline(always)]
-pub const fn quote_rewrite(icmp: u16, ip: u16, l4: u16, l4_present: bool, proto: u8, old: &Tuple, new: &Tuple) -> QuoteCsums {
+pub const fn quote_rewrite(
+    icmp: u16,
+    ip: u16,
+    l4: u16,
+    l4_present: bool,
+    proto: u8,
+    old: &Tuple,
+    new: &Tuple,
+) -> QuoteCsums {
     let d = delta(old, new);
     let new_ip = ip_csum(ip, &d);
     let new_l4 = if l4_present { l4_csum(l4, &d, proto) } else { l4 };
@@ -54,9 +62,17 @@ pub const fn quote_rewrite(icmp: u16, ip: u16, l4: u16, l4_present: bool, proto:
 /// The IPv4 and ICMP headers of a "fragmentation needed" error from `src`
 /// to `dst` announcing `mtu`, quoting `quote_len` bytes. The ICMP checksum
 /// field is 0: [`icmp_checksum`] fills it from the quote's sum.
-pub const fn frag_needed_headers(src: [u8; 4], dst: [u8; 4], mtu: u16, quote_len: u16) -> ([u8; 20], [u8; 8]) {
+pub const fn frag_needed_headers(
+    src: [u8; 4],
+    dst: [u8; 4],
+    mtu: u16,
+    quote_len: u16,
+) -> ([u8; 20], [u8; 8]) {
     let tot = (20 + 8 + quote_len).to_be_bytes();
-    let mut ip = [0x45, 0xc0, tot[0], tot[1], 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3]];
+    let mut ip = [
+        0x45, 0xc0, tot[0], tot[1], 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, src[0], src[1], src[2],
+        src[3], dst[0], dst[1], dst[2], dst[3],
+    ];
     let c = crate::csum::fold(crate::csum::sum20(&ip)) ^ 0xffff;
     let c = c.to_be_bytes();
     ip[10] = c[0];
@@ -87,9 +103,13 @@ mod tests {
         let b = PacketBuilder::ipv4(t.saddr, t.daddr, 63);
         let mut v = Vec::new();
         if tcp {
-            b.tcp(u16::from_be_bytes(t.sport), u16::from_be_bytes(t.dport), 7, 100).write(&mut v, &[0u8; 1400]).unwrap();
+            b.tcp(u16::from_be_bytes(t.sport), u16::from_be_bytes(t.dport), 7, 100)
+                .write(&mut v, &[0u8; 1400])
+                .unwrap();
         } else {
-            b.udp(u16::from_be_bytes(t.sport), u16::from_be_bytes(t.dport)).write(&mut v, &[1u8; 1400]).unwrap();
+            b.udp(u16::from_be_bytes(t.sport), u16::from_be_bytes(t.dport))
+                .write(&mut v, &[1u8; 1400])
+                .unwrap();
         }
         v
     }
@@ -98,7 +118,9 @@ mod tests {
     fn icmp_error(q: &[u8], quote: usize) -> Vec<u8> {
         let mut v = Vec::new();
         PacketBuilder::ipv4([10, 0, 2, 2], [10, 0, 2, 1], 64)
-            .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }))
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+            ))
             .write(&mut v, &q[..20 + quote])
             .unwrap();
         v
@@ -106,8 +128,18 @@ mod tests {
 
     #[test]
     fn rewritten_quote_matches_a_fresh_error() {
-        let old = Tuple { saddr: [10, 0, 2, 1], daddr: [10, 0, 2, 2], sport: 12345u16.to_be_bytes(), dport: 80u16.to_be_bytes() };
-        let new = Tuple { saddr: [203, 0, 113, 10], daddr: [198, 51, 100, 1], sport: 40000u16.to_be_bytes(), dport: 8080u16.to_be_bytes() };
+        let old = Tuple {
+            saddr: [10, 0, 2, 1],
+            daddr: [10, 0, 2, 2],
+            sport: 12345u16.to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+        };
+        let new = Tuple {
+            saddr: [203, 0, 113, 10],
+            daddr: [198, 51, 100, 1],
+            sport: 40000u16.to_be_bytes(),
+            dport: 8080u16.to_be_bytes(),
+        };
         for (tcp, quote) in [(true, 8), (true, 28), (false, 8), (false, 100)] {
             let mut e = icmp_error(&quoted(&old, tcp), quote);
             let (ip0, icmp0, q0) = (0, 20, 28);
@@ -115,7 +147,15 @@ mod tests {
             let present = l4_off + 2 <= e.len();
             let g = |v: &[u8], o: usize| u16::from_be_bytes([v[o], v[o + 1]]);
             let l4 = if present { g(&e, l4_off) } else { 0 };
-            let c = quote_rewrite(g(&e, icmp0 + 2), g(&e, q0 + 10), l4, present, if tcp { 6 } else { 17 }, &old, &new);
+            let c = quote_rewrite(
+                g(&e, icmp0 + 2),
+                g(&e, q0 + 10),
+                l4,
+                present,
+                if tcp { 6 } else { 17 },
+                &old,
+                &new,
+            );
             e[q0 + 12..q0 + 16].copy_from_slice(&new.saddr);
             e[q0 + 16..q0 + 20].copy_from_slice(&new.daddr);
             e[q0 + 20..q0 + 22].copy_from_slice(&new.sport);
@@ -133,7 +173,15 @@ mod tests {
 
     #[test]
     fn generated_frag_needed_matches_etherparse() {
-        let orig = quoted(&Tuple { saddr: [203, 0, 113, 10], daddr: [203, 0, 113, 1], sport: 40000u16.to_be_bytes(), dport: 8080u16.to_be_bytes() }, true);
+        let orig = quoted(
+            &Tuple {
+                saddr: [203, 0, 113, 10],
+                daddr: [203, 0, 113, 1],
+                sport: 40000u16.to_be_bytes(),
+                dport: 8080u16.to_be_bytes(),
+            },
+            true,
+        );
         let q = &orig[..28];
         let (ip, mut icmp) = frag_needed_headers([203, 0, 113, 1], [203, 0, 113, 10], 1280, 28);
         let c = icmp_checksum(&icmp, crate::csum::sum_bytes(q, 0));
@@ -142,11 +190,20 @@ mod tests {
         ours.extend_from_slice(&icmp);
         ours.extend_from_slice(q);
         let mut want = Vec::new();
-        let mut h = etherparse::Ipv4Header::new(36, 64, etherparse::IpNumber::ICMP, [203, 0, 113, 1], [203, 0, 113, 10]).unwrap();
+        let mut h = etherparse::Ipv4Header::new(
+            36,
+            64,
+            etherparse::IpNumber::ICMP,
+            [203, 0, 113, 1],
+            [203, 0, 113, 10],
+        )
+        .unwrap();
         h.dscp = etherparse::Ipv4Dscp::try_new(0x30).unwrap();
         h.dont_fragment = false; // like the kernel's own ICMP errors
         PacketBuilder::ip(etherparse::IpHeaders::Ipv4(h, etherparse::Ipv4Extensions::default()))
-            .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }))
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+            ))
             .write(&mut want, q)
             .unwrap();
         assert_eq!(ours, want);

@@ -87,7 +87,10 @@ pub const fn l4_csum(check: u16, d: &CsumDelta, proto: u8) -> u16 {
 /// checksum field*.
 #[inline(always)]
 pub const fn l4_csum_full(new: &Tuple, proto: u8, l4_len: u16, payload_sum: u32) -> u16 {
-    let s = csum::fold(csum::pseudo_header_sum(new.saddr, new.daddr, proto, l4_len) + csum::fold(payload_sum) as u32);
+    let s = csum::fold(
+        csum::pseudo_header_sum(new.saddr, new.daddr, proto, l4_len)
+            + csum::fold(payload_sum) as u32,
+    );
     let c = !s;
     if proto == crate::abi::PROTO_UDP && c == 0 { 0xffff } else { c }
 }

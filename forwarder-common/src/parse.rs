@@ -42,7 +42,12 @@ pub const IP_OFFSET_MASK: u16 = 0x1fff;
 /// header to the end of the frame. Shorter-than-frame totals are fine
 /// (Ethernet pads small frames); longer ones are truncated packets.
 #[inline(always)]
-pub const fn ipv4(vihl: u8, total_len: u16, frags: u16, avail: usize) -> Result<Ipv4Meta, Malformed> {
+pub const fn ipv4(
+    vihl: u8,
+    total_len: u16,
+    frags: u16,
+    avail: usize,
+) -> Result<Ipv4Meta, Malformed> {
     if vihl >> 4 != 4 {
         return Err(Malformed::Version);
     }
@@ -72,7 +77,12 @@ pub const fn l4_min_len(proto: u8) -> usize {
 /// for UDP that its length field (host order) is consistent: at most the
 /// payload, or, in a first fragment, at least the payload.
 #[inline(always)]
-pub const fn l4(proto: u8, l4_len: usize, udp_len: u16, first_fragment: bool) -> Result<(), Malformed> {
+pub const fn l4(
+    proto: u8,
+    l4_len: usize,
+    udp_len: u16,
+    first_fragment: bool,
+) -> Result<(), Malformed> {
     if l4_len < l4_min_len(proto) {
         return Err(Malformed::L4Length);
     }
@@ -90,7 +100,15 @@ mod tests {
 
     #[test]
     fn accepts_plain_and_options() {
-        assert_eq!(ipv4(0x45, 40, 0x4000, 60), Ok(Ipv4Meta { header_len: 20, total_len: 40, is_fragment: false, first_fragment: false }));
+        assert_eq!(
+            ipv4(0x45, 40, 0x4000, 60),
+            Ok(Ipv4Meta {
+                header_len: 20,
+                total_len: 40,
+                is_fragment: false,
+                first_fragment: false
+            })
+        );
         assert_eq!(ipv4(0x46, 44, 0, 44).unwrap().header_len, 24);
         assert_eq!(ipv4(0x4f, 60, 0, 60).unwrap().header_len, 60);
     }

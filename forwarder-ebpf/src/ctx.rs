@@ -79,7 +79,11 @@ impl Packet for TcContext {
         unsafe {
             let skb = &*self.skb.skb;
             // A priority tag alone (VID 0) counts as untagged.
-            if skb.vlan_present != 0 && skb.vlan_tci & 0x0fff != 0 { skb.vlan_tci as u16 } else { 0 }
+            if skb.vlan_present != 0 && skb.vlan_tci & 0x0fff != 0 {
+                skb.vlan_tci as u16
+            } else {
+                0
+            }
         }
     }
     #[inline(always)]

@@ -36,12 +36,12 @@
 
 // Bottom layer first.
 mod ctx;
-mod maps;
-mod types;
-mod ops;
 mod flow;
-mod pipeline;
 mod hook;
+mod maps;
+mod ops;
+mod pipeline;
+mod types;
 
 use aya_ebpf::{
     macros::{classifier, raw_tracepoint, xdp},

@@ -4,12 +4,15 @@
 use aya_ebpf::{
     bindings::bpf_devmap_val,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
+        RingBuf,
+    },
 };
 use forwarder_common::abi::{
-    Config, FLOW_TABLE_SIZE, RingPos, FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
-    MAX_SRC_ENTRIES,
-    RuleKey, RuleStats, RuleTarget, SrcKey, EVENTS_RING_BYTES, XdpTxErrors,
+    Config, EVENTS_RING_BYTES, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry,
+    FragKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES,
+    RingPos, RuleKey, RuleStats, RuleTarget, SrcKey, XdpTxErrors,
 };
 use forwarder_common::{audit::TokenBucket, conntrack::CT_CANDIDATES, stats};
 
@@ -30,7 +33,8 @@ pub static FWD_FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(FL
 /// the keys of its recent new connections and of those that began
 /// closing.
 #[map]
-pub static FWD_CT_CANDIDATES: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(CT_CANDIDATES, 0);
+pub static FWD_CT_CANDIDATES: PerCpuArray<FlowKey> =
+    PerCpuArray::with_max_entries(CT_CANDIDATES, 0);
 
 /// Each CPU's position on its ring.
 #[map]
@@ -41,7 +45,8 @@ pub static FWD_CT_CAND_POS: PerCpuArray<RingPos> = PerCpuArray::with_max_entries
 pub static FWD_NEW_CONN_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-pub static FWD_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAG_TABLE_SIZE, 0);
+pub static FWD_FRAGS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(FRAG_TABLE_SIZE, 0);
 
 #[map]
 pub static FWD_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES, 0);
@@ -92,7 +97,8 @@ pub static FWD_AUDIT_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_en
 /// Frames the kernel refused to transmit after our redirect, per egress
 /// (`hook::txwatch`).
 #[map]
-pub static FWD_XDP_TX_ERR: PerCpuHashMap<u32, XdpTxErrors> = PerCpuHashMap::with_max_entries(MAX_IFACES, 0);
+pub static FWD_XDP_TX_ERR: PerCpuHashMap<u32, XdpTxErrors> =
+    PerCpuHashMap::with_max_entries(MAX_IFACES, 0);
 
 /// Index 0: the id of the devmap whose errors count (0 until set).
 #[map]

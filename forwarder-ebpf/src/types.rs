@@ -98,7 +98,6 @@ pub enum Verdict {
     /// call), so that the verifier walks the connection setup apart from
     /// the established path, each with a stack of its own.
     NewFlow(Parsed, RuleTarget, bool),
-
 }
 
 /// Where the quoted packet sits and how it must read afterwards.
@@ -133,4 +132,3 @@ pub struct FullCsum {
     pub parsed: Parsed,
     pub fwd: Forward,
 }
-

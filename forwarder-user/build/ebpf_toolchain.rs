@@ -37,14 +37,19 @@ pub enum Toolchain {
 impl Toolchain {
     pub fn describe(&self) -> String {
         match self {
-            Self::Debian { rustc, linker } => format!("Debian rustc {} + {}", rustc.display(), linker.display()),
-            Self::Nightly { linker } => format!("rustup nightly (build-std) + {}", linker.display()),
+            Self::Debian { rustc, linker } => {
+                format!("Debian rustc {} + {}", rustc.display(), linker.display())
+            }
+            Self::Nightly { linker } => {
+                format!("rustup nightly (build-std) + {}", linker.display())
+            }
         }
     }
 }
 
 pub fn find_bpf_linker() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
     if let Some(home) = env::var_os("CARGO_HOME") {
         dirs.push(PathBuf::from(home).join("bin"));
     }
@@ -57,13 +62,16 @@ pub fn find_bpf_linker() -> Option<PathBuf> {
 fn debian_rustc() -> Option<PathBuf> {
     let rustc = PathBuf::from("/usr/bin/rustc");
     let core = Path::new("/usr/lib/rustlib").join(TARGET).join("lib");
-    let has_core = std::fs::read_dir(&core)
-        .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-")));
+    let has_core = std::fs::read_dir(&core).is_ok_and(|d| {
+        d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+    });
     (rustc.is_file() && has_core).then_some(rustc)
 }
 
 fn nightly_has_rust_src() -> bool {
-    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output() else {
+    let Ok(out) =
+        Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output()
+    else {
         return false;
     };
     if !out.status.success() {
@@ -79,9 +87,10 @@ pub fn detect() -> Result<Toolchain, String> {
         return Ok(Toolchain::Debian { rustc, linker });
     }
     if let Some(linker) = linker
-        && nightly_has_rust_src() {
-            return Ok(Toolchain::Nightly { linker });
-        }
+        && nightly_has_rust_src()
+    {
+        return Ok(Toolchain::Nightly { linker });
+    }
     Err(INSTRUCTIONS.to_string())
 }
 
@@ -100,12 +109,28 @@ pub fn build(tc: &Toolchain, workspace: &Path, target_dir: &Path) -> Result<Path
         }
         Toolchain::Nightly { linker } => {
             let mut c = Command::new("rustup");
-            c.args(["run", "nightly", "cargo", "build", "-Z", "build-std=core", "--config", &linker_cfg(linker)]);
+            c.args([
+                "run",
+                "nightly",
+                "cargo",
+                "build",
+                "-Z",
+                "build-std=core",
+                "--config",
+                &linker_cfg(linker),
+            ]);
             c
         }
     };
     // A build script inherits the outer cargo's compiler settings: clear them.
-    for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
         cmd.env_remove(var);
     }
     if matches!(tc, Toolchain::Nightly { .. }) {

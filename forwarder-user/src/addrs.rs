@@ -32,7 +32,9 @@ pub fn public_addresses(ifaces: &[IfaceSpec]) -> Result<BTreeSet<([u8; 4], u32)>
         }
         // SAFETY: NUL-terminated name from the kernel.
         let name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
-        let Some(spec) = ifaces.iter().find(|i| i.name == name && i.role == forwarder_common::abi::ROLE_PUBLIC) else {
+        let Some(spec) =
+            ifaces.iter().find(|i| i.name == name && i.role == forwarder_common::abi::ROLE_PUBLIC)
+        else {
             continue;
         };
         // SAFETY: AF_INET, so a sockaddr_in (read unaligned: the pointer is

@@ -21,7 +21,8 @@ use forwarder_common::abi::{AUDIT_ACCEPTED, AUDIT_DENIED, AuditEvent, PROTO_TCP,
 use syslog::{Facility, Formatter5424, LogFormat, Severity};
 
 /// RFC 5424 structured data: SD-ID → (name → value).
-type StructuredData = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+type StructuredData =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
 /// Audit settings: the global event rate limit and the remote syslog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,12 +89,18 @@ impl FromStr for SyslogTarget {
         let (transport, rest) = match s.split_once("://") {
             Some(("udp", r)) => (Transport::Udp, r),
             Some(("tcp", r)) => (Transport::Tcp, r),
-            Some((other, _)) => return Err(format!("syslog target `{s}`: unknown transport `{other}` (udp or tcp)")),
+            Some((other, _)) => {
+                return Err(format!(
+                    "syslog target `{s}`: unknown transport `{other}` (udp or tcp)"
+                ));
+            }
             None => (Transport::Udp, s),
         };
-        let addr = rest
-            .parse::<SocketAddr>()
-            .map_err(|_| format!("syslog target `{s}`: expected [udp://|tcp://]ADDRESS:PORT, e.g. udp://10.0.0.5:514"))?;
+        let addr = rest.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "syslog target `{s}`: expected [udp://|tcp://]ADDRESS:PORT, e.g. udp://10.0.0.5:514"
+            )
+        })?;
         if addr.port() == 0 {
             return Err(format!("syslog target `{s}`: port 0"));
         }
@@ -113,7 +120,8 @@ impl fmt::Display for SyslogTarget {
 
 /// Reads an event from a ring buffer record.
 pub fn parse_event(bytes: &[u8]) -> Option<AuditEvent> {
-    (bytes.len() >= size_of::<AuditEvent>()).then(|| bytemuck::pod_read_unaligned(&bytes[..size_of::<AuditEvent>()]))
+    (bytes.len() >= size_of::<AuditEvent>())
+        .then(|| bytemuck::pod_read_unaligned(&bytes[..size_of::<AuditEvent>()]))
 }
 
 /// An event with the names the daemon knows.
@@ -167,7 +175,9 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// Converts a `bpf_ktime_get_ns` stamp to wall-clock time, given the
 /// monotonic and wall clocks read at one moment.
 pub fn wall_time(ts_ns: u64, mono_now_ns: u64, wall_now: SystemTime) -> SystemTime {
-    wall_now.checked_sub(Duration::from_nanos(mono_now_ns.saturating_sub(ts_ns))).unwrap_or(wall_now)
+    wall_now
+        .checked_sub(Duration::from_nanos(mono_now_ns.saturating_sub(ts_ns)))
+        .unwrap_or(wall_now)
 }
 
 impl fmt::Display for Described<'_> {
@@ -222,17 +232,33 @@ impl Described<'_> {
 
     /// The event as one RFC 5424 message (MSGID 1 accepted, 2 denied).
     pub fn syslog_message(&self, fmt: &Formatter5424) -> Vec<u8> {
-        let severity = if self.ev.verdict == AUDIT_DENIED { Severity::LOG_WARNING } else { Severity::LOG_NOTICE };
+        let severity = if self.ev.verdict == AUDIT_DENIED {
+            Severity::LOG_WARNING
+        } else {
+            Severity::LOG_NOTICE
+        };
         let mut out = Vec::new();
-        let _ = fmt.format(&mut out, severity, (u32::from(self.ev.verdict), self.structured(), self.to_string()));
+        let _ = fmt.format(
+            &mut out,
+            severity,
+            (u32::from(self.ev.verdict), self.structured(), self.to_string()),
+        );
         out
     }
 }
 
 /// The formatter for this host and process.
 pub fn formatter() -> Formatter5424 {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
-    Formatter5424 { facility: Facility::LOG_DAEMON, hostname, process: "forwarder".into(), pid: std::process::id() }
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    Formatter5424 {
+        facility: Facility::LOG_DAEMON,
+        hostname,
+        process: "forwarder".into(),
+        pid: std::process::id(),
+    }
 }
 
 /// A plain message (not an event) for the syslog server, e.g. the
@@ -294,9 +320,17 @@ pub fn octet_counted(msg: &[u8]) -> Vec<u8> {
     f
 }
 
-async fn send_loop(target: SyslogTarget, mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>, dropped: Arc<AtomicU64>) {
+async fn send_loop(
+    target: SyslogTarget,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    dropped: Arc<AtomicU64>,
+) {
     use tokio::io::AsyncWriteExt;
-    let unspecified: SocketAddr = if target.addr.is_ipv4() { "0.0.0.0:0".parse().expect("literal") } else { "[::]:0".parse().expect("literal") };
+    let unspecified: SocketAddr = if target.addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
     let mut udp: Option<tokio::net::UdpSocket> = None;
     let mut tcp: Option<tokio::net::TcpStream> = None;
     let mut retry_at = tokio::time::Instant::now();
@@ -321,7 +355,12 @@ async fn send_loop(target: SyslogTarget, mut rx: tokio::sync::mpsc::Receiver<Vec
                     tcp = None;
                 }
                 if tcp.is_none() && tokio::time::Instant::now() >= retry_at {
-                    match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(target.addr)).await {
+                    match tokio::time::timeout(
+                        Duration::from_secs(3),
+                        tokio::net::TcpStream::connect(target.addr),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => {
                             if warned {
                                 log::info!("syslog: connected to {target} again");
@@ -333,7 +372,12 @@ async fn send_loop(target: SyslogTarget, mut rx: tokio::sync::mpsc::Receiver<Vec
                     }
                 }
                 match &mut tcp {
-                    Some(s) => match tokio::time::timeout(Duration::from_secs(3), s.write_all(&octet_counted(&msg))).await {
+                    Some(s) => match tokio::time::timeout(
+                        Duration::from_secs(3),
+                        s.write_all(&octet_counted(&msg)),
+                    )
+                    .await
+                    {
                         Ok(r) => r,
                         Err(_) => Err(std::io::Error::other("write timed out")),
                     },
@@ -345,7 +389,9 @@ async fn send_loop(target: SyslogTarget, mut rx: tokio::sync::mpsc::Receiver<Vec
             dropped.fetch_add(1, Ordering::Relaxed);
             tcp = None;
             if !warned {
-                log::warn!("syslog: cannot send to {target}: {e}; messages are dropped (and counted) until it works");
+                log::warn!(
+                    "syslog: cannot send to {target}: {e}; messages are dropped (and counted) until it works"
+                );
                 warned = true;
             }
         }
@@ -380,7 +426,12 @@ mod tests {
     fn event_lines() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
         let e = ev(AUDIT_ACCEPTED);
-        let d = Described { ev: &e, time: t, rule: Some("tcp:8080=192.168.1.50:80".into()), iface: Some("pub0".into()) };
+        let d = Described {
+            ev: &e,
+            time: t,
+            rule: Some("tcp:8080=192.168.1.50:80".into()),
+            iface: Some("pub0".into()),
+        };
         assert_eq!(
             d.to_string(),
             "2026-11-18T11:06:40.123Z accepted tcp 203.0.113.5:40000 -> 203.0.113.1:8080 on pub0 rule 3 (tcp:8080=192.168.1.50:80) backend 192.168.1.50:80 via 192.168.1.1:10001"
@@ -397,7 +448,12 @@ mod tests {
     fn syslog_message_is_rfc5424() {
         let e = ev(AUDIT_DENIED);
         let d = Described { ev: &e, time: SystemTime::UNIX_EPOCH, rule: None, iface: None };
-        let f = Formatter5424 { facility: Facility::LOG_DAEMON, hostname: Some("gw".into()), process: "forwarder".into(), pid: 42 };
+        let f = Formatter5424 {
+            facility: Facility::LOG_DAEMON,
+            hostname: Some("gw".into()),
+            process: "forwarder".into(),
+            pid: 42,
+        };
         let m = String::from_utf8(d.syslog_message(&f)).unwrap();
         // <PRI>1 TIMESTAMP HOST APP PID MSGID [SD] MSG; daemon(3)*8 + warning(4) = 28.
         assert!(m.starts_with("<28>1 "), "{m}");
@@ -408,10 +464,21 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!("udp://10.0.0.5:514".parse::<SyslogTarget>().unwrap(), SyslogTarget { transport: Transport::Udp, addr: "10.0.0.5:514".parse().unwrap() });
+        assert_eq!(
+            "udp://10.0.0.5:514".parse::<SyslogTarget>().unwrap(),
+            SyslogTarget { transport: Transport::Udp, addr: "10.0.0.5:514".parse().unwrap() }
+        );
         assert_eq!("10.0.0.5:514".parse::<SyslogTarget>().unwrap().transport, Transport::Udp);
-        assert_eq!("tcp://[::1]:601".parse::<SyslogTarget>().unwrap().to_string(), "tcp://[::1]:601");
-        for (bad, says) in [("http://1.2.3.4:5", "unknown transport `http`"), ("udp://host:514", "expected"), ("10.0.0.5", "expected"), ("udp://1.2.3.4:0", "port 0")] {
+        assert_eq!(
+            "tcp://[::1]:601".parse::<SyslogTarget>().unwrap().to_string(),
+            "tcp://[::1]:601"
+        );
+        for (bad, says) in [
+            ("http://1.2.3.4:5", "unknown transport `http`"),
+            ("udp://host:514", "expected"),
+            ("10.0.0.5", "expected"),
+            ("udp://1.2.3.4:0", "port 0"),
+        ] {
             let e = bad.parse::<SyslogTarget>().unwrap_err();
             assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
         }
@@ -425,11 +492,17 @@ mod tests {
         assert!(a.set_burst(0).unwrap_err().contains("burst 0"));
         assert!(a.set_rate(2_000_000).unwrap_err().contains("2000000"));
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        assert_eq!(wall_time(7_000_000_000, 10_000_000_000, wall), SystemTime::UNIX_EPOCH + Duration::from_secs(997));
+        assert_eq!(
+            wall_time(7_000_000_000, 10_000_000_000, wall),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(997)
+        );
         // A stamp "after now" (read order) is now.
         assert_eq!(wall_time(11_000_000_000, 10_000_000_000, wall), wall);
         assert!(parse_event(&[0; 47]).is_none());
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_070)), "2026-11-18T11:06:40.070Z");
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_070)),
+            "2026-11-18T11:06:40.070Z"
+        );
         let e = ev(AUDIT_ACCEPTED);
         assert_eq!(parse_event(bytemuck::bytes_of(&e)), Some(e));
     }

@@ -56,7 +56,12 @@ pub enum Walk {
 /// At least `max` entries (or all that are left) of the hash map `fd`
 /// from `from` on, whole buckets at a time, and where to go on. Entries
 /// added behind the walk while it goes are not seen.
-pub fn lookup_from<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>, from: Walk, max: usize, what: &str) -> Result<(Vec<(K, V)>, Walk)> {
+pub fn lookup_from<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    from: Walk,
+    max: usize,
+    what: &str,
+) -> Result<(Vec<(K, V)>, Walk)> {
     let mut out = Vec::new();
     let mut chunk = CHUNK;
     let mut at = from;
@@ -82,7 +87,14 @@ pub fn lookup_from<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>, from: Walk, max
         };
         // SAFETY: the attribute points at buffers of `count` keys and
         // values and at two u32 tokens, all alive across the call.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, core::mem::size_of::<BatchAttr>()) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                core::mem::size_of::<BatchAttr>(),
+            )
+        };
         let err = (rc < 0).then(std::io::Error::last_os_error);
         match err.as_ref().and_then(std::io::Error::raw_os_error) {
             None | Some(libc::ENOENT) => {
@@ -93,7 +105,12 @@ pub fn lookup_from<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>, from: Walk, max
             }
             // A bucket holds more entries than we offered room for.
             Some(libc::ENOSPC) if chunk < 1 << 20 => chunk *= 2,
-            _ => return Err(Error::Io(format!("reading {what} (BPF_MAP_LOOKUP_BATCH): {}", err.expect("error")))),
+            _ => {
+                return Err(Error::Io(format!(
+                    "reading {what} (BPF_MAP_LOOKUP_BATCH): {}",
+                    err.expect("error")
+                )));
+            }
         }
     }
     Ok((out, at))

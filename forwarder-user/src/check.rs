@@ -45,7 +45,8 @@ fn read(path: &str) -> Option<String> {
 /// Kernel version as (major, minor).
 fn kernel() -> Option<(u32, u32)> {
     let r = read("/proc/sys/kernel/osrelease")?;
-    let mut it = r.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().ok());
+    let mut it =
+        r.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().ok());
     Some((it.next()??, it.next()??))
 }
 
@@ -58,13 +59,21 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
         None => out.push(item(Level::Warn, "kernel version unreadable", "check /proc/sys/kernel/osrelease")),
     }
     match read("/proc/sys/net/core/bpf_jit_enable").as_deref() {
-        Some("0") => out.push(item(Level::Warn, "BPF JIT disabled", "sysctl -w net.core.bpf_jit_enable=1 (interpreted BPF is several times slower)")),
+        Some("0") => out.push(item(
+            Level::Warn,
+            "BPF JIT disabled",
+            "sysctl -w net.core.bpf_jit_enable=1 (interpreted BPF is several times slower)",
+        )),
         _ => out.push(item(Level::Ok, "BPF JIT enabled", "")),
     }
     if Path::new("/sys/kernel/btf/vmlinux").exists() {
         out.push(item(Level::Ok, "kernel BTF present", ""));
     } else {
-        out.push(item(Level::Warn, "no kernel BTF (/sys/kernel/btf/vmlinux)", "not needed today; bpftool's views are poorer without it"));
+        out.push(item(
+            Level::Warn,
+            "no kernel BTF (/sys/kernel/btf/vmlinux)",
+            "not needed today; bpftool's views are poorer without it",
+        ));
     }
     match Datapath::load(1024) {
         Ok(dp) => {
@@ -74,18 +83,43 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
                     // Not a gateway problem, but the first thing to know
                     // when a kernel upgrade or a new feature nears the limit.
                     let level = if n > VERIFIER_BUDGET / 10 * 9 { Level::Warn } else { Level::Ok };
-                    let fix = if level == Level::Warn { "the program is close to the verifier's limit: a newer kernel may refuse it; report it" } else { "" };
-                    out.push(item(level, format!("{name}: verifier processed {n} of {VERIFIER_BUDGET} instructions"), fix));
+                    let fix = if level == Level::Warn {
+                        "the program is close to the verifier's limit: a newer kernel may refuse it; report it"
+                    } else {
+                        ""
+                    };
+                    out.push(item(
+                        level,
+                        format!("{name}: verifier processed {n} of {VERIFIER_BUDGET} instructions"),
+                        fix,
+                    ));
                 }
             }
         }
-        Err(e) => out.push(item(Level::Fail, format!("datapath does not load: {e}"), "run as root on a kernel with BPF; the message says what the verifier refused")),
+        Err(e) => out.push(item(
+            Level::Fail,
+            format!("datapath does not load: {e}"),
+            "run as root on a kernel with BPF; the message says what the verifier refused",
+        )),
     }
     // bpffs: where `--pin-dir` keeps the datapath across restarts.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let bpffs: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().collect::<Vec<_>>().get(1..3).filter(|f| f[1] == "bpf").map(|f| f[0])).collect();
+    let bpffs: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .collect::<Vec<_>>()
+                .get(1..3)
+                .filter(|f| f[1] == "bpf")
+                .map(|f| f[0])
+        })
+        .collect();
     if bpffs.contains(&"/sys/fs/bpf") {
-        out.push(item(Level::Ok, "bpffs mounted on /sys/fs/bpf (for --pin-dir /sys/fs/bpf/forwarder: hitless restarts)", ""));
+        out.push(item(
+            Level::Ok,
+            "bpffs mounted on /sys/fs/bpf (for --pin-dir /sys/fs/bpf/forwarder: hitless restarts)",
+            "",
+        ));
     } else {
         out.push(item(
             Level::Warn,
@@ -109,17 +143,33 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
     }
     let mut mtus = Vec::new();
     let mut netdev = crate::netdev::Netdev::open().map_err(|e| e.to_string());
-    for (name, role) in public.iter().map(|n| (n, "public")).chain(internal.iter().map(|n| (n, "internal"))) {
+    for (name, role) in
+        public.iter().map(|n| (n, "public")).chain(internal.iter().map(|n| (n, "internal")))
+    {
         let Ok(idx) = iface::index(name) else {
-            out.push(item(Level::Fail, format!("{role} interface `{name}` does not exist"), "see `ip link`"));
+            out.push(item(
+                Level::Fail,
+                format!("{role} interface `{name}` does not exist"),
+                "see `ip link`",
+            ));
             continue;
         };
-        if let Some(m) = read(&format!("/sys/class/net/{name}/mtu")).and_then(|m| m.parse::<u32>().ok()) {
+        if let Some(m) =
+            read(&format!("/sys/class/net/{name}/mtu")).and_then(|m| m.parse::<u32>().ok())
+        {
             mtus.push((name.clone(), m));
         }
-        let link = Command::new("ip").args(["-d", "link", "show", "dev", name]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let link = Command::new("ip")
+            .args(["-d", "link", "show", "dev", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         if link.contains(" xdp") || link.contains("prog/xdp") {
-            out.push(item(Level::Warn, format!("{name}: another XDP program is attached"), "detach it (ip link set dev IFACE xdp off) or `forwarder run` cannot attach"));
+            out.push(item(
+                Level::Warn,
+                format!("{name}: another XDP program is attached"),
+                "detach it (ip link set dev IFACE xdp off) or `forwarder run` cannot attach",
+            ));
             continue;
         }
         match try_native_xdp(name) {
@@ -136,10 +186,16 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
         out.push(xdp_transmit(&mut netdev, name, idx));
         let rp = read(&format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"));
         if rp.as_deref() == Some("1") {
-            out.push(item(Level::Ok, format!("{name}: rp_filter strict (translated traffic bypasses it)"), ""));
+            out.push(item(
+                Level::Ok,
+                format!("{name}: rp_filter strict (translated traffic bypasses it)"),
+                "",
+            ));
         }
     }
-    if let (Some(min), Some(max)) = (mtus.iter().min_by_key(|m| m.1), mtus.iter().max_by_key(|m| m.1)) {
+    if let (Some(min), Some(max)) =
+        (mtus.iter().min_by_key(|m| m.1), mtus.iter().max_by_key(|m| m.1))
+    {
         if min.1 == max.1 {
             out.push(item(Level::Ok, format!("MTU {} on every interface", min.1), ""));
         } else {
@@ -155,33 +211,60 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
 
 /// Whether XDP can transmit into `name`: its XDP features say so (a veth
 /// only while its peer has an XDP program or GRO on).
-fn xdp_transmit(netdev: &mut Result<crate::netdev::Netdev, String>, name: &str, ifindex: u32) -> Item {
+fn xdp_transmit(
+    netdev: &mut Result<crate::netdev::Netdev, String>,
+    name: &str,
+    ifindex: u32,
+) -> Item {
     let features = match netdev {
         Ok(n) => n.xdp_features(ifindex).map_err(|e| e.to_string()),
         Err(e) => Err(e.clone()),
     };
     let veth = iface::driver(name).is_some_and(|d| iface::prefers_tc(&d));
     match features {
-        Ok(Some(f)) if crate::netdev::takes_xdp_frames(f) => item(Level::Ok, format!("{name}: takes redirected XDP frames (XDP transmits into it)"), ""),
+        Ok(Some(f)) if crate::netdev::takes_xdp_frames(f) => item(
+            Level::Ok,
+            format!("{name}: takes redirected XDP frames (XDP transmits into it)"),
+            "",
+        ),
         Ok(Some(_)) if veth => item(
             Level::Ok,
-            format!("{name}: takes no redirected XDP frames (its veth peer has no XDP program and GRO off); where XDP runs, packets towards {name} go through TC"),
-            format!("for XDP speed towards {name}: `ethtool -K PEER gro on` on its peer (in the peer's namespace)"),
+            format!(
+                "{name}: takes no redirected XDP frames (its veth peer has no XDP program and GRO off); where XDP runs, packets towards {name} go through TC"
+            ),
+            format!(
+                "for XDP speed towards {name}: `ethtool -K PEER gro on` on its peer (in the peer's namespace)"
+            ),
         ),
         Ok(Some(_)) => item(
             Level::Warn,
-            format!("{name}: takes no redirected XDP frames (its driver has no XDP transmit now); packets towards it go through TC"),
+            format!(
+                "{name}: takes no redirected XDP frames (its driver has no XDP transmit now); packets towards it go through TC"
+            ),
             "nothing is lost, but XDP's speed needs a driver that takes redirected frames (see its documentation)",
         ),
-        Ok(None) => item(Level::Warn, format!("{name}: the kernel does not report XDP features (before 6.3)"), "the forwarder tries XDP towards it and watches the kernel's refusals"),
-        Err(e) => item(Level::Warn, format!("{name}: XDP features unreadable ({e})"), "the forwarder tries XDP towards it and watches the kernel's refusals"),
+        Ok(None) => item(
+            Level::Warn,
+            format!("{name}: the kernel does not report XDP features (before 6.3)"),
+            "the forwarder tries XDP towards it and watches the kernel's refusals",
+        ),
+        Err(e) => item(
+            Level::Warn,
+            format!("{name}: XDP features unreadable ({e})"),
+            "the forwarder tries XDP towards it and watches the kernel's refusals",
+        ),
     }
 }
 
 /// Attaches the XDP program natively and detaches it again.
 fn try_native_xdp(name: &str) -> Result<(), String> {
     let mut dp = Datapath::load(1024).map_err(|e| e.to_string())?;
-    let spec = crate::config::IfaceSpec { name: name.to_string(), ifindex: iface::index(name).map_err(|e| e.to_string())?, role: 1, mode: crate::config::Mode::Xdp };
+    let spec = crate::config::IfaceSpec {
+        name: name.to_string(),
+        ifindex: iface::index(name).map_err(|e| e.to_string())?,
+        role: 1,
+        mode: crate::config::Mode::Xdp,
+    };
     let compiled = crate::config::Compiled {
         ifaces: vec![spec],
         rules: vec![],

@@ -33,7 +33,10 @@
 use std::{collections::HashMap, fmt, net::Ipv4Addr, path::Path, str::FromStr};
 
 use forwarder_common::{
-    abi::{self, PROTO_TCP, PROTO_UDP, RULE_F_MASQUERADE, RULE_F_PORT_RANGE, RULE_F_SRC_FILTER, RuleKey, RuleTarget, SrcKey},
+    abi::{
+        self, PROTO_TCP, PROTO_UDP, RULE_F_MASQUERADE, RULE_F_PORT_RANGE, RULE_F_SRC_FILTER,
+        RuleKey, RuleTarget, SrcKey,
+    },
     conntrack::Timeouts,
     rule,
 };
@@ -99,7 +102,11 @@ impl Ports {
 
 impl fmt::Display for Ports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.lo == self.hi { write!(f, "{}", self.lo) } else { write!(f, "{}-{}", self.lo, self.hi) }
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
     }
 }
 
@@ -126,11 +133,22 @@ impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = a.trim().parse().map_err(|_| format!("source `{s}` is not an IPv4 address or prefix"))?;
-        let len: u8 = l.trim().parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("source `{s}`: prefix length `{l}` is not 0-32"))?;
+        let addr: Ipv4Addr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("source `{s}` is not an IPv4 address or prefix"))?;
+        let len: u8 = l
+            .trim()
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("source `{s}`: prefix length `{l}` is not 0-32"))?;
         let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
         if u32::from(addr) & !mask != 0 {
-            return Err(format!("source `{s}` has host bits set (did you mean {}/{len}?)", Ipv4Addr::from(u32::from(addr) & mask)));
+            return Err(format!(
+                "source `{s}` has host bits set (did you mean {}/{len}?)",
+                Ipv4Addr::from(u32::from(addr) & mask)
+            ));
         }
         Ok(Self { addr, len })
     }
@@ -184,7 +202,10 @@ fn parse_port(s: &str, what: &str) -> Result<u16, String> {
 }
 
 fn port_in_range(n: i64, what: &str) -> Result<u16, String> {
-    u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| format!("{what} {n} is out of range 1-65535"))
+    u16::try_from(n)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("{what} {n} is out of range 1-65535"))
 }
 
 /// Parses `ADDR[:PORTS]`; without ports the backend uses the public ones.
@@ -192,7 +213,11 @@ fn port_in_range(n: i64, what: &str) -> Result<u16, String> {
 fn parse_backend(s: &str, public: Ports) -> Result<(Ipv4Addr, Ports), String> {
     let (addr, port) = match s.rsplit_once(':') {
         Some((a, p)) => {
-            let b = if p.contains('-') { parse_ports(p, "backend port")? } else { Ports::one(parse_port(p, "backend port")?) };
+            let b = if p.contains('-') {
+                parse_ports(p, "backend port")?
+            } else {
+                Ports::one(parse_port(p, "backend port")?)
+            };
             if b.lo != b.hi && b.count() != public.count() {
                 return Err(format!(
                     "backend range {b} has {} ports but public range {public} has {}: ranges must be the same length (or map onto one port)",
@@ -204,7 +229,10 @@ fn parse_backend(s: &str, public: Ports) -> Result<(Ipv4Addr, Ports), String> {
         }
         None => (s, public),
     };
-    let addr: Ipv4Addr = addr.trim().parse().map_err(|_| format!("backend address `{addr}` is not an IPv4 address"))?;
+    let addr: Ipv4Addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("backend address `{addr}` is not an IPv4 address"))?;
     if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
         return Err(format!("backend address `{addr}` cannot be a unicast destination"));
     }
@@ -215,8 +243,10 @@ impl Rule {
     /// Parses `PROTO:PORT[@IFACE]=ADDR[:PORT][,no-masquerade]`.
     pub fn parse_spec(spec: &str) -> Result<Self> {
         let err = |why: String| Error::Rule { spec: spec.to_string(), why };
-        let (lhs, rhs) = spec.split_once('=').ok_or_else(|| err("expected PROTO:PORT=ADDR[:PORT]".into()))?;
-        let (proto, port) = lhs.split_once(':').ok_or_else(|| err("expected PROTO:PORT before `=`".into()))?;
+        let (lhs, rhs) =
+            spec.split_once('=').ok_or_else(|| err("expected PROTO:PORT=ADDR[:PORT]".into()))?;
+        let (proto, port) =
+            lhs.split_once(':').ok_or_else(|| err("expected PROTO:PORT before `=`".into()))?;
         let proto: Proto = proto.parse().map_err(err)?;
         let (port, interface) = match port.split_once('@') {
             Some((p, i)) if !i.is_empty() => (p, Some(i.to_string())),
@@ -225,7 +255,8 @@ impl Rule {
         };
         let ports = parse_ports(port, "public port").map_err(err)?;
         let mut target = rhs.split(',');
-        let (backend, backend_ports) = parse_backend(target.next().unwrap_or_default(), ports).map_err(err)?;
+        let (backend, backend_ports) =
+            parse_backend(target.next().unwrap_or_default(), ports).map_err(err)?;
         let mut masquerade = true;
         let mut sources = Vec::new();
         for opt in target {
@@ -233,10 +264,23 @@ impl Rule {
                 "no-masquerade" => masquerade = false,
                 "masquerade" => masquerade = true,
                 o if o.starts_with("src=") => sources.push(o["src=".len()..].parse().map_err(err)?),
-                o => return Err(err(format!("unknown option `{o}` (known: masquerade, no-masquerade, src=CIDR)"))),
+                o => {
+                    return Err(err(format!(
+                        "unknown option `{o}` (known: masquerade, no-masquerade, src=CIDR)"
+                    )));
+                }
             }
         }
-        Ok(Self { proto, ports, interface, backend, backend_ports, masquerade, sources, origin: format!("--rule {spec}") })
+        Ok(Self {
+            proto,
+            ports,
+            interface,
+            backend,
+            backend_ports,
+            masquerade,
+            sources,
+            origin: format!("--rule {spec}"),
+        })
     }
 }
 
@@ -268,7 +312,17 @@ impl FromStr for PortRange {
 }
 
 /// Which hook carries the datapath on an interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// XDP (native, or generic with a warning), with the TC program behind
@@ -343,7 +397,12 @@ pub struct ConntrackSettings {
 
 impl Default for ConntrackSettings {
     fn default() -> Self {
-        Self { max_connections: abi::FLOW_TABLE_SIZE / 2, timeouts: Timeouts::default(), new_conn_rate: 0, new_conn_burst: 0 }
+        Self {
+            max_connections: abi::FLOW_TABLE_SIZE / 2,
+            timeouts: Timeouts::default(),
+            new_conn_rate: 0,
+            new_conn_burst: 0,
+        }
     }
 }
 
@@ -362,7 +421,11 @@ impl ConntrackSettings {
             "tcp_close" => &mut t.tcp_close,
             "udp" => &mut t.udp,
             "udp_stream" => &mut t.udp_stream,
-            _ => return Err(format!("unknown timeout `{name}` (known: tcp_syn, tcp_syn_recv, tcp_established, tcp_fin, tcp_close, udp, udp_stream)")),
+            _ => {
+                return Err(format!(
+                    "unknown timeout `{name}` (known: tcp_syn, tcp_syn_recv, tcp_established, tcp_fin, tcp_close, udp, udp_stream)"
+                ));
+            }
         };
         if secs == 0 {
             return Err(format!("timeout `{name}` must be at least 1 second"));
@@ -401,7 +464,9 @@ impl ConntrackSettings {
 
 fn new_conn(n: u64, what: &str) -> Result<u32, String> {
     if n > MAX_NEW_CONN_RATE {
-        return Err(format!("new-connection {what} {n} is out of range 0-{MAX_NEW_CONN_RATE} per CPU"));
+        return Err(format!(
+            "new-connection {what} {n} is out of range 0-{MAX_NEW_CONN_RATE} per CPU"
+        ));
     }
     Ok(n as u32)
 }
@@ -497,14 +562,16 @@ impl Settings {
     /// Merges a TOML file into these settings (interfaces and rules are
     /// appended). Errors name the file and line.
     pub fn load_file(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config { path: path.into(), why: e.to_string() })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config { path: path.into(), why: e.to_string() })?;
         self.merge_toml(path, &text)
     }
 
     pub fn merge_toml(&mut self, path: &Path, text: &str) -> Result<()> {
         let cfg_err = |why: String| Error::Config { path: path.into(), why };
         let file: FileConfig = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
+            let at =
+                e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
             cfg_err(format!("{at}{}", e.message()))
         })?;
         self.public.extend(file.public);
@@ -558,7 +625,12 @@ impl Settings {
             }
             .map_err(at)?;
             let (backend, backend_ports) = parse_backend(&r.to, ports).map_err(at)?;
-            let sources = r.sources.iter().map(|s| s.parse()).collect::<Result<Vec<Cidr>, String>>().map_err(at)?;
+            let sources = r
+                .sources
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<Vec<Cidr>, String>>()
+                .map_err(at)?;
             self.rules.push(Rule {
                 sources,
                 proto,
@@ -592,10 +664,21 @@ impl Settings {
         let _ = writeln!(
             s,
             "\n[conntrack]\nmax = {}\ntimeouts = {{ tcp_syn = {}, tcp_syn_recv = {}, tcp_established = {}, tcp_fin = {}, tcp_close = {}, udp = {}, udp_stream = {} }}",
-            self.conntrack.max_connections, t.tcp_syn, t.tcp_syn_recv, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp, t.udp_stream
+            self.conntrack.max_connections,
+            t.tcp_syn,
+            t.tcp_syn_recv,
+            t.tcp_established,
+            t.tcp_fin,
+            t.tcp_close,
+            t.udp,
+            t.udp_stream
         );
         if self.conntrack.new_conn_rate != 0 {
-            let _ = writeln!(s, "new_conn_rate = {}\nnew_conn_burst = {}", self.conntrack.new_conn_rate, self.conntrack.new_conn_burst);
+            let _ = writeln!(
+                s,
+                "new_conn_rate = {}\nnew_conn_burst = {}",
+                self.conntrack.new_conn_rate, self.conntrack.new_conn_burst
+            );
         }
         let _ = writeln!(s, "\n[audit]\nrate = {}\nburst = {}", self.audit.rate, self.audit.burst);
         if let Some(t) = &self.audit.syslog {
@@ -615,7 +698,11 @@ impl Settings {
             }
             let _ = writeln!(s, "masquerade = {}", r.masquerade);
             if !r.sources.is_empty() {
-                let _ = writeln!(s, "sources = [{}]", r.sources.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", "));
+                let _ = writeln!(
+                    s,
+                    "sources = [{}]",
+                    r.sources.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
+                );
             }
         }
         s
@@ -629,18 +716,29 @@ impl Settings {
             return Err(Error::Io("no public interface given (--public IFACE)".into()));
         }
         let mut ifaces: Vec<IfaceSpec> = Vec::new();
-        for (names, role) in [(&self.public, abi::ROLE_PUBLIC), (&self.internal, abi::ROLE_INTERNAL)] {
+        for (names, role) in
+            [(&self.public, abi::ROLE_PUBLIC), (&self.internal, abi::ROLE_INTERNAL)]
+        {
             for n in names {
                 let idx = ifindex(n)?;
                 if ifaces.iter().any(|i| &i.name == n) {
                     return Err(Error::InterfaceRole { name: n.clone() });
                 }
-                let mode = self.iface_modes.iter().rev().find(|(i, _)| i == n).map_or(self.mode, |(_, m)| *m);
+                let mode = self
+                    .iface_modes
+                    .iter()
+                    .rev()
+                    .find(|(i, _)| i == n)
+                    .map_or(self.mode, |(_, m)| *m);
                 ifaces.push(IfaceSpec { name: n.clone(), ifindex: idx, role, mode });
             }
         }
-        if let Some((n, _)) = self.iface_modes.iter().find(|(n, _)| !ifaces.iter().any(|i| &i.name == n)) {
-            return Err(Error::Io(format!("mode given for `{n}`, which is neither --public nor --internal")));
+        if let Some((n, _)) =
+            self.iface_modes.iter().find(|(n, _)| !ifaces.iter().any(|i| &i.name == n))
+        {
+            return Err(Error::Io(format!(
+                "mode given for `{n}`, which is neither --public nor --internal"
+            )));
         }
         if self.rules.len() > abi::MAX_RULES as usize {
             return Err(Error::TooManyRules(self.rules.len()));
@@ -678,7 +776,10 @@ impl Settings {
             if !r.sources.is_empty() {
                 flags |= RULE_F_SRC_FILTER;
                 for c in &r.sources {
-                    sources.push((32 + u32::from(c.len), SrcKey { rule_id: id as u32, addr: c.addr.octets() }));
+                    sources.push((
+                        32 + u32::from(c.len),
+                        SrcKey { rule_id: id as u32, addr: c.addr.octets() },
+                    ));
                 }
             }
             let target = RuleTarget {
@@ -695,7 +796,11 @@ impl Settings {
             }
         }
         if sources.len() > abi::MAX_SRC_ENTRIES as usize {
-            return Err(Error::Io(format!("{} source prefixes over all rules; at most {}", sources.len(), abi::MAX_SRC_ENTRIES)));
+            return Err(Error::Io(format!(
+                "{} source prefixes over all rules; at most {}",
+                sources.len(),
+                abi::MAX_SRC_ENTRIES
+            )));
         }
         Ok(Compiled {
             ifaces,
@@ -756,7 +861,10 @@ mod tests {
             (Proto::Tcp, Ports::one(8080), Ipv4Addr::new(192, 168, 1, 50), Ports::one(80), true)
         );
         let r = Rule::parse_spec("udp:53@pub0=10.0.0.2,no-masquerade").unwrap();
-        assert_eq!((r.interface.as_deref(), r.backend_ports, r.masquerade), (Some("pub0"), Ports::one(53), false));
+        assert_eq!(
+            (r.interface.as_deref(), r.backend_ports, r.masquerade),
+            (Some("pub0"), Ports::one(53), false)
+        );
         assert_eq!(r.to_string(), "udp:53@pub0=10.0.0.2:53,no-masquerade");
     }
 
@@ -776,7 +884,10 @@ mod tests {
             ("tcp:22=10.0.0.1,src=203.0.113.5/24", "host bits set (did you mean 203.0.113.0/24?)"),
             ("tcp:22=10.0.0.1,src=203.0.113.0/33", "prefix length `33`"),
             ("tcp:22=10.0.0.1,src=bad", "source `bad`"),
-            ("tcp:8000-9000=10.0.0.1:1-10", "backend range 1-10 has 10 ports but public range 8000-9000 has 1001"),
+            (
+                "tcp:8000-9000=10.0.0.1:1-10",
+                "backend range 1-10 has 10 ports but public range 8000-9000 has 1001",
+            ),
             ("udp:1-70000=10.0.0.1", "public port 70000 is out of range"),
         ] {
             let e = Rule::parse_spec(spec).unwrap_err().to_string();
@@ -786,11 +897,16 @@ mod tests {
 
     #[test]
     fn compiles_and_numbers_rules() {
-        let c = settings(&["tcp:8080=10.0.2.2:80", "udp:53@pub1=10.0.2.3"]).compile(fake_ifindex).unwrap();
+        let c = settings(&["tcp:8080=10.0.2.2:80", "udp:53@pub1=10.0.2.3"])
+            .compile(fake_ifindex)
+            .unwrap();
         assert_eq!(c.ifaces.len(), 3);
         assert!(c.ifaces.iter().all(|i| i.mode == Mode::Auto), "auto is the default");
         assert_eq!(c.rules[0].0, abi::RULE_KEY_FULL_BITS);
-        assert_eq!(c.rules[0].1, RuleKey { ifindex: 0, port: 8080u16.to_be_bytes(), proto: 6, _pad: 0 });
+        assert_eq!(
+            c.rules[0].1,
+            RuleKey { ifindex: 0, port: 8080u16.to_be_bytes(), proto: 6, _pad: 0 }
+        );
         assert_eq!(c.rules[1].1.ifindex, 3);
         assert_eq!(c.rules[1].2.rule_id, 1);
         assert_eq!(c.rules[0].2.flags, RULE_F_MASQUERADE);
@@ -798,33 +914,55 @@ mod tests {
 
     #[test]
     fn source_lists() {
-        let c = settings(&["tcp:22=10.0.2.2,src=203.0.113.5,src=198.51.100.0/24", "tcp:80=10.0.2.3"]).compile(fake_ifindex).unwrap();
+        let c =
+            settings(&["tcp:22=10.0.2.2,src=203.0.113.5,src=198.51.100.0/24", "tcp:80=10.0.2.3"])
+                .compile(fake_ifindex)
+                .unwrap();
         assert_eq!(c.rules[0].2.flags & RULE_F_SRC_FILTER, RULE_F_SRC_FILTER);
         assert_eq!(c.rules[1].2.flags & RULE_F_SRC_FILTER, 0);
-        assert_eq!(c.sources, [(64, SrcKey { rule_id: 0, addr: [203, 0, 113, 5] }), (56, SrcKey { rule_id: 0, addr: [198, 51, 100, 0] })]);
+        assert_eq!(
+            c.sources,
+            [
+                (64, SrcKey { rule_id: 0, addr: [203, 0, 113, 5] }),
+                (56, SrcKey { rule_id: 0, addr: [198, 51, 100, 0] })
+            ]
+        );
         let r = Rule::parse_spec("tcp:22=10.0.2.2,src=0.0.0.0/0").unwrap();
         assert_eq!(r.to_string(), "tcp:22=10.0.2.2:22,src=0.0.0.0/0");
     }
 
     #[test]
     fn ranges_compile_to_prefixes() {
-        let c = settings(&["tcp:8000-9000=10.0.2.2:18000-19000", "udp:6000-6100=10.0.2.3:53"]).compile(fake_ifindex).unwrap();
+        let c = settings(&["tcp:8000-9000=10.0.2.2:18000-19000", "udp:6000-6100=10.0.2.3:53"])
+            .compile(fake_ifindex)
+            .unwrap();
         let r0: Vec<_> = c.rules.iter().filter(|e| e.2.rule_id == 0).collect();
         assert!(r0.len() > 1 && r0.len() <= 30);
         assert!(r0.iter().all(|e| e.2.flags & RULE_F_PORT_RANGE != 0 && e.2.public_lo == 8000));
         let covered: u32 = r0.iter().map(|e| 1u32 << (abi::RULE_KEY_FULL_BITS - e.0)).sum();
         assert_eq!(covered, 1001);
-        assert!(c.rules.iter().filter(|e| e.2.rule_id == 1).all(|e| e.2.flags & RULE_F_PORT_RANGE == 0));
-        let e = settings(&["tcp:8000-9000=10.0.2.2", "tcp:8500=10.0.2.3"]).compile(fake_ifindex).unwrap_err();
-        assert!(e.to_string().contains("tcp:8000-9000") && e.to_string().contains("tcp:8500"), "{e}");
+        assert!(
+            c.rules.iter().filter(|e| e.2.rule_id == 1).all(|e| e.2.flags & RULE_F_PORT_RANGE == 0)
+        );
+        let e = settings(&["tcp:8000-9000=10.0.2.2", "tcp:8500=10.0.2.3"])
+            .compile(fake_ifindex)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("tcp:8000-9000") && e.to_string().contains("tcp:8500"),
+            "{e}"
+        );
     }
 
     #[test]
     fn refuses_duplicates_unknown_and_misplaced_interfaces() {
-        let e = settings(&["tcp:8080=10.0.2.2:80", "tcp:8080=10.0.2.3:80"]).compile(fake_ifindex).unwrap_err();
+        let e = settings(&["tcp:8080=10.0.2.2:80", "tcp:8080=10.0.2.3:80"])
+            .compile(fake_ifindex)
+            .unwrap_err();
         assert!(e.to_string().contains("duplicate rule"), "{e}");
         // Same port on different protocols or interfaces is fine.
-        settings(&["tcp:8080=10.0.2.2:80", "udp:8080=10.0.2.3:80", "tcp:8080@pub0=10.0.2.4"]).compile(fake_ifindex).unwrap();
+        settings(&["tcp:8080=10.0.2.2:80", "udp:8080=10.0.2.3:80", "tcp:8080@pub0=10.0.2.4"])
+            .compile(fake_ifindex)
+            .unwrap();
         let e = settings(&["tcp:1@eth9=10.0.2.2"]).compile(fake_ifindex).unwrap_err();
         assert!(e.to_string().contains("`eth9` does not exist"), "{e}");
         let e = settings(&["tcp:1@int0=10.0.2.2"]).compile(fake_ifindex).unwrap_err();
@@ -842,12 +980,14 @@ mod tests {
         assert_eq!(s.rules[0].origin, "f.toml:5");
         assert_eq!(s.snat_ports, PortRange(20000, 20100));
 
-        let bad = "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 99999\nto = \"10.0.2.2\"\n";
+        let bad =
+            "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 99999\nto = \"10.0.2.2\"\n";
         let e = Settings::default().merge_toml(Path::new("f.toml"), bad).unwrap_err().to_string();
         assert!(e.contains("f.toml") && e.contains("line 2") && e.contains("99999"), "{e}");
 
         let unknown = "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 80\nto = \"10.0.2.2\"\ncolour = \"red\"\n";
-        let e = Settings::default().merge_toml(Path::new("f.toml"), unknown).unwrap_err().to_string();
+        let e =
+            Settings::default().merge_toml(Path::new("f.toml"), unknown).unwrap_err().to_string();
         assert!(e.contains("line 6") && e.contains("colour"), "{e}");
     }
 
@@ -862,9 +1002,19 @@ mod tests {
         set.iface_modes.push(("eth7".into(), Mode::Xdp));
         assert!(set.compile(fake_ifindex).unwrap_err().to_string().contains("`eth7`"));
         let mut file = Settings::default();
-        file.merge_toml(Path::new("m.toml"), "public = [\"pub0\"]\nmode = \"auto\"\n[modes]\npub0 = \"tc\"\n").unwrap();
-        assert_eq!((file.mode, file.iface_modes.clone()), (Mode::Auto, vec![("pub0".to_string(), Mode::Tc)]));
-        let err = Settings::default().merge_toml(Path::new("m.toml"), "mode = \"fast\"\n").unwrap_err().to_string();
+        file.merge_toml(
+            Path::new("m.toml"),
+            "public = [\"pub0\"]\nmode = \"auto\"\n[modes]\npub0 = \"tc\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (file.mode, file.iface_modes.clone()),
+            (Mode::Auto, vec![("pub0".to_string(), Mode::Tc)])
+        );
+        let err = Settings::default()
+            .merge_toml(Path::new("m.toml"), "mode = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 1") && err.contains("fast"), "{err}");
     }
 
@@ -873,38 +1023,78 @@ mod tests {
         let mut s = Settings::default();
         s.merge_toml(Path::new("c.toml"), "[conntrack]\nmax = 1000\ntimeouts = { tcp_established = 3600, udp = 10, tcp_syn_recv = 7 }\nnew_conn_rate = 500\n").unwrap();
         assert_eq!(s.conntrack.max_connections, 1000);
-        assert_eq!((s.conntrack.timeouts.tcp_syn_recv, s.conntrack.new_conn_limit()), (7, (500, 500)), "burst defaults to the rate");
+        assert_eq!(
+            (s.conntrack.timeouts.tcp_syn_recv, s.conntrack.new_conn_limit()),
+            (7, (500, 500)),
+            "burst defaults to the rate"
+        );
         s.merge_toml(Path::new("c.toml"), "[conntrack]\nnew_conn_burst = 50\n").unwrap();
         assert_eq!(s.conntrack.new_conn_limit(), (500, 50));
-        let e = Settings::default().merge_toml(Path::new("c.toml"), "\n\n[conntrack]\nnew_conn_rate = 99999999999\n").unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("new-connection rate 99999999999 is out of range"), "{e}");
-        assert_eq!((s.conntrack.timeouts.tcp_established, s.conntrack.timeouts.udp, s.conntrack.timeouts.tcp_fin), (3600, 10, 120));
-        let e = Settings::default().merge_toml(Path::new("c.toml"), "\n[conntrack]\ntimeouts = { tcp_forever = 1 }\n").unwrap_err().to_string();
+        let e = Settings::default()
+            .merge_toml(Path::new("c.toml"), "\n\n[conntrack]\nnew_conn_rate = 99999999999\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("new-connection rate 99999999999 is out of range"),
+            "{e}"
+        );
+        assert_eq!(
+            (
+                s.conntrack.timeouts.tcp_established,
+                s.conntrack.timeouts.udp,
+                s.conntrack.timeouts.tcp_fin
+            ),
+            (3600, 10, 120)
+        );
+        let e = Settings::default()
+            .merge_toml(Path::new("c.toml"), "\n[conntrack]\ntimeouts = { tcp_forever = 1 }\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("`tcp_forever`"), "{e}");
-        let e = Settings::default().merge_toml(Path::new("c.toml"), "[conntrack]\nmax = 3\n").unwrap_err().to_string();
+        let e = Settings::default()
+            .merge_toml(Path::new("c.toml"), "[conntrack]\nmax = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("conntrack max 3"), "{e}");
     }
 
     #[test]
     fn audit_settings() {
         let mut s = Settings::default();
-        assert_eq!((s.audit.rate, s.audit.burst, s.audit.syslog), (crate::audit::DEFAULT_RATE, crate::audit::DEFAULT_BURST, None));
-        s.merge_toml(Path::new("c.toml"), "[audit]\nrate = 50\nburst = 5\nsyslog = \"tcp://10.0.0.5:601\"\n").unwrap();
-        assert_eq!((s.audit.rate, s.audit.burst, s.audit.syslog.unwrap().to_string()), (50, 5, "tcp://10.0.0.5:601".to_string()));
+        assert_eq!(
+            (s.audit.rate, s.audit.burst, s.audit.syslog),
+            (crate::audit::DEFAULT_RATE, crate::audit::DEFAULT_BURST, None)
+        );
+        s.merge_toml(
+            Path::new("c.toml"),
+            "[audit]\nrate = 50\nburst = 5\nsyslog = \"tcp://10.0.0.5:601\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.audit.rate, s.audit.burst, s.audit.syslog.unwrap().to_string()),
+            (50, 5, "tcp://10.0.0.5:601".to_string())
+        );
         for (text, says) in [
-            ("\n\n[audit]\nsyslog = \"smtp://1.2.3.4:25\"\n", "c.toml: line 3: audit: syslog target `smtp://1.2.3.4:25`: unknown transport `smtp`"),
+            (
+                "\n\n[audit]\nsyslog = \"smtp://1.2.3.4:25\"\n",
+                "c.toml: line 3: audit: syslog target `smtp://1.2.3.4:25`: unknown transport `smtp`",
+            ),
             ("[audit]\nrate = -5\n", "c.toml: line 1: audit: audit rate -5 is out of range"),
             ("[audit]\nburst = 0\n", "audit burst 0 is out of range 1-"),
             ("[audit]\nverbose = true\n", "unknown field `verbose`"),
         ] {
-            let e = Settings::default().merge_toml(Path::new("c.toml"), text).unwrap_err().to_string();
+            let e =
+                Settings::default().merge_toml(Path::new("c.toml"), text).unwrap_err().to_string();
             assert!(e.contains(says), "{e}\nwanted {says}");
         }
     }
 
     #[test]
     fn saved_config_reads_back_the_same() {
-        let mut s = settings(&["tcp:8080@pub0=10.0.2.2:80", "udp:6000-6010=10.0.2.3:53,no-masquerade,src=203.0.113.0/24"]);
+        let mut s = settings(&[
+            "tcp:8080@pub0=10.0.2.2:80",
+            "udp:6000-6010=10.0.2.3:53,no-masquerade,src=203.0.113.0/24",
+        ]);
         s.mode = Mode::Auto;
         s.iface_modes.push(("int0".into(), Mode::Tc));
         s.conntrack.set_timeout("udp", 7).unwrap();
@@ -917,7 +1107,10 @@ mod tests {
         back.merge_toml(Path::new("saved.toml"), &s.to_toml()).unwrap();
         assert_eq!(back.public, s.public);
         assert_eq!(back.internal, s.internal);
-        assert_eq!((back.mode, back.iface_modes.clone(), back.conntrack, back.snat_ports), (s.mode, s.iface_modes.clone(), s.conntrack, s.snat_ports));
+        assert_eq!(
+            (back.mode, back.iface_modes.clone(), back.conntrack, back.snat_ports),
+            (s.mode, s.iface_modes.clone(), s.conntrack, s.snat_ports)
+        );
         assert_eq!(back.audit, s.audit);
         let strip = |v: &[Rule]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(strip(&back.rules), strip(&s.rules));

@@ -44,11 +44,17 @@ pub enum Request {
     /// The running rules: id, rule, where it came from.
     Rules,
     /// Add a rule (`PROTO:PORTS…` syntax); applied like a reload.
-    Add { spec: String },
+    Add {
+        spec: String,
+    },
     /// Remove rule `id`; its connections keep their translation until they end.
-    Del { id: usize },
+    Del {
+        id: usize,
+    },
     /// Write the running configuration to `path` (atomically).
-    Save { path: std::path::PathBuf },
+    Save {
+        path: std::path::PathBuf,
+    },
 }
 
 /// Writes `text` to `path` so that readers see the old or the new file,
@@ -136,7 +142,12 @@ impl Tracked {
         push_dec(out, u64::from(self.entry.rule_id));
         out.push_str(r#","state":""#);
         out.push_str(state_name(self.entry.state));
-        for (name, (a, port)) in [(r#"","client":""#, c), (r#"","public":""#, p), (r#"","masquerade":""#, m), (r#"","backend":""#, b)] {
+        for (name, (a, port)) in [
+            (r#"","client":""#, c),
+            (r#"","public":""#, p),
+            (r#"","masquerade":""#, m),
+            (r#"","backend":""#, b),
+        ] {
             out.push_str(name);
             for (i, octet) in a.iter().enumerate() {
                 if i > 0 {
@@ -172,14 +183,18 @@ fn push_dec(out: &mut String, mut n: u64) {
 /// The connections in a flow table dump: one per original-direction entry
 /// (its peer found through an index: linear in the table's size).
 pub fn connections(flows: &[(FlowKey, FlowEntry)]) -> Vec<Tracked> {
-    let last_seen: std::collections::HashMap<FlowKey, u64, FastHash> =
-        flows.iter().filter(|(_, e)| e.dir != DIR_ORIGINAL).map(|(k, e)| (*k, e.last_seen_ns)).collect();
+    let last_seen: std::collections::HashMap<FlowKey, u64, FastHash> = flows
+        .iter()
+        .filter(|(_, e)| e.dir != DIR_ORIGINAL)
+        .map(|(k, e)| (*k, e.last_seen_ns))
+        .collect();
     flows
         .iter()
         .filter(|(_, e)| e.dir == DIR_ORIGINAL)
         .map(|(k, e)| {
             let reply_key = FlowKey::new(&e.tuple().reversed(), k.proto);
-            let last = last_seen.get(&reply_key).map_or(e.last_seen_ns, |r| (*r).max(e.last_seen_ns));
+            let last =
+                last_seen.get(&reply_key).map_or(e.last_seen_ns, |r| (*r).max(e.last_seen_ns));
             Tracked { key: *k, entry: *e, reply_key, last_seen_ns: last }
         })
         .collect()
@@ -241,8 +256,18 @@ mod tests {
 
     #[test]
     fn lists_pairs_once_and_filters() {
-        let client = Tuple { saddr: [203, 0, 113, 10], daddr: [203, 0, 113, 1], sport: 40000u16.to_be_bytes(), dport: 8080u16.to_be_bytes() };
-        let out = Tuple { saddr: [192, 168, 1, 1], daddr: [192, 168, 1, 50], sport: 12345u16.to_be_bytes(), dport: 80u16.to_be_bytes() };
+        let client = Tuple {
+            saddr: [203, 0, 113, 10],
+            daddr: [203, 0, 113, 1],
+            sport: 40000u16.to_be_bytes(),
+            dport: 8080u16.to_be_bytes(),
+        };
+        let out = Tuple {
+            saddr: [192, 168, 1, 1],
+            daddr: [192, 168, 1, 50],
+            sport: 12345u16.to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+        };
         let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 2, 1_000_000_000, 0);
         let mut re = re;
         // The reply side was active later: idle counts from there.
@@ -257,18 +282,34 @@ mod tests {
             d.push(' ');
         }
         assert_eq!(d, format!("0 7 10 65535 {} ", u64::MAX));
-        let json: Vec<Conn> = serde_json::from_str(&connections_json(&tracked, 4_000_000_000)).unwrap();
+        let json: Vec<Conn> =
+            serde_json::from_str(&connections_json(&tracked, 4_000_000_000)).unwrap();
         assert_eq!(&json[0], c);
-        assert_eq!((c.client.as_str(), c.public.as_str(), c.masquerade.as_str(), c.backend.as_str()), ("203.0.113.10:40000", "203.0.113.1:8080", "192.168.1.1:12345", "192.168.1.50:80"));
+        assert_eq!(
+            (c.client.as_str(), c.public.as_str(), c.masquerade.as_str(), c.backend.as_str()),
+            ("203.0.113.10:40000", "203.0.113.1:8080", "192.168.1.1:12345", "192.168.1.50:80")
+        );
         assert_eq!((c.rule, c.state.as_str(), c.idle_s), (2, "new", 2));
         assert_eq!(tracked[0].reply_key, rk);
         let t = &tracked[0];
         assert!(Filter { rule: Some(2), ..Default::default() }.matches(t));
         assert!(!Filter { rule: Some(1), ..Default::default() }.matches(t));
-        assert!(Filter { addr: Some(Ipv4Addr::new(192, 168, 1, 50)), port: Some(80), ..Default::default() }.matches(t));
-        assert!(Filter { port: Some(12345), ..Default::default() }.matches(t), "the masquerade port");
+        assert!(
+            Filter {
+                addr: Some(Ipv4Addr::new(192, 168, 1, 50)),
+                port: Some(80),
+                ..Default::default()
+            }
+            .matches(t)
+        );
+        assert!(
+            Filter { port: Some(12345), ..Default::default() }.matches(t),
+            "the masquerade port"
+        );
         assert!(!Filter { port: Some(81), ..Default::default() }.matches(t));
-        assert!(!Filter { addr: Some(Ipv4Addr::new(192, 168, 1, 5)), ..Default::default() }.matches(t));
+        assert!(
+            !Filter { addr: Some(Ipv4Addr::new(192, 168, 1, 5)), ..Default::default() }.matches(t)
+        );
         let r: Request = serde_json::from_str(r#"{"cmd":"flush","filter":{"rule":2}}"#).unwrap();
         assert!(matches!(r, Request::Flush { filter: Filter { rule: Some(2), .. } }));
     }

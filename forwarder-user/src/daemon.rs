@@ -66,7 +66,11 @@ pub struct Signals {
 impl Signals {
     pub fn new() -> anyhow::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())?, hup: signal(SignalKind::hangup())? })
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 }
 
@@ -113,13 +117,22 @@ impl Daemon {
     /// Wraps a loaded datapath (configured; attached or about to be: call
     /// [`Daemon::refresh_egress`] before attaching, so XDP never starts
     /// with an egress it cannot transmit into).
-    pub fn new(mut dp: Datapath, settings: Settings, compiled: Compiled, pins: Option<Pins>, opts: Options, audit: Audit) -> anyhow::Result<Self> {
+    pub fn new(
+        mut dp: Datapath,
+        settings: Settings,
+        compiled: Compiled,
+        pins: Option<Pins>,
+        opts: Options,
+        audit: Audit,
+    ) -> anyhow::Result<Self> {
         let logger = dp.take_logger().context("kernel log channel")?;
         let klog = register_logger(logger)?;
         let netdev = match Netdev::open() {
             Ok(n) => Some(n),
             Err(e) => {
-                log::warn!("cannot ask the kernel for interfaces' XDP features ({e}); XDP is tried on every egress and refusals are watched");
+                log::warn!(
+                    "cannot ask the kernel for interfaces' XDP features ({e}); XDP is tried on every egress and refusals are watched"
+                );
                 None
             }
         };
@@ -163,7 +176,8 @@ impl Daemon {
                 _ => None,
             };
             let (refused, last_err) = errors.get(&e.ifindex).copied().unwrap_or((0, 0));
-            if let Some(ev) = e.step(Capability::from_features(features), refused, last_err, now_s) {
+            if let Some(ev) = e.step(Capability::from_features(features), refused, last_err, now_s)
+            {
                 match (&ev, loud) {
                     (Event::ToTc { .. }, true) => log::warn!("{}", ev.text()),
                     (_, true) => log::info!("{}", ev.text()),
@@ -183,7 +197,10 @@ impl Daemon {
             return;
         }
         for e in self.egress.iter().filter(|e| !e.xdp) {
-            log::warn!("{}", Event::ToTc { iface: e.iface.clone(), why: e.status(true).why }.text());
+            log::warn!(
+                "{}",
+                Event::ToTc { iface: e.iface.clone(), why: e.status(true).why }.text()
+            );
         }
     }
 
@@ -191,7 +208,11 @@ impl Daemon {
     /// egresses and its own failures. `fresh`: count the table now (else
     /// as of the last sweep).
     pub fn snapshot(&self, fresh: bool) -> anyhow::Result<Snapshot> {
-        let mut s = if fresh { self.dp.snapshot(&self.settings.rules)? } else { self.dp.snapshot_with(&self.settings.rules, self.ct_usage)? };
+        let mut s = if fresh {
+            self.dp.snapshot(&self.settings.rules)?
+        } else {
+            self.dp.snapshot_with(&self.settings.rules, self.ct_usage)?
+        };
         let xdp = self.xdp_in_use();
         s.egress = self.egress.iter().map(|e| e.status(xdp)).collect();
         s.daemon_errors = self.house.failures();
@@ -199,11 +220,17 @@ impl Daemon {
     }
 
     /// Runs until SIGINT/SIGTERM (`Ok`) or a fatal error.
-    pub async fn serve(&mut self, control: tokio::net::UnixListener, mut sig: Signals) -> anyhow::Result<()> {
+    pub async fn serve(
+        &mut self,
+        control: tokio::net::UnixListener,
+        mut sig: Signals,
+    ) -> anyhow::Result<()> {
         let (tx, mut asks) = mpsc::channel::<Ask>(64);
         tokio::spawn(control_server(control, tx.clone()));
         if let Some(addr) = self.opts.metrics {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
             log::info!("metrics on http://{addr}/metrics");
             tokio::spawn(metrics_server(l, tx.clone()));
         }
@@ -289,17 +316,28 @@ impl Daemon {
                 serde_json::json!({"removed": gone.to_string()})
             }
             Request::Save { path } => {
-                let text = format!("# saved by `forwarder save` from the running daemon\n{}", self.settings.to_toml());
-                write_atomically(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+                let text = format!(
+                    "# saved by `forwarder save` from the running daemon\n{}",
+                    self.settings.to_toml()
+                );
+                write_atomically(&path, &text)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 log::info!("saved the running configuration to {}", path.display());
                 serde_json::json!({ "path": path })
             }
             Request::Conntrack { filter } => {
-                let conns: Vec<_> = connections(&self.dp.flows()?).into_iter().filter(|c| filter.matches(c)).collect();
+                let conns: Vec<_> = connections(&self.dp.flows()?)
+                    .into_iter()
+                    .filter(|c| filter.matches(c))
+                    .collect();
                 return Ok(Data::Text(connections_json(&conns, crate::loader::monotonic_ns())));
             }
             Request::Flush { filter } => {
-                let keys: Vec<_> = connections(&self.dp.flows()?).into_iter().filter(|c| filter.matches(c)).flat_map(|c| [c.key, c.reply_key]).collect();
+                let keys: Vec<_> = connections(&self.dp.flows()?)
+                    .into_iter()
+                    .filter(|c| filter.matches(c))
+                    .flat_map(|c| [c.key, c.reply_key])
+                    .collect();
                 let removed = self.dp.remove_flows(&keys)?;
                 log::info!("conntrack flush: {} connection(s) removed", removed / 2);
                 serde_json::json!({ "removed_connections": removed / 2 })
@@ -312,7 +350,9 @@ impl Daemon {
     /// table must outlive the swap.
     fn swap(&mut self, mut next: Settings) -> anyhow::Result<()> {
         let Some(p) = self.pins.clone() else {
-            anyhow::bail!("changing rules at runtime needs --pin-dir (the connection table must outlive the swap); restart instead");
+            anyhow::bail!(
+                "changing rules at runtime needs --pin-dir (the connection table must outlive the swap); restart instead"
+            );
         };
         // The connection table outlives the swap as it is sized (a new
         // size would need a new, empty table): the rest of the reload
@@ -366,7 +406,9 @@ impl Daemon {
     fn housekeeping(&mut self) {
         self.ticks += 1;
         let now = self.ticks;
-        if let Some(s) = self.house.run("public_addrs", now, || Ok(self.dp.sync_public_addrs(&addrs::public_addresses(&self.compiled.ifaces)?)?)) {
+        if let Some(s) = self.house.run("public_addrs", now, || {
+            Ok(self.dp.sync_public_addrs(&addrs::public_addresses(&self.compiled.ifaces)?)?)
+        }) {
             if s.changed {
                 log::info!("public addresses changed; hairpin follows");
             }
@@ -386,12 +428,19 @@ impl Daemon {
         // part of the table per second (a pass in about that time).
         let t = self.settings.conntrack.timeouts;
         let gc_every = u64::from((t.shortest() / 2).clamp(1, 10));
-        let budget = usize::try_from(self.ct_usage.entries / gc_every).unwrap_or(usize::MAX).max(4096);
+        let budget =
+            usize::try_from(self.ct_usage.entries / gc_every).unwrap_or(usize::MAX).max(4096);
         let (dp, sweep) = (&mut self.dp, &mut self.sweep);
-        if let Some(Some(pass)) = self.house.run("conntrack_sweep", now, || Ok(dp.sweep_step(sweep, &t, crate::loader::monotonic_ns(), budget)?)) {
+        if let Some(Some(pass)) = self.house.run("conntrack_sweep", now, || {
+            Ok(dp.sweep_step(sweep, &t, crate::loader::monotonic_ns(), budget)?)
+        }) {
             self.ct_usage = pass.usage;
             if pass.removed > 0 {
-                log::debug!("conntrack: {} of {} entries expired and removed", pass.removed, pass.scanned);
+                log::debug!(
+                    "conntrack: {} of {} entries expired and removed",
+                    pass.removed,
+                    pass.scanned
+                );
             }
         }
         if self.house.begin("egress", now) {
@@ -431,7 +480,11 @@ impl Daemon {
     /// use as the sweep last found it.
     fn table_watch(&mut self) -> anyhow::Result<()> {
         use forwarder_common::stats::{DROP_CT_FULL, DROP_NEW_CONN_RATE, EARLY_DROP};
-        let (full, early, rate) = (self.dp.counter(DROP_CT_FULL)?, self.dp.counter(EARLY_DROP)?, self.dp.counter(DROP_NEW_CONN_RATE)?);
+        let (full, early, rate) = (
+            self.dp.counter(DROP_CT_FULL)?,
+            self.dp.counter(EARLY_DROP)?,
+            self.dp.counter(DROP_NEW_CONN_RATE)?,
+        );
         let cap = u64::from(self.settings.conntrack.max_connections);
         let t = &mut self.table;
         let quiet = t.said_at.is_some_and(|at| self.ticks < at + 10);
@@ -445,15 +498,23 @@ impl Daemon {
         }
         if rate > t.rate && !quiet {
             let (r, b) = self.settings.conntrack.new_conn_limit();
-            log::warn!("new-connection rate limit: {} new connection(s) dropped (at most {r}/s and bursts of {b} per CPU: --new-conn-rate)", rate - t.rate);
+            log::warn!(
+                "new-connection rate limit: {} new connection(s) dropped (at most {r}/s and bursts of {b} per CPU: --new-conn-rate)",
+                rate - t.rate
+            );
             (t.rate, t.said_at) = (rate, Some(self.ticks));
         }
         let used = self.ct_usage.entries / 2;
         if !t.high && used * 100 >= cap * HIGH_WATERMARK_PCT {
-            log::warn!("conntrack table {}% full ({used} of {cap} connections)", used * 100 / cap.max(1));
+            log::warn!(
+                "conntrack table {}% full ({used} of {cap} connections)",
+                used * 100 / cap.max(1)
+            );
             t.high = true;
         } else if t.high && used * 100 < cap * LOW_WATERMARK_PCT {
-            log::info!("conntrack table below {LOW_WATERMARK_PCT}% again ({used} of {cap} connections)");
+            log::info!(
+                "conntrack table below {LOW_WATERMARK_PCT}% again ({used} of {cap} connections)"
+            );
             t.high = false;
         }
         Ok(())
@@ -466,14 +527,24 @@ fn egresses(compiled: &Compiled, old: &[Egress]) -> Vec<Egress> {
     compiled
         .ifaces
         .iter()
-        .map(|i| old.iter().find(|e| e.ifindex == i.ifindex).cloned().unwrap_or_else(|| Egress::new(&i.name, i.ifindex, iface::driver(&i.name))))
+        .map(|i| {
+            old.iter()
+                .find(|e| e.ifindex == i.ifindex)
+                .cloned()
+                .unwrap_or_else(|| Egress::new(&i.name, i.ifindex, iface::driver(&i.name)))
+        })
         .collect()
 }
 
-fn register_logger(logger: crate::loader::KernelLogger) -> anyhow::Result<tokio::io::unix::AsyncFd<crate::loader::KernelLogger>> {
+fn register_logger(
+    logger: crate::loader::KernelLogger,
+) -> anyhow::Result<tokio::io::unix::AsyncFd<crate::loader::KernelLogger>> {
     // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
     // owns the logger, and always reports that same fd.
-    unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }.map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("polling the kernel log channel: {e}"))
 }
 
 /// Accepts control clients; each is read and answered by a task of its own.
@@ -522,10 +593,16 @@ async fn metrics_server(l: tokio::net::TcpListener, tx: mpsc::Sender<Ask>) {
             }
             let (status, body) = match orx.await {
                 Ok(Ok(body)) => ("200 OK", body),
-                Ok(Err(e)) => ("500 Internal Server Error", format!("# the forwarder could not read its counters: {e:#}\n")),
+                Ok(Err(e)) => (
+                    "500 Internal Server Error",
+                    format!("# the forwarder could not read its counters: {e:#}\n"),
+                ),
                 Err(_) => return,
             };
-            let head = format!("HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n", body.len());
+            let head = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
             let _ = s.write_all(head.as_bytes()).await;
             let _ = s.write_all(body.as_bytes()).await;
         });
@@ -533,12 +610,15 @@ async fn metrics_server(l: tokio::net::TcpListener, tx: mpsc::Sender<Ask>) {
 }
 
 /// Reads one control request line.
-async fn read_request(s: tokio::net::UnixStream) -> (anyhow::Result<crate::control::Request>, tokio::net::UnixStream) {
+async fn read_request(
+    s: tokio::net::UnixStream,
+) -> (anyhow::Result<crate::control::Request>, tokio::net::UnixStream) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut r = BufReader::new(s);
     let mut line = String::new();
     let req = match tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line)).await {
-        Ok(Ok(_)) => serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("bad request `{}`: {e}", line.trim())),
+        Ok(Ok(_)) => serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("bad request `{}`: {e}", line.trim())),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(anyhow::anyhow!("request timed out")),
     };
@@ -546,10 +626,15 @@ async fn read_request(s: tokio::net::UnixStream) -> (anyhow::Result<crate::contr
 }
 
 /// Answers one control request with a JSON line.
-async fn write_reply(s: &mut tokio::net::UnixStream, reply: anyhow::Result<Data>) -> anyhow::Result<()> {
+async fn write_reply(
+    s: &mut tokio::net::UnixStream,
+    reply: anyhow::Result<Data>,
+) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut out = match reply {
-        Ok(Data::Value(data)) => serde_json::to_vec(&serde_json::json!({"ok": true, "data": data}))?,
+        Ok(Data::Value(data)) => {
+            serde_json::to_vec(&serde_json::json!({"ok": true, "data": data}))?
+        }
         Ok(Data::Text(data)) => format!("{{\"ok\":true,\"data\":{data}}}").into_bytes(),
         Err(e) => serde_json::to_vec(&serde_json::json!({"ok": false, "error": format!("{e:#}")}))?,
     };
@@ -575,15 +660,26 @@ impl Audit {
     pub fn new(dp: &mut Datapath, settings: &Settings) -> anyhow::Result<Self> {
         let ring = Self::ring(dp)?;
         let syslog = settings.audit.syslog.map(crate::audit::SyslogSink::start);
-        let seen = (dp.counter(forwarder_common::stats::AUDIT_RATE_LIMITED)?, dp.counter(forwarder_common::stats::AUDIT_RING_FULL)?, 0);
+        let seen = (
+            dp.counter(forwarder_common::stats::AUDIT_RATE_LIMITED)?,
+            dp.counter(forwarder_common::stats::AUDIT_RING_FULL)?,
+            0,
+        );
         Ok(Self { ring, syslog, fmt: crate::audit::formatter(), seen })
     }
 
-    fn ring(dp: &mut Datapath) -> anyhow::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
+    fn ring(
+        dp: &mut Datapath,
+    ) -> anyhow::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
         // SAFETY: the ring owns its map fd for as long as the AsyncFd owns
         // the ring, and always reports that same fd.
-        unsafe { tokio::io::unix::AsyncFd::register_with_interest(dp.take_events()?, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("polling the audit event ring: {e}"))
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                dp.take_events()?,
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .map_err(|e| anyhow::anyhow!("polling the audit event ring: {e}"))
     }
 
     /// After a reload: the new datapath's ring, and the syslog target
@@ -629,13 +725,24 @@ impl Audit {
     /// queue cost since the last report (nothing when none).
     fn report_losses(&mut self, dp: &Datapath) -> anyhow::Result<()> {
         use forwarder_common::stats::{AUDIT_RATE_LIMITED, AUDIT_RING_FULL};
-        let now = (dp.counter(AUDIT_RATE_LIMITED)?, dp.counter(AUDIT_RING_FULL)?, self.syslog.as_ref().map_or(0, crate::audit::SyslogSink::dropped));
-        let d = (now.0.saturating_sub(self.seen.0), now.1.saturating_sub(self.seen.1), now.2.saturating_sub(self.seen.2));
+        let now = (
+            dp.counter(AUDIT_RATE_LIMITED)?,
+            dp.counter(AUDIT_RING_FULL)?,
+            self.syslog.as_ref().map_or(0, crate::audit::SyslogSink::dropped),
+        );
+        let d = (
+            now.0.saturating_sub(self.seen.0),
+            now.1.saturating_sub(self.seen.1),
+            now.2.saturating_sub(self.seen.2),
+        );
         self.seen = now;
         if d == (0, 0, 0) {
             return Ok(());
         }
-        let text = format!("{} events suppressed by the rate limit, {} lost to a full ring, {} not delivered to syslog since the last report", d.0, d.1, d.2);
+        let text = format!(
+            "{} events suppressed by the rate limit, {} lost to a full ring, {} not delivered to syslog since the last report",
+            d.0, d.1, d.2
+        );
         log::warn!(target: "audit", "{text}");
         if let Some(s) = &self.syslog {
             s.send(crate::audit::syslog_notice(&self.fmt, syslog::Severity::LOG_WARNING, &text));

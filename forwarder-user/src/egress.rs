@@ -83,7 +83,9 @@ impl Event {
     pub fn text(&self) -> String {
         match self {
             Self::ToXdp { iface, why } => format!("{iface}: XDP transmits into it ({why})"),
-            Self::ToTc { iface, why } => format!("{iface}: XDP cannot transmit into it: {why}; packets towards {iface} go through TC (slower, nothing lost)"),
+            Self::ToTc { iface, why } => format!(
+                "{iface}: XDP cannot transmit into it: {why}; packets towards {iface} go through TC (slower, nothing lost)"
+            ),
         }
     }
 }
@@ -104,7 +106,17 @@ pub fn errno_name(e: i32) -> String {
 impl Egress {
     /// A managed interface, not yet in the devmap.
     pub fn new(iface: &str, ifindex: u32, driver: Option<String>) -> Self {
-        Self { iface: iface.to_string(), ifindex, driver, xdp: false, cap: Capability::Unknown, refused: 0, last_err: 0, quarantine: None, fallbacks: 0 }
+        Self {
+            iface: iface.to_string(),
+            ifindex,
+            driver,
+            xdp: false,
+            cap: Capability::Unknown,
+            refused: 0,
+            last_err: 0,
+            quarantine: None,
+            fallbacks: 0,
+        }
     }
 
     /// What to do to make a device take XDP frames, for messages.
@@ -119,7 +131,13 @@ impl Egress {
     /// One decision: `cap` as the kernel says now, `refused` the datapath's
     /// count of refused frames so far (and `last_err`), `now_s` the
     /// daemon's clock in seconds. Updates `self.xdp` and says what changed.
-    pub fn step(&mut self, cap: Capability, refused: u64, last_err: i32, now_s: u64) -> Option<Event> {
+    pub fn step(
+        &mut self,
+        cap: Capability,
+        refused: u64,
+        last_err: i32,
+        now_s: u64,
+    ) -> Option<Event> {
         self.cap = cap;
         let was = self.xdp;
         let new_refusals = refused.saturating_sub(self.refused);
@@ -129,13 +147,17 @@ impl Egress {
         }
         if new_refusals > 0 && was {
             // Refused while we sent: to TC, for longer each time in a row.
-            let spell = self.quarantine.map_or(QUARANTINE_FIRST_S, |(_, s)| (s * 2).min(QUARANTINE_MAX_S));
+            let spell =
+                self.quarantine.map_or(QUARANTINE_FIRST_S, |(_, s)| (s * 2).min(QUARANTINE_MAX_S));
             self.quarantine = Some((now_s + spell, spell));
             self.fallbacks += 1;
             self.xdp = false;
             return Some(Event::ToTc {
                 iface: self.iface.clone(),
-                why: format!("the kernel refused {new_refusals} frame(s) XDP redirected into it ({}); XDP is tried again in {spell} s", errno_name(self.last_err)),
+                why: format!(
+                    "the kernel refused {new_refusals} frame(s) XDP redirected into it ({}); XDP is tried again in {spell} s",
+                    errno_name(self.last_err)
+                ),
             });
         }
         let quarantined = self.quarantine.is_some_and(|(until, _)| now_s < until);
@@ -147,7 +169,10 @@ impl Egress {
         Some(if want {
             let why = match (cap, self.quarantine.is_some()) {
                 (_, true) => "trying again after refusals".to_string(),
-                (Capability::Unknown, _) => "the kernel does not say whether it takes XDP frames; refusals are watched".to_string(),
+                (Capability::Unknown, _) => {
+                    "the kernel does not say whether it takes XDP frames; refusals are watched"
+                        .to_string()
+                }
                 _ => "the device takes redirected XDP frames".to_string(),
             };
             Event::ToXdp { iface: self.iface.clone(), why }
@@ -171,7 +196,9 @@ impl Egress {
             "no interface runs XDP".to_string()
         } else if self.xdp {
             match self.cap {
-                Capability::Unknown => "XDP features not reported by the kernel; refusals watched".into(),
+                Capability::Unknown => {
+                    "XDP features not reported by the kernel; refusals watched".into()
+                }
                 _ => "takes redirected XDP frames".into(),
             }
         } else if self.quarantine.is_some() {
@@ -179,7 +206,14 @@ impl Egress {
         } else {
             self.advice()
         };
-        EgressStatus { iface: self.iface.clone(), ifindex: self.ifindex, xdp: xdp_in_use && self.xdp, why, refused_frames: self.refused, fallbacks: self.fallbacks }
+        EgressStatus {
+            iface: self.iface.clone(),
+            ifindex: self.ifindex,
+            xdp: xdp_in_use && self.xdp,
+            why,
+            refused_frames: self.refused,
+            fallbacks: self.fallbacks,
+        }
     }
 }
 
@@ -215,7 +249,12 @@ mod tests {
         // The peer turned GRO off.
         let ev = e.step(Capability::Refuses, 0, 0, 2).unwrap();
         assert!(!e.xdp);
-        assert!(ev.text().contains("int0: XDP cannot transmit into it") && ev.text().contains("ethtool -K PEER gro on"), "{}", ev.text());
+        assert!(
+            ev.text().contains("int0: XDP cannot transmit into it")
+                && ev.text().contains("ethtool -K PEER gro on"),
+            "{}",
+            ev.text()
+        );
         assert_eq!(e.step(Capability::Refuses, 0, 0, 3), None);
         // And on again.
         assert!(matches!(e.step(Capability::Takes, 0, 0, 4), Some(Event::ToXdp { .. })) && e.xdp);
@@ -230,7 +269,13 @@ mod tests {
         e.step(Capability::Unknown, 0, 0, 0);
         let ev = e.step(Capability::Unknown, 5, -95, 10).unwrap();
         assert!(!e.xdp && e.fallbacks == 1);
-        assert!(ev.text().contains("refused 5 frame(s)") && ev.text().contains("EOPNOTSUPP") && ev.text().contains("in 30 s"), "{}", ev.text());
+        assert!(
+            ev.text().contains("refused 5 frame(s)")
+                && ev.text().contains("EOPNOTSUPP")
+                && ev.text().contains("in 30 s"),
+            "{}",
+            ev.text()
+        );
         // Held on TC for the spell, whatever the features say.
         assert_eq!(e.step(Capability::Takes, 5, 0, 39), None);
         assert!(!e.xdp);
@@ -238,7 +283,11 @@ mod tests {
         assert!(matches!(e.step(Capability::Takes, 5, 0, 40), Some(Event::ToXdp { .. })) && e.xdp);
         // Refused again at once: twice as long.
         let ev = e.step(Capability::Takes, 9, -95, 41).unwrap();
-        assert!(ev.text().contains("refused 4 frame(s)") && ev.text().contains("in 60 s"), "{}", ev.text());
+        assert!(
+            ev.text().contains("refused 4 frame(s)") && ev.text().contains("in 60 s"),
+            "{}",
+            ev.text()
+        );
         assert_eq!(e.quarantine, Some((101, 60)));
         // Refusals counted while it was on TC (late frames) do not extend it.
         assert_eq!(e.step(Capability::Takes, 10, -95, 50), None);
@@ -274,6 +323,16 @@ mod tests {
         assert!(!s.xdp && s.why.contains("GRO"), "{s:?}");
         assert_eq!(e.status(false).why, "no interface runs XDP");
         e.step(Capability::Takes, 0, 0, 1);
-        assert_eq!(e.status(true), EgressStatus { iface: "int0".into(), ifindex: 3, xdp: true, why: "takes redirected XDP frames".into(), refused_frames: 0, fallbacks: 0 });
+        assert_eq!(
+            e.status(true),
+            EgressStatus {
+                iface: "int0".into(),
+                ifindex: 3,
+                xdp: true,
+                why: "takes redirected XDP frames".into(),
+                refused_frames: 0,
+                fallbacks: 0
+            }
+        );
     }
 }

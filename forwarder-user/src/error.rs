@@ -13,13 +13,17 @@ pub enum Error {
     UnknownInterface(String),
     #[error("interface `{name}` is given as both public and internal")]
     InterfaceRole { name: String },
-    #[error("duplicate rule: `{first}` and `{second}` share ports on the same protocol and interface")]
+    #[error(
+        "duplicate rule: `{first}` and `{second}` share ports on the same protocol and interface"
+    )]
     DuplicateRule { first: String, second: String },
     #[error("too many rules: {0} (the datapath holds at most {max})", max = forwarder_common::abi::MAX_RULES)]
     TooManyRules(usize),
     #[error("masquerade port range `{0}`: {1}")]
     PortRange(String, String),
-    #[error("this forwarder binary was built without its eBPF object (FORWARDER_EBPF_STUB=1); rebuild without it")]
+    #[error(
+        "this forwarder binary was built without its eBPF object (FORWARDER_EBPF_STUB=1); rebuild without it"
+    )]
     NoObject,
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),

@@ -25,7 +25,10 @@ static POINTS: Mutex<Option<HashMap<String, Point>>> = Mutex::new(None);
 /// bad item.
 pub fn parse(spec: &str) -> Result<HashMap<String, Point>, String> {
     let mut out = HashMap::new();
-    let num = |item: &str, c: &str| c.parse::<u64>().map_err(|_| format!("FORWARDER_FAILPOINTS: `{item}`: `{c}` is not a number"));
+    let num = |item: &str, c: &str| {
+        c.parse::<u64>()
+            .map_err(|_| format!("FORWARDER_FAILPOINTS: `{item}`: `{c}` is not a number"))
+    };
     for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (name, point) = if let Some((n, at)) = item.split_once('@') {
             let at = num(item, at)?;
@@ -85,14 +88,20 @@ mod tests {
     fn spec_parses_and_counts_down() {
         let p = parse("sweep=2, stats_file,egress=*,fatal@3").unwrap();
         let ever = Point { skip: 0, fail: u64::MAX };
-        assert_eq!((p["sweep"], p["stats_file"], p["egress"]), (Point { skip: 0, fail: 2 }, ever, ever));
+        assert_eq!(
+            (p["sweep"], p["stats_file"], p["egress"]),
+            (Point { skip: 0, fail: 2 }, ever, ever)
+        );
         assert_eq!(p["fatal"], Point { skip: 2, fail: 1 });
         assert!(parse("sweep=two").unwrap_err().contains("`sweep=two`"));
         assert!(parse("fatal@0").unwrap_err().contains("from 1"));
         *POINTS.lock().unwrap() = Some(parse("t1=2,t2@2").unwrap());
         assert!(check("t1").is_err() && check("t1").is_err());
         assert!(check("t1").is_ok(), "two failures, then fine");
-        assert!(check("t2").is_ok() && check("t2").is_err() && check("t2").is_ok(), "only the second pass");
+        assert!(
+            check("t2").is_ok() && check("t2").is_err() && check("t2").is_ok(),
+            "only the second pass"
+        );
         assert!(check("other").is_ok());
     }
 }

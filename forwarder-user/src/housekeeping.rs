@@ -8,7 +8,15 @@ use std::collections::BTreeMap;
 
 /// Every task, by the name its failures are counted and injected under
 /// ([`crate::faults`]).
-pub const TASKS: [&str; 7] = ["public_addrs", "conntrack_sweep", "egress", "table_watch", "audit_report", "stats_file", "stats_log"];
+pub const TASKS: [&str; 7] = [
+    "public_addrs",
+    "conntrack_sweep",
+    "egress",
+    "table_watch",
+    "audit_report",
+    "stats_file",
+    "stats_log",
+];
 
 /// Retry delays after consecutive failures: 1, 2, 4, … seconds, at most this.
 pub const MAX_BACKOFF_S: u64 = 60;
@@ -74,14 +82,22 @@ impl Housekeeping {
                 t.streak += 1;
                 let wait = backoff_s(t.streak);
                 t.next_s = now_s + wait;
-                log::warn!("{task} failed ({} in a row): {e:#}; forwarding is not affected; retrying in {wait} s", t.streak);
+                log::warn!(
+                    "{task} failed ({} in a row): {e:#}; forwarding is not affected; retrying in {wait} s",
+                    t.streak
+                );
                 None
             }
         }
     }
 
     /// [`Housekeeping::begin`], `f`, [`Housekeeping::end`].
-    pub fn run<T>(&mut self, task: &'static str, now_s: u64, f: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
+    pub fn run<T>(
+        &mut self,
+        task: &'static str,
+        now_s: u64,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> Option<T> {
         if !self.begin(task, now_s) {
             return None;
         }
@@ -91,7 +107,11 @@ impl Housekeeping {
 
     /// Failures so far, per task that ever failed.
     pub fn failures(&self) -> BTreeMap<String, u64> {
-        self.tasks.iter().filter(|(_, t)| t.failures > 0).map(|(n, t)| ((*n).to_string(), t.failures)).collect()
+        self.tasks
+            .iter()
+            .filter(|(_, t)| t.failures > 0)
+            .map(|(n, t)| ((*n).to_string(), t.failures))
+            .collect()
     }
 }
 

@@ -33,7 +33,8 @@ pub fn driver(name: &str) -> Option<String> {
     if name.len() >= libc::IFNAMSIZ {
         return None;
     }
-    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 32 * 4 + 12 + 4 * 5] };
+    let mut info =
+        DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 32 * 4 + 12 + 4 * 5] };
     let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &raw mut info, _pad: [0; 16] };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: plain socket call.

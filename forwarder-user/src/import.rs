@@ -52,7 +52,10 @@ struct Dnat {
 
 /// A port number in an iptables option (`whole`, for the message).
 fn port_in(s: &str, whole: &str) -> Result<u16, String> {
-    s.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("port `{s}` in `{whole}` is not 1-65535"))
+    s.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("port `{s}` in `{whole}` is not 1-65535"))
 }
 
 /// Parses one `-A PREROUTING … -j DNAT …` rule.
@@ -60,7 +63,8 @@ fn dnat(w: &[String], notes: &mut Vec<String>) -> Result<Dnat, String> {
     let mut spec = Dnat { proto: None, iface: None, source: None, dports: None, to: None };
     let mut at = 2; // after "-A PREROUTING"
     while at < w.len() {
-        let arg = |k: usize| w.get(k).cloned().ok_or_else(|| format!("`{}` without a value", w[k - 1]));
+        let arg =
+            |k: usize| w.get(k).cloned().ok_or_else(|| format!("`{}` without a value", w[k - 1]));
         match w[at].as_str() {
             "!" => return Err(format!("negated match `! {}` has no forwarder equivalent", w.get(at + 1).map_or("", String::as_str))),
             "-p" => spec.proto = Some(arg(at + 1)?.parse()?),
@@ -112,7 +116,8 @@ pub fn from_iptables_save(text: &str) -> Import {
         }
         let w = words(line);
         let chain = w.get(1).map_or("", String::as_str);
-        let target = w.iter().position(|x| x == "-j").and_then(|i| w.get(i + 1)).map_or("", String::as_str);
+        let target =
+            w.iter().position(|x| x == "-j").and_then(|i| w.get(i + 1)).map_or("", String::as_str);
         match (chain, target) {
             ("POSTROUTING", "MASQUERADE") => {
                 masquerade = true;
@@ -136,7 +141,13 @@ pub fn from_iptables_save(text: &str) -> Import {
                     Err(why) => out.skipped.push((n, line.to_string(), why)),
                 }
             }
-            (c, t) => out.skipped.push((n, line.to_string(), format!("`-A {c} … -j {t}` is not a DNAT in PREROUTING or a MASQUERADE in POSTROUTING"))),
+            (c, t) => out.skipped.push((
+                n,
+                line.to_string(),
+                format!(
+                    "`-A {c} … -j {t}` is not a DNAT in PREROUTING or a MASQUERADE in POSTROUTING"
+                ),
+            )),
         }
     }
     for r in &mut out.rules {
@@ -152,17 +163,26 @@ fn rule(spec: &Dnat, n: usize) -> Result<Rule, String> {
     let (addr, bports) = match to.split_once(':') {
         None => (to, ports),
         Some((addr_part, port_part)) => {
-            let (lo, hi) = port_part.split_once('-').map_or((port_part, port_part), |(x, y)| (x, y));
+            let (lo, hi) =
+                port_part.split_once('-').map_or((port_part, port_part), |(x, y)| (x, y));
             let whole = format!("--to-destination {to}");
             (addr_part, Ports { lo: port_in(lo, &whole)?, hi: port_in(hi, &whole)? })
         }
     };
     if addr.contains('-') {
-        return Err(format!("address range `{addr}` in `--to-destination` (load balancing) is not supported yet"));
+        return Err(format!(
+            "address range `{addr}` in `--to-destination` (load balancing) is not supported yet"
+        ));
     }
-    let backend: Ipv4Addr = addr.parse().map_err(|_| format!("`{addr}` in `--to-destination` is not an IPv4 address"))?;
+    let backend: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("`{addr}` in `--to-destination` is not an IPv4 address"))?;
     if bports.lo != bports.hi && bports.count() != ports.count() {
-        return Err(format!("`--to-destination {to}` maps {} ports onto {}: ranges must be the same length or one port", ports.count(), bports.count()));
+        return Err(format!(
+            "`--to-destination {to}` maps {} ports onto {}: ranges must be the same length or one port",
+            ports.count(),
+            bports.count()
+        ));
     }
     Ok(Rule {
         proto,
@@ -182,10 +202,22 @@ fn merge(out: &mut Import, r: Rule, n: usize, line: &str) {
     let same = |o: &Rule| o.proto == r.proto && o.ports == r.ports && o.interface == r.interface;
     match out.rules.iter_mut().find(|o| same(o)) {
         None => out.rules.push(r),
-        Some(o) if o.backend == r.backend && o.backend_ports == r.backend_ports && !o.sources.is_empty() && !r.sources.is_empty() => {
+        Some(o)
+            if o.backend == r.backend
+                && o.backend_ports == r.backend_ports
+                && !o.sources.is_empty()
+                && !r.sources.is_empty() =>
+        {
             o.sources.extend(r.sources);
         }
-        Some(o) => out.skipped.push((n, line.to_string(), format!("the same packets already go to {}:{} ({}); per-source targets are not supported", o.backend, o.backend_ports, o.origin))),
+        Some(o) => out.skipped.push((
+            n,
+            line.to_string(),
+            format!(
+                "the same packets already go to {}:{} ({}); per-source targets are not supported",
+                o.backend, o.backend_ports, o.origin
+            ),
+        )),
     }
 }
 
@@ -264,7 +296,9 @@ COMMIT
 
     #[test]
     fn bad_values_are_named() {
-        let imp = from_iptables_save("*nat\n-A PREROUTING -p tcp --dport 0 -j DNAT --to-destination 10.0.0.1\n-A PREROUTING -p sctp --dport 1 -j DNAT --to-destination 10.0.0.1\n");
+        let imp = from_iptables_save(
+            "*nat\n-A PREROUTING -p tcp --dport 0 -j DNAT --to-destination 10.0.0.1\n-A PREROUTING -p sctp --dport 1 -j DNAT --to-destination 10.0.0.1\n",
+        );
         assert!(imp.skipped[0].2.contains("port `0`"), "{:?}", imp.skipped);
         assert!(imp.skipped[1].2.contains("`sctp`"), "{:?}", imp.skipped);
         assert_eq!(imp.skipped[0].0, 2);

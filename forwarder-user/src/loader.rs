@@ -27,8 +27,8 @@ use forwarder_common::{
 
 use crate::{
     config::{Compiled, Mode},
-    pin::{Pins, STATE_MAPS},
     error::{Error, Result},
+    pin::{Pins, STATE_MAPS},
 };
 
 /// The eBPF object built by `build.rs`.
@@ -38,7 +38,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fo
 /// built by `build.rs` from the same crate: loaded only by the benchmark
 /// harness; the `forwarder` binary never references it, so it does not
 /// carry it.
-pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
 
 /// How to attach XDP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -67,7 +68,9 @@ impl std::fmt::Display for Hook {
             Self::XdpNative => "XDP native + TC ingress (assist)",
             Self::XdpGeneric => "XDP generic + TC ingress (assist)",
             Self::Tc => "TC ingress (TC mode)",
-            Self::XdpAdopted => "XDP + TC ingress, adopted from the pinned links (programs swapped in)",
+            Self::XdpAdopted => {
+                "XDP + TC ingress, adopted from the pinned links (programs swapped in)"
+            }
         })
     }
 }
@@ -105,7 +108,9 @@ fn prog<'a, T>(ebpf: &'a Ebpf, name: &str) -> Result<&'a T>
 where
     &'a T: TryFrom<&'a aya::programs::Program>,
 {
-    ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))
+    ebpf.program(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| Error::Io(format!("program {name} missing from the object")))
 }
 
 /// [`prog`], mutable.
@@ -113,7 +118,9 @@ fn prog_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program>,
 {
-    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| Error::Io(format!("program {name} missing from the object")))
 }
 
 fn prog_err(what: String) -> impl FnOnce(aya::programs::ProgramError) -> Error {
@@ -144,18 +151,29 @@ impl Datapath {
                 log::warn!(
                     "{}: pinned by a forwarder with another layout of this map; not adopted, this daemon starts it fresh{}",
                     gone,
-                    if gone.starts_with(abi::MAP_FLOWS) { " (connections it tracked are not translated any more)" } else { "" }
+                    if gone.starts_with(abi::MAP_FLOWS) {
+                        " (connections it tracked are not translated any more)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
-        let paths: Vec<(&str, std::path::PathBuf)> = pins.map(|p| STATE_MAPS.iter().map(|(m, _)| (*m, p.map(m))).collect()).unwrap_or_default();
+        let paths: Vec<(&str, std::path::PathBuf)> = pins
+            .map(|p| STATE_MAPS.iter().map(|(m, _)| (*m, p.map(m))).collect())
+            .unwrap_or_default();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
-        let logger = aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| Error::Io(format!("kernel log channel: {e}")))?;
-        for name in [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_XDP_NEW, abi::PROG_TC, abi::PROG_TC_NEW] {
-            let prog = ebpf.program_mut(name).ok_or_else(|| Error::Io(format!("program {name} missing from the object")))?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .map_err(|e| Error::Io(format!("kernel log channel: {e}")))?;
+        for name in
+            [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_XDP_NEW, abi::PROG_TC, abi::PROG_TC_NEW]
+        {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Io(format!("program {name} missing from the object")))?;
             match prog {
                 aya::programs::Program::Xdp(p) => p.load(),
                 aya::programs::Program::SchedClassifier(p) => p.load(),
@@ -168,17 +186,29 @@ impl Datapath {
         // forwards; it only cannot see refusals (the egress features still
         // keep XDP off the devices that cannot take its frames).
         let devmap_id = match ebpf.map(abi::MAP_TX_PORTS) {
-            Some(aya::maps::Map::DevMapHash(m)) => m.info().map_err(map_err(abi::MAP_TX_PORTS))?.id(),
-            _ => return Err(Error::Io(format!("map {} missing from the object", abi::MAP_TX_PORTS))),
+            Some(aya::maps::Map::DevMapHash(m)) => {
+                m.info().map_err(map_err(abi::MAP_TX_PORTS))?.id()
+            }
+            _ => {
+                return Err(Error::Io(format!(
+                    "map {} missing from the object",
+                    abi::MAP_TX_PORTS
+                )));
+            }
         };
-        let mut watch: Array<&mut MapData, u32> =
-            Array::try_from(ebpf.map_mut(abi::MAP_TX_WATCH).ok_or_else(|| Error::Io(format!("map {} missing", abi::MAP_TX_WATCH)))?).map_err(map_err(abi::MAP_TX_WATCH))?;
+        let mut watch: Array<&mut MapData, u32> = Array::try_from(
+            ebpf.map_mut(abi::MAP_TX_WATCH)
+                .ok_or_else(|| Error::Io(format!("map {} missing", abi::MAP_TX_WATCH)))?,
+        )
+        .map_err(map_err(abi::MAP_TX_WATCH))?;
         watch.set(0, devmap_id, 0).map_err(map_err(abi::MAP_TX_WATCH))?;
         let tp: &mut RawTracePoint = prog_mut(&mut ebpf, abi::PROG_XDP_TX_ERR)?;
         let tx_watch = match tp.load().and_then(|()| tp.attach(abi::TRACEPOINT_XDP_REDIRECT_ERR)) {
             Ok(_) => true,
             Err(e) => {
-                log::warn!("cannot watch XDP transmit refusals ({e}); egresses are chosen by their XDP features alone");
+                log::warn!(
+                    "cannot watch XDP transmit refusals ({e}); egresses are chosen by their XDP features alone"
+                );
                 false
             }
         };
@@ -196,15 +226,19 @@ impl Datapath {
             .map_err(prog_err(name.to_string()))?
             .try_clone()
             .map_err(|e| Error::Io(format!("dup program fd: {e}")))?;
-            let mut tails: ProgramArray<&mut MapData> =
-                ProgramArray::try_from(ebpf.map_mut(map).ok_or_else(|| Error::Io(format!("map {map} missing")))?).map_err(map_err(map))?;
+            let mut tails: ProgramArray<&mut MapData> = ProgramArray::try_from(
+                ebpf.map_mut(map).ok_or_else(|| Error::Io(format!("map {map} missing")))?,
+            )
+            .map_err(map_err(map))?;
             tails.set(index, &fd, 0).map_err(map_err(map))?;
         }
         // The table's real size: an adopted (pinned) one keeps the size it
         // was made with, whatever `max_connections` asks (aya reuses a
         // pinned map as it is).
         let flow_capacity = match ebpf.map(abi::MAP_FLOWS) {
-            Some(aya::maps::Map::HashMap(m)) => m.info().map_err(map_err(abi::MAP_FLOWS))?.max_entries(),
+            Some(aya::maps::Map::HashMap(m)) => {
+                m.info().map_err(map_err(abi::MAP_FLOWS))?.max_entries()
+            }
             _ => return Err(Error::Io(format!("map {} missing from the object", abi::MAP_FLOWS))),
         };
         Ok(Self { ebpf, logger: Some(logger), attached: Vec::new(), flow_capacity, tx_watch })
@@ -225,18 +259,32 @@ impl Datapath {
     /// out of its budget of [`VERIFIER_BUDGET`]. `None` when the kernel
     /// does not say (before 5.16).
     pub fn verified_insns(&self) -> Vec<(&'static str, Option<u32>)> {
-        [abi::PROG_XDP, abi::PROG_XDP_CSUM, abi::PROG_XDP_NEW, abi::PROG_TC, abi::PROG_TC_NEW, abi::PROG_XDP_TX_ERR]
-            .into_iter()
-            .map(|name| {
-                let n = self.ebpf.program(name).and_then(|p| p.info().ok()).and_then(|i| i.verified_instruction_count());
-                (name, n)
-            })
-            .collect()
+        [
+            abi::PROG_XDP,
+            abi::PROG_XDP_CSUM,
+            abi::PROG_XDP_NEW,
+            abi::PROG_TC,
+            abi::PROG_TC_NEW,
+            abi::PROG_XDP_TX_ERR,
+        ]
+        .into_iter()
+        .map(|name| {
+            let n = self
+                .ebpf
+                .program(name)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            (name, n)
+        })
+        .collect()
     }
 
     /// The audit event ring (once): records are `abi::AuditEvent`s.
     pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
-        let m = self.ebpf.take_map(abi::MAP_EVENTS).ok_or_else(|| Error::Io(format!("map {} missing from the object", abi::MAP_EVENTS)))?;
+        let m = self
+            .ebpf
+            .take_map(abi::MAP_EVENTS)
+            .ok_or_else(|| Error::Io(format!("map {} missing from the object", abi::MAP_EVENTS)))?;
         aya::maps::RingBuf::try_from(m).map_err(map_err(abi::MAP_EVENTS))
     }
 
@@ -246,7 +294,9 @@ impl Datapath {
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or_else(|| Error::Io(format!("map {name} missing from the object")))
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| Error::Io(format!("map {name} missing from the object")))
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -266,7 +316,8 @@ impl Datapath {
             cpus: aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX)),
             _pad: 0,
         };
-        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?).map_err(map_err(abi::MAP_CONFIG))?;
+        let mut a: Array<&mut MapData, Config> =
+            Array::try_from(self.map_mut(abi::MAP_CONFIG)?).map_err(map_err(abi::MAP_CONFIG))?;
         a.set(0, cfg, 0).map_err(map_err(abi::MAP_CONFIG))?;
 
         let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
@@ -275,11 +326,17 @@ impl Datapath {
             // TC mode is set here; `auto` may still switch an interface to
             // TC in `attach` when its driver has no native XDP.
             let flags = if i.mode == Mode::Tc { abi::IFACE_F_TC_ONLY } else { 0 };
-            ifaces.insert(i.ifindex, IfaceInfo { role: i.role, flags }, 0).map_err(map_err(abi::MAP_IFACES))?;
+            ifaces
+                .insert(i.ifindex, IfaceInfo { role: i.role, flags }, 0)
+                .map_err(map_err(abi::MAP_IFACES))?;
         }
-        let mut tx: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(abi::MAP_TX_PORTS)?).map_err(map_err(abi::MAP_TX_PORTS))?;
+        let mut tx: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(abi::MAP_TX_PORTS)?)
+                .map_err(map_err(abi::MAP_TX_PORTS))?;
         for i in &c.ifaces {
-            tx.insert(i.ifindex, i.ifindex, None, 0).map_err(|e| Error::Io(format!("adding {} to {}: {e}", i.name, abi::MAP_TX_PORTS)))?;
+            tx.insert(i.ifindex, i.ifindex, None, 0).map_err(|e| {
+                Error::Io(format!("adding {} to {}: {e}", i.name, abi::MAP_TX_PORTS))
+            })?;
         }
         let mut rules: LpmTrie<&mut MapData, RuleKey, RuleTarget> =
             LpmTrie::try_from(self.map_mut(abi::MAP_RULES)?).map_err(map_err(abi::MAP_RULES))?;
@@ -287,7 +344,8 @@ impl Datapath {
             rules.insert(&Key::new(*prefix_len, *k), v, 0).map_err(map_err(abi::MAP_RULES))?;
         }
         let mut allow: LpmTrie<&mut MapData, abi::SrcKey, u8> =
-            LpmTrie::try_from(self.map_mut(abi::MAP_SRC_ALLOW)?).map_err(map_err(abi::MAP_SRC_ALLOW))?;
+            LpmTrie::try_from(self.map_mut(abi::MAP_SRC_ALLOW)?)
+                .map_err(map_err(abi::MAP_SRC_ALLOW))?;
         for (prefix_len, k) in &c.sources {
             allow.insert(&Key::new(*prefix_len, *k), 1, 0).map_err(map_err(abi::MAP_SRC_ALLOW))?;
         }
@@ -298,10 +356,14 @@ impl Datapath {
     /// it out (XDP then hands packets towards it to TC); whether it
     /// changed.
     pub fn set_xdp_egress(&mut self, ifindex: u32, on: bool) -> Result<bool> {
-        let mut tx: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(abi::MAP_TX_PORTS)?).map_err(map_err(abi::MAP_TX_PORTS))?;
+        let mut tx: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(abi::MAP_TX_PORTS)?)
+                .map_err(map_err(abi::MAP_TX_PORTS))?;
         let present = tx.get(ifindex, 0).is_ok();
         match (present, on) {
-            (false, true) => tx.insert(ifindex, ifindex, None, 0).map_err(|e| Error::Io(format!("adding ifindex {ifindex} to {}: {e}", abi::MAP_TX_PORTS)))?,
+            (false, true) => tx.insert(ifindex, ifindex, None, 0).map_err(|e| {
+                Error::Io(format!("adding ifindex {ifindex} to {}: {e}", abi::MAP_TX_PORTS))
+            })?,
             (true, false) => tx.remove(ifindex).map_err(map_err(abi::MAP_TX_PORTS))?,
             _ => return Ok(false),
         }
@@ -312,7 +374,8 @@ impl Datapath {
     /// ifindex: (frames, the last errno, negative). Empty when not watched.
     pub fn xdp_tx_errors(&self) -> Result<std::collections::BTreeMap<u32, (u64, i32)>> {
         let m: aya::maps::PerCpuHashMap<&MapData, u32, abi::XdpTxErrors> =
-            aya::maps::PerCpuHashMap::try_from(self.map(abi::MAP_XDP_TX_ERRORS)?).map_err(map_err(abi::MAP_XDP_TX_ERRORS))?;
+            aya::maps::PerCpuHashMap::try_from(self.map(abi::MAP_XDP_TX_ERRORS)?)
+                .map_err(map_err(abi::MAP_XDP_TX_ERRORS))?;
         let mut out = std::collections::BTreeMap::new();
         for item in &m {
             let (ifindex, per_cpu) = item.map_err(map_err(abi::MAP_XDP_TX_ERRORS))?;
@@ -328,7 +391,9 @@ impl Datapath {
     fn mark_tc_only(&mut self, ifindex: u32, role: u32) -> Result<()> {
         let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
             HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
-        ifaces.insert(ifindex, IfaceInfo { role, flags: abi::IFACE_F_TC_ONLY }, 0).map_err(map_err(abi::MAP_IFACES))
+        ifaces
+            .insert(ifindex, IfaceInfo { role, flags: abi::IFACE_F_TC_ONLY }, 0)
+            .map_err(map_err(abi::MAP_IFACES))
     }
 
     /// Attaches the programs to every interface, per its mode: XDP with
@@ -340,7 +405,12 @@ impl Datapath {
     /// [`Datapath::attach`]; with `pins`, links are pinned, and links an
     /// earlier daemon pinned get this daemon's programs swapped in
     /// atomically instead of a new attachment.
-    pub fn attach_pinned(&mut self, c: &Compiled, xdp_attach: XdpAttach, pins: Option<&Pins>) -> Result<()> {
+    pub fn attach_pinned(
+        &mut self,
+        c: &Compiled,
+        xdp_attach: XdpAttach,
+        pins: Option<&Pins>,
+    ) -> Result<()> {
         for i in &c.ifaces {
             let (name, ifindex) = (&i.name, i.ifindex);
             let mode = match i.mode {
@@ -359,14 +429,18 @@ impl Datapath {
             let xdp: &mut Xdp = prog_mut(&mut self.ebpf, abi::PROG_XDP)?;
             let adopted_xdp = match pins.map(|p| p.link("xdp", name)).filter(|p| p.exists()) {
                 Some(path) if mode != Mode::Tc => {
-                    let link = PinnedLink::from_pin(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-                    let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-                    xdp.attach_to_link(link).map_err(prog_err(format!("swapping XDP on {name}")))?;
+                    let link = PinnedLink::from_pin(&path)
+                        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+                    let link = XdpLink::try_from(FdLink::from(link))
+                        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+                    xdp.attach_to_link(link)
+                        .map_err(prog_err(format!("swapping XDP on {name}")))?;
                     true
                 }
                 Some(path) => {
                     // Now TC mode: the earlier XDP link goes.
-                    std::fs::remove_file(&path).map_err(|e| Error::Io(format!("unpinning {}: {e}", path.display())))?;
+                    std::fs::remove_file(&path)
+                        .map_err(|e| Error::Io(format!("unpinning {}: {e}", path.display())))?;
                     false
                 }
                 None => false,
@@ -387,11 +461,17 @@ impl Datapath {
                     }
                 },
                 (Mode::Xdp, XdpAttach::Generic) => {
-                    xdp_ids.push(xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?);
+                    xdp_ids.push(
+                        xdp.attach(name, XdpMode::Skb)
+                            .map_err(prog_err(format!("attaching XDP (generic) to {name}")))?,
+                    );
                     Hook::XdpGeneric
                 }
                 (Mode::Xdp, XdpAttach::Native) => {
-                    xdp_ids.push(xdp.attach(name, XdpMode::Driver).map_err(prog_err(format!("attaching XDP (native) to {name}")))?);
+                    xdp_ids.push(
+                        xdp.attach(name, XdpMode::Driver)
+                            .map_err(prog_err(format!("attaching XDP (native) to {name}")))?,
+                    );
                     Hook::XdpNative
                 }
                 (Mode::Xdp, XdpAttach::Auto) => match xdp.attach(name, XdpMode::Driver) {
@@ -400,33 +480,48 @@ impl Datapath {
                         Hook::XdpNative
                     }
                     Err(e) => {
-                        log::warn!("{name}: native XDP failed ({e}); falling back to generic XDP, which is much slower (consider --mode tc)");
-                        xdp_ids.push(xdp.attach(name, XdpMode::Skb).map_err(prog_err(format!("attaching XDP (generic) to {name}")))?);
+                        log::warn!(
+                            "{name}: native XDP failed ({e}); falling back to generic XDP, which is much slower (consider --mode tc)"
+                        );
+                        xdp_ids.push(
+                            xdp.attach(name, XdpMode::Skb)
+                                .map_err(prog_err(format!("attaching XDP (generic) to {name}")))?,
+                        );
                         Hook::XdpGeneric
                     }
                 },
             };
             let tc: &mut SchedClassifier = prog_mut(&mut self.ebpf, abi::PROG_TC)?;
             if let Some(path) = pins.map(|p| p.link("tc", name)).filter(|p| p.exists()) {
-                let link = PinnedLink::from_pin(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-                let link = SchedClassifierLink::try_from(FdLink::from(link)).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+                let link = PinnedLink::from_pin(&path)
+                    .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+                let link = SchedClassifierLink::try_from(FdLink::from(link))
+                    .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
                 tc.attach_to_link(link).map_err(prog_err(format!("swapping TC on {name}")))?;
             } else {
                 // Kernels before 6.6 attach through a clsact qdisc; it may exist.
                 let _ = aya::programs::tc::qdisc_add_clsact(name);
-                let id = tc.attach(name, TcAttachType::Ingress).map_err(prog_err(format!("attaching TC ingress to {name}")))?;
+                let id = tc
+                    .attach(name, TcAttachType::Ingress)
+                    .map_err(prog_err(format!("attaching TC ingress to {name}")))?;
                 if let Some(p) = pins {
-                    let link = FdLink::try_from(tc.take_link(id).map_err(prog_err(format!("TC link on {name}")))?)
-                        .map_err(|e| Error::Io(format!("TC link on {name}: {e}")))?;
-                    link.pin(p.link("tc", name)).map_err(|e| Error::Io(format!("pinning TC link of {name}: {e}")))?;
+                    let link = FdLink::try_from(
+                        tc.take_link(id).map_err(prog_err(format!("TC link on {name}")))?,
+                    )
+                    .map_err(|e| Error::Io(format!("TC link on {name}: {e}")))?;
+                    link.pin(p.link("tc", name))
+                        .map_err(|e| Error::Io(format!("pinning TC link of {name}: {e}")))?;
                 }
             }
             if let (Some(p), false, true) = (pins, adopted_xdp, hook != Hook::Tc) {
                 let xdp: &mut Xdp = prog_mut(&mut self.ebpf, abi::PROG_XDP)?;
                 for id in xdp_ids {
-                    let link = FdLink::try_from(xdp.take_link(id).map_err(prog_err(format!("XDP link on {name}")))?)
-                        .map_err(|e| Error::Io(format!("XDP link on {name}: {e}")))?;
-                    link.pin(p.link("xdp", name)).map_err(|e| Error::Io(format!("pinning XDP link of {name}: {e}")))?;
+                    let link = FdLink::try_from(
+                        xdp.take_link(id).map_err(prog_err(format!("XDP link on {name}")))?,
+                    )
+                    .map_err(|e| Error::Io(format!("XDP link on {name}: {e}")))?;
+                    link.pin(p.link("xdp", name))
+                        .map_err(|e| Error::Io(format!("pinning XDP link of {name}: {e}")))?;
                 }
             }
             self.attached.push(Attached { name: name.clone(), ifindex, hook });
@@ -443,7 +538,8 @@ impl Datapath {
         for name in crate::pin::TAIL_MAPS {
             let path = pins.tails(name);
             if path.exists() {
-                std::fs::remove_file(&path).map_err(|e| Error::Io(format!("unpinning {}: {e}", path.display())))?;
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::Io(format!("unpinning {}: {e}", path.display())))?;
             }
             let aya::maps::Map::ProgramArray(m) = self.map_mut(name)? else {
                 return Err(Error::Io(format!("{name} is not a program array")));
@@ -473,7 +569,8 @@ impl Datapath {
 
     /// The flow table's entry for `key`, if there is one.
     pub fn flow(&self, key: &abi::FlowKey) -> Result<Option<abi::FlowEntry>> {
-        let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> = HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
+        let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =
+            HashMap::try_from(self.map(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
         match flows.get(key, 0) {
             Ok(e) => Ok(Some(e)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -514,8 +611,19 @@ impl Datapath {
     /// with its peer, only when it looks expired on its own (both entries
     /// of a connection carry its state, so a pair is expired only if its
     /// more advanced entry looks so alone).
-    pub fn sweep_step(&mut self, sweep: &mut Sweep, t: &Timeouts, now_ns: u64, budget: usize) -> Result<Option<SweepPass>> {
-        let (chunk, next) = crate::batch::lookup_from::<abi::FlowKey, abi::FlowEntry>(self.flows_fd()?, sweep.at, budget, abi::MAP_FLOWS)?;
+    pub fn sweep_step(
+        &mut self,
+        sweep: &mut Sweep,
+        t: &Timeouts,
+        now_ns: u64,
+        budget: usize,
+    ) -> Result<Option<SweepPass>> {
+        let (chunk, next) = crate::batch::lookup_from::<abi::FlowKey, abi::FlowEntry>(
+            self.flows_fd()?,
+            sweep.at,
+            budget,
+            abi::MAP_FLOWS,
+        )?;
         let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
             HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
         // Idle past its timeout, judged with its peer (the other direction).
@@ -545,12 +653,20 @@ impl Datapath {
     /// Makes the public-address table equal to `want`, or to its first
     /// [`abi::MAX_PUBLIC_ADDRS`] when it holds more (hairpin then works for
     /// those); says whether the table changed and how many did not fit.
-    pub fn sync_public_addrs(&mut self, want: &std::collections::BTreeSet<([u8; 4], u32)>) -> Result<AddrSync> {
-        let fit: std::collections::BTreeMap<[u8; 4], u32> = want.iter().take(abi::MAX_PUBLIC_ADDRS as usize).copied().collect();
+    pub fn sync_public_addrs(
+        &mut self,
+        want: &std::collections::BTreeSet<([u8; 4], u32)>,
+    ) -> Result<AddrSync> {
+        let fit: std::collections::BTreeMap<[u8; 4], u32> =
+            want.iter().take(abi::MAX_PUBLIC_ADDRS as usize).copied().collect();
         let left_out = want.len().saturating_sub(fit.len());
         let mut m: HashMap<&mut MapData, [u8; 4], u32> =
-            HashMap::try_from(self.map_mut(abi::MAP_PUBLIC_ADDRS)?).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
-        let have: std::collections::BTreeMap<[u8; 4], u32> = m.iter().collect::<std::result::Result<_, _>>().map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+            HashMap::try_from(self.map_mut(abi::MAP_PUBLIC_ADDRS)?)
+                .map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        let have: std::collections::BTreeMap<[u8; 4], u32> = m
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
         if have == fit {
             return Ok(AddrSync { changed: false, left_out });
         }
@@ -566,7 +682,8 @@ impl Datapath {
 
     /// One global counter (`forwarder_common::stats::*`), summed over CPUs.
     pub fn counter(&self, index: u32) -> Result<u64> {
-        let gs: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_STATS)?).map_err(map_err(abi::MAP_STATS))?;
+        let gs: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(abi::MAP_STATS)?).map_err(map_err(abi::MAP_STATS))?;
         Ok(gs.get(&index, 0).map_err(map_err(abi::MAP_STATS))?.iter().sum())
     }
 
@@ -577,9 +694,14 @@ impl Datapath {
 
     /// [`Datapath::snapshot`] with the conntrack table's use counted
     /// elsewhere (by the last sweep: reading the whole table costs time).
-    pub fn snapshot_with(&self, rules: &[crate::config::Rule], ct: CtUsage) -> Result<crate::stats::Snapshot> {
+    pub fn snapshot_with(
+        &self,
+        rules: &[crate::config::Rule],
+        ct: CtUsage,
+    ) -> Result<crate::stats::Snapshot> {
         let rs: PerCpuArray<&MapData, abi::RuleStats> =
-            PerCpuArray::try_from(self.map(abi::MAP_RULE_STATS)?).map_err(map_err(abi::MAP_RULE_STATS))?;
+            PerCpuArray::try_from(self.map(abi::MAP_RULE_STATS)?)
+                .map_err(map_err(abi::MAP_RULE_STATS))?;
         let mut out = crate::stats::Snapshot::default();
         for (i, rule) in rules.iter().enumerate() {
             let id = i as u32;
@@ -595,7 +717,8 @@ impl Datapath {
             }
             out.rules.push(crate::stats::RuleCounters::new(id, rule, &sum));
         }
-        let gs: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(abi::MAP_STATS)?).map_err(map_err(abi::MAP_STATS))?;
+        let gs: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(abi::MAP_STATS)?).map_err(map_err(abi::MAP_STATS))?;
         for (i, name) in forwarder_common::stats::NAMES.iter().enumerate() {
             let v: u64 = gs.get(&(i as u32), 0).map_err(map_err(abi::MAP_STATS))?.iter().sum();
             out.counters.insert((*name).to_string(), v);

@@ -23,7 +23,21 @@ pub fn render(s: &Snapshot) -> String {
             .iter()
             .flat_map(|r| {
                 f(r).into_iter()
-                    .map(|(dir, v)| (format!("{{id=\"{}\",rule=\"{}\"{}}}", r.id, label(&r.rule), if dir.is_empty() { String::new() } else { format!(",direction=\"{dir}\"") }), v))
+                    .map(|(dir, v)| {
+                        (
+                            format!(
+                                "{{id=\"{}\",rule=\"{}\"{}}}",
+                                r.id,
+                                label(&r.rule),
+                                if dir.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(",direction=\"{dir}\"")
+                                }
+                            ),
+                            v,
+                        )
+                    })
                     .collect::<Vec<_>>()
             })
             .collect::<Vec<_>>()
@@ -40,34 +54,68 @@ pub fn render(s: &Snapshot) -> String {
         "Bytes translated, by rule and direction.",
         per_rule(&|r| vec![("in", r.bytes_in), ("out", r.bytes_out)]),
     );
-    family("forwarder_rule_connections_total", "counter", "Connections created, by rule.", per_rule(&|r| vec![("", r.new_connections)]));
-    family("forwarder_rule_denied_total", "counter", "New connections refused by the rule's source list.", per_rule(&|r| vec![("", r.denied)]));
+    family(
+        "forwarder_rule_connections_total",
+        "counter",
+        "Connections created, by rule.",
+        per_rule(&|r| vec![("", r.new_connections)]),
+    );
+    family(
+        "forwarder_rule_denied_total",
+        "counter",
+        "New connections refused by the rule's source list.",
+        per_rule(&|r| vec![("", r.denied)]),
+    );
     family(
         "forwarder_datapath_events_total",
         "counter",
         "Datapath decisions and drops by reason.",
         s.counters.iter().map(|(k, v)| (format!("{{event=\"{}\"}}", label(k)), *v)).collect(),
     );
-    family("forwarder_conntrack_entries", "gauge", "Conntrack entries in use (two per connection).", vec![(String::new(), s.flow_entries)]);
-    family("forwarder_conntrack_capacity", "gauge", "Conntrack capacity in entries.", vec![(String::new(), s.flow_capacity)]);
-    family("forwarder_snat_ports_in_use", "gauge", "Masquerade source ports held by live connections.", vec![(String::new(), s.snat_ports_in_use)]);
+    family(
+        "forwarder_conntrack_entries",
+        "gauge",
+        "Conntrack entries in use (two per connection).",
+        vec![(String::new(), s.flow_entries)],
+    );
+    family(
+        "forwarder_conntrack_capacity",
+        "gauge",
+        "Conntrack capacity in entries.",
+        vec![(String::new(), s.flow_capacity)],
+    );
+    family(
+        "forwarder_snat_ports_in_use",
+        "gauge",
+        "Masquerade source ports held by live connections.",
+        vec![(String::new(), s.snat_ports_in_use)],
+    );
     family(
         "forwarder_egress_xdp",
         "gauge",
         "1 when XDP transmits into the interface, 0 when its packets go through TC.",
-        s.egress.iter().map(|e| (format!("{{iface=\"{}\"}}", label(&e.iface)), u64::from(e.xdp))).collect(),
+        s.egress
+            .iter()
+            .map(|e| (format!("{{iface=\"{}\"}}", label(&e.iface)), u64::from(e.xdp)))
+            .collect(),
     );
     family(
         "forwarder_egress_xdp_refused_frames_total",
         "counter",
         "Frames the kernel refused after XDP redirected them into the interface.",
-        s.egress.iter().map(|e| (format!("{{iface=\"{}\"}}", label(&e.iface)), e.refused_frames)).collect(),
+        s.egress
+            .iter()
+            .map(|e| (format!("{{iface=\"{}\"}}", label(&e.iface)), e.refused_frames))
+            .collect(),
     );
     family(
         "forwarder_daemon_errors_total",
         "counter",
         "Failed passes of the daemon's housekeeping tasks (retried; forwarding is not affected).",
-        crate::housekeeping::TASKS.iter().map(|t| (format!("{{task=\"{t}\"}}"), s.daemon_errors.get(*t).copied().unwrap_or(0))).collect(),
+        crate::housekeeping::TASKS
+            .iter()
+            .map(|t| (format!("{{task=\"{t}\"}}"), s.daemon_errors.get(*t).copied().unwrap_or(0)))
+            .collect(),
     );
     out
 }
@@ -79,22 +127,55 @@ mod tests {
 
     #[test]
     fn renders_every_family_with_labels() {
-        let mut s = Snapshot { flow_entries: 4, flow_capacity: 100, snat_ports_in_use: 2, ..Default::default() };
-        s.rules.push(RuleCounters { id: 0, rule: "tcp:8080=10.0.0.2:80".into(), packets_in: 3, bytes_in: 300, packets_out: 2, bytes_out: 200, new_connections: 1, denied: 0 });
+        let mut s = Snapshot {
+            flow_entries: 4,
+            flow_capacity: 100,
+            snat_ports_in_use: 2,
+            ..Default::default()
+        };
+        s.rules.push(RuleCounters {
+            id: 0,
+            rule: "tcp:8080=10.0.0.2:80".into(),
+            packets_in: 3,
+            bytes_in: 300,
+            packets_out: 2,
+            bytes_out: 200,
+            new_connections: 1,
+            denied: 0,
+        });
         s.counters.insert("xdp_redirected".into(), 5);
         let t = render(&s);
         assert!(t.contains("forwarder_rule_packets_total{id=\"0\",rule=\"tcp:8080=10.0.0.2:80\",direction=\"in\"} 3"), "{t}");
-        assert!(t.contains("forwarder_rule_connections_total{id=\"0\",rule=\"tcp:8080=10.0.0.2:80\"} 1"), "{t}");
+        assert!(
+            t.contains(
+                "forwarder_rule_connections_total{id=\"0\",rule=\"tcp:8080=10.0.0.2:80\"} 1"
+            ),
+            "{t}"
+        );
         assert!(t.contains("forwarder_datapath_events_total{event=\"xdp_redirected\"} 5"), "{t}");
-        assert!(t.contains("# TYPE forwarder_conntrack_entries gauge\nforwarder_conntrack_entries 4"), "{t}");
+        assert!(
+            t.contains("# TYPE forwarder_conntrack_entries gauge\nforwarder_conntrack_entries 4"),
+            "{t}"
+        );
         assert!(t.contains("forwarder_snat_ports_in_use 2"), "{t}");
         // Every housekeeping task has its error counter, failed or not.
         assert!(t.contains("forwarder_daemon_errors_total{task=\"conntrack_sweep\"} 0"), "{t}");
         s.daemon_errors.insert("stats_file".into(), 3);
-        s.egress.push(crate::egress::EgressStatus { iface: "int0".into(), ifindex: 3, xdp: false, why: "x".into(), refused_frames: 7, fallbacks: 1 });
+        s.egress.push(crate::egress::EgressStatus {
+            iface: "int0".into(),
+            ifindex: 3,
+            xdp: false,
+            why: "x".into(),
+            refused_frames: 7,
+            fallbacks: 1,
+        });
         let t = render(&s);
         assert!(t.contains("forwarder_daemon_errors_total{task=\"stats_file\"} 3"), "{t}");
-        assert!(t.contains("forwarder_egress_xdp{iface=\"int0\"} 0") && t.contains("forwarder_egress_xdp_refused_frames_total{iface=\"int0\"} 7"), "{t}");
+        assert!(
+            t.contains("forwarder_egress_xdp{iface=\"int0\"} 0")
+                && t.contains("forwarder_egress_xdp_refused_frames_total{iface=\"int0\"} 7"),
+            "{t}"
+        );
         assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
     }
 }

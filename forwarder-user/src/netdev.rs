@@ -73,9 +73,14 @@ impl Netdev {
     /// Opens the socket and resolves the family.
     pub fn open() -> Result<Self> {
         // SAFETY: plain socket call; the descriptor is owned below.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_GENERIC) };
+        let fd = unsafe {
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_GENERIC)
+        };
         if fd < 0 {
-            return Err(Error::Io(format!("generic netlink socket: {}", std::io::Error::last_os_error())));
+            return Err(Error::Io(format!(
+                "generic netlink socket: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         // SAFETY: a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -83,7 +88,13 @@ impl Netdev {
         let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
         // SAFETY: valid socket and option value.
         unsafe {
-            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            );
         }
         let mut nd = Self { fd, family: None, seq: 0 };
         let mut name = b"netdev".to_vec();
@@ -91,9 +102,17 @@ impl Netdev {
         let mut body = Vec::new();
         attr(&mut body, CTRL_ATTR_FAMILY_NAME, &name);
         nd.family = match nd.request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, &body) {
-            Ok(reply) => attrs(&reply).into_iter().find(|(k, _)| *k == CTRL_ATTR_FAMILY_ID).and_then(|(_, v)| Some(u16::from_ne_bytes(v.get(..2)?.try_into().ok()?))),
+            Ok(reply) => attrs(&reply)
+                .into_iter()
+                .find(|(k, _)| *k == CTRL_ATTR_FAMILY_ID)
+                .and_then(|(_, v)| Some(u16::from_ne_bytes(v.get(..2)?.try_into().ok()?))),
             Err(e) if e == -ENOENT => None,
-            Err(e) => return Err(Error::Io(format!("resolving the netdev netlink family: {}", std::io::Error::from_raw_os_error(-e)))),
+            Err(e) => {
+                return Err(Error::Io(format!(
+                    "resolving the netdev netlink family: {}",
+                    std::io::Error::from_raw_os_error(-e)
+                )));
+            }
         };
         Ok(nd)
     }
@@ -105,10 +124,17 @@ impl Netdev {
         let mut body = Vec::new();
         attr(&mut body, NETDEV_A_DEV_IFINDEX, &ifindex.to_ne_bytes());
         let reply = self.request(family, NETDEV_CMD_DEV_GET, &body).map_err(|e| {
-            let why = if e == -ENODEV { "no such device".to_string() } else { std::io::Error::from_raw_os_error(-e).to_string() };
+            let why = if e == -ENODEV {
+                "no such device".to_string()
+            } else {
+                std::io::Error::from_raw_os_error(-e).to_string()
+            };
             Error::Io(format!("XDP features of ifindex {ifindex}: {why}"))
         })?;
-        let f = attrs(&reply).into_iter().find(|(k, _)| *k == NETDEV_A_DEV_XDP_FEATURES).and_then(|(_, v)| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)));
+        let f = attrs(&reply)
+            .into_iter()
+            .find(|(k, _)| *k == NETDEV_A_DEV_XDP_FEATURES)
+            .and_then(|(_, v)| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)));
         Ok(Some(f.unwrap_or(0)))
     }
 
@@ -128,14 +154,24 @@ impl Netdev {
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
         // SAFETY: a buffer of `len` bytes and a valid address.
-        let sent = unsafe { libc::sendto(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0, (&raw const sa).cast(), size_of::<libc::sockaddr_nl>() as u32) };
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
         if sent < 0 {
             return Err(-std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
         }
         let mut buf = vec![0u8; 8192];
         loop {
             // SAFETY: a buffer of its own length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(-std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
             }
@@ -150,7 +186,9 @@ impl Netdev {
                 continue; // an answer to an earlier, timed-out request
             }
             if kind == NLMSG_ERROR {
-                let code = i32::from_ne_bytes(buf.get(16..20).ok_or(-libc::EIO)?.try_into().expect("4 bytes"));
+                let code = i32::from_ne_bytes(
+                    buf.get(16..20).ok_or(-libc::EIO)?.try_into().expect("4 bytes"),
+                );
                 return if code == 0 { Ok(Vec::new()) } else { Err(code) };
             }
             return buf.get(20..mlen).map(<[u8]>::to_vec).ok_or(-libc::EIO);

@@ -73,13 +73,21 @@ impl Pins {
     /// Uses `dir` (created if needed) on a bpf filesystem, mounting one
     /// there if it is not (`ip netns exec` gives a fresh /sys without one).
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("creating pin directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("creating pin directory {}: {e}", dir.display())))?;
         if !is_bpffs(dir) {
-            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| Error::Io(format!("bad path {}", dir.display())))?;
+            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| Error::Io(format!("bad path {}", dir.display())))?;
             // SAFETY: plain mount(2) of a bpf filesystem on our directory.
-            let rc = unsafe { libc::mount(c"bpf".as_ptr(), c.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+            let rc = unsafe {
+                libc::mount(c"bpf".as_ptr(), c.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+            };
             if rc != 0 {
-                return Err(Error::Io(format!("{} is not on bpffs and mounting one failed: {}", dir.display(), std::io::Error::last_os_error())));
+                return Err(Error::Io(format!(
+                    "{} is not on bpffs and mounting one failed: {}",
+                    dir.display(),
+                    std::io::Error::last_os_error()
+                )));
             }
             log::info!("mounted bpffs on {}", dir.display());
             if private_mount_namespace() {
@@ -104,14 +112,21 @@ impl Pins {
     /// retired pin names.
     pub fn retire_stale(&self) -> Result<Vec<String>> {
         let mut gone = Vec::new();
-        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?.flatten() {
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?
+            .flatten()
+        {
             let file = e.file_name().to_string_lossy().into_owned();
             let stale = STATE_MAPS.iter().any(|(name, version)| {
-                let other_version = file.strip_prefix(name).and_then(|rest| rest.strip_prefix("_v")).is_some_and(|v| v != version.to_string());
+                let other_version = file
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix("_v"))
+                    .is_some_and(|v| v != version.to_string());
                 file == *name || other_version
             });
             if stale {
-                std::fs::remove_file(e.path()).map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
+                std::fs::remove_file(e.path())
+                    .map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
                 gone.push(file);
             }
         }
@@ -136,11 +151,15 @@ impl Pins {
     /// Unpins (detaches) the links of interfaces not in `keep`.
     pub fn prune_links(&self, keep: &[String]) -> Result<Vec<String>> {
         let mut gone = Vec::new();
-        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?.flatten() {
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             let iface = name.strip_prefix("link-xdp-").or_else(|| name.strip_prefix("link-tc-"));
             if let Some(i) = iface.filter(|i| !keep.iter().any(|k| k == i)) {
-                std::fs::remove_file(e.path()).map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
+                std::fs::remove_file(e.path())
+                    .map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
                 gone.push(i.to_string());
             }
         }
@@ -151,13 +170,20 @@ impl Pins {
     /// (at once, whoever still holds them) and the state maps are freed.
     pub fn remove_all(&self) -> Result<usize> {
         let mut n = 0;
-        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?.flatten() {
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("link-") || TAIL_MAPS.contains(&name.as_str()) || STATE_MAPS.iter().any(|(m, _)| name == *m || name.starts_with(&format!("{m}_v"))) {
+            if name.starts_with("link-")
+                || TAIL_MAPS.contains(&name.as_str())
+                || STATE_MAPS.iter().any(|(m, _)| name == *m || name.starts_with(&format!("{m}_v")))
+            {
                 if name.starts_with("link-") {
                     detach_link(&e.path())?;
                 }
-                std::fs::remove_file(e.path()).map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
+                std::fs::remove_file(e.path())
+                    .map_err(|err| Error::Io(format!("unpinning {}: {err}", e.path().display())))?;
                 n += 1;
             }
         }
@@ -180,23 +206,38 @@ fn detach_link(path: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
 
     let at = |what: &str, e: std::io::Error| Error::Io(format!("{what} {}: {e}", path.display()));
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| at("pin path", e.into()))?;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| at("pin path", e.into()))?;
     // The `obj` member of `union bpf_attr`: pathname, bpf_fd, file_flags.
     let mut obj = [0u64; 2];
     obj[0] = name.as_ptr() as u64;
     // SAFETY: the attribute points at a NUL-terminated path alive across
     // the call; the kernel reads 16 bytes.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, obj.as_mut_ptr(), core::mem::size_of_val(&obj)) };
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, obj.as_mut_ptr(), core::mem::size_of_val(&obj))
+    };
     if fd < 0 {
         return Err(at("opening", std::io::Error::last_os_error()));
     }
     // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| at("opening", std::io::Error::from_raw_os_error(libc::EBADF)))?) };
+    let fd = unsafe {
+        OwnedFd::from_raw_fd(
+            i32::try_from(fd)
+                .map_err(|_| at("opening", std::io::Error::from_raw_os_error(libc::EBADF)))?,
+        )
+    };
     // The `link_detach` member: link_fd.
     let mut detach = [0u32; 2];
     detach[0] = std::os::fd::AsRawFd::as_raw_fd(&fd).cast_unsigned();
     // SAFETY: a plain attribute of two u32, alive across the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, detach.as_mut_ptr(), core::mem::size_of_val(&detach)) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            detach.as_mut_ptr(),
+            core::mem::size_of_val(&detach),
+        )
+    };
     let err = (rc < 0).then(std::io::Error::last_os_error);
     match err.as_ref().and_then(std::io::Error::raw_os_error) {
         None | Some(libc::EOPNOTSUPP) => Ok(()),
@@ -216,13 +257,26 @@ mod tests {
         let flows = pins.map(abi::MAP_FLOWS);
         let stats = pins.map(abi::MAP_STATS);
         assert_eq!(stats.file_name().unwrap(), "FWD_STATS_v3");
-        for f in ["FWD_STATS", "FWD_STATS_v1", "FWD_FLOWS_v3", "FWD_STATS_v3", "FWD_FLOWS_v2", "link-xdp-pub0", "FWD_FLOWS_OTHER"] {
+        for f in [
+            "FWD_STATS",
+            "FWD_STATS_v1",
+            "FWD_FLOWS_v3",
+            "FWD_STATS_v3",
+            "FWD_FLOWS_v2",
+            "link-xdp-pub0",
+            "FWD_FLOWS_OTHER",
+        ] {
             std::fs::write(dir.join(f), "").unwrap();
         }
         let mut gone = pins.retire_stale().unwrap();
         gone.sort();
         assert_eq!(gone, ["FWD_FLOWS_v2", "FWD_STATS", "FWD_STATS_v1"]);
-        assert!(flows.exists() && stats.exists() && dir.join("link-xdp-pub0").exists() && dir.join("FWD_FLOWS_OTHER").exists());
+        assert!(
+            flows.exists()
+                && stats.exists()
+                && dir.join("link-xdp-pub0").exists()
+                && dir.join("FWD_FLOWS_OTHER").exists()
+        );
         assert!(pins.has_state());
         // Teardown takes every version, nothing else (links, which it
         // detaches first, need a real bpffs: the e2e hitless test).

@@ -71,24 +71,53 @@ impl Snapshot {
             let _ = writeln!(
                 s,
                 "{:>3}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}",
-                r.id, r.rule, r.packets_in, r.bytes_in, r.packets_out, r.bytes_out, r.new_connections, r.denied
+                r.id,
+                r.rule,
+                r.packets_in,
+                r.bytes_in,
+                r.packets_out,
+                r.bytes_out,
+                r.new_connections,
+                r.denied
             );
         }
-        let _ = writeln!(s, "conntrack: {} / {} entries; masquerade ports in use: {}", self.flow_entries, self.flow_capacity, self.snat_ports_in_use);
+        let _ = writeln!(
+            s,
+            "conntrack: {} / {} entries; masquerade ports in use: {}",
+            self.flow_entries, self.flow_capacity, self.snat_ports_in_use
+        );
         for e in &self.egress {
             let how = if e.xdp { "XDP" } else { "TC" };
             let _ = write!(s, "egress {}: {how} ({})", e.iface, e.why);
             if e.refused_frames > 0 || e.fallbacks > 0 {
-                let _ = write!(s, "; {} frame(s) refused, moved to TC {} time(s)", e.refused_frames, e.fallbacks);
+                let _ = write!(
+                    s,
+                    "; {} frame(s) refused, moved to TC {} time(s)",
+                    e.refused_frames, e.fallbacks
+                );
             }
             let _ = writeln!(s);
         }
         if !self.daemon_errors.is_empty() {
-            let list: Vec<String> = self.daemon_errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let _ = writeln!(s, "daemon housekeeping failures (retried; forwarding not affected): {}", list.join(" "));
+            let list: Vec<String> =
+                self.daemon_errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(
+                s,
+                "daemon housekeeping failures (retried; forwarding not affected): {}",
+                list.join(" ")
+            );
         }
-        let nonzero: Vec<String> = self.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = write!(s, "datapath: {}", if nonzero.is_empty() { "(no events)".to_string() } else { nonzero.join(" ") });
+        let nonzero: Vec<String> = self
+            .counters
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = write!(
+            s,
+            "datapath: {}",
+            if nonzero.is_empty() { "(no events)".to_string() } else { nonzero.join(" ") }
+        );
         s
     }
 

@@ -92,7 +92,14 @@ enum Mode {
     BareXdp,
 }
 
-const MODES: [Mode; 6] = [Mode::Routing, Mode::Iptables, Mode::Nftables, Mode::ForwarderXdp, Mode::ForwarderTc, Mode::BareXdp];
+const MODES: [Mode; 6] = [
+    Mode::Routing,
+    Mode::Iptables,
+    Mode::Nftables,
+    Mode::ForwarderXdp,
+    Mode::ForwarderTc,
+    Mode::BareXdp,
+];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -146,7 +153,13 @@ impl Mode {
 }
 
 /// The services: (protocol, public port, server port).
-const SERVICES: [(&str, u16, u16); 5] = [("tcp", 8080, 80), ("tcp", 5201, 5201), ("udp", 5300, 5300), ("udp", 5301, 5301), ("tcp", 5300, 5300)];
+const SERVICES: [(&str, u16, u16); 5] = [
+    ("tcp", 8080, 80),
+    ("tcp", 5201, 5201),
+    ("udp", 5300, 5300),
+    ("udp", 5301, 5301),
+    ("tcp", 5300, 5300),
+];
 
 const FIGURES: [(&str, &str, bool); 13] = [
     // (key, label, higher is better)
@@ -210,10 +223,22 @@ impl GwTasks {
     /// CPU time they have used so far, in ns (the scheduler's own count,
     /// `/proc/TID/schedstat`: exact, unlike tick-sampled `/proc/stat`).
     fn cpu_ns(&self) -> u64 {
-        let runtime = |path: String| std::fs::read_to_string(path).ok().and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0);
-        let daemon = self.daemon.and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok()).into_iter().flatten().flatten();
+        let runtime = |path: String| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let daemon = self
+            .daemon
+            .and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
+            .into_iter()
+            .flatten()
+            .flatten();
         self.napi.iter().map(|t| runtime(format!("/proc/{t}/schedstat"))).sum::<u64>()
-            + daemon.map(|t| runtime(t.path().join("schedstat").to_string_lossy().into_owned())).sum::<u64>()
+            + daemon
+                .map(|t| runtime(t.path().join("schedstat").to_string_lossy().into_owned()))
+                .sum::<u64>()
     }
 }
 
@@ -240,7 +265,13 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
         sh(lab, host, "ethtool", &["-K", "eth0", "tx", "off"])?;
     }
     if !mode.nat() {
-        lab.server.ip(&["route", "add", "203.0.113.0/24", "via", &ADDRS.gw_internal.to_string()])?;
+        lab.server.ip(&[
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            &ADDRS.gw_internal.to_string(),
+        ])?;
     }
     let s = ADDRS.server.to_string();
     let active = match mode {
@@ -248,16 +279,58 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
         Mode::Iptables => {
             for (proto, public, port) in SERVICES {
                 let to = format!("{s}:{port}");
-                sh(lab, Host::Gateway, "iptables", &["-t", "nat", "-A", "PREROUTING", "-p", proto, "-i", GW_PUBLIC_IF, "--dport", &public.to_string(), "-j", "DNAT", "--to-destination", &to])?;
+                sh(
+                    lab,
+                    Host::Gateway,
+                    "iptables",
+                    &[
+                        "-t",
+                        "nat",
+                        "-A",
+                        "PREROUTING",
+                        "-p",
+                        proto,
+                        "-i",
+                        GW_PUBLIC_IF,
+                        "--dport",
+                        &public.to_string(),
+                        "-j",
+                        "DNAT",
+                        "--to-destination",
+                        &to,
+                    ],
+                )?;
             }
-            sh(lab, Host::Gateway, "iptables", &["-A", "FORWARD", "-m", "state", "--state", "NEW,ESTABLISHED,RELATED", "-j", "ACCEPT"])?;
-            sh(lab, Host::Gateway, "iptables", &["-t", "nat", "-A", "POSTROUTING", "-o", GW_INTERNAL_IF, "-j", "MASQUERADE"])?;
+            sh(
+                lab,
+                Host::Gateway,
+                "iptables",
+                &[
+                    "-A",
+                    "FORWARD",
+                    "-m",
+                    "state",
+                    "--state",
+                    "NEW,ESTABLISHED,RELATED",
+                    "-j",
+                    "ACCEPT",
+                ],
+            )?;
+            sh(
+                lab,
+                Host::Gateway,
+                "iptables",
+                &["-t", "nat", "-A", "POSTROUTING", "-o", GW_INTERNAL_IF, "-j", "MASQUERADE"],
+            )?;
             Active::None
         }
         Mode::Nftables => {
             let dnat = SERVICES.iter().fold(String::new(), |mut acc, (proto, public, port)| {
                 use std::fmt::Write as _;
-                let _ = writeln!(acc, "    iifname \"{GW_PUBLIC_IF}\" {proto} dport {public} dnat to {s}:{port}");
+                let _ = writeln!(
+                    acc,
+                    "    iifname \"{GW_PUBLIC_IF}\" {proto} dport {public} dnat to {s}:{port}"
+                );
                 acc
             });
             let ruleset = format!(
@@ -271,7 +344,10 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
             Active::None
         }
         Mode::ForwarderXdp | Mode::ForwarderTc => {
-            let rules: Vec<String> = SERVICES.iter().map(|(proto, public, port)| format!("{proto}:{public}={s}:{port}")).collect();
+            let rules: Vec<String> = SERVICES
+                .iter()
+                .map(|(proto, public, port)| format!("{proto}:{public}={s}:{port}"))
+                .collect();
             let mut args: Vec<&str> = Vec::new();
             for r in &rules {
                 args.extend(["--rule", r.as_str()]);
@@ -280,11 +356,23 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
             // TC mode is what `--mode auto` picks on veth: run as such.
             // Masquerade ports: the whole range, as MASQUERADE takes it
             // (the default leaves 32768-60999 to the gateway's own sockets).
-            args.extend(["--mode", if mode == Mode::ForwarderXdp { "xdp" } else { "auto" }, "--xdp-attach", "native", "--audit-rate", "0", "--snat-ports", "1024-65535"]);
+            args.extend([
+                "--mode",
+                if mode == Mode::ForwarderXdp { "xdp" } else { "auto" },
+                "--xdp-attach",
+                "native",
+                "--audit-rate",
+                "0",
+                "--snat-ports",
+                "1024-65535",
+            ]);
             let fwd = lab.start_forwarder(&args)?;
             if mode == Mode::ForwarderTc {
                 let log = fwd.log_text();
-                ensure!(log.matches("using TC (mode auto").count() == 2, "mode auto did not pick TC on both veths:\n{log}");
+                ensure!(
+                    log.matches("using TC (mode auto").count() == 2,
+                    "mode auto did not pick TC on both veths:\n{log}"
+                );
             }
             // Its control plane is gateway work too: counted with it, and
             // on the gateway's core (on a real gateway it shares the
@@ -295,12 +383,12 @@ fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
         }
         Mode::BareXdp => {
             let dp = in_ns(&lab.gateway, || -> Result<Bench> {
-                    let mut b = Bench::load()?;
-                    b.set_tx_ports(&[iface::index(GW_PUBLIC_IF)?, iface::index(GW_INTERNAL_IF)?])?;
-                    b.attach(PROG_BENCH_FIB, GW_PUBLIC_IF)?;
-                    b.attach(PROG_BENCH_FIB, GW_INTERNAL_IF)?;
-                    Ok(b)
-                })??;
+                let mut b = Bench::load()?;
+                b.set_tx_ports(&[iface::index(GW_PUBLIC_IF)?, iface::index(GW_INTERNAL_IF)?])?;
+                b.attach(PROG_BENCH_FIB, GW_PUBLIC_IF)?;
+                b.attach(PROG_BENCH_FIB, GW_INTERNAL_IF)?;
+                Ok(b)
+            })??;
             Active::Bare(Box::new(dp))
         }
     };
@@ -341,7 +429,10 @@ fn napi_threads() -> BTreeSet<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("napi/")))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("napi/"))
+        })
         .collect()
 }
 
@@ -406,7 +497,11 @@ fn generated(
     let t = mode.target(5300);
     let IpAddr::V4(dst) = t.ip() else { bail!("IPv4") };
     let mut frame = Vec::new();
-    let head = etherparse::PacketBuilder::ethernet2(m.client, m.gw_pub).ipv4(ADDRS.client.octets(), dst.octets(), 64);
+    let head = etherparse::PacketBuilder::ethernet2(m.client, m.gw_pub).ipv4(
+        ADDRS.client.octets(),
+        dst.octets(),
+        64,
+    );
     if g.syn {
         head.tcp(20000, t.port(), 1, 64240).syn().write(&mut frame, &[])?;
         // Ethernet padding to the minimum frame (not part of the IP packet).
@@ -414,14 +509,17 @@ fn generated(
     } else {
         head.udp(40000, t.port()).write(&mut frame, &[0x5a; 22])?;
     }
-    let frame: [u8; 64] = frame.try_into().map_err(|f: Vec<u8>| anyhow::anyhow!("frame is {} bytes", f.len()))?;
+    let frame: [u8; 64] =
+        frame.try_into().map_err(|f: Vec<u8>| anyhow::anyhow!("frame is {} bytes", f.len()))?;
     // The source the server must see: the gateway's (NAT) or the
     // generator's flows' (routing: 203.0.113.10 and up).
     let (src, prefix) = if mode.nat() { (ADDRS.gw_internal, 32) } else { (ADDRS.client, 24) };
     traffic.lock().expect("datapath").set_source(src, prefix)?;
     let r = traffic.clone();
-    let link = in_ns(&lab.server, move || r.lock().expect("datapath").attach(PROG_BENCH_SINK, "eth0"))??;
-    let result = generated_with_sink(lab, traffic, g, frame, &format!("{src}/{prefix}"), gw, sent, tracked);
+    let link =
+        in_ns(&lab.server, move || r.lock().expect("datapath").attach(PROG_BENCH_SINK, "eth0"))??;
+    let result =
+        generated_with_sink(lab, traffic, g, frame, &format!("{src}/{prefix}"), gw, sent, tracked);
     // Whatever the run's outcome: the next workload attaches its own.
     let r = traffic.clone();
     in_ns(&lab.server, move || r.lock().expect("datapath").detach(PROG_BENCH_SINK, link))??;
@@ -454,7 +552,9 @@ fn generated_with_sink(
     let ifindex = in_ns(&lab.client, || iface::index("eth0"))??;
     let generate = |first: u32, n: u32| -> Result<Duration> {
         let r = r.clone();
-        in_ns(&lab.client, move || r.lock().expect("datapath").generate(&frame, flows, first, ifindex, n))?
+        in_ns(&lab.client, move || {
+            r.lock().expect("datapath").generate(&frame, flows, first, ifindex, n)
+        })?
     };
     for round in (1..=20).take_while(|_| g.warm_up > 0) {
         for first in (0..g.warm_up).step_by(WARM_UP_STEP as usize) {
@@ -463,7 +563,10 @@ fn generated_with_sink(
         }
         std::thread::sleep(Duration::from_millis(100));
         match tracked()? {
-            Some(n) if n < u64::from(flows) => ensure!(round < 20, "after {round} warm-ups the gateway tracks {n} of {flows} flows"),
+            Some(n) if n < u64::from(flows) => ensure!(
+                round < 20,
+                "after {round} warm-ups the gateway tracks {n} of {flows} flows"
+            ),
             // Every flow has state (or the mode keeps none).
             _ => break,
         }
@@ -476,10 +579,19 @@ fn generated_with_sink(
     let (c1, cpu1) = (traffic.lock().expect("datapath").sink_count()?, gw.cpu_ns());
     let sent = sent()?.since(s0);
     let (got, strangers) = (c1.0 - c0.0, c1.1 - c0.1);
-    ensure!(strangers == 0, "{strangers} packets reached the server from another source than {want_src}");
+    ensure!(
+        strangers == 0,
+        "{strangers} packets reached the server from another source than {want_src}"
+    );
     ensure!(got > u64::from(frames) / 100, "only {got} of {frames} packets reached the server");
     #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-    Ok((got as f64 / took.as_secs_f64() / 1000.0, 100.0 * (1.0 - got as f64 / f64::from(frames)), (cpu1 - cpu0) as f64 / got as f64, got, sent))
+    Ok((
+        got as f64 / took.as_secs_f64() / 1000.0,
+        100.0 * (1.0 - got as f64 / f64::from(frames)),
+        (cpu1 - cpu0) as f64 / got as f64,
+        got,
+        sent,
+    ))
 }
 
 /// iperf3 from the client through the mode: (Gbit/s, bytes) received;
@@ -489,9 +601,22 @@ fn iperf(lab: &Lab, mode: Mode, streams: u32, secs: u64) -> Result<(f64, u64)> {
     let out = lab
         .client
         .command("iperf3")
-        .args(["-c", &t.ip().to_string(), "-p", &t.port().to_string(), "-t", &secs.to_string(), "-P", &streams.to_string(), "-J", "--connect-timeout", "3000"])
+        .args([
+            "-c",
+            &t.ip().to_string(),
+            "-p",
+            &t.port().to_string(),
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ])
         .output()?;
-    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3: {e}");
     }
@@ -501,9 +626,15 @@ fn iperf(lab: &Lab, mode: Mode, streams: u32, secs: u64) -> Result<(f64, u64)> {
     // The server logs each accepted client ("Accepted connection from A,
     // port P"): all of them must be the source the mode produces.
     let log = std::fs::read_to_string(lab.dir.join("iperf3-server.log")).unwrap_or_default();
-    let peers: BTreeSet<&str> = log.lines().filter_map(|l| l.split("Accepted connection from ").nth(1)?.split(',').next()).collect();
+    let peers: BTreeSet<&str> = log
+        .lines()
+        .filter_map(|l| l.split("Accepted connection from ").nth(1)?.split(',').next())
+        .collect();
     let want = mode.seen_source().to_string();
-    ensure!(peers == BTreeSet::from([want.as_str()]), "the iperf3 server saw {peers:?}, expected {want}");
+    ensure!(
+        peers == BTreeSet::from([want.as_str()]),
+        "the iperf3 server saw {peers:?}, expected {want}"
+    );
     Ok((bps / 1e9, bytes))
 }
 
@@ -542,13 +673,19 @@ fn conns(lab: &Lab, mode: Mode, gw: &GwTasks, secs: u64) -> Result<(f64, f64, u6
                     let t0 = Instant::now();
                     let (mut ok, mut failed) = (0u64, 0u64);
                     while t0.elapsed() < Duration::from_secs(secs) {
-                        let r = TcpStream::connect_timeout(&t, Duration::from_secs(1)).and_then(|mut s| {
-                            s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                            s.write_all(b"GET\n")?;
-                            let mut r = Vec::new();
-                            s.read_to_end(&mut r)?;
-                            if r == b"OK\n" { Ok(()) } else { Err(std::io::Error::other("bad answer")) }
-                        });
+                        let r = TcpStream::connect_timeout(&t, Duration::from_secs(1)).and_then(
+                            |mut s| {
+                                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                                s.write_all(b"GET\n")?;
+                                let mut r = Vec::new();
+                                s.read_to_end(&mut r)?;
+                                if r == b"OK\n" {
+                                    Ok(())
+                                } else {
+                                    Err(std::io::Error::other("bad answer"))
+                                }
+                            },
+                        );
                         if r.is_ok() { ok += 1 } else { failed += 1 }
                     }
                     (ok, failed, t0.elapsed())
@@ -556,7 +693,8 @@ fn conns(lab: &Lab, mode: Mode, gw: &GwTasks, secs: u64) -> Result<(f64, f64, u6
                 .expect("client thread")
         })
         .collect();
-    let results: Vec<(u64, u64, Duration)> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    let results: Vec<(u64, u64, Duration)> =
+        clients.into_iter().map(|c| c.join().expect("client")).collect();
     let cpu1 = gw.cpu_ns();
     stop.store(true, Ordering::Relaxed);
     let peers = server.join().map_err(|_| anyhow::anyhow!("server panicked"))?;
@@ -564,7 +702,11 @@ fn conns(lab: &Lab, mode: Mode, gw: &GwTasks, secs: u64) -> Result<(f64, f64, u6
     let failed: u64 = results.iter().map(|r| r.1).sum();
     ensure!(ok > 0, "no connection completed ({failed} failed)");
     ensure!(failed * 100 <= ok, "{failed} of {} connections failed", ok + failed);
-    ensure!(peers == BTreeSet::from([IpAddr::V4(mode.seen_source())]), "the server saw {peers:?}, expected {}", mode.seen_source());
+    ensure!(
+        peers == BTreeSet::from([IpAddr::V4(mode.seen_source())]),
+        "the server saw {peers:?}, expected {}",
+        mode.seen_source()
+    );
     let secs = results.iter().map(|r| r.2.as_secs_f64()).fold(0.0, f64::max);
     #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
     Ok((ok as f64 / secs, (cpu1 - cpu0) as f64 / 1000.0 / (ok + failed) as f64, ok))
@@ -590,42 +732,46 @@ fn rtt(lab: &Lab, mode: Mode, secs: u64) -> Result<(f64, f64, u64)> {
     let t = mode.target(5301);
     let n = secs * 1000;
     let (mut samples, lost) = in_ns(&lab.client, move || -> Result<(Vec<f64>, u64)> {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
-            s.connect(t)?;
-            s.set_read_timeout(Some(Duration::from_millis(100)))?;
-            let (mut samples, mut lost) = (Vec::new(), 0);
-            let t0 = Instant::now();
-            let mut b = [0u8; 64];
-            for i in 0..n {
-                let due = t0 + Duration::from_millis(i);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let sent = Instant::now();
-                s.send(&i.to_be_bytes())?;
-                loop {
-                    match s.recv(&mut b) {
-                        Ok(8) if b[..8] == i.to_be_bytes() => {
-                            samples.push(sent.elapsed().as_secs_f64() * 1e6);
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
-                            lost += 1;
-                            break;
-                        }
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(t)?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let (mut samples, mut lost) = (Vec::new(), 0);
+        let t0 = Instant::now();
+        let mut b = [0u8; 64];
+        for i in 0..n {
+            let due = t0 + Duration::from_millis(i);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let sent = Instant::now();
+            s.send(&i.to_be_bytes())?;
+            loop {
+                match s.recv(&mut b) {
+                    Ok(8) if b[..8] == i.to_be_bytes() => {
+                        samples.push(sent.elapsed().as_secs_f64() * 1e6);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        lost += 1;
+                        break;
                     }
                 }
-                if lost * 20 > n {
-                    break;
-                }
             }
-            Ok((samples, lost))
-        })??;
+            if lost * 20 > n {
+                break;
+            }
+        }
+        Ok((samples, lost))
+    })??;
     stop.store(true, Ordering::Relaxed);
     let peers = echo.join().map_err(|_| anyhow::anyhow!("echo panicked"))?;
     ensure!(lost * 20 <= n, "{lost} of {n} requests unanswered");
-    ensure!(peers == BTreeSet::from([IpAddr::V4(mode.seen_source())]), "the server saw {peers:?}, expected {}", mode.seen_source());
+    ensure!(
+        peers == BTreeSet::from([IpAddr::V4(mode.seen_source())]),
+        "the server saw {peers:?}, expected {}",
+        mode.seen_source()
+    );
     samples.sort_by(f64::total_cmp);
     // Nearest-rank percentiles.
     let at = |pct: usize| samples[(samples.len() - 1) * pct / 100];
@@ -648,23 +794,45 @@ struct Sent {
 /// Frames the gateway's internal veth could not hand to the server: skbs
 /// (`tx_dropped`) and XDP frames (`tx_queue_0_xdp_xmit_errors`).
 fn egress_dropped(lab: &Lab) -> Result<u64> {
-    let skbs: u64 = sh(lab, Host::Gateway, "cat", &[&format!("/sys/class/net/{GW_INTERNAL_IF}/statistics/tx_dropped")])?.trim().parse()?;
+    let skbs: u64 = sh(
+        lab,
+        Host::Gateway,
+        "cat",
+        &[&format!("/sys/class/net/{GW_INTERNAL_IF}/statistics/tx_dropped")],
+    )?
+    .trim()
+    .parse()?;
     let stats = sh(lab, Host::Gateway, "ethtool", &["-S", GW_INTERNAL_IF])?;
-    let xdp: u64 = stats.lines().filter_map(|l| l.trim().strip_prefix("tx_queue_0_xdp_xmit_errors:")?.trim().parse::<u64>().ok()).sum();
+    let xdp: u64 = stats
+        .lines()
+        .filter_map(|l| {
+            l.trim().strip_prefix("tx_queue_0_xdp_xmit_errors:")?.trim().parse::<u64>().ok()
+        })
+        .sum();
     Ok(skbs + xdp)
 }
 
 impl Sent {
     fn now(lab: &Lab, active: &Active) -> Result<Self> {
-        let mut s = Self { kernel: ip_counter(lab, "ForwDatagrams")?, egress_dropped: egress_dropped(lab)?, ..Self::default() };
+        let mut s = Self {
+            kernel: ip_counter(lab, "ForwDatagrams")?,
+            egress_dropped: egress_dropped(lab)?,
+            ..Self::default()
+        };
         if let Active::Forwarder(_) = active {
-            (s.xdp, s.tc) = forwarder_testkit::sent_by_hook(&lab.live_stats()?["counters"]).context("no hook counters in the daemon's stats")?;
+            (s.xdp, s.tc) = forwarder_testkit::sent_by_hook(&lab.live_stats()?["counters"])
+                .context("no hook counters in the daemon's stats")?;
         }
         Ok(s)
     }
 
     fn since(self, before: Self) -> Self {
-        Self { kernel: self.kernel - before.kernel, xdp: self.xdp - before.xdp, tc: self.tc - before.tc, egress_dropped: self.egress_dropped - before.egress_dropped }
+        Self {
+            kernel: self.kernel - before.kernel,
+            xdp: self.xdp - before.xdp,
+            tc: self.tc - before.tc,
+            egress_dropped: self.egress_dropped - before.egress_dropped,
+        }
     }
 }
 
@@ -682,13 +850,26 @@ fn verify_path(lab: &Lab, mode: Mode, delivered: u64, sent: Sent) -> Result<()> 
         ensure!(n > 0, "no netfilter conntrack entries: netfilter did not translate");
     }
     if mode.kernel_forwards() {
-        ensure!(sent.kernel >= delivered * 9 / 10, "the kernel forwarded {} datagrams for {delivered} delivered packets", sent.kernel);
+        ensure!(
+            sent.kernel >= delivered * 9 / 10,
+            "the kernel forwarded {} datagrams for {delivered} delivered packets",
+            sent.kernel
+        );
     } else {
-        ensure!(sent.kernel <= delivered / 100, "the kernel forwarded {} datagrams: the mode's own path did not", sent.kernel);
+        ensure!(
+            sent.kernel <= delivered / 100,
+            "the kernel forwarded {} datagrams: the mode's own path did not",
+            sent.kernel
+        );
     }
     let by_gateway = match mode {
         Mode::ForwarderXdp => {
-            ensure!(forwarder_testkit::xdp_carried_most(sent.xdp, sent.tc), "XDP sent {} packets, TC {}: XDP mode must be XDP's work", sent.xdp, sent.tc);
+            ensure!(
+                forwarder_testkit::xdp_carried_most(sent.xdp, sent.tc),
+                "XDP sent {} packets, TC {}: XDP mode must be XDP's work",
+                sent.xdp,
+                sent.tc
+            );
             Some(sent.xdp + sent.tc)
         }
         Mode::ForwarderTc => {
@@ -700,7 +881,10 @@ fn verify_path(lab: &Lab, mode: Mode, delivered: u64, sent: Sent) -> Result<()> 
     };
     if let Some(n) = by_gateway {
         let queued_out = sent.egress_dropped;
-        ensure!((delivered + queued_out) * 100 >= n * 99, "the gateway sent {n} packets: {delivered} reached the server, {queued_out} were dropped at its queue, the rest went astray");
+        ensure!(
+            (delivered + queued_out) * 100 >= n * 99,
+            "the gateway sent {n} packets: {delivered} reached the server, {queued_out} were dropped at its queue, the rest went astray"
+        );
     }
     Ok(())
 }
@@ -717,28 +901,44 @@ impl Owed {
 }
 
 /// Counters of the forwarder that no workload may grow.
-const MUST_STAY_ZERO: [&str; 6] = ["drop_redirect_failed", "pass_malformed", "drop_ct_insert", "drop_no_route", "drop_no_src_addr", "drop_snat_exhausted"];
+const MUST_STAY_ZERO: [&str; 6] = [
+    "drop_redirect_failed",
+    "pass_malformed",
+    "drop_ct_insert",
+    "drop_no_route",
+    "drop_no_src_addr",
+    "drop_snat_exhausted",
+];
 
 /// The forwarder's final counters: every rule counted at least what the
 /// workloads owe it (summed per rule and counter), the hook split of its
 /// mode held over the whole run, and nothing grew that must stay 0.
 fn verify_counters(stats: &str, owed: &Owed, mode: Mode) -> Result<()> {
     let stats: Value = serde_json::from_str(stats)?;
-    let mut want: std::collections::BTreeMap<(usize, &str), u64> = std::collections::BTreeMap::new();
+    let mut want: std::collections::BTreeMap<(usize, &str), u64> =
+        std::collections::BTreeMap::new();
     for (rule, counter, n) in &owed.0 {
         *want.entry((*rule, *counter)).or_default() += n;
     }
     for ((rule, counter), n) in want {
         let got = stats["rules"][rule][counter].as_u64().unwrap_or(0);
-        ensure!(got >= n, "forwarder rule {:?} counted {got} {counter}, the workloads made {n}", SERVICES[rule]);
+        ensure!(
+            got >= n,
+            "forwarder rule {:?} counted {got} {counter}, the workloads made {n}",
+            SERVICES[rule]
+        );
     }
     let c = |k: &str| stats["counters"][k].as_u64().unwrap_or(0);
     let (xdp, tc) = forwarder_testkit::sent_by_hook(&stats["counters"]).unwrap_or_default();
     match mode {
-        Mode::ForwarderXdp => ensure!(forwarder_testkit::xdp_carried_most(xdp, tc), "over the whole run XDP sent {xdp} packets, TC {tc}"),
+        Mode::ForwarderXdp => ensure!(
+            forwarder_testkit::xdp_carried_most(xdp, tc),
+            "over the whole run XDP sent {xdp} packets, TC {tc}"
+        ),
         _ => ensure!(xdp == 0 && tc > 0, "over the whole run XDP sent {xdp} packets, TC {tc}"),
     }
-    let grew: Vec<String> = MUST_STAY_ZERO.iter().filter(|k| c(k) > 0).map(|k| format!("{k} {}", c(k))).collect();
+    let grew: Vec<String> =
+        MUST_STAY_ZERO.iter().filter(|k| c(k) > 0).map(|k| format!("{k} {}", c(k))).collect();
     ensure!(grew.is_empty(), "counters that must stay 0: {}", grew.join(", "));
     Ok(())
 }
@@ -752,28 +952,47 @@ fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Bench>>) -> Result<Figur
     let (mut active, gw, macs) = setup(&lab, mode)?;
     // (Bare: the benchmark object keeps its programs attached until dropped.)
     let iperf_log = lab.dir.join("iperf3-server.log");
-    lab.spawn(Host::Server, "iperf3", &["-s", "-p", "5201", "--logfile", iperf_log.to_str().context("path")?])?;
+    lab.spawn(
+        Host::Server,
+        "iperf3",
+        &["-s", "-p", "5201", "--logfile", iperf_log.to_str().context("path")?],
+    )?;
     let mut out: Figures = Vec::new();
     let mut owed = Owed::default();
     let runs = [
-        (Gen { syn: false, frames: p.frames, flows: 1, warm_up: 1000 }, ["udp64_kpps", "udp64_loss_pct", "cpu_ns_per_pkt"]),
-        (Gen { syn: false, frames: p.frames, flows: FLOWS, warm_up: 2 * FLOWS }, ["udp64_flows_kpps", "", "cpu_ns_per_pkt_flows"]),
-        (Gen { syn: true, frames: SYNS, flows: SYNS, warm_up: 0 }, ["syn_kpps", "", "cpu_ns_per_syn"]),
+        (
+            Gen { syn: false, frames: p.frames, flows: 1, warm_up: 1000 },
+            ["udp64_kpps", "udp64_loss_pct", "cpu_ns_per_pkt"],
+        ),
+        (
+            Gen { syn: false, frames: p.frames, flows: FLOWS, warm_up: 2 * FLOWS },
+            ["udp64_flows_kpps", "", "cpu_ns_per_pkt_flows"],
+        ),
+        (
+            Gen { syn: true, frames: SYNS, flows: SYNS, warm_up: 0 },
+            ["syn_kpps", "", "cpu_ns_per_syn"],
+        ),
     ];
     for (g, keys) in runs {
         let tracked = || -> Result<Option<u64>> {
             Ok(match (&active, mode) {
                 // The rule of port 5300's connections (they do not expire
                 // within the run).
-                (Active::Forwarder(_), _) => lab.live_stats()?["rules"][2]["new_connections"].as_u64(),
-                (_, Mode::Iptables | Mode::Nftables) => Some(sh(&lab, Host::Gateway, "conntrack", &["-C"])?.trim().parse()?),
+                (Active::Forwarder(_), _) => {
+                    lab.live_stats()?["rules"][2]["new_connections"].as_u64()
+                }
+                (_, Mode::Iptables | Mode::Nftables) => {
+                    Some(sh(&lab, Host::Gateway, "conntrack", &["-C"])?.trim().parse()?)
+                }
                 _ => None,
             })
         };
-        let r = generated(&lab, mode, &gw, &macs, traffic, g, &|| Sent::now(&lab, &active), &tracked).and_then(|r| {
-            verify_path(&lab, mode, r.3, r.4)?;
-            Ok(r)
-        });
+        let r =
+            generated(&lab, mode, &gw, &macs, traffic, g, &|| Sent::now(&lab, &active), &tracked)
+                .and_then(|r| {
+                    verify_path(&lab, mode, r.3, r.4)?;
+                    Ok(r)
+                });
         let r = r.map_err(|e| format!("{e:#}"));
         if let Ok(r) = &r {
             if g.syn {
@@ -784,7 +1003,9 @@ fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Bench>>) -> Result<Figur
                 owed.add(2, "new_connections", u64::from(g.flows) - u64::from(g.flows > 1));
             }
         }
-        for (key, v) in keys.into_iter().zip([r.clone().map(|r| r.0), r.clone().map(|r| r.1), r.map(|r| r.2)]) {
+        for (key, v) in
+            keys.into_iter().zip([r.clone().map(|r| r.0), r.clone().map(|r| r.1), r.map(|r| r.2)])
+        {
             if !key.is_empty() {
                 out.push((key, v));
             }
@@ -810,7 +1031,8 @@ fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Bench>>) -> Result<Figur
             owed.add(3, "packets_out", answered);
             out.extend([("rtt_p50_us", Ok(p50)), ("rtt_p99_us", Ok(p99))]);
         }
-        Err(e) => out.extend([("rtt_p50_us", Err(format!("{e:#}"))), ("rtt_p99_us", Err(format!("{e:#}")))]),
+        Err(e) => out
+            .extend([("rtt_p50_us", Err(format!("{e:#}"))), ("rtt_p99_us", Err(format!("{e:#}")))]),
     }
     // The forwarder's counters cover every workload: checked last.
     if let Active::Forwarder(f) = &mut active
@@ -849,7 +1071,9 @@ fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     format!("{n} x {cpu}, kernel {}", kernel.trim())
@@ -862,8 +1086,15 @@ fn main() -> Result<()> {
     let check = std::env::args().any(|a| a == "--check");
     // `--modes=iptables,forwarder_xdp`: a subset (iptables is always run:
     // the ratios are to it).
-    let only: Option<Vec<String>> = std::env::args().find_map(|a| a.strip_prefix("--modes=").map(|m| m.split(',').map(String::from).collect()));
-    let modes: Vec<Mode> = MODES.iter().copied().filter(|m| *m == Mode::Iptables || only.as_ref().is_none_or(|o| o.iter().any(|k| k == m.key()))).collect();
+    let only: Option<Vec<String>> = std::env::args()
+        .find_map(|a| a.strip_prefix("--modes=").map(|m| m.split(',').map(String::from).collect()));
+    let modes: Vec<Mode> = MODES
+        .iter()
+        .copied()
+        .filter(|m| {
+            *m == Mode::Iptables || only.as_ref().is_none_or(|o| o.iter().any(|k| k == m.key()))
+        })
+        .collect();
     let p = if check {
         Params { secs: 1, reps: 1, frames: 100_000 }
     } else if quick {
@@ -872,7 +1103,10 @@ fn main() -> Result<()> {
         Params { secs: 4, reps: 5, frames: 3_000_000 }
     };
     let t0 = Instant::now();
-    ensure!(std::thread::available_parallelism().map_or(1, std::num::NonZero::get) > GW_CPU, "the comparison needs 2 CPUs: one for the gateway, one for everything else");
+    ensure!(
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get) > GW_CPU,
+        "the comparison needs 2 CPUs: one for the gateway, one for everything else"
+    );
     // This thread and everything it starts (threads, namespaces' processes)
     // on the host core; only the gateway's work is moved to its own.
     pin(0, HOST_CPU)?;
@@ -893,7 +1127,11 @@ fn main() -> Result<()> {
                 p.reps,
                 mode.name(),
                 t.elapsed().as_secs_f64(),
-                if failed.is_empty() { String::new() } else { format!("  FAILED: {}", failed.join(", ")) }
+                if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!("  FAILED: {}", failed.join(", "))
+                }
             );
             all[i].push(figs);
         }
@@ -902,19 +1140,44 @@ fn main() -> Result<()> {
     // summary[mode][figure]
     let summary: Vec<Vec<Result<Summary, String>>> = all
         .iter()
-        .map(|reps| figures.iter().map(|(key, _, _)| summarize(&reps.iter().map(|r| r.iter().find(|f| f.0 == *key).map_or(Err("missing".into()), |f| f.1.clone())).collect::<Vec<_>>())).collect())
+        .map(|reps| {
+            figures
+                .iter()
+                .map(|(key, _, _)| {
+                    summarize(
+                        &reps
+                            .iter()
+                            .map(|r| {
+                                r.iter()
+                                    .find(|f| f.0 == *key)
+                                    .map_or(Err("missing".into()), |f| f.1.clone())
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .collect()
+        })
         .collect();
     let ipt = modes.iter().position(|m| *m == Mode::Iptables).expect("iptables mode");
     let machine = machine();
-    println!("\nnetfilter comparison: {} repetitions x {} s per workload, interleaved; {machine}", p.reps, p.secs);
-    println!("median [min-max], and the ratio to iptables (x; > 1 = better for throughput figures, < 1 = better for time figures)\n");
+    println!(
+        "\nnetfilter comparison: {} repetitions x {} s per workload, interleaved; {machine}",
+        p.reps, p.secs
+    );
+    println!(
+        "median [min-max], and the ratio to iptables (x; > 1 = better for throughput figures, < 1 = better for time figures)\n"
+    );
     let mut json_modes = Vec::new();
     for (fi, (key, label, higher)) in figures.iter().enumerate() {
         println!("{label}");
         for (mi, mode) in modes.iter().enumerate() {
             match &summary[mi][fi] {
                 Ok(s) => {
-                    let ratio = summary[ipt][fi].as_ref().ok().filter(|b| b.median > 0.0).map(|b| s.median / b.median);
+                    let ratio = summary[ipt][fi]
+                        .as_ref()
+                        .ok()
+                        .filter(|b| b.median > 0.0)
+                        .map(|b| s.median / b.median);
                     println!(
                         "  {:<28} {:>10.2} [{:.2}-{:.2}]{}",
                         mode.name(),
@@ -933,9 +1196,11 @@ fn main() -> Result<()> {
         let mut figs = serde_json::Map::new();
         for (fi, (key, _, higher)) in figures.iter().enumerate() {
             let v = match &summary[mi][fi] {
-                Ok(s) => json!({"median": s.median, "min": s.min, "max": s.max, "higher_is_better": higher,
+                Ok(s) => {
+                    json!({"median": s.median, "min": s.min, "max": s.max, "higher_is_better": higher,
                     "ratio_to_iptables": summary[ipt][fi].as_ref().ok().filter(|b| b.median > 0.0).map(|b| s.median / b.median),
-                    "runs": all[mi].iter().map(|r| r.iter().find(|f| f.0 == *key).and_then(|f| f.1.clone().ok())).collect::<Vec<_>>()}),
+                    "runs": all[mi].iter().map(|r| r.iter().find(|f| f.0 == *key).and_then(|f| f.1.clone().ok())).collect::<Vec<_>>()})
+                }
                 Err(e) => json!({"failed": e}),
             };
             figs.insert((*key).to_string(), v);
@@ -952,12 +1217,23 @@ fn main() -> Result<()> {
     std::fs::write(dir.join("compare.md"), markdown(&modes, &figures, &summary, ipt))?;
     let svg = dir.join("compare.svg");
     chart(&svg, &modes, &figures, &summary, ipt, &machine)?;
-    println!("\nwritten {}, compare.md (the README's table) and {} ({:.0} s)", dir.join("compare.json").display(), svg.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "\nwritten {}, compare.md (the README's table) and {} ({:.0} s)",
+        dir.join("compare.json").display(),
+        svg.display(),
+        t0.elapsed().as_secs_f64()
+    );
     // A FAILED figure is a failed benchmark.
     let failed: Vec<String> = modes
         .iter()
         .zip(&summary)
-        .flat_map(|(m, figs)| figures.iter().zip(figs).filter(|(_, s)| s.is_err()).map(move |((key, _, _), _)| format!("{} {key}", m.key())))
+        .flat_map(|(m, figs)| {
+            figures
+                .iter()
+                .zip(figs)
+                .filter(|(_, s)| s.is_err())
+                .map(move |((key, _, _), _)| format!("{} {key}", m.key()))
+        })
         .collect();
     ensure!(failed.is_empty(), "{} figures FAILED: {}", failed.len(), failed.join(", "));
     Ok(())
@@ -966,15 +1242,36 @@ fn main() -> Result<()> {
 /// The summary as a Markdown table (a row per figure, a column per mode):
 /// iptables' median with min–max, every other mode's median and its ratio
 /// to iptables.
-fn markdown(modes: &[Mode], figures: &[(&str, &str, bool)], summary: &[Vec<Result<Summary, String>>], ipt: usize) -> String {
+fn markdown(
+    modes: &[Mode],
+    figures: &[(&str, &str, bool)],
+    summary: &[Vec<Result<Summary, String>>],
+    ipt: usize,
+) -> String {
     use std::fmt::Write as _;
-    let num = |v: f64| if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") };
-    let mut out = format!("| figure | {} |\n|{}\n", modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(" | "), " --- |".repeat(modes.len() + 1));
+    let num = |v: f64| {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else if v >= 10.0 {
+            format!("{v:.1}")
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    let mut out = format!(
+        "| figure | {} |\n|{}\n",
+        modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(" | "),
+        " --- |".repeat(modes.len() + 1)
+    );
     for (fi, (_, label, _)) in figures.iter().enumerate() {
         let cells: Vec<String> = (0..modes.len())
             .map(|mi| match (&summary[mi][fi], &summary[ipt][fi]) {
-                (Ok(s), _) if mi == ipt => format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max)),
-                (Ok(s), Ok(b)) if b.median > 0.0 => format!("{} ×{:.2}", num(s.median), s.median / b.median),
+                (Ok(s), _) if mi == ipt => {
+                    format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max))
+                }
+                (Ok(s), Ok(b)) if b.median > 0.0 => {
+                    format!("{} ×{:.2}", num(s.median), s.median / b.median)
+                }
                 (Ok(s), _) => num(s.median),
                 (Err(_), _) => "FAILED".into(),
             })
@@ -987,13 +1284,34 @@ fn markdown(modes: &[Mode], figures: &[(&str, &str, bool)], summary: &[Vec<Resul
 #[expect(clippy::cast_precision_loss, reason = "a handful of bars")]
 /// One panel per figure: a bar per mode, its median relative to iptables
 /// (iptables = 1), with the absolute median written on it.
-fn chart(path: &std::path::Path, modes: &[Mode], figures: &[(&str, &str, bool)], summary: &[Vec<Result<Summary, String>>], ipt: usize, machine: &str) -> Result<()> {
+fn chart(
+    path: &std::path::Path,
+    modes: &[Mode],
+    figures: &[(&str, &str, bool)],
+    summary: &[Vec<Result<Summary, String>>],
+    ipt: usize,
+    machine: &str,
+) -> Result<()> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1200, 260 * figures.len().div_ceil(2) as u32 + 60)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 260 * figures.len().div_ceil(2) as u32 + 60))
+        .into_drawing_area();
     root.fill(&WHITE)?;
     let (title, body) = root.split_vertically(60);
-    title.draw(&Text::new(format!("forwarder vs netfilter: median of each mode relative to iptables (= 1); {machine}"), (10, 8), ("sans-serif", 17)))?;
-    let colors = [RGBColor(120, 120, 120), RGBColor(214, 39, 40), RGBColor(255, 127, 14), RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+    title.draw(&Text::new(
+        format!(
+            "forwarder vs netfilter: median of each mode relative to iptables (= 1); {machine}"
+        ),
+        (10, 8),
+        ("sans-serif", 17),
+    ))?;
+    let colors = [
+        RGBColor(120, 120, 120),
+        RGBColor(214, 39, 40),
+        RGBColor(255, 127, 14),
+        RGBColor(31, 119, 180),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+    ];
     // Legend: one colour per mode, in bar order.
     for (mi, mode) in modes.iter().enumerate() {
         let x = 10 + 195 * i32::try_from(mi).unwrap_or(0);
@@ -1022,11 +1340,22 @@ fn chart(path: &std::path::Path, modes: &[Mode], figures: &[(&str, &str, bool)],
             let x = mi as f64;
             match v {
                 Some((ratio, abs)) => {
-                    c.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, *ratio)], colors[mi % colors.len()].filled())))?;
-                    c.draw_series(std::iter::once(Text::new(format!("{abs:.1}"), (x + 0.2, ratio + top * 0.03), ("sans-serif", 11))))?;
+                    c.draw_series(std::iter::once(Rectangle::new(
+                        [(x + 0.15, 0.0), (x + 0.85, *ratio)],
+                        colors[mi % colors.len()].filled(),
+                    )))?;
+                    c.draw_series(std::iter::once(Text::new(
+                        format!("{abs:.1}"),
+                        (x + 0.2, ratio + top * 0.03),
+                        ("sans-serif", 11),
+                    )))?;
                 }
                 None => {
-                    c.draw_series(std::iter::once(Text::new("FAILED", (x + 0.15, top * 0.1), ("sans-serif", 11).into_font().color(&RED))))?;
+                    c.draw_series(std::iter::once(Text::new(
+                        "FAILED",
+                        (x + 0.15, top * 0.1),
+                        ("sans-serif", 11).into_font().color(&RED),
+                    )))?;
                 }
             }
         }

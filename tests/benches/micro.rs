@@ -32,8 +32,19 @@ use harness::{Bench, TestRunExt};
 mod harness;
 
 #[expect(clippy::too_many_arguments, reason = "a frame is all of these")]
-fn tcp(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(smac, dmac).ipv4(src.octets(), dst.octets(), 64).tcp(sport, dport, 1, 64240);
+fn tcp(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1, 64240);
     b = if syn { b.syn() } else { b.ack(1) };
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
@@ -49,7 +60,15 @@ struct Case {
 
 /// Mean ns per run of `xdp` (program `prog`) over `calls` single-run
 /// calls, `reps` times.
-fn measure(dp: &Datapath, (xdp, prog): (&Xdp, &str), frames: &[Vec<u8>], ifindex: u32, calls: usize, reps: usize, expect: u32) -> (f64, f64, f64) {
+fn measure(
+    dp: &Datapath,
+    (xdp, prog): (&Xdp, &str),
+    frames: &[Vec<u8>],
+    ifindex: u32,
+    calls: usize,
+    reps: usize,
+    expect: u32,
+) -> (f64, f64, f64) {
     let mut means = Vec::new();
     for r in 0..reps {
         let mut total = 0u64;
@@ -60,7 +79,11 @@ fn measure(dp: &Datapath, (xdp, prog): (&Xdp, &str), frames: &[Vec<u8>], ifindex
                 verdict,
                 expect,
                 "{prog}: unexpected verdict (repetition {r}, call {c}); counters {:?}",
-                dp.snapshot(&[]).map(|s| s.counters.into_iter().filter(|(_, v)| *v > 0).collect::<Vec<_>>())
+                dp.snapshot(&[]).map(|s| s
+                    .counters
+                    .into_iter()
+                    .filter(|(_, v)| *v > 0)
+                    .collect::<Vec<_>>())
             );
             total += u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         }
@@ -77,7 +100,8 @@ fn main() {
     let t0 = Instant::now();
     let lab = Lab::new().expect("lab (needs root)");
     let macs = lab.prime_gateway().unwrap();
-    let (client_mac, gw_pub_mac, gw_int_mac, server_mac) = (macs.client, macs.gw_pub, macs.gw_int, macs.server);
+    let (client_mac, gw_pub_mac, gw_int_mac, server_mac) =
+        (macs.client, macs.gw_pub, macs.gw_int, macs.server);
     let cases = lab
         .gateway
         .enter(move || {
@@ -93,7 +117,8 @@ fn main() {
             let compiled = settings.compile(iface::index).unwrap();
             let mut dp = Datapath::load(1 << 20).unwrap();
             dp.configure(&compiled).unwrap();
-            let (pub_if, int_if) = (iface::index(GW_PUBLIC_IF).unwrap(), iface::index(GW_INTERNAL_IF).unwrap());
+            let (pub_if, int_if) =
+                (iface::index(GW_PUBLIC_IF).unwrap(), iface::index(GW_INTERNAL_IF).unwrap());
             // The reference programs: an object of their own, with a
             // devmap of the same interfaces.
             let mut bench = Bench::load().unwrap();
@@ -103,7 +128,8 @@ fn main() {
             let syn = tcp(client_mac, gw_pub_mac, c, g, 40000, 8080, true, &[]);
             assert_eq!(dp.test_run_xdp(&syn, pub_if, 1).unwrap().0, 4);
             let flows = dp.flows().unwrap();
-            let (rk, _) = flows.iter().find(|(_, e)| e.dir == forwarder_common::abi::DIR_REPLY).unwrap();
+            let (rk, _) =
+                flows.iter().find(|(_, e)| e.dir == forwarder_common::abi::DIR_REPLY).unwrap();
             let snat_port = u16::from_be_bytes(rk.dport);
             let est = vec![tcp(client_mac, gw_pub_mac, c, g, 40000, 8080, false, &[0u8; 64])];
             let reply = vec![tcp(server_mac, gw_int_mac, s, gi, 80, snat_port, false, &[0u8; 64])];
@@ -116,22 +142,37 @@ fn main() {
             // state). At most 30 000 in all: masquerade has 64 512 ports
             // towards one backend, and a fuller range is another case.
             let new_calls = calls.min(30_000 / reps);
-            let news: Vec<Vec<u8>> = (0..(new_calls * reps) as u16).map(|i| tcp(client_mac, gw_pub_mac, c, g, 1024 + i, 8080, true, &[])).collect();
+            let news: Vec<Vec<u8>> = (0..(new_calls * reps) as u16)
+                .map(|i| tcp(client_mac, gw_pub_mac, c, g, 1024 + i, 8080, true, &[]))
+                .collect();
             let other = vec![tcp(client_mac, gw_pub_mac, c, g, 40001, 9999, true, &[])];
             // The bare program forwards the client's packet to the server as is.
             let bare = vec![tcp(client_mac, gw_pub_mac, c, s, 40000, 80, false, &[0u8; 64])];
             let run_n = |name, prog, frames: &Vec<Vec<u8>>, ifx, expect, n| {
-                let xdp: &Xdp = if prog == PROG_XDP { dp.xdp_program(prog).unwrap() } else { bench.program(prog).unwrap() };
-                let (median_ns, min_ns, max_ns) = measure(&dp, (xdp, prog), frames, ifx, n, reps, expect);
+                let xdp: &Xdp = if prog == PROG_XDP {
+                    dp.xdp_program(prog).unwrap()
+                } else {
+                    bench.program(prog).unwrap()
+                };
+                let (median_ns, min_ns, max_ns) =
+                    measure(&dp, (xdp, prog), frames, ifx, n, reps, expect);
                 Case { name, median_ns, min_ns, max_ns }
             };
-            let run = |name, prog, frames: &Vec<Vec<u8>>, ifx, expect| run_n(name, prog, frames, ifx, expect, calls);
+            let run = |name, prog, frames: &Vec<Vec<u8>>, ifx, expect| {
+                run_n(name, prog, frames, ifx, expect, calls)
+            };
             vec![
                 run("empty XDP program", PROG_BENCH_PASS, &est, pub_if, 2),
                 run("bare FIB lookup + redirect", PROG_BENCH_FIB, &bare, pub_if, 4),
                 run("forwarder: established, client -> backend", PROG_XDP, &est, pub_if, 4),
                 run("forwarder: established, backend -> client", PROG_XDP, &reply, int_if, 4),
-                run("forwarder: established, partial checksum", PROG_XDP, &vec![partial], pub_if, 4),
+                run(
+                    "forwarder: established, partial checksum",
+                    PROG_XDP,
+                    &vec![partial],
+                    pub_if,
+                    4,
+                ),
                 run_n("forwarder: new connection (SYN)", PROG_XDP, &news, pub_if, 4, new_calls),
                 run("forwarder: not ours (other port)", PROG_XDP, &other, pub_if, 2),
             ]
@@ -142,8 +183,14 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let bare = cases[1].median_ns;
     let empty = cases[0].median_ns;
-    println!("micro-benchmark: BPF_PROG_TEST_RUN, one packet per call, {calls} calls x {reps} repetitions; kernel {}", kernel.trim());
-    println!("{:<44} {:>10} {:>17} {:>9} {:>9}", "case", "ns/packet", "min-max", "x bare", "x empty");
+    println!(
+        "micro-benchmark: BPF_PROG_TEST_RUN, one packet per call, {calls} calls x {reps} repetitions; kernel {}",
+        kernel.trim()
+    );
+    println!(
+        "{:<44} {:>10} {:>17} {:>9} {:>9}",
+        "case", "ns/packet", "min-max", "x bare", "x empty"
+    );
     let mut json = Vec::new();
     for c in &cases {
         println!(
@@ -167,6 +214,14 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("micro.json");
-    std::fs::write(&out, format!("{{\"kernel\":\"{}\",\"calls\":{calls},\"reps\":{reps},\"cases\":[{}]}}\n", kernel.trim(), json.join(","))).unwrap();
+    std::fs::write(
+        &out,
+        format!(
+            "{{\"kernel\":\"{}\",\"calls\":{calls},\"reps\":{reps},\"cases\":[{}]}}\n",
+            kernel.trim(),
+            json.join(",")
+        ),
+    )
+    .unwrap();
     println!("written {} ({:.0} s)", out.display(), t0.elapsed().as_secs_f64());
 }

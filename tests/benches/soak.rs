@@ -99,7 +99,11 @@ fn public(port: u16) -> SocketAddr {
 /// The backend: on :80, a connection brings `len` (u32) then that many
 /// bytes, and gets their SHA-256 back; `ECHO` starts a long-lived echo.
 fn backend(lab: &Lab, stop: Arc<AtomicBool>) -> Result<()> {
-    let l = lab.server.enter(|| TcpListener::bind("0.0.0.0:80"))?.join().map_err(|_| anyhow::anyhow!("bind"))??;
+    let l = lab
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80"))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("bind"))??;
     l.set_nonblocking(true)?;
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
@@ -140,7 +144,11 @@ fn backend(lab: &Lab, stop: Arc<AtomicBool>) -> Result<()> {
             });
         }
     });
-    let u = lab.server.enter(|| UdpSocket::bind("0.0.0.0:53"))?.join().map_err(|_| anyhow::anyhow!("bind"))??;
+    let u = lab
+        .server
+        .enter(|| UdpSocket::bind("0.0.0.0:53"))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("bind"))??;
     u.set_read_timeout(Some(Duration::from_millis(200)))?;
     std::thread::spawn(move || {
         let mut b = [0u8; 2048];
@@ -216,7 +224,8 @@ fn udp_client(rng: &mut Rng, t: &Tally) {
         let len = 1 + (rng.next_u64() % 1400) as usize;
         let msg: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         let mut b = [0u8; 2048];
-        let ok = s.send_to(&msg, public(5353)).is_ok() && s.recv_from(&mut b).is_ok_and(|(k, _)| b[..k] == msg[..]);
+        let ok = s.send_to(&msg, public(5353)).is_ok()
+            && s.recv_from(&mut b).is_ok_and(|(k, _)| b[..k] == msg[..]);
         if ok {
             t.udp_ok.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -236,21 +245,37 @@ struct Daemon {
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+        })
         .unwrap_or(0)
 }
 
 fn cli(lab: &Lab, args: &[&str]) -> Result<String> {
     let bin = forwarder_testkit::proc::forwarder_bin()?;
-    let out = std::process::Command::new(&bin).args(args).arg("--control").arg(lab.dir.join("control.sock")).output()?;
-    ensure!(out.status.success(), "forwarder {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .arg("--control")
+        .arg(lab.dir.join("control.sock"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "forwarder {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[expect(clippy::too_many_lines, reason = "the soak's one timeline, read top to bottom")]
 fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().collect();
-    let minutes: u64 = argv.iter().position(|a| a == "--minutes").and_then(|i| argv.get(i + 1)).map_or(Ok(5), |m| m.parse()).context("--minutes N")?;
+    let minutes: u64 = argv
+        .iter()
+        .position(|a| a == "--minutes")
+        .and_then(|i| argv.get(i + 1))
+        .map_or(Ok(5), |m| m.parse())
+        .context("--minutes N")?;
     let tuned = argv.iter().any(|a| a == "--tuned");
     let run_for = Duration::from_secs(minutes * 60);
     let lab = Lab::with_tuning(tuned)?;
@@ -259,9 +284,32 @@ fn main() -> Result<()> {
     // Short timeouts, so that the table is back to its baseline soon
     // after the load stops.
     let run_args: Vec<String> = [
-        "--public", "pub0", "--internal", "int0", "--rule", "tcp:8080=192.168.1.50:80", "--rule", "udp:5353=192.168.1.50:53", "--pin-dir", &pin,
-        "--conntrack-max", "20000", "--ct-timeout", "tcp_syn=10", "--ct-timeout", "tcp_syn_recv=5", "--ct-timeout", "tcp_fin=5", "--ct-timeout", "tcp_close=3",
-        "--ct-timeout", "udp=5", "--ct-timeout", "udp_stream=10", "--audit-rate", "100",
+        "--public",
+        "pub0",
+        "--internal",
+        "int0",
+        "--rule",
+        "tcp:8080=192.168.1.50:80",
+        "--rule",
+        "udp:5353=192.168.1.50:53",
+        "--pin-dir",
+        &pin,
+        "--conntrack-max",
+        "20000",
+        "--ct-timeout",
+        "tcp_syn=10",
+        "--ct-timeout",
+        "tcp_syn_recv=5",
+        "--ct-timeout",
+        "tcp_fin=5",
+        "--ct-timeout",
+        "tcp_close=3",
+        "--ct-timeout",
+        "udp=5",
+        "--ct-timeout",
+        "udp_stream=10",
+        "--audit-rate",
+        "100",
     ]
     .iter()
     .map(ToString::to_string)
@@ -319,7 +367,11 @@ fn main() -> Result<()> {
         if now >= next_change {
             next_change = now + 1.0;
             tally.event(if added { "rule del" } else { "rule add" });
-            let r = if added { cli(&lab, &["rule", "del", "2"]) } else { cli(&lab, &["rule", "add", "tcp:9090=192.168.1.50:80"]) };
+            let r = if added {
+                cli(&lab, &["rule", "del", "2"])
+            } else {
+                cli(&lab, &["rule", "add", "tcp:9090=192.168.1.50:80"])
+            };
             match r {
                 Ok(_) => {
                     tally.rule_changes.fetch_add(1, Ordering::Relaxed);
@@ -327,20 +379,23 @@ fn main() -> Result<()> {
                         let ok = lab
                             .client
                             .enter(|| {
-                                TcpStream::connect_timeout(&public(9090), Duration::from_secs(2)).and_then(|mut s| {
-                                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                                    s.write_all(&4u32.to_be_bytes())?;
-                                    s.write_all(b"rule")?;
-                                    let mut back = [0u8; 32];
-                                    s.read_exact(&mut back)?;
-                                    Ok(back[..] == Sha256::digest(b"rule")[..])
-                                })
+                                TcpStream::connect_timeout(&public(9090), Duration::from_secs(2))
+                                    .and_then(|mut s| {
+                                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                                        s.write_all(&4u32.to_be_bytes())?;
+                                        s.write_all(b"rule")?;
+                                        let mut back = [0u8; 32];
+                                        s.read_exact(&mut back)?;
+                                        Ok(back[..] == Sha256::digest(b"rule")[..])
+                                    })
                             })?
                             .join()
                             .map_err(|_| anyhow::anyhow!("rule check panicked"))?;
                         if !matches!(ok, Ok(true)) {
                             tally.rule_checks_failed.fetch_add(1, Ordering::Relaxed);
-                            tally.error(format!("the rule just added did not carry a connection: {ok:?}"));
+                            tally.error(format!(
+                                "the rule just added did not carry a connection: {ok:?}"
+                            ));
                         }
                     }
                     added = !added;
@@ -357,7 +412,13 @@ fn main() -> Result<()> {
         if now >= next_flood {
             next_flood += 20.0;
             tally.event("SYN flood");
-            syn_flood(&lab.client, 3000, public(8080), Sources::Unroutable, tally.floods.load(Ordering::Relaxed) + 1)?;
+            syn_flood(
+                &lab.client,
+                3000,
+                public(8080),
+                Sources::Unroutable,
+                tally.floods.load(Ordering::Relaxed) + 1,
+            )?;
             tally.floods.fetch_add(1, Ordering::Relaxed);
         }
         // A SIGKILL and an adopting restart every minute.
@@ -370,7 +431,11 @@ fn main() -> Result<()> {
             daemon.fwd.proc.child.kill()?;
             let _ = daemon.fwd.proc.child.wait();
             daemon = start()?;
-            ensure!(daemon.fwd.log_text().contains("adopted the state maps"), "the restarted daemon did not adopt:\n{}", daemon.fwd.log_text());
+            ensure!(
+                daemon.fwd.log_text().contains("adopted the state maps"),
+                "the restarted daemon did not adopt:\n{}",
+                daemon.fwd.log_text()
+            );
             tally.event("restarted");
             // The rule table is the configuration's again: 2 rules.
             added = false;
@@ -401,7 +466,11 @@ fn main() -> Result<()> {
     let stats: Value = serde_json::from_str(&cli(&lab, &["stats", "--json"])?)?;
     daemon.fwd.stop()?;
     let l = Ordering::Relaxed;
-    println!("soak: {minutes} min, {} lab, mode {}", if tuned { "tuned" } else { "untuned" }, forwarder_testkit::test_mode());
+    println!(
+        "soak: {minutes} min, {} lab, mode {}",
+        if tuned { "tuned" } else { "untuned" },
+        forwarder_testkit::test_mode()
+    );
     println!(
         "  TCP transfers: {} ok ({} MB), {} failed, {} hash mismatches; long-lived: {} chunks echoed",
         tally.tcp_ok.load(l),
@@ -410,7 +479,11 @@ fn main() -> Result<()> {
         tally.hash_mismatch.load(l),
         tally.long_chunks.load(l)
     );
-    println!("  UDP datagrams: {} echoed intact, {} lost", tally.udp_ok.load(l), tally.udp_lost.load(l));
+    println!(
+        "  UDP datagrams: {} echoed intact, {} lost",
+        tally.udp_ok.load(l),
+        tally.udp_lost.load(l)
+    );
     println!(
         "  rule changes: {} ({} added rules failed to carry a connection); SIGKILL + adopting restarts: {}; SYN floods: {} x 3000",
         tally.rule_changes.load(l),
@@ -418,12 +491,25 @@ fn main() -> Result<()> {
         tally.restarts.load(l),
         tally.floods.load(l)
     );
-    println!("  conntrack entries: baseline {baseline}, after the load {entries} ({:.0} s after it stopped)", settle.as_secs_f64());
+    println!(
+        "  conntrack entries: baseline {baseline}, after the load {entries} ({:.0} s after it stopped)",
+        settle.as_secs_f64()
+    );
     let rss_text: Vec<String> = rss.iter().map(|(w, e)| format!("{w}->{e} kB")).collect();
     println!("  daemon RSS (after warm-up -> at its end, per daemon): {}", rss_text.join(", "));
     let counters = &stats["counters"];
-    let grown: Vec<String> = MUST_STAY_ZERO.iter().filter(|c| counters[**c].as_u64().unwrap_or(0) > 0).map(|c| format!("{c}={}", counters[*c])).collect();
-    let nonzero: Vec<String> = counters.as_object().into_iter().flatten().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    let grown: Vec<String> = MUST_STAY_ZERO
+        .iter()
+        .filter(|c| counters[**c].as_u64().unwrap_or(0) > 0)
+        .map(|c| format!("{c}={}", counters[*c]))
+        .collect();
+    let nonzero: Vec<String> = counters
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     println!("  datapath counters: {}", nonzero.join(" "));
     println!("  daemon housekeeping failures: {}", stats["daemon_errors"]);
     let errors = tally.errors.lock().expect("errors");

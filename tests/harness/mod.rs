@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, xdp::DevMapHash},
-    programs::{SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId,
+    },
 };
 use forwarder::loader::{BENCH_OBJECT, Datapath};
 use forwarder_common::abi;
@@ -28,11 +30,22 @@ fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
 /// Runs `xdp` on `frame` (`BPF_PROG_TEST_RUN`) as if it arrived on
 /// `ingress_ifindex` (of the caller's network namespace), `repeat` times:
 /// the verdict, the frame as the program left it, the mean time per run.
-pub fn test_run(xdp: &Xdp, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, Duration)> {
+pub fn test_run(
+    xdp: &Xdp,
+    frame: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> Result<(u32, Vec<u8>, Duration)> {
     let ctx = xdp_md(frame.len(), ingress_ifindex);
     let mut out = vec![0u8; frame.len() + 256];
     let res = xdp
-        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in: Some(&ctx), repeat: repeat.max(1), ..Default::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: repeat.max(1),
+            ..Default::default()
+        })
         .context("BPF_PROG_TEST_RUN")?;
     out.truncate(res.data_size_out as usize);
     Ok((res.return_value, out, res.duration))
@@ -43,7 +56,12 @@ pub trait TestRunExt {
     /// The XDP program once on `frame` as if it arrived on
     /// `ingress_ifindex`: the verdict, the frame as the program left it
     /// (`repeat` > 1: the mean time per run).
-    fn test_run_xdp(&self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, Duration)>;
+    fn test_run_xdp(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, Duration)>;
     /// The TC program once on `frame` as if it arrived on `ifindex`: the
     /// verdict (`TC_ACT_*`) and the frame as the program left it.
     fn test_run_tc(&self, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)>;
@@ -55,7 +73,12 @@ pub trait TestRunExt {
 }
 
 impl TestRunExt for Datapath {
-    fn test_run_xdp(&self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, Duration)> {
+    fn test_run_xdp(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, Duration)> {
         test_run(self.xdp_program(abi::PROG_XDP)?, frame, ingress_ifindex, repeat)
     }
 
@@ -68,7 +91,12 @@ impl TestRunExt for Datapath {
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 256];
         let res = tc
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in: Some(&ctx), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
             .context("BPF_PROG_TEST_RUN (TC)")?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
@@ -77,8 +105,14 @@ impl TestRunExt for Datapath {
     fn run_xdp_live(&self, frame: &[u8], ingress_ifindex: u32) -> Result<()> {
         let xdp = self.xdp_program(abi::PROG_XDP)?;
         let ctx = xdp_md(frame.len(), ingress_ifindex);
-        xdp.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: 1, attrs: TestRunAttrs::new().xdp_live_frames(1), ..Default::default() })
-            .context("BPF_PROG_TEST_RUN (live frame)")?;
+        xdp.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            attrs: TestRunAttrs::new().xdp_live_frames(1),
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN (live frame)")?;
         Ok(())
     }
 }
@@ -93,27 +127,40 @@ pub struct Bench {
 impl Bench {
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the benchmark object")?;
-        for name in [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB, abi::PROG_BENCH_TX, abi::PROG_BENCH_SINK] {
-            let p: &mut Xdp = ebpf.program_mut(name).and_then(|p| p.try_into().ok()).with_context(|| format!("{name} missing from the benchmark object"))?;
+        for name in
+            [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB, abi::PROG_BENCH_TX, abi::PROG_BENCH_SINK]
+        {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .with_context(|| format!("{name} missing from the benchmark object"))?;
             p.load().with_context(|| format!("verifying {name}"))?;
         }
         Ok(Self { ebpf })
     }
 
     pub fn program(&self, name: &str) -> Result<&Xdp> {
-        self.ebpf.program(name).and_then(|p| p.try_into().ok()).with_context(|| format!("{name} missing from the benchmark object"))
+        self.ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .with_context(|| format!("{name} missing from the benchmark object"))
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the benchmark object"))
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the benchmark object"))
     }
 
     /// The interfaces (ifindexes, of the namespace the program runs in)
     /// [`abi::PROG_BENCH_FIB`] may redirect to.
     pub fn set_tx_ports(&mut self, ifindexes: &[u32]) -> Result<()> {
-        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(abi::MAP_BENCH_TX_PORTS)?)?;
+        let mut ports: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(abi::MAP_BENCH_TX_PORTS)?)?;
         for &i in ifindexes {
-            ports.insert(i, i, None, 0).with_context(|| format!("{} {i}", abi::MAP_BENCH_TX_PORTS))?;
+            ports
+                .insert(i, i, None, 0)
+                .with_context(|| format!("{} {i}", abi::MAP_BENCH_TX_PORTS))?;
         }
         Ok(())
     }
@@ -121,12 +168,20 @@ impl Bench {
     /// Attaches program `name` natively to `ifname` (resolved in the
     /// calling thread's namespace). Detached by [`Bench::detach`] or on drop.
     pub fn attach(&mut self, name: &str, ifname: &str) -> Result<XdpLinkId> {
-        let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).with_context(|| format!("{name} missing"))?;
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .with_context(|| format!("{name} missing"))?;
         p.attach(ifname, XdpMode::Driver).with_context(|| format!("attaching {name} to {ifname}"))
     }
 
     pub fn detach(&mut self, name: &str, link: XdpLinkId) -> Result<()> {
-        let p: &mut Xdp = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).with_context(|| format!("{name} missing"))?;
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .with_context(|| format!("{name} missing"))?;
         p.detach(link).with_context(|| format!("detaching {name}"))
     }
 
@@ -136,14 +191,28 @@ impl Bench {
     /// frames are spread over `flows` flows from the frame's source up
     /// ([`abi::bench_flow`]), the first frame's flow being flow `first`.
     /// Returns the time it took.
-    pub fn generate(&mut self, frame: &[u8; 64], flows: u32, first: u32, ifindex: u32, count: u32) -> Result<Duration> {
-        let mut a: Array<&mut MapData, abi::BenchFrame> = Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?)?;
+    pub fn generate(
+        &mut self,
+        frame: &[u8; 64],
+        flows: u32,
+        first: u32,
+        ifindex: u32,
+        count: u32,
+    ) -> Result<Duration> {
+        let mut a: Array<&mut MapData, abi::BenchFrame> =
+            Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?)?;
         a.set(0, abi::BenchFrame { frame: *frame, flows, seq: first }, 0)?;
         let xdp = self.program(abi::PROG_BENCH_TX)?;
         let ctx = xdp_md(frame.len(), ifindex);
         let t0 = std::time::Instant::now();
-        xdp.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: count, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
-            .context("BPF_PROG_TEST_RUN (live frames)")?;
+        xdp.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN (live frames)")?;
         Ok(t0.elapsed())
     }
 
@@ -159,7 +228,8 @@ impl Bench {
     /// The source the receiver expects: `addr`/`prefix`.
     pub fn set_source(&mut self, addr: std::net::Ipv4Addr, prefix: u8) -> Result<()> {
         let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
-        let mut a: Array<&mut MapData, abi::BenchSource> = Array::try_from(self.map_mut(abi::MAP_BENCH_SINK_SOURCE)?)?;
+        let mut a: Array<&mut MapData, abi::BenchSource> =
+            Array::try_from(self.map_mut(abi::MAP_BENCH_SINK_SOURCE)?)?;
         a.set(0, abi::BenchSource { addr: addr.octets(), mask: mask.to_be_bytes() }, 0)?;
         Ok(())
     }

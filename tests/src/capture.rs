@@ -34,7 +34,8 @@ impl Capture {
                 if ifindex == 0 {
                     bail!("no interface {ifname}: {}", std::io::Error::last_os_error());
                 }
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(0x0800u16.to_be()));
+                let fd =
+                    libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(0x0800u16.to_be()));
                 if fd < 0 {
                     bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
                 }
@@ -43,7 +44,12 @@ impl Capture {
                 sll.sll_family = libc::AF_PACKET as u16;
                 sll.sll_protocol = 0x0800u16.to_be();
                 sll.sll_ifindex = ifindex.cast_signed();
-                if libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), size_of::<libc::sockaddr_ll>() as u32) != 0 {
+                if libc::bind(
+                    fd.as_raw_fd(),
+                    (&raw const sll).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
+                ) != 0
+                {
                     bail!("binding AF_PACKET to {ifname}: {}", std::io::Error::last_os_error());
                 }
                 Ok(fd)
@@ -59,15 +65,31 @@ impl Capture {
         let mut buf = vec![0u8; 65_536];
         loop {
             let left = timeout.checked_sub(t0.elapsed())?;
-            let tv = libc::timeval { tv_sec: left.as_secs().cast_signed(), tv_usec: libc::suseconds_t::from(left.subsec_micros().max(1)) };
+            let tv = libc::timeval {
+                tv_sec: left.as_secs().cast_signed(),
+                tv_usec: libc::suseconds_t::from(left.subsec_micros().max(1)),
+            };
             // SAFETY: plain data.
             let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             let mut sll_len = size_of::<libc::sockaddr_ll>() as u32;
             // SAFETY: valid descriptor, option value, buffer and address of
             // their own lengths.
             let k = unsafe {
-                libc::setsockopt(self.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
-                libc::recvfrom(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, (&raw mut sll).cast(), &raw mut sll_len)
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&raw const tv).cast(),
+                    size_of::<libc::timeval>() as u32,
+                );
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut sll).cast(),
+                    &raw mut sll_len,
+                )
             };
             if k < 0 {
                 let e = std::io::Error::last_os_error();
@@ -85,7 +107,12 @@ impl Capture {
 
     /// The next `n` frames `want` accepts, collected on a thread (each
     /// within `timeout` of the one before); fewer if they do not come.
-    pub fn collect(self, n: usize, timeout: Duration, want: impl Fn(&[u8]) -> bool + Send + 'static) -> JoinHandle<Vec<Vec<u8>>> {
+    pub fn collect(
+        self,
+        n: usize,
+        timeout: Duration,
+        want: impl Fn(&[u8]) -> bool + Send + 'static,
+    ) -> JoinHandle<Vec<Vec<u8>>> {
         std::thread::spawn(move || {
             let mut frames = Vec::new();
             while frames.len() < n {
@@ -101,5 +128,7 @@ impl Capture {
 /// L4 destination port `dport`.
 pub fn is_l4_to(f: &[u8], proto: u8, dport: u16) -> bool {
     let ihl = usize::from(f.get(14).copied().unwrap_or(0) & 0x0f) * 4;
-    f.len() >= 14 + ihl + 4 && f[23] == proto && f[14 + ihl + 2..14 + ihl + 4] == dport.to_be_bytes()
+    f.len() >= 14 + ihl + 4
+        && f[23] == proto
+        && f[14 + ihl + 2..14 + ihl + 4] == dport.to_be_bytes()
 }

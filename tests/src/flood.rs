@@ -33,7 +33,11 @@ pub enum Sources {
 impl Sources {
     fn pick(self, rng: &mut Rng) -> [u8; 4] {
         let r = rng.next_u64().to_be_bytes();
-        if self == Self::Unroutable || r[0] & 1 == 0 { [198, 0x12 | (r[1] & 1), r[2], r[3].max(1)] } else { [203, 0, 113, 64 + r[2] % 190] }
+        if self == Self::Unroutable || r[0] & 1 == 0 {
+            [198, 0x12 | (r[1] & 1), r[2], r[3].max(1)]
+        } else {
+            [203, 0, 113, 64 + r[2] % 190]
+        }
     }
 }
 
@@ -56,7 +60,14 @@ pub fn send_raw(ns: &Netns, packets: Vec<Vec<u8>>) -> Result<()> {
                     let mut sa: libc::sockaddr_in = std::mem::zeroed();
                     sa.sin_family = libc::AF_INET as u16;
                     sa.sin_addr.s_addr = u32::from_ne_bytes([p[16], p[17], p[18], p[19]]);
-                    let n = libc::sendto(fd, p.as_ptr().cast(), p.len(), 0, (&raw const sa).cast(), size_of::<libc::sockaddr_in>() as u32);
+                    let n = libc::sendto(
+                        fd,
+                        p.as_ptr().cast(),
+                        p.len(),
+                        0,
+                        (&raw const sa).cast(),
+                        size_of::<libc::sockaddr_in>() as u32,
+                    );
                     if n.cast_unsigned() != p.len() {
                         let e = std::io::Error::last_os_error();
                         libc::close(fd);
@@ -84,7 +95,14 @@ fn v4(to: SocketAddr) -> std::net::SocketAddrV4 {
 
 /// `n` packets to `to` from spoofed `sources` and random ports, each
 /// built by `build(source, source port, destination, rng)`.
-fn flood(ns: &Netns, n: usize, to: SocketAddr, sources: Sources, seed: u64, build: impl Fn([u8; 4], u16, std::net::SocketAddrV4, &mut Rng) -> Vec<u8>) -> Result<()> {
+fn flood(
+    ns: &Netns,
+    n: usize,
+    to: SocketAddr,
+    sources: Sources,
+    seed: u64,
+    build: impl Fn([u8; 4], u16, std::net::SocketAddrV4, &mut Rng) -> Vec<u8>,
+) -> Result<()> {
     let mut rng = Rng(seed | 1);
     let to = v4(to);
     let packets = (0..n)
@@ -101,7 +119,11 @@ fn flood(ns: &Netns, n: usize, to: SocketAddr, sources: Sources, seed: u64, buil
 pub fn syn_flood(ns: &Netns, n: usize, to: SocketAddr, sources: Sources, seed: u64) -> Result<()> {
     flood(ns, n, to, sources, seed, |src, sport, to, rng| {
         let mut v = Vec::new();
-        etherparse::PacketBuilder::ipv4(src, to.ip().octets(), 64).tcp(sport, to.port(), rng.next_u64() as u32, 64240).syn().write(&mut v, &[]).expect("a SYN fits");
+        etherparse::PacketBuilder::ipv4(src, to.ip().octets(), 64)
+            .tcp(sport, to.port(), rng.next_u64() as u32, 64240)
+            .syn()
+            .write(&mut v, &[])
+            .expect("a SYN fits");
         v
     })
 }
@@ -110,7 +132,10 @@ pub fn syn_flood(ns: &Netns, n: usize, to: SocketAddr, sources: Sources, seed: u
 pub fn udp_flood(ns: &Netns, n: usize, to: SocketAddr, sources: Sources, seed: u64) -> Result<()> {
     flood(ns, n, to, sources, seed, |src, sport, to, _| {
         let mut v = Vec::new();
-        etherparse::PacketBuilder::ipv4(src, to.ip().octets(), 64).udp(sport, to.port()).write(&mut v, b"flood").expect("a datagram fits");
+        etherparse::PacketBuilder::ipv4(src, to.ip().octets(), 64)
+            .udp(sport, to.port())
+            .write(&mut v, b"flood")
+            .expect("a datagram fits");
         v
     })
 }

@@ -155,7 +155,11 @@ fn sweep_stale() {
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
             if dead(&e.file_name().to_string_lossy()) {
-                let _ = Command::new("umount").arg("-l").arg(e.path().join("bpf")).stderr(std::process::Stdio::null()).status();
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(e.path().join("bpf"))
+                    .stderr(std::process::Stdio::null())
+                    .status();
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -180,16 +184,53 @@ impl Lab {
         let gateway = Netns::create(&format!("{id}-g"))?;
         let server = Netns::create(&format!("{id}-s"))?;
         let router = if router { Some(Netns::create(&format!("{id}-r"))?) } else { None };
-        Ok(Self { procs: Vec::new(), id, addrs, client, gateway, server, router, dir, tuned: tuned_lab(), verify_csums: lab_kind() == "csum", _turn: turn })
+        Ok(Self {
+            procs: Vec::new(),
+            id,
+            addrs,
+            client,
+            gateway,
+            server,
+            router,
+            dir,
+            tuned: tuned_lab(),
+            verify_csums: lab_kind() == "csum",
+            _turn: turn,
+        })
     }
 
     /// Readies the gateway for `BPF_PROG_TEST_RUN` frames: client and server
     /// become permanent neighbours (so the FIB lookup says SUCCESS) and
     /// forwarding is on. Returns the MACs the frames carry.
     pub fn prime_gateway(&self) -> Result<Macs> {
-        let m = Macs { client: self.client.mac("eth0")?, gw_pub: self.gateway.mac(GW_PUBLIC_IF)?, gw_int: self.gateway.mac(GW_INTERNAL_IF)?, server: self.server.mac("eth0")? };
-        self.gateway.ip(&["neigh", "replace", &self.addrs.client.to_string(), "lladdr", &fmt_mac(m.client), "dev", GW_PUBLIC_IF, "nud", "permanent"])?;
-        self.gateway.ip(&["neigh", "replace", &self.addrs.server.to_string(), "lladdr", &fmt_mac(m.server), "dev", GW_INTERNAL_IF, "nud", "permanent"])?;
+        let m = Macs {
+            client: self.client.mac("eth0")?,
+            gw_pub: self.gateway.mac(GW_PUBLIC_IF)?,
+            gw_int: self.gateway.mac(GW_INTERNAL_IF)?,
+            server: self.server.mac("eth0")?,
+        };
+        self.gateway.ip(&[
+            "neigh",
+            "replace",
+            &self.addrs.client.to_string(),
+            "lladdr",
+            &fmt_mac(m.client),
+            "dev",
+            GW_PUBLIC_IF,
+            "nud",
+            "permanent",
+        ])?;
+        self.gateway.ip(&[
+            "neigh",
+            "replace",
+            &self.addrs.server.to_string(),
+            "lladdr",
+            &fmt_mac(m.server),
+            "dev",
+            GW_INTERNAL_IF,
+            "nud",
+            "permanent",
+        ])?;
         self.gateway.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         Ok(m)
     }
@@ -198,7 +239,11 @@ impl Lab {
     /// exists, and none is built while it does: for a test that counts
     /// what the machine's load alone can cost (TCP retransmissions).
     pub fn alone() -> Result<Self> {
-        let lab = Self::empty(false, ADDRS, Turn::Alone(MACHINE.write().unwrap_or_else(PoisonError::into_inner)))?;
+        let lab = Self::empty(
+            false,
+            ADDRS,
+            Turn::Alone(MACHINE.write().unwrap_or_else(PoisonError::into_inner)),
+        )?;
         lab.wire().with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
     }
@@ -226,7 +271,11 @@ impl Lab {
     /// gateway int0 192.168.1.1 ── r0 192.168.1.254 | r1 192.168.2.1 (mtu) ── eth0 192.168.2.50 server
     /// ```
     pub fn with_router(mtu: u32) -> Result<Self> {
-        let lab = Self::empty(true, Addrs { server: Ipv4Addr::new(192, 168, 2, 50), ..ADDRS }, Turn::shared())?;
+        let lab = Self::empty(
+            true,
+            Addrs { server: Ipv4Addr::new(192, 168, 2, 50), ..ADDRS },
+            Turn::shared(),
+        )?;
         lab.wire_routed(mtu).with_context(|| format!("building lab {}", lab.id))?;
         Ok(lab)
     }
@@ -259,17 +308,63 @@ impl Lab {
     fn wire_routed(&self, mtu: u32) -> Result<()> {
         let a = self.addrs;
         let r = self.router.as_ref().context("router")?;
-        self.gateway.ip(&["link", "add", GW_PUBLIC_IF, "type", "veth", "peer", "name", "eth0", "netns", &self.client.name])?;
-        self.gateway.ip(&["link", "add", GW_INTERNAL_IF, "type", "veth", "peer", "name", "r0", "netns", &r.name])?;
-        r.ip(&["link", "add", "r1", "type", "veth", "peer", "name", "eth0", "netns", &self.server.name])?;
+        self.gateway.ip(&[
+            "link",
+            "add",
+            GW_PUBLIC_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.client.name,
+        ])?;
+        self.gateway.ip(&[
+            "link",
+            "add",
+            GW_INTERNAL_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "r0",
+            "netns",
+            &r.name,
+        ])?;
+        r.ip(&[
+            "link",
+            "add",
+            "r1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.server.name,
+        ])?;
         r.ip(&["link", "set", "r1", "mtu", &mtu.to_string()])?;
         self.client.ip(&["addr", "add", &format!("{}/24", a.client), "dev", "eth0"])?;
         self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_public), "dev", GW_PUBLIC_IF])?;
-        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_internal), "dev", GW_INTERNAL_IF])?;
+        self.gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", a.gw_internal),
+            "dev",
+            GW_INTERNAL_IF,
+        ])?;
         r.ip(&["addr", "add", "192.168.1.254/24", "dev", "r0"])?;
         r.ip(&["addr", "add", "192.168.2.1/24", "dev", "r1"])?;
         self.server.ip(&["addr", "add", &format!("{}/24", a.server), "dev", "eth0"])?;
-        for (ns, ifname) in [(&self.client, "eth0"), (&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF), (r, "r0"), (r, "r1"), (&self.server, "eth0")] {
+        for (ns, ifname) in [
+            (&self.client, "eth0"),
+            (&self.gateway, GW_PUBLIC_IF),
+            (&self.gateway, GW_INTERNAL_IF),
+            (r, "r0"),
+            (r, "r1"),
+            (&self.server, "eth0"),
+        ] {
             ns.ip(&["link", "set", ifname, "up"])?;
         }
         self.client.ip(&["route", "add", "default", "via", &a.gw_public.to_string()])?;
@@ -280,7 +375,10 @@ impl Lab {
         for (ns, ifname) in [(&self.client, "eth0"), (r, "r0")] {
             self.tune(ns, ifname)?;
         }
-        self.checksums(&[(&self.client, "eth0"), (&self.server, "eth0")], &[(&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF)])
+        self.checksums(
+            &[(&self.client, "eth0"), (&self.server, "eth0")],
+            &[(&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF)],
+        )
     }
 
     fn wire(&self) -> Result<()> {
@@ -288,13 +386,26 @@ impl Lab {
         // Both ends created inside their namespaces: the root namespace
         // never sees these interfaces.
         for (gw_if, peer) in [(GW_PUBLIC_IF, &self.client), (GW_INTERNAL_IF, &self.server)] {
-            self.gateway.ip(&["link", "add", gw_if, "type", "veth", "peer", "name", "eth0", "netns", &peer.name])?;
+            self.gateway.ip(&[
+                "link", "add", gw_if, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+            ])?;
         }
         self.client.ip(&["addr", "add", &format!("{}/24", a.client), "dev", "eth0"])?;
         self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_public), "dev", GW_PUBLIC_IF])?;
-        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_internal), "dev", GW_INTERNAL_IF])?;
+        self.gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", a.gw_internal),
+            "dev",
+            GW_INTERNAL_IF,
+        ])?;
         self.server.ip(&["addr", "add", &format!("{}/24", a.server), "dev", "eth0"])?;
-        for (ns, ifname) in [(&self.client, "eth0"), (&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF), (&self.server, "eth0")] {
+        for (ns, ifname) in [
+            (&self.client, "eth0"),
+            (&self.gateway, GW_PUBLIC_IF),
+            (&self.gateway, GW_INTERNAL_IF),
+            (&self.server, "eth0"),
+        ] {
             ns.ip(&["link", "set", ifname, "up"])?;
         }
         self.client.ip(&["route", "add", "default", "via", &a.gw_public.to_string()])?;
@@ -302,7 +413,10 @@ impl Lab {
         for ns in [&self.client, &self.server] {
             self.tune(ns, "eth0")?;
         }
-        self.checksums(&[(&self.client, "eth0"), (&self.server, "eth0")], &[(&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF)])
+        self.checksums(
+            &[(&self.client, "eth0"), (&self.server, "eth0")],
+            &[(&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF)],
+        )
     }
 
     /// Starts `forwarder run` on the gateway (public pub0, internal int0)
@@ -313,7 +427,12 @@ impl Lab {
     }
 
     /// [`Lab::start_forwarder`] with other gateway interfaces.
-    pub fn start_forwarder_on(&self, public: &str, internal: &str, extra: &[&str]) -> Result<Forwarder> {
+    pub fn start_forwarder_on(
+        &self,
+        public: &str,
+        internal: &str,
+        extra: &[&str],
+    ) -> Result<Forwarder> {
         let mut args = vec!["--public", public, "--internal", internal];
         args.extend_from_slice(extra);
         self.start_forwarder_with(&args)
@@ -331,7 +450,10 @@ impl Lab {
         let bin = forwarder_bin()?;
         let stats = self.dir.join("stats.json");
         let mut cmd = self.gateway.command(bin.to_str().context("binary path")?);
-        cmd.args(["run", "--stats-file"]).arg(&stats).arg("--control").arg(self.dir.join("control.sock"));
+        cmd.args(["run", "--stats-file"])
+            .arg(&stats)
+            .arg("--control")
+            .arg(self.dir.join("control.sock"));
         if !extra.contains(&"--mode") && test_mode() != "default" {
             cmd.args(["--mode", test_mode()]);
         }
@@ -345,7 +467,8 @@ impl Lab {
     pub fn control(&self, line: &str) -> Result<String> {
         use std::io::{BufRead, Write};
         let path = self.dir.join("control.sock");
-        let mut s = std::os::unix::net::UnixStream::connect(&path).with_context(|| format!("connecting to {}", path.display()))?;
+        let mut s = std::os::unix::net::UnixStream::connect(&path)
+            .with_context(|| format!("connecting to {}", path.display()))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
         s.write_all(line.as_bytes())?;
         let mut r = String::new();
@@ -357,7 +480,8 @@ impl Lab {
     /// stats file lags up to its period).
     pub fn live_stats(&self) -> Result<serde_json::Value> {
         let r = self.control("{\"cmd\":\"stats\"}\n")?;
-        let mut v: serde_json::Value = serde_json::from_str(&r).with_context(|| format!("stats answer {r:?}"))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&r).with_context(|| format!("stats answer {r:?}"))?;
         if v["ok"] != serde_json::Value::Bool(true) {
             anyhow::bail!("stats refused: {r}");
         }
@@ -403,7 +527,9 @@ impl Lab {
     /// Checksum-error counters that are not zero, on any host.
     pub fn csum_errors(&self) -> Result<Vec<String>> {
         let mut bad = Vec::new();
-        for (host, ns) in [("client", &self.client), ("gateway", &self.gateway), ("server", &self.server)] {
+        for (host, ns) in
+            [("client", &self.client), ("gateway", &self.gateway), ("server", &self.server)]
+        {
             for (name, v) in ns.csum_errors()? {
                 if v != 0 {
                     bad.push(format!("{host}: {name}={v}"));

@@ -15,8 +15,11 @@ pub mod lab;
 pub mod netns;
 pub mod proc;
 
-pub use lab::{ADDRS, Addrs, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, Macs, lab_kind, test_mode, tuned_lab, xdp_transmits};
 pub use capture::Capture;
+pub use lab::{
+    ADDRS, Addrs, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, Macs, lab_kind, test_mode, tuned_lab,
+    xdp_transmits,
+};
 pub use netns::{BpfFs, Netns};
 pub use proc::{Forwarder, Spawned};
 

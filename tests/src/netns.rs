@@ -51,8 +51,15 @@ impl Netns {
     /// The MAC address of `ifname` in the namespace.
     pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
         let s = self.exec("cat", &[&format!("/sys/class/net/{ifname}/address")])?;
-        let bytes = s.trim().split(':').map(|h| u8::from_str_radix(h, 16)).collect::<Result<Vec<u8>, _>>().with_context(|| format!("MAC address of {ifname} in {}: {s:?}", self.name))?;
-        bytes.try_into().map_err(|b: Vec<u8>| anyhow::anyhow!("MAC address of {ifname} in {}: {} bytes", self.name, b.len()))
+        let bytes = s
+            .trim()
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .with_context(|| format!("MAC address of {ifname} in {}: {s:?}", self.name))?;
+        bytes.try_into().map_err(|b: Vec<u8>| {
+            anyhow::anyhow!("MAC address of {ifname} in {}: {} bytes", self.name, b.len())
+        })
     }
 
     /// `ip ARGS` in the namespace.
@@ -68,7 +75,8 @@ impl Netns {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let file = File::open(format!("/var/run/netns/{}", self.name)).with_context(|| format!("opening netns {}", self.name))?;
+        let file = File::open(format!("/var/run/netns/{}", self.name))
+            .with_context(|| format!("opening netns {}", self.name))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
             // SAFETY: valid fd; setns only affects this thread.
@@ -106,7 +114,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ =
+            Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
     }
 }
 

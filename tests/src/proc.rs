@@ -60,10 +60,17 @@ pub fn forwarder_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| ws.join("target"), PathBuf::from);
-    let mut found: Vec<PathBuf> = ["release", "debug"].iter().map(|p| target.join(p).join("forwarder")).filter(|p| p.is_file()).collect();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| ws.join("target"), PathBuf::from);
+    let mut found: Vec<PathBuf> = ["release", "debug"]
+        .iter()
+        .map(|p| target.join(p).join("forwarder"))
+        .filter(|p| p.is_file())
+        .collect();
     found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    found.pop().context("forwarder binary not built: run `cargo build -p forwarder-user` or set FORWARDER_BIN")
+    found.pop().context(
+        "forwarder binary not built: run `cargo build -p forwarder-user` or set FORWARDER_BIN",
+    )
 }
 
 /// A running `forwarder run`, with its stats file and captured log.
@@ -104,10 +111,16 @@ impl Forwarder {
             }
             if let Ok(Some(st)) = proc.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                bail!("forwarder exited ({st}) before running:\n{}", log.lock().expect("log").join("\n"));
+                bail!(
+                    "forwarder exited ({st}) before running:\n{}",
+                    log.lock().expect("log").join("\n")
+                );
             }
             if t0.elapsed() > Duration::from_secs(10) {
-                bail!("forwarder did not start within 10 s:\n{}", log.lock().expect("log").join("\n"));
+                bail!(
+                    "forwarder did not start within 10 s:\n{}",
+                    log.lock().expect("log").join("\n")
+                );
             }
         }
     }
@@ -128,9 +141,14 @@ impl Forwarder {
             let _ = r.join();
         }
         if !clean {
-            bail!("forwarder did not exit cleanly ({status:?} after {:.1} s):\n{}", t0.elapsed().as_secs_f64(), self.log_text());
+            bail!(
+                "forwarder did not exit cleanly ({status:?} after {:.1} s):\n{}",
+                t0.elapsed().as_secs_f64(),
+                self.log_text()
+            );
         }
-        std::fs::read_to_string(&self.stats_file).with_context(|| format!("reading {}", self.stats_file.display()))
+        std::fs::read_to_string(&self.stats_file)
+            .with_context(|| format!("reading {}", self.stats_file.display()))
     }
 
     /// The current stats JSON (refreshed every second by the forwarder;
@@ -139,7 +157,12 @@ impl Forwarder {
         let t0 = Instant::now();
         loop {
             match std::fs::read_to_string(&self.stats_file) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && t0.elapsed() < Duration::from_secs(3) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && t0.elapsed() < Duration::from_secs(3) =>
+                {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 r => return r.with_context(|| format!("reading {}", self.stats_file.display())),
             }
         }

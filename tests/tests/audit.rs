@@ -27,7 +27,8 @@ fn requests(lab: &Lab, n: usize) -> Vec<u16> {
         .enter(move || {
             (0..n)
                 .map(|_| {
-                    let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).expect("connect");
+                    let mut s =
+                        TcpStream::connect_timeout(&public(8080), CONNECT).expect("connect");
                     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
                     let mut r = String::new();
                     s.read_to_string(&mut r).unwrap();
@@ -43,13 +44,15 @@ fn requests(lab: &Lab, n: usize) -> Vec<u16> {
 
 #[test]
 fn every_new_connection_is_an_audit_event_accepted_or_denied() {
-    let (lab, mut fwd) = lab_with(&["tcp:8080=192.168.1.50:80,src=203.0.113.10/32", "udp:5300=192.168.1.50:5300"]);
+    let (lab, mut fwd) =
+        lab_with(&["tcp:8080=192.168.1.50:80,src=203.0.113.10/32", "udp:5300=192.168.1.50:5300"]);
     lab.client.ip(&["addr", "add", "203.0.113.20/24", "dev", "eth0"]).unwrap();
     let server = http_server(&lab, 3);
     let client_ports = requests(&lab, 3);
     let peers = server.join().unwrap();
     // A client outside the allow-list: dropped, and audited as denied.
-    let denied = lab.client.enter(|| connect_from([203, 0, 113, 20], public(8080))).unwrap().join().unwrap();
+    let denied =
+        lab.client.enter(|| connect_from([203, 0, 113, 20], public(8080))).unwrap().join().unwrap();
     assert_eq!(denied, Err(std::io::ErrorKind::TimedOut));
     // One UDP flow.
     let backend = udp_backend(&lab, 5300, 5);
@@ -84,9 +87,14 @@ fn every_new_connection_is_an_audit_event_accepted_or_denied() {
     }
     // Denied: at least the first SYN (the client retransmits), none
     // accepted from that address.
-    let denied: Vec<&String> = lines.iter().filter(|l| l.contains(" denied tcp 203.0.113.20:")).collect();
+    let denied: Vec<&String> =
+        lines.iter().filter(|l| l.contains(" denied tcp 203.0.113.20:")).collect();
     assert!(!denied.is_empty(), "{lines:#?}");
-    assert!(denied.iter().all(|l| l.contains(" -> 203.0.113.1:8080 on pub0 rule 0 ") && l.ends_with("backend 192.168.1.50:80 (source not allowed)")), "{denied:#?}");
+    assert!(
+        denied.iter().all(|l| l.contains(" -> 203.0.113.1:8080 on pub0 rule 0 ")
+            && l.ends_with("backend 192.168.1.50:80 (source not allowed)")),
+        "{denied:#?}"
+    );
     assert!(!lines.iter().any(|l| l.contains("accepted tcp 203.0.113.20")), "{lines:#?}");
     // UDP.
     let udp: Vec<&String> = lines.iter().filter(|l| l.contains(" accepted udp ")).collect();
@@ -94,7 +102,11 @@ fn every_new_connection_is_an_audit_event_accepted_or_denied() {
     assert!(udp[0].ends_with(&format!("accepted udp 203.0.113.10:{udp_port} -> 203.0.113.1:5300 on pub0 rule 1 (udp:5300=192.168.1.50:5300) backend 192.168.1.50:5300 via 192.168.1.1:{}", udp_peer.port())), "{}", udp[0]);
     // Every event the kernel emitted was logged; nothing was limited.
     assert_eq!(counter(&stats, "audit_events"), lines.len() as u64, "{stats}");
-    assert_eq!(counter(&stats, "audit_rate_limited") + counter(&stats, "audit_ring_full"), 0, "{stats}");
+    assert_eq!(
+        counter(&stats, "audit_rate_limited") + counter(&stats, "audit_ring_full"),
+        0,
+        "{stats}"
+    );
     assert_eq!(rule_counters(&stats, 0).2 + rule_counters(&stats, 1).2, 4, "{stats}");
 }
 
@@ -102,7 +114,16 @@ fn every_new_connection_is_an_audit_event_accepted_or_denied() {
 fn an_audit_flood_is_rate_limited_counted_and_reported() {
     const FLOWS: usize = 1500;
     let lab = Lab::new().unwrap();
-    let mut fwd = lab.start_forwarder(&["--rule", "udp:5300=192.168.1.50:5300", "--audit-rate", "20", "--audit-burst", "20"]).unwrap();
+    let mut fwd = lab
+        .start_forwarder(&[
+            "--rule",
+            "udp:5300=192.168.1.50:5300",
+            "--audit-rate",
+            "20",
+            "--audit-burst",
+            "20",
+        ])
+        .unwrap();
     let t0 = Instant::now();
     // Each datagram from a new socket: a new flow, an audit event to emit.
     lab.client
@@ -121,7 +142,11 @@ fn an_audit_flood_is_rate_limited_counted_and_reported() {
     // The daemon reports the losses every 10 s (and at exit).
     let t1 = Instant::now();
     while reported(&fwd.log_text()) == 0 {
-        assert!(t1.elapsed() < Duration::from_secs(15), "no loss report (they come every 10 s):\n{}", fwd.log_text());
+        assert!(
+            t1.elapsed() < Duration::from_secs(15),
+            "no loss report (they come every 10 s):\n{}",
+            fwd.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let stats = finish(&lab, &mut fwd, Expect::log(&["events suppressed by the rate limit"]));
@@ -136,7 +161,10 @@ fn an_audit_flood_is_rate_limited_counted_and_reported() {
     assert_eq!(events, emitted, "{log}");
     // Within the limit, per CPU: the burst, then 20/s.
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u64;
-    assert!(emitted * 1000 <= cpus * (20 * 1000 + 20 * flood_ms), "{emitted} events in a flood of {flood_ms} ms");
+    assert!(
+        emitted * 1000 <= cpus * (20 * 1000 + 20 * flood_ms),
+        "{emitted} events in a flood of {flood_ms} ms"
+    );
     // At least one CPU's burst went out.
     assert!(emitted >= 20, "{emitted}");
     // The reports (the last one at exit) add up to the counter.
@@ -147,7 +175,9 @@ fn an_audit_flood_is_rate_limited_counted_and_reported() {
 fn reported(log: &str) -> u64 {
     log.lines()
         .filter(|l| l.contains(" events suppressed by the rate limit"))
-        .filter_map(|l| l.split_once(" audit] ").and_then(|(_, r)| r.split(' ').next()?.parse::<u64>().ok()))
+        .filter_map(|l| {
+            l.split_once(" audit] ").and_then(|(_, r)| r.split(' ').next()?.parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -171,7 +201,13 @@ fn rsyslog(lab: &mut Lab) -> (std::path::PathBuf, u32) {
     )
     .unwrap();
     let pid = dir.join("rsyslogd.pid");
-    let pid = lab.spawn(Host::Server, "rsyslogd", &["-n", "-f", conf.to_str().unwrap(), "-i", pid.to_str().unwrap()]).unwrap();
+    let pid = lab
+        .spawn(
+            Host::Server,
+            "rsyslogd",
+            &["-n", "-f", conf.to_str().unwrap(), "-i", pid.to_str().unwrap()],
+        )
+        .unwrap();
     // Listening on both ports.
     let t0 = Instant::now();
     loop {
@@ -190,7 +226,9 @@ fn audit_events_reach_a_real_syslog_server_over_udp_and_tcp() {
     let mut lab = Lab::new().unwrap();
     let (received, _) = rsyslog(&mut lab);
     let mut ports = Vec::new();
-    for (k, target) in ["udp://192.168.1.50:5514", "tcp://192.168.1.50:5601"].into_iter().enumerate() {
+    for (k, target) in
+        ["udp://192.168.1.50:5514", "tcp://192.168.1.50:5601"].into_iter().enumerate()
+    {
         let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--syslog", target]).unwrap();
         let server = http_server(&lab, 2);
         let cports = requests(&lab, 2);
@@ -199,7 +237,10 @@ fn audit_events_reach_a_real_syslog_server_over_udp_and_tcp() {
         // Both messages received before the daemon goes.
         let t0 = Instant::now();
         while std::fs::read_to_string(&received).unwrap_or_default().lines().count() < 2 * (k + 1) {
-            assert!(t0.elapsed() < Duration::from_secs(5), "syslog over {target} did not receive the events");
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "syslog over {target} did not receive the events"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         finish(&lab, &mut fwd, Expect::default());
@@ -242,7 +283,9 @@ fn audit_events_reach_a_real_syslog_server_over_udp_and_tcp() {
 /// The sum of the "N not delivered to syslog" figures of the loss reports.
 fn undelivered(log: &str) -> u64 {
     log.lines()
-        .filter_map(|l| l.split_once(" lost to a full ring, ")?.1.split(' ').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split_once(" lost to a full ring, ")?.1.split(' ').next()?.parse::<u64>().ok()
+        })
         .sum()
 }
 
@@ -275,7 +318,11 @@ fn a_syslog_server_going_away_costs_counted_messages_never_forwarding_and_is_rec
     wait_log(&fwd, &format!("syslog: cannot send to {target}"), 5);
     let t0 = Instant::now();
     while undelivered(&fwd.log_text()) < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(12), "the 3 lost events were not reported:\n{}", fwd.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(12),
+            "the 3 lost events were not reported:\n{}",
+            fwd.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Back: the sender connects again (it retries every 5 s) and delivers.
@@ -290,22 +337,40 @@ fn a_syslog_server_going_away_costs_counted_messages_never_forwarding_and_is_rec
     let last = *after.last().expect("at least one request after the restart");
     let t0 = Instant::now();
     while !received_ports(&received).contains(&last) {
-        assert!(t0.elapsed() < Duration::from_secs(5), "the event that reconnected was not delivered");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the event that reconnected was not delivered"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let got = received_ports(&received);
     assert!(before.iter().all(|p| got.contains(p)), "{got:?} {before:?}");
-    assert!(down.iter().all(|p| !got.contains(p)), "events sent while the server was down arrived: {got:?} {down:?}");
+    assert!(
+        down.iter().all(|p| !got.contains(p)),
+        "events sent while the server was down arrived: {got:?} {down:?}"
+    );
     let log = fwd.log_text();
-    let stats = finish(&lab, &mut fwd, Expect::log(&["syslog: cannot send to", "not delivered to syslog"]));
+    let stats =
+        finish(&lab, &mut fwd, Expect::log(&["syslog: cannot send to", "not delivered to syslog"]));
     // Every connection went through and was counted.
-    assert_eq!(rule_counters(&stats, 0).2, (before.len() + down.len() + after.len()) as u64, "{stats}");
+    assert_eq!(
+        rule_counters(&stats, 0).2,
+        (before.len() + down.len() + after.len()) as u64,
+        "{stats}"
+    );
     // What did not arrive was counted: at least the 3 events of the
     // downtime, and no more than every event that did not arrive (each
     // of the retries' drops included) plus the reports sent meanwhile.
     let undelivered_sum = undelivered(&log);
     let events = before.len() + down.len() + after.len();
-    let reports = log.lines().filter(|l| l.contains(" not delivered to syslog since the last report")).count();
-    assert!(undelivered_sum >= 3 && undelivered_sum as usize <= events - got.len() + reports, "undelivered {undelivered_sum}, events {events}, received {}, reports {reports}\n{log}", got.len());
+    let reports = log
+        .lines()
+        .filter(|l| l.contains(" not delivered to syslog since the last report"))
+        .count();
+    assert!(
+        undelivered_sum >= 3 && undelivered_sum as usize <= events - got.len() + reports,
+        "undelivered {undelivered_sum}, events {events}, received {}, reports {reports}\n{log}",
+        got.len()
+    );
     drop(server);
 }

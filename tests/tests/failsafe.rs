@@ -42,7 +42,8 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// A backend on :80: a connection that starts with `BULK` is read to its
 /// end and its hash sent back on `hashes`; any other is answered `OK\n`.
 fn backend(lab: &Lab) -> mpsc::Receiver<Vec<u8>> {
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for s in listener.incoming() {
@@ -77,7 +78,8 @@ fn backend(lab: &Lab) -> mpsc::Receiver<Vec<u8>> {
 fn short_connection(lab: &Lab) -> Result<(), String> {
     lab.client
         .enter(|| {
-            let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_millis(900)).map_err(|e| format!("connect: {e}"))?;
+            let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_millis(900))
+                .map_err(|e| format!("connect: {e}"))?;
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             s.write_all(b"GET\n").map_err(|e| e.to_string())?;
             let mut r = String::new();
@@ -124,25 +126,45 @@ fn syn_flood_fills_the_table_and_real_clients_still_connect() {
     }
     go_on.send(()).unwrap();
     let sent = transfer.join().unwrap();
-    assert_eq!(hashes.recv_timeout(Duration::from_secs(20)).unwrap(), sent, "the transfer's bytes changed");
+    assert_eq!(
+        hashes.recv_timeout(Duration::from_secs(20)).unwrap(),
+        sent,
+        "the transfer's bytes changed"
+    );
     // The table is still full of the flood's half-open entries: each real
     // client's first SYN takes the place of one.
     let results: Vec<_> = (0..10).map(|_| short_connection(&lab)).collect();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let stats = finish(&lab, &mut fwd, Expect { counters: &["early_drop", "pass_not_forwarded", "table_full_refused"], log: &["conntrack table full", "% full (", "events suppressed by the rate limit"] });
+    let stats = finish(
+        &lab,
+        &mut fwd,
+        Expect {
+            counters: &["early_drop", "pass_not_forwarded", "table_full_refused"],
+            log: &["conntrack table full", "% full (", "events suppressed by the rate limit"],
+        },
+    );
     let early = counter(&stats, "early_drop");
     // 6000 SYNs into room for 2000 (less the transfer): at least 3000 gave way.
     assert!(early >= 3000, "{stats}");
     // Every SYN was a connection set up (a few random sources may repeat).
-    assert!(rule_counters(&stats, 0).2 + counter(&stats, "table_full_refused") >= 1 + 5990 + 10, "{stats}");
+    assert!(
+        rule_counters(&stats, 0).2 + counter(&stats, "table_full_refused") >= 1 + 5990 + 10,
+        "{stats}"
+    );
     let log = fwd.log_text();
-    assert!(log.contains("conntrack table full (2000 connections)") && log.contains("gave way to new ones (early drop)"), "{log}");
+    assert!(
+        log.contains("conntrack table full (2000 connections)")
+            && log.contains("gave way to new ones (early drop)"),
+        "{log}"
+    );
 }
 
 #[test]
 fn udp_flood_fills_the_table_and_real_clients_still_get_answers() {
     let lab = Lab::new().unwrap();
-    let mut fwd = lab.start_forwarder(&["--rule", "udp:5353=192.168.1.50:53", "--conntrack-max", "2000"]).unwrap();
+    let mut fwd = lab
+        .start_forwarder(&["--rule", "udp:5353=192.168.1.50:53", "--conntrack-max", "2000"])
+        .unwrap();
     // An echo that answers everything (the flood's answers die at the
     // gateway: no route, or no neighbour).
     let sock = udp_backend(&lab, 53, 1);
@@ -173,7 +195,11 @@ fn udp_flood_fills_the_table_and_real_clients_still_get_answers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let lost: Vec<u32> = (2..50).filter(|i| !ask(&stream, *i)).collect();
-    assert!(lost.is_empty(), "the stream lost answers {lost:?} after the flood: {}", fwd.stats().unwrap());
+    assert!(
+        lost.is_empty(),
+        "the stream lost answers {lost:?} after the flood: {}",
+        fwd.stats().unwrap()
+    );
     // Ten new clients, one datagram each, no second chance (500 ms).
     let answered = lab
         .client
@@ -194,7 +220,14 @@ fn udp_flood_fills_the_table_and_real_clients_still_get_answers() {
     assert_eq!(answered, 10);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     echo.join().unwrap();
-    let stats = finish(&lab, &mut fwd, Expect { counters: &["early_drop", "pass_not_forwarded", "table_full_refused"], log: &["conntrack table full", "% full (", "events suppressed by the rate limit"] });
+    let stats = finish(
+        &lab,
+        &mut fwd,
+        Expect {
+            counters: &["early_drop", "pass_not_forwarded", "table_full_refused"],
+            log: &["conntrack table full", "% full (", "events suppressed by the rate limit"],
+        },
+    );
     assert!(counter(&stats, "early_drop") >= 3000, "{stats}");
 }
 
@@ -203,21 +236,38 @@ fn new_connection_rate_limit_drops_and_counts_the_excess() {
     // 50 per second and CPU, bursts of 5: a burst of 300 SYNs sets up at
     // most CPUs × (5 + 50 × time); the rest are dropped and counted.
     let lab = Lab::new().unwrap();
-    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--new-conn-rate", "50", "--new-conn-burst", "5"]).unwrap();
+    let mut fwd = lab
+        .start_forwarder(&["--rule", HTTP_RULE, "--new-conn-rate", "50", "--new-conn-burst", "5"])
+        .unwrap();
     let t0 = Instant::now();
     syn_flood(&lab, 300, public(8080), 7);
     let secs = t0.elapsed().as_secs_f64();
     // The housekeeping reports the drops once a second.
     wait_log(&fwd, "new-connection rate limit:", 5);
-    let stats = finish(&lab, &mut fwd, Expect { counters: &["drop_new_conn_rate", "pass_not_forwarded"], log: &["new-connection rate limit:"] });
-    let cpus = f64::from(u32::try_from(std::thread::available_parallelism().map_or(1, std::num::NonZero::get)).unwrap_or(1));
+    let stats = finish(
+        &lab,
+        &mut fwd,
+        Expect {
+            counters: &["drop_new_conn_rate", "pass_not_forwarded"],
+            log: &["new-connection rate limit:"],
+        },
+    );
+    let cpus = f64::from(
+        u32::try_from(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+            .unwrap_or(1),
+    );
     let created = rule_counters(&stats, 0).2;
     let limited = counter(&stats, "drop_new_conn_rate");
     assert_eq!(created + limited, 300, "{stats}");
     #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let within = created as f64 <= cpus * (5.0 + 50.0 * secs) + 1.0;
     assert!(within && created >= 5, "{created} set up in {secs:.2} s: {stats}");
-    assert!(fwd.log_text().contains("new-connection rate limit:") && fwd.log_text().contains("dropped (at most 50/s and bursts of 5 per CPU"), "{}", fwd.log_text());
+    assert!(
+        fwd.log_text().contains("new-connection rate limit:")
+            && fwd.log_text().contains("dropped (at most 50/s and bursts of 5 per CPU"),
+        "{}",
+        fwd.log_text()
+    );
 }
 
 /// One HTTP request through the forward (the backend is [`http_server`]);
@@ -244,8 +294,16 @@ fn get_within(lab: &Lab, connect: Duration) -> String {
 
 fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
-    let out = std::process::Command::new(&bin).args(args).arg("--control").arg(lab.dir.join("control.sock")).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .arg("--control")
+        .arg(lab.dir.join("control.sock"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 #[test]
@@ -254,16 +312,33 @@ fn housekeeping_failures_are_logged_counted_retried_and_never_stop_forwarding() 
     let mut fwd = lab
         .start_forwarder_env(
             &[("FORWARDER_FAILPOINTS", "conntrack_sweep=3,egress=2,table_watch=2,audit_report=1")],
-            &["--public", "pub0", "--internal", "int0", "--rule", HTTP_RULE, "--rule", "udp:5353=192.168.1.50:53", "--ct-timeout", "udp=2"],
+            &[
+                "--public",
+                "pub0",
+                "--internal",
+                "int0",
+                "--rule",
+                HTTP_RULE,
+                "--rule",
+                "udp:5353=192.168.1.50:53",
+                "--ct-timeout",
+                "udp=2",
+            ],
         )
         .unwrap();
     let server = http_server(&lab, 3);
     assert_eq!(get(&lab), format!("hello {}", ADDRS.gw_internal));
     // A real fault: more public addresses than the hairpin table holds.
     for i in 0..300u32 {
-        lab.gateway.ip(&["addr", "add", &format!("10.99.{}.{}/32", i / 250, 1 + i % 250), "dev", "pub0"]).unwrap();
+        lab.gateway
+            .ip(&["addr", "add", &format!("10.99.{}.{}/32", i / 250, 1 + i % 250), "dev", "pub0"])
+            .unwrap();
     }
-    wait_log(&fwd, "the public interfaces have 45 more IPv4 addresses than the hairpin table holds (256)", 10);
+    wait_log(
+        &fwd,
+        "the public interfaces have 45 more IPv4 addresses than the hairpin table holds (256)",
+        10,
+    );
     // Another: the stats file cannot be written (its path is a directory).
     let stats_path = lab.dir.join("stats.json");
     std::fs::remove_file(&stats_path).unwrap();
@@ -271,7 +346,11 @@ fn housekeeping_failures_are_logged_counted_retried_and_never_stop_forwarding() 
     wait_log(&fwd, "stats_file failed (1 in a row)", 10);
     // A UDP flow, to be expired once the sweep works again.
     let backend = udp_backend(&lab, 53, 5);
-    lab.client.enter(|| udp_client(1).send_to(b"q", public(5353)).unwrap()).unwrap().join().unwrap();
+    lab.client
+        .enter(|| udp_client(1).send_to(b"q", public(5353)).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
     backend.recv_from(&mut [0u8; 8]).unwrap();
     // Every injected failure is said, retried, and recovered from.
     for task in ["conntrack_sweep", "egress", "table_watch"] {
@@ -287,7 +366,16 @@ fn housekeeping_failures_are_logged_counted_retried_and_never_stop_forwarding() 
     assert!(ok, "{stats}");
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
     let errors = &v["daemon_errors"];
-    assert_eq!((errors["conntrack_sweep"].as_u64(), errors["egress"].as_u64(), errors["table_watch"].as_u64(), errors["audit_report"].as_u64()), (Some(3), Some(2), Some(2), Some(1)), "{v}");
+    assert_eq!(
+        (
+            errors["conntrack_sweep"].as_u64(),
+            errors["egress"].as_u64(),
+            errors["table_watch"].as_u64(),
+            errors["audit_report"].as_u64()
+        ),
+        (Some(3), Some(2), Some(2), Some(1)),
+        "{v}"
+    );
     assert!(errors["stats_file"].as_u64().unwrap() >= 1, "{v}");
     // The sweep works again: the idle UDP flow (udp=2) is gone.
     let t0 = Instant::now();
@@ -307,11 +395,24 @@ fn housekeeping_failures_are_logged_counted_retried_and_never_stop_forwarding() 
     let t0 = Instant::now();
     let (ok, out) = cli(&lab, &["stats"]);
     assert!(ok && t0.elapsed() < Duration::from_secs(1), "{out}");
-    assert!(out.contains("daemon housekeeping failures (retried; forwarding not affected): audit_report=1"), "{out}");
+    assert!(
+        out.contains(
+            "daemon housekeeping failures (retried; forwarding not affected): audit_report=1"
+        ),
+        "{out}"
+    );
     drop(silent);
     assert_eq!(get(&lab), format!("hello {}", ADDRS.gw_internal));
     server.join().unwrap();
-    finish(&lab, &mut fwd, Expect::log(&["fault injection armed", "failed (", "more IPv4 addresses than the hairpin table holds"]));
+    finish(
+        &lab,
+        &mut fwd,
+        Expect::log(&[
+            "fault injection armed",
+            "failed (",
+            "more IPv4 addresses than the hairpin table holds",
+        ]),
+    );
 }
 
 #[test]
@@ -320,8 +421,14 @@ fn a_fatal_error_leaves_a_pinned_datapath_forwarding() {
     let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     let pin = bpf.arg().to_string();
     // The loop ends with an injected fatal error at its 4th tick.
-    let mut fwd = lab.start_forwarder_env(&[("FORWARDER_FAILPOINTS", "fatal@4")], &["--public", "pub0", "--internal", "int0", "--rule", HTTP_RULE, "--pin-dir", &pin]).unwrap();
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let mut fwd = lab
+        .start_forwarder_env(
+            &[("FORWARDER_FAILPOINTS", "fatal@4")],
+            &["--public", "pub0", "--internal", "int0", "--rule", HTTP_RULE, "--pin-dir", &pin],
+        )
+        .unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let mut s = s.unwrap();
@@ -333,7 +440,13 @@ fn a_fatal_error_leaves_a_pinned_datapath_forwarding() {
             });
         }
     });
-    let connect = || lab.client.enter(|| TcpStream::connect_timeout(&public(8080), CONNECT)).unwrap().join().unwrap();
+    let connect = || {
+        lab.client
+            .enter(|| TcpStream::connect_timeout(&public(8080), CONNECT))
+            .unwrap()
+            .join()
+            .unwrap()
+    };
     let echo = |s: &mut TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.write_all(b"x").is_ok() && s.read_exact(&mut [0u8; 1]).is_ok()
@@ -348,14 +461,23 @@ fn a_fatal_error_leaves_a_pinned_datapath_forwarding() {
     let status = fwd.proc.child.wait().unwrap();
     assert!(!status.success(), "a fatal error must be the exit status");
     // Its last words reach the log reader after the exit.
-    for line in ["fatal: injected failure (fatal", "stays attached and pinned", &format!("forwarder teardown --pin-dir {pin}")] {
+    for line in [
+        "fatal: injected failure (fatal",
+        "stays attached and pinned",
+        &format!("forwarder teardown --pin-dir {pin}"),
+    ] {
         wait_log(&fwd, line, 5);
     }
     // Established and new connections keep being forwarded.
     assert!(echo(&mut old), "the established connection died with the daemon");
     assert!(echo(&mut connect().expect("no new connection after the daemon died")));
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
-    let out = lab.gateway.command(bin.to_str().unwrap()).args(["teardown", "--pin-dir", &pin]).output().unwrap();
+    let out = lab
+        .gateway
+        .command(bin.to_str().unwrap())
+        .args(["teardown", "--pin-dir", &pin])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -370,14 +492,27 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
     let lab = Lab::new().unwrap();
     let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     let pin = bpf.arg().to_string();
-    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--pin-dir", &pin, "--conntrack-max", "300000"]).unwrap();
+    let mut fwd = lab
+        .start_forwarder(&["--rule", HTTP_RULE, "--pin-dir", &pin, "--conntrack-max", "300000"])
+        .unwrap();
     // Fill the pinned table as the datapath would: established pairs.
     let data = aya::maps::MapData::from_pin(bpf.0.join("FWD_FLOWS_v3")).unwrap();
-    let mut flows: aya::maps::HashMap<_, FlowKey, FlowEntry> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+    let mut flows: aya::maps::HashMap<_, FlowKey, FlowEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
     let now = forwarder::loader::monotonic_ns();
     for i in 0..N {
-        let client = Tuple { saddr: [100, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8], daddr: ADDRS.gw_public.octets(), sport: 40000u16.to_be_bytes(), dport: 8080u16.to_be_bytes() };
-        let out = Tuple { saddr: ADDRS.gw_internal.octets(), daddr: ADDRS.server.octets(), sport: (10_000 + (i % 20_000) as u16).to_be_bytes(), dport: 80u16.to_be_bytes() };
+        let client = Tuple {
+            saddr: [100, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            daddr: ADDRS.gw_public.octets(),
+            sport: 40000u16.to_be_bytes(),
+            dport: 8080u16.to_be_bytes(),
+        };
+        let out = Tuple {
+            saddr: ADDRS.gw_internal.octets(),
+            daddr: ADDRS.server.octets(),
+            sport: (10_000 + (i % 20_000) as u16).to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+        };
         // Distinct reply keys: the masquerade port and a per-client backend port.
         let out = Tuple { dport: (1 + (i / 20_000) as u16).to_be_bytes(), ..out };
         for (k, mut e) in entry_pair(&client, &out, 6, 0, now, 0) {
@@ -395,7 +530,8 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
         .enter(move || -> Result<u32, String> {
             let mut done = 0;
             while stop_rx.try_recv().is_err() {
-                let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_millis(900)).map_err(|e| format!("request {done}: {e}"))?;
+                let mut s = TcpStream::connect_timeout(&public(8080), Duration::from_millis(900))
+                    .map_err(|e| format!("request {done}: {e}"))?;
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
                 let mut r = String::new();
@@ -419,7 +555,11 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
     // The CLI's whole run: ask, receive, print (its output is read after).
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
     let t0 = Instant::now();
-    let out = std::process::Command::new(&bin).args(["conntrack", "list", "--json", "--control"]).arg(lab.dir.join("control.sock")).output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["conntrack", "list", "--json", "--control"])
+        .arg(lab.dir.join("control.sock"))
+        .output()
+        .unwrap();
     let took = t0.elapsed();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let conns: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
@@ -427,7 +567,8 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
     eprintln!("conntrack list: {} connections in {took:?}", conns.len());
     assert!(took < Duration::from_secs(2), "conntrack list took {took:?}");
     let _ = stop_tx.send(());
-    let requests = traffic.join().unwrap().unwrap_or_else(|e| panic!("{e}: {}", fwd.stats().unwrap()));
+    let requests =
+        traffic.join().unwrap().unwrap_or_else(|e| panic!("{e}: {}", fwd.stats().unwrap()));
     assert!(requests >= 5, "{requests}");
     drop(server);
     finish(&lab, &mut fwd, Expect::default());
@@ -461,8 +602,26 @@ fn ip_options_and_a_small_egress_mtu_get_fragmentation_needed_never_an_oversized
             let pmtu = libc::IP_PMTUDISC_DO;
             // SAFETY: valid socket and option buffers.
             unsafe {
-                assert_eq!(libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, opts.as_ptr().cast(), 40), 0);
-                assert_eq!(libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, (&raw const pmtu).cast(), 4), 0);
+                assert_eq!(
+                    libc::setsockopt(
+                        fd,
+                        libc::IPPROTO_IP,
+                        libc::IP_OPTIONS,
+                        opts.as_ptr().cast(),
+                        40
+                    ),
+                    0
+                );
+                assert_eq!(
+                    libc::setsockopt(
+                        fd,
+                        libc::IPPROTO_IP,
+                        libc::IP_MTU_DISCOVER,
+                        (&raw const pmtu).cast(),
+                        4
+                    ),
+                    0
+                );
             }
             // A small one first: the flow exists and caches its next hop
             // (MTU 1280) before the big one comes.
@@ -496,11 +655,20 @@ fn sighup_changes_the_conntrack_timeouts_of_the_running_sweep() {
     let lab = Lab::new().unwrap();
     let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     let cfg = lab.dir.join("forwarder.toml");
-    let text = |udp: u32| format!("[conntrack]\ntimeouts = {{ udp = {udp} }}\n\n[[rule]]\nproto = \"udp\"\nport = 5353\nto = \"192.168.1.50:53\"\n");
+    let text = |udp: u32| {
+        format!(
+            "[conntrack]\ntimeouts = {{ udp = {udp} }}\n\n[[rule]]\nproto = \"udp\"\nport = 5353\nto = \"192.168.1.50:53\"\n"
+        )
+    };
     std::fs::write(&cfg, text(600)).unwrap();
-    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg()]).unwrap();
+    let mut fwd =
+        lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg()]).unwrap();
     let backend = udp_backend(&lab, 53, 5);
-    lab.client.enter(|| udp_client(1).send_to(b"q", public(5353)).unwrap()).unwrap().join().unwrap();
+    lab.client
+        .enter(|| udp_client(1).send_to(b"q", public(5353)).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
     backend.recv_from(&mut [0u8; 8]).unwrap();
     let entries = || -> u64 {
         let (_, list) = cli(&lab, &["conntrack", "list", "--json", "--port", "5353"]);
@@ -513,7 +681,10 @@ fn sighup_changes_the_conntrack_timeouts_of_the_running_sweep() {
     wait_log(&fwd, "SIGHUP: reloaded", 10);
     let t0 = Instant::now();
     while entries() != 0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the flow still lives under the old 600 s timeout");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the flow still lives under the old 600 s timeout"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     finish(&lab, &mut fwd, Expect::default());
@@ -528,7 +699,12 @@ fn xdp_mode_on_an_untuned_lab_sends_through_tc_then_follows_the_peers_gro() {
     let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--mode", "xdp"]).unwrap();
     let log = fwd.log_text();
     for i in ["pub0", "int0"] {
-        assert!(log.contains(&format!("{i}: XDP cannot transmit into it: its veth peer has no XDP program and GRO off")), "{log}");
+        assert!(
+            log.contains(&format!(
+                "{i}: XDP cannot transmit into it: its veth peer has no XDP program and GRO off"
+            )),
+            "{log}"
+        );
     }
     let server = http_server(&lab, 4);
     for _ in 0..2 {
@@ -558,7 +734,12 @@ fn refused_xdp_transmits_are_watched_and_move_the_egress_to_tc() {
     // untuned veths, the kernel refuses its frames (EOPNOTSUPP), the
     // tracepoint counts them, and the daemon moves them to TC.
     let lab = Lab::with_tuning(false).unwrap();
-    let mut fwd = lab.start_forwarder_env(&[("FORWARDER_FAILPOINTS", "xdp_features_unknown")], &["--public", "pub0", "--internal", "int0", "--rule", HTTP_RULE, "--mode", "xdp"]).unwrap();
+    let mut fwd = lab
+        .start_forwarder_env(
+            &[("FORWARDER_FAILPOINTS", "xdp_features_unknown")],
+            &["--public", "pub0", "--internal", "int0", "--rule", HTTP_RULE, "--mode", "xdp"],
+        )
+        .unwrap();
     let server = http_server(&lab, 3);
     // The first SYN is refused at int0; its retransmission (after 1 s)
     // finds int0 on TC.
@@ -566,7 +747,11 @@ fn refused_xdp_transmits_are_watched_and_move_the_egress_to_tc() {
     assert!(first.ends_with(&format!("hello {}", ADDRS.gw_internal)), "{first:?}");
     wait_log(&fwd, "int0: XDP cannot transmit into it: the kernel refused", 5);
     let log = fwd.log_text();
-    assert!(log.contains("EOPNOTSUPP (the device takes no XDP frames)") && log.contains("XDP is tried again in 30 s"), "{log}");
+    assert!(
+        log.contains("EOPNOTSUPP (the device takes no XDP frames)")
+            && log.contains("XDP is tried again in 30 s"),
+        "{log}"
+    );
     // From then on nothing is lost.
     for _ in 0..2 {
         // (Under a second: a SYN lost and retransmitted fails it.)
@@ -576,7 +761,17 @@ fn refused_xdp_transmits_are_watched_and_move_the_egress_to_tc() {
     server.join().unwrap();
     let (_, stats) = cli(&lab, &["stats", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    let int0 = v["egress"].as_array().unwrap().iter().find(|e| e["iface"] == "int0").unwrap().clone();
-    assert!(int0["xdp"] == false && int0["refused_frames"].as_u64().unwrap() >= 1 && int0["fallbacks"] == 1, "{v}");
-    finish(&lab, &mut fwd, Expect::log(&["fault injection armed", "XDP cannot transmit into it: the kernel refused"]));
+    let int0 =
+        v["egress"].as_array().unwrap().iter().find(|e| e["iface"] == "int0").unwrap().clone();
+    assert!(
+        int0["xdp"] == false
+            && int0["refused_frames"].as_u64().unwrap() >= 1
+            && int0["fallbacks"] == 1,
+        "{v}"
+    );
+    finish(
+        &lab,
+        &mut fwd,
+        Expect::log(&["fault injection armed", "XDP cannot transmit into it: the kernel refused"]),
+    );
 }

@@ -56,7 +56,8 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 fn fifty_megabytes_each_way_hash_matches() {
     const LEN: usize = 50 * 1024 * 1024;
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     let server = std::thread::spawn(move || {
         // Connection 1: receive LEN bytes, hash them. Connection 2: send.
         let (mut s, _) = listener.accept().unwrap();
@@ -108,7 +109,8 @@ fn fifty_megabytes_each_way_hash_matches() {
 fn two_hundred_concurrent_connections_complete() {
     const N: usize = 200;
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     deep_backlog(&listener);
     let server = std::thread::spawn(move || {
         let mut conns = Vec::new();
@@ -125,7 +127,9 @@ fn two_hundred_concurrent_connections_complete() {
     let ok = lab
         .client
         .enter(move || {
-            let mut socks: Vec<TcpStream> = (0..N).map(|_| TcpStream::connect_timeout(&public(8080), CONNECT).unwrap()).collect();
+            let mut socks: Vec<TcpStream> = (0..N)
+                .map(|_| TcpStream::connect_timeout(&public(8080), CONNECT).unwrap())
+                .collect();
             for (i, s) in socks.iter_mut().enumerate() {
                 s.write_all(&(i as u32).to_be_bytes()).unwrap();
             }
@@ -200,14 +204,18 @@ fn udp_request_response() {
 fn traffic_that_is_not_forwarded_is_untouched() {
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
     // The gateway's own service on another port keeps working.
-    let own = lab.gateway.enter(|| TcpListener::bind("0.0.0.0:2222").unwrap()).unwrap().join().unwrap();
+    let own =
+        lab.gateway.enter(|| TcpListener::bind("0.0.0.0:2222").unwrap()).unwrap().join().unwrap();
     let own_srv = std::thread::spawn(move || {
         let (mut s, peer) = own.accept().unwrap();
         s.write_all(b"gateway itself").unwrap();
         peer
     });
     let gw = ADDRS.gw_public.to_string();
-    let ping = lab.client.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", &gw]).expect("ping the gateway");
+    let ping = lab
+        .client
+        .exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", &gw])
+        .expect("ping the gateway");
     assert!(ping.contains("3 received"), "{ping}");
     let (refused, own_reply) = lab
         .client
@@ -251,7 +259,10 @@ fn forwarded_flows_bypass_netfilter() {
     lab.client.exec("ping", &["-c", "1", "-W", "2", &ADDRS.gw_public.to_string()]).unwrap();
     let all = lab.gateway.exec("conntrack", &["-L"]).expect("conntrack -L");
     assert!(all.contains("icmp"), "netfilter conntrack is not active: {all}");
-    assert!(!all.contains("dport=8080") && !all.contains("192.168.1.50"), "netfilter saw a forwarded flow:\n{all}");
+    assert!(
+        !all.contains("dport=8080") && !all.contains("192.168.1.50"),
+        "netfilter saw a forwarded flow:\n{all}"
+    );
     let stats = finish(&lab, &mut fwd, Expect::default());
     assert_eq!(rule_counters(&stats, 0).2, 3);
 }
@@ -264,7 +275,11 @@ fn udp_without_checksum_keeps_none_byte_for_byte() {
     // once: none may be lost either.
     let (lab, mut fwd) = lab_with(&["udp:5353=192.168.1.50:53"]);
     let sock = udp_backend(&lab, 53, 2);
-    let wire = forwarder_testkit::Capture::open(&lab.server, "eth0").unwrap().collect(5, Duration::from_secs(5), |f| forwarder_testkit::capture::is_l4_to(f, 17, 53));
+    let wire = forwarder_testkit::Capture::open(&lab.server, "eth0").unwrap().collect(
+        5,
+        Duration::from_secs(5),
+        |f| forwarder_testkit::capture::is_l4_to(f, 17, 53),
+    );
     let client = lab
         .client
         .enter(|| {
@@ -291,7 +306,11 @@ fn udp_without_checksum_keeps_none_byte_for_byte() {
         let msg = [b'n', b'o', b'c', b's', b'u', b'm', i];
         client.send_to(&msg, public(5353)).unwrap();
         let got = sock.recv_from(&mut buf).map(|(k, _)| buf[..k].to_vec());
-        assert_eq!(got.ok().as_deref(), Some(&msg[..]), "datagram {i} without checksum did not arrive");
+        assert_eq!(
+            got.ok().as_deref(),
+            Some(&msg[..]),
+            "datagram {i} without checksum did not arrive"
+        );
     }
     let frames = wire.join().unwrap();
     assert_eq!(frames.len(), 5, "captured {} of 5", frames.len());
@@ -317,7 +336,12 @@ fn counters_survive_stop_and_the_datapath_detaches() {
     let xdp = xdp_attached();
     for dev in ["pub0", "int0"] {
         let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
-        assert_eq!(link.contains("xdp"), xdp, "XDP attached to {dev} in mode {}: {link}", forwarder_testkit::test_mode());
+        assert_eq!(
+            link.contains("xdp"),
+            xdp,
+            "XDP attached to {dev} in mode {}: {link}",
+            forwarder_testkit::test_mode()
+        );
     }
     // The final stats, written at exit, carry the traffic: 2 connections,
     // at least SYN, ACK, request, FIN, ACK each way.
@@ -331,14 +355,28 @@ fn counters_survive_stop_and_the_datapath_detaches() {
         let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
         assert!(!link.contains("xdp"), "XDP left attached to {dev} after stop: {link}");
     }
-    let refused = lab.client.enter(|| TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind())).unwrap().join().unwrap();
-    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "still forwarded after the daemon stopped");
+    let refused = lab
+        .client
+        .enter(|| {
+            TcpStream::connect_timeout(&public(8080), Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "still forwarded after the daemon stopped"
+    );
 }
 
 #[test]
 fn auto_mode_picks_tc_on_veth_and_forwards() {
     let lab = forwarder_testkit::Lab::new().expect("lab");
-    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--mode", "auto"]).expect("forwarder starts");
+    let mut fwd =
+        lab.start_forwarder(&["--rule", HTTP_RULE, "--mode", "auto"]).expect("forwarder starts");
     let server = http_server(&lab, 2);
     for _ in 0..2 {
         assert_eq!(http_get(&lab, public(8080)).0, format!("hello {}", ADDRS.gw_internal));
@@ -350,11 +388,21 @@ fn auto_mode_picks_tc_on_veth_and_forwards() {
     }
     let stats = finish(&lab, &mut fwd, Expect::default());
     // TC did all of it: no XDP verdict at all.
-    assert!(counter(&stats, "tc_redirected") + counter(&stats, "tc_redirected_neigh") >= 2 * 5, "{stats}");
+    assert!(
+        counter(&stats, "tc_redirected") + counter(&stats, "tc_redirected_neigh") >= 2 * 5,
+        "{stats}"
+    );
     assert_eq!(counter(&stats, "xdp_redirected") + counter(&stats, "xdp_to_tc"), 0, "{stats}");
     let log = fwd.log_text();
-    assert!(log.contains("pub0: veth: using TC (mode auto") && log.contains("int0: veth: using TC (mode auto"), "{log}");
-    assert!(log.contains("attached to pub0 (ifindex") && log.contains("TC ingress (TC mode)"), "{log}");
+    assert!(
+        log.contains("pub0: veth: using TC (mode auto")
+            && log.contains("int0: veth: using TC (mode auto"),
+        "{log}"
+    );
+    assert!(
+        log.contains("attached to pub0 (ifindex") && log.contains("TC ingress (TC mode)"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -362,14 +410,23 @@ fn masquerade_port_exhaustion_is_bounded_counted_and_logged() {
     // 16 ports: 16 connections fit, the 17th finds none after the bounded
     // retries, is dropped, counted and logged; the 16 keep working.
     let lab = forwarder_testkit::Lab::new().unwrap();
-    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--snat-ports", "20000-20015"]).unwrap();
+    let mut fwd =
+        lab.start_forwarder(&["--rule", HTTP_RULE, "--snat-ports", "20000-20015"]).unwrap();
     let (extra, echoed, mut ports) = fill_then_probe(&lab, 16);
     // Dropped, not refused: nothing (not even the gateway's stack) answered.
-    assert_eq!(extra, Err(std::io::ErrorKind::TimedOut), "a 17th connection got a port out of 16, or was refused");
+    assert_eq!(
+        extra,
+        Err(std::io::ErrorKind::TimedOut),
+        "a 17th connection got a port out of 16, or was refused"
+    );
     assert_eq!(echoed, 16);
     ports.sort_unstable();
     assert_eq!(ports, (20000..=20015).collect::<Vec<u16>>());
-    let stats = finish(&lab, &mut fwd, Expect { counters: &["drop_snat_exhausted"], log: &["no free source port"] });
+    let stats = finish(
+        &lab,
+        &mut fwd,
+        Expect { counters: &["drop_snat_exhausted"], log: &["no free source port"] },
+    );
     assert!(counter(&stats, "drop_snat_exhausted") >= 1, "{stats}");
     assert_eq!(rule_counters(&stats, 0).2, 16, "{stats}");
     let log = fwd.log_text();
@@ -395,22 +452,32 @@ fn config_file_and_dnat_without_masquerade() {
     assert!(server.join().unwrap().iter().all(|p| p.ip() == ADDRS.client));
     let stats = finish(&lab, &mut fwd, Expect::default());
     assert_eq!(rule_counters(&stats, 0).2, 2, "{stats}");
-    assert!(fwd.log_text().contains("forwarder.toml:1"), "rule origin not logged: {}", fwd.log_text());
+    assert!(
+        fwd.log_text().contains("forwarder.toml:1"),
+        "rule origin not logged: {}",
+        fwd.log_text()
+    );
     // The audit trail names no masquerade source: there is none.
     let log = fwd.log_text();
-    let audit: Vec<&str> = log.lines().filter(|l| l.contains(" audit] ") && l.contains(" accepted tcp ")).collect();
+    let audit: Vec<&str> =
+        log.lines().filter(|l| l.contains(" audit] ") && l.contains(" accepted tcp ")).collect();
     assert_eq!(audit.len(), 2, "{audit:#?}");
     assert!(audit.iter().all(|l| l.ends_with("backend 192.168.1.50:80")), "{audit:#?}");
 }
 
 #[test]
 fn port_ranges_map_each_port_to_its_counterpart() {
-    let (lab, mut fwd) = lab_with(&["tcp:8000-8100=192.168.1.50:18000-18100", "udp:6000-6010=192.168.1.50:53"]);
+    let (lab, mut fwd) =
+        lab_with(&["tcp:8000-8100=192.168.1.50:18000-18100", "udp:6000-6010=192.168.1.50:53"]);
     let backends: Vec<TcpListener> = [18000u16, 18050, 18100]
         .iter()
         .map(|p| {
             let p = *p;
-            lab.server.enter(move || TcpListener::bind(("0.0.0.0", p)).unwrap()).unwrap().join().unwrap()
+            lab.server
+                .enter(move || TcpListener::bind(("0.0.0.0", p)).unwrap())
+                .unwrap()
+                .join()
+                .unwrap()
         })
         .collect();
     let udp = udp_backend(&lab, 53, 5);
@@ -457,7 +524,11 @@ fn port_ranges_map_each_port_to_its_counterpart() {
         s.join().unwrap();
     }
     assert_eq!(got, [18000, 18050, 18100], "each public port reaches its counterpart");
-    assert_eq!(outside.unwrap_err(), std::io::ErrorKind::ConnectionRefused, "8101 is outside the range");
+    assert_eq!(
+        outside.unwrap_err(),
+        std::io::ErrorKind::ConnectionRefused,
+        "8101 is outside the range"
+    );
     assert_eq!(udp_from, public(6005));
     let stats = finish(&lab, &mut fwd, Expect::default());
     assert_eq!(rule_counters(&stats, 0).2, 3, "{stats}");
@@ -466,7 +537,8 @@ fn port_ranges_map_each_port_to_its_counterpart() {
 
 #[test]
 fn source_allow_list_admits_listed_clients_and_drops_others() {
-    let (lab, mut fwd) = lab_with(&["tcp:8080=192.168.1.50:80,src=203.0.113.10/32,src=198.51.100.0/24"]);
+    let (lab, mut fwd) =
+        lab_with(&["tcp:8080=192.168.1.50:80,src=203.0.113.10/32,src=198.51.100.0/24"]);
     // A second client address outside the list.
     lab.client.ip(&["addr", "add", "203.0.113.20/24", "dev", "eth0"]).unwrap();
     let server = http_server(&lab, 1);
@@ -501,8 +573,12 @@ fn source_allow_list_admits_listed_clients_and_drops_others() {
 /// more (2 s timeout), then checks that each of the `n` still echoes.
 /// Returns (the extra one's result, how many echoed, the server-side peer
 /// ports).
-fn fill_then_probe(lab: &forwarder_testkit::Lab, n: usize) -> (Result<(), std::io::ErrorKind>, usize, Vec<u16>) {
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+fn fill_then_probe(
+    lab: &forwarder_testkit::Lab,
+    n: usize,
+) -> (Result<(), std::io::ErrorKind>, usize, Vec<u16>) {
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     let server = std::thread::spawn(move || {
         let mut ports = Vec::new();
         let mut conns = Vec::new();
@@ -525,10 +601,16 @@ fn fill_then_probe(lab: &forwarder_testkit::Lab, n: usize) -> (Result<(), std::i
             // server's accept queue (128) when its thread is slow to run,
             // and the server drops a SYN; a SYN the gateway lost shows in
             // the drop counters that `finish` requires to be 0.
-            let mut socks: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect_timeout(&public(8080), Duration::from_secs(3)).unwrap()).collect();
-            let extra = TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind());
+            let mut socks: Vec<TcpStream> = (0..n)
+                .map(|_| TcpStream::connect_timeout(&public(8080), Duration::from_secs(3)).unwrap())
+                .collect();
+            let extra = TcpStream::connect_timeout(&public(8080), Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.kind());
             // (connect_timeout says WouldBlock on some kernels for a timeout.)
-            let extra = extra.map_err(|k| if k == std::io::ErrorKind::WouldBlock { std::io::ErrorKind::TimedOut } else { k });
+            let extra = extra.map_err(|k| {
+                if k == std::io::ErrorKind::WouldBlock { std::io::ErrorKind::TimedOut } else { k }
+            });
             let mut echoed = 0;
             for s in &mut socks {
                 s.write_all(b"x").unwrap();
@@ -552,26 +634,51 @@ fn full_conntrack_table_refuses_new_connections_and_keeps_the_rest() {
     let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--conntrack-max", "16"]).unwrap();
     let (extra, echoed, _) = fill_then_probe(&lab, 16);
     // Dropped, not refused: nothing (not even the gateway's stack) answered.
-    assert_eq!(extra, Err(std::io::ErrorKind::TimedOut), "a 17th connection fit into a table for 16, or was refused");
+    assert_eq!(
+        extra,
+        Err(std::io::ErrorKind::TimedOut),
+        "a 17th connection fit into a table for 16, or was refused"
+    );
     assert_eq!(echoed, 16, "an existing connection was disturbed");
     // The daemon's table watch says so (within its second).
     wait_log(&fwd, "conntrack table full (16 connections)", 5);
-    let stats = finish(&lab, &mut fwd, Expect { counters: &["table_full_refused"], log: &["conntrack table full", "% full ("] });
+    let stats = finish(
+        &lab,
+        &mut fwd,
+        Expect { counters: &["table_full_refused"], log: &["conntrack table full", "% full ("] },
+    );
     assert!(counter(&stats, "table_full_refused") >= 1, "{stats}");
     // All 16 are established (assured): none may give way.
     assert_eq!(counter(&stats, "early_drop"), 0, "{stats}");
     assert_eq!(rule_counters(&stats, 0).2, 16, "{stats}");
     let log = fwd.log_text();
-    assert!(log.contains("conntrack table full (16 connections): 0 unassured or closing connection(s) gave way"), "{log}");
+    assert!(
+        log.contains(
+            "conntrack table full (16 connections): 0 unassured or closing connection(s) gave way"
+        ),
+        "{log}"
+    );
 }
 
 /// The connections `forwarder conntrack list` shows, as (client port,
 /// state).
 fn tracked(lab: &forwarder_testkit::Lab) -> Vec<(u16, String)> {
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
-    let out = std::process::Command::new(&bin).args(["conntrack", "list", "--json", "--control"]).arg(lab.dir.join("control.sock")).output().unwrap();
-    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    v.iter().map(|c| (c["client"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap(), c["state"].as_str().unwrap().to_string())).collect()
+    let out = std::process::Command::new(&bin)
+        .args(["conntrack", "list", "--json", "--control"])
+        .arg(lab.dir.join("control.sock"))
+        .output()
+        .unwrap();
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    v.iter()
+        .map(|c| {
+            (
+                c["client"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -581,9 +688,21 @@ fn conntrack_entries_expire_each_by_the_timeout_of_its_state() {
     // an idle established TCP connection (5 days) stays.
     let lab = forwarder_testkit::Lab::new().unwrap();
     let mut fwd = lab
-        .start_forwarder(&["--rule", HTTP_RULE, "--rule", "udp:5353=192.168.1.50:53", "--ct-timeout", "udp=2", "--ct-timeout", "udp_stream=6", "--ct-timeout", "tcp_fin=2"])
+        .start_forwarder(&[
+            "--rule",
+            HTTP_RULE,
+            "--rule",
+            "udp:5353=192.168.1.50:53",
+            "--ct-timeout",
+            "udp=2",
+            "--ct-timeout",
+            "udp_stream=6",
+            "--ct-timeout",
+            "tcp_fin=2",
+        ])
         .unwrap();
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     let udp = udp_backend(&lab, 53, 5);
     let echo = std::thread::spawn(move || {
         let mut b = [0u8; 64];
@@ -616,7 +735,12 @@ fn conntrack_entries_expire_each_by_the_timeout_of_its_state() {
             let mut short = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
             short.write_all(b"x").unwrap();
             assert_eq!(short.read(&mut [0u8; 1]).unwrap(), 0, "server closed");
-            let ports = [once.local_addr().unwrap().port(), stream.local_addr().unwrap().port(), short.local_addr().unwrap().port(), live.local_addr().unwrap().port()];
+            let ports = [
+                once.local_addr().unwrap().port(),
+                stream.local_addr().unwrap().port(),
+                short.local_addr().unwrap().port(),
+                live.local_addr().unwrap().port(),
+            ];
             drop(short);
             (ports, live)
         })
@@ -625,7 +749,8 @@ fn conntrack_entries_expire_each_by_the_timeout_of_its_state() {
         .unwrap();
     let [once, stream, short, live_port] = ports;
     let t0 = std::time::Instant::now();
-    let state_of = |list: &[(u16, String)], p: u16| list.iter().find(|(c, _)| *c == p).map(|(_, s)| s.clone());
+    let state_of =
+        |list: &[(u16, String)], p: u16| list.iter().find(|(c, _)| *c == p).map(|(_, s)| s.clone());
     let first = tracked(&lab);
     assert_eq!(state_of(&first, once).as_deref(), Some("replied"), "{first:?}");
     assert_eq!(state_of(&first, stream).as_deref(), Some("established"), "{first:?}");
@@ -635,20 +760,34 @@ fn conntrack_entries_expire_each_by_the_timeout_of_its_state() {
         let l = tracked(&lab);
         if state_of(&l, once).is_none() && state_of(&l, short).is_none() {
             // ... while the stream (6 s) and the live connection stay.
-            assert!(state_of(&l, stream).is_some() && state_of(&l, live_port).is_some(), "{l:?} at {:?}", t0.elapsed());
+            assert!(
+                state_of(&l, stream).is_some() && state_of(&l, live_port).is_some(),
+                "{l:?} at {:?}",
+                t0.elapsed()
+            );
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "the 2 s flows outlived their timeout: {l:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the 2 s flows outlived their timeout: {l:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     loop {
         let l = tracked(&lab);
         if state_of(&l, stream).is_none() {
-            assert!(t0.elapsed() >= Duration::from_secs(5), "the stream went before its 6 s: {:?}", t0.elapsed());
+            assert!(
+                t0.elapsed() >= Duration::from_secs(5),
+                "the stream went before its 6 s: {:?}",
+                t0.elapsed()
+            );
             assert_eq!(l.len(), 1, "only the live connection stays: {l:?}");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "the stream outlived its 6 s timeout: {l:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the stream outlived its 6 s timeout: {l:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut live = live;
@@ -674,13 +813,24 @@ fn hairpin_internal_host_reaches_the_public_address() {
     // segment; replies come back from the public address:port.
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
     lab.server.ip(&["addr", "add", "192.168.1.60/24", "dev", "eth0"]).unwrap();
-    lab.server.ip(&["route", "add", "default", "via", &ADDRS.gw_internal.to_string(), "src", "192.168.1.60"]).unwrap();
+    lab.server
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &ADDRS.gw_internal.to_string(),
+            "src",
+            "192.168.1.60",
+        ])
+        .unwrap();
     let server = http_server(&lab, 2);
     for _ in 0..2 {
         let (body, from) = lab
             .server
             .enter(|| {
-                let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).expect("hairpin connect");
+                let mut s =
+                    TcpStream::connect_timeout(&public(8080), CONNECT).expect("hairpin connect");
                 s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
                 let mut r = String::new();
                 s.read_to_string(&mut r).unwrap();
@@ -717,7 +867,11 @@ fn icmp_errors_are_translated_both_ways() {
         .unwrap()
         .join()
         .unwrap();
-    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "the client did not get the backend's ICMP error");
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the client did not get the backend's ICMP error"
+    );
     // 2. The other way: the client's socket is gone when the backend
     //    answers; the client's "port unreachable" must reach the backend.
     let srv = udp_backend(&lab, 54, 3);
@@ -735,7 +889,11 @@ fn icmp_errors_are_translated_both_ways() {
     srv.connect(peer).unwrap();
     srv.send(b"too late").unwrap();
     let back = srv.recv(&mut b).map(|_| ()).map_err(|e| e.kind());
-    assert_eq!(back, Err(std::io::ErrorKind::ConnectionRefused), "the backend did not get the client's ICMP error");
+    assert_eq!(
+        back,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the backend did not get the client's ICMP error"
+    );
     let stats = finish(&lab, &mut fwd, Expect::default());
     assert!(counter(&stats, "icmp_translated") >= 2, "{stats}");
 }
@@ -750,7 +908,8 @@ fn path_mtu_discovery_works_through_the_gateway() {
     const LEN: usize = 10 * 1024 * 1024;
     let lab = forwarder_testkit::Lab::with_router(1280).unwrap();
     let mut fwd = lab.start_forwarder(&["--rule", "tcp:8080=192.168.2.50:80"]).unwrap();
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut h = Sha256::new();
@@ -849,7 +1008,6 @@ fn fragmented_udp_datagrams_arrive_intact_both_ways() {
     assert!(counter(&stats, "fragment_translated") >= 30, "{stats}");
 }
 
-
 #[test]
 fn gateway_answers_fragmentation_needed_when_its_own_link_is_smaller() {
     // The gateway's internal link has MTU 1280 (the server's side keeps
@@ -859,7 +1017,8 @@ fn gateway_answers_fragmentation_needed_when_its_own_link_is_smaller() {
     const LEN: usize = 4 * 1024 * 1024;
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
     lab.gateway.ip(&["link", "set", "int0", "mtu", "1280"]).unwrap();
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut got = Vec::new();
@@ -872,7 +1031,8 @@ fn gateway_answers_fragmentation_needed_when_its_own_link_is_smaller() {
             let data = pattern(LEN, 5);
             let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).unwrap();
             s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(&data).expect("transfer stalled: no fragmentation-needed reached the client");
+            s.write_all(&data)
+                .expect("transfer stalled: no fragmentation-needed reached the client");
             s.shutdown(std::net::Shutdown::Write).unwrap();
             Sha256::digest(&data).to_vec()
         })
@@ -903,12 +1063,15 @@ fn vlan_tagged_public_side() {
     });
     let mut dump = capture_one(&lab.client, &["-e", "udp and src port 5353"]);
     let mut frame = Vec::new();
-    etherparse::PacketBuilder::ethernet2(lab.client.mac("eth0").unwrap(), lab.gateway.mac("pub0").unwrap())
-        .single_vlan(100.try_into().unwrap())
-        .ipv4(ADDRS.client.octets(), ADDRS.gw_public.octets(), 64)
-        .udp(41000, 5353)
-        .write(&mut frame, b"tagged")
-        .unwrap();
+    etherparse::PacketBuilder::ethernet2(
+        lab.client.mac("eth0").unwrap(),
+        lab.gateway.mac("pub0").unwrap(),
+    )
+    .single_vlan(100.try_into().unwrap())
+    .ipv4(ADDRS.client.octets(), ADDRS.gw_public.octets(), 64)
+    .udp(41000, 5353)
+    .write(&mut frame, b"tagged")
+    .unwrap();
     lab.client
         .enter(move || {
             // SAFETY: a raw packet socket we own; plain syscalls.
@@ -919,7 +1082,14 @@ fn vlan_tagged_public_side() {
                 sll.sll_family = libc::AF_PACKET as u16;
                 sll.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()).cast_signed();
                 sll.sll_halen = 6;
-                let sent = libc::sendto(fd, frame.as_ptr().cast(), frame.len(), 0, (&raw const sll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32);
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
                 libc::close(fd);
                 assert_eq!(sent.cast_unsigned(), frame.len());
             }
@@ -932,7 +1102,10 @@ fn vlan_tagged_public_side() {
     assert_eq!(peer.ip(), ADDRS.gw_internal, "the backend saw it untagged and masqueraded");
     let line = captured(&mut dump);
     assert!(line.contains("vlan 100"), "the reply did not come back tagged: {line}");
-    assert!(line.contains("203.0.113.1.5353 > 203.0.113.10.41000"), "reply not translated back: {line}");
+    assert!(
+        line.contains("203.0.113.1.5353 > 203.0.113.10.41000"),
+        "reply not translated back: {line}"
+    );
     let stats = finish(&lab, &mut fwd, Expect::default());
     assert_eq!(rule_counters(&stats, 0), (1, 1, 1), "{stats}");
 }
@@ -961,7 +1134,13 @@ fn ip_options_are_forwarded() {
             let opts: [u8; 4] = [1, 1, 1, 0];
             // SAFETY: valid socket and option buffer.
             let rc = unsafe {
-                libc::setsockopt(std::os::fd::AsRawFd::as_raw_fd(&s), libc::IPPROTO_IP, libc::IP_OPTIONS, opts.as_ptr().cast(), 4)
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::IPPROTO_IP,
+                    libc::IP_OPTIONS,
+                    opts.as_ptr().cast(),
+                    4,
+                )
             };
             assert_eq!(rc, 0, "IP_OPTIONS: {}", std::io::Error::last_os_error());
             let mut out = Vec::new();
@@ -979,8 +1158,14 @@ fn ip_options_are_forwarded() {
     let got = echo.join().unwrap();
     assert!(got.iter().all(|(_, p)| p.ip() == ADDRS.gw_internal), "{got:?}");
     let seen = captured(&mut dump);
-    assert!(seen.contains("options (NOP,NOP,NOP,EOL)"), "the options did not reach the backend: {seen}");
-    assert!(replies.iter().enumerate().all(|(i, (b, f))| b == &[b'o', i as u8] && *f == public(5353)), "{replies:?}");
+    assert!(
+        seen.contains("options (NOP,NOP,NOP,EOL)"),
+        "the options did not reach the backend: {seen}"
+    );
+    assert!(
+        replies.iter().enumerate().all(|(i, (b, f))| b == &[b'o', i as u8] && *f == public(5353)),
+        "{replies:?}"
+    );
     let stats = finish(&lab, &mut fwd, Expect::default());
     assert_eq!(rule_counters(&stats, 0), (3, 3, 1), "{stats}");
 }
@@ -1100,7 +1285,8 @@ fn hitless_restart_after_kill_keeps_a_transfer_going_without_a_gap() {
     let pin = bpf.arg().to_string();
     let args = ["--rule", HTTP_RULE, "--pin-dir", &pin, "--persist"];
     let mut first = lab.start_forwarder(&args).unwrap();
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     // The first connection: the stream, hashed, and the longest time
     // between two arrivals; the others: a one-byte echo (probes).
     let server = std::thread::spawn(move || {
@@ -1114,7 +1300,8 @@ fn hitless_restart_after_kill_keeps_a_transfer_going_without_a_gap() {
                 });
             }
         });
-        let (mut h, mut got, mut gap, mut last) = (Sha256::new(), 0usize, Duration::ZERO, std::time::Instant::now());
+        let (mut h, mut got, mut gap, mut last) =
+            (Sha256::new(), 0usize, Duration::ZERO, std::time::Instant::now());
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let k = s.read(&mut buf).unwrap();
@@ -1167,7 +1354,10 @@ fn hitless_restart_after_kill_keeps_a_transfer_going_without_a_gap() {
     let adopted = in_of(&second);
     let t1 = std::time::Instant::now();
     while in_of(&second) < adopted + 50 {
-        assert!(t1.elapsed() < Duration::from_secs(5), "the stream does not flow through the new programs");
+        assert!(
+            t1.elapsed() < Duration::from_secs(5),
+            "the stream does not flow through the new programs"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     stop_tx.send(()).unwrap();
@@ -1175,7 +1365,9 @@ fn hitless_restart_after_kill_keeps_a_transfer_going_without_a_gap() {
     let (got, got_hash, gap) = server.join().unwrap();
     assert_eq!((got, got_hash), (sent, sent_hash), "the stream's bytes changed");
     let retrans = retransmitted(&lab.client) - retrans0;
-    eprintln!("hitless restart: longest gap in the stream {gap:?}, {retrans} segments retransmitted");
+    eprintln!(
+        "hitless restart: longest gap in the stream {gap:?}, {retrans} segments retransmitted"
+    );
     assert!(gap < Duration::from_millis(500), "the stream stopped for {gap:?}");
     assert!(retrans <= 2, "the client retransmitted {retrans} segments across the restart");
     let stats = finish(&lab, &mut second, Expect::default());
@@ -1185,14 +1377,35 @@ fn hitless_restart_after_kill_keeps_a_transfer_going_without_a_gap() {
     // --persist: still attached and forwarding without any daemon.
     assert!(forwards(&lab), "--persist did not leave the datapath forwarding");
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
-    let out = lab.gateway.command(bin.to_str().unwrap()).args(["teardown", "--pin-dir", &pin]).output().unwrap();
+    let out = lab
+        .gateway
+        .command(bin.to_str().unwrap())
+        .args(["teardown", "--pin-dir", &pin])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Torn down: nothing translates; the gateway's own stack refuses.
-    let refused = lab.client.enter(|| TcpStream::connect_timeout(&public(8080), Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind())).unwrap().join().unwrap();
-    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "teardown left the datapath forwarding");
+    let refused = lab
+        .client
+        .enter(|| {
+            TcpStream::connect_timeout(&public(8080), Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "teardown left the datapath forwarding"
+    );
     // (`maps.debug`, `progs.debug`: bpffs's own, at the root of every one.)
-    let left: Vec<String> =
-        std::fs::read_dir(&pin).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| std::path::Path::new(n).extension().is_none_or(|e| e != "debug")).collect();
+    let left: Vec<String> = std::fs::read_dir(&pin)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| std::path::Path::new(n).extension().is_none_or(|e| e != "debug"))
+        .collect();
     assert!(left.is_empty(), "teardown left pins: {left:?}");
     assert_no_csum_errors(&lab);
 }
@@ -1202,14 +1415,21 @@ fn sighup_reload_swaps_the_rule_set_at_once_and_keeps_connections() {
     let lab = forwarder_testkit::Lab::new().unwrap();
     let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     let cfg = lab.dir.join("forwarder.toml");
-    let rule = |port: u32, to: &str| format!("[[rule]]\nproto = \"tcp\"\nport = {port}\nto = \"{to}\"\n");
+    let rule =
+        |port: u32, to: &str| format!("[[rule]]\nproto = \"tcp\"\nport = {port}\nto = \"{to}\"\n");
     std::fs::write(&cfg, rule(8080, "192.168.1.50:80")).unwrap();
-    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg()]).unwrap();
+    let mut fwd =
+        lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg()]).unwrap();
     // Backends on :80 and :81 answer with their own port; each keeps its
     // connections open until the client closes.
     let mut servers = Vec::new();
     for port in [80u16, 81] {
-        let l = lab.server.enter(move || TcpListener::bind(("0.0.0.0", port)).unwrap()).unwrap().join().unwrap();
+        let l = lab
+            .server
+            .enter(move || TcpListener::bind(("0.0.0.0", port)).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
         servers.push(std::thread::spawn(move || {
             for s in l.incoming().take(3) {
                 let mut s = s.unwrap();
@@ -1228,12 +1448,19 @@ fn sighup_reload_swaps_the_rule_set_at_once_and_keeps_connections() {
         s.read_exact(&mut b).unwrap();
         u16::from_be_bytes(b)
     };
-    let connect = |port: u16| lab.client.enter(move || TcpStream::connect_timeout(&public(port), CONNECT).map_err(|e| e.kind())).unwrap().join().unwrap();
+    let connect = |port: u16| {
+        lab.client
+            .enter(move || TcpStream::connect_timeout(&public(port), CONNECT).map_err(|e| e.kind()))
+            .unwrap()
+            .join()
+            .unwrap()
+    };
     let mut old = connect(8080).unwrap();
     assert_eq!(ask(&mut old), 80);
     // A new rule set: 8080 moves to :81, 9090 appears — in one step.
     std::fs::write(&cfg, rule(8080, "192.168.1.50:81") + &rule(9090, "192.168.1.50:80")).unwrap();
-    let reloads = |f: &forwarder_testkit::Forwarder| f.log_text().matches("SIGHUP: reloaded").count();
+    let reloads =
+        |f: &forwarder_testkit::Forwarder| f.log_text().matches("SIGHUP: reloaded").count();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(fwd.proc.pid().cast_signed(), libc::SIGHUP) };
     let t0 = std::time::Instant::now();
@@ -1256,7 +1483,11 @@ fn sighup_reload_swaps_the_rule_set_at_once_and_keeps_connections() {
     }
     assert!(fwd.log_text().contains("70000"), "{}", fwd.log_text());
     assert_eq!(ask(&mut old), 80);
-    assert_eq!(ask(&mut connect(9090).unwrap()), 80, "the running rules changed after a refused reload");
+    assert_eq!(
+        ask(&mut connect(9090).unwrap()),
+        80,
+        "the running rules changed after a refused reload"
+    );
     drop(old);
     finish(&lab, &mut fwd, Expect::log(&["reload refused"]));
     drop(servers);
@@ -1265,7 +1496,8 @@ fn sighup_reload_swaps_the_rule_set_at_once_and_keeps_connections() {
 #[test]
 fn prometheus_endpoint_is_scraped() {
     let lab = forwarder_testkit::Lab::new().unwrap();
-    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--metrics", "127.0.0.1:9108"]).unwrap();
+    let mut fwd =
+        lab.start_forwarder(&["--rule", HTTP_RULE, "--metrics", "127.0.0.1:9108"]).unwrap();
     let server = http_server(&lab, 2);
     for _ in 0..2 {
         http_get(&lab, public(8080));
@@ -1284,11 +1516,19 @@ fn prometheus_endpoint_is_scraped() {
         .join()
         .unwrap();
     assert!(scrape.starts_with("HTTP/1.0 200 OK"), "{scrape}");
-    assert!(scrape.contains("forwarder_rule_connections_total{id=\"0\",rule=\"tcp:8080=192.168.1.50:80\"} 2"), "{scrape}");
+    assert!(
+        scrape.contains(
+            "forwarder_rule_connections_total{id=\"0\",rule=\"tcp:8080=192.168.1.50:80\"} 2"
+        ),
+        "{scrape}"
+    );
     assert!(scrape.contains("# TYPE forwarder_conntrack_entries gauge"), "{scrape}");
     let redirected: u64 = scrape
         .lines()
-        .filter(|l| l.starts_with("forwarder_datapath_events_total{event=\"xdp_redirected\"}") || l.starts_with("forwarder_datapath_events_total{event=\"tc_redirected"))
+        .filter(|l| {
+            l.starts_with("forwarder_datapath_events_total{event=\"xdp_redirected\"}")
+                || l.starts_with("forwarder_datapath_events_total{event=\"tc_redirected")
+        })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert!(redirected > 0, "{scrape}");
@@ -1299,22 +1539,42 @@ fn prometheus_endpoint_is_scraped() {
 fn control_socket_stats_and_conntrack() {
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
     let sock = lab.dir.join("control.sock");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "control socket must be root-only");
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
-    let held = lab.client.enter(|| TcpStream::connect_timeout(&public(8080), CONNECT).unwrap()).unwrap().join().unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let held = lab
+        .client
+        .enter(|| TcpStream::connect_timeout(&public(8080), CONNECT).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
     let (_srv, _) = listener.accept().unwrap();
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(&bin).args(args).arg("--control").arg(&sock).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .arg("--control")
+            .arg(&sock)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, stats, err) = cli(&["stats", "--json"]);
     assert!(ok, "{err}");
     assert_eq!(rule_counters(&stats, 0).2, 1, "{stats}");
     // One live masqueraded connection: two entries, one masquerade port.
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!((v["flow_entries"].as_u64(), v["snat_ports_in_use"].as_u64()), (Some(2), Some(1)), "{stats}");
+    assert_eq!(
+        (v["flow_entries"].as_u64(), v["snat_ports_in_use"].as_u64()),
+        (Some(2), Some(1)),
+        "{stats}"
+    );
     let (ok, list, err) = cli(&["conntrack", "list", "--json"]);
     assert!(ok, "{err}");
     let conns: serde_json::Value = serde_json::from_str(&list).unwrap();
@@ -1336,14 +1596,24 @@ fn control_socket_stats_and_conntrack() {
     assert_eq!(rules[0]["rule"], "tcp:8080=192.168.1.50:80", "{rules}");
     // With its counters: the one connection, its packets both ways.
     assert_eq!(rules[0]["new_connections"], 1, "{rules}");
-    assert!(rules[0]["packets_in"].as_u64().unwrap() >= 2 && rules[0]["packets_out"].as_u64().unwrap() >= 1, "{rules}");
+    assert!(
+        rules[0]["packets_in"].as_u64().unwrap() >= 2
+            && rules[0]["packets_out"].as_u64().unwrap() >= 1,
+        "{rules}"
+    );
     let saved = lab.dir.join("saved.toml");
     let (ok, _, err) = cli(&["save", saved.to_str().unwrap()]);
     assert!(ok, "{err}");
     let mut back = forwarder::config::Settings::default();
     back.merge_toml(&saved, &std::fs::read_to_string(&saved).unwrap()).unwrap();
-    assert_eq!(back.rules.iter().map(ToString::to_string).collect::<Vec<_>>(), ["tcp:8080=192.168.1.50:80"]);
-    assert_eq!((back.public.clone(), back.internal.clone()), (vec!["pub0".to_string()], vec!["int0".to_string()]));
+    assert_eq!(
+        back.rules.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["tcp:8080=192.168.1.50:80"]
+    );
+    assert_eq!(
+        (back.public.clone(), back.internal.clone()),
+        (vec!["pub0".to_string()], vec!["int0".to_string()])
+    );
     // Not root: refused by the socket's permissions, and said so. (A copy
     // of the binary in the lab's world-readable directory, so that the
     // unprivileged user can run it wherever the build tree lives.)
@@ -1375,10 +1645,20 @@ fn rule_add_and_del_at_runtime() {
     let sock = lab.dir.join("control.sock");
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(&bin).args(args).arg("--control").arg(&sock).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .arg("--control")
+            .arg(&sock)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     };
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     let echo = std::thread::spawn(move || {
         for s in listener.incoming().take(2) {
             let mut s = s.unwrap();
@@ -1390,7 +1670,13 @@ fn rule_add_and_del_at_runtime() {
             });
         }
     });
-    let connect = |port: u16| lab.client.enter(move || TcpStream::connect_timeout(&public(port), CONNECT).map_err(|e| e.kind())).unwrap().join().unwrap();
+    let connect = |port: u16| {
+        lab.client
+            .enter(move || TcpStream::connect_timeout(&public(port), CONNECT).map_err(|e| e.kind()))
+            .unwrap()
+            .join()
+            .unwrap()
+    };
     let roundtrip = |s: &mut TcpStream| {
         s.write_all(b"x").unwrap();
         let mut b = [0u8; 1];

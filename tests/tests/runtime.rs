@@ -22,7 +22,12 @@ fn sighup(fwd: &Forwarder) {
 /// Sends SIGHUP and waits for the daemon's verdict on it (`SIGHUP:
 /// reloaded` or `SIGHUP: reload refused`); returns the log line.
 fn reload(fwd: &Forwarder) -> String {
-    let verdicts = |log: &str| log.lines().filter(|l| l.contains("SIGHUP: reloaded") || l.contains("SIGHUP: reload refused")).map(str::to_string).collect::<Vec<_>>();
+    let verdicts = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("SIGHUP: reloaded") || l.contains("SIGHUP: reload refused"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     let n = verdicts(&fwd.log_text()).len();
     sighup(fwd);
     let t0 = Instant::now();
@@ -37,14 +42,27 @@ fn reload(fwd: &Forwarder) -> String {
 
 fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
     let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
-    let out = std::process::Command::new(&bin).args(args).arg("--control").arg(lab.dir.join("control.sock")).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .arg("--control")
+        .arg(lab.dir.join("control.sock"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// An echo server on the backend's `port`: each connection gets back
 /// what it sends, until it closes.
 fn echo_server(lab: &Lab, port: u16) {
-    let l = lab.server.enter(move || TcpListener::bind(("0.0.0.0", port)).unwrap()).unwrap().join().unwrap();
+    let l = lab
+        .server
+        .enter(move || TcpListener::bind(("0.0.0.0", port)).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { return };
@@ -61,7 +79,11 @@ fn echo_server(lab: &Lab, port: u16) {
 }
 
 fn connect(lab: &Lab, to: SocketAddr) -> Result<TcpStream, std::io::ErrorKind> {
-    lab.client.enter(move || TcpStream::connect_timeout(&to, CONNECT).map_err(|e| e.kind())).unwrap().join().unwrap()
+    lab.client
+        .enter(move || TcpStream::connect_timeout(&to, CONNECT).map_err(|e| e.kind()))
+        .unwrap()
+        .join()
+        .unwrap()
 }
 
 /// One byte there and back on an open connection.
@@ -80,7 +102,9 @@ fn another_conntrack_max_at_sighup_or_restart_keeps_the_running_table_and_says_s
     let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     let cfg = lab.dir.join("forwarder.toml");
     std::fs::write(&cfg, format!("[conntrack]\nmax = 4096\n\n{RULE_8080}")).unwrap();
-    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg(), "--persist"]).unwrap();
+    let mut fwd = lab
+        .start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg(), "--persist"])
+        .unwrap();
     echo_server(&lab, 80);
     let mut old = connect(&lab, public(8080)).unwrap();
     assert!(roundtrip(&mut old));
@@ -92,17 +116,37 @@ fn another_conntrack_max_at_sighup_or_restart_keeps_the_running_table_and_says_s
     let verdict = reload(&fwd);
     assert!(verdict.contains("SIGHUP: reloaded, 2 rule(s)"), "{verdict}");
     let stats = lab.live_stats().unwrap();
-    assert_eq!(stats["flow_capacity"], 8192, "the stats report a table size that is not the table's: {stats}");
+    assert_eq!(
+        stats["flow_capacity"], 8192,
+        "the stats report a table size that is not the table's: {stats}"
+    );
     let log = fwd.log_text();
-    assert!(log.contains("SIGHUP: conntrack max 8192 asked, but the running connection table holds 4096"), "{log}");
+    assert!(
+        log.contains(
+            "SIGHUP: conntrack max 8192 asked, but the running connection table holds 4096"
+        ),
+        "{log}"
+    );
     assert!(roundtrip(&mut old), "the reload cut an established connection");
     assert!(roundtrip(&mut connect(&lab, public(9090)).unwrap()));
     finish(&lab, &mut fwd, Expect::log(&["SIGHUP: conntrack max 8192 asked"]));
     // A daemon that adopts the table (hitless restart) with another size
     // asked: the same.
-    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg(), "--conntrack-max", "16384"]).unwrap();
+    let mut fwd = lab
+        .start_forwarder(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--pin-dir",
+            bpf.arg(),
+            "--conntrack-max",
+            "16384",
+        ])
+        .unwrap();
     let log = fwd.log_text();
-    assert!(log.contains("conntrack max 16384 asked, but the adopted connection table holds 4096"), "{log}");
+    assert!(
+        log.contains("conntrack max 16384 asked, but the adopted connection table holds 4096"),
+        "{log}"
+    );
     assert!(log.contains("conntrack: 4096 connections max"), "{log}");
     assert_eq!(lab.live_stats().unwrap()["flow_capacity"], 8192);
     assert!(roundtrip(&mut old), "the restart cut an established connection");
@@ -120,9 +164,12 @@ fn sighup_changes_the_masquerade_ports_and_the_audit_rate() {
     let lab = Lab::new().unwrap();
     let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     let cfg = lab.dir.join("forwarder.toml");
-    let text = |ports: &str, audit: &str| format!("snat_ports = \"{ports}\"\n\n[audit]\n{audit}\n\n{RULE_8080}");
+    let text = |ports: &str, audit: &str| {
+        format!("snat_ports = \"{ports}\"\n\n[audit]\n{audit}\n\n{RULE_8080}")
+    };
     std::fs::write(&cfg, text("20000-20099", "rate = 1000")).unwrap();
-    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg()]).unwrap();
+    let mut fwd =
+        lab.start_forwarder(&["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg()]).unwrap();
     let server = http_server(&lab, 1 + 2 + 4);
     let get = || {
         let (body, _) = http_get(&lab, public(8080));
@@ -153,8 +200,11 @@ fn sighup_changes_the_masquerade_ports_and_the_audit_rate() {
     }
     let t0 = Instant::now();
     let limited = loop {
-        let limited = counter(&lab.live_stats().unwrap().to_string(), "audit_rate_limited") - limited_before;
-        if audit_lines(&fwd.log_text()) - 1 + limited as usize >= 4 || t0.elapsed() > Duration::from_secs(5) {
+        let limited =
+            counter(&lab.live_stats().unwrap().to_string(), "audit_rate_limited") - limited_before;
+        if audit_lines(&fwd.log_text()) - 1 + limited as usize >= 4
+            || t0.elapsed() > Duration::from_secs(5)
+        {
             break limited;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -162,9 +212,16 @@ fn sighup_changes_the_masquerade_ports_and_the_audit_rate() {
     let peers = server.join().unwrap();
     let ports: Vec<u16> = peers.iter().map(SocketAddr::port).collect();
     assert!((20000..=20099).contains(&ports[0]), "{ports:?}");
-    assert!(ports[1..].iter().all(|p| (30000..=30099).contains(p)), "the reload did not change the masquerade ports: {ports:?}");
+    assert!(
+        ports[1..].iter().all(|p| (30000..=30099).contains(p)),
+        "the reload did not change the masquerade ports: {ports:?}"
+    );
     let logged = audit_lines(&fwd.log_text()) - 1;
-    assert!((1..=2).contains(&logged) && logged + limited as usize == 4, "audit while off or the new rate not applied: {logged} logged, {limited} limited\n{}", fwd.log_text());
+    assert!(
+        (1..=2).contains(&logged) && logged + limited as usize == 4,
+        "audit while off or the new rate not applied: {logged} logged, {limited} limited\n{}",
+        fwd.log_text()
+    );
     finish(&lab, &mut fwd, Expect::log(&["suppressed by the rate limit"]));
 }
 
@@ -180,7 +237,10 @@ fn rule_changes_without_a_pin_dir_are_refused_and_change_nothing() {
     assert!(!ok && out.contains("changing rules at runtime needs --pin-dir"), "{out}");
     std::fs::write(&cfg, format!("{RULE_8080}\n{RULE_9090}")).unwrap();
     let verdict = reload(&fwd);
-    assert!(verdict.contains("SIGHUP: reload refused") && verdict.contains("needs --pin-dir"), "{verdict}");
+    assert!(
+        verdict.contains("SIGHUP: reload refused") && verdict.contains("needs --pin-dir"),
+        "{verdict}"
+    );
     // Nothing changed: the old rule and its connection work, the new one
     // is not there (the gateway itself refuses port 9090).
     assert!(roundtrip(&mut old));
@@ -215,13 +275,29 @@ fn echo_bulk(lab: &Lab, n: usize) {
 #[test]
 fn mixed_hooks_xdp_on_the_public_side_tc_on_the_internal_side() {
     let lab = Lab::new().unwrap();
-    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--iface-mode", "pub0=xdp", "--iface-mode", "int0=tc"]).unwrap();
+    let mut fwd = lab
+        .start_forwarder(&[
+            "--rule",
+            HTTP_RULE,
+            "--iface-mode",
+            "pub0=xdp",
+            "--iface-mode",
+            "int0=tc",
+        ])
+        .unwrap();
     let link = |i: &str| lab.gateway.ip(&["-d", "link", "show", i]).unwrap();
     assert!(link("pub0").contains("prog/xdp"), "{}", link("pub0"));
     assert!(!link("int0").contains("prog/xdp"), "int0 has XDP: {}", link("int0"));
     let log = fwd.log_text();
-    assert!(log.contains("attached to pub0 (ifindex ") && log.contains("): XDP native + TC ingress (assist)"), "{log}");
-    assert!(log.contains("attached to int0 (ifindex ") && log.contains("): TC ingress (TC mode)"), "{log}");
+    assert!(
+        log.contains("attached to pub0 (ifindex ")
+            && log.contains("): XDP native + TC ingress (assist)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("attached to int0 (ifindex ") && log.contains("): TC ingress (TC mode)"),
+        "{log}"
+    );
     echo_server(&lab, 80);
     echo_bulk(&lab, 4 << 20);
     let stats = finish(&lab, &mut fwd, Expect::log(&["XDP cannot transmit into it"]));
@@ -244,14 +320,29 @@ fn a_public_address_added_then_removed_is_followed_by_hairpin() {
     // gets while it runs; when the address goes, hairpin lets it go.
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
     lab.server.ip(&["addr", "add", "192.168.1.60/24", "dev", "eth0"]).unwrap();
-    lab.server.ip(&["route", "add", "default", "via", &ADDRS.gw_internal.to_string(), "src", "192.168.1.60"]).unwrap();
+    lab.server
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &ADDRS.gw_internal.to_string(),
+            "src",
+            "192.168.1.60",
+        ])
+        .unwrap();
     let server = http_server(&lab, 1);
     let new_addr: SocketAddr = "203.0.113.7:8080".parse().unwrap();
-    let changes = |f: &Forwarder| f.log_text().matches("public addresses changed; hairpin follows").count();
+    let changes =
+        |f: &Forwarder| f.log_text().matches("public addresses changed; hairpin follows").count();
     let wait_change = |n: usize| {
         let t0 = Instant::now();
         while changes(&fwd) < n {
-            assert!(t0.elapsed() < Duration::from_secs(5), "the address change was not followed:\n{}", fwd.log_text());
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the address change was not followed:\n{}",
+                fwd.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -262,7 +353,10 @@ fn a_public_address_added_then_removed_is_followed_by_hairpin() {
                 s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
                 let mut r = String::new();
                 s.read_to_string(&mut r).unwrap();
-                Ok::<_, std::io::ErrorKind>((r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(), s.peer_addr().unwrap()))
+                Ok::<_, std::io::ErrorKind>((
+                    r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
+                    s.peer_addr().unwrap(),
+                ))
             })
             .unwrap()
             .join()
@@ -297,7 +391,16 @@ fn tc_egress_into_a_device_without_checksum_offload_sends_checksums_that_verify(
     for ns in [&lab.client, &lab.server] {
         ns.exec("ethtool", &["-K", "eth0", "rx", "off"]).unwrap();
     }
-    let mut fwd = lab.start_forwarder(&["--rule", HTTP_RULE, "--rule", "udp:5353=192.168.1.50:53", "--mode", "tc"]).unwrap();
+    let mut fwd = lab
+        .start_forwarder(&[
+            "--rule",
+            HTTP_RULE,
+            "--rule",
+            "udp:5353=192.168.1.50:53",
+            "--mode",
+            "tc",
+        ])
+        .unwrap();
     echo_server(&lab, 80);
     echo_bulk(&lab, 4 << 20);
     let backend = udp_backend(&lab, 53, 2);

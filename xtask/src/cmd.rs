@@ -32,15 +32,17 @@ pub fn build_forwarder() -> Result<PathBuf> {
     let tc = ebpf_toolchain::detect().map_err(|e| anyhow::anyhow!(e))?;
     eprintln!("xtask: eBPF toolchain: {}", tc.describe());
     status(cargo().args(["build", "--release", "-p", "forwarder-user"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from);
     Ok(target.join("release/forwarder"))
 }
 
 pub fn require_root(what: &str) -> Result<()> {
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} needs root (network namespaces, XDP): run it as root, e.g. `sudo -E cargo xtask ...`");
+        bail!(
+            "{what} needs root (network namespaces, XDP): run it as root, e.g. `sudo -E cargo xtask ...`"
+        );
     }
     Ok(())
 }
-

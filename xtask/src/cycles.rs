@@ -33,14 +33,17 @@ struct Module {
 pub fn crate_cycles(root: &Path) -> Result<Vec<Vec<(String, PathBuf)>>> {
     let mut modules = Vec::new();
     load(root, &[], &mut modules)?;
-    let index: BTreeMap<Vec<String>, usize> = modules.iter().enumerate().map(|(i, m)| (m.path.clone(), i)).collect();
+    let index: BTreeMap<Vec<String>, usize> =
+        modules.iter().enumerate().map(|(i, m)| (m.path.clone(), i)).collect();
     let reexports = reexports(&modules[0]);
     let mut edges: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); modules.len()];
     for (i, m) in modules.iter().enumerate() {
         for path in paths(&m.code) {
             let Some(abs) = absolute(&m.path, &m.children, &path) else { continue };
             let abs = match abs.split_first() {
-                Some((first, rest)) if !index.contains_key(&vec![first.clone()]) => match reexports.get(first) {
+                Some((first, rest)) if !index.contains_key(&vec![first.clone()]) => match reexports
+                    .get(first)
+                {
                     Some(target) => target.iter().cloned().chain(rest.iter().cloned()).collect(),
                     None => abs,
                 },
@@ -73,11 +76,18 @@ fn load(file: &Path, path: &[String], out: &mut Vec<Module>) -> Result<()> {
     let code = inline_modules_flat(&strip_test_modules(&strip_comments_and_strings(&text)));
     let decls = mod_decls(&code, &text);
     let own_dir = match file.file_name().and_then(|n| n.to_str()) {
-        Some("mod.rs" | "lib.rs" | "main.rs") => file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        Some("mod.rs" | "lib.rs" | "main.rs") => {
+            file.parent().unwrap_or(Path::new(".")).to_path_buf()
+        }
         _ if path.is_empty() => file.parent().unwrap_or(Path::new(".")).to_path_buf(),
         _ => file.with_extension(""),
     };
-    out.push(Module { path: path.to_vec(), file: file.to_path_buf(), code, children: decls.iter().map(|d| d.0.clone()).collect() });
+    out.push(Module {
+        path: path.to_vec(),
+        file: file.to_path_buf(),
+        code,
+        children: decls.iter().map(|d| d.0.clone()).collect(),
+    });
     for (child, explicit) in decls {
         let child_file = if let Some(p) = explicit {
             file.parent().unwrap_or(Path::new(".")).join(p)
@@ -97,7 +107,8 @@ fn load(file: &Path, path: &[String], out: &mut Vec<Module>) -> Result<()> {
 fn mod_decls(code: &str, raw: &str) -> Vec<(String, Option<String>)> {
     let explicit = path_attrs(raw);
     let mut out = Vec::new();
-    let words: Vec<&str> = code.split(|c: char| c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> =
+        code.split(|c: char| c.is_whitespace()).filter(|w| !w.is_empty()).collect();
     for (i, w) in words.iter().enumerate() {
         if *w != "mod" {
             continue;
@@ -124,7 +135,10 @@ fn path_attrs(raw: &str) -> BTreeMap<String, String> {
         let file = rest[..q].to_string();
         let after = &rest[q..];
         if let Some(m) = after.find("mod ") {
-            let name: String = after[m + 4..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = after[m + 4..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
             out.insert(name, file);
         }
         s = &rest[q..];
@@ -133,7 +147,9 @@ fn path_attrs(raw: &str) -> BTreeMap<String, String> {
 }
 
 fn is_ident(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit())
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// Removes `//` and `/* */` comments and the contents of string literals
@@ -167,7 +183,9 @@ pub fn strip_comments_and_strings(src: &str) -> String {
                 }
                 out.push(' ');
             }
-            b'r' if (b.get(i + 1) == Some(&b'"') || b.get(i + 1) == Some(&b'#')) && (i == 0 || !is_ident_byte(b[i - 1])) => {
+            b'r' if (b.get(i + 1) == Some(&b'"') || b.get(i + 1) == Some(&b'#'))
+                && (i == 0 || !is_ident_byte(b[i - 1])) =>
+            {
                 let mut j = i + 1;
                 let mut hashes = 0;
                 while b.get(j) == Some(&b'#') {
@@ -179,7 +197,8 @@ pub fn strip_comments_and_strings(src: &str) -> String {
                     i += 1;
                     continue;
                 }
-                let close: Vec<u8> = std::iter::once(b'"').chain(std::iter::repeat_n(b'#', hashes)).collect();
+                let close: Vec<u8> =
+                    std::iter::once(b'"').chain(std::iter::repeat_n(b'#', hashes)).collect();
                 j += 1;
                 while j < b.len() && !b[j..].starts_with(&close) {
                     j += 1;
@@ -284,7 +303,11 @@ fn inline_modules_flat(code: &str) -> String {
     let mut rest = code;
     while let Some(at) = find_word(rest, "mod") {
         let after = &rest[at + 3..];
-        let name_len = after.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').count();
+        let name_len = after
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .count();
         let skip = after.len() - after.trim_start().len() + name_len;
         if name_len == 0 || !after[skip..].trim_start().starts_with('{') {
             out.push_str(&rest[..at + 3]);
@@ -344,7 +367,9 @@ fn paths(code: &str) -> Vec<Vec<String>> {
                     j += 1;
                 }
                 segs.push(rest[st..j].to_string());
-                if rest[j..].starts_with("::") && rest[j + 2..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                if rest[j..].starts_with("::")
+                    && rest[j + 2..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                {
                     j += 2;
                 } else {
                     break;
@@ -407,7 +432,11 @@ fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
     } else {
         let path = tree.split(" as ").next().unwrap_or(tree);
         let mut full = prefix.clone();
-        full.extend(path.split("::").map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && s != "self" && s != "*"));
+        full.extend(
+            path.split("::")
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty() && s != "self" && s != "*"),
+        );
         if !full.is_empty() {
             out.push(full);
         }
@@ -446,7 +475,11 @@ fn reexports(root: &Module) -> BTreeMap<String, Vec<String>> {
         let mut paths = Vec::new();
         expand(&item[..end], &mut Vec::new(), &mut paths);
         for p in paths {
-            let p: Vec<String> = if p.first().is_some_and(|f| f == "crate" || f == "self") { p[1..].to_vec() } else { p };
+            let p: Vec<String> = if p.first().is_some_and(|f| f == "crate" || f == "self") {
+                p[1..].to_vec()
+            } else {
+                p
+            };
             if let Some((last, module)) = p.split_last()
                 && root.children.iter().any(|c| Some(c) == module.first())
             {
@@ -499,7 +532,15 @@ fn strongly_connected(edges: &[BTreeSet<usize>]) -> Vec<Vec<usize>> {
         }
     }
     let n = edges.len();
-    let mut t = T { edges, index: vec![None; n], low: vec![0; n], on: vec![false; n], stack: Vec::new(), next: 0, out: Vec::new() };
+    let mut t = T {
+        edges,
+        index: vec![None; n],
+        low: vec![0; n],
+        on: vec![false; n],
+        stack: Vec::new(),
+        next: 0,
+        out: Vec::new(),
+    };
     for v in 0..n {
         if t.index[v].is_none() {
             visit(&mut t, v);
@@ -520,7 +561,8 @@ pub fn crate_roots(workspace: &Path) -> Vec<PathBuf> {
         }
         for sub in ["src/bin", "tests", "benches"] {
             if let Ok(entries) = fs::read_dir(dir.join(sub)) {
-                let mut files: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+                let mut files: Vec<PathBuf> =
+                    entries.filter_map(|e| Some(e.ok()?.path())).collect();
                 files.sort();
                 for f in files {
                     if f.extension().is_some_and(|e| e == "rs") {

@@ -41,8 +41,14 @@ pub fn run(bin: &Path, requests: u32) -> Result<()> {
     let a = lab.addrs;
     println!("== lab {}", lab.id);
     println!("   client  {}            (netns {})", a.client, lab.client.name);
-    println!("   gateway {} | {}  (netns {}, {GW_PUBLIC_IF} | {GW_INTERNAL_IF})", a.gw_public, a.gw_internal, lab.gateway.name);
-    println!("   server  {}           (netns {}, no route back to the client)", a.server, lab.server.name);
+    println!(
+        "   gateway {} | {}  (netns {}, {GW_PUBLIC_IF} | {GW_INTERNAL_IF})",
+        a.gw_public, a.gw_internal, lab.gateway.name
+    );
+    println!(
+        "   server  {}           (netns {}, no route back to the client)",
+        a.server, lab.server.name
+    );
     let result = demo(&mut lab, requests);
     println!("== cleaning up lab {}", lab.id);
     drop(lab);
@@ -67,7 +73,9 @@ fn demo(lab: &mut Lab, requests: u32) -> Result<()> {
     let rule = format!("tcp:8080={}:80", a.server);
     // XDP explicitly: the lab's far ends have GRO on, so XDP can transmit
     // into its veths (without flags, `auto` picks TC on veth).
-    println!("== gateway: forwarder run --public {GW_PUBLIC_IF} --internal {GW_INTERNAL_IF} --mode xdp --rule {rule}");
+    println!(
+        "== gateway: forwarder run --public {GW_PUBLIC_IF} --internal {GW_INTERNAL_IF} --mode xdp --rule {rule}"
+    );
     let mut fwd = lab.start_forwarder(&["--rule", &rule, "--mode", "xdp"])?;
     for line in fwd.log_text().lines() {
         println!("   | {line}");
@@ -78,7 +86,18 @@ fn demo(lab: &mut Lab, requests: u32) -> Result<()> {
     let mut ok = 0;
     for i in 1..=requests {
         check_interrupt()?;
-        let out = lab.client.command("curl").args(["-sS", "-m", "5", "-w", "\\n[%{http_code} from %{remote_ip}:%{remote_port}]", &url]).output()?;
+        let out = lab
+            .client
+            .command("curl")
+            .args([
+                "-sS",
+                "-m",
+                "5",
+                "-w",
+                "\\n[%{http_code} from %{remote_ip}:%{remote_port}]",
+                &url,
+            ])
+            .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         println!("== client: curl {url} (#{i})");
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -95,8 +114,13 @@ fn demo(lab: &mut Lab, requests: u32) -> Result<()> {
     for line in std::fs::read_to_string(&http_log)?.lines().filter(|l| l.contains("GET")) {
         println!("   | {line}");
     }
-    println!("== gateway: netfilter conntrack entries for the forwarded port: {}", conntrack_count(lab));
-    println!("== gateway: the forwarder's audit log (one event per new connection, from the kernel)");
+    println!(
+        "== gateway: netfilter conntrack entries for the forwarded port: {}",
+        conntrack_count(lab)
+    );
+    println!(
+        "== gateway: the forwarder's audit log (one event per new connection, from the kernel)"
+    );
     for line in fwd.log_text().lines().filter(|l| l.contains(" audit]")) {
         println!("   | {line}");
     }
@@ -105,16 +129,29 @@ fn demo(lab: &mut Lab, requests: u32) -> Result<()> {
     for line in fwd.log_text().lines().skip_while(|l| !l.contains("stopping")) {
         println!("   | {line}");
     }
-    let conns = stats.split("\"new_connections\":").nth(1).and_then(|s| s.split([',', '\n']).next()).map_or("?", str::trim).to_string();
+    let conns = stats
+        .split("\"new_connections\":")
+        .nth(1)
+        .and_then(|s| s.split([',', '\n']).next())
+        .map_or("?", str::trim)
+        .to_string();
     println!("== the rule counted {conns} new connections");
     if ok != requests {
         bail!("{} of {requests} requests failed", requests - ok);
     }
-    let xdp = stats.split("\"xdp_redirected\":").nth(1).and_then(|s| s.split([',', '\n']).next()).and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0);
+    let xdp = stats
+        .split("\"xdp_redirected\":")
+        .nth(1)
+        .and_then(|s| s.split([',', '\n']).next())
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     if xdp == 0 {
         bail!("XDP redirected nothing:\n{stats}");
     }
-    println!("== {ok}/{requests} requests forwarded by XDP; the server saw the gateway's internal address {}", a.gw_internal);
+    println!(
+        "== {ok}/{requests} requests forwarded by XDP; the server saw the gateway's internal address {}",
+        a.gw_internal
+    );
     Ok(())
 }
 

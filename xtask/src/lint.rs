@@ -19,7 +19,16 @@ pub fn run() -> Result<()> {
     eprintln!("xtask lint: cargo fmt --check");
     status(cargo().args(["fmt", "--all", "--check"]))?;
     eprintln!("xtask lint: clippy (host crates)");
-    status(cargo().args(["clippy", "--workspace", "--exclude", "forwarder-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    status(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "forwarder-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     eprintln!("xtask lint: clippy (eBPF crate)");
     status(&mut ebpf_clippy()?)
 }
@@ -40,7 +49,10 @@ fn check_cycles() -> Result<()> {
         }
     }
     if !found.is_empty() {
-        bail!("import cycles (a layer imports only the layers below it):\n  {}", found.join("\n  "));
+        bail!(
+            "import cycles (a layer imports only the layers below it):\n  {}",
+            found.join("\n  ")
+        );
     }
     Ok(())
 }
@@ -56,7 +68,9 @@ fn ebpf_clippy() -> Result<Command> {
         ebpf_toolchain::Toolchain::Debian { rustc, .. } => {
             let clippy = std::path::Path::new("/usr/bin/cargo-clippy");
             if !clippy.exists() {
-                bail!("no /usr/bin/cargo-clippy for Debian's rustc: run `cargo xtask setup` (installs rust-web-clippy)");
+                bail!(
+                    "no /usr/bin/cargo-clippy for Debian's rustc: run `cargo xtask setup` (installs rust-web-clippy)"
+                );
             }
             let mut c = Command::new(clippy);
             c.arg("clippy").env("RUSTC", rustc).env("RUSTC_BOOTSTRAP", "1");
@@ -68,10 +82,20 @@ fn ebpf_clippy() -> Result<Command> {
             c
         }
     };
-    for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
         cmd.env_remove(var);
     }
-    cmd.arg("--manifest-path").arg(manifest).args(["--release", "--target", ebpf_toolchain::TARGET, "--bins", "--lib", "--target-dir"]).arg(target_dir);
+    cmd.arg("--manifest-path")
+        .arg(manifest)
+        .args(["--release", "--target", ebpf_toolchain::TARGET, "--bins", "--lib", "--target-dir"])
+        .arg(target_dir);
     cmd.args(["--", "-D", "warnings"]);
     Ok(cmd)
 }

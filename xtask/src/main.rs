@@ -3,11 +3,11 @@
 //! Only orchestration lives here; the lab itself is `forwarder-testkit`,
 //! the toolchain logic is shared with `forwarder-user/build.rs`.
 
+mod cmd;
+mod cycles;
 #[path = "../../forwarder-user/build/ebpf_toolchain.rs"]
 #[allow(dead_code, reason = "shared with build.rs, which uses other parts")]
 mod ebpf_toolchain;
-mod cmd;
-mod cycles;
 mod lab;
 mod lint;
 mod setup;
@@ -15,8 +15,8 @@ mod setup;
 use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
-use cmd::{build_forwarder, cargo, require_root, status};
 use clap::{Parser, Subcommand};
+use cmd::{build_forwarder, cargo, require_root, status};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "forwarder build, run, lab and test orchestration")]
@@ -84,13 +84,18 @@ enum Cmd {
 /// Runs `cargo test`, echoing its output, and adds up its result lines.
 fn run_tests(cmd: &mut Command) -> Result<(u64, u64, bool)> {
     use std::io::{BufRead, BufReader};
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("running cargo test")?;
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).spawn().context("running cargo test")?;
     let (mut passed, mut failed) = (0, 0);
     for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
-            let num = |word: &str| rest.split(';').find_map(|p| p.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok());
+            let num = |word: &str| {
+                rest.split(';').find_map(|p| {
+                    p.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok()
+                })
+            };
             passed += num("passed").unwrap_or(0);
             failed += num("failed").unwrap_or(0);
         }
@@ -110,7 +115,10 @@ fn main() -> Result<()> {
             setup::run()?;
             let bin = build_forwarder()?;
             require_root("running the forwarder")?;
-            let st = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
+            let st = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(st.code().unwrap_or(1));
         }
         Cmd::Lab { requests } => {
@@ -130,7 +138,16 @@ fn main() -> Result<()> {
             setup::run()?;
             let bin = build_forwarder()?;
             let mut cmd = cargo();
-            cmd.args(["bench", "-p", "forwarder-testkit", "--bench", "soak", "--", "--minutes", &minutes.to_string()]);
+            cmd.args([
+                "bench",
+                "-p",
+                "forwarder-testkit",
+                "--bench",
+                "soak",
+                "--",
+                "--minutes",
+                &minutes.to_string(),
+            ]);
             if tuned {
                 cmd.arg("--tuned");
             }
@@ -152,7 +169,10 @@ fn main() -> Result<()> {
 /// The program's micro-benchmark, then the netfilter comparison; `check`:
 /// the comparison's shortest run, which only proves it works.
 fn bench(bin: &Path, quick: bool, check: bool) -> Result<()> {
-    for (name, flag) in [("micro", quick.then_some("--quick")), ("compare", if check { Some("--check") } else { quick.then_some("--quick") })] {
+    for (name, flag) in [
+        ("micro", quick.then_some("--quick")),
+        ("compare", if check { Some("--check") } else { quick.then_some("--quick") }),
+    ] {
         let mut cmd = cargo();
         cmd.args(["bench", "-p", "forwarder-testkit", "--bench", name, "--"]);
         cmd.args(flag);
@@ -167,7 +187,14 @@ fn bench(bin: &Path, quick: bool, check: bool) -> Result<()> {
 /// defaults (no GRO at the far ends: XDP cannot transmit into them); the
 /// `csum` lab is an untuned one whose endpoints verify every checksum they
 /// receive and whose gateway computes in software what it sends.
-const PASSES: [(&str, &str); 6] = [("xdp", "tuned"), ("xdp", "csum"), ("tc", "tuned"), ("tc", "untuned"), ("default", "tuned"), ("default", "csum")];
+const PASSES: [(&str, &str); 6] = [
+    ("xdp", "tuned"),
+    ("xdp", "csum"),
+    ("tc", "tuned"),
+    ("tc", "untuned"),
+    ("default", "tuned"),
+    ("default", "csum"),
+];
 
 /// `cargo xtask test`: the whole suite in every pass of [`PASSES`], the
 /// unit tests and fixtures once more in release, the benchmark's check.
@@ -186,14 +213,36 @@ fn test(bin: &Path, args: &[String]) -> Result<()> {
         } else {
             cmd.args(["test", "-p", "forwarder-testkit", "--tests"]);
         }
-        tally(run_tests(cmd.env("FORWARDER_BIN", bin).env("FORWARDER_TEST_MODE", mode).env("FORWARDER_TEST_LAB", lab).args(args))?);
+        tally(run_tests(
+            cmd.env("FORWARDER_BIN", bin)
+                .env("FORWARDER_TEST_MODE", mode)
+                .env("FORWARDER_TEST_LAB", lab)
+                .args(args),
+        )?);
         eprintln!("xtask: pass {}/{} took {:.0} s", i + 1, PASSES.len(), t.elapsed().as_secs_f64());
     }
     // Optimised code can differ (overflow checks off, other inlining):
     // the host-side logic and the fixtures once more in release.
     eprintln!("xtask: unit tests and fixtures in release");
-    tally(run_tests(cargo().args(["test", "--release", "--workspace", "--exclude", "forwarder-ebpf", "--lib", "--bins"]).args(args))?);
-    tally(run_tests(cargo().args(["test", "--release", "-p", "forwarder-testkit", "--test", "fixtures"]).env("FORWARDER_BIN", bin).args(args))?);
+    tally(run_tests(
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "forwarder-ebpf",
+                "--lib",
+                "--bins",
+            ])
+            .args(args),
+    )?);
+    tally(run_tests(
+        cargo()
+            .args(["test", "--release", "-p", "forwarder-testkit", "--test", "fixtures"])
+            .env("FORWARDER_BIN", bin)
+            .args(args),
+    )?);
     eprintln!("xtask: tests took {:.0} s", t0.elapsed().as_secs_f64());
     println!("tests: {passed} passed, {failed} failed");
     if !ok || failed > 0 {

@@ -9,10 +9,30 @@ use anyhow::{Result, bail};
 use crate::{cmd::status, ebpf_toolchain};
 
 /// Debian packages: the eBPF toolchain, and the tools the lab and tests use.
-const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
+const TOOLCHAIN_PKGS: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+];
 /// The lint gate's clippy for the eBPF crate (Debian's rustc has its own).
 const LINT_PKGS: &[&str] = &["rust-web-clippy"];
-const LAB_PKGS: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nftables", "conntrack", "curl", "python3", "procps", "tcpdump", "iptables", "rsyslog", "iperf3"];
+const LAB_PKGS: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "iputils-ping",
+    "nftables",
+    "conntrack",
+    "curl",
+    "python3",
+    "procps",
+    "tcpdump",
+    "iptables",
+    "rsyslog",
+    "iperf3",
+];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -22,7 +42,8 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn is_debian() -> bool {
-    std::path::Path::new("/usr/bin/apt-get").exists() && std::path::Path::new("/usr/bin/dpkg-query").exists()
+    std::path::Path::new("/usr/bin/apt-get").exists()
+        && std::path::Path::new("/usr/bin/dpkg-query").exists()
 }
 
 pub fn run() -> Result<()> {
@@ -31,10 +52,13 @@ pub fn run() -> Result<()> {
         if let Err(msg) = ebpf_toolchain::detect() {
             bail!("not a Debian/Ubuntu machine, so nothing is installed automatically.\n{msg}");
         }
-        eprintln!("xtask setup: eBPF toolchain found; make sure iproute2, ethtool, ping, nft, conntrack, curl and python3 are installed for the lab and tests");
+        eprintln!(
+            "xtask setup: eBPF toolchain found; make sure iproute2, ethtool, ping, nft, conntrack, curl and python3 are installed for the lab and tests"
+        );
         return Ok(());
     }
-    let mut missing: Vec<&str> = LAB_PKGS.iter().chain(LINT_PKGS).copied().filter(|p| !installed(p)).collect();
+    let mut missing: Vec<&str> =
+        LAB_PKGS.iter().chain(LINT_PKGS).copied().filter(|p| !installed(p)).collect();
     if !toolchain_ok {
         missing.extend(TOOLCHAIN_PKGS.iter().copied().filter(|p| !installed(p)));
     }
@@ -43,14 +67,26 @@ pub fn run() -> Result<()> {
         eprintln!("+ apt-get update");
         status(Command::new("apt-get").args(["update", "-q"]))?;
         eprintln!("+ apt-get install -y {}", missing.join(" "));
-        status(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
     }
     if ebpf_toolchain::find_bpf_linker().is_none() {
         let cmd = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --locked --no-default-features --features llvm-22";
         eprintln!("+ {cmd}");
         status(
             Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features", "llvm-22"])
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
         )?;
     }

@@ -15,13 +15,16 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
         xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     },
+    helpers::generated::bpf_fib_lookup as fib_lookup_helper,
     macros::{map, xdp},
     maps::{Array, DevMapHash, PerCpuArray},
-    helpers::generated::bpf_fib_lookup as fib_lookup_helper,
     programs::XdpContext,
 };
 use forwarder_common::{
-    abi::{BENCH_SINK_FROM_OTHERS, BENCH_SINK_FROM_SOURCE, BenchFrame, BenchSource, MAX_IFACES, bench_flow},
+    abi::{
+        BENCH_SINK_FROM_OTHERS, BENCH_SINK_FROM_SOURCE, BenchFrame, BenchSource, MAX_IFACES,
+        bench_flow,
+    },
     csum::{ttl_decrement, udp_fixup, update16},
 };
 use network_types::{
@@ -98,7 +101,14 @@ fn fib_redirect(ctx: &XdpContext) -> u32 {
     f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
     f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
     // SAFETY: valid context and stack struct.
-    let rc = unsafe { fib_lookup_helper(ctx.ctx.cast(), &raw mut f, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = unsafe {
+        fib_lookup_helper(
+            ctx.ctx.cast(),
+            &raw mut f,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return XDP_PASS;
     }
@@ -189,7 +199,11 @@ fn sink(ctx: &XdpContext) -> u32 {
         return XDP_PASS;
     }
     let expected = BENCH_SINK_SOURCE.get(0).is_some_and(|s| s.matches(ip.src_addr));
-    if let Some(c) = BENCH_SINK.get_ptr_mut(if expected { BENCH_SINK_FROM_SOURCE } else { BENCH_SINK_FROM_OTHERS }) {
+    if let Some(c) = BENCH_SINK.get_ptr_mut(if expected {
+        BENCH_SINK_FROM_SOURCE
+    } else {
+        BENCH_SINK_FROM_OTHERS
+    }) {
         // SAFETY: per-CPU slot.
         unsafe { *c += 1 };
     }

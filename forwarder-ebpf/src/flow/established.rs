@@ -37,7 +37,16 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
     // The next hop cached in the entry (fresh, and the packet fits its
     // MTU), or a FIB lookup whose answer is cached for the next packets.
     let fwd = if let Some(nh) = entry.next_hop(now, parsed.l3_len) {
-        Forward { new, ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac, resolve: false, nexthop: [0; 4], mtu: nh.mtu, vlan: entry.vlan }
+        Forward {
+            new,
+            ifindex: nh.ifindex,
+            smac: nh.smac,
+            dmac: nh.dmac,
+            resolve: false,
+            nexthop: [0; 4],
+            mtu: nh.mtu,
+            vlan: entry.vlan,
+        }
     } else {
         let r = route(p, &parsed, &new, 0);
         let mut fwd = match fib_verdict::<P>(&r, new) {
@@ -46,7 +55,10 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
         };
         fwd.vlan = entry.vlan;
         if !fwd.resolve && fwd.mtu != 0 {
-            entry.cache_next_hop(&NextHop { ifindex: fwd.ifindex, smac: fwd.smac, dmac: fwd.dmac, mtu: fwd.mtu }, now);
+            entry.cache_next_hop(
+                &NextHop { ifindex: fwd.ifindex, smac: fwd.smac, dmac: fwd.dmac, mtu: fwd.mtu },
+                now,
+            );
         }
         fwd
     };
@@ -83,4 +95,3 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
     count_rule(entry.rule_id, entry.dir, parsed.frame_len);
     forward::<P>(parsed, fwd, entry.rule_id, entry.dir)
 }
-

@@ -54,7 +54,12 @@ pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
     };
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
-    let old = Tuple { saddr: [q[12], q[13], q[14], q[15]], daddr: [q[16], q[17], q[18], q[19]], sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] };
+    let old = Tuple {
+        saddr: [q[12], q[13], q[14], q[15]],
+        daddr: [q[16], q[17], q[18], q[19]],
+        sport: [ports[0], ports[1]],
+        dport: [ports[2], ports[3]],
+    };
     let Some(entry) = FWD_FLOWS.get_ptr(&FlowKey::new(&old.reversed(), proto)) else {
         return Verdict::Pass(stats::PASS_NOT_OURS); // about the gateway's own traffic
     };

@@ -6,8 +6,8 @@ use aya_ebpf::{bindings::BPF_FIB_LOOKUP_SRC, helpers::bpf_ktime_get_ns, maps::lp
 use aya_log_ebpf::warn;
 use forwarder_common::{
     abi::{
-        DIR_ORIGINAL, MAX_SNAT_ATTEMPTS, ROLE_PUBLIC, RULE_F_MASQUERADE, RULE_F_SRC_FILTER, RULE_KEY_FULL_BITS, RuleKey,
-        RuleTarget, SrcKey,
+        DIR_ORIGINAL, MAX_SNAT_ATTEMPTS, ROLE_PUBLIC, RULE_F_MASQUERADE, RULE_F_SRC_FILTER,
+        RULE_KEY_FULL_BITS, RuleKey, RuleTarget, SrcKey,
     },
     conntrack::{TCP_RST, entry_pair, snat_candidate, tuple_hash},
     nat::Tuple,
@@ -45,7 +45,10 @@ pub fn match_rule<P: Packet>(p: &P, parsed: &Parsed) -> Option<(RuleTarget, bool
         // SAFETY: as above.
         unsafe { *FWD_PUBLIC_ADDRS.get_ptr(&parsed.tuple.daddr)? }
     };
-    let mut key = Key::new(RULE_KEY_FULL_BITS, RuleKey { ifindex: rules_if, proto: parsed.proto, port: parsed.tuple.dport, _pad: 0 });
+    let mut key = Key::new(
+        RULE_KEY_FULL_BITS,
+        RuleKey { ifindex: rules_if, proto: parsed.proto, port: parsed.tuple.dport, _pad: 0 },
+    );
     if let Some(t) = FWD_RULES.get(&key) {
         return Some((*t, !public));
     }
@@ -60,7 +63,9 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
     // Source allow-list: refused here, never passed on (the kernel would
     // deliver it to the gateway itself).
     if target.flags & RULE_F_SRC_FILTER != 0
-        && FWD_SRC_ALLOW.get(Key::new(64, SrcKey { rule_id: target.rule_id, addr: parsed.tuple.saddr })).is_none()
+        && FWD_SRC_ALLOW
+            .get(Key::new(64, SrcKey { rule_id: target.rule_id, addr: parsed.tuple.saddr }))
+            .is_none()
     {
         if let Some(s) = rule_stats(target.rule_id) {
             s.denied += 1;
@@ -82,7 +87,8 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
     // internal client directly, from an address the client never called.
     let masquerade = hairpin || target.flags & RULE_F_MASQUERADE != 0;
     let dport = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
-    let mut out = Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport };
+    let mut out =
+        Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport };
     let r = route(p, &parsed, &out, if masquerade { BPF_FIB_LOOKUP_SRC } else { 0 });
     // Route first: nothing is inserted for a packet we cannot send (XDP
     // hands NO_NEIGH to TC before any state exists).
@@ -114,9 +120,11 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
             break;
         }
         if masquerade {
-            out.sport = snat_candidate(seed, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be_bytes();
+            out.sport =
+                snat_candidate(seed, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be_bytes();
         }
-        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+        let [_, (rk, re)] =
+            entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
         claim = ct::insert(&rk, &re);
         // Taken: the next candidate; claimed, or the table is full: done.
         if !matches!(claim, Err(InsertError::Exists)) {
@@ -129,7 +137,8 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         if !ct::make_room() {
             return Verdict::Drop(stats::DROP_CT_FULL);
         }
-        let [_, (rk, re)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+        let [_, (rk, re)] =
+            entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
         claim = ct::insert(&rk, &re);
     }
     match claim {
@@ -150,7 +159,8 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
             return Verdict::Drop(stats::DROP_SNAT_EXHAUSTED);
         }
     }
-    let [(ok, oe), (rk, _)] = entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+    let [(ok, oe), (rk, _)] =
+        entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
     if let Err(e) = ct::insert(&ok, &oe) {
         // Another CPU created this flow first (exists), or the table filled
         // up in between: give our reply entry back. A retransmission finds

@@ -54,7 +54,9 @@ fn handoff(ctx: &TcContext) -> Handoff {
     match unsafe { *(meta as *const u32) } {
         XDP_HANDOFF_MAGIC => Handoff::Whole,
         // SAFETY: 8 bytes of metadata, checked first.
-        XDP_HANDOFF_TX_MAGIC if meta + 8 <= data => Handoff::Transmit(unsafe { *((meta + 4) as *const u32) }),
+        XDP_HANDOFF_TX_MAGIC if meta + 8 <= data => {
+            Handoff::Transmit(unsafe { *((meta + 4) as *const u32) })
+        }
         _ => Handoff::None,
     }
 }
@@ -103,7 +105,9 @@ pub fn run(ctx: &TcContext) -> i32 {
 /// connection's setup, then its first packet sent like any other.
 #[inline(always)]
 pub fn run_new_flow(ctx: &TcContext) -> i32 {
-    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| rebased(*plan, ctx)) else { return TC_ACT_OK };
+    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| rebased(*plan, ctx)) else {
+        return TC_ACT_OK;
+    };
     let v = create(ctx, plan.parsed, &plan.target, plan.hairpin);
     apply(ctx, v)
 }
@@ -121,7 +125,9 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             count(s);
             TC_ACT_OK
         }
-        Verdict::Drop(s) if s & 0xffff == stats::DROP_TOO_BIG && s >> 16 != 0 => toobig::answer(ctx, s >> 16),
+        Verdict::Drop(s) if s & 0xffff == stats::DROP_TOO_BIG && s >> 16 != 0 => {
+            toobig::answer(ctx, s >> 16)
+        }
         Verdict::Drop(s) => {
             count(s & 0xffff);
             TC_ACT_SHOT
@@ -219,7 +225,12 @@ fn redirect(fwd: &Forward) -> i32 {
             p.nh_family = AF_INET;
             p.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(fwd.nexthop);
             count(stats::TC_REDIRECTED_NEIGH);
-            bpf_redirect_neigh(fwd.ifindex, &raw mut p, core::mem::size_of::<bpf_redir_neigh>() as i32, 0)
+            bpf_redirect_neigh(
+                fwd.ifindex,
+                &raw mut p,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
         } else {
             count(stats::TC_REDIRECTED);
             bpf_redirect(fwd.ifindex, 0)

@@ -25,9 +25,9 @@ use forwarder_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
-    ops::csum,
     ctx::{Packet, ptr_at},
     maps::count,
+    ops::csum,
 };
 
 #[inline(always)]
@@ -69,7 +69,12 @@ fn build(ctx: &TcContext, mtu: u32) -> Option<()> {
     }
     ctx.adjust_room(28, BPF_ADJ_ROOM_MAC, 0).ok()?;
     // The error goes back: from the address the sender talked to.
-    let (hdr, mut icmp) = frag_needed_headers([ip[16], ip[17], ip[18], ip[19]], [ip[12], ip[13], ip[14], ip[15]], mtu as u16, quote_len as u16);
+    let (hdr, mut icmp) = frag_needed_headers(
+        [ip[16], ip[17], ip[18], ip[19]],
+        [ip[12], ip[13], ip[14], ip[15]],
+        mtu as u16,
+        quote_len as u16,
+    );
     let sum = csum::sum(ctx, EthHdr::LEN + 28, quote_len)?;
     let c = icmp_checksum(&icmp, sum).to_be_bytes();
     icmp[2] = c[0];

@@ -33,7 +33,8 @@ pub fn on_redirect_err(ctx: &RawTracePointContext) {
             (*v).last_err = last_err;
         },
         None => {
-            let _ = FWD_XDP_TX_ERR.insert(&ifindex, &XdpTxErrors { frames: 1, last_err, _pad: 0 }, 0);
+            let _ =
+                FWD_XDP_TX_ERR.insert(&ifindex, &XdpTxErrors { frames: 1, last_err, _pad: 0 }, 0);
         }
     }
 }

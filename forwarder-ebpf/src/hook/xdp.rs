@@ -92,7 +92,10 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
         }
         Verdict::ForwardL3(parsed, fwd) => {
             let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
-            if rewrite::ip_header(ctx, &fwd.new, &d).and_then(|()| rewrite::macs(ctx, &fwd)).is_none() {
+            if rewrite::ip_header(ctx, &fwd.new, &d)
+                .and_then(|()| rewrite::macs(ctx, &fwd))
+                .is_none()
+            {
                 count(stats::PASS_MALFORMED);
                 return XDP_ABORTED;
             }
@@ -100,7 +103,10 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             redirect(ctx, &fwd)
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
-            if rewrite::icmp_error(ctx, &parsed, &fwd.new, &quote).and_then(|()| rewrite::macs(ctx, &fwd)).is_none() {
+            if rewrite::icmp_error(ctx, &parsed, &fwd.new, &quote)
+                .and_then(|()| rewrite::macs(ctx, &fwd))
+                .is_none()
+            {
                 count(stats::PASS_MALFORMED);
                 return XDP_ABORTED;
             }
@@ -219,7 +225,9 @@ fn scratch(ctx: &XdpContext) -> Option<FullCsum> {
 /// event.
 #[inline(always)]
 pub fn run_new_flow(ctx: &XdpContext) -> u32 {
-    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| rebased(*plan, ctx)) else { return XDP_ABORTED };
+    let Some(plan) = FWD_NEW_SCRATCH.get(0).and_then(|plan| rebased(*plan, ctx)) else {
+        return XDP_ABORTED;
+    };
     let v = create(ctx, plan.parsed, &plan.target, plan.hairpin);
     apply::<true>(ctx, v)
 }

@@ -40,19 +40,49 @@ pub fn accepted(parsed: &Parsed, fwd: &Forward, ifindex: u32, now: u64) -> Audit
     // Without masquerade the packet leaves from the client's own address:
     // no masquerade source to report (zero, as `AuditEvent::snat` says).
     let snat = if n.saddr == parsed.tuple.saddr { ([0; 4], [0; 2]) } else { (n.saddr, n.sport) };
-    event(parsed, parsed.audit_rule.wrapping_sub(1), ifindex, now, AUDIT_ACCEPTED, (n.daddr, n.dport), snat)
+    event(
+        parsed,
+        parsed.audit_rule.wrapping_sub(1),
+        ifindex,
+        now,
+        AUDIT_ACCEPTED,
+        (n.daddr, n.dport),
+        snat,
+    )
 }
 
 /// The event of an attempt the rule's source allow-list refused.
 #[inline(always)]
-pub fn denied(parsed: &Parsed, target: &RuleTarget, backend_port: [u8; 2], ifindex: u32, now: u64) -> AuditEvent {
-    event(parsed, target.rule_id, ifindex, now, AUDIT_DENIED, (target.addr, backend_port), ([0; 4], [0; 2]))
+pub fn denied(
+    parsed: &Parsed,
+    target: &RuleTarget,
+    backend_port: [u8; 2],
+    ifindex: u32,
+    now: u64,
+) -> AuditEvent {
+    event(
+        parsed,
+        target.rule_id,
+        ifindex,
+        now,
+        AUDIT_DENIED,
+        (target.addr, backend_port),
+        ([0; 4], [0; 2]),
+    )
 }
 
 /// An event about `parsed`'s connection: backend and masquerade source as
 /// (address, port), network order.
 #[inline(always)]
-fn event(parsed: &Parsed, rule_id: u32, ifindex: u32, now: u64, verdict: u8, backend: ([u8; 4], [u8; 2]), snat: ([u8; 4], [u8; 2])) -> AuditEvent {
+fn event(
+    parsed: &Parsed,
+    rule_id: u32,
+    ifindex: u32,
+    now: u64,
+    verdict: u8,
+    backend: ([u8; 4], [u8; 2]),
+    snat: ([u8; 4], [u8; 2]),
+) -> AuditEvent {
     AuditEvent {
         ts_ns: now,
         rule_id,

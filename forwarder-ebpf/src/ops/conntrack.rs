@@ -25,7 +25,9 @@ use forwarder_common::{
     stats,
 };
 
-use crate::maps::{FWD_CT_CAND_POS, FWD_CT_CANDIDATES, FWD_FLOWS, FWD_NEW_CONN_BUCKET, config, count};
+use crate::maps::{
+    FWD_CT_CAND_POS, FWD_CT_CANDIDATES, FWD_FLOWS, FWD_NEW_CONN_BUCKET, config, count,
+};
 
 /// `bpf_map_update_elem` errno for an existing key (NOEXIST).
 const EEXIST: i32 = 17;
@@ -113,7 +115,8 @@ pub fn candidate(key: &FlowKey) {
     // SAFETY: this CPU's slot; no other writer runs on this CPU meanwhile.
     unsafe {
         let head = (*pos).head;
-        if let Some(slot) = FWD_CT_CANDIDATES.get_ptr_mut((head % u64::from(CT_CANDIDATES)) as u32) {
+        if let Some(slot) = FWD_CT_CANDIDATES.get_ptr_mut((head % u64::from(CT_CANDIDATES)) as u32)
+        {
             *slot = *key;
             (*pos).head = head + 1;
         }

@@ -2,9 +2,10 @@
 //! translated packet.
 
 use aya_ebpf::bindings::{
-    BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-    BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
-    BPF_FIB_LKUP_RET_UNREACHABLE, bpf_fib_lookup,
+    BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+    BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED,
+    BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+    bpf_fib_lookup,
 };
 use aya_ebpf::helpers::generated::bpf_fib_lookup as fib_lookup_helper;
 use forwarder_common::{nat::Tuple, stats};
@@ -53,7 +54,9 @@ pub fn route<P: Packet>(p: &P, parsed: &Parsed, t: &Tuple, flags: u32) -> Route 
     f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(t.saddr);
     f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(t.daddr);
     // SAFETY: valid context and a stack struct of the size passed.
-    let ret = unsafe { fib_lookup_helper(p.raw(), &raw mut f, core::mem::size_of::<bpf_fib_lookup>() as i32, flags) };
+    let ret = unsafe {
+        fib_lookup_helper(p.raw(), &raw mut f, core::mem::size_of::<bpf_fib_lookup>() as i32, flags)
+    };
     // SAFETY: union fields written by the kernel for IPv4.
     unsafe {
         Route {
@@ -86,14 +89,32 @@ pub fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict>
                 // Egress is not one of ours: TC can redirect anywhere.
                 return Err(Verdict::ToTc(stats::XDP_TO_TC));
             }
-            Ok(Forward { new, ifindex: r.ifindex, smac: r.smac, dmac: r.dmac, resolve: false, nexthop: [0; 4], mtu: r.mtu, vlan: 0 })
+            Ok(Forward {
+                new,
+                ifindex: r.ifindex,
+                smac: r.smac,
+                dmac: r.dmac,
+                resolve: false,
+                nexthop: [0; 4],
+                mtu: r.mtu,
+                vlan: 0,
+            })
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             if P::IS_XDP {
                 // XDP cannot resolve neighbours: TC will, with redirect_neigh.
                 Err(Verdict::ToTc(stats::XDP_TO_TC))
             } else {
-                Ok(Forward { new, ifindex: r.ifindex, smac: [0; 6], dmac: [0; 6], resolve: true, nexthop: r.nexthop, mtu: 0, vlan: 0 })
+                Ok(Forward {
+                    new,
+                    ifindex: r.ifindex,
+                    smac: [0; 6],
+                    dmac: [0; 6],
+                    resolve: true,
+                    nexthop: r.nexthop,
+                    mtu: 0,
+                    vlan: 0,
+                })
             }
         }
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
@@ -111,4 +132,3 @@ pub fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict>
         _ => Err(Verdict::Pass(stats::PASS_FIB_OTHER)),
     }
 }
-

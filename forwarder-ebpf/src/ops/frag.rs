@@ -11,7 +11,13 @@ use crate::{
 
 #[inline(always)]
 pub fn key(parsed: &Parsed) -> FragKey {
-    FragKey { saddr: parsed.tuple.saddr, daddr: parsed.tuple.daddr, id: parsed.ip_id, proto: parsed.proto, _pad: 0 }
+    FragKey {
+        saddr: parsed.tuple.saddr,
+        daddr: parsed.tuple.daddr,
+        id: parsed.ip_id,
+        proto: parsed.proto,
+        _pad: 0,
+    }
 }
 
 /// Called for a translated first fragment of a flow of `rule_id`, `dir`.
@@ -42,4 +48,3 @@ pub fn forward<P: Packet>(parsed: Parsed, fwd: Forward, rule_id: u32, dir: u8) -
     }
     Verdict::Forward(parsed, fwd)
 }
-

@@ -28,7 +28,9 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     let ether_type = unsafe { (*eth).ether_type };
     // 802.1Q: XDP leaves tagged frames to TC, which sees them untagged (the
     // kernel moves the tag into the skb) and tags replies again.
-    if P::IS_XDP && (ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16) {
+    if P::IS_XDP
+        && (ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16)
+    {
         return Err(Verdict::ToTc(stats::XDP_TO_TC));
     }
     if ether_type != EtherType::Ipv4 as u16 {
@@ -40,8 +42,9 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     // The whole packet, not just its linear part: in TC the payload of a
     // large skb sits in fragments; only the headers must be linear.
     let avail = (p.len() as usize).saturating_sub(EthHdr::LEN);
-    let meta = parse::ipv4(ip.vihl, u16::from_be_bytes(ip.tot_len), u16::from_be_bytes(ip.frags), avail)
-        .map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
+    let meta =
+        parse::ipv4(ip.vihl, u16::from_be_bytes(ip.tot_len), u16::from_be_bytes(ip.frags), avail)
+            .map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
     let proto = ip.proto as u8;
     if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Verdict::Pass(stats::PASS_NOT_OURS));
@@ -52,7 +55,8 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         // SAFETY: the 20 bytes were bounds-checked as the Ipv4Hdr.
         forwarder_common::csum::sum20(unsafe { &*(core::ptr::from_ref(ip).cast::<[u8; 20]>()) })
     } else {
-        csum::sum(p, EthHdr::LEN, meta.header_len & 0x3c).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?
+        csum::sum(p, EthHdr::LEN, meta.header_len & 0x3c)
+            .ok_or(Verdict::Pass(stats::PASS_MALFORMED))?
     };
     if forwarder_common::csum::fold(header_sum) != 0xffff {
         return Err(Verdict::Pass(stats::PASS_MALFORMED));
@@ -86,7 +90,12 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         l3_len: meta.total_len as u16,
         proto,
         ttl: ip.ttl,
-        tuple: Tuple { saddr: ip.src_addr, daddr: ip.dst_addr, sport: [ports[0], ports[1]], dport: [ports[2], ports[3]] },
+        tuple: Tuple {
+            saddr: ip.src_addr,
+            daddr: ip.dst_addr,
+            sport: [ports[0], ports[1]],
+            dport: [ports[2], ports[3]],
+        },
         l4_check,
         tcp_flags,
         frame_len: p.len(),
@@ -128,7 +137,8 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
         l4_check = u16::from_be_bytes([t[16], t[17]]);
         tcp_flags = t[13];
     }
-    parse::l4(proto, l4_len as usize, udp_len, fragment == FRAG_FIRST).map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
+    parse::l4(proto, l4_len as usize, udp_len, fragment == FRAG_FIRST)
+        .map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
     Ok(parsed(ports, l4_check, tcp_flags))
 }
 
@@ -140,7 +150,15 @@ pub fn needs_full_sum(parsed: &Parsed) -> bool {
     let udp_none = parsed.proto == PROTO_UDP && parsed.l4_check == 0;
     // A fragment's checksum covers the whole datagram: never partial (the
     // sender resolves offloads before fragmenting), never summable here.
-    parsed.fragment == FRAG_NONE && !udp_none && looks_partial(parsed.l4_check, parsed.tuple.saddr, parsed.tuple.daddr, parsed.proto, parsed.l4_len)
+    parsed.fragment == FRAG_NONE
+        && !udp_none
+        && looks_partial(
+            parsed.l4_check,
+            parsed.tuple.saddr,
+            parsed.tuple.daddr,
+            parsed.proto,
+            parsed.l4_len,
+        )
 }
 
 /// XDP cannot sum segments larger than `csum::MAX_SUM_LEN` (a GRO'd skb

@@ -45,9 +45,15 @@ struct Answer<'a> {
 pub fn ask_raw(path: &Path, req: &Request) -> anyhow::Result<String> {
     let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            anyhow::anyhow!("forwarder is not running (no daemon listens on {}; see --control)", path.display())
+            anyhow::anyhow!(
+                "forwarder is not running (no daemon listens on {}; see --control)",
+                path.display()
+            )
         }
-        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("permission denied on {} (the control socket is root-only)", path.display()),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "permission denied on {} (the control socket is root-only)",
+            path.display()
+        ),
         _ => anyhow::anyhow!("{}: {e}", path.display()),
     })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -59,10 +65,14 @@ pub fn ask_raw(path: &Path, req: &Request) -> anyhow::Result<String> {
     // The daemon's own envelope around data it wrote as text (a table
     // listing): taken out as it is, without parsing 50 MB only to print
     // them again.
-    if let Some(data) = reply.trim_end().strip_prefix(r#"{"ok":true,"data":"#).and_then(|r| r.strip_suffix('}')) {
+    if let Some(data) =
+        reply.trim_end().strip_prefix(r#"{"ok":true,"data":"#).and_then(|r| r.strip_suffix('}'))
+    {
         return Ok(data.to_string());
     }
-    let a: Answer = serde_json::from_str(&reply).with_context(|| format!("bad answer `{}`", reply.chars().take(200).collect::<String>().trim()))?;
+    let a: Answer = serde_json::from_str(&reply).with_context(|| {
+        format!("bad answer `{}`", reply.chars().take(200).collect::<String>().trim())
+    })?;
     match (a.ok, a.data) {
         (true, Some(d)) => Ok(d.get().to_string()),
         (true, None) => Ok("null".to_string()),
@@ -144,7 +154,10 @@ pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
                 println!("{v}");
                 return Ok(());
             }
-            println!("{:>3}  {:<34} {:>10} {:>10} {:>8} {:>8}  origin", "id", "rule", "pkts in", "pkts out", "conns", "denied");
+            println!(
+                "{:>3}  {:<34} {:>10} {:>10} {:>8} {:>8}  origin",
+                "id", "rule", "pkts in", "pkts out", "conns", "denied"
+            );
             for r in v.as_array().into_iter().flatten() {
                 println!(
                     "{:>3}  {:<34} {:>10} {:>10} {:>8} {:>8}  {}",
@@ -166,7 +179,9 @@ pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
         }
         RuleCmd::Del { id } => {
             let v = ask(&args.control, &Request::Del { id: *id })?;
-            answer(args.json, &v, |v| format!("removed rule {id}: {}", v["removed"].as_str().unwrap_or("?")));
+            answer(args.json, &v, |v| {
+                format!("removed rule {id}: {}", v["removed"].as_str().unwrap_or("?"))
+            });
         }
     }
     Ok(())
@@ -188,7 +203,9 @@ pub fn save(args: &SaveArgs) -> anyhow::Result<()> {
     // The daemon writes the file: give it an absolute path.
     let file = std::path::absolute(&args.file)?;
     let v = ask(&args.control, &Request::Save { path: file })?;
-    answer(args.json, &v, |v| format!("saved the running configuration to {}", v["path"].as_str().unwrap_or("?")));
+    answer(args.json, &v, |v| {
+        format!("saved the running configuration to {}", v["path"].as_str().unwrap_or("?"))
+    });
     Ok(())
 }
 
@@ -244,7 +261,10 @@ pub fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             let conns: Vec<Conn> = serde_json::from_str(&raw)?;
-            println!("{:<5} {:>4} {:<12} {:<22} {:<22} {:<22} {:<22} {:>6}", "proto", "rule", "state", "client", "public", "masquerade", "backend", "idle");
+            println!(
+                "{:<5} {:>4} {:<12} {:<22} {:<22} {:<22} {:<22} {:>6}",
+                "proto", "rule", "state", "client", "public", "masquerade", "backend", "idle"
+            );
             for c in &conns {
                 println!(
                     "{:<5} {:>4} {:<12} {:<22} {:<22} {:<22} {:<22} {:>5}s",

@@ -19,7 +19,8 @@ pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
     if args.file.as_os_str() == "-" {
         std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
     } else {
-        text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+        text = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?;
     }
     let imp = from_iptables_save(&text);
     for (n, line, why) in &imp.skipped {

@@ -9,7 +9,11 @@ pub mod teardown;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "forwarder", version, about = "eBPF fast-path port forwarder (XDP DNAT + masquerade)")]
+#[command(
+    name = "forwarder",
+    version,
+    about = "eBPF fast-path port forwarder (XDP DNAT + masquerade)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -116,23 +116,36 @@ impl RunArgs {
             s.mode = m;
         }
         for spec in &self.iface_modes {
-            let (iface, mode) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--iface-mode `{spec}`: expected IFACE=MODE"))?;
-            let mode: Mode = mode.parse().map_err(|e| anyhow::anyhow!("--iface-mode `{spec}`: {e}"))?;
+            let (iface, mode) = spec
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--iface-mode `{spec}`: expected IFACE=MODE"))?;
+            let mode: Mode =
+                mode.parse().map_err(|e| anyhow::anyhow!("--iface-mode `{spec}`: {e}"))?;
             s.iface_modes.push((iface.to_string(), mode));
         }
         if let Some(n) = self.conntrack_max {
             s.conntrack.set_max(n).map_err(|e| anyhow::anyhow!("--conntrack-max: {e}"))?;
         }
         for spec in &self.ct_timeouts {
-            let (name, secs) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--ct-timeout `{spec}`: expected NAME=SECS"))?;
-            let secs: u32 = secs.parse().map_err(|_| anyhow::anyhow!("--ct-timeout `{spec}`: `{secs}` is not a number of seconds"))?;
-            s.conntrack.set_timeout(name, secs).map_err(|e| anyhow::anyhow!("--ct-timeout `{spec}`: {e}"))?;
+            let (name, secs) = spec
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--ct-timeout `{spec}`: expected NAME=SECS"))?;
+            let secs: u32 = secs.parse().map_err(|_| {
+                anyhow::anyhow!("--ct-timeout `{spec}`: `{secs}` is not a number of seconds")
+            })?;
+            s.conntrack
+                .set_timeout(name, secs)
+                .map_err(|e| anyhow::anyhow!("--ct-timeout `{spec}`: {e}"))?;
         }
         if let Some(n) = self.new_conn_rate {
-            s.conntrack.set_new_conn_rate(n).map_err(|e| anyhow::anyhow!("--new-conn-rate: {e}"))?;
+            s.conntrack
+                .set_new_conn_rate(n)
+                .map_err(|e| anyhow::anyhow!("--new-conn-rate: {e}"))?;
         }
         if let Some(n) = self.new_conn_burst {
-            s.conntrack.set_new_conn_burst(n).map_err(|e| anyhow::anyhow!("--new-conn-burst: {e}"))?;
+            s.conntrack
+                .set_new_conn_burst(n)
+                .map_err(|e| anyhow::anyhow!("--new-conn-burst: {e}"))?;
         }
         if let Some(r) = &self.snat_ports {
             s.snat_ports = r.parse::<PortRange>()?;
@@ -177,7 +190,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let audit = Audit::new(&mut dp, &settings)?;
     if let Some(p) = &pins {
         if adopting {
-            log::info!("adopted the state maps pinned in {} (connections, counters)", p.dir.display());
+            log::info!(
+                "adopted the state maps pinned in {} (connections, counters)",
+                p.dir.display()
+            );
         } else {
             log::info!("pinning state maps and links in {}", p.dir.display());
         }
@@ -196,7 +212,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Before XDP runs: the egresses it cannot transmit into are TC's from
     // its first packet on.
     if let Err(e) = daemon.refresh_egress() {
-        log::warn!("checking the egresses' XDP features failed ({e:#}); XDP tries every egress, and refusals are watched");
+        log::warn!(
+            "checking the egresses' XDP features failed ({e:#}); XDP tries every egress, and refusals are watched"
+        );
     }
     daemon.dp.attach_pinned(&daemon.compiled, args.xdp_attach, pins.as_ref())?;
     for a in &daemon.dp.attached {
@@ -206,10 +224,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for r in &daemon.settings.rules {
         log::info!("rule {r} ({})", r.origin);
     }
-    log::info!("masquerade source ports {}-{}", daemon.compiled.snat_ports.0, daemon.compiled.snat_ports.1);
+    log::info!(
+        "masquerade source ports {}-{}",
+        daemon.compiled.snat_ports.0,
+        daemon.compiled.snat_ports.1
+    );
     let was_forwarding = sysctl::ensure_ip_forward()?;
     if !was_forwarding {
-        log::info!("enabled net.ipv4.ip_forward (it was 0){}", if args.keep_ip_forward { "" } else { "; it is restored at exit" });
+        log::info!(
+            "enabled net.ipv4.ip_forward (it was 0){}",
+            if args.keep_ip_forward { "" } else { "; it is restored at exit" }
+        );
     }
     // Before saying "running": a signal right after must stop us cleanly,
     // not kill us with the datapath attached.
@@ -226,7 +251,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             s.audit.syslog.map(|t| format!(", also to syslog {t}")).unwrap_or_default()
         );
     }
-    log::info!("conntrack: {} connections max; timeouts {}", s.conntrack.max_connections, crate::config::timeouts_text(&s.conntrack.timeouts));
+    log::info!(
+        "conntrack: {} connections max; timeouts {}",
+        s.conntrack.max_connections,
+        crate::config::timeouts_text(&s.conntrack.timeouts)
+    );
     match s.conntrack.new_conn_limit() {
         (0, _) => {}
         (r, b) => log::info!("new connections: at most {r}/s and bursts of {b} per CPU"),
@@ -238,7 +267,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// After the loop: detach and unpin, or leave a pinned datapath
 /// forwarding (`--persist`, or a fatal error, as a crash would); restore
 /// `ip_forward`; write and print the final counters.
-fn finish(daemon: Daemon, args: &RunArgs, pins: Option<&Pins>, was_forwarding: bool, result: anyhow::Result<()>) -> anyhow::Result<()> {
+fn finish(
+    daemon: Daemon,
+    args: &RunArgs,
+    pins: Option<&Pins>,
+    was_forwarding: bool,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let snap = daemon.snapshot(true);
     let keep_attached = pins.is_some() && (args.persist || result.is_err());
     match (pins, &result) {
@@ -246,7 +281,9 @@ fn finish(daemon: Daemon, args: &RunArgs, pins: Option<&Pins>, was_forwarding: b
             "fatal: {e:#}; the datapath stays attached and pinned in {0} and keeps forwarding; `forwarder run --pin-dir {0}` adopts it, `forwarder teardown --pin-dir {0}` removes it",
             p.dir.display()
         ),
-        (None, Err(e)) => log::error!("fatal: {e:#}; detaching (with --pin-dir the datapath would outlive the daemon)"),
+        (None, Err(e)) => log::error!(
+            "fatal: {e:#}; detaching (with --pin-dir the datapath would outlive the daemon)"
+        ),
         (Some(p), Ok(())) if args.persist => log::info!(
             "left attached and pinned in {}: `forwarder run --pin-dir {0}` adopts it, `forwarder teardown --pin-dir {0}` removes it",
             p.dir.display()
@@ -293,16 +330,20 @@ impl Drop for SocketFile {
 fn bind_control(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another forwarder listens on {}; give this one its own --control PATH", path.display());
+            anyhow::bail!(
+                "another forwarder listens on {}; give this one its own --control PATH",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     log::info!("control socket {}", path.display());
     Ok(l)
 }
-

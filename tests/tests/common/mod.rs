@@ -32,7 +32,11 @@ pub fn lab_with(rules: &[&str]) -> (Lab, Forwarder) {
 pub fn rule_counters(json: &str, id: usize) -> (u64, u64, u64) {
     let v: Value = serde_json::from_str(json).expect("stats JSON");
     let r = &v["rules"][id];
-    (r["packets_in"].as_u64().unwrap(), r["packets_out"].as_u64().unwrap(), r["new_connections"].as_u64().unwrap())
+    (
+        r["packets_in"].as_u64().unwrap(),
+        r["packets_out"].as_u64().unwrap(),
+        r["new_connections"].as_u64().unwrap(),
+    )
 }
 
 /// (`bytes_in`, `bytes_out`) of rule `id`.
@@ -55,13 +59,23 @@ pub fn deep_backlog(l: &TcpListener) {
     use std::os::fd::AsRawFd;
     // SAFETY: listen(2) again on a listening socket we own only changes
     // its backlog.
-    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 4096) }, 0, "listen: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        unsafe { libc::listen(l.as_raw_fd(), 4096) },
+        0,
+        "listen: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A minimal HTTP/1.0 server: for each of `n` connections, reads a request
 /// and answers `hello <peer ip>`. Returns the peers it saw.
 pub fn http_server(lab: &Lab, n: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
-    let listener = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").expect("bind :80")).unwrap().join().unwrap();
+    let listener = lab
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").expect("bind :80"))
+        .unwrap()
+        .join()
+        .unwrap();
     deep_backlog(&listener);
     std::thread::spawn(move || {
         let mut peers = Vec::new();
@@ -88,7 +102,8 @@ pub fn http_server(lab: &Lab, n: usize) -> std::thread::JoinHandle<Vec<SocketAdd
 pub fn http_get(lab: &Lab, to: SocketAddr) -> (String, SocketAddr) {
     lab.client
         .enter(move || {
-            let mut s = TcpStream::connect_timeout(&to, CONNECT).expect("connect through the forward");
+            let mut s =
+                TcpStream::connect_timeout(&to, CONNECT).expect("connect through the forward");
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             s.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n").unwrap();
             let mut resp = String::new();
@@ -105,7 +120,11 @@ pub fn http_get(lab: &Lab, to: SocketAddr) -> (String, SocketAddr) {
 pub fn wait_log(fwd: &Forwarder, needle: &str, secs: u64) {
     let t0 = std::time::Instant::now();
     while !fwd.log_text().contains(needle) {
-        assert!(t0.elapsed() < Duration::from_secs(secs), "`{needle}` not logged within {secs} s:\n{}", fwd.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "`{needle}` not logged within {secs} s:\n{}",
+            fwd.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -113,7 +132,8 @@ pub fn wait_log(fwd: &Forwarder, needle: &str, secs: u64) {
 /// Packets the datapath translated and sent, by either hook.
 pub fn redirected(json: &str) -> u64 {
     let v: Value = serde_json::from_str(json).expect("stats JSON");
-    let (xdp, tc) = forwarder_testkit::sent_by_hook(&v["counters"]).unwrap_or_else(|| panic!("no hook counters in {json}"));
+    let (xdp, tc) = forwarder_testkit::sent_by_hook(&v["counters"])
+        .unwrap_or_else(|| panic!("no hook counters in {json}"));
     xdp + tc
 }
 
@@ -123,9 +143,13 @@ pub fn redirected(json: &str) -> u64 {
 /// front on an untuned lab, XDP hands them over).
 pub fn assert_hook_did_the_work(json: &str) {
     let v: Value = serde_json::from_str(json).expect("stats JSON");
-    let (xdp, tc) = forwarder_testkit::sent_by_hook(&v["counters"]).unwrap_or_else(|| panic!("no hook counters in {json}"));
+    let (xdp, tc) = forwarder_testkit::sent_by_hook(&v["counters"])
+        .unwrap_or_else(|| panic!("no hook counters in {json}"));
     if forwarder_testkit::xdp_transmits() {
-        assert!(xdp > 0 && forwarder_testkit::xdp_carried_most(xdp, tc), "XDP did not carry 90 % of the packets: {json}");
+        assert!(
+            xdp > 0 && forwarder_testkit::xdp_carried_most(xdp, tc),
+            "XDP did not carry 90 % of the packets: {json}"
+        );
     } else {
         assert_eq!(xdp, 0, "XDP transmitted where it must not: {json}");
         assert!(tc > 0, "{json}");
@@ -182,7 +206,11 @@ impl<'a> Expect<'a> {
 /// The warnings the suite's mode and lab bring by themselves: XDP on an
 /// untuned lab says which egresses it cannot transmit into.
 fn suite_warnings() -> &'static [&'static str] {
-    if forwarder_testkit::test_mode() == "xdp" && !forwarder_testkit::tuned_lab() { &["XDP cannot transmit into it"] } else { &[] }
+    if forwarder_testkit::test_mode() == "xdp" && !forwarder_testkit::tuned_lab() {
+        &["XDP cannot transmit into it"]
+    } else {
+        &[]
+    }
 }
 
 /// The "no surprises" check of a finished test: the counters that must
@@ -190,7 +218,11 @@ fn suite_warnings() -> &'static [&'static str] {
 /// ERROR that `expect` (or the suite's combination) does not name, and no
 /// host counted a checksum error.
 pub fn assert_no_surprises(lab: &Lab, stats: &str, log: &str, expect: Expect) {
-    let grown: Vec<String> = MUST_STAY_ZERO.iter().filter(|c| !expect.counters.contains(c) && counter(stats, c) > 0).map(|c| format!("{c}={}", counter(stats, c))).collect();
+    let grown: Vec<String> = MUST_STAY_ZERO
+        .iter()
+        .filter(|c| !expect.counters.contains(c) && counter(stats, c) > 0)
+        .map(|c| format!("{c}={}", counter(stats, c)))
+        .collect();
     assert!(grown.is_empty(), "counters that must stay 0 grew: {grown:?}\n{stats}");
     let unexpected: Vec<&str> = log
         .lines()
@@ -216,7 +248,12 @@ pub fn assert_no_csum_errors(lab: &Lab) {
 
 /// A UDP socket on the server (backend) at `port`, with a read timeout.
 pub fn udp_backend(lab: &Lab, port: u16, timeout_secs: u64) -> std::net::UdpSocket {
-    let s = lab.server.enter(move || std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap()).unwrap().join().unwrap();
+    let s = lab
+        .server
+        .enter(move || std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(timeout_secs))).unwrap();
     s
 }
@@ -244,18 +281,43 @@ pub fn connect_from(local: [u8; 4], to: std::net::SocketAddr) -> Result<(), std:
         let mut sa: libc::sockaddr_in = std::mem::zeroed();
         sa.sin_family = libc::AF_INET as u16;
         sa.sin_addr.s_addr = u32::from_ne_bytes(local);
-        assert_eq!(libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32), 0);
+        assert_eq!(
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sa).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0
+        );
         let std::net::SocketAddr::V4(to) = to else { unreachable!() };
         let mut da: libc::sockaddr_in = std::mem::zeroed();
         da.sin_family = libc::AF_INET as u16;
         da.sin_port = to.port().to_be();
         da.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
         let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as u32);
-        if libc::connect(fd.as_raw_fd(), (&raw const da).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) == 0 {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        if libc::connect(
+            fd.as_raw_fd(),
+            (&raw const da).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) == 0
+        {
             return Ok(());
         }
         let e = std::io::Error::last_os_error();
-        Err(if e.raw_os_error() == Some(libc::EINPROGRESS) || e.raw_os_error() == Some(libc::EAGAIN) { std::io::ErrorKind::TimedOut } else { e.kind() })
+        Err(
+            if e.raw_os_error() == Some(libc::EINPROGRESS) || e.raw_os_error() == Some(libc::EAGAIN)
+            {
+                std::io::ErrorKind::TimedOut
+            } else {
+                e.kind()
+            },
+        )
     }
 }
