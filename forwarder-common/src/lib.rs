@@ -13,6 +13,8 @@
 //! - [`rule`]: port ranges as trie prefixes, the backend port of a match.
 //! - [`icmp`]: rewriting the packet an ICMP error quotes.
 //! - [`conntrack`]: flow keys, the two-direction entry pair, SNAT port choice.
+//! - [`decide`]: the datapath's pure decisions (FIB outcome, first-packet
+//!   gate, full-sum need, GSO segment length, too-big encoding).
 //! - [`stats`]: counter and drop-reason indices.
 //! - [`audit`]: the rate limit of audit events.
 #![cfg_attr(not(test), no_std)]
@@ -21,6 +23,7 @@ pub mod abi;
 pub mod audit;
 pub mod conntrack;
 pub mod csum;
+pub mod decide;
 pub mod icmp;
 pub mod nat;
 pub mod parse;

@@ -65,6 +65,10 @@ impl Packet for TcContext {
         TcContext::data_end(self)
     }
     #[inline(always)]
+    #[expect(
+        clippy::misnamed_getters,
+        reason = "on TC ingress, the skb's ifindex is where it arrived"
+    )]
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: the context pointer is valid for the program's lifetime.
         unsafe { (*self.skb.skb).ifindex }

@@ -9,6 +9,11 @@
 //! `forwarder run`), with its own devmap.
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::needless_pass_by_value,
+    clippy::cast_possible_wrap,
+    reason = "aya's entry points take their context by value; helper sizes are i32"
+)]
 
 use aya_ebpf::{
     bindings::{
@@ -95,7 +100,7 @@ fn fib_redirect(ctx: &XdpContext) -> u32 {
     // SAFETY: plain old data.
     let mut f: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     f.family = 2;
-    f.l4_protocol = ip.proto as u8;
+    f.l4_protocol = ip.proto;
     f.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
     f.ifindex = ctx.ingress_ifindex() as u32;
     f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
@@ -112,7 +117,7 @@ fn fib_redirect(ctx: &XdpContext) -> u32 {
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return XDP_PASS;
     }
-    ip.check = ttl_decrement(u16::from_be_bytes(ip.check), ip.ttl, ip.proto as u8).to_be_bytes();
+    ip.check = ttl_decrement(u16::from_be_bytes(ip.check), ip.ttl, ip.proto).to_be_bytes();
     ip.ttl -= 1;
     // SAFETY: bounds checked above (eth).
     unsafe {
@@ -190,7 +195,7 @@ fn sink(ctx: &XdpContext) -> u32 {
     let Some((_, ip)) = ipv4(ctx) else { return XDP_PASS };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    if (ip.proto as u8 != 17 && ip.proto as u8 != 6) || ip.vihl != 0x45 {
+    if (ip.proto != 17 && ip.proto != 6) || ip.vihl != 0x45 {
         return XDP_PASS;
     }
     let Some(ports) = ptr_at::<[u8; 4]>(ctx, EthHdr::LEN + 20) else { return XDP_PASS };

@@ -80,10 +80,10 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
         }
         // A closed tuple the client opens again (port reuse) is a new
         // connection: counted as one.
-        if state == CT_NEW {
-            if let Some(s) = rule_stats(entry.rule_id) {
-                s.new_conns += 1;
-            }
+        if state == CT_NEW
+            && let Some(s) = rule_stats(entry.rule_id)
+        {
+            s.new_conns += 1;
         }
         entry.state = state;
         let peer = FlowKey::new(&new.reversed(), parsed.proto);

@@ -48,7 +48,7 @@ pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
     if q[0] >> 4 != 4 || q[0] & 0x0f < 5 || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return Verdict::Pass(stats::PASS_NOT_OURS);
     }
-    let l4_off = ip_off + (usize::from(q[0] & 0x0f) * 4 & 0x3c);
+    let l4_off = ip_off + ((usize::from(q[0] & 0x0f) * 4) & 0x3c);
     let Some(ports) = ptr_at::<[u8; 4], P>(p, l4_off) else {
         return Verdict::Pass(stats::PASS_NOT_OURS);
     };

@@ -6,10 +6,11 @@ use aya_ebpf::{bindings::BPF_FIB_LOOKUP_SRC, helpers::bpf_ktime_get_ns, maps::lp
 use aya_log_ebpf::warn;
 use forwarder_common::{
     abi::{
-        DIR_ORIGINAL, MAX_SNAT_ATTEMPTS, ROLE_PUBLIC, RULE_F_MASQUERADE, RULE_F_SRC_FILTER,
-        RULE_KEY_FULL_BITS, RuleKey, RuleTarget, SrcKey,
+        DIR_ORIGINAL, MAX_SNAT_ATTEMPTS, ROLE_PUBLIC, RULE_F_SRC_FILTER, RULE_KEY_FULL_BITS,
+        RuleKey, RuleTarget, SrcKey,
     },
-    conntrack::{TCP_RST, entry_pair, snat_candidate, tuple_hash},
+    conntrack::{entry_pair, snat_candidate, tuple_hash},
+    decide::{Gate, first_packet_gate, masquerades},
     nat::Tuple,
     rule::backend_port,
     stats,
@@ -76,16 +77,13 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         audit::emit(&audit::denied(&parsed, target, port, p.ingress_ifindex(), now));
         return Verdict::Drop(stats::DROP_SRC_DENIED);
     }
-    // A stray RST must not create state.
-    if parsed.tcp_flags & TCP_RST != 0 {
-        return Verdict::Pass(stats::PASS_NOT_OURS);
+    // A stray RST must not create state; a dying TTL is dropped.
+    match first_packet_gate(parsed.tcp_flags, parsed.ttl) {
+        Some(Gate::Pass(s)) => return Verdict::Pass(s),
+        Some(Gate::Drop(s)) => return Verdict::Drop(s),
+        None => {}
     }
-    if parsed.ttl <= 1 {
-        return Verdict::Drop(stats::DROP_TTL);
-    }
-    // Hairpin always masquerades: without it the backend would answer the
-    // internal client directly, from an address the client never called.
-    let masquerade = hairpin || target.flags & RULE_F_MASQUERADE != 0;
+    let masquerade = masquerades(hairpin, target.flags);
     let dport = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
     let mut out =
         Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport };

@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use forwarder_common::{
     abi::{IFACE_F_TC_ONLY, PROTO_UDP, TC_TAIL_NEW_FLOW, XDP_HANDOFF_MAGIC, XDP_HANDOFF_TX_MAGIC},
+    decide::{drop_counter, gso_segment_len, tcp_header_len, too_big_mtu},
     nat::delta,
     stats,
 };
@@ -90,7 +91,7 @@ pub fn run(ctx: &TcContext) -> i32 {
                 // on this CPU.
                 unsafe {
                     *slot = NewFlowPlan { parsed, target, hairpin };
-                    let _ = FWD_TC_TAILS.tail_call(ctx, TC_TAIL_NEW_FLOW);
+                    FWD_TC_TAILS.tail_call(ctx, TC_TAIL_NEW_FLOW);
                 }
             }
             // Only reached when the new-flow program is not installed.
@@ -125,20 +126,21 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             count(s);
             TC_ACT_OK
         }
-        Verdict::Drop(s) if s & 0xffff == stats::DROP_TOO_BIG && s >> 16 != 0 => {
-            toobig::answer(ctx, s >> 16)
-        }
         Verdict::Drop(s) => {
-            count(s & 0xffff);
+            if let Some(mtu) = too_big_mtu(s) {
+                return toobig::answer(ctx, mtu);
+            }
+            count(drop_counter(s));
             TC_ACT_SHOT
         }
         Verdict::Forward(parsed, fwd) => {
             // A GRO'd skb passes the FIB's MTU check, but its segments must
             // fit the egress link too (as in the kernel's ip_forward).
-            if let Some(seg) = gso_segment_len(ctx, &parsed) {
-                if fwd.mtu != 0 && seg > u32::from(fwd.mtu) {
-                    return toobig::answer(ctx, u32::from(fwd.mtu));
-                }
+            if let Some(seg) = gso_segment(ctx, &parsed)
+                && fwd.mtu != 0
+                && seg > u32::from(fwd.mtu)
+            {
+                return toobig::answer(ctx, u32::from(fwd.mtu));
             }
             if parsed.audit_rule != 0 {
                 // SAFETY: helper without side effects.
@@ -157,7 +159,7 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
         }
         Verdict::ForwardL3(parsed, fwd) => {
             let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
-            let macs = if !fwd.resolve { rewrite::macs(ctx, &fwd) } else { Some(()) };
+            let macs = if fwd.resolve { Some(()) } else { rewrite::macs(ctx, &fwd) };
             if rewrite::ip_header(ctx, &fwd.new, &d).and(macs).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
@@ -167,7 +169,7 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
             let vlan = icmp::vlan(&quote);
-            let macs = if !fwd.resolve { rewrite::macs(ctx, &fwd) } else { Some(()) };
+            let macs = if fwd.resolve { Some(()) } else { rewrite::macs(ctx, &fwd) };
             if rewrite::icmp_error(ctx, &parsed, &fwd.new, &quote).and(macs).is_none() {
                 count(stats::DROP_REDIRECT_FAILED);
                 return TC_ACT_SHOT;
@@ -180,7 +182,7 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
 
 /// For a GSO skb, the IPv4 length of the segments it will be cut into.
 #[inline(always)]
-fn gso_segment_len(ctx: &TcContext, parsed: &Parsed) -> Option<u32> {
+fn gso_segment(ctx: &TcContext, parsed: &Parsed) -> Option<u32> {
     // SAFETY: the context pointer is valid for the program's lifetime.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if gso_size == 0 {
@@ -191,9 +193,9 @@ fn gso_segment_len(ctx: &TcContext, parsed: &Parsed) -> Option<u32> {
     } else {
         let doff: *const u8 = ptr_at(ctx, parsed.l4() + 12)?;
         // SAFETY: bounds checked by ptr_at.
-        u32::from(unsafe { *doff } >> 4) * 4
+        tcp_header_len(unsafe { *doff })
     };
-    Some((parsed.l4() as u32 - 14) + l4_hdr + gso_size)
+    Some(gso_segment_len(parsed.l4(), l4_hdr, gso_size))
 }
 
 /// 802.1Q ethertype, network order as the helper wants it.

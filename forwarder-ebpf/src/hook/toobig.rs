@@ -32,16 +32,13 @@ use crate::{
 
 #[inline(always)]
 pub fn answer(ctx: &TcContext, mtu: u32) -> i32 {
-    match build(ctx, mtu) {
-        Some(()) => {
-            count(stats::ICMP_FRAG_NEEDED_SENT);
-            // SAFETY: plain helper call.
-            unsafe { bpf_redirect(ctx.ingress_ifindex(), 0) as i32 }
-        }
-        None => {
-            count(stats::DROP_TOO_BIG);
-            TC_ACT_SHOT
-        }
+    if let Some(()) = build(ctx, mtu) {
+        count(stats::ICMP_FRAG_NEEDED_SENT);
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(ctx.ingress_ifindex(), 0) as i32 }
+    } else {
+        count(stats::DROP_TOO_BIG);
+        TC_ACT_SHOT
     }
 }
 
@@ -61,7 +58,7 @@ fn build(ctx: &TcContext, mtu: u32) -> Option<()> {
     // its checksum field (`bpf_skb_change_tail` refuses), and quoting more
     // is allowed (RFC 1812 4.3.2.3).
     let l4_quote = if ip[9] == forwarder_common::abi::PROTO_TCP { 20 } else { 8 };
-    let quote_len = (usize::from(ip[0] & 0x0f) * 4 & 0x3c) + l4_quote;
+    let quote_len = ((usize::from(ip[0] & 0x0f) * 4) & 0x3c) + l4_quote;
     // Trim first (this also ends a GRO'd skb's GSO state), then make room.
     // SAFETY: plain helper call; shrinks the packet.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, (EthHdr::LEN + quote_len) as u32, 0) } != 0 {

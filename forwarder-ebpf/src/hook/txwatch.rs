@@ -8,7 +8,7 @@
 //! moves an egress that collects errors to the TC path.
 //!
 //! Arguments (`TP_PROTO` of `xdp_redirect_err`): dev, xdp, tgt, err,
-//! map_type, map_id, index.
+//! `map_type`, `map_id`, index.
 
 use aya_ebpf::programs::RawTracePointContext;
 use forwarder_common::abi::XdpTxErrors;

@@ -35,7 +35,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 // on this CPU.
                 unsafe {
                     *slot = NewFlowPlan { parsed, target, hairpin };
-                    let _ = FWD_XDP_TAILS.tail_call(ctx, XDP_TAIL_NEW_FLOW);
+                    FWD_XDP_TAILS.tail_call(ctx, XDP_TAIL_NEW_FLOW);
                 }
             }
             // Only reached when the new-flow program is not installed: TC
@@ -200,7 +200,7 @@ fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
         // SAFETY: per-CPU slot; the tail call below runs on this CPU.
         unsafe {
             *slot = FullCsum { parsed, fwd };
-            let _ = FWD_XDP_TAILS.tail_call(ctx, XDP_TAIL_FULL_CSUM);
+            FWD_XDP_TAILS.tail_call(ctx, XDP_TAIL_FULL_CSUM);
         }
     }
     // Only reached when the tail call is not installed: TC can do it.
@@ -233,7 +233,7 @@ pub fn run_new_flow(ctx: &XdpContext) -> u32 {
 }
 
 /// Entry of the tail-called program: rewrite with a full L4 checksum
-/// (CHECKSUM_PARTIAL from a local sender: the payload was never summed, an
+/// (`CHECKSUM_PARTIAL` from a local sender: the payload was never summed, an
 /// incremental fix cannot help), then redirect.
 #[inline(always)]
 pub fn run_full_csum(ctx: &XdpContext) -> u32 {

@@ -1,14 +1,13 @@
 //! The FIB lookup (`bpf_fib_lookup`) and what its answer means for a
 //! translated packet.
 
-use aya_ebpf::bindings::{
-    BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
-    BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED,
-    BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
-    bpf_fib_lookup,
-};
+use aya_ebpf::bindings::bpf_fib_lookup;
 use aya_ebpf::helpers::generated::bpf_fib_lookup as fib_lookup_helper;
-use forwarder_common::{nat::Tuple, stats};
+use forwarder_common::{
+    decide::{FibOutcome, fib, fib_outcome, too_big},
+    nat::Tuple,
+    stats,
+};
 
 use crate::{
     ctx::Packet,
@@ -34,7 +33,7 @@ impl Route {
     /// The FIB said the packet does not fit the egress link.
     #[inline(always)]
     pub const fn too_big(&self) -> bool {
-        self.ret == BPF_FIB_LKUP_RET_FRAG_NEEDED
+        self.ret == fib::FRAG_NEEDED
     }
 }
 
@@ -71,20 +70,12 @@ pub fn route<P: Packet>(p: &P, parsed: &Parsed, t: &Tuple, flags: u32) -> Route 
     }
 }
 
-/// A "too big for the egress link" drop that TC answers with ICMP
-/// "fragmentation needed": the MTU rides in the upper 16 bits of the drop
-/// reason. (A variant of its own in `Verdict` made LLVM emit a read of an
-/// undefined register on another path, which the verifier refuses.)
-#[inline(always)]
-pub const fn too_big(mtu: u16) -> u32 {
-    stats::DROP_TOO_BIG | (mtu as u32) << 16
-}
-
-/// Maps a FIB result to a verdict; `Ok` means "send it".
+/// Maps a FIB result to a verdict ([`fib_outcome`] says what it means
+/// in this hook); `Ok` means "send it".
 #[inline(always)]
 pub fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict> {
-    match r.ret {
-        BPF_FIB_LKUP_RET_SUCCESS => {
+    match fib_outcome(r.ret, P::IS_XDP) {
+        FibOutcome::Send => {
             if P::IS_XDP && FWD_TX_PORTS.get(r.ifindex).is_none() {
                 // Egress is not one of ours: TC can redirect anywhere.
                 return Err(Verdict::ToTc(stats::XDP_TO_TC));
@@ -100,35 +91,19 @@ pub fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict>
                 vlan: 0,
             })
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            if P::IS_XDP {
-                // XDP cannot resolve neighbours: TC will, with redirect_neigh.
-                Err(Verdict::ToTc(stats::XDP_TO_TC))
-            } else {
-                Ok(Forward {
-                    new,
-                    ifindex: r.ifindex,
-                    smac: [0; 6],
-                    dmac: [0; 6],
-                    resolve: true,
-                    nexthop: r.nexthop,
-                    mtu: 0,
-                    vlan: 0,
-                })
-            }
-        }
-        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
-            Err(Verdict::Drop(stats::DROP_NO_ROUTE))
-        }
-        BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Verdict::Pass(stats::PASS_FWD_DISABLED)),
-        BPF_FIB_LKUP_RET_NOT_FWDED => Err(Verdict::Pass(stats::PASS_NOT_FORWARDED)),
-        // XDP checks the MTU against the frame; a GRO'd skb (generic XDP)
-        // exceeds it without being too big for the wire: TC decides.
-        BPF_FIB_LKUP_RET_FRAG_NEEDED if P::IS_XDP => Err(Verdict::ToTc(stats::XDP_TO_TC)),
-        // TC: truly too big for the egress link: answer "fragmentation
-        // needed" (DF) or drop (no DF: we cannot fragment).
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Verdict::Drop(too_big(r.mtu))),
-        BPF_FIB_LKUP_RET_NO_SRC_ADDR => Err(Verdict::Drop(stats::DROP_NO_SRC_ADDR)),
-        _ => Err(Verdict::Pass(stats::PASS_FIB_OTHER)),
+        FibOutcome::Resolve => Ok(Forward {
+            new,
+            ifindex: r.ifindex,
+            smac: [0; 6],
+            dmac: [0; 6],
+            resolve: true,
+            nexthop: r.nexthop,
+            mtu: 0,
+            vlan: 0,
+        }),
+        FibOutcome::ToTc => Err(Verdict::ToTc(stats::XDP_TO_TC)),
+        FibOutcome::TooBig => Err(Verdict::Drop(too_big(r.mtu))),
+        FibOutcome::Drop(s) => Err(Verdict::Drop(s)),
+        FibOutcome::Pass(s) => Err(Verdict::Pass(s)),
     }
 }

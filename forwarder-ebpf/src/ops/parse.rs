@@ -3,7 +3,7 @@
 
 use forwarder_common::{
     abi::{PROTO_TCP, PROTO_UDP},
-    csum::looks_partial,
+    decide,
     icmp::PROTO_ICMP,
     nat::Tuple,
     parse, stats,
@@ -45,7 +45,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     let meta =
         parse::ipv4(ip.vihl, u16::from_be_bytes(ip.tot_len), u16::from_be_bytes(ip.frags), avail)
             .map_err(|_| Verdict::Pass(stats::PASS_MALFORMED))?;
-    let proto = ip.proto as u8;
+    let proto = ip.proto;
     if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Verdict::Pass(stats::PASS_NOT_OURS));
     }
@@ -147,25 +147,16 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
 /// whole segment.
 #[inline(always)]
 pub fn needs_full_sum(parsed: &Parsed) -> bool {
-    let udp_none = parsed.proto == PROTO_UDP && parsed.l4_check == 0;
-    // A fragment's checksum covers the whole datagram: never partial (the
-    // sender resolves offloads before fragmenting), never summable here.
-    parsed.fragment == FRAG_NONE
-        && !udp_none
-        && looks_partial(
-            parsed.l4_check,
-            parsed.tuple.saddr,
-            parsed.tuple.daddr,
-            parsed.proto,
-            parsed.l4_len,
-        )
+    let t = &parsed.tuple;
+    let fragment = parsed.fragment != FRAG_NONE;
+    decide::needs_full_sum(parsed.proto, parsed.l4_check, fragment, t.saddr, t.daddr, parsed.l4_len)
 }
 
-/// XDP cannot sum segments larger than `csum::MAX_SUM_LEN` (a GRO'd skb
-/// in generic XDP): such packets go to TC, whose helpers handle them.
+/// Whether this hook can finish the packet: not XDP with a segment longer
+/// than it can sum that needs a full sum (`decide::beyond_xdp_sum`).
 #[inline(always)]
 pub fn xdp_can_finish<P: Packet>(parsed: &Parsed) -> bool {
-    !P::IS_XDP || usize::from(parsed.l4_len) <= csum::MAX_SUM_LEN || !needs_full_sum(parsed)
+    !(decide::beyond_xdp_sum(P::IS_XDP, parsed.l4_len, csum::MAX_SUM_LEN) && needs_full_sum(parsed))
 }
 
 /// The L4 offset of a packet whose IPv4 header `parse` validated, read

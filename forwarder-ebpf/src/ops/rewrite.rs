@@ -22,7 +22,7 @@ pub fn ip_header<P: Packet>(p: &P, new: &Tuple, d: &CsumDelta) -> Option<()> {
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &mut *ip };
     let check = ip_csum(u16::from_be_bytes(ip.check), d);
-    ip.check = ttl_decrement(check, ip.ttl, ip.proto as u8).to_be_bytes();
+    ip.check = ttl_decrement(check, ip.ttl, ip.proto).to_be_bytes();
     ip.ttl -= 1;
     ip.src_addr = new.saddr;
     ip.dst_addr = new.daddr;
