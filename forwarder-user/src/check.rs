@@ -53,6 +53,15 @@ fn kernel() -> Option<(u32, u32)> {
 /// Runs all checks for these interfaces.
 pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
     let mut out = Vec::new();
+    kernel_and_bpf(&mut out);
+    datapath(&mut out);
+    system(&mut out);
+    interfaces(&mut out, public, internal);
+    out
+}
+
+/// The kernel, its JIT and BTF.
+fn kernel_and_bpf(out: &mut Vec<Item>) {
     match kernel() {
         Some(v) if v >= (6, 7) => out.push(item(Level::Ok, format!("kernel {}.{} (bpf_fib_lookup source selection needs 6.7)", v.0, v.1), "")),
         Some(v) => out.push(item(Level::Fail, format!("kernel {}.{} is older than 6.7", v.0, v.1), "masquerade takes its source address from BPF_FIB_LOOKUP_SRC (6.7+): upgrade the kernel")),
@@ -75,6 +84,11 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
             "not needed today; bpftool's views are poorer without it",
         ));
     }
+}
+
+/// Whether the datapath loads, and how close each program is to the
+/// verifier's budget.
+fn datapath(out: &mut Vec<Item>) {
     match Datapath::load(1024) {
         Ok(dp) => {
             out.push(item(Level::Ok, "datapath loads (verifier accepts all programs)", ""));
@@ -102,6 +116,10 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
             "run as root on a kernel with BPF; the message says what the verifier refused",
         )),
     }
+}
+
+/// bpffs, forwarding, firewall managers.
+fn system(out: &mut Vec<Item>) {
     // bpffs: where `--pin-dir` keeps the datapath across restarts.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let bpffs: Vec<&str> = mounts
@@ -141,6 +159,11 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
             out.push(item(Level::Warn, format!("{fw} is active"), "it does not see forwarded flows (they bypass netfilter); keep its rules from fighting the forwarder's ports"));
         }
     }
+}
+
+/// Each interface: exists, no other XDP program, native XDP, XDP
+/// transmission, `rp_filter`; the MTUs against each other.
+fn interfaces(out: &mut Vec<Item>, public: &[String], internal: &[String]) {
     let mut mtus = Vec::new();
     let mut netdev = crate::netdev::Netdev::open().map_err(|e| e.to_string());
     for (name, role) in
@@ -206,7 +229,6 @@ pub fn run(public: &[String], internal: &[String]) -> Vec<Item> {
             ));
         }
     }
-    out
 }
 
 /// Whether XDP can transmit into `name`: its XDP features say so (a veth

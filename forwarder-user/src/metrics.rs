@@ -2,11 +2,23 @@
 
 use std::fmt::Write as _;
 
-use crate::stats::Snapshot;
+use crate::stats::{RuleCounters, Snapshot};
 
 /// Escapes a label value (backslash, double quote, newline).
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One sample per rule and direction (`dir` empty: per rule only).
+fn rule_samples(
+    s: &Snapshot,
+    f: &dyn Fn(&RuleCounters) -> Vec<(&'static str, u64)>,
+) -> Vec<(String, u64)> {
+    let labels = |r: &RuleCounters, dir: &str| {
+        let dir = if dir.is_empty() { String::new() } else { format!(",direction=\"{dir}\"") };
+        format!("{{id=\"{}\",rule=\"{}\"{dir}}}", r.id, label(&r.rule))
+    };
+    s.rules.iter().flat_map(|r| f(r).into_iter().map(move |(dir, v)| (labels(r, dir), v))).collect()
 }
 
 /// The snapshot in the Prometheus text format (version 0.0.4).
@@ -18,30 +30,7 @@ pub fn render(s: &Snapshot) -> String {
             let _ = writeln!(out, "{name}{labels} {v}");
         }
     };
-    let per_rule = |f: &dyn Fn(&crate::stats::RuleCounters) -> Vec<(&'static str, u64)>| {
-        s.rules
-            .iter()
-            .flat_map(|r| {
-                f(r).into_iter()
-                    .map(|(dir, v)| {
-                        (
-                            format!(
-                                "{{id=\"{}\",rule=\"{}\"{}}}",
-                                r.id,
-                                label(&r.rule),
-                                if dir.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(",direction=\"{dir}\"")
-                                }
-                            ),
-                            v,
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>()
-    };
+    let per_rule = |f: &dyn Fn(&RuleCounters) -> Vec<(&'static str, u64)>| rule_samples(s, f);
     family(
         "forwarder_rule_packets_total",
         "counter",
@@ -123,7 +112,6 @@ pub fn render(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::RuleCounters;
 
     #[test]
     fn renders_every_family_with_labels() {

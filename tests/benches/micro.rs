@@ -180,6 +180,13 @@ fn main() {
         .unwrap()
         .join()
         .unwrap();
+    let out = report(&cases, calls, reps);
+    println!("written {} ({:.0} s)", out.display(), t0.elapsed().as_secs_f64());
+}
+
+/// Prints the cases (with their ratios to the bare and the empty program)
+/// and writes them to `target/bench/micro.json`; returns that path.
+fn report(cases: &[Case], calls: usize, reps: usize) -> std::path::PathBuf {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let bare = cases[1].median_ns;
     let empty = cases[0].median_ns;
@@ -192,7 +199,7 @@ fn main() {
         "case", "ns/packet", "min-max", "x bare", "x empty"
     );
     let mut json = Vec::new();
-    for c in &cases {
+    for c in cases {
         println!(
             "{:<44} {:>10.1} {:>8.1}-{:<8.1} {:>9.2} {:>9.2}",
             c.name,
@@ -223,5 +230,5 @@ fn main() {
         ),
     )
     .unwrap();
-    println!("written {} ({:.0} s)", out.display(), t0.elapsed().as_secs_f64());
+    out
 }

@@ -161,7 +161,7 @@ impl Forwarder {
                     if e.kind() == std::io::ErrorKind::NotFound
                         && t0.elapsed() < Duration::from_secs(3) =>
                 {
-                    std::thread::sleep(Duration::from_millis(50))
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 r => return r.with_context(|| format!("reading {}", self.stats_file.display())),
             }

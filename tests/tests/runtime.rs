@@ -40,20 +40,6 @@ fn reload(fwd: &Forwarder) -> String {
     }
 }
 
-fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
-    let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
-    let out = std::process::Command::new(&bin)
-        .args(args)
-        .arg("--control")
-        .arg(lab.dir.join("control.sock"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 /// An echo server on the backend's `port`: each connection gets back
 /// what it sends, until it closes.
 fn echo_server(lab: &Lab, port: u16) {

@@ -94,7 +94,7 @@ fn ebpf_clippy() -> Result<Command> {
     }
     cmd.arg("--manifest-path")
         .arg(manifest)
-        .args(["--release", "--target", ebpf_toolchain::TARGET, "--bins", "--lib", "--target-dir"])
+        .args(["--release", "--target", ebpf_toolchain::TARGET, "--bins", "--target-dir"])
         .arg(target_dir);
     cmd.args(["--", "-D", "warnings"]);
     Ok(cmd)

@@ -73,7 +73,8 @@ enum Cmd {
     /// The gates: no import cycle in any crate, `cargo fmt --check`, clippy
     /// with `-D warnings` on every crate (the eBPF one too). Part of `test`.
     Lint,
-    /// Unit tests and end-to-end tests (needs root). The README's test command.
+    /// The lint gates, unit tests and end-to-end tests (needs root). The
+    /// README's test command.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -161,6 +162,10 @@ fn main() -> Result<()> {
             require_root("the end-to-end tests")?;
             setup::run()?;
             let bin = build_forwarder()?;
+            // The gates first: a change that fails them does not land.
+            if args.is_empty() {
+                lint::run()?;
+            }
             test(&bin, &args)
         }
     }
@@ -239,7 +244,18 @@ fn test(bin: &Path, args: &[String]) -> Result<()> {
     )?);
     tally(run_tests(
         cargo()
-            .args(["test", "--release", "-p", "forwarder-testkit", "--test", "fixtures"])
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "forwarder-testkit",
+                "--test",
+                "fixtures",
+                "--test",
+                "fixtures_conntrack",
+                "--test",
+                "fuzz",
+            ])
             .env("FORWARDER_BIN", bin)
             .args(args),
     )?);

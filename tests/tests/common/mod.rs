@@ -321,3 +321,111 @@ pub fn connect_from(local: [u8; 4], to: std::net::SocketAddr) -> Result<(), std:
         )
     }
 }
+
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Opens `n` connections through the forward and keeps them open, tries one
+/// more (2 s timeout), then checks that each of the `n` still echoes.
+/// Returns (the extra one's result, how many echoed, the server-side peer
+/// ports).
+pub fn fill_then_probe(
+    lab: &forwarder_testkit::Lab,
+    n: usize,
+) -> (Result<(), std::io::ErrorKind>, usize, Vec<u16>) {
+    let listener =
+        lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut ports = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            let (c, peer) = listener.accept().unwrap();
+            ports.push(peer.port());
+            conns.push(c);
+        }
+        for mut c in conns {
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).unwrap();
+            c.write_all(&b).unwrap();
+        }
+        ports
+    });
+    let (extra, echoed) = lab
+        .client
+        .enter(move || {
+            // 3 s, not CONNECT: n connections back to back overflow the
+            // server's accept queue (128) when its thread is slow to run,
+            // and the server drops a SYN; a SYN the gateway lost shows in
+            // the drop counters that `finish` requires to be 0.
+            let mut socks: Vec<TcpStream> = (0..n)
+                .map(|_| TcpStream::connect_timeout(&public(8080), Duration::from_secs(3)).unwrap())
+                .collect();
+            let extra = TcpStream::connect_timeout(&public(8080), Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.kind());
+            // (connect_timeout says WouldBlock on some kernels for a timeout.)
+            let extra = extra.map_err(|k| {
+                if k == std::io::ErrorKind::WouldBlock { std::io::ErrorKind::TimedOut } else { k }
+            });
+            let mut echoed = 0;
+            for s in &mut socks {
+                s.write_all(b"x").unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).unwrap();
+                echoed += usize::from(b == *b"x");
+            }
+            (extra, echoed)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    (extra, echoed, server.join().unwrap())
+}
+
+/// Runs the `forwarder` CLI against the lab's daemon (its control
+/// socket): whether it succeeded, and stdout + stderr.
+pub fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .arg("--control")
+        .arg(lab.dir.join("control.sock"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// One HTTP request through the forward (the backend is [`http_server`]);
+/// the body.
+pub fn get(lab: &Lab) -> String {
+    http_get(lab, public(8080)).0
+}
+
+/// One HTTP request through the forward whose connection must be set up
+/// within `connect`; the whole answer.
+pub fn get_within(lab: &Lab, connect: Duration) -> String {
+    lab.client
+        .enter(move || {
+            let mut s =
+                std::net::TcpStream::connect_timeout(&public(8080), connect).expect("connect");
+            std::io::Write::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut r = String::new();
+            std::io::Read::read_to_string(&mut s, &mut r).unwrap();
+            r
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}

@@ -1,0 +1,352 @@
+//! The workloads: generated packets (one flow, many flows, SYNs) counted
+//! at the receiver, iperf3 bulk TCP, TCP connections per second, UDP
+//! request/response times.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{IpAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use forwarder::iface;
+use forwarder_common::abi::PROG_BENCH_SINK;
+use forwarder_testkit::{ADDRS, Lab, Macs};
+use serde_json::Value;
+
+use crate::checks::Sent;
+use crate::harness::Bench;
+use crate::modes::{GwTasks, Mode};
+use crate::util::in_ns;
+
+/// Flows of the multi-flow packet-rate run.
+pub(crate) const FLOWS: u32 = 10_000;
+/// SYNs of the connection-setup run, each from a flow of its own (source
+/// ports 20000-59999 of 203.0.113.10, .11, .12): more than any mode
+/// takes in while they are generated (a few tens of ms), so the gateway
+/// works on nothing but first packets of connections, flat out (the
+/// receive queue drops the rest before the gateway sees them).
+pub(crate) const SYNS: u32 = 100_000;
+
+/// A generated packet-rate run: 64-byte frames from the client, made in
+/// the kernel (`BPF_PROG_TEST_RUN` live frames on the client's interface),
+/// `frames` of them spread over `flows` flows (`abi::bench_flow`: source
+/// ports from the frame's up, then the next source addresses),
+/// counted at the server.
+#[derive(Clone, Copy)]
+pub(crate) struct Gen {
+    /// UDP datagrams, or TCP SYNs (each one a connection attempt).
+    pub(crate) syn: bool,
+    pub(crate) frames: u32,
+    pub(crate) flows: u32,
+    /// Frames sent before the count starts: every flow gets its state, so
+    /// the figure is the established path's (0: each counted frame is the
+    /// first of its flow, the figure is connection setup's).
+    pub(crate) warm_up: u32,
+}
+
+/// Runs `g`: (kpps delivered, loss %, gateway CPU ns per delivered
+/// packet, packets delivered, what the gateway sent meanwhile: `sent`
+/// read around the count, outside its CPU window). The warm-up is
+/// repeated until the gateway tracks every flow (`tracked`: the flows
+/// it has state for; `None` in stateless modes): a gateway drops what it
+/// cannot take in, so one pass may leave flows without state.
+#[expect(clippy::too_many_arguments, reason = "the run's context and its two probes")]
+pub(crate) fn generated(
+    lab: &Lab,
+    mode: Mode,
+    gw: &GwTasks,
+    m: &Macs,
+    traffic: &Arc<Mutex<Bench>>,
+    g: Gen,
+    sent: &dyn Fn() -> Result<Sent>,
+    tracked: &dyn Fn() -> Result<Option<u64>>,
+) -> Result<(f64, f64, f64, u64, Sent)> {
+    let t = mode.target(5300);
+    let IpAddr::V4(dst) = t.ip() else { bail!("IPv4") };
+    let mut frame = Vec::new();
+    let head = etherparse::PacketBuilder::ethernet2(m.client, m.gw_pub).ipv4(
+        ADDRS.client.octets(),
+        dst.octets(),
+        64,
+    );
+    if g.syn {
+        head.tcp(20000, t.port(), 1, 64240).syn().write(&mut frame, &[])?;
+        // Ethernet padding to the minimum frame (not part of the IP packet).
+        frame.resize(64, 0);
+    } else {
+        head.udp(40000, t.port()).write(&mut frame, &[0x5a; 22])?;
+    }
+    let frame: [u8; 64] =
+        frame.try_into().map_err(|f: Vec<u8>| anyhow::anyhow!("frame is {} bytes", f.len()))?;
+    // The source the server must see: the gateway's (NAT) or the
+    // generator's flows' (routing: 203.0.113.10 and up).
+    let (src, prefix) = if mode.nat() { (ADDRS.gw_internal, 32) } else { (ADDRS.client, 24) };
+    traffic.lock().expect("datapath").set_source(src, prefix)?;
+    let r = traffic.clone();
+    let link =
+        in_ns(&lab.server, move || r.lock().expect("datapath").attach(PROG_BENCH_SINK, "eth0"))??;
+    let result =
+        generated_with_sink(lab, traffic, g, frame, &format!("{src}/{prefix}"), gw, sent, tracked);
+    // Whatever the run's outcome: the next workload attaches its own.
+    let r = traffic.clone();
+    in_ns(&lab.server, move || r.lock().expect("datapath").detach(PROG_BENCH_SINK, link))??;
+    result
+}
+
+/// Frames per warm-up step, and the pause after each: a step fits in
+/// every queue on the way (a veth ring holds 256 frames, the backlog
+/// 1 000), so no mode drops warm-up frames for being sent too fast. At
+/// full speed the drops fall on the same flows in every pass (the
+/// generator's rate and the gateway's are steady), and a tenth of the
+/// flows could stay without state for good.
+pub(crate) const WARM_UP_STEP: u32 = 128;
+pub(crate) const WARM_UP_PAUSE: Duration = Duration::from_millis(1);
+
+/// [`generated`] with the receiver counting: the warm-up, then the count.
+#[expect(clippy::too_many_arguments, reason = "the run's context and its two probes")]
+pub(crate) fn generated_with_sink(
+    lab: &Lab,
+    traffic: &Arc<Mutex<Bench>>,
+    g: Gen,
+    frame: [u8; 64],
+    want_src: &str,
+    gw: &GwTasks,
+    sent: &dyn Fn() -> Result<Sent>,
+    tracked: &dyn Fn() -> Result<Option<u64>>,
+) -> Result<(f64, f64, f64, u64, Sent)> {
+    let (frames, flows) = (g.frames, g.flows);
+    let r = traffic.clone();
+    let ifindex = in_ns(&lab.client, || iface::index("eth0"))??;
+    let generate = |first: u32, n: u32| -> Result<Duration> {
+        let r = r.clone();
+        in_ns(&lab.client, move || {
+            r.lock().expect("datapath").generate(&frame, flows, first, ifindex, n)
+        })?
+    };
+    for round in (1..=20).take_while(|_| g.warm_up > 0) {
+        for first in (0..g.warm_up).step_by(WARM_UP_STEP as usize) {
+            generate(first, WARM_UP_STEP.min(g.warm_up - first))?;
+            std::thread::sleep(WARM_UP_PAUSE);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        match tracked()? {
+            Some(n) if n < u64::from(flows) => ensure!(
+                round < 20,
+                "after {round} warm-ups the gateway tracks {n} of {flows} flows"
+            ),
+            // Every flow has state (or the mode keeps none).
+            _ => break,
+        }
+    }
+    let s0 = sent()?;
+    let (c0, cpu0) = (traffic.lock().expect("datapath").sink_count()?, gw.cpu_ns());
+    let took = generate(0, frames)?;
+    // Time for the queues to drain (256 frames at most).
+    std::thread::sleep(Duration::from_millis(10));
+    let (c1, cpu1) = (traffic.lock().expect("datapath").sink_count()?, gw.cpu_ns());
+    let sent = sent()?.since(s0);
+    let (got, strangers) = (c1.0 - c0.0, c1.1 - c0.1);
+    ensure!(
+        strangers == 0,
+        "{strangers} packets reached the server from another source than {want_src}"
+    );
+    ensure!(got > u64::from(frames) / 100, "only {got} of {frames} packets reached the server");
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    Ok((
+        got as f64 / took.as_secs_f64() / 1000.0,
+        100.0 * (1.0 - got as f64 / f64::from(frames)),
+        (cpu1 - cpu0) as f64 / got as f64,
+        got,
+        sent,
+    ))
+}
+
+/// iperf3 from the client through the mode: (Gbit/s, bytes) received;
+/// checks the source the server saw (its log's "connected to").
+pub(crate) fn iperf(lab: &Lab, mode: Mode, streams: u32, secs: u64) -> Result<(f64, u64)> {
+    let t = mode.target(5201);
+    let out = lab
+        .client
+        .command("iperf3")
+        .args([
+            "-c",
+            &t.ip().to_string(),
+            "-p",
+            &t.port().to_string(),
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ])
+        .output()?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received")?;
+    let bytes = v["end"]["sum_received"]["bytes"].as_u64().context("no sum_received")?;
+    ensure!(bps > 0.0, "nothing received");
+    // The server logs each accepted client ("Accepted connection from A,
+    // port P"): all of them must be the source the mode produces.
+    let log = std::fs::read_to_string(lab.dir.join("iperf3-server.log")).unwrap_or_default();
+    let peers: BTreeSet<&str> = log
+        .lines()
+        .filter_map(|l| l.split("Accepted connection from ").nth(1)?.split(',').next())
+        .collect();
+    let want = mode.seen_source().to_string();
+    ensure!(
+        peers == BTreeSet::from([want.as_str()]),
+        "the iperf3 server saw {peers:?}, expected {want}"
+    );
+    Ok((bps / 1e9, bytes))
+}
+
+/// New TCP connections per second (2 client threads, each connect →
+/// request → answer → close), the gateway CPU µs per connection and the
+/// connections completed; checks the source the server saw.
+pub(crate) fn conns(lab: &Lab, mode: Mode, gw: &GwTasks, secs: u64) -> Result<(f64, f64, u64)> {
+    let listener = in_ns(&lab.server, || TcpListener::bind("0.0.0.0:80"))??;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut peers = BTreeSet::new();
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                    let mut b = [0u8; 16];
+                    if s.read(&mut b).is_ok() {
+                        let _ = s.write_all(b"OK\n");
+                    }
+                    peers.insert(peer.ip());
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+        peers
+    });
+    let t = mode.target(80);
+    let cpu0 = gw.cpu_ns();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            lab.client
+                .enter(move || {
+                    let t0 = Instant::now();
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    while t0.elapsed() < Duration::from_secs(secs) {
+                        let r = TcpStream::connect_timeout(&t, Duration::from_secs(1)).and_then(
+                            |mut s| {
+                                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                                s.write_all(b"GET\n")?;
+                                let mut r = Vec::new();
+                                s.read_to_end(&mut r)?;
+                                if r == b"OK\n" {
+                                    Ok(())
+                                } else {
+                                    Err(std::io::Error::other("bad answer"))
+                                }
+                            },
+                        );
+                        if r.is_ok() { ok += 1 } else { failed += 1 }
+                    }
+                    (ok, failed, t0.elapsed())
+                })
+                .expect("client thread")
+        })
+        .collect();
+    let results: Vec<(u64, u64, Duration)> =
+        clients.into_iter().map(|c| c.join().expect("client")).collect();
+    let cpu1 = gw.cpu_ns();
+    stop.store(true, Ordering::Relaxed);
+    let peers = server.join().map_err(|_| anyhow::anyhow!("server panicked"))?;
+    let ok: u64 = results.iter().map(|r| r.0).sum();
+    let failed: u64 = results.iter().map(|r| r.1).sum();
+    ensure!(ok > 0, "no connection completed ({failed} failed)");
+    ensure!(failed * 100 <= ok, "{failed} of {} connections failed", ok + failed);
+    ensure!(
+        peers == BTreeSet::from([IpAddr::V4(mode.seen_source())]),
+        "the server saw {peers:?}, expected {}",
+        mode.seen_source()
+    );
+    let secs = results.iter().map(|r| r.2.as_secs_f64()).fold(0.0, f64::max);
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    Ok((ok as f64 / secs, (cpu1 - cpu0) as f64 / 1000.0 / (ok + failed) as f64, ok))
+}
+
+/// UDP request/response round trips at 1000/s: (p50 µs, p99 µs, answered).
+pub(crate) fn rtt(lab: &Lab, mode: Mode, secs: u64) -> Result<(f64, f64, u64)> {
+    let sock = in_ns(&lab.server, || UdpSocket::bind("0.0.0.0:5301"))??;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let echo = std::thread::spawn(move || {
+        let mut peers = BTreeSet::new();
+        let mut b = [0u8; 64];
+        while !stop2.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut b) {
+                let _ = sock.send_to(&b[..n], from);
+                peers.insert(from.ip());
+            }
+        }
+        peers
+    });
+    let t = mode.target(5301);
+    let n = secs * 1000;
+    let (mut samples, lost) = in_ns(&lab.client, move || -> Result<(Vec<f64>, u64)> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(t)?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let (mut samples, mut lost) = (Vec::new(), 0);
+        let t0 = Instant::now();
+        let mut b = [0u8; 64];
+        for i in 0..n {
+            let due = t0 + Duration::from_millis(i);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let sent = Instant::now();
+            s.send(&i.to_be_bytes())?;
+            loop {
+                match s.recv(&mut b) {
+                    Ok(8) if b[..8] == i.to_be_bytes() => {
+                        samples.push(sent.elapsed().as_secs_f64() * 1e6);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        lost += 1;
+                        break;
+                    }
+                }
+            }
+            if lost * 20 > n {
+                break;
+            }
+        }
+        Ok((samples, lost))
+    })??;
+    stop.store(true, Ordering::Relaxed);
+    let peers = echo.join().map_err(|_| anyhow::anyhow!("echo panicked"))?;
+    ensure!(lost * 20 <= n, "{lost} of {n} requests unanswered");
+    ensure!(
+        peers == BTreeSet::from([IpAddr::V4(mode.seen_source())]),
+        "the server saw {peers:?}, expected {}",
+        mode.seen_source()
+    );
+    samples.sort_by(f64::total_cmp);
+    // Nearest-rank percentiles.
+    let at = |pct: usize| samples[(samples.len() - 1) * pct / 100];
+    Ok((at(50), at(99), samples.len() as u64))
+}
