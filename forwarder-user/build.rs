@@ -1,7 +1,7 @@
 //! Builds `forwarder-ebpf` for `bpfel-unknown-none` and leaves its objects
-//! in `OUT_DIR`: `forwarder.bpf.o`, which `src/loader.rs` embeds (a plain
+//! in `OUT_DIR`: `forwarder.bpf.o`, which `src/datapath/object.rs` embeds (a plain
 //! `cargo build -p forwarder-user` gives one self-contained binary), and
-//! `bench.bpf.o`, the benchmarks' object (`loader::BENCH_OBJECT`, which
+//! `bench.bpf.o`, the benchmarks' object (`datapath::BENCH_OBJECT`, which
 //! nothing in the binary uses).
 //!
 //! `FORWARDER_EBPF_STUB=1` embeds an empty object instead (for `cargo check`

@@ -6,8 +6,8 @@
 use std::{collections::BTreeSet, ffi::CStr, net::Ipv4Addr};
 
 use crate::{
-    config::IfaceSpec,
     error::{Error, Result},
+    plan::IfaceSpec,
 };
 
 /// (address, ifindex) for every IPv4 address on a public interface.

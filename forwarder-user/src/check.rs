@@ -4,8 +4,8 @@
 use std::{fmt, path::Path, process::Command};
 
 use crate::{
+    datapath::{Datapath, VERIFIER_BUDGET, XdpAttach},
     iface,
-    loader::{Datapath, VERIFIER_BUDGET, XdpAttach},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -281,18 +281,18 @@ fn xdp_transmit(
 /// Attaches the XDP program natively and detaches it again.
 fn try_native_xdp(name: &str) -> Result<(), String> {
     let mut dp = Datapath::load(1024).map_err(|e| e.to_string())?;
-    let spec = crate::config::IfaceSpec {
+    let spec = crate::plan::IfaceSpec {
         name: name.to_string(),
         ifindex: iface::index(name).map_err(|e| e.to_string())?,
         role: 1,
-        mode: crate::config::Mode::Xdp,
+        mode: crate::settings::Mode::Xdp,
     };
-    let compiled = crate::config::Compiled {
+    let compiled = crate::plan::Compiled {
         ifaces: vec![spec],
         rules: vec![],
         sources: vec![],
-        snat_ports: crate::config::PortRange::default(),
-        conntrack: crate::config::ConntrackSettings::default(),
+        snat_ports: crate::settings::PortRange::default(),
+        conntrack: crate::settings::ConntrackSettings::default(),
         audit: (0, 1),
         new_conn: (0, 0),
     };

@@ -5,7 +5,11 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 use forwarder_common::abi::RuleStats;
 use serde::Serialize;
 
-use crate::config::Rule;
+use crate::{
+    datapath::{CtUsage, Datapath},
+    error::Result,
+    settings::Rule,
+};
 
 #[derive(Debug, Default, Serialize, serde::Deserialize, Clone)]
 pub struct RuleCounters {
@@ -126,5 +130,29 @@ impl Snapshot {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(tmp, path)
+    }
+}
+
+/// A datapath's counters as the daemon and its clients show them.
+impl Datapath {
+    /// Sums the per-CPU counters and counts the conntrack table.
+    pub fn snapshot(&self, rules: &[Rule]) -> Result<Snapshot> {
+        self.snapshot_with(rules, CtUsage::of(&self.flows()?))
+    }
+
+    /// [`Datapath::snapshot`] with the conntrack table's use counted
+    /// elsewhere (by the last sweep: reading the whole table costs time).
+    pub fn snapshot_with(&self, rules: &[Rule], ct: CtUsage) -> Result<Snapshot> {
+        let mut out = Snapshot::default();
+        let sums = self.rule_stats(rules.len() as u32)?;
+        for (i, (rule, sum)) in rules.iter().zip(&sums).enumerate() {
+            out.rules.push(RuleCounters::new(i as u32, rule, sum));
+        }
+        for (name, v) in forwarder_common::stats::NAMES.iter().zip(self.counters()?) {
+            out.counters.insert((*name).to_string(), v);
+        }
+        (out.flow_entries, out.snat_ports_in_use) = (ct.entries, ct.snat_ports);
+        out.flow_capacity = u64::from(self.flow_capacity());
+        Ok(out)
     }
 }

@@ -16,9 +16,9 @@ use aya::programs::Xdp;
 
 use etherparse::PacketBuilder;
 use forwarder::{
-    config::{Rule, Settings},
+    datapath::Datapath,
     iface,
-    loader::Datapath,
+    settings::{Rule, Settings},
 };
 use forwarder_common::{
     abi::{PROG_BENCH_FIB, PROG_BENCH_PASS, PROG_XDP},
@@ -111,7 +111,7 @@ fn main() {
                 rules: vec![Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap()],
                 // Room for every new connection the benchmark makes, so no
                 // masquerade port search runs out (that is another case).
-                snat_ports: forwarder::config::PortRange(1024, 65535),
+                snat_ports: forwarder::settings::PortRange(1024, 65535),
                 ..Default::default()
             };
             let compiled = settings.compile(iface::index).unwrap();

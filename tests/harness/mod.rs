@@ -1,6 +1,6 @@
 //! The test harness's handles on the eBPF programs, out of the loader:
 //! `BPF_PROG_TEST_RUN` of the forwarder's own programs (fixtures, the
-//! micro-benchmark), and the benchmark object (`loader::BENCH_OBJECT`):
+//! micro-benchmark), and the benchmark object (`datapath::BENCH_OBJECT`):
 //! its reference programs, the comparison's generator and its receiver.
 //! Included by the tests and benches that use it (`#[path]`).
 
@@ -14,7 +14,7 @@ use aya::{
         SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId,
     },
 };
-use forwarder::loader::{BENCH_OBJECT, Datapath};
+use forwarder::datapath::{BENCH_OBJECT, Datapath};
 use forwarder_common::abi;
 
 /// The `struct xdp_md` a test run starts with: a frame of `len` bytes

@@ -207,7 +207,7 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
     let data = aya::maps::MapData::from_pin(bpf.0.join("FWD_FLOWS_v3")).unwrap();
     let mut flows: aya::maps::HashMap<_, FlowKey, FlowEntry> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
-    let now = forwarder::loader::monotonic_ns();
+    let now = forwarder::datapath::monotonic_ns();
     for i in 0..N {
         let client = Tuple {
             saddr: [100, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8],

@@ -9,7 +9,7 @@
 //! lab's gateway namespace so `bpf_fib_lookup` sees real routes and
 //! (permanent) neighbours.
 
-use forwarder::{config::Mode, iface, loader::XdpAttach};
+use forwarder::{datapath::XdpAttach, iface, settings::Mode};
 use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
 use frames::{table::run_table, *};
 use harness::TestRunExt;

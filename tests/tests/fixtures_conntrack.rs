@@ -4,8 +4,8 @@
 //! from any CPU but never takes an established one.
 
 use forwarder::{
-    config::Rule,
-    loader::{CtUsage, Datapath, Sweep, SweepPass},
+    datapath::{CtUsage, Datapath, Sweep, SweepPass},
+    settings::Rule,
 };
 use forwarder_testkit::ADDRS;
 use frames::*;
@@ -139,7 +139,7 @@ fn flow_table_is_read_whole_in_batches_and_expired_in_full() {
         // Nothing idle yet; the pass reports what is left (the figures the
         // stats file shows).
         let t = forwarder_common::conntrack::Timeouts::default();
-        let now = forwarder::loader::monotonic_ns();
+        let now = forwarder::datapath::monotonic_ns();
         let entries = 2 * usize::from(n);
         let all = CtUsage { entries: entries as u64, snat_ports: u64::from(n) };
         assert_eq!(

@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use forwarder::loader::Datapath;
+use forwarder::datapath::Datapath;
 use forwarder_common::nat::Tuple;
 use forwarder_testkit::{ADDRS, Macs};
 use frames::*;

@@ -374,7 +374,7 @@ fn control_socket_stats_and_conntrack() {
     let saved = lab.dir.join("saved.toml");
     let (ok, _, err) = cli(&["save", saved.to_str().unwrap()]);
     assert!(ok, "{err}");
-    let mut back = forwarder::config::Settings::default();
+    let mut back = forwarder::settings::Settings::default();
     back.merge_toml(&saved, &std::fs::read_to_string(&saved).unwrap()).unwrap();
     assert_eq!(
         back.rules.iter().map(ToString::to_string).collect::<Vec<_>>(),

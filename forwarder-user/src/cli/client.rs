@@ -173,7 +173,7 @@ pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
         }
         RuleCmd::Add { spec } => {
             // Refuse a bad rule here already, naming the value.
-            crate::config::Rule::parse_spec(spec)?;
+            crate::settings::Rule::parse_spec(spec)?;
             let v = ask(&args.control, &Request::Add { spec: spec.clone() })?;
             answer(args.json, &v, |v| format!("added rule {}: {spec}", v["id"]));
         }

@@ -8,11 +8,11 @@ use clap::Args;
 
 use crate::{
     addrs,
-    config::{Mode, PortRange, Rule, Settings},
     daemon::{Audit, Daemon, Options, Signals},
+    datapath::{Datapath, XdpAttach},
     iface,
-    loader::{Datapath, XdpAttach},
     pin::Pins,
+    settings::{Mode, PortRange, Rule, Settings},
     sysctl,
 };
 
@@ -254,7 +254,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     log::info!(
         "conntrack: {} connections max; timeouts {}",
         s.conntrack.max_connections,
-        crate::config::timeouts_text(&s.conntrack.timeouts)
+        crate::settings::timeouts_text(&s.conntrack.timeouts)
     );
     match s.conntrack.new_conn_limit() {
         (0, _) => {}

@@ -11,9 +11,9 @@ use std::net::Ipv4Addr;
 use crate::harness::TestRunExt;
 use etherparse::PacketBuilder;
 use forwarder::{
-    config::{Mode, Rule, Settings},
+    datapath::Datapath,
     iface,
-    loader::Datapath,
+    settings::{Mode, Rule, Settings},
 };
 use forwarder_common::{
     abi::{DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN},
@@ -248,7 +248,7 @@ pub fn in_gateway(
 
 /// A datapath loaded (in the calling thread's namespace) and configured
 /// with [`RULES`], its interfaces in `mode`.
-pub fn load(conns: u32, mode: Mode) -> (Datapath, forwarder::config::Compiled) {
+pub fn load(conns: u32, mode: Mode) -> (Datapath, forwarder::plan::Compiled) {
     let settings = Settings {
         public: vec![GW_PUBLIC_IF.into()],
         internal: vec![GW_INTERNAL_IF.into()],

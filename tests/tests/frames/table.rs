@@ -5,7 +5,7 @@ use super::*;
 
 use crate::harness::TestRunExt;
 use etherparse::PacketBuilder;
-use forwarder::loader::Datapath;
+use forwarder::datapath::Datapath;
 use forwarder_testkit::{ADDRS, Macs};
 
 #[expect(clippy::many_single_char_names, reason = "c/g/gi/s mirror the lab diagram")]

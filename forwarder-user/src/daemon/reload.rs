@@ -1,0 +1,67 @@
+//! A reload (SIGHUP, or a rule change from the control socket): the new
+//! settings compiled, a new datapath on the same pinned state, swapped in
+//! at once; a failure leaves the running tables as they were.
+
+use anyhow::Context as _;
+
+use super::core::{Daemon, egresses, register_logger};
+use crate::{addrs, datapath::Datapath, iface, settings::Settings};
+
+impl Daemon {
+    /// Builds a datapath for `next` and swaps it in (one link update); on
+    /// any error nothing running changes. Needs `--pin-dir`: the connection
+    /// table must outlive the swap.
+    pub(super) fn swap(&mut self, mut next: Settings) -> anyhow::Result<()> {
+        let Some(p) = self.pins.clone() else {
+            anyhow::bail!(
+                "changing rules at runtime needs --pin-dir (the connection table must outlive the swap); restart instead"
+            );
+        };
+        // The connection table outlives the swap as it is sized (a new
+        // size would need a new, empty table): the rest of the reload
+        // applies, the size stays and is said so, as at a start that
+        // adopts the table.
+        let running = self.dp.connection_capacity();
+        if next.conntrack.max_connections != running {
+            log::warn!(
+                "SIGHUP: conntrack max {} asked, but the running connection table holds {running} and is kept across reloads: it keeps its size (a new size takes a restart after `forwarder teardown`, which forgets every tracked connection)",
+                next.conntrack.max_connections
+            );
+            next.conntrack.max_connections = running;
+        }
+        let compiled = next.compile(iface::index)?;
+        let mut dp = Datapath::load_pinned(next.conntrack.max_connections, Some(&p))?;
+        dp.configure(&compiled)?;
+        dp.sync_public_addrs(&addrs::public_addresses(&compiled.ifaces)?)?;
+        // The egresses as they stand, on the new devmap, before it is live.
+        let egress = egresses(&compiled, &self.egress);
+        for e in &egress {
+            dp.set_xdp_egress(e.ifindex, e.xdp)?;
+        }
+        dp.attach_pinned(&compiled, self.opts.xdp_attach, Some(&p))?;
+        let keep: Vec<String> = compiled.ifaces.iter().map(|i| i.name.clone()).collect();
+        for gone in p.prune_links(&keep)? {
+            log::info!("{gone}: no longer configured, detached");
+        }
+        let klog = register_logger(dp.take_logger().context("kernel log channel")?)?;
+        // Events the old programs left in their ring, before it goes.
+        self.audit.drain(&self.dp, &self.settings);
+        self.audit.replace(&mut dp, &next)?;
+        self.klog = klog;
+        self.dp = dp;
+        self.settings = next;
+        self.compiled = compiled;
+        // The new datapath counts refusals from 0.
+        self.egress = egress
+            .into_iter()
+            .map(|mut e| {
+                e.refused = 0;
+                e
+            })
+            .collect();
+        for r in &self.settings.rules {
+            log::info!("rule {r} ({})", r.origin);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! Filling the configuration maps from a [`Compiled`] plan (rules, source
+//! lists, interfaces, public addresses, the devmap, the config word), and
+//! the changes the daemon makes to them at runtime.
+
+use aya::maps::{
+    Array, HashMap, MapData,
+    lpm_trie::{Key, LpmTrie},
+    xdp::DevMapHash,
+};
+use forwarder_common::abi::{self, Config, IfaceInfo, RuleKey, RuleTarget};
+
+use crate::{
+    error::{Error, Result},
+    plan::{Compiled, Mode},
+};
+
+use super::object::{Datapath, map_err};
+
+/// What [`Datapath::sync_public_addrs`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrSync {
+    pub changed: bool,
+    /// Public addresses beyond the table's capacity (not hairpinned).
+    pub left_out: usize,
+}
+
+impl Datapath {
+    /// Fills config, interface, devmap and rule tables.
+    pub fn configure(&mut self, c: &Compiled) -> Result<()> {
+        let cfg = Config {
+            snat_port_min: c.snat_ports.0,
+            snat_port_max: c.snat_ports.1,
+            snat_attempts: abi::DEFAULT_SNAT_ATTEMPTS,
+            audit_rate: c.audit.0,
+            audit_burst: c.audit.1,
+            new_conn_rate: c.new_conn.0,
+            new_conn_burst: c.new_conn.1,
+            cpus: aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            _pad: 0,
+        };
+        let mut a: Array<&mut MapData, Config> =
+            Array::try_from(self.map_mut(abi::MAP_CONFIG)?).map_err(map_err(abi::MAP_CONFIG))?;
+        a.set(0, cfg, 0).map_err(map_err(abi::MAP_CONFIG))?;
+
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
+            HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
+        for i in &c.ifaces {
+            // TC mode is set here; `auto` may still switch an interface to
+            // TC in `attach` when its driver has no native XDP.
+            let flags = if i.mode == Mode::Tc { abi::IFACE_F_TC_ONLY } else { 0 };
+            ifaces
+                .insert(i.ifindex, IfaceInfo { role: i.role, flags }, 0)
+                .map_err(map_err(abi::MAP_IFACES))?;
+        }
+        let mut tx: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(abi::MAP_TX_PORTS)?)
+                .map_err(map_err(abi::MAP_TX_PORTS))?;
+        for i in &c.ifaces {
+            tx.insert(i.ifindex, i.ifindex, None, 0).map_err(|e| {
+                Error::Io(format!("adding {} to {}: {e}", i.name, abi::MAP_TX_PORTS))
+            })?;
+        }
+        let mut rules: LpmTrie<&mut MapData, RuleKey, RuleTarget> =
+            LpmTrie::try_from(self.map_mut(abi::MAP_RULES)?).map_err(map_err(abi::MAP_RULES))?;
+        for (prefix_len, k, v) in &c.rules {
+            rules.insert(&Key::new(*prefix_len, *k), v, 0).map_err(map_err(abi::MAP_RULES))?;
+        }
+        let mut allow: LpmTrie<&mut MapData, abi::SrcKey, u8> =
+            LpmTrie::try_from(self.map_mut(abi::MAP_SRC_ALLOW)?)
+                .map_err(map_err(abi::MAP_SRC_ALLOW))?;
+        for (prefix_len, k) in &c.sources {
+            allow.insert(&Key::new(*prefix_len, *k), 1, 0).map_err(map_err(abi::MAP_SRC_ALLOW))?;
+        }
+        Ok(())
+    }
+
+    /// Puts egress `ifindex` into XDP's transmit set (the devmap) or takes
+    /// it out (XDP then hands packets towards it to TC); whether it
+    /// changed.
+    pub fn set_xdp_egress(&mut self, ifindex: u32, on: bool) -> Result<bool> {
+        let mut tx: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(abi::MAP_TX_PORTS)?)
+                .map_err(map_err(abi::MAP_TX_PORTS))?;
+        let present = tx.get(ifindex, 0).is_ok();
+        match (present, on) {
+            (false, true) => tx.insert(ifindex, ifindex, None, 0).map_err(|e| {
+                Error::Io(format!("adding ifindex {ifindex} to {}: {e}", abi::MAP_TX_PORTS))
+            })?,
+            (true, false) => tx.remove(ifindex).map_err(map_err(abi::MAP_TX_PORTS))?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Tells the programs that `ifindex` carries TC alone (mode `auto`
+    /// decided so at attach time).
+    pub(super) fn mark_tc_only(&mut self, ifindex: u32, role: u32) -> Result<()> {
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
+            HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
+        ifaces
+            .insert(ifindex, IfaceInfo { role, flags: abi::IFACE_F_TC_ONLY }, 0)
+            .map_err(map_err(abi::MAP_IFACES))
+    }
+
+    /// Makes the public-address table equal to `want`, or to its first
+    /// [`abi::MAX_PUBLIC_ADDRS`] when it holds more (hairpin then works for
+    /// those); says whether the table changed and how many did not fit.
+    pub fn sync_public_addrs(
+        &mut self,
+        want: &std::collections::BTreeSet<([u8; 4], u32)>,
+    ) -> Result<AddrSync> {
+        let fit: std::collections::BTreeMap<[u8; 4], u32> =
+            want.iter().take(abi::MAX_PUBLIC_ADDRS as usize).copied().collect();
+        let left_out = want.len().saturating_sub(fit.len());
+        let mut m: HashMap<&mut MapData, [u8; 4], u32> =
+            HashMap::try_from(self.map_mut(abi::MAP_PUBLIC_ADDRS)?)
+                .map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        let have: std::collections::BTreeMap<[u8; 4], u32> = m
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        if have == fit {
+            return Ok(AddrSync { changed: false, left_out });
+        }
+        // Removals first: the table never needs room for both.
+        for a in have.keys().filter(|a| !fit.contains_key(*a)) {
+            m.remove(a).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        }
+        for (a, i) in fit.iter().filter(|(a, i)| have.get(*a) != Some(i)) {
+            m.insert(a, i, 0).map_err(map_err(abi::MAP_PUBLIC_ADDRS))?;
+        }
+        Ok(AddrSync { changed: true, left_out })
+    }
+}

@@ -1,0 +1,153 @@
+//! The plan: settings validated and compiled into the datapath's terms
+//! (trie entries, source prefixes, interfaces with their modes, the
+//! limits), everything resolved before the kernel is touched. The
+//! datapath takes a [`Compiled`] plan and nothing of the settings.
+
+use std::collections::HashMap;
+
+use forwarder_common::{
+    abi::{
+        self, RULE_F_MASQUERADE, RULE_F_PORT_RANGE, RULE_F_SRC_FILTER, RuleKey, RuleTarget, SrcKey,
+    },
+    rule,
+};
+
+pub use crate::settings::{ConntrackSettings, Mode, PortRange};
+use crate::{
+    error::{Error, Result},
+    settings::{Rule, Settings},
+};
+
+/// One managed interface, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfaceSpec {
+    pub name: String,
+    pub ifindex: u32,
+    /// `abi::ROLE_*`.
+    pub role: u32,
+    pub mode: Mode,
+}
+
+/// Validated settings, in the datapath's terms.
+#[derive(Debug)]
+pub struct Compiled {
+    pub ifaces: Vec<IfaceSpec>,
+    /// Trie entries `(prefix length, key, target)`; a range has several.
+    /// `RuleTarget::rule_id` = index in `Settings::rules`.
+    pub rules: Vec<(u32, RuleKey, RuleTarget)>,
+    /// Allow-list trie entries `(prefix length, key)`.
+    pub sources: Vec<(u32, SrcKey)>,
+    pub snat_ports: PortRange,
+    pub conntrack: ConntrackSettings,
+    /// Audit events per second and burst, per CPU.
+    pub audit: (u32, u32),
+    /// New connections per second and burst, per CPU (rate 0: no limit).
+    pub new_conn: (u32, u32),
+}
+
+impl Settings {
+    /// Checks the whole set: interfaces exist and have one role, rules are
+    /// unique and bound only to public interfaces. `ifindex` resolves names
+    /// (injected for tests).
+    pub fn compile(&self, ifindex: impl Fn(&str) -> Result<u32>) -> Result<Compiled> {
+        if self.public.is_empty() {
+            return Err(Error::Io("no public interface given (--public IFACE)".into()));
+        }
+        let mut ifaces: Vec<IfaceSpec> = Vec::new();
+        for (names, role) in
+            [(&self.public, abi::ROLE_PUBLIC), (&self.internal, abi::ROLE_INTERNAL)]
+        {
+            for n in names {
+                let idx = ifindex(n)?;
+                if ifaces.iter().any(|i| &i.name == n) {
+                    return Err(Error::InterfaceRole { name: n.clone() });
+                }
+                let mode = self
+                    .iface_modes
+                    .iter()
+                    .rev()
+                    .find(|(i, _)| i == n)
+                    .map_or(self.mode, |(_, m)| *m);
+                ifaces.push(IfaceSpec { name: n.clone(), ifindex: idx, role, mode });
+            }
+        }
+        if let Some((n, _)) =
+            self.iface_modes.iter().find(|(n, _)| !ifaces.iter().any(|i| &i.name == n))
+        {
+            return Err(Error::Io(format!(
+                "mode given for `{n}`, which is neither --public nor --internal"
+            )));
+        }
+        if self.rules.len() > abi::MAX_RULES as usize {
+            return Err(Error::TooManyRules(self.rules.len()));
+        }
+        // Rules on the same (interface, protocol) must not share a port.
+        let mut seen: HashMap<(u32, u8), Vec<&Rule>> = HashMap::new();
+        let mut entries = Vec::new();
+        let mut sources = Vec::new();
+        for (id, r) in self.rules.iter().enumerate() {
+            let if_idx = match &r.interface {
+                None => 0,
+                Some(n) => {
+                    let idx = ifindex(n)?;
+                    if !self.public.contains(n) {
+                        return Err(Error::Rule {
+                            spec: r.origin.clone(),
+                            why: format!("interface `{n}` is not a public interface (--public)"),
+                        });
+                    }
+                    idx
+                }
+            };
+            let same = seen.entry((if_idx, r.proto.number())).or_default();
+            if let Some(first) = same.iter().find(|o| o.ports.overlaps(r.ports)) {
+                return Err(Error::DuplicateRule {
+                    first: format!("{first} ({})", first.origin),
+                    second: format!("{r} ({})", r.origin),
+                });
+            }
+            same.push(r);
+            let mut flags = if r.masquerade { RULE_F_MASQUERADE } else { 0 };
+            if r.backend_ports.lo != r.backend_ports.hi {
+                flags |= RULE_F_PORT_RANGE;
+            }
+            if !r.sources.is_empty() {
+                flags |= RULE_F_SRC_FILTER;
+                for c in &r.sources {
+                    sources.push((
+                        32 + u32::from(c.len),
+                        SrcKey { rule_id: id as u32, addr: c.addr.octets() },
+                    ));
+                }
+            }
+            let target = RuleTarget {
+                addr: r.backend.octets(),
+                port: r.backend_ports.lo.to_be_bytes(),
+                flags,
+                rule_id: id as u32,
+                public_lo: r.ports.lo,
+                _pad: 0,
+            };
+            for (start, bits) in rule::port_prefixes(r.ports.lo, r.ports.hi) {
+                let (prefix_len, key) = rule::key(if_idx, r.proto.number(), start, bits);
+                entries.push((prefix_len, key, target));
+            }
+        }
+        if sources.len() > abi::MAX_SRC_ENTRIES as usize {
+            return Err(Error::Io(format!(
+                "{} source prefixes over all rules; at most {}",
+                sources.len(),
+                abi::MAX_SRC_ENTRIES
+            )));
+        }
+        Ok(Compiled {
+            ifaces,
+            rules: entries,
+            sources,
+            snat_ports: self.snat_ports,
+            conntrack: self.conntrack,
+            audit: (self.audit.rate, self.audit.burst),
+            new_conn: self.conntrack.new_conn_limit(),
+        })
+    }
+}
