@@ -7,32 +7,15 @@
 //! says so. Sizes are asserted at compile time; with the `user` feature
 //! bytemuck additionally proves there is no hidden padding.
 
+mod bench;
+
+pub use bench::*;
+
 /// XDP program (the fast path).
 pub const PROG_XDP: &str = "forwarder_xdp";
 /// XDP program reached by tail call from [`PROG_XDP`] for packets whose
 /// L4 checksum must be summed in full.
 pub const PROG_XDP_CSUM: &str = "forwarder_xdp_csum";
-/// Micro-benchmark reference programs (never attached): an empty XDP
-/// program and a bare FIB-lookup + redirect one.
-pub const PROG_BENCH_PASS: &str = "bench_xdp_pass";
-pub const PROG_BENCH_FIB: &str = "bench_xdp_fib";
-/// Netfilter comparison: the generator (writes the 64-byte frame of
-/// [`MAP_BENCH_FRAME`], `XDP_TX`; run in live-frames mode) and the receiver
-/// (counts UDP and TCP to port 5300 in [`MAP_BENCH_SINK`], drops them).
-pub const PROG_BENCH_TX: &str = "bench_xdp_tx";
-/// Array of one [`BenchFrame`].
-pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
-pub const PROG_BENCH_SINK: &str = "bench_xdp_sink";
-/// The receiver's counts: index [`BENCH_SINK_FROM_SOURCE`], packets from
-/// the source in [`MAP_BENCH_SINK_SOURCE`]; [`BENCH_SINK_FROM_OTHERS`],
-/// from any other.
-pub const MAP_BENCH_SINK: &str = "BENCH_SINK";
-pub const BENCH_SINK_FROM_SOURCE: u32 = 0;
-pub const BENCH_SINK_FROM_OTHERS: u32 = 1;
-/// The source the receiver expects ([`BenchSource`], index 0).
-pub const MAP_BENCH_SINK_SOURCE: &str = "BENCH_SINK_SOURCE";
-/// The benchmark object's devmap: where [`PROG_BENCH_FIB`] may redirect.
-pub const MAP_BENCH_TX_PORTS: &str = "BENCH_TX_PORTS";
 /// XDP program reached by tail call from [`PROG_XDP`] for the first
 /// packet of a connection: emits its audit event, then finishes it.
 pub const PROG_XDP_NEW: &str = "forwarder_xdp_new";
@@ -455,61 +438,6 @@ const _: () = assert!(core::mem::size_of::<RuleTarget>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 56);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 48);
-/// What the netfilter comparison's generator sends ([`MAP_BENCH_FRAME`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct BenchFrame {
-    /// Ethernet, IPv4 without options, UDP or TCP; the L4 checksum
-    /// complete (UDP: or 0, none).
-    pub frame: [u8; 64],
-    /// Flows to spread the frames over ([`bench_flow`]); 0 or 1: one flow.
-    pub flows: u32,
-    /// Frames sent so far (the generator's counter; it runs on one CPU).
-    pub seq: u32,
-}
-
-/// The source addresses the netfilter comparison's receiver expects
-/// ([`MAP_BENCH_SINK_SOURCE`]): those whose `mask`ed bits are `addr`'s.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct BenchSource {
-    /// Network byte order.
-    pub addr: [u8; 4],
-    /// Network byte order.
-    pub mask: [u8; 4],
-}
-
-impl BenchSource {
-    /// Whether `saddr` (network byte order) is one of them.
-    #[inline(always)]
-    #[must_use]
-    pub const fn matches(&self, saddr: [u8; 4]) -> bool {
-        u32::from_ne_bytes(saddr) & u32::from_ne_bytes(self.mask)
-            == u32::from_ne_bytes(self.addr) & u32::from_ne_bytes(self.mask)
-    }
-}
-
-/// Source ports per source address of a generator's flows.
-pub const BENCH_PORTS_PER_ADDR: u32 = 40_000;
-
-/// Where frame `seq` of a generator spreading over `flows` flows comes
-/// from, relative to the frame's own source: (port offset, offset of the
-/// address's last byte). Flows fill [`BENCH_PORTS_PER_ADDR`] ports of an
-/// address before taking the next address.
-#[inline(always)]
-#[must_use]
-pub const fn bench_flow(seq: u32, flows: u32) -> (u16, u8) {
-    if flows <= 1 {
-        return (0, 0);
-    }
-    let i = seq % flows;
-    ((i % BENCH_PORTS_PER_ADDR) as u16, (i / BENCH_PORTS_PER_ADDR) as u8)
-}
-
-const _: () = assert!(core::mem::size_of::<BenchFrame>() == 72);
-const _: () = assert!(core::mem::size_of::<BenchSource>() == 8);
 const _: () = assert!(core::mem::size_of::<SrcKey>() == 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
@@ -535,41 +463,9 @@ mod pod {
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::AuditEvent {}
-    unsafe impl aya::Pod for super::BenchFrame {}
-    unsafe impl aya::Pod for super::BenchSource {}
+    unsafe impl aya::Pod for super::bench::BenchFrame {}
+    unsafe impl aya::Pod for super::bench::BenchSource {}
     unsafe impl aya::Pod for super::XdpTxErrors {}
     unsafe impl aya::Pod for super::RingPos {}
     unsafe impl aya::Pod for crate::audit::TokenBucket {}
-}
-
-#[cfg(test)]
-mod bench_tests {
-    use super::{BENCH_PORTS_PER_ADDR, BenchSource, bench_flow};
-
-    #[test]
-    fn receiver_source_matches_by_prefix() {
-        let host = BenchSource { addr: [192, 168, 1, 1], mask: [255; 4] };
-        assert!(host.matches([192, 168, 1, 1]));
-        assert!(!host.matches([192, 168, 1, 2]) && !host.matches([203, 0, 113, 10]));
-        let net = BenchSource { addr: [203, 0, 113, 0], mask: [255, 255, 255, 0] };
-        assert!(net.matches([203, 0, 113, 10]) && net.matches([203, 0, 113, 12]));
-        assert!(!net.matches([203, 0, 114, 10]) && !net.matches([192, 168, 1, 1]));
-        assert!(
-            BenchSource { addr: [10, 0, 0, 0], mask: [0; 4] }.matches([1, 2, 3, 4]),
-            "prefix 0: any source"
-        );
-    }
-
-    #[test]
-    fn generator_spreads_frames_over_ports_then_addresses() {
-        assert_eq!(bench_flow(7, 0), (0, 0));
-        assert_eq!(bench_flow(7, 1), (0, 0));
-        let ports: Vec<(u16, u8)> = (0..6).map(|n| bench_flow(n, 4)).collect();
-        assert_eq!(ports, [(0, 0), (1, 0), (2, 0), (3, 0), (0, 0), (1, 0)]);
-        let n = 3 * BENCH_PORTS_PER_ADDR;
-        assert_eq!(bench_flow(BENCH_PORTS_PER_ADDR - 1, n), (39_999, 0));
-        assert_eq!(bench_flow(BENCH_PORTS_PER_ADDR, n), (0, 1));
-        assert_eq!(bench_flow(n + 5, n), (5, 0), "then again from the first flow");
-        assert_eq!(bench_flow(u32::MAX, u32::MAX), (0, 0), "no overflow at the extremes");
-    }
 }
