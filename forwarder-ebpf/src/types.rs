@@ -20,8 +20,8 @@ pub struct Parsed {
     pub tuple: Tuple,
     /// The L4 checksum field as received (numeric).
     pub l4_check: u16,
-    /// TCP flags byte (0 for UDP; the type for ICMP).
-    pub tcp_flags: u8,
+    /// TCP: the flags byte; ICMP: the type; UDP and later fragments: 0.
+    pub flags_or_type: u8,
     /// Frame length (a GRO'd skb in TC counts whole), for the byte counters.
     pub frame_len: u32,
     /// IP identification (network order), for fragments.
@@ -29,9 +29,35 @@ pub struct Parsed {
     /// [`FRAG_NONE`], [`FRAG_FIRST`] (carries the L4 header) or
     /// [`FRAG_LATER`] (no L4 header; `tuple` ports are zero).
     pub fragment: u8,
-    /// The first packet of a connection `new_flow` just created: its
-    /// rule id + 1, for the audit event; 0 for every other packet.
-    pub audit_rule: u32,
+    /// The first packet of a connection `flow::new::create` just set up:
+    /// the rule that created it, for the audit event.
+    pub created_by: CreatedBy,
+}
+
+/// The rule that created a connection on its first packet, or none (every
+/// other packet): the rule id + 1, 0 = none, in one word.
+#[derive(Clone, Copy)]
+pub struct CreatedBy(u32);
+
+impl CreatedBy {
+    pub const NONE: Self = Self(0);
+
+    #[inline(always)]
+    pub const fn rule(rule_id: u32) -> Self {
+        Self(rule_id + 1)
+    }
+
+    /// The rule, if this packet created its connection.
+    #[inline(always)]
+    pub const fn is_some(self) -> bool {
+        self.0 != 0
+    }
+
+    /// The rule id (meaningful with [`CreatedBy::is_some`]).
+    #[inline(always)]
+    pub const fn rule_id(self) -> u32 {
+        self.0.wrapping_sub(1)
+    }
 }
 
 impl Parsed {

@@ -10,16 +10,17 @@
 //! and, later, the benchmark.
 
 pub mod capture;
+pub mod env;
 pub mod flood;
 pub mod lab;
 pub mod netns;
 pub mod proc;
 
 pub use capture::Capture;
-pub use lab::{
-    ADDRS, Addrs, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, Macs, lab_kind, test_mode, tuned_lab,
-    xdp_transmits,
+pub use env::{
+    ADDRS, Addrs, GW_INTERNAL_IF, GW_PUBLIC_IF, Macs, lab_kind, test_mode, tuned_lab, xdp_transmits,
 };
+pub use lab::{Host, Lab};
 pub use netns::{BpfFs, Netns};
 pub use proc::{Forwarder, Spawned};
 

@@ -71,7 +71,7 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
     // Connection state: written only on a transition (SYN-ACK, FIN, RST,
     // first UDP answer), to both entries, so the established path stays
     // one lookup and no extra writes.
-    let state = next_state(entry.state, entry.dir, parsed.proto, parsed.tcp_flags);
+    let state = next_state(entry.state, entry.dir, parsed.proto, parsed.flags_or_type);
     if state != entry.state {
         // A connection that begins closing may give way to new ones
         // when the table is full.

@@ -34,8 +34,7 @@ pub fn vlan(q: &Quote) -> u16 {
 
 #[inline(always)]
 pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
-    // `tcp_flags` carries the ICMP type for ICMP.
-    if !is_error(parsed.tcp_flags) {
+    if !is_error(parsed.flags_or_type) {
         return Verdict::Pass(stats::PASS_NOT_OURS);
     }
     let ip_off = parsed.l4() + 8;

@@ -26,7 +26,7 @@ use crate::{
         frag::forward,
         parse::xdp_can_finish,
     },
-    types::{Parsed, Verdict},
+    types::{CreatedBy, Parsed, Verdict},
 };
 
 /// The rule a new flow matches, and whether it is a hairpin (an internal
@@ -78,7 +78,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         return Verdict::Drop(stats::DROP_SRC_DENIED);
     }
     // A stray RST must not create state; a dying TTL is dropped.
-    match first_packet_gate(parsed.tcp_flags, parsed.ttl) {
+    match first_packet_gate(parsed.flags_or_type, parsed.ttl) {
         Some(Gate::Pass(s)) => return Verdict::Pass(s),
         Some(Gate::Drop(s)) => return Verdict::Drop(s),
         None => {}
@@ -176,7 +176,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         s.orig_packets += 1;
         s.orig_bytes += u64::from(parsed.frame_len);
     }
-    parsed.audit_rule = target.rule_id + 1;
+    parsed.created_by = CreatedBy::rule(target.rule_id);
     match fib_verdict::<P>(&r, out) {
         Ok(fwd) => forward::<P>(parsed, fwd, target.rule_id, DIR_ORIGINAL),
         Err(v) => v,

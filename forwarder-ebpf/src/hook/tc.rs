@@ -142,7 +142,7 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             {
                 return toobig::answer(ctx, u32::from(fwd.mtu));
             }
-            if parsed.audit_rule != 0 {
+            if parsed.created_by.is_some() {
                 // SAFETY: helper without side effects.
                 let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
                 audit::emit(&audit::accepted(&parsed, &fwd, Packet::ingress_ifindex(ctx), now));

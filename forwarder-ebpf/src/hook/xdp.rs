@@ -72,7 +72,7 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             XDP_PASS
         }
         Verdict::Forward(parsed, fwd) => {
-            if FIRST && parsed.audit_rule != 0 {
+            if FIRST && parsed.created_by.is_some() {
                 // SAFETY: helper without side effects.
                 let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
                 audit::emit(&audit::accepted(&parsed, &fwd, ctx.ingress_ifindex() as u32, now));

@@ -42,7 +42,7 @@ pub fn accepted(parsed: &Parsed, fwd: &Forward, ifindex: u32, now: u64) -> Audit
     let snat = if n.saddr == parsed.tuple.saddr { ([0; 4], [0; 2]) } else { (n.saddr, n.sport) };
     event(
         parsed,
-        parsed.audit_rule.wrapping_sub(1),
+        parsed.created_by.rule_id(),
         ifindex,
         now,
         AUDIT_ACCEPTED,
@@ -97,7 +97,7 @@ fn event(
         snat_port: snat.1,
         proto: parsed.proto,
         verdict,
-        tcp_flags: parsed.tcp_flags,
+        tcp_flags: parsed.flags_or_type,
         _pad: [0; 5],
     }
 }

@@ -16,7 +16,7 @@ use network_types::{
 use crate::{
     ctx::{Packet, ptr_at},
     ops::csum,
-    types::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, NewFlowPlan, Parsed, Verdict},
+    types::{CreatedBy, FRAG_FIRST, FRAG_LATER, FRAG_NONE, NewFlowPlan, Parsed, Verdict},
 };
 
 /// Parses Ethernet / IPv4 (any IHL) / TCP or UDP. `Err` carries the verdict
@@ -84,7 +84,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     };
     // What every packet shares; the ports, L4 checksum and TCP flags
     // (or ICMP type) come from the L4 header, if the packet has one.
-    let parsed = |ports: [u8; 4], l4_check: u16, tcp_flags: u8| Parsed {
+    let parsed = |ports: [u8; 4], l4_check: u16, flags_or_type: u8| Parsed {
         l4_off,
         l4_len,
         l3_len: meta.total_len as u16,
@@ -97,21 +97,21 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
             dport: [ports[2], ports[3]],
         },
         l4_check,
-        tcp_flags,
+        flags_or_type,
         frame_len: p.len(),
         ip_id: ip.id,
         fragment,
-        audit_rule: 0,
+        created_by: CreatedBy::NONE,
     };
     // Packets without ports (later fragments, ICMP): the tuple carries
-    // zeros, `l4_check`/`tcp_flags` what the caller says.
-    let portless = |l4_check: u16, tcp_flags: u8| parsed([0; 4], l4_check, tcp_flags);
+    // zeros, `l4_check`/`flags_or_type` what the caller says.
+    let portless = |l4_check: u16, flags_or_type: u8| parsed([0; 4], l4_check, flags_or_type);
     if fragment == FRAG_LATER {
         return Ok(portless(0, 0));
     }
     if proto == PROTO_ICMP {
         // Errors about our flows are translated (flow::icmp); the 8-byte
-        // ICMP header must be there. `tcp_flags` carries the ICMP type.
+        // ICMP header must be there; its type goes in `flags_or_type`.
         let h: *const [u8; 8] = ptr_at(p, l4_off).ok_or(Verdict::Pass(stats::PASS_MALFORMED))?;
         // SAFETY: bounds checked by ptr_at.
         let h = unsafe { *h };

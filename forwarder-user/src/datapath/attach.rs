@@ -22,11 +22,13 @@ use crate::{
 
 use super::object::{Attached, Datapath, Hook, prog_err, prog_mut};
 
-/// How to attach XDP.
+/// How to attach XDP where the mode says XDP (`--xdp-attach`). Not to be
+/// confused with `Mode::Auto`, which falls back to TC, never to generic XDP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttach {
     /// Native (driver) mode, falling back to generic with a warning.
-    Auto,
+    #[value(name = "auto")]
+    NativeElseGeneric,
     /// Native only: fail if the driver cannot.
     Native,
     /// Generic (skb) mode only.
@@ -142,7 +144,7 @@ impl Datapath {
                     .map_err(prog_err(format!("attaching XDP (native) to {name}")))?;
                 (Hook::XdpNative, vec![id])
             }
-            (Mode::Xdp, XdpAttach::Auto) => match xdp.attach(name, XdpMode::Driver) {
+            (Mode::Xdp, XdpAttach::NativeElseGeneric) => match xdp.attach(name, XdpMode::Driver) {
                 Ok(id) => (Hook::XdpNative, vec![id]),
                 Err(e) => {
                     log::warn!(
