@@ -236,10 +236,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             if args.keep_ip_forward { "" } else { "; it is restored at exit" }
         );
     }
-    // Before saying "running": a signal right after must stop us cleanly,
-    // not kill us with the datapath attached.
-    let signals = Signals::new()?;
-    println!("forwarder: running; Ctrl-C or SIGTERM to stop");
+    // The settings in force, before "running": whoever waits for that
+    // line finds them logged.
     let s = &daemon.settings;
     if s.audit.rate == 0 {
         log::info!("audit events off (--audit-rate 0)");
@@ -260,6 +258,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (0, _) => {}
         (r, b) => log::info!("new connections: at most {r}/s and bursts of {b} per CPU"),
     }
+    // Before saying "running": a signal right after must stop us cleanly,
+    // not kill us with the datapath attached.
+    let signals = Signals::new()?;
+    println!("forwarder: running; Ctrl-C or SIGTERM to stop");
     let result = daemon.serve(control, signals).await;
     finish(daemon, &args, pins.as_ref(), was_forwarding, result)
 }
