@@ -94,6 +94,22 @@ pub fn detect() -> Result<Toolchain, String> {
     Err(INSTRUCTIONS.to_string())
 }
 
+/// Clears what a nested cargo would inherit from an outer one's compiler
+/// settings (a build script's or xtask's environment): wrappers, flags,
+/// target dir and target.
+pub fn clear_inherited_env(cmd: &mut Command) {
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cmd.env_remove(var);
+    }
+}
+
 /// Builds the eBPF crate in `workspace` into `target_dir`; returns the
 /// directory of its objects (`forwarder`, `bench`).
 pub fn build(tc: &Toolchain, workspace: &Path, target_dir: &Path) -> Result<PathBuf, String> {
@@ -122,17 +138,8 @@ pub fn build(tc: &Toolchain, workspace: &Path, target_dir: &Path) -> Result<Path
             c
         }
     };
-    // A build script inherits the outer cargo's compiler settings: clear them.
-    for var in [
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-    ] {
-        cmd.env_remove(var);
-    }
+    // A build script inherits the outer cargo's compiler settings.
+    clear_inherited_env(&mut cmd);
     if matches!(tc, Toolchain::Nightly { .. }) {
         cmd.env_remove("RUSTC");
     }

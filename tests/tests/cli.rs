@@ -81,16 +81,7 @@ fn invalid_input_is_refused_and_nothing_is_attached() {
         // Nothing translates (TC included, which `ip link` does not show):
         // the gateway's own stack refuses the public port.
         let to = std::net::SocketAddr::from((forwarder_testkit::ADDRS.gw_public, 8080));
-        let r = lab
-            .client
-            .enter(move || {
-                std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2))
-                    .map(|_| ())
-                    .map_err(|e| e.kind())
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        let r = common::connect_outcome(&lab, to);
         assert_eq!(
             r,
             Err(std::io::ErrorKind::ConnectionRefused),

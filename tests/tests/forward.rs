@@ -343,16 +343,7 @@ fn counters_survive_stop_and_the_datapath_detaches() {
         let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
         assert!(!link.contains("xdp"), "XDP left attached to {dev} after stop: {link}");
     }
-    let refused = lab
-        .client
-        .enter(|| {
-            TcpStream::connect_timeout(&public(8080), Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|e| e.kind())
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    let refused = connect_outcome(&lab, public(8080));
     assert_eq!(
         refused,
         Err(std::io::ErrorKind::ConnectionRefused),

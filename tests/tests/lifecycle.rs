@@ -155,16 +155,7 @@ fn hitless_restart_after_kill_keeps_a_transfer_going_without_a_gap() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Torn down: nothing translates; the gateway's own stack refuses.
-    let refused = lab
-        .client
-        .enter(|| {
-            TcpStream::connect_timeout(&public(8080), Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|e| e.kind())
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    let refused = connect_outcome(&lab, public(8080));
     assert_eq!(
         refused,
         Err(std::io::ErrorKind::ConnectionRefused),

@@ -20,18 +20,7 @@ fn hairpin_internal_host_reaches_the_public_address() {
     // the gateway's public address:port and reaches the backend on its own
     // segment; replies come back from the public address:port.
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
-    lab.server.ip(&["addr", "add", "192.168.1.60/24", "dev", "eth0"]).unwrap();
-    lab.server
-        .ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &ADDRS.gw_internal.to_string(),
-            "src",
-            "192.168.1.60",
-        ])
-        .unwrap();
+    internal_host(&lab);
     let server = http_server(&lab, 2);
     for _ in 0..2 {
         let (body, from) = lab

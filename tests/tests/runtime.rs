@@ -305,18 +305,7 @@ fn a_public_address_added_then_removed_is_followed_by_hairpin() {
     // The internal host 192.168.1.60 calls a public address the gateway
     // gets while it runs; when the address goes, hairpin lets it go.
     let (lab, mut fwd) = lab_with(&[HTTP_RULE]);
-    lab.server.ip(&["addr", "add", "192.168.1.60/24", "dev", "eth0"]).unwrap();
-    lab.server
-        .ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &ADDRS.gw_internal.to_string(),
-            "src",
-            "192.168.1.60",
-        ])
-        .unwrap();
+    internal_host(&lab);
     let server = http_server(&lab, 1);
     let new_addr: SocketAddr = "203.0.113.7:8080".parse().unwrap();
     let changes =

@@ -82,16 +82,7 @@ fn ebpf_clippy() -> Result<Command> {
             c
         }
     };
-    for var in [
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-    ] {
-        cmd.env_remove(var);
-    }
+    ebpf_toolchain::clear_inherited_env(&mut cmd);
     cmd.arg("--manifest-path")
         .arg(manifest)
         .args(["--release", "--target", ebpf_toolchain::TARGET, "--bins", "--target-dir"])

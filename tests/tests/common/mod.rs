@@ -429,3 +429,25 @@ pub fn get_within(lab: &Lab, connect: Duration) -> String {
         .join()
         .unwrap()
 }
+
+/// The internal host 192.168.1.60 on the server's segment, routed through
+/// the gateway: it reaches the public addresses by hairpin.
+pub fn internal_host(lab: &Lab) {
+    lab.server.ip(&["addr", "add", "192.168.1.60/24", "dev", "eth0"]).unwrap();
+    let via = forwarder_testkit::ADDRS.gw_internal.to_string();
+    lab.server.ip(&["route", "add", "default", "via", &via, "src", "192.168.1.60"]).unwrap();
+}
+
+/// How a TCP connect from the client to `to` ends within 2 s: set up, or
+/// the error kind (refused, timed out, …).
+pub fn connect_outcome(lab: &Lab, to: SocketAddr) -> Result<(), std::io::ErrorKind> {
+    lab.client
+        .enter(move || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
