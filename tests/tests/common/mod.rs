@@ -344,6 +344,9 @@ pub fn fill_then_probe(
 ) -> (Result<(), std::io::ErrorKind>, usize, Vec<u16>) {
     let listener =
         lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
+    // Room for every connection: a full accept queue drops a client's
+    // final ACK, and the server would accept that connection late.
+    deep_backlog(&listener);
     let server = std::thread::spawn(move || {
         let mut ports = Vec::new();
         let mut conns = Vec::new();
@@ -376,9 +379,14 @@ pub fn fill_then_probe(
             let extra = extra.map_err(|k| {
                 if k == std::io::ErrorKind::WouldBlock { std::io::ErrorKind::TimedOut } else { k }
             });
-            let mut echoed = 0;
+            // Every byte out before any echo is awaited: the server reads
+            // its connections in the order it accepted them, which need not
+            // be the order they were opened in.
             for s in &mut socks {
                 s.write_all(b"x").unwrap();
+            }
+            let mut echoed = 0;
+            for s in &mut socks {
                 let mut b = [0u8; 1];
                 s.read_exact(&mut b).unwrap();
                 echoed += usize::from(b == *b"x");
