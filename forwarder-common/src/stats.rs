@@ -28,8 +28,8 @@ pub const DROP_NO_ROUTE: u32 = 8;
 pub const PASS_FWD_DISABLED: u32 = 9;
 /// FIB: the destination is local / not forwardable: passed untouched.
 pub const PASS_NOT_FORWARDED: u32 = 10;
-/// Unused since "fragmentation needed" is answered (kept for the ABI of the
-/// counter array).
+/// Unused: "fragmentation needed" is answered ([`ICMP_FRAG_NEEDED_SENT`]);
+/// the index stays so the counter array's layout does.
 pub const PASS_FRAG_NEEDED: u32 = 11;
 /// TTL would expire at the gateway: dropped.
 pub const DROP_TTL: u32 = 12;
@@ -80,8 +80,13 @@ pub const EARLY_DROP: u32 = 28;
 /// New connections over the per-CPU new-connection rate limit: dropped.
 pub const DROP_NEW_CONN_RATE: u32 = 29;
 
+/// A rewrite of a parsed, planned packet failed (a bounds re-check
+/// refused; parse checked the same bounds, so never expected): dropped,
+/// by XDP as `XDP_ABORTED` so the `xdp:xdp_exception` tracepoint shows it.
+pub const DROP_REWRITE_FAILED: u32 = 30;
+
 /// Number of counters.
-pub const COUNT: u32 = 30;
+pub const COUNT: u32 = 31;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -115,4 +120,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "audit_ring_full",
     "early_drop",
     "drop_new_conn_rate",
+    "drop_rewrite_failed",
 ];

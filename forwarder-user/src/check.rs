@@ -6,6 +6,8 @@ use std::{fmt, path::Path, process::Command};
 use crate::{
     datapath::{Datapath, VERIFIER_BUDGET, XdpAttach},
     iface,
+    plan::System,
+    settings::{ConntrackSettings, Mode, Settings},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -278,24 +280,17 @@ fn xdp_transmit(
     }
 }
 
-/// Attaches the XDP program natively and detaches it again.
+/// Attaches the XDP program natively and detaches it again: the plan of
+/// a gateway with `name` as its one public interface in XDP mode.
 fn try_native_xdp(name: &str) -> Result<(), String> {
-    let mut dp = Datapath::load(1024).map_err(|e| e.to_string())?;
-    let spec = crate::plan::IfaceSpec {
-        name: name.to_string(),
-        ifindex: iface::index(name).map_err(|e| e.to_string())?,
-        role: 1,
-        mode: crate::settings::Mode::Xdp,
+    let settings = Settings {
+        public: vec![name.to_string()],
+        mode: Mode::Xdp,
+        conntrack: ConntrackSettings { max_connections: 1024, ..ConntrackSettings::default() },
+        ..Settings::default()
     };
-    let compiled = crate::plan::Compiled {
-        ifaces: vec![spec],
-        rules: vec![],
-        sources: vec![],
-        snat_ports: crate::settings::PortRange::default(),
-        conntrack: crate::settings::ConntrackSettings::default(),
-        audit: (0, 1),
-        new_conn: (0, 0),
-    };
-    dp.attach(&compiled, XdpAttach::Native).map_err(|e| e.to_string())
+    let plan = settings.compile(&System).map_err(|e| e.to_string())?;
+    let mut dp = Datapath::load(plan.conntrack.max_connections).map_err(|e| e.to_string())?;
+    dp.attach(&plan, XdpAttach::Native).map_err(|e| e.to_string())
     // dropped here: detached
 }

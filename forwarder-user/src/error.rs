@@ -19,6 +19,9 @@ pub enum Error {
     DuplicateRule { first: String, second: String },
     #[error("too many rules: {0} (the datapath holds at most {max})", max = forwarder_common::abi::MAX_RULES)]
     TooManyRules(usize),
+    /// Settings that do not hold together (what and why, named).
+    #[error("{0}")]
+    Settings(String),
     #[error("masquerade port range `{0}`: {1}")]
     PortRange(String, String),
     #[error(

@@ -1,7 +1,11 @@
 //! The plan: settings validated and compiled into the datapath's terms
-//! (trie entries, source prefixes, interfaces with their modes, the
+//! (trie entries, source prefixes, interfaces with their hooks, the
 //! limits), everything resolved before the kernel is touched. The
 //! datapath takes a [`Compiled`] plan and nothing of the settings.
+//!
+//! One choice is left to the attach, because only the kernel knows it: on
+//! an interface in [`IfaceMode::NativeXdpElseTc`], whether the driver
+//! takes a native XDP program.
 
 use std::collections::HashMap;
 
@@ -12,11 +16,63 @@ use forwarder_common::{
     rule,
 };
 
-pub use crate::settings::{ConntrackSettings, Mode, PortRange};
+pub use crate::settings::{ConntrackSettings, PortRange};
 use crate::{
     error::{Error, Result},
-    settings::{Rule, Settings},
+    iface,
+    settings::{Mode, Rule, Settings},
 };
+
+/// What the plan asks of the host: interface indices and drivers
+/// ([`System`] asks the kernel; tests inject their own).
+pub trait Host {
+    /// The kernel's index of interface `name`.
+    fn index(&self, name: &str) -> Result<u32>;
+    /// The driver behind interface `name`, if it says.
+    fn driver(&self, name: &str) -> Option<String>;
+}
+
+/// The running kernel's interfaces.
+pub struct System;
+
+impl Host for System {
+    fn index(&self, name: &str) -> Result<u32> {
+        iface::index(name)
+    }
+    fn driver(&self, name: &str) -> Option<String> {
+        iface::driver(name)
+    }
+}
+
+/// The hook one interface gets, resolved from its [`Mode`] and driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfaceMode {
+    /// XDP (per `--xdp-attach`) with the TC program behind it.
+    Xdp,
+    /// TC alone.
+    Tc,
+    /// `--mode auto` on a driver with no reason to avoid XDP: native XDP
+    /// if the driver takes it, else TC (never generic XDP).
+    NativeXdpElseTc,
+}
+
+impl IfaceMode {
+    /// `mode` on an interface whose driver is `driver`, and why when
+    /// `auto` chose TC up front.
+    pub fn resolve(mode: Mode, name: &str, driver: Option<&str>) -> (Self, Option<String>) {
+        match (mode, driver) {
+            (Mode::Xdp, _) => (Self::Xdp, None),
+            (Mode::Tc, _) => (Self::Tc, None),
+            (Mode::Auto, Some(d)) if iface::prefers_tc(d) => (
+                Self::Tc,
+                Some(format!(
+                    "{name}: {d}: using TC (mode auto: XDP on a {d} turns off TSO on its peer, which costs TCP bulk more than XDP saves per packet; --iface-mode {name}=xdp for packet rate)"
+                )),
+            ),
+            (Mode::Auto, _) => (Self::NativeXdpElseTc, None),
+        }
+    }
+}
 
 /// One managed interface, resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +81,9 @@ pub struct IfaceSpec {
     pub ifindex: u32,
     /// `abi::ROLE_*`.
     pub role: u32,
-    pub mode: Mode,
+    pub mode: IfaceMode,
+    /// Why the mode is not the one asked for; the attach logs it.
+    pub note: Option<String>,
 }
 
 /// Validated settings, in the datapath's terms.
@@ -38,6 +96,8 @@ pub struct Compiled {
     /// Allow-list trie entries `(prefix length, key)`.
     pub sources: Vec<(u32, SrcKey)>,
     pub snat_ports: PortRange,
+    /// Timeouts, and the table's size (`max_connections`): the one the
+    /// datapath is loaded with.
     pub conntrack: ConntrackSettings,
     /// Audit events per second and burst, per CPU.
     pub audit: (u32, u32),
@@ -47,34 +107,35 @@ pub struct Compiled {
 
 impl Settings {
     /// Checks the whole set: interfaces exist and have one role, rules are
-    /// unique and bound only to public interfaces. `ifindex` resolves names
-    /// (injected for tests).
-    pub fn compile(&self, ifindex: impl Fn(&str) -> Result<u32>) -> Result<Compiled> {
+    /// unique and bound only to public interfaces. `host` resolves names
+    /// and drivers.
+    pub fn compile(&self, host: &impl Host) -> Result<Compiled> {
         if self.public.is_empty() {
-            return Err(Error::Io("no public interface given (--public IFACE)".into()));
+            return Err(Error::Settings("no public interface given (--public IFACE)".into()));
         }
         let mut ifaces: Vec<IfaceSpec> = Vec::new();
         for (names, role) in
             [(&self.public, abi::ROLE_PUBLIC), (&self.internal, abi::ROLE_INTERNAL)]
         {
             for n in names {
-                let idx = ifindex(n)?;
+                let idx = host.index(n)?;
                 if ifaces.iter().any(|i| &i.name == n) {
                     return Err(Error::InterfaceRole { name: n.clone() });
                 }
-                let mode = self
+                let asked = self
                     .iface_modes
                     .iter()
                     .rev()
                     .find(|(i, _)| i == n)
                     .map_or(self.mode, |(_, m)| *m);
-                ifaces.push(IfaceSpec { name: n.clone(), ifindex: idx, role, mode });
+                let (mode, note) = IfaceMode::resolve(asked, n, host.driver(n).as_deref());
+                ifaces.push(IfaceSpec { name: n.clone(), ifindex: idx, role, mode, note });
             }
         }
         if let Some((n, _)) =
             self.iface_modes.iter().find(|(n, _)| !ifaces.iter().any(|i| &i.name == n))
         {
-            return Err(Error::Io(format!(
+            return Err(Error::Settings(format!(
                 "mode given for `{n}`, which is neither --public nor --internal"
             )));
         }
@@ -89,7 +150,7 @@ impl Settings {
             let if_idx = match &r.interface {
                 None => 0,
                 Some(n) => {
-                    let idx = ifindex(n)?;
+                    let idx = host.index(n)?;
                     if !self.public.contains(n) {
                         return Err(Error::Rule {
                             spec: r.origin.clone(),
@@ -134,7 +195,7 @@ impl Settings {
             }
         }
         if sources.len() > abi::MAX_SRC_ENTRIES as usize {
-            return Err(Error::Io(format!(
+            return Err(Error::Settings(format!(
                 "{} source prefixes over all rules; at most {}",
                 sources.len(),
                 abi::MAX_SRC_ENTRIES

@@ -114,7 +114,7 @@ fn main() {
                 snat_ports: forwarder::settings::PortRange(1024, 65535),
                 ..Default::default()
             };
-            let compiled = settings.compile(iface::index).unwrap();
+            let compiled = settings.compile(&forwarder::plan::System).unwrap();
             let mut dp = Datapath::load(1 << 20).unwrap();
             dp.configure(&compiled).unwrap();
             let (pub_if, int_if) =

@@ -348,7 +348,11 @@ fn xdp_hands_packets_to_tc_through_the_metadata_area_and_tc_sends_them() {
                     && n["icmp_translated"] >= 1,
                 "{n:?}"
             );
-            assert_eq!((n["drop_redirect_failed"], n["pass_malformed"]), (0, 0), "{n:?}");
+            assert_eq!(
+                (n["drop_redirect_failed"], n["drop_rewrite_failed"], n["pass_malformed"]),
+                (0, 0, 0),
+                "{n:?}"
+            );
         })
         .unwrap()
         .join()

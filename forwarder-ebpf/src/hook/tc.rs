@@ -149,7 +149,7 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             }
             let vlan = fwd.vlan;
             if rewrite(ctx, &parsed, &fwd).is_none() {
-                count(stats::DROP_REDIRECT_FAILED);
+                count(stats::DROP_REWRITE_FAILED);
                 return TC_ACT_SHOT;
             }
             if parsed.fragment != FRAG_NONE {
@@ -161,7 +161,7 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
             let macs = if fwd.resolve { Some(()) } else { rewrite::macs(ctx, &fwd) };
             if rewrite::ip_header(ctx, &fwd.new, &d).and(macs).is_none() {
-                count(stats::DROP_REDIRECT_FAILED);
+                count(stats::DROP_REWRITE_FAILED);
                 return TC_ACT_SHOT;
             }
             count(stats::FRAGMENT_TRANSLATED);
@@ -171,7 +171,7 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             let vlan = icmp::vlan(&quote);
             let macs = if fwd.resolve { Some(()) } else { rewrite::macs(ctx, &fwd) };
             if rewrite::icmp_error(ctx, &parsed, &fwd.new, &quote).and(macs).is_none() {
-                count(stats::DROP_REDIRECT_FAILED);
+                count(stats::DROP_REWRITE_FAILED);
                 return TC_ACT_SHOT;
             }
             count(stats::ICMP_TRANSLATED);

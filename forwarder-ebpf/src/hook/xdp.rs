@@ -82,7 +82,7 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             }
             if rewrite::<FIRST>(ctx, &parsed, &fwd).is_none() {
                 // Bounds re-checks cannot fail after parse; be safe anyway.
-                count(stats::PASS_MALFORMED);
+                count(stats::DROP_REWRITE_FAILED);
                 return XDP_ABORTED;
             }
             if parsed.fragment != FRAG_NONE {
@@ -96,7 +96,7 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
                 .and_then(|()| rewrite::macs(ctx, &fwd))
                 .is_none()
             {
-                count(stats::PASS_MALFORMED);
+                count(stats::DROP_REWRITE_FAILED);
                 return XDP_ABORTED;
             }
             count(stats::FRAGMENT_TRANSLATED);
@@ -107,7 +107,7 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
                 .and_then(|()| rewrite::macs(ctx, &fwd))
                 .is_none()
             {
-                count(stats::PASS_MALFORMED);
+                count(stats::DROP_REWRITE_FAILED);
                 return XDP_ABORTED;
             }
             count(stats::ICMP_TRANSLATED);
@@ -239,7 +239,7 @@ pub fn run_new_flow(ctx: &XdpContext) -> u32 {
 pub fn run_full_csum(ctx: &XdpContext) -> u32 {
     let Some(FullCsum { parsed, fwd }) = scratch(ctx) else { return XDP_ABORTED };
     if full_csum_rewrite(ctx, &parsed, &fwd).is_none() {
-        count(stats::PASS_MALFORMED);
+        count(stats::DROP_REWRITE_FAILED);
         return XDP_ABORTED;
     }
     count(stats::CSUM_FULL_RECOMPUTE);

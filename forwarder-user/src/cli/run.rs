@@ -10,8 +10,8 @@ use crate::{
     addrs,
     daemon::{Audit, Daemon, Options, Signals},
     datapath::{Datapath, XdpAttach},
-    iface,
     pin::Pins,
+    plan::System,
     settings::{Mode, PortRange, Rule, Settings},
     sysctl,
 };
@@ -166,7 +166,7 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::faults::init_from_env().map_err(anyhow::Error::msg)?;
     let mut settings = args.settings()?;
-    let compiled = settings.compile(iface::index)?;
+    let mut compiled = settings.compile(&System)?;
     // Before anything is loaded: a second daemon on the same socket is
     // refused without touching the running one.
     let control = bind_control(&args.control)?;
@@ -176,14 +176,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let pins = args.pin_dir.as_deref().map(Pins::open).transpose()?;
     let adopting = pins.as_ref().is_some_and(Pins::has_state);
-    let mut dp = Datapath::load_pinned(settings.conntrack.max_connections, pins.as_ref())?;
-    if dp.connection_capacity() != settings.conntrack.max_connections {
+    let mut dp = Datapath::load_pinned(compiled.conntrack.max_connections, pins.as_ref())?;
+    let held = dp.connection_capacity();
+    if held != compiled.conntrack.max_connections {
         log::warn!(
-            "conntrack max {} asked, but the adopted connection table holds {}: it keeps its size (a new size takes `forwarder teardown` first, which forgets every tracked connection)",
-            settings.conntrack.max_connections,
-            dp.connection_capacity()
+            "conntrack max {} asked, but the adopted connection table holds {held}: it keeps its size (a new size takes `forwarder teardown` first, which forgets every tracked connection)",
+            compiled.conntrack.max_connections,
         );
-        settings.conntrack.max_connections = dp.connection_capacity();
+        compiled.conntrack.max_connections = held;
+        settings.conntrack.max_connections = held;
     }
     // Before anything is attached: the loss counters' baseline (adopted
     // ones carry an earlier daemon's) must not miss the first events.
@@ -251,7 +252,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     log::info!(
         "conntrack: {} connections max; timeouts {}",
-        s.conntrack.max_connections,
+        daemon.compiled.conntrack.max_connections,
         crate::settings::timeouts_text(&s.conntrack.timeouts)
     );
     match s.conntrack.new_conn_limit() {

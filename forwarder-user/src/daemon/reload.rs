@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 
 use super::core::{Daemon, egresses, register_logger};
-use crate::{addrs, datapath::Datapath, iface, settings::Settings};
+use crate::{addrs, datapath::Datapath, plan::System, settings::Settings};
 
 impl Daemon {
     /// Builds a datapath for `next` and swaps it in (one link update); on
@@ -17,20 +17,21 @@ impl Daemon {
                 "changing rules at runtime needs --pin-dir (the connection table must outlive the swap); restart instead"
             );
         };
+        let mut compiled = next.compile(&System)?;
         // The connection table outlives the swap as it is sized (a new
         // size would need a new, empty table): the rest of the reload
         // applies, the size stays and is said so, as at a start that
         // adopts the table.
         let running = self.dp.connection_capacity();
-        if next.conntrack.max_connections != running {
+        if compiled.conntrack.max_connections != running {
             log::warn!(
                 "SIGHUP: conntrack max {} asked, but the running connection table holds {running} and is kept across reloads: it keeps its size (a new size takes a restart after `forwarder teardown`, which forgets every tracked connection)",
-                next.conntrack.max_connections
+                compiled.conntrack.max_connections
             );
+            compiled.conntrack.max_connections = running;
             next.conntrack.max_connections = running;
         }
-        let compiled = next.compile(iface::index)?;
-        let mut dp = Datapath::load_pinned(next.conntrack.max_connections, Some(&p))?;
+        let mut dp = Datapath::load_pinned(compiled.conntrack.max_connections, Some(&p))?;
         dp.configure(&compiled)?;
         dp.sync_public_addrs(&addrs::public_addresses(&compiled.ifaces)?)?;
         // The egresses as they stand, on the new devmap, before it is live.

@@ -92,7 +92,7 @@ impl Daemon {
             self.dp.counter(EARLY_DROP)?,
             self.dp.counter(DROP_NEW_CONN_RATE)?,
         );
-        let cap = u64::from(self.settings.conntrack.max_connections);
+        let cap = u64::from(self.compiled.conntrack.max_connections);
         let t = &mut self.table;
         let quiet = t.said_at.is_some_and(|at| self.ticks < at + 10);
         if (full > t.full || early > t.early) && !quiet {

@@ -17,13 +17,14 @@ use forwarder_common::abi::{self};
 use crate::{
     error::{Error, Result},
     pin::Pins,
-    plan::{Compiled, Mode},
+    plan::{Compiled, IfaceMode},
 };
 
 use super::object::{Attached, Datapath, Hook, prog_err, prog_mut};
 
 /// How to attach XDP where the mode says XDP (`--xdp-attach`). Not to be
-/// confused with `Mode::Auto`, which falls back to TC, never to generic XDP.
+/// confused with [`IfaceMode::NativeXdpElseTc`] (`--mode auto`), which
+/// falls back to TC, never to generic XDP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttach {
     /// Native (driver) mode, falling back to generic with a warning.
@@ -52,8 +53,10 @@ impl Datapath {
         pins: Option<&Pins>,
     ) -> Result<()> {
         for i in &c.ifaces {
-            let (name, ifindex) = (&i.name, i.ifindex);
-            let mode = self.resolve_auto(name, ifindex, i.role, i.mode)?;
+            let (name, ifindex, mode) = (&i.name, i.ifindex, i.mode);
+            if let Some(note) = &i.note {
+                log::info!("{note}");
+            }
             let adopted_xdp = self.adopt_xdp(name, mode, pins)?;
             let (hook, xdp_ids) = if adopted_xdp {
                 (Hook::XdpAdopted, Vec::new())
@@ -72,32 +75,14 @@ impl Datapath {
         Ok(())
     }
 
-    /// `--mode auto` on a driver that does better with TC (veth): TC,
-    /// said in the log; any other mode as asked.
-    fn resolve_auto(&mut self, name: &str, ifindex: u32, role: u32, mode: Mode) -> Result<Mode> {
-        if mode != Mode::Auto {
-            return Ok(mode);
-        }
-        match crate::iface::driver(name) {
-            Some(d) if crate::iface::prefers_tc(&d) => {
-                log::info!(
-                    "{name}: {d}: using TC (mode auto: XDP on a {d} turns off TSO on its peer, which costs TCP bulk more than XDP saves per packet; --iface-mode {name}=xdp for packet rate)"
-                );
-                self.mark_tc_only(ifindex, role)?;
-                Ok(Mode::Tc)
-            }
-            _ => Ok(Mode::Auto),
-        }
-    }
-
     /// An XDP link an earlier daemon pinned for `name`: this daemon's
     /// program swapped into it (whether it was), or, in TC mode, the link
     /// removed.
-    fn adopt_xdp(&mut self, name: &str, mode: Mode, pins: Option<&Pins>) -> Result<bool> {
+    fn adopt_xdp(&mut self, name: &str, mode: IfaceMode, pins: Option<&Pins>) -> Result<bool> {
         let Some(path) = pins.map(|p| p.link("xdp", name)).filter(|p| p.exists()) else {
             return Ok(false);
         };
-        if mode == Mode::Tc {
+        if mode == IfaceMode::Tc {
             // Now TC mode: the earlier XDP link goes.
             std::fs::remove_file(&path)
                 .map_err(|e| Error::Io(format!("unpinning {}: {e}", path.display())))?;
@@ -119,7 +104,7 @@ impl Datapath {
         name: &str,
         ifindex: u32,
         role: u32,
-        mode: Mode,
+        mode: IfaceMode,
         xdp_attach: XdpAttach,
     ) -> Result<(Hook, Vec<XdpLinkId>)> {
         let xdp: &mut Xdp = prog_mut(&mut self.ebpf, abi::PROG_XDP)?;
@@ -128,31 +113,35 @@ impl Datapath {
                 .map_err(prog_err(format!("attaching XDP (generic) to {name}")))
         };
         Ok(match (mode, xdp_attach) {
-            (Mode::Tc, _) => (Hook::Tc, Vec::new()),
-            (Mode::Auto, _) => match xdp.attach(name, XdpMode::Driver) {
+            (IfaceMode::Tc, _) => (Hook::Tc, Vec::new()),
+            (IfaceMode::NativeXdpElseTc, _) => match xdp.attach(name, XdpMode::Driver) {
                 Ok(id) => (Hook::XdpNative, vec![id]),
                 Err(e) => {
+                    // The one decision the plan cannot take: only the
+                    // attach shows whether the driver has native XDP.
                     log::info!("{name}: no native XDP ({e}); using TC (mode auto)");
                     self.mark_tc_only(ifindex, role)?;
                     (Hook::Tc, Vec::new())
                 }
             },
-            (Mode::Xdp, XdpAttach::Generic) => (Hook::XdpGeneric, vec![generic(xdp)?]),
-            (Mode::Xdp, XdpAttach::Native) => {
+            (IfaceMode::Xdp, XdpAttach::Generic) => (Hook::XdpGeneric, vec![generic(xdp)?]),
+            (IfaceMode::Xdp, XdpAttach::Native) => {
                 let id = xdp
                     .attach(name, XdpMode::Driver)
                     .map_err(prog_err(format!("attaching XDP (native) to {name}")))?;
                 (Hook::XdpNative, vec![id])
             }
-            (Mode::Xdp, XdpAttach::NativeElseGeneric) => match xdp.attach(name, XdpMode::Driver) {
-                Ok(id) => (Hook::XdpNative, vec![id]),
-                Err(e) => {
-                    log::warn!(
-                        "{name}: native XDP failed ({e}); falling back to generic XDP, which is much slower (consider --mode tc)"
-                    );
-                    (Hook::XdpGeneric, vec![generic(xdp)?])
+            (IfaceMode::Xdp, XdpAttach::NativeElseGeneric) => {
+                match xdp.attach(name, XdpMode::Driver) {
+                    Ok(id) => (Hook::XdpNative, vec![id]),
+                    Err(e) => {
+                        log::warn!(
+                            "{name}: native XDP failed ({e}); falling back to generic XDP, which is much slower (consider --mode tc)"
+                        );
+                        (Hook::XdpGeneric, vec![generic(xdp)?])
+                    }
                 }
-            },
+            }
         })
     }
 

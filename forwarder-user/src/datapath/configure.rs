@@ -11,7 +11,7 @@ use forwarder_common::abi::{self, Config, IfaceInfo, RuleKey, RuleTarget};
 
 use crate::{
     error::{Error, Result},
-    plan::{Compiled, Mode},
+    plan::{Compiled, IfaceMode},
 };
 
 use super::object::{Datapath, map_err};
@@ -45,9 +45,9 @@ impl Datapath {
         let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
             HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
         for i in &c.ifaces {
-            // TC mode is set here; `auto` may still switch an interface to
-            // TC in `attach` when its driver has no native XDP.
-            let flags = if i.mode == Mode::Tc { abi::IFACE_F_TC_ONLY } else { 0 };
+            // TC mode is set here; `NativeXdpElseTc` switches an interface
+            // to TC in `attach` when its driver has no native XDP.
+            let flags = if i.mode == IfaceMode::Tc { abi::IFACE_F_TC_ONLY } else { 0 };
             ifaces
                 .insert(i.ifindex, IfaceInfo { role: i.role, flags }, 0)
                 .map_err(map_err(abi::MAP_IFACES))?;
@@ -92,8 +92,8 @@ impl Datapath {
         Ok(true)
     }
 
-    /// Tells the programs that `ifindex` carries TC alone (mode `auto`
-    /// decided so at attach time).
+    /// Tells the programs that `ifindex` carries TC alone (its driver
+    /// refused native XDP in [`IfaceMode::NativeXdpElseTc`]).
     pub(super) fn mark_tc_only(&mut self, ifindex: u32, role: u32) -> Result<()> {
         let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
             HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;

@@ -1,17 +1,28 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use super::*;
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    plan::{Host, IfaceMode},
+};
 use forwarder_common::abi::{
     self, RULE_F_MASQUERADE, RULE_F_PORT_RANGE, RULE_F_SRC_FILTER, RuleKey, SrcKey,
 };
 
-fn fake_ifindex(n: &str) -> Result<u32> {
-    match n {
-        "pub0" => Ok(2),
-        "pub1" => Ok(3),
-        "int0" => Ok(4),
-        _ => Err(Error::UnknownInterface(n.into())),
+/// Three interfaces: `pub1` is a veth, the others say no driver.
+struct FakeHost;
+
+impl Host for FakeHost {
+    fn index(&self, n: &str) -> Result<u32> {
+        match n {
+            "pub0" => Ok(2),
+            "pub1" => Ok(3),
+            "int0" => Ok(4),
+            _ => Err(Error::UnknownInterface(n.into())),
+        }
+    }
+    fn driver(&self, n: &str) -> Option<String> {
+        (n == "pub1").then(|| "veth".into())
     }
 }
 
@@ -68,10 +79,21 @@ fn refuses_bad_specs_naming_the_value() {
 
 #[test]
 fn compiles_and_numbers_rules() {
-    let c =
-        settings(&["tcp:8080=10.0.2.2:80", "udp:53@pub1=10.0.2.3"]).compile(fake_ifindex).unwrap();
+    let c = settings(&["tcp:8080=10.0.2.2:80", "udp:53@pub1=10.0.2.3"]).compile(&FakeHost).unwrap();
     assert_eq!(c.ifaces.len(), 3);
-    assert!(c.ifaces.iter().all(|i| i.mode == Mode::Auto), "auto is the default");
+    // Auto is the default: native XDP else TC, and TC up front on a veth,
+    // with the reason for the log.
+    let got: Vec<_> = c.ifaces.iter().map(|i| (i.name.as_str(), i.mode)).collect();
+    assert_eq!(
+        got,
+        [
+            ("pub0", IfaceMode::NativeXdpElseTc),
+            ("pub1", IfaceMode::Tc),
+            ("int0", IfaceMode::NativeXdpElseTc)
+        ]
+    );
+    assert!(c.ifaces[1].note.as_ref().is_some_and(|n| n.contains("pub1: veth: using TC")));
+    assert!(c.ifaces[0].note.is_none());
     assert_eq!(c.rules[0].0, abi::RULE_KEY_FULL_BITS);
     assert_eq!(
         c.rules[0].1,
@@ -85,7 +107,7 @@ fn compiles_and_numbers_rules() {
 #[test]
 fn source_lists() {
     let c = settings(&["tcp:22=10.0.2.2,src=203.0.113.5,src=198.51.100.0/24", "tcp:80=10.0.2.3"])
-        .compile(fake_ifindex)
+        .compile(&FakeHost)
         .unwrap();
     assert_eq!(c.rules[0].2.flags & RULE_F_SRC_FILTER, RULE_F_SRC_FILTER);
     assert_eq!(c.rules[1].2.flags & RULE_F_SRC_FILTER, 0);
@@ -103,7 +125,7 @@ fn source_lists() {
 #[test]
 fn ranges_compile_to_prefixes() {
     let c = settings(&["tcp:8000-9000=10.0.2.2:18000-19000", "udp:6000-6100=10.0.2.3:53"])
-        .compile(fake_ifindex)
+        .compile(&FakeHost)
         .unwrap();
     let r0: Vec<_> = c.rules.iter().filter(|e| e.2.rule_id == 0).collect();
     assert!(r0.len() > 1 && r0.len() <= 30);
@@ -113,29 +135,27 @@ fn ranges_compile_to_prefixes() {
     assert!(
         c.rules.iter().filter(|e| e.2.rule_id == 1).all(|e| e.2.flags & RULE_F_PORT_RANGE == 0)
     );
-    let e = settings(&["tcp:8000-9000=10.0.2.2", "tcp:8500=10.0.2.3"])
-        .compile(fake_ifindex)
-        .unwrap_err();
+    let e =
+        settings(&["tcp:8000-9000=10.0.2.2", "tcp:8500=10.0.2.3"]).compile(&FakeHost).unwrap_err();
     assert!(e.to_string().contains("tcp:8000-9000") && e.to_string().contains("tcp:8500"), "{e}");
 }
 
 #[test]
 fn refuses_duplicates_unknown_and_misplaced_interfaces() {
-    let e = settings(&["tcp:8080=10.0.2.2:80", "tcp:8080=10.0.2.3:80"])
-        .compile(fake_ifindex)
-        .unwrap_err();
+    let e =
+        settings(&["tcp:8080=10.0.2.2:80", "tcp:8080=10.0.2.3:80"]).compile(&FakeHost).unwrap_err();
     assert!(e.to_string().contains("duplicate rule"), "{e}");
     // Same port on different protocols or interfaces is fine.
     settings(&["tcp:8080=10.0.2.2:80", "udp:8080=10.0.2.3:80", "tcp:8080@pub0=10.0.2.4"])
-        .compile(fake_ifindex)
+        .compile(&FakeHost)
         .unwrap();
-    let e = settings(&["tcp:1@eth9=10.0.2.2"]).compile(fake_ifindex).unwrap_err();
+    let e = settings(&["tcp:1@eth9=10.0.2.2"]).compile(&FakeHost).unwrap_err();
     assert!(e.to_string().contains("`eth9` does not exist"), "{e}");
-    let e = settings(&["tcp:1@int0=10.0.2.2"]).compile(fake_ifindex).unwrap_err();
+    let e = settings(&["tcp:1@int0=10.0.2.2"]).compile(&FakeHost).unwrap_err();
     assert!(e.to_string().contains("`int0` is not a public interface"), "{e}");
     let mut s = settings(&[]);
     s.internal.push("pub0".into());
-    assert!(matches!(s.compile(fake_ifindex), Err(Error::InterfaceRole { .. })));
+    assert!(matches!(s.compile(&FakeHost), Err(Error::InterfaceRole { .. })));
 }
 
 #[test]
@@ -160,11 +180,11 @@ fn modes_per_interface() {
     let mut set = settings(&[]);
     set.mode = Mode::Tc;
     set.iface_modes.push(("pub1".into(), Mode::Xdp));
-    let c = set.compile(fake_ifindex).unwrap();
+    let c = set.compile(&FakeHost).unwrap();
     let got: Vec<_> = c.ifaces.iter().map(|i| (i.name.as_str(), i.mode)).collect();
-    assert_eq!(got, [("pub0", Mode::Tc), ("pub1", Mode::Xdp), ("int0", Mode::Tc)]);
+    assert_eq!(got, [("pub0", IfaceMode::Tc), ("pub1", IfaceMode::Xdp), ("int0", IfaceMode::Tc)]);
     set.iface_modes.push(("eth7".into(), Mode::Xdp));
-    assert!(set.compile(fake_ifindex).unwrap_err().to_string().contains("`eth7`"));
+    assert!(set.compile(&FakeHost).unwrap_err().to_string().contains("`eth7`"));
     let mut file = Settings::default();
     file.merge_toml(
         Path::new("m.toml"),

@@ -132,7 +132,8 @@ impl Owed {
 }
 
 /// Counters of the forwarder that no workload may grow.
-pub(crate) const MUST_STAY_ZERO: [&str; 6] = [
+pub(crate) const MUST_STAY_ZERO: [&str; 7] = [
+    "drop_rewrite_failed",
     "drop_redirect_failed",
     "pass_malformed",
     "drop_ct_insert",

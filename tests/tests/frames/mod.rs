@@ -256,7 +256,7 @@ pub fn load(conns: u32, mode: Mode) -> (Datapath, forwarder::plan::Compiled) {
         mode,
         ..Default::default()
     };
-    let compiled = settings.compile(iface::index).unwrap();
+    let compiled = settings.compile(&forwarder::plan::System).unwrap();
     let mut dp = Datapath::load(conns).unwrap();
     dp.configure(&compiled).unwrap();
     (dp, compiled)
