@@ -7,50 +7,13 @@
 //! says so. Sizes are asserted at compile time; with the `user` feature
 //! bytemuck additionally proves there is no hidden padding.
 
+mod audit;
 mod bench;
+mod programs;
 
+pub use audit::*;
 pub use bench::*;
-
-/// XDP program (the fast path).
-pub const PROG_XDP: &str = "forwarder_xdp";
-/// XDP program reached by tail call from [`PROG_XDP`] for packets whose
-/// L4 checksum must be summed in full.
-pub const PROG_XDP_CSUM: &str = "forwarder_xdp_csum";
-/// XDP program reached by tail call from [`PROG_XDP`] for the first
-/// packet of a connection: emits its audit event, then finishes it.
-pub const PROG_XDP_NEW: &str = "forwarder_xdp_new";
-/// Program array of [`PROG_XDP`]'s tail calls; index 0 = [`PROG_XDP_CSUM`],
-/// 1 = [`PROG_XDP_NEW`].
-pub const MAP_XDP_TAILS: &str = "FWD_XDP_TAILS";
-/// Index of [`PROG_XDP_CSUM`] in [`MAP_XDP_TAILS`].
-pub const XDP_TAIL_FULL_CSUM: u32 = 0;
-/// Index of [`PROG_XDP_NEW`] in [`MAP_XDP_TAILS`].
-pub const XDP_TAIL_NEW_FLOW: u32 = 1;
-/// TC clsact ingress program: takes what XDP cannot finish (unresolved
-/// neighbour, egress not in the devmap) with `bpf_redirect_neigh`.
-pub const PROG_TC: &str = "forwarder_tc";
-/// TC program reached by tail call from [`PROG_TC`] for the first packet
-/// of a connection (its setup: rule checks, route, masquerade port, the
-/// entries), so that the verifier walks it apart from the rest.
-pub const PROG_TC_NEW: &str = "forwarder_tc_new";
-/// Program array of [`PROG_TC`]'s tail call; index 0 = [`PROG_TC_NEW`].
-pub const MAP_TC_TAILS: &str = "FWD_TC_TAILS";
-/// Index of [`PROG_TC_NEW`] in [`MAP_TC_TAILS`].
-pub const TC_TAIL_NEW_FLOW: u32 = 0;
-/// Raw tracepoint program on `xdp_redirect_err`: counts, per egress, the
-/// frames the kernel refused to transmit after [`PROG_XDP`] redirected
-/// them through [`MAP_TX_PORTS`] (in [`MAP_XDP_TX_ERRORS`]).
-pub const PROG_XDP_TX_ERR: &str = "forwarder_xdp_tx_err";
-/// The tracepoint [`PROG_XDP_TX_ERR`] attaches to.
-pub const TRACEPOINT_XDP_REDIRECT_ERR: &str = "xdp_redirect_err";
-
-/// The first 4 bytes of XDP metadata on a packet XDP leaves untouched for
-/// the TC program to do all the work (host byte order).
-pub const XDP_HANDOFF_MAGIC: u32 = 0xf04d_7c01;
-/// The first 4 bytes of XDP metadata on a packet XDP has translated but
-/// could not transmit (its egress left the devmap since its next hop was
-/// cached): the next 4 bytes are the egress ifindex, and TC only sends it.
-pub const XDP_HANDOFF_TX_MAGIC: u32 = 0xf04d_7c02;
+pub use programs::*;
 
 /// Port mappings: LPM trie keyed by `(prefix_len, RuleKey)` → [`RuleTarget`].
 /// A port range is stored as the few prefixes that cover it exactly
@@ -377,52 +340,6 @@ pub struct XdpTxErrors {
     pub _pad: u32,
 }
 
-/// Audit events, kernel → daemon: a ring buffer of [`AuditEvent`]s, one
-/// per new connection attempt to a forwarded port (accepted or denied by a
-/// source list), rate-limited per CPU by [`MAP_AUDIT_BUCKET`]; what the
-/// limit or a full ring refused is counted (`stats::AUDIT_*`).
-pub const MAP_EVENTS: &str = "FWD_EVENTS";
-/// Size of [`MAP_EVENTS`] in bytes (a power of two): 4096 events.
-pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
-/// Per-CPU token bucket of the audit rate limit
-/// ([`crate::audit::TokenBucket`]).
-pub const MAP_AUDIT_BUCKET: &str = "FWD_AUDIT_BUCKET";
-
-/// [`AuditEvent::verdict`]: the connection was translated and forwarded.
-pub const AUDIT_ACCEPTED: u8 = 1;
-/// [`AuditEvent::verdict`]: refused by the rule's source allow-list.
-pub const AUDIT_DENIED: u8 = 2;
-
-/// One new connection attempt, as the datapath saw it. Addresses and ports
-/// in network order; for a denied attempt the backend is the rule's target
-/// and the masquerade source is zero.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct AuditEvent {
-    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) when the packet was seen.
-    pub ts_ns: u64,
-    pub rule_id: u32,
-    /// Interface the packet arrived on.
-    pub ifindex: u32,
-    pub client: [u8; 4],
-    /// The gateway address the client called.
-    pub public: [u8; 4],
-    pub backend: [u8; 4],
-    /// Masquerade source (zero without masquerade or when denied).
-    pub snat: [u8; 4],
-    pub client_port: [u8; 2],
-    pub public_port: [u8; 2],
-    pub backend_port: [u8; 2],
-    pub snat_port: [u8; 2],
-    pub proto: u8,
-    /// `AUDIT_ACCEPTED` or `AUDIT_DENIED`.
-    pub verdict: u8,
-    /// TCP flags of the packet (0 for UDP).
-    pub tcp_flags: u8,
-    pub _pad: [u8; 5],
-}
-
 /// Default masquerade port range: below Linux's default ephemeral range
 /// (32768–60999), so the gateway's own sockets never pick a port that a
 /// translated flow already owns.
@@ -445,7 +362,6 @@ const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 32);
 const _: () = assert!(core::mem::size_of::<RingPos>() == 16);
 const _: () = assert!(core::mem::size_of::<XdpTxErrors>() == 16);
-const _: () = assert!(core::mem::size_of::<AuditEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<crate::audit::TokenBucket>() == 16);
 
 #[cfg(feature = "user")]
@@ -462,7 +378,6 @@ mod pod {
     unsafe impl aya::Pod for super::FragEntry {}
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::AuditEvent {}
     unsafe impl aya::Pod for super::bench::BenchFrame {}
     unsafe impl aya::Pod for super::bench::BenchSource {}
     unsafe impl aya::Pod for super::XdpTxErrors {}

@@ -30,10 +30,10 @@ impl Daemon {
                 self.addrs_left_out = s.left_out;
             }
         }
-        // The sweep follows the running settings (a reload may change the
+        // The sweep follows the running plan (a reload may change the
         // timeouts): often enough for the shortest, at most every 10 s, a
         // part of the table per second (a pass in about that time).
-        let t = self.settings.conntrack.timeouts;
+        let t = self.compiled.conntrack.timeouts;
         let gc_every = u64::from((t.shortest() / 2).clamp(1, 10));
         let budget =
             usize::try_from(self.ct_usage.entries / gc_every).unwrap_or(usize::MAX).max(4096);
@@ -104,7 +104,7 @@ impl Daemon {
             (t.full, t.early, t.said_at) = (full, early, Some(self.ticks));
         }
         if rate > t.rate && !quiet {
-            let (r, b) = self.settings.conntrack.new_conn_limit();
+            let (r, b) = self.compiled.new_conn;
             log::warn!(
                 "new-connection rate limit: {} new connection(s) dropped (at most {r}/s and bursts of {b} per CPU: --new-conn-rate)",
                 rate - t.rate

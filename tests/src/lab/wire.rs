@@ -1,0 +1,152 @@
+//! Wiring the lab's hosts: veth pairs created inside their namespaces
+//! (the root namespace never sees them), addresses, routes, and the
+//! tuning of the lab kind (GRO for NAPI, software checksums).
+
+use anyhow::{Context, Result};
+
+use super::Lab;
+use crate::{
+    env::{GW_INTERNAL_IF, GW_PUBLIC_IF},
+    netns::Netns,
+};
+
+impl Lab {
+    /// In the `csum` lab: the endpoints compute their checksums in software
+    /// and verify every one they receive (tx and rx offload off); the
+    /// gateway's interfaces compute in software what it sends (tx off).
+    fn checksums(&self, endpoints: &[(&Netns, &str)], gateway: &[(&Netns, &str)]) -> Result<()> {
+        if !self.verify_csums {
+            return Ok(());
+        }
+        for (ns, ifname) in endpoints {
+            ns.exec("ethtool", &["-K", ifname, "tx", "off", "rx", "off"])?;
+        }
+        for (ns, ifname) in gateway {
+            ns.exec("ethtool", &["-K", ifname, "tx", "off"])?;
+        }
+        Ok(())
+    }
+
+    /// GRO on `ifname` of `ns` in the tuned lab: NAPI for frames XDP
+    /// redirects into its peer. Nothing in the untuned one.
+    fn tune(&self, ns: &Netns, ifname: &str) -> Result<()> {
+        if self.tuned {
+            ns.exec("ethtool", &["-K", ifname, "gro", "on"])?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn wire_routed(&self, mtu: u32) -> Result<()> {
+        let a = self.addrs;
+        let r = self.router.as_ref().context("router")?;
+        self.gateway.ip(&[
+            "link",
+            "add",
+            GW_PUBLIC_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.client.name,
+        ])?;
+        self.gateway.ip(&[
+            "link",
+            "add",
+            GW_INTERNAL_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "r0",
+            "netns",
+            &r.name,
+        ])?;
+        r.ip(&[
+            "link",
+            "add",
+            "r1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.server.name,
+        ])?;
+        r.ip(&["link", "set", "r1", "mtu", &mtu.to_string()])?;
+        self.client.ip(&["addr", "add", &format!("{}/24", a.client), "dev", "eth0"])?;
+        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_public), "dev", GW_PUBLIC_IF])?;
+        self.gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", a.gw_internal),
+            "dev",
+            GW_INTERNAL_IF,
+        ])?;
+        r.ip(&["addr", "add", "192.168.1.254/24", "dev", "r0"])?;
+        r.ip(&["addr", "add", "192.168.2.1/24", "dev", "r1"])?;
+        self.server.ip(&["addr", "add", &format!("{}/24", a.server), "dev", "eth0"])?;
+        for (ns, ifname) in [
+            (&self.client, "eth0"),
+            (&self.gateway, GW_PUBLIC_IF),
+            (&self.gateway, GW_INTERNAL_IF),
+            (r, "r0"),
+            (r, "r1"),
+            (&self.server, "eth0"),
+        ] {
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        self.client.ip(&["route", "add", "default", "via", &a.gw_public.to_string()])?;
+        self.gateway.ip(&["route", "add", "192.168.2.0/24", "via", "192.168.1.254"])?;
+        // The server answers the masqueraded address through the router.
+        self.server.ip(&["route", "add", "192.168.1.0/24", "via", "192.168.2.1"])?;
+        r.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        for (ns, ifname) in [(&self.client, "eth0"), (r, "r0")] {
+            self.tune(ns, ifname)?;
+        }
+        self.checksums(
+            &[(&self.client, "eth0"), (&self.server, "eth0")],
+            &[(&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF)],
+        )
+    }
+
+    pub(super) fn wire(&self) -> Result<()> {
+        let a = self.addrs;
+        // Both ends created inside their namespaces: the root namespace
+        // never sees these interfaces.
+        for (gw_if, peer) in [(GW_PUBLIC_IF, &self.client), (GW_INTERNAL_IF, &self.server)] {
+            self.gateway.ip(&[
+                "link", "add", gw_if, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+            ])?;
+        }
+        self.client.ip(&["addr", "add", &format!("{}/24", a.client), "dev", "eth0"])?;
+        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_public), "dev", GW_PUBLIC_IF])?;
+        self.gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", a.gw_internal),
+            "dev",
+            GW_INTERNAL_IF,
+        ])?;
+        self.server.ip(&["addr", "add", &format!("{}/24", a.server), "dev", "eth0"])?;
+        for (ns, ifname) in [
+            (&self.client, "eth0"),
+            (&self.gateway, GW_PUBLIC_IF),
+            (&self.gateway, GW_INTERNAL_IF),
+            (&self.server, "eth0"),
+        ] {
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        self.client.ip(&["route", "add", "default", "via", &a.gw_public.to_string()])?;
+        // NAPI on the receiving ends, for frames redirected by XDP.
+        for ns in [&self.client, &self.server] {
+            self.tune(ns, "eth0")?;
+        }
+        self.checksums(
+            &[(&self.client, "eth0"), (&self.server, "eth0")],
+            &[(&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF)],
+        )
+    }
+}
