@@ -17,6 +17,9 @@
 //!   gate, full-sum need, GSO segment length, too-big encoding).
 //! - [`stats`]: counter and drop-reason indices.
 //! - [`audit`]: the rate limit of audit events.
+//! - [`maglev`]: consistent hashing of new connections over a rule's
+//!   backends (the flow hash and slot here; the table's build, which
+//!   allocates, for userspace only).
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;
@@ -25,6 +28,7 @@ pub mod conntrack;
 pub mod csum;
 pub mod decide;
 pub mod icmp;
+pub mod maglev;
 pub mod nat;
 pub mod parse;
 pub mod rule;
