@@ -32,10 +32,17 @@ pub const fn key(ifindex: u32, proto: u8, port: u16, port_bits: u32) -> (u32, Ru
 /// (host order) that matched `t`.
 #[inline(always)]
 pub const fn backend_port(t: &RuleTarget, dport: u16) -> [u8; 2] {
+    backend_port_from(t.port, t, dport)
+}
+
+/// [`backend_port`] for a backend whose first port is `base` (one of the
+/// rule's several backends: each has the rule's port mapping).
+#[inline(always)]
+pub const fn backend_port_from(base: [u8; 2], t: &RuleTarget, dport: u16) -> [u8; 2] {
     if t.flags & RULE_F_PORT_RANGE == 0 {
-        return t.port;
+        return base;
     }
-    u16::from_be_bytes(t.port).wrapping_add(dport.wrapping_sub(t.public_lo)).to_be_bytes()
+    u16::from_be_bytes(base).wrapping_add(dport.wrapping_sub(t.public_lo)).to_be_bytes()
 }
 
 #[cfg(test)]

@@ -85,8 +85,12 @@ pub const DROP_NEW_CONN_RATE: u32 = 29;
 /// by XDP as `XDP_ABORTED` so the `xdp:xdp_exception` tracepoint shows it.
 pub const DROP_REWRITE_FAILED: u32 = 30;
 
+/// New connections to a rule with several backends none of which is in
+/// its table (or the table is missing): dropped.
+pub const DROP_NO_BACKEND: u32 = 31;
+
 /// Number of counters.
-pub const COUNT: u32 = 31;
+pub const COUNT: u32 = 32;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -121,4 +125,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "early_drop",
     "drop_new_conn_rate",
     "drop_rewrite_failed",
+    "drop_no_backend",
 ];

@@ -10,9 +10,10 @@ use aya_ebpf::{
     },
 };
 use forwarder_common::abi::{
-    Config, EVENTS_RING_BYTES, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry,
-    FragKey, IfaceInfo, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES,
-    RingPos, RuleKey, RuleStats, RuleTarget, SrcKey, XdpTxErrors,
+    BackendAddr, Config, EVENTS_RING_BYTES, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowEntry, FlowKey,
+    FragEntry, FragKey, IfaceInfo, MAGLEV_POOL, MAX_BACKENDS, MAX_IFACES, MAX_PUBLIC_ADDRS,
+    MAX_RULE_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES, RingPos, RuleKey, RuleStats, RuleTarget, Service,
+    SrcKey, XdpTxErrors,
 };
 use forwarder_common::{audit::TokenBucket, conntrack::CT_CANDIDATES, stats};
 
@@ -20,6 +21,15 @@ use crate::types::{FullCsum, NewFlowPlan};
 
 #[map]
 pub static FWD_RULES: LpmTrie<RuleKey, RuleTarget> = LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0);
+
+#[map]
+pub static FWD_SERVICES: HashMap<u32, Service> = HashMap::with_max_entries(MAX_RULES, 0);
+
+#[map]
+pub static FWD_MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_POOL, 0);
+
+#[map]
+pub static FWD_BACKENDS: Array<BackendAddr> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 #[map]
 pub static FWD_SRC_ALLOW: LpmTrie<SrcKey, u8> = LpmTrie::with_max_entries(MAX_SRC_ENTRIES, 0);

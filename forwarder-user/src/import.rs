@@ -188,8 +188,7 @@ fn rule(spec: &Dnat, n: usize) -> Result<Rule, String> {
         proto,
         ports,
         interface: spec.iface.clone(),
-        backend,
-        backend_ports: bports,
+        backends: vec![crate::settings::Backend { addr: backend, ports: bports, weight: 1 }],
         masquerade: true,
         sources: spec.source.into_iter().collect(),
         origin: format!("iptables-save line {n}"),
@@ -202,20 +201,16 @@ fn merge(out: &mut Import, r: Rule, n: usize, line: &str) {
     let same = |o: &Rule| o.proto == r.proto && o.ports == r.ports && o.interface == r.interface;
     match out.rules.iter_mut().find(|o| same(o)) {
         None => out.rules.push(r),
-        Some(o)
-            if o.backend == r.backend
-                && o.backend_ports == r.backend_ports
-                && !o.sources.is_empty()
-                && !r.sources.is_empty() =>
-        {
+        Some(o) if o.backends == r.backends && !o.sources.is_empty() && !r.sources.is_empty() => {
             o.sources.extend(r.sources);
         }
         Some(o) => out.skipped.push((
             n,
             line.to_string(),
             format!(
-                "the same packets already go to {}:{} ({}); per-source targets are not supported",
-                o.backend, o.backend_ports, o.origin
+                "the same packets already go to {} ({}); per-source targets are not supported",
+                o.first_backend(),
+                o.origin
             ),
         )),
     }

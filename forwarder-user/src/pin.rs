@@ -24,7 +24,7 @@ pub const STATE_MAPS: [(&str, u32); 6] = [
     (abi::MAP_FLOWS, 3),
     (abi::MAP_FRAGS, 1),
     (abi::MAP_RULE_STATS, 1),
-    // v4: 31 counters (`stats::COUNT`).
+    // v4: 32 counters (`stats::COUNT`).
     (abi::MAP_STATS, 4),
     // The early-drop candidates (keys into the adopted table), v2: a ring
     // per CPU; and where each ring stands.

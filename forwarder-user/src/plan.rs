@@ -11,16 +11,17 @@ use std::collections::HashMap;
 
 use forwarder_common::{
     abi::{
-        self, RULE_F_MASQUERADE, RULE_F_PORT_RANGE, RULE_F_SRC_FILTER, RuleKey, RuleTarget, SrcKey,
+        self, BackendAddr, RULE_F_BACKENDS, RULE_F_MASQUERADE, RULE_F_PORT_RANGE,
+        RULE_F_SRC_FILTER, RuleKey, RuleTarget, Service, SrcKey,
     },
-    rule,
+    maglev, rule,
 };
 
 pub use crate::settings::{ConntrackSettings, PortRange};
 use crate::{
     error::{Error, Result},
     iface,
-    settings::{Mode, Rule, Settings},
+    settings::{Backend, Mode, Rule, Settings},
 };
 
 /// What the plan asks of the host: interface indices and drivers
@@ -95,6 +96,8 @@ pub struct Compiled {
     pub rules: Vec<(u32, RuleKey, RuleTarget)>,
     /// Allow-list trie entries `(prefix length, key)`.
     pub sources: Vec<(u32, SrcKey)>,
+    /// The rules with several backends: their Maglev tables.
+    pub services: Services,
     pub snat_ports: PortRange,
     /// Timeouts, and the table's size (`max_connections`): the one the
     /// datapath is loaded with.
@@ -105,11 +108,71 @@ pub struct Compiled {
     pub new_conn: (u32, u32),
 }
 
+/// The Maglev tables and backends of every rule with several, laid out as
+/// the datapath's maps hold them ([`abi::MAP_SERVICES`],
+/// [`abi::MAP_MAGLEV`], [`abi::MAP_BACKENDS`]).
+#[derive(Debug, Default)]
+pub struct Services {
+    /// `(rule_id, where its table and backends are)`.
+    pub entries: Vec<(u32, Service)>,
+    /// Every table, one after another: indices into the rule's backends.
+    pub maglev: Vec<u32>,
+    /// Every rule's backends, one region after another, in the rule's order.
+    pub backends: Vec<BackendAddr>,
+}
+
+impl Services {
+    /// Adds rule `rule_id`'s table, sized for its backends (more than 100
+    /// slots each).
+    fn add(&mut self, rule_id: u32, set: &[Backend]) -> std::result::Result<(), String> {
+        let m = maglev::table_size(set.len());
+        let table_off = self.maglev.len();
+        let backends_off = self.backends.len();
+        if table_off + m as usize > abi::MAGLEV_POOL as usize {
+            return Err(format!(
+                "its Maglev table ({m} slots) does not fit: the tables of all rules hold at most {} slots, {table_off} taken",
+                abi::MAGLEV_POOL
+            ));
+        }
+        if backends_off + set.len() > abi::MAX_BACKENDS as usize {
+            return Err(format!(
+                "its {} backends do not fit: all rules have at most {} backends, {backends_off} taken",
+                set.len(),
+                abi::MAX_BACKENDS
+            ));
+        }
+        let input: Vec<maglev::Backend> = set
+            .iter()
+            .map(|b| maglev::Backend {
+                addr: b.addr.octets(),
+                port: b.ports.lo.to_be_bytes(),
+                weight: b.weight,
+            })
+            .collect();
+        self.maglev.resize(table_off + m as usize, 0);
+        maglev::build(&input, &mut self.maglev[table_off..]).map_err(|e| e.to_string())?;
+        self.backends.extend(input.iter().map(|b| BackendAddr {
+            addr: b.addr,
+            port: b.port,
+            _pad: [0; 2],
+        }));
+        self.entries.push((
+            rule_id,
+            Service {
+                table_off: table_off as u32,
+                table_len: m,
+                backends_off: backends_off as u32,
+                backends: set.len() as u32,
+            },
+        ));
+        Ok(())
+    }
+}
+
 impl Settings {
-    /// Checks the whole set: interfaces exist and have one role, rules are
-    /// unique and bound only to public interfaces. `host` resolves names
-    /// and drivers.
-    pub fn compile(&self, host: &impl Host) -> Result<Compiled> {
+    /// The managed interfaces: each exists, has one role and its hook
+    /// resolved; a mode given for another interface is refused.
+    fn compile_ifaces(&self, host: &impl Host) -> Result<Vec<IfaceSpec>> {
         if self.public.is_empty() {
             return Err(Error::Settings("no public interface given (--public IFACE)".into()));
         }
@@ -139,6 +202,14 @@ impl Settings {
                 "mode given for `{n}`, which is neither --public nor --internal"
             )));
         }
+        Ok(ifaces)
+    }
+
+    /// Checks the whole set: interfaces exist and have one role, rules are
+    /// unique and bound only to public interfaces. `host` resolves names
+    /// and drivers.
+    pub fn compile(&self, host: &impl Host) -> Result<Compiled> {
+        let ifaces = self.compile_ifaces(host)?;
         if self.rules.len() > abi::MAX_RULES as usize {
             return Err(Error::TooManyRules(self.rules.len()));
         }
@@ -146,6 +217,7 @@ impl Settings {
         let mut seen: HashMap<(u32, u8), Vec<&Rule>> = HashMap::new();
         let mut entries = Vec::new();
         let mut sources = Vec::new();
+        let mut services = Services::default();
         for (id, r) in self.rules.iter().enumerate() {
             let if_idx = match &r.interface {
                 None => 0,
@@ -169,8 +241,15 @@ impl Settings {
             }
             same.push(r);
             let mut flags = if r.masquerade { RULE_F_MASQUERADE } else { 0 };
-            if r.backend_ports.lo != r.backend_ports.hi {
+            let first = r.first_backend();
+            if first.ports.lo != first.ports.hi {
                 flags |= RULE_F_PORT_RANGE;
+            }
+            if r.backends.len() > 1 {
+                flags |= RULE_F_BACKENDS;
+                services
+                    .add(id as u32, &r.backends)
+                    .map_err(|why| Error::Rule { spec: r.origin.clone(), why })?;
             }
             if !r.sources.is_empty() {
                 flags |= RULE_F_SRC_FILTER;
@@ -182,8 +261,8 @@ impl Settings {
                 }
             }
             let target = RuleTarget {
-                addr: r.backend.octets(),
-                port: r.backend_ports.lo.to_be_bytes(),
+                addr: first.addr.octets(),
+                port: first.ports.lo.to_be_bytes(),
                 flags,
                 rule_id: id as u32,
                 public_lo: r.ports.lo,
@@ -205,6 +284,7 @@ impl Settings {
             ifaces,
             rules: entries,
             sources,
+            services,
             snat_ports: self.snat_ports,
             conntrack: self.conntrack,
             audit: (self.audit.rate, self.audit.burst),

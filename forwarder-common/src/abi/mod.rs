@@ -8,10 +8,12 @@
 //! bytemuck additionally proves there is no hidden padding.
 
 mod audit;
+mod backends;
 mod bench;
 mod programs;
 
 pub use audit::*;
+pub use backends::*;
 pub use bench::*;
 pub use programs::*;
 
@@ -101,6 +103,10 @@ pub const RULE_F_PORT_RANGE: u16 = 2;
 /// `RuleTarget::flags`: new connections only from the rule's allow-list
 /// ([`MAP_SRC_ALLOW`]); others are dropped and counted.
 pub const RULE_F_SRC_FILTER: u16 = 4;
+/// `RuleTarget::flags`: several backends ([`MAP_SERVICES`]): a new
+/// connection's backend is the one its Maglev slot names; the target's
+/// own address and port are the first backend's, unused.
+pub const RULE_F_BACKENDS: u16 = 8;
 
 /// `FlowEntry::dir` values.
 pub const DIR_ORIGINAL: u8 = 0;

@@ -6,19 +6,23 @@ use aya_ebpf::{bindings::BPF_FIB_LOOKUP_SRC, helpers::bpf_ktime_get_ns, maps::lp
 use aya_log_ebpf::warn;
 use forwarder_common::{
     abi::{
-        DIR_ORIGINAL, MAX_SNAT_ATTEMPTS, ROLE_PUBLIC, RULE_F_SRC_FILTER, RULE_KEY_FULL_BITS,
-        RuleKey, RuleTarget, SrcKey,
+        BackendAddr, DIR_ORIGINAL, MAX_SNAT_ATTEMPTS, ROLE_PUBLIC, RULE_F_BACKENDS,
+        RULE_F_SRC_FILTER, RULE_KEY_FULL_BITS, RuleKey, RuleTarget, SrcKey,
     },
     conntrack::{entry_pair, snat_candidate, tuple_hash},
     decide::{Gate, first_packet_gate, masquerades},
+    maglev,
     nat::Tuple,
-    rule::backend_port,
+    rule::{backend_port, backend_port_from},
     stats,
 };
 
 use crate::{
     ctx::Packet,
-    maps::{FWD_FLOWS, FWD_IFACES, FWD_PUBLIC_ADDRS, FWD_RULES, FWD_SRC_ALLOW, config, rule_stats},
+    maps::{
+        FWD_BACKENDS, FWD_FLOWS, FWD_IFACES, FWD_MAGLEV, FWD_PUBLIC_ADDRS, FWD_RULES, FWD_SERVICES,
+        FWD_SRC_ALLOW, config, rule_stats,
+    },
     ops::{
         audit,
         conntrack::{self as ct, InsertError},
@@ -57,24 +61,65 @@ pub fn match_rule<P: Packet>(p: &P, parsed: &Parsed) -> Option<(RuleTarget, bool
     FWD_RULES.get(&key).map(|t| (*t, !public))
 }
 
+/// The backend of a new connection to a rule with several backends: the
+/// one the Maglev slot of its client side names (`None`: the rule has no
+/// table or the slot names no backend).
+#[inline(always)]
+fn pick_backend(target: &RuleTarget, parsed: &Parsed) -> Option<BackendAddr> {
+    let svc = FWD_SERVICES.get_ptr(&target.rule_id)?;
+    // SAFETY: map value pointer valid until program exit.
+    let svc = unsafe { *svc };
+    if svc.table_len == 0 {
+        return None;
+    }
+    let h = maglev::flow_hash(parsed.tuple.saddr, parsed.tuple.sport, parsed.proto);
+    let at = svc.table_off.wrapping_add(maglev::slot(h, svc.table_len));
+    let index = *FWD_MAGLEV.get(at)?;
+    if index >= svc.backends {
+        return None;
+    }
+    FWD_BACKENDS.get(svc.backends_off.wrapping_add(index)).copied()
+}
+
+/// Whether `target`'s allow-list refuses the client; a refusal is counted
+/// on the rule and audited.
+#[inline(always)]
+fn source_denied<P: Packet>(p: &P, parsed: &Parsed, target: &RuleTarget) -> bool {
+    if target.flags & RULE_F_SRC_FILTER == 0
+        || FWD_SRC_ALLOW
+            .get(Key::new(64, SrcKey { rule_id: target.rule_id, addr: parsed.tuple.saddr }))
+            .is_some()
+    {
+        return false;
+    }
+    if let Some(s) = rule_stats(target.rule_id) {
+        s.denied += 1;
+    }
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let port = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
+    audit::emit(&audit::denied(parsed, target, port, p.ingress_ifindex(), now));
+    true
+}
+
+/// The backend (address, first port) of a new connection to `target`:
+/// its own, or with several the one [`pick_backend`] names.
+#[inline(always)]
+fn backend_of(target: &RuleTarget, parsed: &Parsed) -> Option<([u8; 4], [u8; 2])> {
+    if target.flags & RULE_F_BACKENDS == 0 {
+        return Some((target.addr, target.port));
+    }
+    pick_backend(target, parsed).map(|b| (b.addr, b.port))
+}
+
 /// The first packet of a connection that matches `target`: source
-/// allow-list, rate limit, route, masquerade port, both entries.
+/// allow-list, its backend, rate limit, route, masquerade port, both
+/// entries.
 #[inline(always)]
 pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin: bool) -> Verdict {
     // Source allow-list: refused here, never passed on (the kernel would
     // deliver it to the gateway itself).
-    if target.flags & RULE_F_SRC_FILTER != 0
-        && FWD_SRC_ALLOW
-            .get(Key::new(64, SrcKey { rule_id: target.rule_id, addr: parsed.tuple.saddr }))
-            .is_none()
-    {
-        if let Some(s) = rule_stats(target.rule_id) {
-            s.denied += 1;
-        }
-        // SAFETY: helper without side effects.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let port = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
-        audit::emit(&audit::denied(&parsed, target, port, p.ingress_ifindex(), now));
+    if source_denied(p, &parsed, target) {
         return Verdict::Drop(stats::DROP_SRC_DENIED);
     }
     // A stray RST must not create state; a dying TTL is dropped.
@@ -83,10 +128,13 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         Some(Gate::Drop(s)) => return Verdict::Drop(s),
         None => {}
     }
+    let Some((addr, port)) = backend_of(target, &parsed) else {
+        return Verdict::Drop(stats::DROP_NO_BACKEND);
+    };
     let masquerade = masquerades(hairpin, target.flags);
-    let dport = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
+    let dport = backend_port_from(port, target, u16::from_be_bytes(parsed.tuple.dport));
     let mut out =
-        Tuple { saddr: parsed.tuple.saddr, daddr: target.addr, sport: parsed.tuple.sport, dport };
+        Tuple { saddr: parsed.tuple.saddr, daddr: addr, sport: parsed.tuple.sport, dport };
     let r = route(p, &parsed, &out, if masquerade { BPF_FIB_LOOKUP_SRC } else { 0 });
     // Route first: nothing is inserted for a packet we cannot send (XDP
     // hands NO_NEIGH to TC before any state exists).
@@ -149,8 +197,8 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
             warn!(
                 p,
                 "masquerade: no free source port towards {:i}:{} after {} attempts (rule {}); new flow dropped",
-                target.addr,
-                u16::from_be_bytes(target.port),
+                addr,
+                u16::from_be_bytes(port),
                 cfg.snat_attempts,
                 target.rule_id
             );

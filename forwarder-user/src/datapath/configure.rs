@@ -7,11 +7,11 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     xdp::DevMapHash,
 };
-use forwarder_common::abi::{self, Config, IfaceInfo, RuleKey, RuleTarget};
+use forwarder_common::abi::{self, BackendAddr, Config, IfaceInfo, RuleKey, RuleTarget, Service};
 
 use crate::{
     error::{Error, Result},
-    plan::{Compiled, IfaceMode},
+    plan::{Compiled, IfaceMode, Services},
 };
 
 use super::object::{Datapath, map_err};
@@ -70,6 +70,29 @@ impl Datapath {
                 .map_err(map_err(abi::MAP_SRC_ALLOW))?;
         for (prefix_len, k) in &c.sources {
             allow.insert(&Key::new(*prefix_len, *k), 1, 0).map_err(map_err(abi::MAP_SRC_ALLOW))?;
+        }
+        self.fill_services(&c.services)
+    }
+
+    /// The Maglev tables and backends, then the services that point at
+    /// them: a service is found only once what it names is in place.
+    fn fill_services(&mut self, s: &Services) -> Result<()> {
+        let mut table: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(abi::MAP_MAGLEV)?).map_err(map_err(abi::MAP_MAGLEV))?;
+        for (i, v) in s.maglev.iter().enumerate() {
+            table.set(i as u32, *v, 0).map_err(map_err(abi::MAP_MAGLEV))?;
+        }
+        let mut backends: Array<&mut MapData, BackendAddr> =
+            Array::try_from(self.map_mut(abi::MAP_BACKENDS)?)
+                .map_err(map_err(abi::MAP_BACKENDS))?;
+        for (i, b) in s.backends.iter().enumerate() {
+            backends.set(i as u32, *b, 0).map_err(map_err(abi::MAP_BACKENDS))?;
+        }
+        let mut services: HashMap<&mut MapData, u32, Service> =
+            HashMap::try_from(self.map_mut(abi::MAP_SERVICES)?)
+                .map_err(map_err(abi::MAP_SERVICES))?;
+        for (rule_id, svc) in &s.entries {
+            services.insert(rule_id, svc, 0).map_err(map_err(abi::MAP_SERVICES))?;
         }
         Ok(())
     }

@@ -7,8 +7,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{
-    model::{Cidr, Mode, Ports, Proto, Rule, Settings},
-    rule_spec::{parse_backend, parse_ports, port_in_range},
+    model::{Backend, Cidr, Mode, Ports, Proto, Rule, Settings},
+    rule_spec::{check_backends, parse_backend, parse_ports, parse_weight, port_in_range},
 };
 use crate::error::{Error, Result};
 
@@ -53,11 +53,21 @@ struct FileAudit {
 struct FileRule {
     proto: String,
     port: PortField,
-    to: String,
+    /// One backend (`ADDR[:PORTS]`), or `backends`.
+    to: Option<String>,
+    backends: Option<Vec<FileBackend>>,
     interface: Option<String>,
     masquerade: Option<bool>,
     #[serde(default)]
     sources: Vec<String>,
+}
+
+/// `{ to = "ADDR[:PORTS]", weight = W }` (weight 1 by default).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackend {
+    to: String,
+    weight: Option<i64>,
 }
 
 /// `port = 8080` or `port = "8000-9000"`.
@@ -138,7 +148,31 @@ impl Settings {
                 PortField::Text(s) => parse_ports(s, "port"),
             }
             .map_err(at)?;
-            let (backend, backend_ports) = parse_backend(&r.to, ports).map_err(at)?;
+            let backends = match (&r.to, &r.backends) {
+                (Some(to), None) => {
+                    let (addr, ports) = parse_backend(to, ports).map_err(at)?;
+                    vec![Backend { addr, ports, weight: 1 }]
+                }
+                (None, Some(list)) if !list.is_empty() => {
+                    let set = list
+                        .iter()
+                        .map(|b| {
+                            let (addr, ports) = parse_backend(&b.to, ports)?;
+                            let weight =
+                                b.weight.map_or(Ok(1), |w| parse_weight(&w.to_string()))?;
+                            Ok(Backend { addr, ports, weight })
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                        .map_err(at)?;
+                    check_backends(&set).map_err(at)?;
+                    set
+                }
+                _ => {
+                    return Err(at(
+                        "give `to` (one backend) or `backends` (a list), not both".into()
+                    ));
+                }
+            };
             let sources = r
                 .sources
                 .iter()
@@ -150,8 +184,7 @@ impl Settings {
                 proto,
                 ports,
                 interface: r.interface,
-                backend,
-                backend_ports,
+                backends,
                 masquerade: r.masquerade.unwrap_or(true),
                 origin: format!("{}:{line}", path.display()),
             });
@@ -206,7 +239,20 @@ impl Settings {
             } else {
                 let _ = writeln!(s, "port = \"{}\"", r.ports);
             }
-            let _ = writeln!(s, "to = \"{}:{}\"", r.backend, r.backend_ports);
+            match r.backends.as_slice() {
+                [b] if b.weight == 1 => {
+                    let _ = writeln!(s, "to = \"{}:{}\"", b.addr, b.ports);
+                }
+                set => {
+                    let list: Vec<String> = set
+                        .iter()
+                        .map(|b| {
+                            format!("{{ to = \"{}:{}\", weight = {} }}", b.addr, b.ports, b.weight)
+                        })
+                        .collect();
+                    let _ = writeln!(s, "backends = [{}]", list.join(", "));
+                }
+            }
             if let Some(i) = &r.interface {
                 let _ = writeln!(s, "interface = {i:?}");
             }

@@ -115,6 +115,39 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Most backends one rule may have.
+pub const MAX_RULE_BACKENDS: usize = 1024;
+/// Highest backend weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// One backend of a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Backend {
+    pub addr: Ipv4Addr,
+    /// One port, or a range as long as the rule's public one.
+    pub ports: Ports,
+    /// Share of new connections against the rule's other backends; 0 =
+    /// none (in the rule, out of the table).
+    pub weight: u32,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.addr, self.ports)?;
+        if self.weight != 1 {
+            write!(f, "*{}", self.weight)?;
+        }
+        Ok(())
+    }
+}
+
+impl Rule {
+    /// The first backend (every rule has one).
+    pub fn first_backend(&self) -> &Backend {
+        &self.backends[0]
+    }
+}
+
 /// One port mapping.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Rule {
@@ -123,9 +156,9 @@ pub struct Rule {
     pub ports: Ports,
     /// Bound to this public interface; `None` = every public interface.
     pub interface: Option<String>,
-    pub backend: Ipv4Addr,
-    /// Backend port(s): one port, or a range as long as `ports`.
-    pub backend_ports: Ports,
+    /// One or several (balanced by Maglev over their weights); all with the
+    /// same port mapping.
+    pub backends: Vec<Backend>,
     pub masquerade: bool,
     /// Allow-list of client prefixes; empty = everyone.
     pub sources: Vec<Cidr>,
@@ -140,7 +173,10 @@ impl fmt::Display for Rule {
         if let Some(i) = &self.interface {
             write!(f, "@{i}")?;
         }
-        write!(f, "={}:{}", self.backend, self.backend_ports)?;
+        f.write_str("=")?;
+        for (i, b) in self.backends.iter().enumerate() {
+            write!(f, "{}{b}", if i == 0 { "" } else { "+" })?;
+        }
         if !self.masquerade {
             f.write_str(",no-masquerade")?;
         }

@@ -1,9 +1,10 @@
-//! The rule grammar: `PROTO:PORTS=ADDR[:PORTS][,OPTION…]`, each refusal
-//! naming the offending value.
+//! The rule grammar: `PROTO:PORTS=BACKEND[+BACKEND…][,OPTION…]` with
+//! `BACKEND` = `ADDR[:PORTS][*WEIGHT]`, each refusal naming the offending
+//! value.
 
 use std::{net::Ipv4Addr, str::FromStr};
 
-use super::model::{PortRange, Ports, Proto, Rule};
+use super::model::{Backend, MAX_RULE_BACKENDS, MAX_WEIGHT, PortRange, Ports, Proto, Rule};
 use crate::error::{Error, Result};
 
 /// Parses `PORT` or `LOW-HIGH` (also `LOW:HIGH`, as iptables writes it).
@@ -61,8 +62,59 @@ pub(super) fn parse_backend(s: &str, public: Ports) -> Result<(Ipv4Addr, Ports),
     Ok((addr, port))
 }
 
+/// Parses `BACKEND[+BACKEND…]`, each `ADDR[:PORTS][*WEIGHT]` (weight 1
+/// unless given), and checks the set ([`check_backends`]).
+pub(super) fn parse_backends(s: &str, public: Ports) -> Result<Vec<Backend>, String> {
+    let set = s
+        .split('+')
+        .map(|b| {
+            let (b, weight) = match b.split_once('*') {
+                Some((b, w)) => (b, parse_weight(w)?),
+                None => (b, 1),
+            };
+            let (addr, ports) = parse_backend(b, public)?;
+            Ok(Backend { addr, ports, weight })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    check_backends(&set)?;
+    Ok(set)
+}
+
+/// A backend weight: 0 to [`MAX_WEIGHT`].
+pub(super) fn parse_weight(w: &str) -> Result<u32, String> {
+    w.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|w| *w <= MAX_WEIGHT)
+        .ok_or_else(|| format!("backend weight `{w}` is not a number 0-{MAX_WEIGHT}"))
+}
+
+/// A rule's backends hold together: at most [`MAX_RULE_BACKENDS`], none
+/// twice, one port mapping for all (every one a single port, or every one
+/// a range), and one at least with a weight above 0.
+pub(super) fn check_backends(set: &[Backend]) -> Result<(), String> {
+    if set.len() > MAX_RULE_BACKENDS {
+        return Err(format!("{} backends; a rule has at most {MAX_RULE_BACKENDS}", set.len()));
+    }
+    for (i, b) in set.iter().enumerate() {
+        if let Some(d) = set[..i].iter().find(|o| o.addr == b.addr && o.ports.lo == b.ports.lo) {
+            return Err(format!("backend {}:{} is given twice", d.addr, d.ports.lo));
+        }
+        if (b.ports.lo == b.ports.hi) != (set[0].ports.lo == set[0].ports.hi) {
+            return Err(format!(
+                "backend {b} maps ports otherwise than {}: every backend of a rule has the same port mapping",
+                set[0]
+            ));
+        }
+    }
+    if !set.iter().any(|b| b.weight > 0) {
+        return Err("every backend has weight 0: none could take a connection".into());
+    }
+    Ok(())
+}
+
 impl Rule {
-    /// Parses `PROTO:PORT[@IFACE]=ADDR[:PORT][,no-masquerade]`.
+    /// Parses `PROTO:PORT[@IFACE]=BACKEND[+BACKEND…][,OPTION…]`.
     pub fn parse_spec(spec: &str) -> Result<Self> {
         let err = |why: String| Error::Rule { spec: spec.to_string(), why };
         let (lhs, rhs) =
@@ -77,8 +129,7 @@ impl Rule {
         };
         let ports = parse_ports(port, "public port").map_err(err)?;
         let mut target = rhs.split(',');
-        let (backend, backend_ports) =
-            parse_backend(target.next().unwrap_or_default(), ports).map_err(err)?;
+        let backends = parse_backends(target.next().unwrap_or_default(), ports).map_err(err)?;
         let mut masquerade = true;
         let mut sources = Vec::new();
         for opt in target {
@@ -97,8 +148,7 @@ impl Rule {
             proto,
             ports,
             interface,
-            backend,
-            backend_ports,
+            backends,
             masquerade,
             sources,
             origin: format!("--rule {spec}"),

@@ -1,0 +1,62 @@
+//! Rules with several backends: per rule a Maglev table (a region of
+//! [`MAP_MAGLEV`]) whose slots name backends of a region of
+//! [`MAP_BACKENDS`], both found through the rule's [`Service`].
+//!
+//! A datapath's tables are written before its programs go live and never
+//! change while they run: a new backend set is a new datapath swapped in
+//! whole (the connection table carries over), so a reader never sees a
+//! table half-written.
+
+/// Rules with several backends: `rule_id` (`u32`, host order) →
+/// [`Service`]. Hash.
+pub const MAP_SERVICES: &str = "FWD_SERVICES";
+/// The Maglev tables of every rule, one after another: `u32` (host order)
+/// indices into the rule's region of [`MAP_BACKENDS`]. Array.
+pub const MAP_MAGLEV: &str = "FWD_MAGLEV";
+/// Capacity of [`MAP_MAGLEV`] in slots (4 MiB): sixteen tables of the
+/// default size, or hundreds of the small ones a few backends need.
+pub const MAGLEV_POOL: u32 = 1 << 20;
+/// The backends of every rule, one region after another: [`BackendAddr`].
+/// Array.
+pub const MAP_BACKENDS: &str = "FWD_BACKENDS";
+/// Capacity of [`MAP_BACKENDS`].
+pub const MAX_BACKENDS: u32 = 16_384;
+
+/// Value of [`MAP_SERVICES`]: where a rule's table and backends are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Service {
+    /// First slot of the table in [`MAP_MAGLEV`].
+    pub table_off: u32,
+    /// Slots of the table (a prime, [`crate::maglev::TABLE_SIZES`]).
+    pub table_len: u32,
+    /// First backend of the rule in [`MAP_BACKENDS`].
+    pub backends_off: u32,
+    /// Backends of the rule in [`MAP_BACKENDS`].
+    pub backends: u32,
+}
+
+/// Value of [`MAP_BACKENDS`]: one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BackendAddr {
+    /// IPv4 address, network order.
+    pub addr: [u8; 4],
+    /// Port (the first of the range with `RULE_F_PORT_RANGE`), network
+    /// order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<Service>() == 16);
+const _: () = assert!(core::mem::size_of::<BackendAddr>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), integers and byte arrays only; bytemuck's derive
+    // has proven they have no padding.
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::BackendAddr {}
+}
