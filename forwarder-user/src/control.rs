@@ -4,7 +4,9 @@
 //! answers one JSON line `{"ok":true,"data":…}` or `{"ok":false,"error":"…"}`
 //! and closes.
 //!
-//! Requests: `{"cmd":"stats"}`; `{"cmd":"rules"}`;
+//! Requests: `{"cmd":"stats"}`; `{"cmd":"rules"}`; `{"cmd":"backends"}`;
+//! `{"cmd":"drain","addr":A,"port":P,"rule":N?,"on":true|false}`;
+//! `{"cmd":"weight","addr":A,"port":P,"rule":N?,"weight":W}`;
 //! `{"cmd":"save","path":"/etc/forwarder.toml"}` (atomic: temp file +
 //! rename); `{"cmd":"conntrack","filter":F}` lists
 //! connections; `{"cmd":"flush","filter":F}` removes them (both entries).
@@ -54,6 +56,24 @@ pub enum Request {
     /// Write the running configuration to `path` (atomically).
     Save {
         path: std::path::PathBuf,
+    },
+    /// The backends of balanced rules: weight, state, last check, live
+    /// connections.
+    Backends,
+    /// Drain (`on`) or undrain backend `addr:port` (of rule `rule` only,
+    /// if given): no new connections, established ones continue.
+    Drain {
+        addr: Ipv4Addr,
+        port: u16,
+        rule: Option<u32>,
+        on: bool,
+    },
+    /// Give backend `addr:port` (of rule `rule` only, if given) a weight.
+    Weight {
+        addr: Ipv4Addr,
+        port: u16,
+        rule: Option<u32>,
+        weight: u32,
     },
 }
 

@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 
 /// Every task, by the name its failures are counted and injected under
 /// ([`crate::faults`]).
-pub const TASKS: [&str; 7] = [
+pub const TASKS: [&str; 8] = [
     "public_addrs",
     "conntrack_sweep",
     "egress",
     "table_watch",
+    "backend_tables",
     "audit_report",
     "stats_file",
     "stats_log",

@@ -189,6 +189,7 @@ fn rule(spec: &Dnat, n: usize) -> Result<Rule, String> {
         ports,
         interface: spec.iface.clone(),
         backends: vec![crate::settings::Backend { addr: backend, ports: bports, weight: 1 }],
+        health: None,
         masquerade: true,
         sources: spec.source.into_iter().collect(),
         origin: format!("iptables-save line {n}"),

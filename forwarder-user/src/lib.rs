@@ -16,6 +16,7 @@ pub mod datapath;
 pub mod egress;
 pub mod error;
 pub mod faults;
+pub mod health;
 pub mod housekeeping;
 pub mod iface;
 pub mod import;

@@ -16,6 +16,7 @@ async fn main() {
         Command::Stats(args) => forwarder::cli::client::stats(&args),
         Command::Rule(args) => forwarder::cli::client::rule(&args),
         Command::Save(args) => forwarder::cli::client::save(&args),
+        Command::Backend(args) => forwarder::cli::backend::run(&args),
         Command::Conntrack(args) => forwarder::cli::client::conntrack(&args),
         Command::Teardown(args) => forwarder::cli::teardown::run(&args),
     };

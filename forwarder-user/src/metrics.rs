@@ -97,6 +97,9 @@ pub fn render(s: &Snapshot) -> String {
             .map(|e| (format!("{{iface=\"{}\"}}", label(&e.iface)), e.refused_frames))
             .collect(),
     );
+    for (name, kind, help, samples) in backend_families(s) {
+        family(name, kind, help, samples);
+    }
     family(
         "forwarder_daemon_errors_total",
         "counter",
@@ -107,6 +110,38 @@ pub fn render(s: &Snapshot) -> String {
             .collect(),
     );
     out
+}
+
+type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+
+/// The backend families: up, weight, check latency.
+fn backend_families(s: &Snapshot) -> [Family; 3] {
+    let backend = |b: &crate::stats::BackendStatus| {
+        format!("{{rule=\"{}\",backend=\"{}\"}}", b.rule, label(&b.backend))
+    };
+    [
+        (
+            "forwarder_backend_up",
+            "gauge",
+            "1 when the backend takes new connections (up, not drained), else 0.",
+            s.backends.iter().map(|b| (backend(b), u64::from(b.state == "up"))).collect(),
+        ),
+        (
+            "forwarder_backend_weight",
+            "gauge",
+            "The backend's configured weight.",
+            s.backends.iter().map(|b| (backend(b), u64::from(b.weight))).collect(),
+        ),
+        (
+            "forwarder_backend_check_latency_microseconds",
+            "gauge",
+            "How long the backend's last health check took.",
+            s.backends
+                .iter()
+                .filter_map(|b| b.check_latency_us.map(|us| (backend(b), us)))
+                .collect(),
+        ),
+    ]
 }
 
 #[cfg(test)]
@@ -132,7 +167,25 @@ mod tests {
             denied: 0,
         });
         s.counters.insert("xdp_redirected".into(), 5);
+        s.backends.push(crate::stats::BackendStatus {
+            rule: 0,
+            backend: "10.0.0.2:80".into(),
+            weight: 3,
+            state: "down".into(),
+            check_latency_us: Some(1200),
+        });
         let t = render(&s);
+        assert!(t.contains("forwarder_backend_up{rule=\"0\",backend=\"10.0.0.2:80\"} 0"), "{t}");
+        assert!(
+            t.contains("forwarder_backend_weight{rule=\"0\",backend=\"10.0.0.2:80\"} 3"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "forwarder_backend_check_latency_microseconds{rule=\"0\",backend=\"10.0.0.2:80\"} 1200"
+            ),
+            "{t}"
+        );
         assert!(t.contains("forwarder_rule_packets_total{id=\"0\",rule=\"tcp:8080=10.0.0.2:80\",direction=\"in\"} 3"), "{t}");
         assert!(
             t.contains(

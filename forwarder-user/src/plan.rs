@@ -108,29 +108,51 @@ pub struct Compiled {
     pub new_conn: (u32, u32),
 }
 
-/// The Maglev tables and backends of every rule with several, laid out as
-/// the datapath's maps hold them ([`abi::MAP_SERVICES`],
-/// [`abi::MAP_MAGLEV`], [`abi::MAP_BACKENDS`]).
+/// The Maglev tables and backends of every rule with several (or with a
+/// health check), laid out as the datapath's maps hold them
+/// ([`abi::MAP_SERVICES`], [`abi::MAP_MAGLEV`], [`abi::MAP_BACKENDS`]).
+///
+/// Each rule's region of the table pool holds two tables: the live one
+/// and the one the daemon writes next when the backends' states change
+/// (then it points the rule's service at it, in one map update).
 #[derive(Debug, Default)]
 pub struct Services {
-    /// `(rule_id, where its table and backends are)`.
+    /// `(rule_id, where its first table and its backends are)`.
     pub entries: Vec<(u32, Service)>,
-    /// Every table, one after another: indices into the rule's backends.
+    /// Every rule's region (the first table filled with the configured
+    /// weights, the second spare): indices into the rule's backends.
     pub maglev: Vec<u32>,
     /// Every rule's backends, one region after another, in the rule's order.
     pub backends: Vec<BackendAddr>,
 }
 
+/// The Maglev table of `m` slots over `set` with weight `weight(i)` for
+/// backend `i`; `None` when no backend has a weight.
+pub fn maglev_table(set: &[Backend], m: u32, weight: impl Fn(usize) -> u32) -> Option<Vec<u32>> {
+    let input: Vec<maglev::Backend> = set
+        .iter()
+        .enumerate()
+        .map(|(i, b)| maglev::Backend {
+            addr: b.addr.octets(),
+            port: b.ports.lo.to_be_bytes(),
+            weight: weight(i),
+        })
+        .collect();
+    let mut t = vec![0; m as usize];
+    maglev::build(&input, &mut t).ok()?;
+    Some(t)
+}
+
 impl Services {
-    /// Adds rule `rule_id`'s table, sized for its backends (more than 100
-    /// slots each).
+    /// Adds rule `rule_id`'s region, sized for its backends (more than 100
+    /// slots each, twice).
     fn add(&mut self, rule_id: u32, set: &[Backend]) -> std::result::Result<(), String> {
         let m = maglev::table_size(set.len());
         let table_off = self.maglev.len();
         let backends_off = self.backends.len();
-        if table_off + m as usize > abi::MAGLEV_POOL as usize {
+        if table_off + 2 * m as usize > abi::MAGLEV_POOL as usize {
             return Err(format!(
-                "its Maglev table ({m} slots) does not fit: the tables of all rules hold at most {} slots, {table_off} taken",
+                "its Maglev tables (2 x {m} slots) do not fit: the tables of all rules hold at most {} slots, {table_off} taken",
                 abi::MAGLEV_POOL
             ));
         }
@@ -141,19 +163,13 @@ impl Services {
                 abi::MAX_BACKENDS
             ));
         }
-        let input: Vec<maglev::Backend> = set
-            .iter()
-            .map(|b| maglev::Backend {
-                addr: b.addr.octets(),
-                port: b.ports.lo.to_be_bytes(),
-                weight: b.weight,
-            })
-            .collect();
-        self.maglev.resize(table_off + m as usize, 0);
-        maglev::build(&input, &mut self.maglev[table_off..]).map_err(|e| e.to_string())?;
-        self.backends.extend(input.iter().map(|b| BackendAddr {
-            addr: b.addr,
-            port: b.port,
+        let table = maglev_table(set, m, |i| set[i].weight)
+            .ok_or_else(|| "no backend with a weight above 0".to_string())?;
+        self.maglev.extend(table);
+        self.maglev.resize(table_off + 2 * m as usize, 0);
+        self.backends.extend(set.iter().map(|b| BackendAddr {
+            addr: b.addr.octets(),
+            port: b.ports.lo.to_be_bytes(),
             _pad: [0; 2],
         }));
         self.entries.push((
@@ -166,6 +182,11 @@ impl Services {
             },
         ));
         Ok(())
+    }
+
+    /// Rule `rule_id`'s service as compiled (its first table).
+    pub fn of(&self, rule_id: u32) -> Option<&Service> {
+        self.entries.iter().find(|(r, _)| *r == rule_id).map(|(_, s)| s)
     }
 }
 
@@ -245,7 +266,9 @@ impl Settings {
             if first.ports.lo != first.ports.hi {
                 flags |= RULE_F_PORT_RANGE;
             }
-            if r.backends.len() > 1 {
+            // Several backends, or one whose health is checked: the table
+            // names the backend (and names none while it is down).
+            if r.backends.len() > 1 || r.health.is_some() {
                 flags |= RULE_F_BACKENDS;
                 services
                     .add(id as u32, &r.backends)

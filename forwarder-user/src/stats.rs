@@ -60,6 +60,22 @@ pub struct Snapshot {
     /// affected by them; each is retried).
     #[serde(default)]
     pub daemon_errors: BTreeMap<String, u64>,
+    /// The backends of balanced rules, as the daemon sees them.
+    #[serde(default)]
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend of a balanced rule.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct BackendStatus {
+    pub rule: u32,
+    /// `ADDR:PORT`.
+    pub backend: String,
+    pub weight: u32,
+    /// `up`, `down`, `pending` or `draining`.
+    pub state: String,
+    /// The last check's latency (none: not checked yet, or no check).
+    pub check_latency_us: Option<u64>,
 }
 
 impl Snapshot {

@@ -18,7 +18,11 @@ use crate::{
 };
 
 /// Prints the daemon's answer `v` as JSON with `json`, else as `human` says.
-fn answer(json: bool, v: &serde_json::Value, human: impl FnOnce(&serde_json::Value) -> String) {
+pub(super) fn answer(
+    json: bool,
+    v: &serde_json::Value,
+    human: impl FnOnce(&serde_json::Value) -> String,
+) {
     if json {
         println!("{v}");
     } else {

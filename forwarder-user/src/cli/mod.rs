@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+pub mod backend;
 pub mod check;
 pub mod client;
 pub mod import;
@@ -28,6 +29,9 @@ pub enum Command {
     /// The running daemon's rules: list, add, del (changes apply at once,
     /// atomically, like a reload).
     Rule(client::RuleArgs),
+    /// The backends of the running daemon's balanced rules: list, drain,
+    /// undrain, weight.
+    Backend(backend::BackendArgs),
     /// Write the running daemon's configuration to a file, atomically
     /// (what `forwarder run --config` reads back, e.g. after a reboot).
     Save(client::SaveArgs),

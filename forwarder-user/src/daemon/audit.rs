@@ -72,6 +72,20 @@ impl Audit {
         }
     }
 
+    /// A state change worth the audit trail (a backend up or down): logged
+    /// (target `audit`) and sent to syslog if configured.
+    pub(super) fn notice(&self, level: log::Level, text: &str) {
+        log::log!(target: "audit", level, "{text}");
+        if let Some(s) = &self.syslog {
+            let severity = match level {
+                log::Level::Error => syslog::Severity::LOG_ERR,
+                log::Level::Warn => syslog::Severity::LOG_WARNING,
+                _ => syslog::Severity::LOG_NOTICE,
+            };
+            s.send(crate::audit::syslog_notice(&self.fmt, severity, text));
+        }
+    }
+
     /// At exit: the events still in the ring, and the losses since the
     /// last report.
     pub fn finish(&mut self, dp: &Datapath, settings: &Settings) {

@@ -1,9 +1,13 @@
 //! What the control socket's requests do: stats, rules (list, add, del),
-//! save, conntrack (list, flush).
+//! save, conntrack (list, flush), backends (list, drain, weight).
 
 use anyhow::Context as _;
 
+use std::net::Ipv4Addr;
+
 use super::{clients::Data, core::Daemon};
+use forwarder_common::conntrack::CT_CLOSED;
+
 use crate::settings::Rule;
 
 impl Daemon {
@@ -58,6 +62,39 @@ impl Daemon {
                     .collect();
                 return Ok(Data::Text(connections_json(&conns, crate::datapath::monotonic_ns())));
             }
+            Request::Backends => self.backend_list()?,
+            Request::Drain { addr, port, rule, on } => {
+                let at = self.backend_at(addr, port, rule)?;
+                for a in &at {
+                    self.backends.set_drained(*a, on);
+                }
+                self.backends.apply(&mut self.dp, &self.compiled, &self.settings)?;
+                let what = if on { "draining" } else { "undrained" };
+                for (ri, _) in &at {
+                    let id = self.backends.rules[*ri].rule_id;
+                    self.audit.notice(
+                        log::Level::Info,
+                        &format!("rule {id}: backend {addr}:{port} {what}"),
+                    );
+                }
+                serde_json::json!({ "changed": at.len() })
+            }
+            Request::Weight { addr, port, rule, weight } => {
+                anyhow::ensure!(
+                    weight <= crate::settings::MAX_WEIGHT,
+                    "weight {weight} is not 0-{}",
+                    crate::settings::MAX_WEIGHT
+                );
+                let at = self.backend_at(addr, port, rule)?;
+                for a in &at {
+                    self.backends.set_weight(*a, weight);
+                    let id = self.backends.rules[a.0].rule_id as usize;
+                    self.settings.rules[id].backends[a.1].weight = weight;
+                }
+                self.backends.apply(&mut self.dp, &self.compiled, &self.settings)?;
+                log::info!("backend {addr}:{port}: weight {weight} ({} rule(s))", at.len());
+                serde_json::json!({ "changed": at.len() })
+            }
             Request::Flush { filter } => {
                 let keys: Vec<_> = connections(&self.dp.flows()?)
                     .into_iter()
@@ -69,5 +106,55 @@ impl Daemon {
                 serde_json::json!({ "removed_connections": removed / 2 })
             }
         }))
+    }
+
+    /// The members `addr:port` names (of rule `rule` only, if given);
+    /// none is an error naming what was asked.
+    fn backend_at(
+        &self,
+        addr: Ipv4Addr,
+        port: u16,
+        rule: Option<u32>,
+    ) -> anyhow::Result<Vec<(usize, usize)>> {
+        let at = self.backends.find(addr, port, rule);
+        anyhow::ensure!(
+            !at.is_empty(),
+            "no backend {addr}:{port}{} in a rule with several backends or a health check (see `forwarder backend list`)",
+            rule.map(|r| format!(" in rule {r}")).unwrap_or_default()
+        );
+        Ok(at)
+    }
+
+    /// Every member of every balanced rule with its state, last check and
+    /// live connections (tracked ones, not yet closed, that it serves).
+    fn backend_list(&self) -> anyhow::Result<serde_json::Value> {
+        let conns = crate::control::connections(&self.dp.flows()?);
+        let mut out = Vec::new();
+        for b in &self.backends.rules {
+            let rule = &self.settings.rules[b.rule_id as usize];
+            let ranged = rule.ports.lo != rule.ports.hi;
+            for m in &b.members {
+                let live = conns
+                    .iter()
+                    .filter(|c| c.entry.rule_id == b.rule_id && c.entry.state != CT_CLOSED)
+                    .filter(|c| {
+                        c.entry.daddr == m.addr.octets()
+                            && (ranged || u16::from_be_bytes(c.entry.dport) == m.port)
+                    })
+                    .count();
+                let last = m.tracker.as_ref().and_then(|t| t.last.as_ref());
+                out.push(serde_json::json!({
+                    "rule": b.rule_id,
+                    "backend": format!("{}:{}", m.addr, m.port),
+                    "weight": m.weight,
+                    "state": m.state(),
+                    "check": last.map(|l| l.what.clone()),
+                    "check_ok": last.map(|l| l.ok),
+                    "latency_us": last.map(|l| u64::try_from(l.latency.as_micros()).unwrap_or(u64::MAX)),
+                    "connections": live,
+                }));
+            }
+        }
+        Ok(serde_json::Value::Array(out))
     }
 }

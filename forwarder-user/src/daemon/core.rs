@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{
     audit::Audit,
+    backends::{Checked, Pool},
     clients::{Ask, control_server, metrics_server},
 };
 use crate::{
@@ -89,6 +90,8 @@ pub struct Daemon {
     pub(super) table: TableSeen,
     /// Public addresses that did not fit the hairpin table, last said.
     pub(super) addrs_left_out: usize,
+    /// The balanced rules' backends and their checks.
+    pub backends: Pool,
 }
 
 pub(super) fn register_logger(
@@ -126,6 +129,11 @@ impl Daemon {
             }
         };
         let egress = egresses(&compiled, &[]);
+        // Before attaching: checked backends start out of the table until
+        // their first success.
+        let mut backends = Pool::new(&settings, &compiled, None);
+        backends.apply(&mut dp, &compiled, &settings)?;
+        backends.start_checks();
         Ok(Self {
             dp,
             settings,
@@ -142,6 +150,7 @@ impl Daemon {
             ticks: 0,
             table: TableSeen::default(),
             addrs_left_out: 0,
+            backends,
         })
     }
 
@@ -205,6 +214,24 @@ impl Daemon {
         let xdp = self.xdp_in_use();
         s.egress = self.egress.iter().map(|e| e.status(xdp)).collect();
         s.daemon_errors = self.house.failures();
+        s.backends = self
+            .backends
+            .rules
+            .iter()
+            .flat_map(|r| {
+                r.members.iter().map(|m| crate::stats::BackendStatus {
+                    rule: r.rule_id,
+                    backend: format!("{}:{}", m.addr, m.port),
+                    weight: m.weight,
+                    state: m.state().into(),
+                    check_latency_us: m
+                        .tracker
+                        .as_ref()
+                        .and_then(|t| t.last.as_ref())
+                        .map(|l| u64::try_from(l.latency.as_micros()).unwrap_or(u64::MAX)),
+                })
+            })
+            .collect();
         Ok(s)
     }
 
@@ -242,6 +269,7 @@ impl Daemon {
                 _ = sig.int.recv() => { log::info!("SIGINT: stopping"); self.audit.finish(&self.dp, &self.settings); return Ok(()); }
                 _ = sig.term.recv() => { log::info!("SIGTERM: stopping"); self.audit.finish(&self.dp, &self.settings); return Ok(()); }
                 Some(ask) = asks.recv() => self.answer(ask),
+                Some(checked) = self.backends.rx.recv() => self.on_check(checked),
                 _ = sig.hup.recv() => {
                     match (self.opts.reread)().and_then(|next| self.swap(next)) {
                         Ok(()) => log::info!("SIGHUP: reloaded, {} rule(s) live at once; existing connections keep their translation", self.settings.rules.len()),
@@ -255,6 +283,16 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// One health check's outcome: a changed state rewrites the rule's
+    /// table at once (a failed rewrite is retried by the tick).
+    fn on_check(&mut self, c: Checked) {
+        let audit = &self.audit;
+        self.backends.observe(c, &mut |level, text| audit.notice(level, &text));
+        let (dp, backends) = (&mut self.dp, &mut self.backends);
+        let (compiled, settings) = (&self.compiled, &self.settings);
+        self.house.run("backend_tables", self.ticks, || backends.apply(dp, compiled, settings));
     }
 
     /// Answers one client request (never fails the loop).

@@ -6,8 +6,11 @@
 //! loop's own work is split so that nothing in it can end the daemon by
 //! accident:
 //! - housekeeping (address sync, conntrack sweep, egress watch, table
-//!   watch, audit reports, stats file) runs through [`Housekeeping`]:
+//!   watch, backend tables, audit reports, stats file) runs through [`Housekeeping`]:
 //!   a failure is logged, counted and retried with backoff;
+//! - health checks run as tasks of their own and hand their outcomes to
+//!   the loop, which rewrites a balanced rule's table when a backend's
+//!   state changes;
 //! - control and metrics clients are read and answered by tasks of their
 //!   own; the loop only computes answers, so a slow or silent client
 //!   holds up nothing, and a bad request gets an error answer;
@@ -16,6 +19,7 @@
 //!   pinned datapath attached (see `cli::run`).
 
 mod audit;
+mod backends;
 mod clients;
 mod control;
 mod core;
@@ -23,5 +27,6 @@ mod reload;
 mod watch;
 
 pub use audit::Audit;
+pub use backends::{Balanced, Member, Pool};
 pub use clients::Data;
 pub use core::{Daemon, HIGH_WATERMARK_PCT, LOW_WATERMARK_PCT, Options, Signals};

@@ -39,6 +39,10 @@ impl Daemon {
         for e in &egress {
             dp.set_xdp_egress(e.ifindex, e.xdp)?;
         }
+        // The backends keep their states (and drain) across the reload:
+        // the new tables are right before the new programs go live.
+        let mut backends = super::Pool::new(&next, &compiled, Some(&self.backends));
+        backends.apply(&mut dp, &compiled, &next)?;
         dp.attach_pinned(&compiled, self.opts.xdp_attach, Some(&p))?;
         let keep: Vec<String> = compiled.ifaces.iter().map(|i| i.name.clone()).collect();
         for gone in p.prune_links(&keep)? {
@@ -52,6 +56,9 @@ impl Daemon {
         self.dp = dp;
         self.settings = next;
         self.compiled = compiled;
+        self.backends.stop_checks();
+        backends.start_checks();
+        self.backends = backends;
         // The new datapath counts refusals from 0.
         self.egress = egress
             .into_iter()

@@ -30,6 +30,9 @@ impl Daemon {
                 self.addrs_left_out = s.left_out;
             }
         }
+        let (dp, backends) = (&mut self.dp, &mut self.backends);
+        let (compiled, settings) = (&self.compiled, &self.settings);
+        self.house.run("backend_tables", now, || backends.apply(dp, compiled, settings));
         // The sweep follows the running plan (a reload may change the
         // timeouts): often enough for the shortest, at most every 10 s, a
         // part of the table per second (a pass in about that time).

@@ -97,6 +97,55 @@ impl Datapath {
         Ok(())
     }
 
+    /// Makes `table` (`None`: no backend can take a connection) rule
+    /// `rule_id`'s live Maglev table: written into the half of the rule's
+    /// region (compiled as `base`) that is not live, then the service
+    /// pointed at it in one map update, so a new connection meets the old
+    /// table or the new one, whole. Connections already set up keep their
+    /// backend.
+    pub fn replace_table(
+        &mut self,
+        rule_id: u32,
+        base: &Service,
+        table: Option<&[u32]>,
+    ) -> Result<()> {
+        if table.is_some_and(|t| t.len() != base.table_len as usize) {
+            return Err(Error::Io(format!(
+                "rule {rule_id}: a table of {} slots for a region of {}",
+                table.map_or(0, <[u32]>::len),
+                base.table_len
+            )));
+        }
+        let live = {
+            let services: HashMap<&mut MapData, u32, Service> =
+                HashMap::try_from(self.map_mut(abi::MAP_SERVICES)?)
+                    .map_err(map_err(abi::MAP_SERVICES))?;
+            services.get(&rule_id, 0).map_err(map_err(abi::MAP_SERVICES))?
+        };
+        let spare = if live.table_off == base.table_off {
+            base.table_off + base.table_len
+        } else {
+            base.table_off
+        };
+        if let Some(t) = table {
+            let mut slots: Array<&mut MapData, u32> =
+                Array::try_from(self.map_mut(abi::MAP_MAGLEV)?)
+                    .map_err(map_err(abi::MAP_MAGLEV))?;
+            for (i, v) in t.iter().enumerate() {
+                slots.set(spare + i as u32, *v, 0).map_err(map_err(abi::MAP_MAGLEV))?;
+            }
+        }
+        let next = Service {
+            table_off: spare,
+            table_len: if table.is_some() { base.table_len } else { 0 },
+            ..*base
+        };
+        let mut services: HashMap<&mut MapData, u32, Service> =
+            HashMap::try_from(self.map_mut(abi::MAP_SERVICES)?)
+                .map_err(map_err(abi::MAP_SERVICES))?;
+        services.insert(rule_id, next, 0).map_err(map_err(abi::MAP_SERVICES))
+    }
+
     /// Puts egress `ifindex` into XDP's transmit set (the devmap) or takes
     /// it out (XDP then hands packets towards it to TC); whether it
     /// changed.

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{
+    health::FileHealth,
     model::{Backend, Cidr, Mode, Ports, Proto, Rule, Settings},
     rule_spec::{check_backends, parse_backend, parse_ports, parse_weight, port_in_range},
 };
@@ -60,6 +61,7 @@ struct FileRule {
     masquerade: Option<bool>,
     #[serde(default)]
     sources: Vec<String>,
+    health: Option<FileHealth>,
 }
 
 /// `{ to = "ADDR[:PORTS]", weight = W }` (weight 1 by default).
@@ -185,6 +187,7 @@ impl Settings {
                 ports,
                 interface: r.interface,
                 backends,
+                health: r.health.map(FileHealth::resolve).transpose().map_err(at)?,
                 masquerade: r.masquerade.unwrap_or(true),
                 origin: format!("{}:{line}", path.display()),
             });
@@ -263,6 +266,9 @@ impl Settings {
                     "sources = [{}]",
                     r.sources.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
                 );
+            }
+            if let Some(h) = &r.health {
+                let _ = write!(s, "{}", h.to_toml());
             }
         }
         s

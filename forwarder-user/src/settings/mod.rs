@@ -31,9 +31,11 @@
 //! ```
 
 mod file;
+pub(crate) mod health;
 mod model;
 mod rule_spec;
 #[cfg(test)]
 mod tests;
 
+pub use health::{Check, Health};
 pub use model::*;

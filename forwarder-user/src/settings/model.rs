@@ -162,6 +162,9 @@ pub struct Rule {
     pub masquerade: bool,
     /// Allow-list of client prefixes; empty = everyone.
     pub sources: Vec<Cidr>,
+    /// How the daemon checks the backends; `None`: never (every backend
+    /// counts as up).
+    pub health: Option<super::health::Health>,
     /// Where the rule came from (`--rule …` or `file:line`), for messages.
     #[serde(skip)]
     pub origin: String,
@@ -182,6 +185,9 @@ impl fmt::Display for Rule {
         }
         for s in &self.sources {
             write!(f, ",src={s}")?;
+        }
+        if let Some(o) = self.health.as_ref().and_then(super::health::Health::spec_option) {
+            write!(f, ",{o}")?;
         }
         Ok(())
     }

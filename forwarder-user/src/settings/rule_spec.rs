@@ -4,6 +4,7 @@
 
 use std::{net::Ipv4Addr, str::FromStr};
 
+use super::health::Health;
 use super::model::{Backend, MAX_RULE_BACKENDS, MAX_WEIGHT, PortRange, Ports, Proto, Rule};
 use crate::error::{Error, Result};
 
@@ -132,14 +133,18 @@ impl Rule {
         let backends = parse_backends(target.next().unwrap_or_default(), ports).map_err(err)?;
         let mut masquerade = true;
         let mut sources = Vec::new();
+        let mut health = None;
         for opt in target {
             match opt.trim() {
                 "no-masquerade" => masquerade = false,
                 "masquerade" => masquerade = true,
                 o if o.starts_with("src=") => sources.push(o["src=".len()..].parse().map_err(err)?),
+                o if o.starts_with("health=") => {
+                    health = Some(Health::parse_option(&o["health=".len()..]).map_err(err)?);
+                }
                 o => {
                     return Err(err(format!(
-                        "unknown option `{o}` (known: masquerade, no-masquerade, src=CIDR)"
+                        "unknown option `{o}` (known: masquerade, no-masquerade, src=CIDR, health=tcp|http:/PATH)"
                     )));
                 }
             }
@@ -151,6 +156,7 @@ impl Rule {
             backends,
             masquerade,
             sources,
+            health,
             origin: format!("--rule {spec}"),
         })
     }

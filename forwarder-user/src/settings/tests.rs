@@ -125,8 +125,9 @@ fn several_backends_compile_into_maglev_tables() {
         (id, svc.table_off, svc.table_len, svc.backends_off, svc.backends),
         (1, 0, 509, 0, 3)
     );
-    assert_eq!(s.maglev.len(), 509);
-    let share = |i: u32| u32::try_from(s.maglev.iter().filter(|b| **b == i).count()).unwrap();
+    assert_eq!(s.maglev.len(), 2 * 509, "the live table and the spare");
+    let share =
+        |i: u32| u32::try_from(s.maglev[..509].iter().filter(|b| **b == i).count()).unwrap();
     assert_eq!(share(2), 0, "weight 0 is not in the table");
     assert!(
         (f64::from(share(1)) / f64::from(share(0)) - 3.0).abs() < 0.1,
@@ -403,4 +404,57 @@ fn port_ranges() {
     assert!("2000-1000".parse::<PortRange>().unwrap_err().to_string().contains("`2000-1000`"));
     assert!("1000-1001".parse::<PortRange>().is_err());
     assert!("0-1000".parse::<PortRange>().is_err());
+}
+
+#[test]
+fn health_checks_in_specs_and_files_and_back() {
+    let r = Rule::parse_spec("tcp:8080=10.0.0.1:80+10.0.0.2:80,health=http:/healthz").unwrap();
+    assert_eq!(
+        r.health,
+        Some(Health::with_defaults(Check::Http { path: "/healthz".into(), status: 200 }))
+    );
+    assert_eq!(r.to_string(), "tcp:8080=10.0.0.1:80+10.0.0.2:80,health=http:/healthz");
+    let h = Rule::parse_spec("tcp:80=10.0.0.1,health=tcp").unwrap().health.unwrap();
+    assert_eq!((h.interval, h.timeout, h.rise, h.fall), (2, 1, 2, 3), "HAProxy's defaults");
+    for (spec, needle) in [
+        ("tcp:80=10.0.0.1,health=icmp", "health check `icmp`"),
+        ("tcp:80=10.0.0.1,health=http:healthz", "must start with `/`"),
+    ] {
+        let e = Rule::parse_spec(spec).unwrap_err().to_string();
+        assert!(e.contains(needle) && e.contains(spec), "{spec}: {e}");
+    }
+    let text = "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 8080\nbackends = [{ to = \"10.0.0.1:80\" }, { to = \"10.0.0.2:80\" }]\n[rule.health]\ncheck = \"exec\"\ncommand = \"/usr/local/bin/check %a %p\"\ninterval = 5\nrise = 1\nfall = 4\n";
+    let mut s = Settings::default();
+    s.merge_toml(Path::new("h.toml"), text).unwrap();
+    let h = s.rules[0].health.clone().unwrap();
+    assert_eq!(h.check, Check::Exec { command: "/usr/local/bin/check %a %p".into() });
+    assert_eq!((h.interval, h.timeout, h.rise, h.fall), (5, 1, 1, 4));
+    // Not a spec option: the rule's text says nothing of it, the file all.
+    assert_eq!(s.rules[0].to_string(), "tcp:8080=10.0.0.1:80+10.0.0.2:80");
+    let mut again = Settings::default();
+    again.merge_toml(Path::new("saved.toml"), &s.to_toml()).unwrap();
+    assert_eq!(again.rules[0].health, Some(h));
+    for (health, needle) in [
+        ("check = \"ping\"", "health check `ping`"),
+        ("check = \"tcp\"\ninterval = 0", "health interval 0"),
+        ("check = \"tcp\"\ninterval = 2\ntimeout = 3", "health timeout 3"),
+        ("check = \"tcp\"\nfall = 0", "health fall 0"),
+        ("check = \"exec\"", "needs `command`"),
+        ("check = \"tcp\"\npath = \"/x\"", "go with http"),
+        ("check = \"http\"\nstatus = 700", "health status 700"),
+        ("check = \"tcp\"\ncolour = 1", "colour"),
+    ] {
+        let bad = format!(
+            "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 80\nto = \"10.0.0.1\"\n[rule.health]\n{health}\n"
+        );
+        let e = Settings::default().merge_toml(Path::new("h.toml"), &bad).unwrap_err().to_string();
+        assert!(e.contains(needle), "{health}: {e}");
+    }
+}
+
+#[test]
+fn a_checked_rule_with_one_backend_is_balanced_too() {
+    let c = settings(&["tcp:80=10.0.2.2:80,health=tcp"]).compile(&FakeHost).unwrap();
+    assert_ne!(c.rules[0].2.flags & abi::RULE_F_BACKENDS, 0, "its table can name none");
+    assert_eq!(c.services.entries[0].1.backends, 1);
 }

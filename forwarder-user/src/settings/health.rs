@@ -1,0 +1,188 @@
+//! A rule's health check: how the daemon finds out whether each backend
+//! answers (`health=tcp`, `health=http:/path` in a rule spec; `[rule.health]`
+//! in a file). Defaults as `HAProxy`'s: every 2 s, 1 s timeout, up after 2
+//! successes, down after 3 failures.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// What a check does.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Check {
+    /// A TCP connect to the backend's (first) port.
+    Tcp,
+    /// `GET path` over HTTP/1.0: up when the status is `status`.
+    Http { path: String, status: u16 },
+    /// A command, `%a` and `%p` replaced by the backend's address and port:
+    /// up when it exits 0.
+    Exec { command: String },
+}
+
+/// A rule's health check and its thresholds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    pub check: Check,
+    /// Seconds between checks of one backend.
+    pub interval: u32,
+    /// Seconds a check may take (at most `interval`).
+    pub timeout: u32,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+impl Health {
+    pub const DEFAULT_INTERVAL: u32 = 2;
+    pub const DEFAULT_TIMEOUT: u32 = 1;
+    pub const DEFAULT_RISE: u32 = 2;
+    pub const DEFAULT_FALL: u32 = 3;
+
+    /// `check` with the default thresholds.
+    pub const fn with_defaults(check: Check) -> Self {
+        Self {
+            check,
+            interval: Self::DEFAULT_INTERVAL,
+            timeout: Self::DEFAULT_TIMEOUT,
+            rise: Self::DEFAULT_RISE,
+            fall: Self::DEFAULT_FALL,
+        }
+    }
+
+    /// Parses the value of a spec's `health=` option: `tcp` or
+    /// `http:/path` (status 200).
+    pub fn parse_option(v: &str) -> Result<Self, String> {
+        match v.split_once(':') {
+            None if v == "tcp" => Ok(Self::with_defaults(Check::Tcp)),
+            Some(("http", path)) if path.starts_with('/') => {
+                Ok(Self::with_defaults(Check::Http { path: path.to_string(), status: 200 }))
+            }
+            Some(("http", path)) => Err(format!("health check path `{path}` must start with `/`")),
+            _ => Err(format!("health check `{v}` is not `tcp` or `http:/PATH`")),
+        }
+    }
+
+    /// The thresholds hold together: each at least 1 (interval 1 to 3600
+    /// s), the timeout within the interval.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=3600).contains(&self.interval) {
+            return Err(format!("health interval {} is not 1-3600 seconds", self.interval));
+        }
+        if self.timeout == 0 || self.timeout > self.interval {
+            return Err(format!(
+                "health timeout {} is not 1 to the interval ({}) seconds",
+                self.timeout, self.interval
+            ));
+        }
+        for (what, n) in [("rise", self.rise), ("fall", self.fall)] {
+            if !(1..=100).contains(&n) {
+                return Err(format!("health {what} {n} is not 1-100"));
+            }
+        }
+        match &self.check {
+            Check::Http { path, .. } if !path.starts_with('/') => {
+                Err(format!("health check path `{path}` must start with `/`"))
+            }
+            Check::Http { status, .. } if !(100..=599).contains(status) => {
+                Err(format!("health status {status} is not an HTTP status (100-599)"))
+            }
+            Check::Exec { command } if command.trim().is_empty() => {
+                Err("health command is empty".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The spec option, when the check has one (`exec` and thresholds
+    /// other than the defaults need a file).
+    pub fn spec_option(&self) -> Option<String> {
+        if *self != Self::with_defaults(self.check.clone()) {
+            return None;
+        }
+        match &self.check {
+            Check::Tcp => Some("health=tcp".into()),
+            Check::Http { path, status: 200 } => Some(format!("health=http:{path}")),
+            _ => None,
+        }
+    }
+
+    /// As `[rule.health]` of a config file.
+    pub fn to_toml(&self) -> String {
+        let check = match &self.check {
+            Check::Tcp => "check = \"tcp\"".to_string(),
+            Check::Http { path, status } => {
+                format!("check = \"http\"\npath = {path:?}\nstatus = {status}")
+            }
+            Check::Exec { command } => format!("check = \"exec\"\ncommand = {command:?}"),
+        };
+        format!(
+            "[rule.health]\n{check}\ninterval = {}\ntimeout = {}\nrise = {}\nfall = {}\n",
+            self.interval, self.timeout, self.rise, self.fall
+        )
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("tcp"),
+            Self::Http { path, status } => write!(f, "http {path} (status {status})"),
+            Self::Exec { command } => write!(f, "exec `{command}`"),
+        }
+    }
+}
+
+/// `[rule.health]` as a file writes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileHealth {
+    check: String,
+    interval: Option<i64>,
+    timeout: Option<i64>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    path: Option<String>,
+    status: Option<i64>,
+    command: Option<String>,
+}
+
+impl FileHealth {
+    /// The check it describes, validated.
+    pub(super) fn resolve(self) -> Result<Health, String> {
+        let num = |v: Option<i64>, what: &str, default: u32| {
+            v.map_or(Ok(default), |n| {
+                u32::try_from(n).map_err(|_| format!("health {what} {n} is out of range"))
+            })
+        };
+        let check = match (self.check.as_str(), self.path, self.command) {
+            ("tcp", None, None) => Check::Tcp,
+            ("http", path, None) => Check::Http {
+                path: path.unwrap_or_else(|| "/".into()),
+                status: u16::try_from(self.status.unwrap_or(200))
+                    .map_err(|_| format!("health status {:?} is out of range", self.status))?,
+            },
+            ("exec", None, Some(command)) => Check::Exec { command },
+            ("exec", _, None) => return Err("health check `exec` needs `command`".into()),
+            ("tcp" | "http" | "exec", ..) => {
+                return Err(format!(
+                    "health check `{}`: `path`/`status` go with http, `command` with exec",
+                    self.check
+                ));
+            }
+            (c, ..) => return Err(format!("health check `{c}` is not tcp, http or exec")),
+        };
+        if self.status.is_some() && !matches!(check, Check::Http { .. }) {
+            return Err("health `status` goes with check = \"http\"".into());
+        }
+        let h = Health {
+            check,
+            interval: num(self.interval, "interval", Health::DEFAULT_INTERVAL)?,
+            timeout: num(self.timeout, "timeout", Health::DEFAULT_TIMEOUT)?,
+            rise: num(self.rise, "rise", Health::DEFAULT_RISE)?,
+            fall: num(self.fall, "fall", Health::DEFAULT_FALL)?,
+        };
+        h.validate()?;
+        Ok(h)
+    }
+}

@@ -1,0 +1,281 @@
+//! End to end: health checks take a dead backend out of its rule's table
+//! and bring it back, drain stops new connections and lets established
+//! ones finish, and a rule with no live backend drops (and counts) new
+//! connections. Needs root (namespaces, XDP).
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::*;
+use forwarder_testkit::Lab;
+
+/// A backend server on `192.168.1.B:80` in the server namespace: each
+/// connection reads one byte, answers `B`, then echoes everything. Stops
+/// (its listener closed: connects get RST) when dropped.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(lab: &Lab, b: u8) -> Self {
+        let l = lab
+            .server
+            .enter(move || TcpListener::bind((Ipv4Addr::new(192, 168, 1, b), 80)).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        deep_backlog(&l);
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    s.set_nonblocking(false).unwrap();
+                    let mut first = [0u8; 1];
+                    if s.read_exact(&mut first).is_err() || s.write_all(&[b]).is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn with_addresses(lab: &Lab) {
+    for b in [51, 52] {
+        lab.server.ip(&["addr", "add", &format!("192.168.1.{b}/24"), "dev", "eth0"]).unwrap();
+    }
+}
+
+/// A checked rule over .50, .51, .52: TCP checks every second, up after
+/// 2 successes, down after 2 failures.
+fn start(lab: &Lab) -> forwarder_testkit::Forwarder {
+    let cfg = lab.dir.join("health.toml");
+    std::fs::write(
+        &cfg,
+        "[[rule]]\nproto = \"tcp\"\nport = 8080\nbackends = [{ to = \"192.168.1.50:80\" }, { to = \"192.168.1.51:80\" }, { to = \"192.168.1.52:80\" }]\n[rule.health]\ncheck = \"tcp\"\ninterval = 1\ntimeout = 1\nrise = 2\nfall = 2\n",
+    )
+    .unwrap();
+    lab.start_forwarder(&["--config", cfg.to_str().unwrap()]).unwrap()
+}
+
+/// A connection through port 8080 from the client: the backend that
+/// answered and the stream, or the error.
+fn connect() -> Result<(u8, TcpStream), String> {
+    let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"x").map_err(|e| e.to_string())?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).map_err(|e| e.to_string())?;
+    Ok((b[0], s))
+}
+
+/// `n` connections from the client: how many each backend answered, and
+/// the failures.
+fn spread(lab: &Lab, n: usize) -> (BTreeMap<u8, u32>, Vec<String>) {
+    lab.client
+        .enter(move || {
+            let (mut got, mut failed) = (BTreeMap::new(), Vec::new());
+            for _ in 0..n {
+                match connect() {
+                    Ok((b, _)) => *got.entry(b).or_default() += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (got, failed)
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// A connection that landed on backend `b`, held in the client namespace
+/// by a thread that echoes `rounds` × 1000 patterned bytes through it,
+/// one round each 100 ms: whether every byte came back as sent.
+fn transfer_on(lab: &Lab, b: u8, rounds: usize) -> std::thread::JoinHandle<Result<(), String>> {
+    lab.client
+        .enter(move || {
+            let mut s = (0..200)
+                .find_map(|_| connect().ok().filter(|(got, _)| *got == b).map(|(_, s)| s))
+                .expect("a connection to the backend");
+            for i in 0..rounds {
+                let data = pattern(1000, i as u64);
+                s.write_all(&data).map_err(|e| format!("round {i}: send: {e}"))?;
+                let mut back = vec![0u8; data.len()];
+                s.read_exact(&mut back).map_err(|e| format!("round {i}: echo: {e}"))?;
+                if back != data {
+                    return Err(format!("round {i}: the echo differs"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        })
+        .unwrap()
+}
+
+/// The daemon's `backend list --json`.
+fn backends(lab: &Lab) -> Vec<serde_json::Value> {
+    let (ok, out) = cli(lab, &["backend", "list", "--json"]);
+    assert!(ok, "{out}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+}
+
+fn state_of(lab: &Lab, backend: &str) -> String {
+    backends(lab)
+        .iter()
+        .find(|b| b["backend"] == backend)
+        .map(|b| b["state"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Waits (at most `secs`) until every listed backend is in `state`.
+fn wait_state(lab: &Lab, which: &[&str], state: &str, secs: u64) -> Duration {
+    let t0 = Instant::now();
+    while !which.iter().all(|b| state_of(lab, b) == state) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "not {state} in {secs} s: {:?}",
+            backends(lab)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+#[test]
+fn a_dead_backend_leaves_the_table_and_comes_back() {
+    let lab = Lab::new().unwrap();
+    with_addresses(&lab);
+    let (s50, s51, s52) =
+        (Server::start(&lab, 50), Server::start(&lab, 51), Server::start(&lab, 52));
+    let mut fwd = start(&lab);
+    let all = ["192.168.1.50:80", "192.168.1.51:80", "192.168.1.52:80"];
+    wait_state(&lab, &all, "up", 5);
+    let (got, failed) = spread(&lab, 90);
+    assert!(failed.is_empty() && got.len() == 3, "{got:?} {failed:?}");
+    // A transfer to .50 runs through all that follows (about 12 s).
+    let transfer = transfer_on(&lab, 50, 120);
+    // .51 stops: down within interval x fall + 1 s = 3 s.
+    drop(s51);
+    let t0 = Instant::now();
+    wait_state(&lab, &["192.168.1.51:80"], "down", 5);
+    let detected = t0.elapsed();
+    eprintln!("down detected after {detected:?}");
+    assert!(detected <= Duration::from_secs(3), "{detected:?}");
+    // From then on no new connection goes to it, and none fails.
+    let (got, failed) = spread(&lab, 90);
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(!got.contains_key(&51) && got.values().sum::<u32>() == 90, "{got:?}");
+    // .51 starts again: up within interval x rise + 1 s = 3 s, and takes
+    // its share again.
+    let s51 = Server::start(&lab, 51);
+    let t1 = Instant::now();
+    wait_state(&lab, &["192.168.1.51:80"], "up", 5);
+    let back = t1.elapsed();
+    eprintln!("up again after {back:?}");
+    assert!(back <= Duration::from_secs(3), "{back:?}");
+    let (got, failed) = spread(&lab, 90);
+    assert!(failed.is_empty() && got.get(&51).copied().unwrap_or(0) >= 15, "{got:?} {failed:?}");
+    transfer.join().unwrap().expect("the transfer to .50 ran through, byte for byte");
+    drop((s50, s51, s52));
+    let stats = finish(&lab, &mut fwd, Expect::log(&["192.168.1.51:80 is down"]));
+    assert_eq!(counter(&stats, "drop_no_backend"), 0, "{stats}");
+    let log = fwd.log_text();
+    assert!(log.contains("rule 0: backend 192.168.1.51:80 is up"), "{log}");
+}
+
+#[test]
+fn drain_stops_new_connections_and_lets_a_transfer_finish() {
+    let lab = Lab::new().unwrap();
+    with_addresses(&lab);
+    let servers = [Server::start(&lab, 50), Server::start(&lab, 51), Server::start(&lab, 52)];
+    let mut fwd = start(&lab);
+    wait_state(&lab, &["192.168.1.50:80", "192.168.1.51:80", "192.168.1.52:80"], "up", 5);
+    let transfer = transfer_on(&lab, 52, 40);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out) = cli(&lab, &["backend", "drain", "192.168.1.52:80"]);
+    assert!(ok && out.contains("draining 192.168.1.52:80"), "{out}");
+    let listed = backends(&lab);
+    let b52 = listed.iter().find(|b| b["backend"] == "192.168.1.52:80").unwrap();
+    assert_eq!(b52["state"], "draining", "{listed:?}");
+    assert!(b52["connections"].as_u64().unwrap() >= 1, "the transfer is left: {listed:?}");
+    let (got, failed) = spread(&lab, 60);
+    assert!(failed.is_empty() && !got.contains_key(&52), "{got:?} {failed:?}");
+    transfer.join().unwrap().expect("the drained backend's transfer completed");
+    let (ok, out) = cli(&lab, &["backend", "undrain", "192.168.1.52:80"]);
+    assert!(ok, "{out}");
+    let (got, _) = spread(&lab, 60);
+    assert!(got.contains_key(&52), "{got:?}");
+    // A weight of 0: out of the table, and `save` keeps it.
+    let (ok, out) = cli(&lab, &["backend", "weight", "192.168.1.50:80", "0"]);
+    assert!(ok, "{out}");
+    let (got, failed) = spread(&lab, 60);
+    assert!(failed.is_empty() && !got.contains_key(&50), "{got:?} {failed:?}");
+    let path = lab.dir.join("saved.toml");
+    assert!(cli(&lab, &["save", path.to_str().unwrap()]).0);
+    let saved = std::fs::read_to_string(&path).unwrap();
+    assert!(saved.contains("{ to = \"192.168.1.50:80\", weight = 0 }"), "{saved}");
+    assert!(saved.contains("[rule.health]\ncheck = \"tcp\"\ninterval = 1"), "{saved}");
+    let (ok, out) = cli(&lab, &["backend", "drain", "192.168.1.99:80"]);
+    assert!(!ok && out.contains("no backend 192.168.1.99:80"), "{out}");
+    drop(servers);
+    finish(&lab, &mut fwd, Expect::default());
+}
+
+#[test]
+fn no_live_backend_drops_new_connections_and_says_so() {
+    let lab = Lab::new().unwrap();
+    // Nothing listens on the backend: its checks fail from the start.
+    let mut fwd = lab.start_forwarder(&["--rule", "tcp:8080=192.168.1.50:80,health=tcp"]).unwrap();
+    let t0 = Instant::now();
+    let r = lab
+        .client
+        .enter(|| TcpStream::connect_timeout(&public(8080), Duration::from_secs(1)))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(r.is_err(), "a connection with no live backend");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    wait_state(&lab, &["192.168.1.50:80"], "down", 10);
+    let stats = finish(
+        &lab,
+        &mut fwd,
+        Expect {
+            counters: &["drop_no_backend"],
+            log: &["is down", "no backend can take new connections"],
+        },
+    );
+    assert!(counter(&stats, "drop_no_backend") >= 1, "{stats}");
+}
