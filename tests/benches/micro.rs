@@ -102,13 +102,25 @@ fn main() {
     let macs = lab.prime_gateway().unwrap();
     let (client_mac, gw_pub_mac, gw_int_mac, server_mac) =
         (macs.client, macs.gw_pub, macs.gw_int, macs.server);
+    // The two other backends of the balanced rule: neighbours as the
+    // server is (the same host), so the FIB lookup says SUCCESS.
+    let mac = forwarder_testkit::netns::fmt_mac(server_mac);
+    for b in ["192.168.1.51", "192.168.1.52"] {
+        lab.gateway
+            .ip(&["neigh", "replace", b, "lladdr", &mac, "dev", GW_INTERNAL_IF, "nud", "permanent"])
+            .unwrap();
+    }
     let cases = lab
         .gateway
         .enter(move || {
             let settings = Settings {
                 public: vec![GW_PUBLIC_IF.into()],
                 internal: vec![GW_INTERNAL_IF.into()],
-                rules: vec![Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap()],
+                rules: vec![
+                    Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap(),
+                    Rule::parse_spec("tcp:8081=192.168.1.50:80+192.168.1.51:80+192.168.1.52:80")
+                        .unwrap(),
+                ],
                 // Room for every new connection the benchmark makes, so no
                 // masquerade port search runs out (that is another case).
                 snat_ports: forwarder::settings::PortRange(1024, 65535),
@@ -117,6 +129,11 @@ fn main() {
             let compiled = settings.compile(&forwarder::plan::System).unwrap();
             let mut dp = Datapath::load(1 << 20).unwrap();
             dp.configure(&compiled).unwrap();
+            // New connections to the balanced rule run on a datapath of
+            // their own, so both new-connection cases start from the same
+            // (empty) connection table.
+            let mut dp3 = Datapath::load(1 << 20).unwrap();
+            dp3.configure(&compiled).unwrap();
             let (pub_if, int_if) =
                 (iface::index(GW_PUBLIC_IF).unwrap(), iface::index(GW_INTERNAL_IF).unwrap());
             // The reference programs: an object of their own, with a
@@ -144,6 +161,10 @@ fn main() {
             let new_calls = calls.min(30_000 / reps);
             let news: Vec<Vec<u8>> = (0..(new_calls * reps) as u16)
                 .map(|i| tcp(client_mac, gw_pub_mac, c, g, 1024 + i, 8080, true, &[]))
+                .collect();
+            // The same towards the balanced rule, from other source ports.
+            let news3: Vec<Vec<u8>> = (0..(new_calls * reps) as u16)
+                .map(|i| tcp(client_mac, gw_pub_mac, c, g, 33_000 + i, 8081, true, &[]))
                 .collect();
             let other = vec![tcp(client_mac, gw_pub_mac, c, g, 40001, 9999, true, &[])];
             // The bare program forwards the client's packet to the server as is.
@@ -174,6 +195,13 @@ fn main() {
                     4,
                 ),
                 run_n("forwarder: new connection (SYN)", PROG_XDP, &news, pub_if, 4, new_calls),
+                {
+                    let xdp = dp3.xdp_program(PROG_XDP).unwrap();
+                    let (median_ns, min_ns, max_ns) =
+                        measure(&dp3, (xdp, PROG_XDP), &news3, pub_if, new_calls, reps, 4);
+                    let name = "forwarder: new connection, 3 backends";
+                    Case { name, median_ns, min_ns, max_ns }
+                },
                 run("forwarder: not ours (other port)", PROG_XDP, &other, pub_if, 2),
             ]
         })
