@@ -279,3 +279,69 @@ fn no_live_backend_drops_new_connections_and_says_so() {
     );
     assert!(counter(&stats, "drop_no_backend") >= 1, "{stats}");
 }
+
+#[test]
+fn a_udp_flow_moves_to_a_live_backend_at_its_next_datagram() {
+    use std::net::UdpSocket;
+    let lab = Lab::new().unwrap();
+    with_addresses(&lab);
+    // Each backend answers with the last byte of its address.
+    let servers: Vec<_> = [50u8, 51]
+        .iter()
+        .map(|b| {
+            let b = *b;
+            let s = lab
+                .server
+                .enter(move || UdpSocket::bind((Ipv4Addr::new(192, 168, 1, b), 53)).unwrap())
+                .unwrap()
+                .join()
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16];
+                while let Ok((_, from)) = s.recv_from(&mut buf) {
+                    s.send_to(&[b], from).unwrap();
+                }
+            })
+        })
+        .collect();
+    // The check is a file per backend: there = up.
+    let flag = |b: u8| lab.dir.join(format!("up-192.168.1.{b}"));
+    for b in [50, 51] {
+        std::fs::write(flag(b), "").unwrap();
+    }
+    let cfg = lab.dir.join("udp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[rule]]\nproto = \"udp\"\nport = 5300\nbackends = [{{ to = \"192.168.1.50:53\" }}, {{ to = \"192.168.1.51:53\" }}]\n[rule.health]\ncheck = \"exec\"\ncommand = \"test -e {}/up-%a\"\ninterval = 1\nrise = 1\nfall = 1\n",
+            lab.dir.display()
+        ),
+    )
+    .unwrap();
+    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap()]).unwrap();
+    wait_state(&lab, &["192.168.1.50:53", "192.168.1.51:53"], "up", 5);
+    // A flow that landed on .51, then .51 goes down.
+    let ask = |s: &UdpSocket| {
+        s.send_to(b"q", public(5300)).unwrap();
+        let mut b = [0u8; 4];
+        s.recv_from(&mut b).map(|_| b[0]).map_err(|e| e.to_string())
+    };
+    let sock = lab
+        .client
+        .enter(move || {
+            (0..100).map(|_| udp_client(2)).find(|s| ask(s) == Ok(51)).expect("a flow on .51")
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    std::fs::remove_file(flag(51)).unwrap();
+    wait_state(&lab, &["192.168.1.51:53"], "down", 5);
+    wait_log(&fwd, "UDP flow(s) to 192.168.1.51:53 forgotten", 3);
+    // Its next datagram: answered by .50.
+    assert_eq!(ask(&sock), Ok(50), "the flow did not move");
+    assert_eq!(ask(&sock), Ok(50), "nor stay");
+    finish(&lab, &mut fwd, Expect::log(&["192.168.1.51:53 is down"]));
+    drop(sock);
+    drop(servers);
+}

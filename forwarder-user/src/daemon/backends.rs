@@ -159,19 +159,23 @@ impl Pool {
     }
 
     /// Takes one outcome: the member's new state, said in the log and the
-    /// audit trail, when it changed (the rule's table is then stale).
-    pub(super) fn observe(&mut self, checked: Checked, say: &mut dyn FnMut(log::Level, String)) {
+    /// audit trail, when it changed (the rule's table is then stale); the
+    /// member when it went down from up: `(rule_id, addr, port)`.
+    pub(super) fn observe(
+        &mut self,
+        checked: Checked,
+        say: &mut dyn FnMut(log::Level, String),
+    ) -> Option<(u32, Ipv4Addr, u16)> {
         if checked.generation != self.generation {
-            return;
+            return None;
         }
-        let Some(rule) = self.rules.get_mut(checked.rule) else { return };
-        let Some(health) = rule.health.clone() else { return };
-        let Some(member) = rule.members.get_mut(checked.member) else { return };
+        let rule = self.rules.get_mut(checked.rule)?;
+        let health = rule.health.clone()?;
+        let member = rule.members.get_mut(checked.member)?;
         let what = checked.outcome.what.clone();
-        let Some(tracker) = member.tracker.as_mut() else { return };
-        let Some(state) = tracker.observe(checked.outcome, health.rise, health.fall) else {
-            return;
-        };
+        let tracker = member.tracker.as_mut()?;
+        let was = tracker.state;
+        let state = tracker.observe(checked.outcome, health.rise, health.fall)?;
         rule.dirty = true;
         let (addr, port, id) = (member.addr, member.port, rule.rule_id);
         match state {
@@ -194,6 +198,7 @@ impl Pool {
                 ),
             );
         }
+        (was == State::Up && state == State::Down).then_some((id, addr, port))
     }
 
     /// Rewrites the tables that lag their members; the first error (the

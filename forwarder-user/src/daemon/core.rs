@@ -2,7 +2,7 @@
 //! (the audit ring, the kernel log, signals, control and metrics
 //! requests, a one-second tick) around a loaded, attached datapath.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
@@ -289,10 +289,46 @@ impl Daemon {
     /// table at once (a failed rewrite is retried by the tick).
     fn on_check(&mut self, c: Checked) {
         let audit = &self.audit;
-        self.backends.observe(c, &mut |level, text| audit.notice(level, &text));
+        let gone = self.backends.observe(c, &mut |level, text| audit.notice(level, &text));
         let (dp, backends) = (&mut self.dp, &mut self.backends);
         let (compiled, settings) = (&self.compiled, &self.settings);
         self.house.run("backend_tables", self.ticks, || backends.apply(dp, compiled, settings));
+        if let Some((rule_id, addr, port)) = gone {
+            match self.forget_udp_flows(rule_id, addr, port) {
+                Ok(0) => {}
+                Ok(n) => log::info!(
+                    "rule {rule_id}: {n} UDP flow(s) to {addr}:{port} forgotten: their next datagram goes to a live backend"
+                ),
+                Err(e) => log::warn!(
+                    "rule {rule_id}: the UDP flows to {addr}:{port} could not be forgotten ({e:#}); they stay on it until they expire"
+                ),
+            }
+        }
+    }
+
+    /// Removes rule `rule_id`'s UDP flows to backend `addr:port` (any port
+    /// of a range rule): a UDP client has no connection to lose, and its
+    /// next datagram then meets the table, which no longer names the
+    /// backend. TCP connections stay where they are.
+    fn forget_udp_flows(
+        &mut self,
+        rule_id: u32,
+        addr: Ipv4Addr,
+        port: u16,
+    ) -> anyhow::Result<usize> {
+        let rule = &self.settings.rules[rule_id as usize];
+        let ranged = rule.ports.lo != rule.ports.hi;
+        let keys: Vec<_> = crate::control::connections(&self.dp.flows()?)
+            .into_iter()
+            .filter(|c| {
+                c.key.proto == forwarder_common::abi::PROTO_UDP
+                    && c.entry.rule_id == rule_id
+                    && c.entry.daddr == addr.octets()
+                    && (ranged || u16::from_be_bytes(c.entry.dport) == port)
+            })
+            .flat_map(|c| [c.key, c.reply_key])
+            .collect();
+        Ok(self.dp.remove_flows(&keys)? / 2)
     }
 
     /// Answers one client request (never fails the loop).
