@@ -11,7 +11,12 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(*args).await,
-        Command::ImportIptables(args) => forwarder::cli::import::run(&args),
+        Command::ImportIptables(args) => {
+            forwarder::cli::import::run(&args, forwarder::cli::import::From::Iptables)
+        }
+        Command::ImportIpvsadm(args) => {
+            forwarder::cli::import::run(&args, forwarder::cli::import::From::Ipvsadm)
+        }
         Command::Check(args) => forwarder::cli::check::run(&args),
         Command::Stats(args) => forwarder::cli::client::stats(&args),
         Command::Rule(args) => forwarder::cli::client::rule(&args),

@@ -227,3 +227,68 @@ fn a_client_tuple_keeps_its_backend_across_a_restart() {
     let used: std::collections::BTreeSet<u8> = first.iter().copied().collect();
     assert!(used.len() > 1, "30 tuples all on one backend: {first:?}");
 }
+
+/// `forwarder SUBCOMMAND -` fed `input`: the converted config.
+fn import(sub: &str, input: &str) -> String {
+    let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
+    let mut p = std::process::Command::new(&bin)
+        .args([sub, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn an_iptables_statistic_spread_imported_and_forwarded() {
+    // The classic recipe for three servers behind one port, set up with
+    // iptables in the gateway, saved, converted, the netfilter rules
+    // flushed, and the forwarder run from the converted file.
+    let lab = Lab::new().unwrap();
+    three_backends(&lab);
+    for rule in [
+        "-t nat -A PREROUTING -i pub0 -p tcp --dport 8080 -m statistic --mode nth --every 3 --packet 0 -j DNAT --to-destination 192.168.1.50:80",
+        "-t nat -A PREROUTING -i pub0 -p tcp --dport 8080 -m statistic --mode nth --every 2 --packet 0 -j DNAT --to-destination 192.168.1.51:80",
+        "-t nat -A PREROUTING -i pub0 -p tcp --dport 8080 -j DNAT --to-destination 192.168.1.52:80",
+        "-t nat -A POSTROUTING -o int0 -j MASQUERADE",
+    ] {
+        lab.gateway.exec("iptables", &rule.split(' ').collect::<Vec<_>>()).expect("iptables");
+    }
+    let saved = lab.gateway.exec("iptables-save", &[]).unwrap();
+    let cfg = lab.dir.join("imported.toml");
+    std::fs::write(&cfg, import("import-iptables", &saved)).unwrap();
+    lab.gateway.exec("iptables", &["-t", "nat", "-F"]).unwrap();
+    let mut fwd = lab.start_forwarder_with(&["--config", cfg.to_str().unwrap()]).unwrap();
+    let server = tcp_backends(&lab, 300);
+    let got = tcp_spread(&lab, 300);
+    assert_eq!(server.join().unwrap(), got);
+    let third = 1.0 / 3.0;
+    assert_shares(&got, &[(50, third), (51, third), (52, third)], 300, 0.3);
+    finish(&lab, &mut fwd, Expect::default());
+}
+
+#[test]
+fn an_ipvsadm_service_imported_and_forwarded() {
+    let lab = Lab::new().unwrap();
+    three_backends(&lab);
+    // As `ipvsadm-save -n` prints a masquerading service of three real
+    // servers, weights 1, 1, 2.
+    let saved = "-A -t 203.0.113.1:8080 -s wrr
+-a -t 203.0.113.1:8080 -r 192.168.1.50:80 -m -w 1
+-a -t 203.0.113.1:8080 -r 192.168.1.51:80 -m -w 1
+-a -t 203.0.113.1:8080 -r 192.168.1.52:80 -m -w 2
+";
+    let cfg = lab.dir.join("ipvs.toml");
+    std::fs::write(&cfg, import("import-ipvsadm", saved)).unwrap();
+    let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap()]).unwrap();
+    let server = tcp_backends(&lab, 400);
+    let got = tcp_spread(&lab, 400);
+    assert_eq!(server.join().unwrap(), got);
+    assert_shares(&got, &[(50, 0.25), (51, 0.25), (52, 0.5)], 400, 0.3);
+    finish(&lab, &mut fwd, Expect::default());
+}

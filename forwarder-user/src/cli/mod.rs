@@ -46,4 +46,8 @@ pub enum Command {
     /// Convert `iptables-save` output (nat DNAT + MASQUERADE) into a forwarder
     /// config on stdout; every rule it cannot convert is listed with the reason.
     ImportIptables(import::ImportArgs),
+    /// Convert `ipvsadm-save -n` output (virtual services with masquerading
+    /// real servers) into a forwarder config on stdout: one rule with
+    /// weighted backends per service; what it cannot convert is listed.
+    ImportIpvsadm(import::ImportArgs),
 }

@@ -1,24 +1,13 @@
 //! `iptables-save` → forwarder config: the nat table's DNAT rules (`-p`,
 //! `-i`, `-s`, `--dport` single or range, `--to-destination
-//! ip[:port[-port]]`) and `MASQUERADE` become rules and interfaces; every
-//! rule that cannot be converted is reported with the reason, never
-//! dropped silently.
+//! ip[:port[-port]]`, `-m statistic` spreading one port over several) and
+//! `MASQUERADE` become rules and interfaces; every rule that cannot be
+//! converted is reported with the reason, never dropped silently.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
+use super::outcome::Import;
 use crate::settings::{Cidr, Ports, Proto, Rule};
-
-/// What an import produced.
-#[derive(Debug, Default)]
-pub struct Import {
-    pub rules: Vec<Rule>,
-    pub public: BTreeSet<String>,
-    pub internal: BTreeSet<String>,
-    /// (line number, line, why it was not converted or what was dropped).
-    pub skipped: Vec<(usize, String, String)>,
-    /// (line number, note) for converted rules whose meaning shifted.
-    pub notes: Vec<(usize, String)>,
-}
 
 /// Splits an iptables-save line into words, keeping "quoted strings" whole.
 fn words(line: &str) -> Vec<String> {
@@ -48,6 +37,9 @@ struct Dnat {
     source: Option<Cidr>,
     dports: Option<Ports>,
     to: Option<String>,
+    /// `-m statistic`: the share of the packets reaching this rule that it
+    /// takes (`--every N`: 1/N; `--probability P`: P).
+    share: Option<f64>,
 }
 
 /// A port number in an iptables option (`whole`, for the message).
@@ -60,7 +52,8 @@ fn port_in(s: &str, whole: &str) -> Result<u16, String> {
 
 /// Parses one `-A PREROUTING … -j DNAT …` rule.
 fn dnat(w: &[String], notes: &mut Vec<String>) -> Result<Dnat, String> {
-    let mut spec = Dnat { proto: None, iface: None, source: None, dports: None, to: None };
+    let mut spec =
+        Dnat { proto: None, iface: None, source: None, dports: None, to: None, share: None };
     let mut at = 2; // after "-A PREROUTING"
     while at < w.len() {
         let arg =
@@ -82,11 +75,25 @@ fn dnat(w: &[String], notes: &mut Vec<String>) -> Result<Dnat, String> {
                 spec.dports = Some(Ports { lo, hi });
             }
             "--to-destination" => spec.to = Some(arg(at + 1)?),
+            "--mode" => match arg(at + 1)?.as_str() {
+                "nth" | "random" => {}
+                m => return Err(format!("`--mode {m}` is not nth or random")),
+            },
+            "--every" => {
+                let v = arg(at + 1)?;
+                let n: u32 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| format!("`--every {v}` is not a count"))?;
+                spec.share = Some(1.0 / f64::from(n));
+            }
+            "--probability" => {
+                let v = arg(at + 1)?;
+                let p: f64 = v.parse().ok().filter(|p| (0.0..=1.0).contains(p)).ok_or_else(|| format!("`--probability {v}` is not 0-1"))?;
+                spec.share = Some(p);
+            }
             "-m" => match arg(at + 1)?.as_str() {
-                "tcp" | "udp" | "comment" => {}
+                "tcp" | "udp" | "comment" | "statistic" => {}
                 m => return Err(format!("match `-m {m}` has no forwarder equivalent")),
             },
-            "--comment" => {}
+            "--comment" | "--packet" => {}
             "-j" => {
                 if arg(at + 1)? != "DNAT" {
                     return Err(format!("target `{}` is not DNAT", w[at + 1]));
@@ -101,9 +108,10 @@ fn dnat(w: &[String], notes: &mut Vec<String>) -> Result<Dnat, String> {
 
 /// Converts `iptables-save` text.
 pub fn from_iptables_save(text: &str) -> Import {
-    let mut out = Import::default();
+    let mut out = Import { tool: "import-iptables", ..Import::default() };
     let mut table = String::new();
     let mut masquerade = false;
+    let mut group: Option<Spread> = None;
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         let n = n + 1;
@@ -130,13 +138,28 @@ pub fn from_iptables_save(text: &str) -> Import {
             }
             ("PREROUTING", "DNAT") => {
                 let mut notes = Vec::new();
-                match dnat(&w, &mut notes).and_then(|spec| rule(&spec, n)) {
-                    Ok(r) => {
+                match dnat(&w, &mut notes).and_then(|spec| Ok((rule(&spec, n)?, spec.share))) {
+                    Ok((r, share)) => {
                         if let Some(i) = &r.interface {
                             out.public.insert(i.clone());
                         }
                         out.notes.extend(notes.into_iter().map(|m| (n, m)));
-                        merge(&mut out, r, n, line);
+                        if let Some(g) =
+                            group.as_mut().filter(|g| same_packets(&out.rules[g.rule], &r))
+                        {
+                            g.add(&mut out.rules[g.rule], &r, share.unwrap_or(1.0));
+                            if share.is_none() {
+                                close(&mut out, group.take());
+                            }
+                        } else {
+                            close(&mut out, group.take());
+                            if let Some(p) = share {
+                                group = Some(Spread::open(out.rules.len(), p, n));
+                                out.rules.push(r);
+                            } else {
+                                merge(&mut out, r, n, line);
+                            }
+                        }
                     }
                     Err(why) => out.skipped.push((n, line.to_string(), why)),
                 }
@@ -150,10 +173,85 @@ pub fn from_iptables_save(text: &str) -> Import {
             )),
         }
     }
+    close(&mut out, group.take());
     for r in &mut out.rules {
         r.masquerade = masquerade;
     }
     out
+}
+
+/// DNAT rules for one port that `-m statistic` spreads over several
+/// backends, in the order iptables tries them; they become one rule with
+/// backends weighted by the share each took.
+struct Spread {
+    /// Index of the rule in the import.
+    rule: usize,
+    /// The share of all packets each backend takes.
+    shares: Vec<f64>,
+    /// The share no rule of the spread took yet.
+    left: f64,
+    first_line: usize,
+}
+
+impl Spread {
+    fn open(rule: usize, p: f64, line: usize) -> Self {
+        Self { rule, shares: vec![p], left: 1.0 - p, first_line: line }
+    }
+
+    /// `r`'s backend takes `p` of what is left.
+    fn add(&mut self, into: &mut Rule, r: &Rule, p: f64) {
+        let share = self.left * p;
+        self.left -= share;
+        let b = r.first_backend();
+        if let Some(i) = into.backends.iter().position(|o| o.addr == b.addr && o.ports == b.ports) {
+            self.shares[i] += share;
+        } else {
+            into.backends.push(*b);
+            self.shares.push(share);
+        }
+    }
+}
+
+/// Whether `r` matches the packets `first` does (so continues its spread).
+fn same_packets(first: &Rule, r: &Rule) -> bool {
+    first.proto == r.proto
+        && first.ports == r.ports
+        && first.interface == r.interface
+        && first.sources == r.sources
+}
+
+/// Weights for the spread's backends from their shares (in thousandths,
+/// divided by their greatest common divisor: thirds are 1:1:1).
+// Shares are within 0-1: thousandths fit a u32 and are never negative.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn close(out: &mut Import, spread: Option<Spread>) {
+    let Some(g) = spread else { return };
+    let milli: Vec<u32> = g.shares.iter().map(|s| (s * 1000.0).round() as u32).collect();
+    let gcd = milli.iter().copied().filter(|m| *m > 0).fold(0, gcd);
+    let rule = &mut out.rules[g.rule];
+    for (b, m) in rule.backends.iter_mut().zip(&milli) {
+        b.weight = m.checked_div(gcd).unwrap_or(1);
+    }
+    out.notes.push((
+        g.first_line,
+        format!(
+            "`-m statistic` spread: one rule with backends {} (Maglev keeps each connection's backend by its client, where iptables counted packets)",
+            rule.backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(" + ")
+        ),
+    ));
+    if g.left > 0.0005 {
+        out.notes.push((
+            g.first_line,
+            format!(
+                "the spread leaves {:.1} % of the connections to no DNAT rule; the forwarder gives them to its backends too",
+                g.left * 100.0
+            ),
+        ));
+    }
+}
+
+const fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 fn rule(spec: &Dnat, n: usize) -> Result<Rule, String> {
@@ -217,19 +315,6 @@ fn merge(out: &mut Import, r: Rule, n: usize, line: &str) {
     }
 }
 
-impl Import {
-    /// The result as a forwarder TOML config.
-    pub fn to_toml(&self) -> String {
-        let settings = crate::settings::Settings {
-            public: self.public.iter().cloned().collect(),
-            internal: self.internal.iter().cloned().collect(),
-            rules: self.rules.clone(),
-            ..Default::default()
-        };
-        format!("# converted by `forwarder import-iptables`\n{}", settings.to_toml())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +373,37 @@ COMMIT
         assert_eq!(s.rules.len(), 4);
         assert!(s.rules.iter().all(|r| r.masquerade));
         assert_eq!(s.rules[2].sources.len(), 2);
+    }
+
+    #[test]
+    fn statistic_spreads_become_one_rule_with_weighted_backends() {
+        let imp = from_iptables_save(
+            "*nat
+-A PREROUTING -i eth0 -p tcp --dport 8080 -m statistic --mode nth --every 3 --packet 0 -j DNAT --to-destination 192.168.1.50:80
+-A PREROUTING -i eth0 -p tcp --dport 8080 -m statistic --mode nth --every 2 --packet 0 -j DNAT --to-destination 192.168.1.51:80
+-A PREROUTING -i eth0 -p tcp --dport 8080 -j DNAT --to-destination 192.168.1.52:80
+-A PREROUTING -i eth0 -p udp --dport 53 -m statistic --mode random --probability 0.75 -j DNAT --to-destination 192.168.1.53:53
+-A PREROUTING -i eth0 -p udp --dport 53 -j DNAT --to-destination 192.168.1.54:53
+-A PREROUTING -i eth0 -p tcp --dport 9000 -m statistic --mode random --probability 0.5 -j DNAT --to-destination 192.168.1.55:9000
+-A PREROUTING -i eth0 -p tcp --dport 9000 -m statistic --mode random --probability 2 -j DNAT --to-destination 192.168.1.56:9000
+-A POSTROUTING -o eth1 -j MASQUERADE
+",
+        );
+        let got: Vec<String> = imp.rules.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            [
+                "tcp:8080@eth0=192.168.1.50:80+192.168.1.51:80+192.168.1.52:80",
+                "udp:53@eth0=192.168.1.53:53*3+192.168.1.54:53",
+                "tcp:9000@eth0=192.168.1.55:9000",
+            ]
+        );
+        assert!(imp.skipped.iter().any(|s| s.2.contains("`--probability 2`")), "{:?}", imp.skipped);
+        let notes: Vec<&str> = imp.notes.iter().map(|(_, n)| n.as_str()).collect();
+        assert!(notes.iter().any(|n| n.contains("leaves 50.0 %")), "{notes:?}");
+        let mut s = Settings::default();
+        s.merge_toml(std::path::Path::new("i.toml"), &imp.to_toml()).unwrap();
+        assert_eq!(s.rules[1].backends[0].weight, 3);
     }
 
     #[test]
