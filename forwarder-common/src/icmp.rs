@@ -18,6 +18,10 @@ pub const TIME_EXCEEDED: u8 = 11;
 pub const PARAMETER_PROBLEM: u8 = 12;
 /// Code of "fragmentation needed and DF set" under [`DEST_UNREACHABLE`].
 pub const FRAG_NEEDED: u8 = 4;
+/// Code of "port unreachable" under [`DEST_UNREACHABLE`]: a UDP sender
+/// sees `ECONNREFUSED`, and so does a TCP connect in `SYN_SENT` (a hard
+/// error, RFC 1122 4.2.3.9; Linux aborts the attempt).
+pub const PORT_UNREACHABLE: u8 = 3;
 
 /// Whether an ICMP type is an error that quotes a packet.
 #[inline(always)]
@@ -59,12 +63,14 @@ pub const fn quote_rewrite(
     QuoteCsums { icmp: c, ip: new_ip, l4: new_l4 }
 }
 
-/// The IPv4 and ICMP headers of a "fragmentation needed" error from `src`
-/// to `dst` announcing `mtu`, quoting `quote_len` bytes. The ICMP checksum
-/// field is 0: [`icmp_checksum`] fills it from the quote's sum.
-pub const fn frag_needed_headers(
+/// The IPv4 and ICMP headers of a "destination unreachable" error with
+/// `code` from `src` to `dst`, quoting `quote_len` bytes; `mtu` is the
+/// next-hop MTU of [`FRAG_NEEDED`] (0 otherwise). The ICMP checksum field
+/// is 0: [`icmp_checksum`] fills it from the quote's sum.
+pub const fn unreachable_headers(
     src: [u8; 4],
     dst: [u8; 4],
+    code: u8,
     mtu: u16,
     quote_len: u16,
 ) -> ([u8; 20], [u8; 8]) {
@@ -78,7 +84,18 @@ pub const fn frag_needed_headers(
     ip[10] = c[0];
     ip[11] = c[1];
     let m = mtu.to_be_bytes();
-    (ip, [DEST_UNREACHABLE, FRAG_NEEDED, 0, 0, 0, 0, m[0], m[1]])
+    (ip, [DEST_UNREACHABLE, code, 0, 0, 0, 0, m[0], m[1]])
+}
+
+/// [`unreachable_headers`] of a "fragmentation needed" error announcing
+/// `mtu`.
+pub const fn frag_needed_headers(
+    src: [u8; 4],
+    dst: [u8; 4],
+    mtu: u16,
+    quote_len: u16,
+) -> ([u8; 20], [u8; 8]) {
+    unreachable_headers(src, dst, FRAG_NEEDED, mtu, quote_len)
 }
 
 /// The ICMP checksum of an 8-byte ICMP header (checksum field 0) followed
@@ -172,7 +189,16 @@ mod tests {
     }
 
     #[test]
-    fn generated_frag_needed_matches_etherparse() {
+    fn generated_errors_match_etherparse() {
+        for (code, mtu, kind) in [
+            (FRAG_NEEDED, 1280, DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }),
+            (PORT_UNREACHABLE, 0, DestUnreachableHeader::Port),
+        ] {
+            generated_error_matches_etherparse(code, mtu, kind);
+        }
+    }
+
+    fn generated_error_matches_etherparse(code: u8, mtu: u16, kind: DestUnreachableHeader) {
         let orig = quoted(
             &Tuple {
                 saddr: [203, 0, 113, 10],
@@ -183,7 +209,14 @@ mod tests {
             true,
         );
         let q = &orig[..28];
-        let (ip, mut icmp) = frag_needed_headers([203, 0, 113, 1], [203, 0, 113, 10], 1280, 28);
+        let (ip, mut icmp) =
+            unreachable_headers([203, 0, 113, 1], [203, 0, 113, 10], code, mtu, 28);
+        if code == FRAG_NEEDED {
+            assert_eq!(
+                (ip, icmp),
+                frag_needed_headers([203, 0, 113, 1], [203, 0, 113, 10], mtu, 28)
+            );
+        }
         let c = icmp_checksum(&icmp, crate::csum::sum_bytes(q, 0));
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
         let mut ours = ip.to_vec();
@@ -201,9 +234,7 @@ mod tests {
         h.dscp = etherparse::Ipv4Dscp::try_new(0x30).unwrap();
         h.dont_fragment = false; // like the kernel's own ICMP errors
         PacketBuilder::ip(etherparse::IpHeaders::Ipv4(h, etherparse::Ipv4Extensions::default()))
-            .icmpv4(Icmpv4Type::DestinationUnreachable(
-                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
-            ))
+            .icmpv4(Icmpv4Type::DestinationUnreachable(kind))
             .write(&mut want, q)
             .unwrap();
         assert_eq!(ours, want);

@@ -85,8 +85,9 @@ pub const DROP_NEW_CONN_RATE: u32 = 29;
 /// by XDP as `XDP_ABORTED` so the `xdp:xdp_exception` tracepoint shows it.
 pub const DROP_REWRITE_FAILED: u32 = 30;
 
-/// New connections to a rule with several backends none of which is in
-/// its table (or the table is missing): dropped.
+/// New connections to a rule none of whose backends can take them (all
+/// down, drained or of weight 0): refused with ICMP "port unreachable" by
+/// TC (XDP hands them over), dropped if that answer cannot be built.
 pub const DROP_NO_BACKEND: u32 = 31;
 
 /// Number of counters.

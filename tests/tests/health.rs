@@ -255,19 +255,38 @@ fn drain_stops_new_connections_and_lets_a_transfer_finish() {
 }
 
 #[test]
-fn no_live_backend_drops_new_connections_and_says_so() {
+fn no_live_backend_refuses_new_connections_at_once() {
     let lab = Lab::new().unwrap();
-    // Nothing listens on the backend: its checks fail from the start.
-    let mut fwd = lab.start_forwarder(&["--rule", "tcp:8080=192.168.1.50:80,health=tcp"]).unwrap();
-    let t0 = Instant::now();
-    let r = lab
+    // Nothing listens on the backends: their checks fail from the start,
+    // and neither is ever in the table.
+    let mut fwd = lab
+        .start_forwarder(&[
+            "--rule",
+            "tcp:8080=192.168.1.50:80,health=tcp",
+            "--rule",
+            "udp:5300=192.168.1.50:53,health=tcp",
+        ])
+        .unwrap();
+    let (tcp, udp, took) = lab
         .client
-        .enter(|| TcpStream::connect_timeout(&public(8080), Duration::from_secs(1)))
+        .enter(|| {
+            let t0 = Instant::now();
+            let tcp = TcpStream::connect_timeout(&public(8080), Duration::from_secs(3)).map(|_| ());
+            let took = t0.elapsed();
+            // A connected UDP socket hears of the "port unreachable".
+            let u = udp_client(3);
+            u.connect(public(5300)).unwrap();
+            u.send(b"q").unwrap();
+            let udp = u.recv(&mut [0u8; 8]).map(|_| ());
+            (tcp.map_err(|e| e.kind()), udp.map_err(|e| e.kind()), took)
+        })
         .unwrap()
         .join()
         .unwrap();
-    assert!(r.is_err(), "a connection with no live backend");
-    assert!(t0.elapsed() < Duration::from_secs(2));
+    eprintln!("TCP refused after {took:?}");
+    assert_eq!(tcp, Err(std::io::ErrorKind::ConnectionRefused));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(udp, Err(std::io::ErrorKind::ConnectionRefused));
     wait_state(&lab, &["192.168.1.50:80"], "down", 10);
     let stats = finish(
         &lab,
@@ -277,7 +296,7 @@ fn no_live_backend_drops_new_connections_and_says_so() {
             log: &["is down", "no backend can take new connections"],
         },
     );
-    assert!(counter(&stats, "drop_no_backend") >= 1, "{stats}");
+    assert!(counter(&stats, "drop_no_backend") >= 2, "{stats}");
 }
 
 #[test]

@@ -128,8 +128,14 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         Some(Gate::Drop(s)) => return Verdict::Drop(s),
         None => {}
     }
+    // No backend can take it: refused with "port unreachable", which TC
+    // builds (XDP hands the packet over untouched).
     let Some((addr, port)) = backend_of(target, &parsed) else {
-        return Verdict::Drop(stats::DROP_NO_BACKEND);
+        return if P::IS_XDP {
+            Verdict::ToTc(stats::XDP_TO_TC)
+        } else {
+            Verdict::Drop(stats::DROP_NO_BACKEND)
+        };
     };
     let masquerade = masquerades(hairpin, target.flags);
     let dport = backend_port_from(port, target, u16::from_be_bytes(parsed.tuple.dport));

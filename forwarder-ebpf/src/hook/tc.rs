@@ -130,6 +130,9 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             if let Some(mtu) = too_big_mtu(s) {
                 return toobig::answer(ctx, mtu);
             }
+            if s == stats::DROP_NO_BACKEND {
+                return toobig::refuse(ctx);
+            }
             count(drop_counter(s));
             TC_ACT_SHOT
         }

@@ -7,6 +7,10 @@
 //! sender sent it (untranslated), so the sender matches it to its socket.
 //! Without DF we cannot fragment: dropped and counted.
 //!
+//! The same construction refuses a new connection to a rule none of whose
+//! backends can take it: "port unreachable", which fails the client's
+//! connect at once (TCP and UDP alike) instead of leaving it to time out.
+//!
 //! A `CHECKSUM_PARTIAL` skb (a local sender over veth) keeps its flag (no
 //! helper clears it): its checksum start then points into the quote, and
 //! the error goes back out of the veth it came from, whose receiver takes
@@ -18,7 +22,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use forwarder_common::{
-    icmp::{frag_needed_headers, icmp_checksum},
+    icmp::{FRAG_NEEDED, PORT_UNREACHABLE, icmp_checksum, unreachable_headers},
     parse::IP_DF,
     stats,
 };
@@ -32,7 +36,7 @@ use crate::{
 
 #[inline(always)]
 pub fn answer(ctx: &TcContext, mtu: u32) -> i32 {
-    if let Some(()) = build(ctx, mtu) {
+    if let Some(()) = build(ctx, FRAG_NEEDED, mtu) {
         count(stats::ICMP_FRAG_NEEDED_SENT);
         // SAFETY: plain helper call.
         unsafe { bpf_redirect(ctx.ingress_ifindex(), 0) as i32 }
@@ -42,12 +46,25 @@ pub fn answer(ctx: &TcContext, mtu: u32) -> i32 {
     }
 }
 
+/// Refuses a new connection with "port unreachable" (counted as
+/// `drop_no_backend` either way: answered, or dropped if it cannot be).
 #[inline(always)]
-fn build(ctx: &TcContext, mtu: u32) -> Option<()> {
+pub fn refuse(ctx: &TcContext) -> i32 {
+    count(stats::DROP_NO_BACKEND);
+    if let Some(()) = build(ctx, PORT_UNREACHABLE, 0) {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(ctx.ingress_ifindex(), 0) as i32 }
+    } else {
+        TC_ACT_SHOT
+    }
+}
+
+#[inline(always)]
+fn build(ctx: &TcContext, code: u8, mtu: u32) -> Option<()> {
     let ip: *const [u8; 20] = ptr_at(ctx, EthHdr::LEN)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { *ip };
-    if u16::from_be_bytes([ip[6], ip[7]]) & IP_DF == 0 {
+    if code == FRAG_NEEDED && u16::from_be_bytes([ip[6], ip[7]]) & IP_DF == 0 {
         return None;
     }
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
@@ -66,9 +83,10 @@ fn build(ctx: &TcContext, mtu: u32) -> Option<()> {
     }
     ctx.adjust_room(28, BPF_ADJ_ROOM_MAC, 0).ok()?;
     // The error goes back: from the address the sender talked to.
-    let (hdr, mut icmp) = frag_needed_headers(
+    let (hdr, mut icmp) = unreachable_headers(
         [ip[16], ip[17], ip[18], ip[19]],
         [ip[12], ip[13], ip[14], ip[15]],
+        code,
         mtu as u16,
         quote_len as u16,
     );
