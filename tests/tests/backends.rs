@@ -7,7 +7,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
@@ -17,24 +17,12 @@ use forwarder_testkit::Lab;
 /// The server host answers as 192.168.1.50, .51 and .52.
 const BACKENDS: [u8; 3] = [50, 51, 52];
 
-fn three_backends(lab: &Lab) {
-    for b in &BACKENDS[1..] {
-        lab.server.ip(&["addr", "add", &format!("192.168.1.{b}/24"), "dev", "eth0"]).unwrap();
-    }
-}
-
 /// A TCP server on port 80 of every backend address: for each of `n`
 /// connections, reads one byte and answers with the last byte of the
 /// address it was reached at, then closes (first: its side keeps the
 /// `TIME_WAIT`, so a client may reuse its port).
 fn tcp_backends(lab: &Lab, n: usize) -> std::thread::JoinHandle<BTreeMap<u8, u32>> {
-    let listener = lab
-        .server
-        .enter(|| TcpListener::bind("0.0.0.0:80").expect("bind :80"))
-        .unwrap()
-        .join()
-        .unwrap();
-    deep_backlog(&listener);
+    let listener = server_listener(lab, SocketAddr::from(([0, 0, 0, 0], 80)));
     std::thread::spawn(move || {
         let mut seen = BTreeMap::new();
         for _ in 0..n {
@@ -95,7 +83,7 @@ fn assert_shares(got: &BTreeMap<u8, u32>, want: &[(u8, f64)], n: u32, slack: f64
 #[test]
 fn six_hundred_connections_share_three_equal_backends() {
     let lab = Lab::new().unwrap();
-    three_backends(&lab);
+    more_backend_addresses(&lab);
     let mut fwd = lab
         .start_forwarder(&["--rule", "tcp:8080=192.168.1.50:80+192.168.1.51:80+192.168.1.52:80"])
         .unwrap();
@@ -113,7 +101,7 @@ fn six_hundred_connections_share_three_equal_backends() {
 #[test]
 fn weights_three_to_one_and_zero_from_a_config_file() {
     let lab = Lab::new().unwrap();
-    three_backends(&lab);
+    more_backend_addresses(&lab);
     let cfg = lab.dir.join("backends.toml");
     std::fs::write(
         &cfg,
@@ -141,34 +129,13 @@ fn weights_three_to_one_and_zero_from_a_config_file() {
 #[test]
 fn udp_datagrams_from_many_ports_spread_and_each_flow_stays() {
     let lab = Lab::new().unwrap();
-    three_backends(&lab);
+    more_backend_addresses(&lab);
     let mut fwd = lab
         .start_forwarder(&["--rule", "udp:5300=192.168.1.50:53+192.168.1.51:53+192.168.1.52:53"])
         .unwrap();
     // One socket per backend address, each answering with its own last
     // byte; 300 flows of two datagrams each.
-    let servers: Vec<_> = BACKENDS
-        .iter()
-        .map(|b| {
-            let b = *b;
-            let s = lab
-                .server
-                .enter(move || UdpSocket::bind((Ipv4Addr::new(192, 168, 1, b), 53)).unwrap())
-                .unwrap()
-                .join()
-                .unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            std::thread::spawn(move || {
-                let mut n = 0u32;
-                let mut buf = [0u8; 16];
-                while let Ok((_, from)) = s.recv_from(&mut buf) {
-                    s.send_to(&[b], from).unwrap();
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
+    let servers: Vec<_> = BACKENDS.iter().map(|b| udp_identity(&lab, *b, 53, 3)).collect();
     let got = lab
         .client
         .enter(|| {
@@ -201,7 +168,7 @@ fn udp_datagrams_from_many_ports_spread_and_each_flow_stays() {
 #[test]
 fn a_client_tuple_keeps_its_backend_across_a_restart() {
     let lab = Lab::new().unwrap();
-    three_backends(&lab);
+    more_backend_addresses(&lab);
     let rule = "tcp:8080=192.168.1.50:80+192.168.1.51:80+192.168.1.52:80";
     let ports: Vec<u16> = (41_000..41_030).collect();
     let picks = |lab: &Lab| {
@@ -250,7 +217,7 @@ fn an_iptables_statistic_spread_imported_and_forwarded() {
     // iptables in the gateway, saved, converted, the netfilter rules
     // flushed, and the forwarder run from the converted file.
     let lab = Lab::new().unwrap();
-    three_backends(&lab);
+    more_backend_addresses(&lab);
     for rule in [
         "-t nat -A PREROUTING -i pub0 -p tcp --dport 8080 -m statistic --mode nth --every 3 --packet 0 -j DNAT --to-destination 192.168.1.50:80",
         "-t nat -A PREROUTING -i pub0 -p tcp --dport 8080 -m statistic --mode nth --every 2 --packet 0 -j DNAT --to-destination 192.168.1.51:80",
@@ -275,7 +242,7 @@ fn an_iptables_statistic_spread_imported_and_forwarded() {
 #[test]
 fn an_ipvsadm_service_imported_and_forwarded() {
     let lab = Lab::new().unwrap();
-    three_backends(&lab);
+    more_backend_addresses(&lab);
     // As `ipvsadm-save -n` prints a masquerading service of three real
     // servers, weights 1, 1, 2.
     let saved = "-A -t 203.0.113.1:8080 -s wrr

@@ -8,7 +8,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -29,13 +29,7 @@ struct Server {
 
 impl Server {
     fn start(lab: &Lab, b: u8) -> Self {
-        let l = lab
-            .server
-            .enter(move || TcpListener::bind((Ipv4Addr::new(192, 168, 1, b), 80)).unwrap())
-            .unwrap()
-            .join()
-            .unwrap();
-        deep_backlog(&l);
+        let l = server_listener(lab, SocketAddr::from((Ipv4Addr::new(192, 168, 1, b), 80)));
         l.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -70,12 +64,6 @@ impl Drop for Server {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-fn with_addresses(lab: &Lab) {
-    for b in [51, 52] {
-        lab.server.ip(&["addr", "add", &format!("192.168.1.{b}/24"), "dev", "eth0"]).unwrap();
     }
 }
 
@@ -177,7 +165,7 @@ fn wait_state(lab: &Lab, which: &[&str], state: &str, secs: u64) -> Duration {
 #[test]
 fn a_dead_backend_leaves_the_table_and_comes_back() {
     let lab = Lab::new().unwrap();
-    with_addresses(&lab);
+    more_backend_addresses(&lab);
     let (s50, s51, s52) =
         (Server::start(&lab, 50), Server::start(&lab, 51), Server::start(&lab, 52));
     let mut fwd = start(&lab);
@@ -219,7 +207,7 @@ fn a_dead_backend_leaves_the_table_and_comes_back() {
 #[test]
 fn drain_stops_new_connections_and_lets_a_transfer_finish() {
     let lab = Lab::new().unwrap();
-    with_addresses(&lab);
+    more_backend_addresses(&lab);
     let servers = [Server::start(&lab, 50), Server::start(&lab, 51), Server::start(&lab, 52)];
     let mut fwd = start(&lab);
     wait_state(&lab, &["192.168.1.50:80", "192.168.1.51:80", "192.168.1.52:80"], "up", 5);
@@ -303,27 +291,9 @@ fn no_live_backend_refuses_new_connections_at_once() {
 fn a_udp_flow_moves_to_a_live_backend_at_its_next_datagram() {
     use std::net::UdpSocket;
     let lab = Lab::new().unwrap();
-    with_addresses(&lab);
+    more_backend_addresses(&lab);
     // Each backend answers with the last byte of its address.
-    let servers: Vec<_> = [50u8, 51]
-        .iter()
-        .map(|b| {
-            let b = *b;
-            let s = lab
-                .server
-                .enter(move || UdpSocket::bind((Ipv4Addr::new(192, 168, 1, b), 53)).unwrap())
-                .unwrap()
-                .join()
-                .unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16];
-                while let Ok((_, from)) = s.recv_from(&mut buf) {
-                    s.send_to(&[b], from).unwrap();
-                }
-            })
-        })
-        .collect();
+    let servers: Vec<_> = [50u8, 51].iter().map(|b| udp_identity(&lab, *b, 53, 20)).collect();
     // The check is a file per backend: there = up.
     let flag = |b: u8| lab.dir.join(format!("up-192.168.1.{b}"));
     for b in [50, 51] {

@@ -30,6 +30,8 @@
 //! sources = ["203.0.113.0/24"]  # optional allow-list
 //! ```
 
+#[cfg(test)]
+mod backend_tests;
 mod file;
 pub(crate) mod health;
 mod model;

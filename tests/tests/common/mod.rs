@@ -51,16 +51,54 @@ pub fn deep_backlog(l: &TcpListener) {
     );
 }
 
-/// A minimal HTTP/1.0 server: for each of `n` connections, reads a request
-/// and answers `hello <peer ip>`. Returns the peers it saw.
-pub fn http_server(lab: &Lab, n: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
-    let listener = lab
+/// A TCP listener at `at` in the server namespace, its accept queue
+/// deep ([`deep_backlog`]).
+pub fn server_listener(lab: &Lab, at: SocketAddr) -> TcpListener {
+    let l = lab
         .server
-        .enter(|| TcpListener::bind("0.0.0.0:80").expect("bind :80"))
+        .enter(move || TcpListener::bind(at).unwrap_or_else(|e| panic!("bind {at}: {e}")))
         .unwrap()
         .join()
         .unwrap();
-    deep_backlog(&listener);
+    deep_backlog(&l);
+    l
+}
+
+/// The server host answers as 192.168.1.51 and .52 too (a rule's other
+/// backends).
+pub fn more_backend_addresses(lab: &Lab) {
+    for b in [51, 52] {
+        lab.server.ip(&["addr", "add", &format!("192.168.1.{b}/24"), "dev", "eth0"]).unwrap();
+    }
+}
+
+/// A UDP server at `192.168.1.B:port` in the server namespace: answers
+/// each datagram with `B`, until `idle_secs` pass without one; how many
+/// it answered.
+pub fn udp_identity(lab: &Lab, b: u8, port: u16, idle_secs: u64) -> std::thread::JoinHandle<u32> {
+    let s = lab
+        .server
+        .enter(move || {
+            std::net::UdpSocket::bind(SocketAddr::from(([192, 168, 1, b], port))).unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(idle_secs))).unwrap();
+    std::thread::spawn(move || {
+        let (mut n, mut buf) = (0u32, [0u8; 16]);
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            s.send_to(&[b], from).unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+/// A minimal HTTP/1.0 server: for each of `n` connections, reads a request
+/// and answers `hello <peer ip>`. Returns the peers it saw.
+pub fn http_server(lab: &Lab, n: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+    let listener = server_listener(lab, SocketAddr::from(([0, 0, 0, 0], 80)));
     std::thread::spawn(move || {
         let mut peers = Vec::new();
         for _ in 0..n {
