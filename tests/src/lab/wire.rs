@@ -11,6 +11,21 @@ use crate::{
 };
 
 impl Lab {
+    /// The client's, the gateway's two and the server's addresses, on
+    /// their `eth0`, `pub0` and `int0`.
+    fn address_hosts(&self) -> Result<()> {
+        let a = self.addrs;
+        for (ns, addr, ifname) in [
+            (&self.client, a.client, "eth0"),
+            (&self.gateway, a.gw_public, GW_PUBLIC_IF),
+            (&self.gateway, a.gw_internal, GW_INTERNAL_IF),
+            (&self.server, a.server, "eth0"),
+        ] {
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", ifname])?;
+        }
+        Ok(())
+    }
+
     /// In the `csum` lab: the endpoints compute their checksums in software
     /// and verify every one they receive (tx and rx offload off); the
     /// gateway's interfaces compute in software what it sends (tx off).
@@ -76,18 +91,9 @@ impl Lab {
             &self.server.name,
         ])?;
         r.ip(&["link", "set", "r1", "mtu", &mtu.to_string()])?;
-        self.client.ip(&["addr", "add", &format!("{}/24", a.client), "dev", "eth0"])?;
-        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_public), "dev", GW_PUBLIC_IF])?;
-        self.gateway.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", a.gw_internal),
-            "dev",
-            GW_INTERNAL_IF,
-        ])?;
+        self.address_hosts()?;
         r.ip(&["addr", "add", "192.168.1.254/24", "dev", "r0"])?;
         r.ip(&["addr", "add", "192.168.2.1/24", "dev", "r1"])?;
-        self.server.ip(&["addr", "add", &format!("{}/24", a.server), "dev", "eth0"])?;
         for (ns, ifname) in [
             (&self.client, "eth0"),
             (&self.gateway, GW_PUBLIC_IF),
@@ -121,16 +127,7 @@ impl Lab {
                 "link", "add", gw_if, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
             ])?;
         }
-        self.client.ip(&["addr", "add", &format!("{}/24", a.client), "dev", "eth0"])?;
-        self.gateway.ip(&["addr", "add", &format!("{}/24", a.gw_public), "dev", GW_PUBLIC_IF])?;
-        self.gateway.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", a.gw_internal),
-            "dev",
-            GW_INTERNAL_IF,
-        ])?;
-        self.server.ip(&["addr", "add", &format!("{}/24", a.server), "dev", "eth0"])?;
+        self.address_hosts()?;
         for (ns, ifname) in [
             (&self.client, "eth0"),
             (&self.gateway, GW_PUBLIC_IF),
