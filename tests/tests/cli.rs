@@ -41,7 +41,18 @@ fn invalid_input_is_refused_and_nothing_is_attached() {
         (vec!["--snat-ports", "40000-30000"], "`40000-30000`"),
         (vec!["--syslog", "udp://logs.example:514"], "syslog target `udp://logs.example:514`"),
         (vec!["--audit-rate", "5000000"], "audit rate 5000000 is out of range"),
+        (
+            vec!["--rule", "tcp:8080=192.168.1.50:80", "--metrics", "127.0.0.1:9109"],
+            "binding the metrics endpoint 127.0.0.1:9109",
+        ),
     ];
+    // Another process holds the metrics address of the last case.
+    let taken = lab
+        .gateway
+        .enter(|| std::net::TcpListener::bind("127.0.0.1:9109").unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
     // Halfway through attaching: pub0 takes native XDP and TC, then lo
     // (no native XDP) fails; what was attached must go again.
     let halfway = [
@@ -74,6 +85,12 @@ fn invalid_input_is_refused_and_nothing_is_attached() {
         let (ok, stderr) = run_in_gateway(&lab, &args);
         assert!(!ok, "{args:?} was accepted");
         assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in: {stderr}");
+        // Refused before attaching (the log, on stderr, says so: "control
+        // socket …" is logged before the refusals that follow it).
+        assert!(!stderr.contains("attached to"), "{args:?} attached before refusing: {stderr}");
+        if needle.starts_with("binding the metrics") {
+            assert!(stderr.contains("control socket"), "no log on stderr: {stderr}");
+        }
         for dev in ["pub0", "int0"] {
             let link = lab.gateway.ip(&["link", "show", dev]).unwrap();
             assert!(!link.contains("xdp"), "{args:?} left XDP attached to {dev}: {link}");
@@ -88,7 +105,7 @@ fn invalid_input_is_refused_and_nothing_is_attached() {
             "{args:?} left a datapath translating"
         );
     }
-    drop(backend);
+    drop((backend, taken));
 }
 
 #[test]

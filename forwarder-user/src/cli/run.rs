@@ -171,6 +171,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // refused without touching the running one.
     let control = bind_control(&args.control)?;
     let _socket_file = SocketFile(args.control.clone());
+    // Also before anything is loaded: a metrics address taken by another
+    // process refuses the start, not the daemon after it attached.
+    let metrics = bind_metrics(args.metrics).await?;
     if settings.rules.is_empty() {
         log::warn!("no rules given: every packet passes to the kernel untouched");
     }
@@ -206,7 +209,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         xdp_attach: args.xdp_attach,
         stats_file: args.stats_file.clone(),
         stats_interval: args.stats_interval,
-        metrics: args.metrics,
         reread: Box::new(move || reread.settings()),
     };
     let mut daemon = Daemon::new(dp, settings, compiled, pins.clone(), opts, audit)?;
@@ -263,7 +265,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // not kill us with the datapath attached.
     let signals = Signals::new()?;
     println!("forwarder: running; Ctrl-C or SIGTERM to stop");
-    let result = daemon.serve(control, signals).await;
+    let result = daemon.serve(control, metrics, signals).await;
     finish(daemon, &args, pins.as_ref(), was_forwarding, result)
 }
 
@@ -327,6 +329,18 @@ impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Binds the metrics endpoint, if asked for.
+async fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {addr} (--metrics)"))?;
+    log::info!("metrics on http://{addr}/metrics");
+    Ok(Some(l))
 }
 
 /// Binds the control socket (0600), replacing a stale one nobody listens on.

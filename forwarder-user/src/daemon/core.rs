@@ -30,7 +30,6 @@ pub struct Options {
     pub stats_file: Option<PathBuf>,
     /// Log the counters every N seconds (0: never).
     pub stats_interval: u64,
-    pub metrics: Option<std::net::SocketAddr>,
     /// Re-reads the settings (SIGHUP).
     pub reread: Box<dyn Fn() -> anyhow::Result<Settings>>,
 }
@@ -239,15 +238,12 @@ impl Daemon {
     pub async fn serve(
         &mut self,
         control: tokio::net::UnixListener,
+        metrics: Option<tokio::net::TcpListener>,
         mut sig: Signals,
     ) -> anyhow::Result<()> {
         let (tx, mut asks) = mpsc::channel::<Ask>(64);
         tokio::spawn(control_server(control, tx.clone()));
-        if let Some(addr) = self.opts.metrics {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
-            log::info!("metrics on http://{addr}/metrics");
+        if let Some(l) = metrics {
             tokio::spawn(metrics_server(l, tx.clone()));
         }
         drop(tx);
