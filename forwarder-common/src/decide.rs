@@ -6,7 +6,11 @@
 //! (packet bytes, helper results) and act on the answer; the host tests
 //! below pin every case down.
 
-use crate::{abi::PROTO_UDP, csum::looks_partial, stats};
+use crate::{
+    abi::{PROTO_UDP, TCP_RST},
+    csum::looks_partial,
+    stats,
+};
 
 /// `bpf_fib_lookup` results (`BPF_FIB_LKUP_RET_*`, uapi `linux/bpf.h`).
 pub mod fib {
@@ -63,9 +67,6 @@ pub const fn fib_outcome(ret: u32, is_xdp: bool) -> FibOutcome {
         _ => FibOutcome::Pass(stats::PASS_FIB_OTHER),
     }
 }
-
-/// TCP RST flag.
-const TCP_RST: u8 = 0x04;
 
 /// The gate a first packet passes before any state exists: a stray RST
 /// never creates state (passed, as not ours), a packet whose TTL runs out

@@ -74,15 +74,7 @@ pub const fn unreachable_headers(
     mtu: u16,
     quote_len: u16,
 ) -> ([u8; 20], [u8; 8]) {
-    let tot = (20 + 8 + quote_len).to_be_bytes();
-    let mut ip = [
-        0x45, 0xc0, tot[0], tot[1], 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, src[0], src[1], src[2],
-        src[3], dst[0], dst[1], dst[2], dst[3],
-    ];
-    let c = crate::csum::fold(crate::csum::sum20(&ip)) ^ 0xffff;
-    let c = c.to_be_bytes();
-    ip[10] = c[0];
-    ip[11] = c[1];
+    let ip = crate::reply::ipv4_header(src, dst, PROTO_ICMP, 20 + 8 + quote_len);
     let m = mtu.to_be_bytes();
     (ip, [DEST_UNREACHABLE, code, 0, 0, 0, 0, m[0], m[1]])
 }

@@ -12,6 +12,7 @@
 //!   checksum deltas).
 //! - [`rule`]: port ranges as trie prefixes, the backend port of a match.
 //! - [`icmp`]: rewriting the packet an ICMP error quotes.
+//! - [`reply`]: what the gateway sends itself: its IPv4 header, a TCP reset.
 //! - [`conntrack`]: flow keys, the two-direction entry pair, SNAT port choice.
 //! - [`decide`]: the datapath's pure decisions (FIB outcome, first-packet
 //!   gate, full-sum need, GSO segment length, too-big encoding).
@@ -31,5 +32,6 @@ pub mod icmp;
 pub mod maglev;
 pub mod nat;
 pub mod parse;
+pub mod reply;
 pub mod rule;
 pub mod stats;

@@ -86,8 +86,9 @@ pub const DROP_NEW_CONN_RATE: u32 = 29;
 pub const DROP_REWRITE_FAILED: u32 = 30;
 
 /// New connections to a rule none of whose backends can take them (all
-/// down, drained or of weight 0): refused with ICMP "port unreachable" by
-/// TC (XDP hands them over), dropped if that answer cannot be built.
+/// down, drained or of weight 0): refused by TC (XDP hands them over),
+/// TCP with a reset, UDP with ICMP "port unreachable"; dropped if that
+/// answer cannot be built.
 pub const DROP_NO_BACKEND: u32 = 31;
 
 /// Number of counters.

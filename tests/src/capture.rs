@@ -13,9 +13,11 @@ use anyhow::{Result, bail};
 use crate::Netns;
 
 /// An `AF_PACKET` socket taking the IPv4 frames one interface of one
-/// namespace receives (not those it sends).
+/// namespace receives (or, opened with [`Capture::open_sent`], sends).
 pub struct Capture {
     fd: OwnedFd,
+    /// Keep the frames the host sends, not those it receives.
+    sent: bool,
 }
 
 /// `PACKET_OUTGOING`: a frame the host sent itself.
@@ -23,8 +25,21 @@ const PACKET_OUTGOING: u8 = 4;
 
 impl Capture {
     /// Opens the socket on `ifname` in `ns`; frames arriving from then on
-    /// are kept for [`Capture::next`].
+    /// are kept for [`Capture::next`]. It sees what the host's stack
+    /// receives: a frame a TC program redirects or drops is not there.
     pub fn open(ns: &Netns, ifname: &str) -> Result<Self> {
+        Self::open_proto(ns, ifname, 0x0800)
+    }
+
+    /// The IPv4 frames the host in `ns` sends out of `ifname` (an
+    /// `ETH_P_ALL` socket, which sees them).
+    pub fn open_sent(ns: &Netns, ifname: &str) -> Result<Self> {
+        let mut c = Self::open_proto(ns, ifname, 0x0003)?;
+        c.sent = true;
+        Ok(c)
+    }
+
+    fn open_proto(ns: &Netns, ifname: &str, proto: u16) -> Result<Self> {
         let ifname = ifname.to_string();
         let fd = ns.enter(move || -> Result<OwnedFd> {
             let name = std::ffi::CString::new(ifname.as_str())?;
@@ -34,15 +49,14 @@ impl Capture {
                 if ifindex == 0 {
                     bail!("no interface {ifname}: {}", std::io::Error::last_os_error());
                 }
-                let fd =
-                    libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(0x0800u16.to_be()));
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be()));
                 if fd < 0 {
                     bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
                 }
                 let fd = OwnedFd::from_raw_fd(fd);
                 let mut sll: libc::sockaddr_ll = std::mem::zeroed();
                 sll.sll_family = libc::AF_PACKET as u16;
-                sll.sll_protocol = 0x0800u16.to_be();
+                sll.sll_protocol = proto.to_be();
                 sll.sll_ifindex = ifindex.cast_signed();
                 if libc::bind(
                     fd.as_raw_fd(),
@@ -56,7 +70,7 @@ impl Capture {
             }
         })?;
         let fd = fd.join().map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
-        Ok(Self { fd })
+        Ok(Self { fd, sent: false })
     }
 
     /// The next received frame `want` accepts, within `timeout`.
@@ -99,7 +113,10 @@ impl Capture {
                 return None;
             }
             let f = &buf[..k.cast_unsigned()];
-            if sll.sll_pkttype != PACKET_OUTGOING && want(f) {
+            if (sll.sll_pkttype == PACKET_OUTGOING) == self.sent
+                && f.get(12..14) == Some(&[8, 0])
+                && want(f)
+            {
                 return Some(f.to_vec());
             }
         }

@@ -1,7 +1,7 @@
 //! End to end: health checks take a dead backend out of its rule's table
 //! and bring it back, drain stops new connections and lets established
-//! ones finish, and a rule with no live backend drops (and counts) new
-//! connections. Needs root (namespaces, XDP).
+//! ones finish, and a rule with no live backend refuses (and counts) new
+//! connections: TCP with a reset, UDP with "port unreachable". Needs root (namespaces, XDP).
 
 mod common;
 
@@ -255,6 +255,9 @@ fn no_live_backend_refuses_new_connections_at_once() {
             "udp:5300=192.168.1.50:53,health=tcp",
         ])
         .unwrap();
+    // The SYN the client sends, and what it gets back.
+    let syn = forwarder_testkit::Capture::open_sent(&lab.client, "eth0").unwrap();
+    let back = forwarder_testkit::Capture::open(&lab.client, "eth0").unwrap();
     let (tcp, udp, took) = lab
         .client
         .enter(|| {
@@ -274,6 +277,11 @@ fn no_live_backend_refuses_new_connections_at_once() {
     eprintln!("TCP refused after {took:?}");
     assert_eq!(tcp, Err(std::io::ErrorKind::ConnectionRefused));
     assert!(took < Duration::from_secs(1), "{took:?}");
+    let syn = syn
+        .next(Duration::from_secs(1), |f| forwarder_testkit::capture::is_l4_to(f, 6, 8080))
+        .unwrap();
+    let reset = back.next(Duration::from_secs(1), |f| f.len() >= 38 && f[23] == 6).unwrap();
+    assert_reset_answers(&syn, &reset);
     assert_eq!(udp, Err(std::io::ErrorKind::ConnectionRefused));
     wait_state(&lab, &["192.168.1.50:80"], "down", 10);
     let stats = finish(
@@ -285,6 +293,33 @@ fn no_live_backend_refuses_new_connections_at_once() {
         },
     );
     assert!(counter(&stats, "drop_no_backend") >= 2, "{stats}");
+}
+
+/// `reset` (a frame) is the TCP reset answering the SYN `syn`: from the
+/// address and port it was sent to, back to its sender, `RST|ACK`
+/// acknowledging the SYN, nothing else, both checksums right.
+fn assert_reset_answers(syn: &[u8], reset: &[u8]) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let parts = |f: &[u8]| {
+        let p = SlicedPacket::from_ethernet(f).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = p.net else { panic!("not IPv4: {f:02x?}") };
+        let Some(TransportSlice::Tcp(t)) = p.transport else { panic!("not TCP: {f:02x?}") };
+        (ip.header().to_header(), t.to_header(), t.payload().len())
+    };
+    let ((sip, s, _), (rip, r, len)) = (parts(syn), parts(reset));
+    assert!(s.syn && !s.ack, "{s:?}");
+    assert_eq!((rip.source, rip.destination), (sip.destination, sip.source), "{rip:?}");
+    assert_eq!((r.source_port, r.destination_port), (s.destination_port, s.source_port));
+    assert!(r.rst && r.ack && !r.syn && !r.fin && !r.psh, "{r:?}");
+    assert_eq!(
+        (r.sequence_number, r.acknowledgment_number),
+        (0, s.sequence_number.wrapping_add(1))
+    );
+    assert_eq!(len, 0, "a reset carries no data");
+    assert_eq!(rip.header_checksum, rip.calc_header_checksum(), "{rip:?}");
+    assert_eq!(r.checksum, r.calc_checksum_ipv4(&rip, &[]).unwrap(), "{r:?}");
+    // The frame goes back the way the SYN came.
+    assert_eq!((&reset[0..6], &reset[6..12]), (&syn[6..12], &syn[0..6]));
 }
 
 #[test]

@@ -90,6 +90,12 @@ pub const MAX_IFACES: u32 = 256;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// TCP header flags (byte 13).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// `IfaceInfo::role` values.
 pub const ROLE_PUBLIC: u32 = 1;
 pub const ROLE_INTERNAL: u32 = 2;

@@ -179,10 +179,7 @@ pub const CT_FIN: u8 = 3;
 /// An RST has been seen (TCP): closed.
 pub const CT_CLOSED: u8 = 4;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+use crate::abi::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// The state after a packet with `tcp_flags` (0 for UDP) travelling in
 /// direction `dir` (`DIR_ORIGINAL`/`DIR_REPLY`) met a flow in `state`.

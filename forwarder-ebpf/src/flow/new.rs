@@ -128,8 +128,8 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         Some(Gate::Drop(s)) => return Verdict::Drop(s),
         None => {}
     }
-    // No backend can take it: refused with "port unreachable", which TC
-    // builds (XDP hands the packet over untouched).
+    // No backend can take it: refused with a TCP reset or "port
+    // unreachable", which TC builds (XDP hands the packet over untouched).
     let Some((addr, port)) = backend_of(target, &parsed) else {
         return if P::IS_XDP {
             Verdict::ToTc(stats::XDP_TO_TC)

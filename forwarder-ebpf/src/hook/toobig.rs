@@ -7,9 +7,11 @@
 //! sender sent it (untranslated), so the sender matches it to its socket.
 //! Without DF we cannot fragment: dropped and counted.
 //!
-//! The same construction refuses a new connection to a rule none of whose
-//! backends can take it: "port unreachable", which fails the client's
-//! connect at once (TCP and UDP alike) instead of leaving it to time out.
+//! A new connection to a rule none of whose backends can take it is
+//! refused at once instead of left to time out: TCP with a reset (the
+//! packet trimmed to 40 bytes of IPv4 + TCP header, rewritten in place),
+//! UDP — and TCP whose reset cannot be built — with "port unreachable",
+//! by the same construction as "fragmentation needed".
 //!
 //! A `CHECKSUM_PARTIAL` skb (a local sender over veth) keeps its flag (no
 //! helper clears it): its checksum start then points into the quote, and
@@ -22,8 +24,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use forwarder_common::{
+    abi::PROTO_TCP,
     icmp::{FRAG_NEEDED, PORT_UNREACHABLE, icmp_checksum, unreachable_headers},
     parse::IP_DF,
+    reply::{Segment, reset_headers},
     stats,
 };
 use network_types::eth::EthHdr;
@@ -46,17 +50,69 @@ pub fn answer(ctx: &TcContext, mtu: u32) -> i32 {
     }
 }
 
-/// Refuses a new connection with "port unreachable" (counted as
-/// `drop_no_backend` either way: answered, or dropped if it cannot be).
+/// Refuses a new connection with a TCP reset or "port unreachable"
+/// (counted as `drop_no_backend` either way: answered, or dropped if it
+/// cannot be).
 #[inline(always)]
 pub fn refuse(ctx: &TcContext) -> i32 {
     count(stats::DROP_NO_BACKEND);
-    if let Some(()) = build(ctx, PORT_UNREACHABLE, 0) {
+    if let Some(()) = reset(ctx).or_else(|| build(ctx, PORT_UNREACHABLE, 0)) {
         // SAFETY: plain helper call.
         unsafe { bpf_redirect(ctx.ingress_ifindex(), 0) as i32 }
     } else {
         TC_ACT_SHOT
     }
+}
+
+/// Turns a TCP segment into the reset that answers it. `None` (the
+/// packet unchanged): not TCP, or it cannot be trimmed (a
+/// `CHECKSUM_PARTIAL` skb whose checksum field lies beyond 40 bytes, as
+/// behind IPv4 options).
+#[inline(always)]
+fn reset(ctx: &TcContext) -> Option<()> {
+    let ip: *const [u8; 20] = ptr_at(ctx, EthHdr::LEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { *ip };
+    if ip[9] != PROTO_TCP {
+        return None;
+    }
+    let ihl = (usize::from(ip[0] & 0x0f) * 4) & 0x3c;
+    let tcp: *const [u8; 20] = ptr_at(ctx, EthHdr::LEN + ihl)?;
+    // SAFETY: bounds checked by ptr_at.
+    let tcp = unsafe { *tcp };
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (dmac, smac) = unsafe { ((*eth).dst_addr, (*eth).src_addr) };
+    let be32 = |o: usize| u32::from_be_bytes([tcp[o], tcp[o + 1], tcp[o + 2], tcp[o + 3]]);
+    let headers = ihl as u32 + u32::from(tcp[12] >> 4) * 4;
+    let segment = Segment {
+        flags: tcp[13],
+        seq: be32(4),
+        ack: be32(8),
+        payload: u32::from(u16::from_be_bytes([ip[2], ip[3]])).saturating_sub(headers),
+    };
+    let (hdr, th) = reset_headers(
+        [ip[12], ip[13], ip[14], ip[15]],
+        [ip[16], ip[17], ip[18], ip[19]],
+        [tcp[0], tcp[1]],
+        [tcp[2], tcp[3]],
+        &segment,
+    );
+    // SAFETY: plain helper call; shrinks the packet.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (EthHdr::LEN + 40) as u32, 0) } != 0 {
+        return None;
+    }
+    let e: *mut EthHdr = ptr_at(ctx, 0)?;
+    let h: *mut [u8; 20] = ptr_at(ctx, EthHdr::LEN)?;
+    let t: *mut [u8; 20] = ptr_at(ctx, EthHdr::LEN + 20)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        (*e).dst_addr = smac;
+        (*e).src_addr = dmac;
+        *h = hdr;
+        *t = th;
+    }
+    Some(())
 }
 
 #[inline(always)]
@@ -74,7 +130,7 @@ fn build(ctx: &TcContext, code: u8, mtu: u32) -> Option<()> {
     // 20-byte header: a CHECKSUM_PARTIAL skb cannot be trimmed in front of
     // its checksum field (`bpf_skb_change_tail` refuses), and quoting more
     // is allowed (RFC 1812 4.3.2.3).
-    let l4_quote = if ip[9] == forwarder_common::abi::PROTO_TCP { 20 } else { 8 };
+    let l4_quote = if ip[9] == PROTO_TCP { 20 } else { 8 };
     let quote_len = ((usize::from(ip[0] & 0x0f) * 4) & 0x3c) + l4_quote;
     // Trim first (this also ends a GRO'd skb's GSO state), then make room.
     // SAFETY: plain helper call; shrinks the packet.

@@ -194,7 +194,7 @@ impl Pool {
             say(
                 log::Level::Error,
                 format!(
-                    "rule {id}: no backend can take new connections: they are refused (ICMP port unreachable, drop_no_backend) until one is up"
+                    "rule {id}: no backend can take new connections: they are refused (TCP reset, UDP ICMP port unreachable; drop_no_backend) until one is up"
                 ),
             );
         }
