@@ -66,15 +66,56 @@ pub const fn reset_headers(
     s: &Segment,
 ) -> ([u8; 20], [u8; 20]) {
     let (flags, seq, ack) = reset_numbers(s);
-    let ip = ipv4_header(dst, src, PROTO_TCP, 40);
+    segment_headers(&Endpoints { src: dst, dst: src, sport: dport, dport: sport }, flags, seq, ack)
+}
+
+/// Who sends a segment to whom (addresses and ports in network order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// The IPv4 and TCP headers (40 bytes, no options, no payload, window 0)
+/// of a segment with `flags`, `seq` and `ack` between `ends`. Both
+/// checksums are filled in.
+#[inline(always)]
+pub const fn segment_headers(
+    ends: &Endpoints,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> ([u8; 20], [u8; 20]) {
+    let (src, dst) = (ends.src, ends.dst);
+    let ip = ipv4_header(src, dst, PROTO_TCP, 40);
     let (q, a) = (seq.to_be_bytes(), ack.to_be_bytes());
     let mut tcp = [
-        dport[0], dport[1], sport[0], sport[1], q[0], q[1], q[2], q[3], a[0], a[1], a[2], a[3],
-        0x50, flags, 0, 0, 0, 0, 0, 0,
+        ends.sport[0],
+        ends.sport[1],
+        ends.dport[0],
+        ends.dport[1],
+        q[0],
+        q[1],
+        q[2],
+        q[3],
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        0x50,
+        flags,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
     ];
     // The pseudo-header: both addresses, protocol, TCP length (20).
     let pseudo = sum20(&[
-        dst[0], dst[1], dst[2], dst[3], src[0], src[1], src[2], src[3], 0, PROTO_TCP, 0, 20, 0, 0,
+        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], 0, PROTO_TCP, 0, 20, 0, 0,
         0, 0, 0, 0, 0, 0,
     ]);
     let c = (!fold(pseudo + sum20(&tcp))).to_be_bytes();
@@ -137,6 +178,31 @@ mod tests {
             let Some(TransportSlice::Tcp(t)) = p.transport else { panic!("not TCP") };
             assert!(t.rst() && !t.syn() && t.acknowledgment_number() == ack);
         }
+    }
+
+    #[test]
+    fn a_bare_ack_matches_etherparse() {
+        let ends = Endpoints {
+            src: [192, 168, 1, 1],
+            dst: [192, 168, 1, 50],
+            sport: 40000u16.to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+        };
+        let (ip, tcp) = segment_headers(&ends, TCP_ACK, 7, 9);
+        let mut ours = ip.to_vec();
+        ours.extend_from_slice(&tcp);
+        let mut h =
+            etherparse::Ipv4Header::new(20, 64, etherparse::IpNumber::TCP, ends.src, ends.dst)
+                .unwrap();
+        h.dscp = etherparse::Ipv4Dscp::try_new(0x30).unwrap();
+        h.dont_fragment = false;
+        let mut want = Vec::new();
+        PacketBuilder::ip(etherparse::IpHeaders::Ipv4(h, etherparse::Ipv4Extensions::default()))
+            .tcp(40000, 80, 7, 0)
+            .ack(9)
+            .write(&mut want, &[])
+            .unwrap();
+        assert_eq!(ours, want);
     }
 
     #[test]

@@ -91,8 +91,13 @@ pub const DROP_REWRITE_FAILED: u32 = 30;
 /// answer cannot be built.
 pub const DROP_NO_BACKEND: u32 = 31;
 
+/// Packets of connections the daemon reset (their backend went down, the
+/// rule says `on_down = "reset"`): answered with a TCP reset by TC (XDP
+/// hands them over), dropped if it cannot be built.
+pub const DROP_CONN_RESET: u32 = 32;
+
 /// Number of counters.
-pub const COUNT: u32 = 32;
+pub const COUNT: u32 = 33;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -128,4 +133,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_new_conn_rate",
     "drop_rewrite_failed",
     "drop_no_backend",
+    "drop_conn_reset",
 ];

@@ -81,7 +81,10 @@ pub fn forwarder_xdp_new(ctx: XdpContext) -> u32 {
     xdp::run_new_flow(&ctx)
 }
 
+// Inlined into the entry the macro exports: the tail call it makes must
+// not sit in a BPF subprogram (refused without BTF).
 #[classifier]
+#[inline(always)]
 pub fn forwarder_tc(ctx: TcContext) -> i32 {
     tc::run(&ctx)
 }

@@ -131,6 +131,14 @@ pub struct Tracked {
 }
 
 impl Tracked {
+    /// Whether it is a connection of rule `rule_id` to backend `addr`,
+    /// on `port` (`None`: any, for a rule that maps a port range).
+    pub fn serves(&self, rule_id: u32, addr: Ipv4Addr, port: Option<u16>) -> bool {
+        self.entry.rule_id == rule_id
+            && self.entry.daddr == addr.octets()
+            && port.is_none_or(|p| u16::from_be_bytes(self.entry.dport) == p)
+    }
+
     /// Its four endpoints: client, public, masquerade, backend.
     fn endpoints(&self) -> [([u8; 4], [u8; 2]); 4] {
         let (k, e) = (&self.key, &self.entry);

@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 
 /// Every task, by the name its failures are counted and injected under
 /// ([`crate::faults`]).
-pub const TASKS: [&str; 8] = [
+pub const TASKS: [&str; 9] = [
     "public_addrs",
     "conntrack_sweep",
     "egress",
     "table_watch",
     "backend_tables",
+    "conn_resets",
     "audit_report",
     "stats_file",
     "stats_log",

@@ -24,8 +24,8 @@ pub const STATE_MAPS: [(&str, u32); 6] = [
     (abi::MAP_FLOWS, 3),
     (abi::MAP_FRAGS, 1),
     (abi::MAP_RULE_STATS, 1),
-    // v4: 32 counters (`stats::COUNT`).
-    (abi::MAP_STATS, 4),
+    // v5: 33 counters (`stats::COUNT`).
+    (abi::MAP_STATS, 5),
     // The early-drop candidates (keys into the adopted table), v2: a ring
     // per CPU; and where each ring stands.
     (abi::MAP_CT_CANDIDATES, 2),
@@ -256,13 +256,14 @@ mod tests {
         let pins = Pins { dir: dir.clone() };
         let flows = pins.map(abi::MAP_FLOWS);
         let stats = pins.map(abi::MAP_STATS);
-        assert_eq!(stats.file_name().unwrap(), "FWD_STATS_v4");
+        assert_eq!(stats.file_name().unwrap(), "FWD_STATS_v5");
         for f in [
             "FWD_STATS",
             "FWD_STATS_v1",
             "FWD_FLOWS_v3",
             "FWD_STATS_v3",
             "FWD_STATS_v4",
+            "FWD_STATS_v5",
             "FWD_FLOWS_v2",
             "link-xdp-pub0",
             "FWD_FLOWS_OTHER",
@@ -271,7 +272,10 @@ mod tests {
         }
         let mut gone = pins.retire_stale().unwrap();
         gone.sort();
-        assert_eq!(gone, ["FWD_FLOWS_v2", "FWD_STATS", "FWD_STATS_v1", "FWD_STATS_v3"]);
+        assert_eq!(
+            gone,
+            ["FWD_FLOWS_v2", "FWD_STATS", "FWD_STATS_v1", "FWD_STATS_v3", "FWD_STATS_v4"]
+        );
         assert!(
             flows.exists()
                 && stats.exists()

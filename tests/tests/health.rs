@@ -8,64 +8,12 @@ mod common;
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    net::TcpStream,
     time::{Duration, Instant},
 };
 
 use common::*;
 use forwarder_testkit::Lab;
-
-/// A backend server on `192.168.1.B:80` in the server namespace: each
-/// connection reads one byte, answers `B`, then echoes everything. Stops
-/// (its listener closed: connects get RST) when dropped.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(lab: &Lab, b: u8) -> Self {
-        let l = server_listener(lab, SocketAddr::from((Ipv4Addr::new(192, 168, 1, b), 80)));
-        l.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                let Ok((mut s, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                std::thread::spawn(move || {
-                    s.set_nonblocking(false).unwrap();
-                    let mut first = [0u8; 1];
-                    if s.read_exact(&mut first).is_err() || s.write_all(&[b]).is_err() {
-                        return;
-                    }
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 || s.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Self { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A checked rule over .50, .51, .52: TCP checks every second, up after
 /// 2 successes, down after 2 failures.
@@ -77,17 +25,6 @@ fn start(lab: &Lab) -> forwarder_testkit::Forwarder {
     )
     .unwrap();
     lab.start_forwarder(&["--config", cfg.to_str().unwrap()]).unwrap()
-}
-
-/// A connection through port 8080 from the client: the backend that
-/// answered and the stream, or the error.
-fn connect() -> Result<(u8, TcpStream), String> {
-    let mut s = TcpStream::connect_timeout(&public(8080), CONNECT).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"x").map_err(|e| e.to_string())?;
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).map_err(|e| e.to_string())?;
-    Ok((b[0], s))
 }
 
 /// `n` connections from the client: how many each backend answered, and
@@ -131,35 +68,6 @@ fn transfer_on(lab: &Lab, b: u8, rounds: usize) -> std::thread::JoinHandle<Resul
             Ok(())
         })
         .unwrap()
-}
-
-/// The daemon's `backend list --json`.
-fn backends(lab: &Lab) -> Vec<serde_json::Value> {
-    let (ok, out) = cli(lab, &["backend", "list", "--json"]);
-    assert!(ok, "{out}");
-    serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
-}
-
-fn state_of(lab: &Lab, backend: &str) -> String {
-    backends(lab)
-        .iter()
-        .find(|b| b["backend"] == backend)
-        .map(|b| b["state"].as_str().unwrap().to_string())
-        .unwrap_or_default()
-}
-
-/// Waits (at most `secs`) until every listed backend is in `state`.
-fn wait_state(lab: &Lab, which: &[&str], state: &str, secs: u64) -> Duration {
-    let t0 = Instant::now();
-    while !which.iter().all(|b| state_of(lab, b) == state) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "not {state} in {secs} s: {:?}",
-            backends(lab)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t0.elapsed()
 }
 
 #[test]

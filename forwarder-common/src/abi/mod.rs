@@ -218,11 +218,18 @@ pub struct FlowEntry {
     pub nh_dmac: [u8; 6],
     /// The egress MTU (host order): larger packets take the full lookup.
     pub nh_mtu: u16,
-    pub _pad: [u8; 2],
+    /// `FLOW_F_*`, set by the daemon in both entries of a connection.
+    pub flags: u16,
     /// When the next hop was looked up (`bpf_ktime_get_ns`); it is used
     /// for `conntrack::NEXT_HOP_TTL_NS`, then looked up again.
     pub nh_checked_ns: u64,
 }
+
+/// [`FlowEntry::flags`]: the connection's backend went down and its rule
+/// resets connections then (`on_down = "reset"`): each packet of it is
+/// answered with a TCP reset to its sender (TC; XDP hands it over) until
+/// the daemon removes the entries.
+pub const FLOW_F_RESET: u16 = 1;
 
 /// Key of [`MAP_FRAGS`]: what all fragments of one datagram share.
 #[repr(C)]

@@ -39,7 +39,7 @@ impl FlowEntry {
             nh_smac: [0; 6],
             nh_dmac: [0; 6],
             nh_mtu: 0,
-            _pad: [0; 2],
+            flags: 0,
             nh_checked_ns: 0,
         }
     }

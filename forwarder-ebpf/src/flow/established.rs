@@ -4,7 +4,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use forwarder_common::{
-    abi::{FlowEntry, FlowKey},
+    abi::{FLOW_F_RESET, FlowEntry, FlowKey},
     conntrack::{CT_FIN, CT_NEW, NextHop, needs_refresh, next_state},
     stats,
 };
@@ -30,6 +30,15 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
     // Packets that must leave tagged are TC's (XDP does not push tags).
     if P::IS_XDP && entry.vlan != 0 {
         return Verdict::ToTc(stats::XDP_TO_TC);
+    }
+    // A connection the daemon resets: its sender gets a TCP reset, which
+    // TC builds.
+    if entry.flags & FLOW_F_RESET != 0 {
+        return if P::IS_XDP {
+            Verdict::ToTc(stats::XDP_TO_TC)
+        } else {
+            Verdict::Drop(stats::DROP_CONN_RESET)
+        };
     }
     let new = entry.tuple();
     // SAFETY: helper without side effects.

@@ -98,6 +98,9 @@ pub fn run(ctx: &TcContext) -> i32 {
             count(stats::PASS_NOT_OURS);
             TC_ACT_OK
         }
+        // Only the established path resets (kept out of `apply`, which the
+        // new-flow program inlines within its stack).
+        Verdict::Drop(stats::DROP_CONN_RESET) => toobig::refuse(ctx, stats::DROP_CONN_RESET),
         v => apply(ctx, v),
     }
 }
@@ -131,7 +134,7 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
                 return toobig::answer(ctx, mtu);
             }
             if s == stats::DROP_NO_BACKEND {
-                return toobig::refuse(ctx);
+                return toobig::refuse(ctx, stats::DROP_NO_BACKEND);
             }
             count(drop_counter(s));
             TC_ACT_SHOT

@@ -11,7 +11,8 @@
 //! refused at once instead of left to time out: TCP with a reset (the
 //! packet trimmed to 40 bytes of IPv4 + TCP header, rewritten in place),
 //! UDP — and TCP whose reset cannot be built — with "port unreachable",
-//! by the same construction as "fragmentation needed".
+//! by the same construction as "fragmentation needed". A packet of a
+//! connection the daemon resets gets the same reset back.
 //!
 //! A `CHECKSUM_PARTIAL` skb (a local sender over veth) keeps its flag (no
 //! helper clears it): its checksum start then points into the quote, and
@@ -50,13 +51,17 @@ pub fn answer(ctx: &TcContext, mtu: u32) -> i32 {
     }
 }
 
-/// Refuses a new connection with a TCP reset or "port unreachable"
-/// (counted as `drop_no_backend` either way: answered, or dropped if it
-/// cannot be).
+/// Refuses a packet with a TCP reset back to its sender, counted as
+/// `why`: a new connection no backend can take ([`stats::DROP_NO_BACKEND`],
+/// which falls back to "port unreachable", e.g. for UDP), or a packet of a
+/// connection the daemon resets ([`stats::DROP_CONN_RESET`]). Dropped if
+/// no answer can be built.
 #[inline(always)]
-pub fn refuse(ctx: &TcContext) -> i32 {
-    count(stats::DROP_NO_BACKEND);
-    if let Some(()) = reset(ctx).or_else(|| build(ctx, PORT_UNREACHABLE, 0)) {
+pub fn refuse(ctx: &TcContext, why: u32) -> i32 {
+    count(why);
+    let answered = reset(ctx).is_some()
+        || (why == stats::DROP_NO_BACKEND && build(ctx, PORT_UNREACHABLE, 0).is_some());
+    if answered {
         // SAFETY: plain helper call.
         unsafe { bpf_redirect(ctx.ingress_ifindex(), 0) as i32 }
     } else {

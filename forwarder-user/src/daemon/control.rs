@@ -132,15 +132,11 @@ impl Daemon {
         let mut out = Vec::new();
         for b in &self.backends.rules {
             let rule = &self.settings.rules[b.rule_id as usize];
-            let ranged = rule.ports.lo != rule.ports.hi;
             for m in &b.members {
+                let port = rule.backend_port_match(m.port);
                 let live = conns
                     .iter()
-                    .filter(|c| c.entry.rule_id == b.rule_id && c.entry.state != CT_CLOSED)
-                    .filter(|c| {
-                        c.entry.daddr == m.addr.octets()
-                            && (ranged || u16::from_be_bytes(c.entry.dport) == m.port)
-                    })
+                    .filter(|c| c.entry.state != CT_CLOSED && c.serves(b.rule_id, m.addr, port))
                     .count();
                 let last = m.tracker.as_ref().and_then(|t| t.last.as_ref());
                 out.push(serde_json::json!({

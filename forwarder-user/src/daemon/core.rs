@@ -2,7 +2,7 @@
 //! (the audit ring, the kernel log, signals, control and metrics
 //! requests, a one-second tick) around a loaded, attached datapath.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
@@ -13,7 +13,7 @@ use super::{
     clients::{Ask, control_server, metrics_server},
 };
 use crate::{
-    datapath::{CtUsage, Datapath, Hook, Sweep, XdpAttach},
+    datapath::{CtUsage, Datapath, Hook, Resets, Sweep, XdpAttach},
     egress::{Capability, Egress, Event},
     housekeeping::Housekeeping,
     iface,
@@ -91,6 +91,8 @@ pub struct Daemon {
     pub(super) addrs_left_out: usize,
     /// The balanced rules' backends and their checks.
     pub backends: Pool,
+    /// Connections reset because their backend went down.
+    pub(super) resets: Resets,
 }
 
 pub(super) fn register_logger(
@@ -150,6 +152,7 @@ impl Daemon {
             table: TableSeen::default(),
             addrs_left_out: 0,
             backends,
+            resets: Resets::default(),
         })
     }
 
@@ -290,41 +293,8 @@ impl Daemon {
         let (compiled, settings) = (&self.compiled, &self.settings);
         self.house.run("backend_tables", self.ticks, || backends.apply(dp, compiled, settings));
         if let Some((rule_id, addr, port)) = gone {
-            match self.forget_udp_flows(rule_id, addr, port) {
-                Ok(0) => {}
-                Ok(n) => log::info!(
-                    "rule {rule_id}: {n} UDP flow(s) to {addr}:{port} forgotten: their next datagram goes to a live backend"
-                ),
-                Err(e) => log::warn!(
-                    "rule {rule_id}: the UDP flows to {addr}:{port} could not be forgotten ({e:#}); they stay on it until they expire"
-                ),
-            }
+            self.on_backend_down(rule_id, addr, port);
         }
-    }
-
-    /// Removes rule `rule_id`'s UDP flows to backend `addr:port` (any port
-    /// of a range rule): a UDP client has no connection to lose, and its
-    /// next datagram then meets the table, which no longer names the
-    /// backend. TCP connections stay where they are.
-    fn forget_udp_flows(
-        &mut self,
-        rule_id: u32,
-        addr: Ipv4Addr,
-        port: u16,
-    ) -> anyhow::Result<usize> {
-        let rule = &self.settings.rules[rule_id as usize];
-        let ranged = rule.ports.lo != rule.ports.hi;
-        let keys: Vec<_> = crate::control::connections(&self.dp.flows()?)
-            .into_iter()
-            .filter(|c| {
-                c.key.proto == forwarder_common::abi::PROTO_UDP
-                    && c.entry.rule_id == rule_id
-                    && c.entry.daddr == addr.octets()
-                    && (ranged || u16::from_be_bytes(c.entry.dport) == port)
-            })
-            .flat_map(|c| [c.key, c.reply_key])
-            .collect();
-        Ok(self.dp.remove_flows(&keys)? / 2)
     }
 
     /// Answers one client request (never fails the loop).

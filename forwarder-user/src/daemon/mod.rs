@@ -6,7 +6,8 @@
 //! loop's own work is split so that nothing in it can end the daemon by
 //! accident:
 //! - housekeeping (address sync, conntrack sweep, egress watch, table
-//!   watch, backend tables, audit reports, stats file) runs through [`Housekeeping`]:
+//!   watch, backend tables, reset connections' removal, audit reports,
+//!   stats file) runs through [`Housekeeping`]:
 //!   a failure is logged, counted and retried with backoff;
 //! - health checks run as tasks of their own and hand their outcomes to
 //!   the loop, which rewrites a balanced rule's table when a backend's
@@ -23,6 +24,7 @@ mod backends;
 mod clients;
 mod control;
 mod core;
+mod down;
 mod reload;
 mod watch;
 

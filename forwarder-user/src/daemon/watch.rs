@@ -33,6 +33,10 @@ impl Daemon {
         let (dp, backends) = (&mut self.dp, &mut self.backends);
         let (compiled, settings) = (&self.compiled, &self.settings);
         self.house.run("backend_tables", now, || backends.apply(dp, compiled, settings));
+        let (dp, resets) = (&mut self.dp, &mut self.resets);
+        if let Some(n @ 1..) = self.house.run("conn_resets", now, || Ok(resets.expire(dp)?)) {
+            log::debug!("{n} reset connection(s) removed from the table");
+        }
         // The sweep follows the running plan (a reload may change the
         // timeouts): often enough for the shortest, at most every 10 s, a
         // part of the table per second (a pass in about that time).

@@ -68,6 +68,25 @@ impl Datapath {
         Ok(keys.iter().filter(|k| flows.remove(k).is_ok()).count())
     }
 
+    /// Sets `flag` (`abi::FLOW_F_*`) in the entries of `keys` that are
+    /// still there; returns how many. (A write of the datapath to one of
+    /// them in between — its last-seen time, a state change — may be
+    /// undone: these connections end anyway.)
+    pub fn flag_flows(&mut self, keys: &[abi::FlowKey], flag: u16) -> Result<usize> {
+        let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
+            HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
+        let mut n = 0;
+        for k in keys {
+            let Ok(mut e) = flows.get(k, 0) else { continue };
+            e.flags |= flag;
+            // BPF_EXIST (2): never recreate an entry removed meanwhile.
+            if flows.insert(k, e, 2).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The flow table's entry for `key`, if there is one.
     pub fn flow(&self, key: &abi::FlowKey) -> Result<Option<abi::FlowEntry>> {
         let flows: HashMap<&MapData, abi::FlowKey, abi::FlowEntry> =

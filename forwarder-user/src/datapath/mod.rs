@@ -9,6 +9,7 @@ mod configure;
 mod conntrack;
 mod counters;
 mod object;
+mod resets;
 
 pub use attach::XdpAttach;
 pub use configure::AddrSync;
@@ -16,3 +17,4 @@ pub use conntrack::{CtUsage, Sweep, SweepPass};
 pub use object::{
     Attached, BENCH_OBJECT, Datapath, Hook, KernelLogger, VERIFIER_BUDGET, monotonic_ns,
 };
+pub use resets::{RESET_GRACE, Resets};

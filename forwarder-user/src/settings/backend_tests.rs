@@ -119,12 +119,13 @@ fn health_checks_in_specs_and_files_and_back() {
         let e = Rule::parse_spec(spec).unwrap_err().to_string();
         assert!(e.contains(needle) && e.contains(spec), "{spec}: {e}");
     }
-    let text = "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 8080\nbackends = [{ to = \"10.0.0.1:80\" }, { to = \"10.0.0.2:80\" }]\n[rule.health]\ncheck = \"exec\"\ncommand = \"/usr/local/bin/check %a %p\"\ninterval = 5\nrise = 1\nfall = 4\n";
+    let text = "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 8080\nbackends = [{ to = \"10.0.0.1:80\" }, { to = \"10.0.0.2:80\" }]\n[rule.health]\ncheck = \"exec\"\ncommand = \"/usr/local/bin/check %a %p\"\ninterval = 5\nrise = 1\nfall = 4\non_down = \"reset\"\n";
     let mut s = Settings::default();
     s.merge_toml(Path::new("h.toml"), text).unwrap();
     let h = s.rules[0].health.clone().unwrap();
     assert_eq!(h.check, Check::Exec { command: "/usr/local/bin/check %a %p".into() });
     assert_eq!((h.interval, h.timeout, h.rise, h.fall), (5, 1, 1, 4));
+    assert_eq!(h.on_down, OnDown::Reset);
     // Not a spec option: the rule's text says nothing of it, the file all.
     assert_eq!(s.rules[0].to_string(), "tcp:8080=10.0.0.1:80+10.0.0.2:80");
     let mut again = Settings::default();
@@ -139,6 +140,7 @@ fn health_checks_in_specs_and_files_and_back() {
         ("check = \"tcp\"\npath = \"/x\"", "go with http"),
         ("check = \"http\"\nstatus = 700", "health status 700"),
         ("check = \"tcp\"\ncolour = 1", "colour"),
+        ("check = \"tcp\"\non_down = \"kill\"", "health on_down `kill`"),
     ] {
         let bad = format!(
             "public = [\"pub0\"]\n[[rule]]\nproto = \"tcp\"\nport = 80\nto = \"10.0.0.1\"\n[rule.health]\n{health}\n"

@@ -1,7 +1,8 @@
 //! A rule's health check: how the daemon finds out whether each backend
 //! answers (`health=tcp`, `health=http:/path` in a rule spec; `[rule.health]`
 //! in a file). Defaults as `HAProxy`'s: every 2 s, 1 s timeout, up after 2
-//! successes, down after 3 failures.
+//! successes, down after 3 failures. TCP connections on a backend that goes
+//! down stay there unless `on_down = "reset"`.
 
 use std::fmt;
 
@@ -19,6 +20,26 @@ pub enum Check {
     Exec { command: String },
 }
 
+/// What becomes of the TCP connections on a backend that goes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum OnDown {
+    /// They stay on it (a failed check does not prove a live connection
+    /// dead).
+    #[default]
+    Keep,
+    /// Both ends get a TCP reset and the entries are freed.
+    Reset,
+}
+
+impl OnDown {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Keep => "keep",
+            Self::Reset => "reset",
+        }
+    }
+}
+
 /// A rule's health check and its thresholds.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Health {
@@ -31,6 +52,8 @@ pub struct Health {
     pub rise: u32,
     /// Consecutive failures that take an up backend down.
     pub fall: u32,
+    /// TCP connections on a backend that goes down (UDP flows always move).
+    pub on_down: OnDown,
 }
 
 impl Health {
@@ -47,6 +70,7 @@ impl Health {
             timeout: Self::DEFAULT_TIMEOUT,
             rise: Self::DEFAULT_RISE,
             fall: Self::DEFAULT_FALL,
+            on_down: OnDown::Keep,
         }
     }
 
@@ -117,8 +141,12 @@ impl Health {
             Check::Exec { command } => format!("check = \"exec\"\ncommand = {command:?}"),
         };
         format!(
-            "[rule.health]\n{check}\ninterval = {}\ntimeout = {}\nrise = {}\nfall = {}\n",
-            self.interval, self.timeout, self.rise, self.fall
+            "[rule.health]\n{check}\ninterval = {}\ntimeout = {}\nrise = {}\nfall = {}\non_down = \"{}\"\n",
+            self.interval,
+            self.timeout,
+            self.rise,
+            self.fall,
+            self.on_down.name()
         )
     }
 }
@@ -145,6 +173,7 @@ pub(super) struct FileHealth {
     path: Option<String>,
     status: Option<i64>,
     command: Option<String>,
+    on_down: Option<String>,
 }
 
 impl FileHealth {
@@ -175,8 +204,16 @@ impl FileHealth {
         if self.status.is_some() && !matches!(check, Check::Http { .. }) {
             return Err("health `status` goes with check = \"http\"".into());
         }
+        let on_down = match self.on_down.as_deref() {
+            None | Some("keep") => OnDown::Keep,
+            Some("reset") => OnDown::Reset,
+            Some(other) => {
+                return Err(format!("health on_down `{other}` is not `keep` or `reset`"));
+            }
+        };
         let h = Health {
             check,
+            on_down,
             interval: num(self.interval, "interval", Health::DEFAULT_INTERVAL)?,
             timeout: num(self.timeout, "timeout", Health::DEFAULT_TIMEOUT)?,
             rise: num(self.rise, "rise", Health::DEFAULT_RISE)?,

@@ -39,5 +39,5 @@ mod rule_spec;
 #[cfg(test)]
 mod tests;
 
-pub use health::{Check, Health};
+pub use health::{Check, Health, OnDown};
 pub use model::*;

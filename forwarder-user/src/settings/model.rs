@@ -146,6 +146,13 @@ impl Rule {
     pub fn first_backend(&self) -> &Backend {
         &self.backends[0]
     }
+
+    /// The backend port a connection of this rule to a backend whose
+    /// first port is `first` has: `first`, or `None` (any) when the rule
+    /// maps a port range.
+    pub const fn backend_port_match(&self, first: u16) -> Option<u16> {
+        if self.ports.lo == self.ports.hi { Some(first) } else { None }
+    }
 }
 
 /// One port mapping.

@@ -45,9 +45,10 @@ pub fn xdp_attached() -> bool {
 
 /// Datapath counters that stay 0 in a test that does not ask for them:
 /// each is a packet lost or a fault.
-pub const MUST_STAY_ZERO: [&str; 17] = [
+pub const MUST_STAY_ZERO: [&str; 18] = [
     "drop_rewrite_failed",
     "drop_no_backend",
+    "drop_conn_reset",
     "drop_ttl",
     "drop_snat_exhausted",
     "drop_ct_insert",

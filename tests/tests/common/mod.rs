@@ -9,19 +9,20 @@ use std::{
 
 use forwarder_testkit::{Forwarder, Lab};
 
+mod balanced;
+mod base;
 mod checks;
 mod stats;
 
+#[allow(unused_imports)]
+pub use balanced::*;
+pub use base::*;
 pub use checks::*;
 // Each test binary uses the helpers it needs, some none of these.
 #[allow(unused_imports)]
 pub use stats::*;
 
 pub const HTTP_RULE: &str = "tcp:8080=192.168.1.50:80";
-
-/// How long a connection may take to be set up: under a second, so that
-/// a first SYN lost (and retransmitted after one) fails the test.
-pub const CONNECT: Duration = Duration::from_millis(900);
 
 /// A lab with the forwarder running the given rules.
 pub fn lab_with(rules: &[&str]) -> (Lab, Forwarder) {
@@ -33,35 +34,6 @@ pub fn lab_with(rules: &[&str]) -> (Lab, Forwarder) {
     }
     let fwd = lab.start_forwarder(&args).expect("forwarder starts");
     (lab, fwd)
-}
-
-/// Deepens a listener's accept queue to 4096 (the namespace's
-/// `somaxconn`; std listens with 128): a burst of connections set up
-/// faster than the test's thread accepts them must not cost a SYN the
-/// server drops, which a tight connect bound would blame on the gateway.
-pub fn deep_backlog(l: &TcpListener) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: listen(2) again on a listening socket we own only changes
-    // its backlog.
-    assert_eq!(
-        unsafe { libc::listen(l.as_raw_fd(), 4096) },
-        0,
-        "listen: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// A TCP listener at `at` in the server namespace, its accept queue
-/// deep ([`deep_backlog`]).
-pub fn server_listener(lab: &Lab, at: SocketAddr) -> TcpListener {
-    let l = lab
-        .server
-        .enter(move || TcpListener::bind(at).unwrap_or_else(|e| panic!("bind {at}: {e}")))
-        .unwrap()
-        .join()
-        .unwrap();
-    deep_backlog(&l);
-    l
 }
 
 /// The server host answers as 192.168.1.51 and .52 too (a rule's other
@@ -169,10 +141,6 @@ pub fn udp_client(timeout_secs: u64) -> std::net::UdpSocket {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(timeout_secs))).unwrap();
     s
-}
-
-pub fn public(port: u16) -> SocketAddr {
-    SocketAddr::from((forwarder_testkit::ADDRS.gw_public, port))
 }
 
 /// A TCP connect from a chosen local address, with a 2 s timeout.
@@ -302,22 +270,6 @@ pub fn fill_then_probe(
         .join()
         .unwrap();
     (extra, echoed, server.join().unwrap())
-}
-
-/// Runs the `forwarder` CLI against the lab's daemon (its control
-/// socket): whether it succeeded, and stdout + stderr.
-pub fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
-    let bin = forwarder_testkit::proc::forwarder_bin().unwrap();
-    let out = std::process::Command::new(&bin)
-        .args(args)
-        .arg("--control")
-        .arg(lab.dir.join("control.sock"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 /// One HTTP request through the forward (the backend is [`http_server`]);
