@@ -208,7 +208,8 @@ pub struct FlowEntry {
     /// `conntrack::CT_*`, the same in both entries of a connection.
     pub state: u8,
     /// 802.1Q TCI (host order) to tag packets of this direction with when
-    /// they leave (the client came tagged); 0 = untagged.
+    /// they leave (the client came tagged); 0 = untagged; [`VLAN_RESET`]:
+    /// a connection the daemon resets.
     pub vlan: u16,
     /// The cached next hop of this direction (a `bpf_fib_lookup` result,
     /// see `conntrack::NextHop`): egress ifindex (host order; 0 = none).
@@ -218,18 +219,19 @@ pub struct FlowEntry {
     pub nh_dmac: [u8; 6],
     /// The egress MTU (host order): larger packets take the full lookup.
     pub nh_mtu: u16,
-    /// `FLOW_F_*`, set by the daemon in both entries of a connection.
-    pub flags: u16,
+    pub _pad: [u8; 2],
     /// When the next hop was looked up (`bpf_ktime_get_ns`); it is used
     /// for `conntrack::NEXT_HOP_TTL_NS`, then looked up again.
     pub nh_checked_ns: u64,
 }
 
-/// [`FlowEntry::flags`]: the connection's backend went down and its rule
-/// resets connections then (`on_down = "reset"`): each packet of it is
-/// answered with a TCP reset to its sender (TC; XDP hands it over) until
-/// the daemon removes the entries.
-pub const FLOW_F_RESET: u16 = 1;
+/// [`FlowEntry::vlan`] of a connection whose backend went down and whose
+/// rule resets connections then (`on_down = "reset"`; the daemon writes it
+/// into both entries): each packet of it is answered with a TCP reset to
+/// its sender (TC; XDP hands it over, as it does tagged ones) until the
+/// daemon removes the entries. Not a tag: VLAN ID 4095 is reserved
+/// (802.1Q), never on the wire.
+pub const VLAN_RESET: u16 = 0xffff;
 
 /// Key of [`MAP_FRAGS`]: what all fragments of one datagram share.
 #[repr(C)]

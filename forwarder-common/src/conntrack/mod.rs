@@ -23,6 +23,13 @@ impl FlowKey {
 }
 
 impl FlowEntry {
+    /// The state its idle timeout follows: a connection the daemon reset
+    /// ([`crate::abi::VLAN_RESET`]) counts as closed, so that the sweep
+    /// frees it soon even if the daemon that flagged it is gone.
+    pub const fn expiry_state(&self) -> u8 {
+        if self.vlan == crate::abi::VLAN_RESET { CT_CLOSED } else { self.state }
+    }
+
     #[inline(always)]
     pub const fn new(out: &Tuple, rule_id: u32, dir: u8, now_ns: u64) -> Self {
         Self {
@@ -39,7 +46,7 @@ impl FlowEntry {
             nh_smac: [0; 6],
             nh_dmac: [0; 6],
             nh_mtu: 0,
-            flags: 0,
+            _pad: [0; 2],
             nh_checked_ns: 0,
         }
     }

@@ -183,6 +183,13 @@ fn expiry_uses_latest_activity_and_most_advanced_state() {
     assert!(expired(&t, 17, CT_NEW, CT_NEW, 0, 0, 4 * s));
     assert!(expired(&t, 17, CT_REPLIED, CT_NEW, 0, 0, 4 * s), "answered once: udp");
     assert!(!expired(&t, 17, CT_ESTABLISHED, CT_NEW, 0, 0, 4 * s), "a stream: udp_stream");
+    // A reset connection expires as a closed one.
+    let mut e = FlowEntry::new(&Tuple::default(), 0, DIR_ORIGINAL, 0);
+    e.state = CT_ESTABLISHED;
+    assert_eq!(e.expiry_state(), CT_ESTABLISHED);
+    e.vlan = crate::abi::VLAN_RESET;
+    assert_eq!(e.expiry_state(), CT_CLOSED);
+    assert!(expired(&t, 6, e.expiry_state(), e.expiry_state(), 0, 0, 2 * s));
 }
 
 /// Allocating ports flow after flow, as the datapath does, a range 60%

@@ -11,7 +11,7 @@
 //! reverse.
 
 use forwarder_common::{
-    abi::{FlowKey, PROTO_TCP, PROTO_UDP},
+    abi::{FlowKey, PROTO_TCP, PROTO_UDP, VLAN_RESET},
     icmp::is_error,
     nat::Tuple,
     stats,
@@ -25,11 +25,15 @@ use crate::{
 };
 
 /// The 802.1Q TCI the translated error leaves with: that of the flow
-/// direction it travels in.
+/// direction it travels in (untagged for a connection being reset, whose
+/// entry holds `VLAN_RESET`, not a tag).
 #[inline(always)]
 pub fn vlan(q: &Quote) -> u16 {
     // SAFETY: map value pointer valid until program exit.
-    FWD_FLOWS.get_ptr(&FlowKey::new(&q.old.reversed(), q.proto)).map_or(0, |e| unsafe { (*e).vlan })
+    let tci = FWD_FLOWS
+        .get_ptr(&FlowKey::new(&q.old.reversed(), q.proto))
+        .map_or(0, |e| unsafe { (*e).vlan });
+    if tci == VLAN_RESET { 0 } else { tci }
 }
 
 #[inline(always)]

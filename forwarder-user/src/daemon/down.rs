@@ -3,7 +3,7 @@
 //! datagram meets the table, which no longer names the backend. TCP
 //! connections stay, unless the rule says `on_down = "reset"`: then
 //!
-//! 1. both entries of each are flagged (`FLOW_F_RESET`): from then on the
+//! 1. both entries of each are marked (`VLAN_RESET`): from then on the
 //!    datapath answers every packet of it with a TCP reset to its sender,
 //!    whose sequence number is the one that packet acknowledged (what the
 //!    sender takes as in its window);

@@ -68,17 +68,17 @@ impl Datapath {
         Ok(keys.iter().filter(|k| flows.remove(k).is_ok()).count())
     }
 
-    /// Sets `flag` (`abi::FLOW_F_*`) in the entries of `keys` that are
-    /// still there; returns how many. (A write of the datapath to one of
-    /// them in between — its last-seen time, a state change — may be
-    /// undone: these connections end anyway.)
-    pub fn flag_flows(&mut self, keys: &[abi::FlowKey], flag: u16) -> Result<usize> {
+    /// Marks the entries of `keys` that are still there as reset
+    /// (`abi::VLAN_RESET`); returns how many. (A write of the datapath to
+    /// one of them in between — its last-seen time, a state change — may
+    /// be undone: these connections end anyway.)
+    pub fn mark_reset(&mut self, keys: &[abi::FlowKey]) -> Result<usize> {
         let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
             HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
         let mut n = 0;
         for k in keys {
             let Ok(mut e) = flows.get(k, 0) else { continue };
-            e.flags |= flag;
+            e.vlan = abi::VLAN_RESET;
             // BPF_EXIST (2): never recreate an entry removed meanwhile.
             if flows.insert(k, e, 2).is_ok() {
                 n += 1;
@@ -148,8 +148,9 @@ impl Datapath {
             HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
         // Idle past its timeout, judged with its peer (the other direction).
         let expired = |k: &abi::FlowKey, e: &abi::FlowEntry, peer: Option<&abi::FlowEntry>| {
-            let (ps, pl) = peer.map_or((e.state, e.last_seen_ns), |p| (p.state, p.last_seen_ns));
-            conntrack::expired(t, k.proto, e.state, ps, e.last_seen_ns, pl, now_ns)
+            let (ps, pl) = peer
+                .map_or((e.expiry_state(), e.last_seen_ns), |p| (p.expiry_state(), p.last_seen_ns));
+            conntrack::expired(t, k.proto, e.expiry_state(), ps, e.last_seen_ns, pl, now_ns)
         };
         for (k, e) in &chunk {
             sweep.pass.scanned += 1;

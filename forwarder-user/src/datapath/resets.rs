@@ -1,7 +1,7 @@
 //! Connections reset because their backend went down (`on_down =
-//! "reset"`; the daemon picks them): their entries flagged
-//! (`FLOW_F_RESET`, the datapath then answers each of their packets with
-//! a TCP reset), a probe to each end that makes it send one, and the
+//! "reset"`; the daemon picks them): their entries marked
+//! (`VLAN_RESET`, the datapath then answers each of their packets with a
+//! TCP reset), a probe to each end that makes it send one, and the
 //! entries removed after [`RESET_GRACE`].
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
 };
 
 use forwarder_common::{
-    abi::{FLOW_F_RESET, FlowKey, TCP_ACK},
+    abi::{FlowKey, TCP_ACK},
     reply::{Endpoints, segment_headers},
 };
 
@@ -40,7 +40,7 @@ impl Resets {
         keys: Vec<FlowKey>,
         probes: &[Endpoints],
     ) -> Result<(usize, Option<std::io::Error>)> {
-        let flagged = dp.flag_flows(&keys, FLOW_F_RESET)? / 2;
+        let flagged = dp.mark_reset(&keys)? / 2;
         let mut failed = None;
         for (i, ends) in probes.iter().enumerate() {
             if let Err(e) = self.probe(ends, u32::try_from(i).unwrap_or(0)) {
