@@ -1,8 +1,9 @@
-//! Reading a whole BPF hash map in a few syscalls (`BPF_MAP_LOOKUP_BATCH`,
-//! Linux 5.6), which aya 0.14 does not wrap. Walking a map key by key
-//! costs two syscalls per entry: for a conntrack table of 100 000
-//! connections, read every second for the stats, that was a core's worth
-//! of the daemon's time.
+//! Reading a whole BPF hash map, and writing many entries of a map, in a
+//! few syscalls (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH`, Linux
+//! 5.6), which aya 0.14 does not wrap. Walking a map key by key costs two
+//! syscalls per entry: for a conntrack table of 100 000 connections, read
+//! every second for the stats, that was a core's worth of the daemon's
+//! time; a Maglev table of 65 537 slots took as many writes.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -10,6 +11,8 @@ use crate::error::{Error, Result};
 
 /// `BPF_MAP_LOOKUP_BATCH` (uapi/linux/bpf.h `enum bpf_cmd`).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// `BPF_MAP_UPDATE_BATCH`.
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
@@ -114,4 +117,48 @@ pub fn lookup_from<K: aya::Pod, V: aya::Pod>(
         }
     }
     Ok((out, at))
+}
+
+/// Writes `values[i]` at `keys[i]` in map `fd` (`K`, `V` its key and
+/// value types), [`CHUNK`] entries per syscall. On an error the entries
+/// before the failing chunk are written.
+pub fn update<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+    what: &str,
+) -> Result<()> {
+    if keys.len() != values.len() {
+        return Err(Error::Io(format!(
+            "writing {what}: {} keys for {} values",
+            keys.len(),
+            values.len()
+        )));
+    }
+    for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+        let mut attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: u32::try_from(k.len()).unwrap_or(u32::MAX),
+            map_fd: fd.as_raw_fd().cast_unsigned(),
+            ..Default::default()
+        };
+        // SAFETY: the attribute points at `count` keys and values, alive
+        // across the call; the kernel only reads them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &raw mut attr,
+                core::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(Error::Io(format!(
+                "writing {what} (BPF_MAP_UPDATE_BATCH): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     xdp::DevMapHash,
 };
-use forwarder_common::abi::{self, BackendAddr, Config, IfaceInfo, RuleKey, RuleTarget, Service};
+use forwarder_common::abi::{self, Config, IfaceInfo, RuleKey, RuleTarget, Service};
 
 use crate::{
     error::{Error, Result},
@@ -77,17 +77,22 @@ impl Datapath {
     /// The Maglev tables and backends, then the services that point at
     /// them: a service is found only once what it names is in place.
     fn fill_services(&mut self, s: &Services) -> Result<()> {
-        let mut table: Array<&mut MapData, u32> =
-            Array::try_from(self.map_mut(abi::MAP_MAGLEV)?).map_err(map_err(abi::MAP_MAGLEV))?;
-        for (i, v) in s.maglev.iter().enumerate() {
-            table.set(i as u32, *v, 0).map_err(map_err(abi::MAP_MAGLEV))?;
-        }
-        let mut backends: Array<&mut MapData, BackendAddr> =
-            Array::try_from(self.map_mut(abi::MAP_BACKENDS)?)
-                .map_err(map_err(abi::MAP_BACKENDS))?;
-        for (i, b) in s.backends.iter().enumerate() {
-            backends.set(i as u32, *b, 0).map_err(map_err(abi::MAP_BACKENDS))?;
-        }
+        // The live half of each rule's region (the spare one is written
+        // when a table replaces it), in batches.
+        let (slots, values): (Vec<u32>, Vec<u32>) = s
+            .entries
+            .iter()
+            .flat_map(|(_, svc)| svc.table_off..svc.table_off + svc.table_len)
+            .filter_map(|i| s.maglev.get(i as usize).map(|v| (i, *v)))
+            .unzip();
+        crate::batch::update(self.array_fd(abi::MAP_MAGLEV)?, &slots, &values, abi::MAP_MAGLEV)?;
+        let ids: Vec<u32> = (0..u32::try_from(s.backends.len()).unwrap_or(u32::MAX)).collect();
+        crate::batch::update(
+            self.array_fd(abi::MAP_BACKENDS)?,
+            &ids,
+            &s.backends,
+            abi::MAP_BACKENDS,
+        )?;
         let mut services: HashMap<&mut MapData, u32, Service> =
             HashMap::try_from(self.map_mut(abi::MAP_SERVICES)?)
                 .map_err(map_err(abi::MAP_SERVICES))?;
@@ -95,6 +100,14 @@ impl Datapath {
             services.insert(rule_id, svc, 0).map_err(map_err(abi::MAP_SERVICES))?;
         }
         Ok(())
+    }
+
+    /// The descriptor of array map `name`, for batch writes.
+    fn array_fd(&self, name: &str) -> Result<std::os::fd::BorrowedFd<'_>> {
+        let aya::maps::Map::Array(data) = self.map(name)? else {
+            return Err(Error::Io(format!("{name} is not an array")));
+        };
+        Ok(std::os::fd::AsFd::as_fd(data.fd()))
     }
 
     /// Makes `table` (`None`: no backend can take a connection) rule
@@ -128,12 +141,8 @@ impl Datapath {
             base.table_off
         };
         if let Some(t) = table {
-            let mut slots: Array<&mut MapData, u32> =
-                Array::try_from(self.map_mut(abi::MAP_MAGLEV)?)
-                    .map_err(map_err(abi::MAP_MAGLEV))?;
-            for (i, v) in t.iter().enumerate() {
-                slots.set(spare + i as u32, *v, 0).map_err(map_err(abi::MAP_MAGLEV))?;
-            }
+            let slots: Vec<u32> = (spare..spare + base.table_len).collect();
+            crate::batch::update(self.array_fd(abi::MAP_MAGLEV)?, &slots, t, abi::MAP_MAGLEV)?;
         }
         let next = Service {
             table_off: spare,
