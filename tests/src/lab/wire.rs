@@ -54,42 +54,13 @@ impl Lab {
     pub(super) fn wire_routed(&self, mtu: u32) -> Result<()> {
         let a = self.addrs;
         let r = self.router.as_ref().context("router")?;
-        self.gateway.ip(&[
-            "link",
-            "add",
-            GW_PUBLIC_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &self.client.name,
-        ])?;
-        self.gateway.ip(&[
-            "link",
-            "add",
-            GW_INTERNAL_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "r0",
-            "netns",
-            &r.name,
-        ])?;
-        r.ip(&[
-            "link",
-            "add",
-            "r1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &self.server.name,
-        ])?;
+        for (ns, ifname, peer, peer_if) in [
+            (&self.gateway, GW_PUBLIC_IF, &self.client, "eth0"),
+            (&self.gateway, GW_INTERNAL_IF, r, "r0"),
+            (r, "r1", &self.server, "eth0"),
+        ] {
+            veth(ns, ifname, peer, peer_if)?;
+        }
         r.ip(&["link", "set", "r1", "mtu", &mtu.to_string()])?;
         self.address_hosts()?;
         r.ip(&["addr", "add", "192.168.1.254/24", "dev", "r0"])?;
@@ -123,9 +94,7 @@ impl Lab {
         // Both ends created inside their namespaces: the root namespace
         // never sees these interfaces.
         for (gw_if, peer) in [(GW_PUBLIC_IF, &self.client), (GW_INTERNAL_IF, &self.server)] {
-            self.gateway.ip(&[
-                "link", "add", gw_if, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
-            ])?;
+            veth(&self.gateway, gw_if, peer, "eth0")?;
         }
         self.address_hosts()?;
         for (ns, ifname) in [
@@ -146,4 +115,11 @@ impl Lab {
             &[(&self.gateway, GW_PUBLIC_IF), (&self.gateway, GW_INTERNAL_IF)],
         )
     }
+}
+
+/// A veth pair created inside the namespaces of its ends: `ifname` in
+/// `ns`, `peer_if` in `peer` (the root namespace never sees it).
+fn veth(ns: &Netns, ifname: &str, peer: &Netns, peer_if: &str) -> Result<()> {
+    ns.ip(&["link", "add", ifname, "type", "veth", "peer", "name", peer_if, "netns", &peer.name])?;
+    Ok(())
 }
