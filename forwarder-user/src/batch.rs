@@ -28,6 +28,14 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// The `bpf(2)` batch command `cmd` with `attr`, whose pointers the
+/// callers keep valid for the call.
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> libc::c_long {
+    // SAFETY: `attr` is a `union bpf_attr` batch member of its own size;
+    // the buffers it points at are the callers' and outlive the call.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, core::ptr::from_mut(attr), size_of::<BatchAttr>()) }
+}
+
 /// Entries per syscall. Small: a batch call runs to its end (kernels
 /// without kernel preemption, like this machine's, do not switch tasks
 /// inside a syscall), and 4 096
@@ -88,16 +96,9 @@ pub fn lookup_from<K: aya::Pod, V: aya::Pod>(
             map_fd: fd.as_raw_fd().cast_unsigned(),
             ..Default::default()
         };
-        // SAFETY: the attribute points at buffers of `count` keys and
-        // values and at two u32 tokens, all alive across the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                core::mem::size_of::<BatchAttr>(),
-            )
-        };
+        // (The attribute points at buffers of `count` keys and values and
+        // at two u32 tokens, all alive across the call.)
+        let rc = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let err = (rc < 0).then(std::io::Error::last_os_error);
         match err.as_ref().and_then(std::io::Error::raw_os_error) {
             None | Some(libc::ENOENT) => {
@@ -143,16 +144,9 @@ pub fn update<K: aya::Pod, V: aya::Pod>(
             map_fd: fd.as_raw_fd().cast_unsigned(),
             ..Default::default()
         };
-        // SAFETY: the attribute points at `count` keys and values, alive
-        // across the call; the kernel only reads them.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &raw mut attr,
-                core::mem::size_of::<BatchAttr>(),
-            )
-        };
+        // (The attribute points at `count` keys and values, alive across
+        // the call; the kernel only reads them.)
+        let rc = bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr);
         if rc < 0 {
             return Err(Error::Io(format!(
                 "writing {what} (BPF_MAP_UPDATE_BATCH): {}",

@@ -238,19 +238,7 @@ fn a_udp_flow_moves_to_a_live_backend_at_its_next_datagram() {
     // Each backend answers with the last byte of its address.
     let servers: Vec<_> = [50u8, 51].iter().map(|b| udp_identity(&lab, *b, 53, 20)).collect();
     // The check is a file per backend: there = up.
-    let flag = |b: u8| lab.dir.join(format!("up-192.168.1.{b}"));
-    for b in [50, 51] {
-        std::fs::write(flag(b), "").unwrap();
-    }
-    let cfg = lab.dir.join("udp.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[rule]]\nproto = \"udp\"\nport = 5300\nbackends = [{{ to = \"192.168.1.50:53\" }}, {{ to = \"192.168.1.51:53\" }}]\n[rule.health]\ncheck = \"exec\"\ncommand = \"test -e {}/up-%a\"\ninterval = 1\nrise = 1\nfall = 1\n",
-            lab.dir.display()
-        ),
-    )
-    .unwrap();
+    let cfg = flag_checked(&lab, ("udp", 5300), &[50, 51], 53, "");
     let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap()]).unwrap();
     wait_state(&lab, &["192.168.1.50:53", "192.168.1.51:53"], "up", 5);
     // A flow that landed on .51, then .51 goes down.
@@ -267,7 +255,7 @@ fn a_udp_flow_moves_to_a_live_backend_at_its_next_datagram() {
         .unwrap()
         .join()
         .unwrap();
-    std::fs::remove_file(flag(51)).unwrap();
+    std::fs::remove_file(flag(&lab, 51)).unwrap();
     wait_state(&lab, &["192.168.1.51:53"], "down", 5);
     wait_log(&fwd, "UDP flow(s) to 192.168.1.51:53 forgotten", 3);
     // Its next datagram: answered by .50.

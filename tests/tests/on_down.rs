@@ -19,19 +19,7 @@ fn on_down_reset_resets_both_ends_and_frees_the_entries() {
     let lab = Lab::new().unwrap();
     more_backend_addresses(&lab);
     let servers = [Server::start(&lab, 50), Server::start(&lab, 51)];
-    let flag = |b: u8| lab.dir.join(format!("up-192.168.1.{b}"));
-    for b in [50, 51] {
-        std::fs::write(flag(b), "").unwrap();
-    }
-    let cfg = lab.dir.join("reset.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[rule]]\nproto = \"tcp\"\nport = 8080\nbackends = [{{ to = \"192.168.1.50:80\" }}, {{ to = \"192.168.1.51:80\" }}]\n[rule.health]\ncheck = \"exec\"\ncommand = \"test -e {}/up-%a\"\ninterval = 1\nrise = 1\nfall = 1\non_down = \"reset\"\n",
-            lab.dir.display()
-        ),
-    )
-    .unwrap();
+    let cfg = flag_checked(&lab, ("tcp", 8080), &[50, 51], 80, "on_down = \"reset\"\n");
     let mut fwd = lab.start_forwarder(&["--config", cfg.to_str().unwrap()]).unwrap();
     let both = ["192.168.1.50:80", "192.168.1.51:80"];
     wait_state(&lab, &both, "up", 5);
@@ -61,7 +49,7 @@ fn on_down_reset_resets_both_ends_and_frees_the_entries() {
     };
     assert!(conns("192.168.1.51:80") >= 2);
     // .51's check fails: it goes down, and its connections are reset.
-    std::fs::remove_file(flag(51)).unwrap();
+    std::fs::remove_file(flag(&lab, 51)).unwrap();
     let t0 = Instant::now();
     wait_state(&lab, &["192.168.1.51:80"], "down", 5);
     wait_log(&fwd, "TCP connection(s) to 192.168.1.51:80 reset", 3);

@@ -10,11 +10,11 @@
 //! 2. each end gets a bare ACK out of its window from the other's address
 //!    (a raw socket), which it answers at once with an ACK of its own
 //!    (RFC 9293 3.10.7.4; RFC 5961's challenge ACK when in the window):
-//!    that answer meets the flag, and the reset, so idle ends learn too;
+//!    that answer meets the mark, and the reset, so idle ends learn too;
 //! 3. after `datapath::RESET_GRACE` the entries are removed (an end that
 //!    never answered, such as a dead host, needs them no longer).
 //!
-//! The flags, probes and removal are `datapath::Resets`'; this module
+//! The marks, probes and removal are `datapath::Resets`'; this module
 //! picks the connections.
 
 use std::net::Ipv4Addr;
@@ -76,8 +76,8 @@ impl Daemon {
         }
     }
 
-    /// Flags `conns`, probes both ends of each, and schedules the removal
-    /// of their entries; returns how many were flagged. A probe that
+    /// Marks `conns`, probes both ends of each, and schedules the removal
+    /// of their entries; returns how many were marked. A probe that
     /// cannot be sent is logged: that end learns of the reset at its next
     /// packet.
     fn reset_connections(&mut self, conns: &[&Tracked]) -> anyhow::Result<usize> {
@@ -97,12 +97,12 @@ impl Daemon {
                 ]
             })
             .collect();
-        let (flagged, failed) = self.resets.start(&mut self.dp, keys, &probes)?;
+        let (marked, failed) = self.resets.start(&mut self.dp, keys, &probes)?;
         if let Some(err) = failed {
             log::warn!(
                 "sending the reset probes failed ({err}): the ends of those connections are reset at their next packet"
             );
         }
-        Ok(flagged)
+        Ok(marked)
     }
 }

@@ -17,7 +17,7 @@ use forwarder_common::{
 use super::object::Datapath;
 use crate::error::Result;
 
-/// How long reset connections keep their flagged entries: time for both
+/// How long reset connections keep their marked entries: time for both
 /// ends to answer their probe.
 pub const RESET_GRACE: Duration = Duration::from_secs(2);
 
@@ -30,9 +30,9 @@ pub struct Resets {
 }
 
 impl Resets {
-    /// Flags the connections of `keys` (both entries of each), sends the
+    /// Marks the connections of `keys` (both entries of each), sends the
     /// `probes`, and schedules the entries' removal; returns how many
-    /// connections were flagged, and the last probe that could not be
+    /// connections were marked, and the last probe that could not be
     /// sent (its end learns of the reset at its next packet).
     pub fn start(
         &mut self,
@@ -40,7 +40,7 @@ impl Resets {
         keys: Vec<FlowKey>,
         probes: &[Endpoints],
     ) -> Result<(usize, Option<std::io::Error>)> {
-        let flagged = dp.mark_reset(&keys)? / 2;
+        let marked = dp.mark_reset(&keys)? / 2;
         let mut failed = None;
         for (i, ends) in probes.iter().enumerate() {
             if let Err(e) = self.probe(ends, u32::try_from(i).unwrap_or(0)) {
@@ -48,7 +48,7 @@ impl Resets {
             }
         }
         self.pending.push((Instant::now() + RESET_GRACE, keys));
-        Ok((flagged, failed))
+        Ok((marked, failed))
     }
 
     /// Removes the entries of resets whose grace is over; returns how
@@ -68,9 +68,10 @@ impl Resets {
     }
 
     /// Sends the probe of one end: a bare ACK from `ends.src` to
-    /// `ends.dst`, with sequence and acknowledgment numbers chosen to
-    /// fall outside any window (a random pair: in one by chance, the
-    /// probe is answered all the same).
+    /// `ends.dst`. Its sequence and acknowledgment numbers, which differ
+    /// from probe to probe (`nonce`), lie outside the end's window but for
+    /// a chance of about window / 2^32; in it, the bogus acknowledgment
+    /// is answered all the same (RFC 5961's challenge ACK).
     fn probe(&mut self, ends: &Endpoints, nonce: u32) -> std::io::Result<()> {
         if self.sock.is_none() {
             // SAFETY: plain socket call; the descriptor is owned at once.
@@ -81,7 +82,7 @@ impl Resets {
             // SAFETY: a fresh descriptor of ours.
             self.sock = Some(unsafe { OwnedFd::from_raw_fd(fd) });
         }
-        let Some(sock) = &self.sock else { unreachable!("opened above") };
+        let sock = self.sock.as_ref().ok_or_else(|| std::io::Error::other("no raw socket"))?;
         let seq = nonce.wrapping_mul(0x9e37_79b9) ^ 0x8000_0000;
         let (ip, tcp) = segment_headers(ends, TCP_ACK, seq, seq.rotate_left(13));
         let mut frame = [0u8; 40];

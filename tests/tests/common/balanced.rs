@@ -116,3 +116,38 @@ pub fn wait_state(lab: &Lab, which: &[&str], state: &str, secs: u64) -> Duration
     }
     t0.elapsed()
 }
+
+/// The file whose presence makes backend `192.168.1.B` pass its check in
+/// a [`flag_checked`] rule.
+pub fn flag(lab: &Lab, b: u8) -> std::path::PathBuf {
+    lab.dir.join(format!("up-192.168.1.{b}"))
+}
+
+/// A config file (its path) with one rule `proto` `port` over backends
+/// `192.168.1.B:to_port`, each up while its [`flag`] file exists (an exec
+/// check every second, up after 1 success, down after 1 failure), `extra`
+/// lines added to `[rule.health]`. The flag files are created: all up.
+pub fn flag_checked(
+    lab: &Lab,
+    (proto, port): (&str, u16),
+    backends: &[u8],
+    to_port: u16,
+    extra: &str,
+) -> std::path::PathBuf {
+    let list: Vec<String> =
+        backends.iter().map(|b| format!("{{ to = \"192.168.1.{b}:{to_port}\" }}")).collect();
+    for b in backends {
+        std::fs::write(flag(lab, *b), "").unwrap();
+    }
+    let cfg = lab.dir.join(format!("{proto}-{port}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[rule]]\nproto = \"{proto}\"\nport = {port}\nbackends = [{}]\n[rule.health]\ncheck = \"exec\"\ncommand = \"test -e {}/up-%a\"\ninterval = 1\nrise = 1\nfall = 1\n{extra}",
+            list.join(", "),
+            lab.dir.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
