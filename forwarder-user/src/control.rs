@@ -4,13 +4,15 @@
 //! answers one JSON line `{"ok":true,"data":…}` or `{"ok":false,"error":"…"}`
 //! and closes.
 //!
-//! Requests: `{"cmd":"stats"}`; `{"cmd":"rules"}`; `{"cmd":"backends"}`;
-//! `{"cmd":"drain","addr":A,"port":P,"rule":N?,"on":true|false}`;
-//! `{"cmd":"weight","addr":A,"port":P,"rule":N?,"weight":W}`;
-//! `{"cmd":"save","path":"/etc/forwarder.toml"}` (atomic: temp file +
+//! Requests: `{"cmd":"stats"}`; `{"cmd":"rules"}`;
+//! `{"cmd":"add","spec":S}`; `{"cmd":"del","handle":H}`; `{"cmd":"backends"}`;
+//! `{"cmd":"drain","addr":A,"port":P,"rule":H?,"on":true|false}`;
+//! `{"cmd":"weight","addr":A,"port":P,"rule":H?,"weight":W}`; rules are
+//! named by their handles (`H`);
+//! `{"cmd":"save","path":"/etc/forwarder/forwarder.toml"}` (atomic: temp file +
 //! rename); `{"cmd":"conntrack","filter":F}` lists
 //! connections; `{"cmd":"flush","filter":F}` removes them (both entries).
-//! `F` = `{"rule":N?,"addr":"A"?,"port":P?}`, every field optional; a
+//! `F` = `{"rule":H?,"addr":"A"?,"port":P?}`, every field optional; a
 //! connection matches when any of its addresses/ports (either direction)
 //! equals the given one.
 
@@ -26,6 +28,7 @@ pub const DEFAULT_SOCKET: &str = "/run/forwarder.sock";
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Filter {
+    /// The rule's handle.
     pub rule: Option<u32>,
     pub addr: Option<Ipv4Addr>,
     pub port: Option<u16>,
@@ -43,15 +46,16 @@ pub enum Request {
         #[serde(default)]
         filter: Filter,
     },
-    /// The running rules: id, rule, where it came from.
+    /// The running rules: handle, rule, counters, where it came from.
     Rules,
     /// Add a rule (`PROTO:PORTS…` syntax); applied like a reload.
     Add {
         spec: String,
     },
-    /// Remove rule `id`; its connections keep their translation until they end.
+    /// Remove the rule with handle `handle`; its connections keep their
+    /// translation until they end.
     Del {
-        id: usize,
+        handle: u32,
     },
     /// Write the running configuration to `path` (atomically).
     Save {

@@ -1,6 +1,6 @@
 //! The `forwarder` binary: parse the command line, run the subcommand.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use forwarder::cli::{Cli, Command, run};
 
 #[tokio::main(flavor = "current_thread")]
@@ -24,9 +24,15 @@ async fn main() {
         Command::Backend(args) => forwarder::cli::backend::run(&args),
         Command::Conntrack(args) => forwarder::cli::client::conntrack(&args),
         Command::Teardown(args) => forwarder::cli::teardown::run(&args),
+        Command::Completions(args) => {
+            forwarder::cli::docs::completions(&args, Cli::command());
+            Ok(())
+        }
+        Command::Manpages(args) => forwarder::cli::docs::manpages(&args, Cli::command()),
     };
     if let Err(e) = result {
         eprintln!("forwarder: error: {e:#}");
-        std::process::exit(1);
+        let invalid = e.downcast_ref::<run::InvalidSettings>().is_some();
+        std::process::exit(if invalid { run::InvalidSettings::EXIT_STATUS } else { 1 });
     }
 }

@@ -92,7 +92,7 @@ pub struct IfaceSpec {
 pub struct Compiled {
     pub ifaces: Vec<IfaceSpec>,
     /// Trie entries `(prefix length, key, target)`; a range has several.
-    /// `RuleTarget::rule_id` = index in `Settings::rules`.
+    /// `RuleTarget::rule_id` = the rule's handle.
     pub rules: Vec<(u32, RuleKey, RuleTarget)>,
     /// Allow-list trie entries `(prefix length, key)`.
     pub sources: Vec<(u32, SrcKey)>,
@@ -117,7 +117,7 @@ pub struct Compiled {
 /// (then it points the rule's service at it, in one map update).
 #[derive(Debug, Default)]
 pub struct Services {
-    /// `(rule_id, where its first table and its backends are)`.
+    /// `(rule handle, where its first table and its backends are)`.
     pub entries: Vec<(u32, Service)>,
     /// Every rule's region (the first table filled with the configured
     /// weights, the second spare): indices into the rule's backends.
@@ -203,8 +203,11 @@ impl Settings {
         {
             for n in names {
                 let idx = host.index(n)?;
-                if ifaces.iter().any(|i| &i.name == n) {
-                    return Err(Error::InterfaceRole { name: n.clone() });
+                match ifaces.iter().find(|i| &i.name == n) {
+                    // Named twice in one role (a file and a flag): once.
+                    Some(i) if i.role == role => continue,
+                    Some(_) => return Err(Error::InterfaceRole { name: n.clone() }),
+                    None => {}
                 }
                 let asked = self
                     .iface_modes
@@ -239,7 +242,15 @@ impl Settings {
         let mut entries = Vec::new();
         let mut sources = Vec::new();
         let mut services = Services::default();
-        for (id, r) in self.rules.iter().enumerate() {
+        for r in &self.rules {
+            // The rule's handle indexes its counters, sources and service.
+            let id = r.handle;
+            if id == 0 || id >= abi::MAX_RULES {
+                return Err(Error::Rule {
+                    spec: r.origin.clone(),
+                    why: format!("handle {id} is not 1-{}", abi::MAX_RULES - 1),
+                });
+            }
             let if_idx = match &r.interface {
                 None => 0,
                 Some(n) => {
@@ -271,7 +282,7 @@ impl Settings {
             if r.backends.len() > 1 || r.health.is_some() {
                 flags |= RULE_F_BACKENDS;
                 services
-                    .add(id as u32, &r.backends)
+                    .add(id, &r.backends)
                     .map_err(|why| Error::Rule { spec: r.origin.clone(), why })?;
             }
             if !r.sources.is_empty() {
@@ -279,7 +290,7 @@ impl Settings {
                 for c in &r.sources {
                     sources.push((
                         32 + u32::from(c.len),
-                        SrcKey { rule_id: id as u32, addr: c.addr.octets() },
+                        SrcKey { rule_id: id, addr: c.addr.octets() },
                     ));
                 }
             }
@@ -287,7 +298,7 @@ impl Settings {
                 addr: first.addr.octets(),
                 port: first.ports.lo.to_be_bytes(),
                 flags,
-                rule_id: id as u32,
+                rule_id: id,
                 public_lo: r.ports.lo,
                 _pad: 0,
             };

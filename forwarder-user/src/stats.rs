@@ -13,7 +13,8 @@ use crate::{
 
 #[derive(Debug, Default, Serialize, serde::Deserialize, Clone)]
 pub struct RuleCounters {
-    pub id: u32,
+    /// The rule's handle.
+    pub handle: u32,
     pub rule: String,
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -25,9 +26,9 @@ pub struct RuleCounters {
 }
 
 impl RuleCounters {
-    pub fn new(id: u32, rule: &Rule, s: &RuleStats) -> Self {
+    pub fn new(rule: &Rule, s: &RuleStats) -> Self {
         Self {
-            id,
+            handle: rule.handle,
             rule: rule.to_string(),
             packets_in: s.orig_packets,
             bytes_in: s.orig_bytes,
@@ -44,9 +45,9 @@ pub struct Snapshot {
     pub rules: Vec<RuleCounters>,
     /// Global datapath counters by name (see `forwarder_common::stats`).
     pub counters: BTreeMap<String, u64>,
-    /// Conntrack entries in use (two per connection) and capacity.
-    pub flow_entries: u64,
-    pub flow_capacity: u64,
+    /// Connections tracked, and how many the table holds.
+    pub connections: u64,
+    pub connections_max: u64,
     /// Masquerade source ports held by live connections (one per
     /// masqueraded connection; each (source address, backend, protocol)
     /// has the whole `snat_ports` range).
@@ -84,14 +85,14 @@ impl Snapshot {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:>3}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}",
-            "id", "rule", "pkts in", "bytes in", "pkts out", "bytes out", "conns", "denied"
+            "{:>6}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}",
+            "handle", "rule", "pkts in", "bytes in", "pkts out", "bytes out", "conns", "denied"
         );
         for r in &self.rules {
             let _ = writeln!(
                 s,
-                "{:>3}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}",
-                r.id,
+                "{:>6}  {:<34} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8}",
+                r.handle,
                 r.rule,
                 r.packets_in,
                 r.bytes_in,
@@ -103,8 +104,8 @@ impl Snapshot {
         }
         let _ = writeln!(
             s,
-            "conntrack: {} / {} entries; masquerade ports in use: {}",
-            self.flow_entries, self.flow_capacity, self.snat_ports_in_use
+            "conntrack: {} of {} connections; masquerade ports in use: {}",
+            self.connections, self.connections_max, self.snat_ports_in_use
         );
         for e in &self.egress {
             let how = if e.xdp { "XDP" } else { "TC" };
@@ -160,15 +161,17 @@ impl Datapath {
     /// elsewhere (by the last sweep: reading the whole table costs time).
     pub fn snapshot_with(&self, rules: &[Rule], ct: CtUsage) -> Result<Snapshot> {
         let mut out = Snapshot::default();
-        let sums = self.rule_stats(rules.len() as u32)?;
-        for (i, (rule, sum)) in rules.iter().zip(&sums).enumerate() {
-            out.rules.push(RuleCounters::new(i as u32, rule, sum));
+        let handles: Vec<u32> = rules.iter().map(|r| r.handle).collect();
+        for (rule, sum) in rules.iter().zip(&self.rule_stats(&handles)?) {
+            out.rules.push(RuleCounters::new(rule, sum));
         }
         for (name, v) in forwarder_common::stats::NAMES.iter().zip(self.counters()?) {
             out.counters.insert((*name).to_string(), v);
         }
-        (out.flow_entries, out.snat_ports_in_use) = (ct.entries, ct.snat_ports);
-        out.flow_capacity = u64::from(self.flow_capacity());
+        // Two entries per connection (rounded up: a pair being set up or
+        // removed counts whole).
+        (out.connections, out.snat_ports_in_use) = (ct.entries.div_ceil(2), ct.snat_ports);
+        out.connections_max = u64::from(self.connection_capacity());
         Ok(out)
     }
 }

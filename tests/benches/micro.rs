@@ -113,7 +113,7 @@ fn main() {
     let cases = lab
         .gateway
         .enter(move || {
-            let settings = Settings {
+            let mut settings = Settings {
                 public: vec![GW_PUBLIC_IF.into()],
                 internal: vec![GW_INTERNAL_IF.into()],
                 rules: vec![
@@ -126,6 +126,7 @@ fn main() {
                 snat_ports: forwarder::settings::PortRange(1024, 65535),
                 ..Default::default()
             };
+            settings.assign_handles(None).unwrap();
             let compiled = settings.compile(&forwarder::plan::System).unwrap();
             let mut dp = Datapath::load(1 << 20).unwrap();
             dp.configure(&compiled).unwrap();

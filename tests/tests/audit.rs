@@ -77,7 +77,7 @@ fn every_new_connection_is_an_audit_event_accepted_or_denied() {
     assert_eq!(accepted.len(), 3, "{lines:#?}");
     for ((line, cport), peer) in accepted.iter().zip(&client_ports).zip(&peers) {
         let want = format!(
-            " accepted tcp 203.0.113.10:{cport} -> 203.0.113.1:8080 on pub0 rule 0 (tcp:8080=192.168.1.50:80,src=203.0.113.10/32) backend 192.168.1.50:80 via 192.168.1.1:{}",
+            " accepted tcp 203.0.113.10:{cport} -> 203.0.113.1:8080 on pub0 rule 1 (tcp:8080=192.168.1.50:80,src=203.0.113.10/32) backend 192.168.1.50:80 via 192.168.1.1:{}",
             peer.port()
         );
         assert!(line.ends_with(&want), "{line}\nwanted …{want}");
@@ -91,7 +91,7 @@ fn every_new_connection_is_an_audit_event_accepted_or_denied() {
         lines.iter().filter(|l| l.contains(" denied tcp 203.0.113.20:")).collect();
     assert!(!denied.is_empty(), "{lines:#?}");
     assert!(
-        denied.iter().all(|l| l.contains(" -> 203.0.113.1:8080 on pub0 rule 0 ")
+        denied.iter().all(|l| l.contains(" -> 203.0.113.1:8080 on pub0 rule 1 ")
             && l.ends_with("backend 192.168.1.50:80 (source not allowed)")),
         "{denied:#?}"
     );
@@ -99,7 +99,7 @@ fn every_new_connection_is_an_audit_event_accepted_or_denied() {
     // UDP.
     let udp: Vec<&String> = lines.iter().filter(|l| l.contains(" accepted udp ")).collect();
     assert_eq!(udp.len(), 1, "{lines:#?}");
-    assert!(udp[0].ends_with(&format!("accepted udp 203.0.113.10:{udp_port} -> 203.0.113.1:5300 on pub0 rule 1 (udp:5300=192.168.1.50:5300) backend 192.168.1.50:5300 via 192.168.1.1:{}", udp_peer.port())), "{}", udp[0]);
+    assert!(udp[0].ends_with(&format!("accepted udp 203.0.113.10:{udp_port} -> 203.0.113.1:5300 on pub0 rule 2 (udp:5300=192.168.1.50:5300) backend 192.168.1.50:5300 via 192.168.1.1:{}", udp_peer.port())), "{}", udp[0]);
     // Every event the kernel emitted was logged; nothing was limited.
     assert_eq!(counter(&stats, "audit_events"), lines.len() as u64, "{stats}");
     assert_eq!(
@@ -262,7 +262,7 @@ fn audit_events_reach_a_real_syslog_server_over_udp_and_tcp() {
     let mut seen = BTreeSet::new();
     for (cport, mport) in &ports {
         let sd = format!(
-            " forwarder {{pid}} 1 [forwarder@32473 backend=\"192.168.1.50:80\" client=\"203.0.113.10:{cport}\" proto=\"tcp\" public=\"203.0.113.1:8080\" rule=\"0\" snat=\"192.168.1.1:{mport}\" verdict=\"accepted\"] "
+            " forwarder {{pid}} 1 [forwarder@32473 backend=\"192.168.1.50:80\" client=\"203.0.113.10:{cport}\" proto=\"tcp\" public=\"203.0.113.1:8080\" rule=\"1\" snat=\"192.168.1.1:{mport}\" verdict=\"accepted\"] "
         );
         let (before, after) = sd.split_once("{pid}").unwrap();
         let line = lines

@@ -109,7 +109,7 @@ fn a_dead_backend_leaves_the_table_and_comes_back() {
     let stats = finish(&lab, &mut fwd, Expect::log(&["192.168.1.51:80 is down"]));
     assert_eq!(counter(&stats, "drop_no_backend"), 0, "{stats}");
     let log = fwd.log_text();
-    assert!(log.contains("rule 0: backend 192.168.1.51:80 is up"), "{log}");
+    assert!(log.contains("rule 1: backend 192.168.1.51:80 is up"), "{log}");
 }
 
 #[test]

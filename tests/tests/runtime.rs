@@ -94,7 +94,7 @@ fn another_conntrack_max_at_sighup_or_restart_keeps_the_running_table_and_says_s
     echo_server(&lab, 80);
     let mut old = connect(&lab, public(8080)).unwrap();
     assert!(roundtrip(&mut old));
-    assert_eq!(lab.live_stats().unwrap()["flow_capacity"], 8192);
+    assert_eq!(lab.live_stats().unwrap()["connections_max"], 4096);
     // A bigger table asked, and a rule more: the table (and every
     // connection in it) stays as it is, and the daemon says so; the rule
     // is live.
@@ -103,7 +103,7 @@ fn another_conntrack_max_at_sighup_or_restart_keeps_the_running_table_and_says_s
     assert!(verdict.contains("SIGHUP: reloaded, 2 rule(s)"), "{verdict}");
     let stats = lab.live_stats().unwrap();
     assert_eq!(
-        stats["flow_capacity"], 8192,
+        stats["connections_max"], 4096,
         "the stats report a table size that is not the table's: {stats}"
     );
     let log = fwd.log_text();
@@ -134,7 +134,7 @@ fn another_conntrack_max_at_sighup_or_restart_keeps_the_running_table_and_says_s
         "{log}"
     );
     assert!(log.contains("conntrack: 4096 connections max"), "{log}");
-    assert_eq!(lab.live_stats().unwrap()["flow_capacity"], 8192);
+    assert_eq!(lab.live_stats().unwrap()["connections_max"], 4096);
     assert!(roundtrip(&mut old), "the restart cut an established connection");
     drop(old);
     finish(&lab, &mut fwd, Expect::log(&["conntrack max 16384 asked"]));

@@ -18,14 +18,16 @@ pub enum BackendCmd {
     /// they end (`list` shows how many are left).
     Drain {
         backend: SocketAddrV4,
-        /// Only in this rule (default: every rule that has it).
-        #[arg(long)]
+        /// Only in the rule with this handle (default: every rule that has
+        /// it).
+        #[arg(long, value_name = "HANDLE")]
         rule: Option<u32>,
     },
     /// New connections to ADDR:PORT again.
     Undrain {
         backend: SocketAddrV4,
-        #[arg(long)]
+        /// Only in the rule with this handle.
+        #[arg(long, value_name = "HANDLE")]
         rule: Option<u32>,
     },
     /// ADDR:PORT's share of new connections (0 = none); `forwarder save`
@@ -33,7 +35,8 @@ pub enum BackendCmd {
     Weight {
         backend: SocketAddrV4,
         weight: u32,
-        #[arg(long)]
+        /// Only in the rule with this handle.
+        #[arg(long, value_name = "HANDLE")]
         rule: Option<u32>,
     },
 }

@@ -113,7 +113,7 @@ pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
                     let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs as f64;
                     println!(
                         "rate {:>3}: {:.0} pkt/s in, {:.0} pkt/s out, {:.1} conn/s",
-                        r.id,
+                        r.handle,
                         rate(r.packets_in, p.packets_in),
                         rate(r.packets_out, p.packets_out),
                         rate(r.new_connections, p.new_connections)
@@ -129,14 +129,20 @@ pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
 
 #[derive(Subcommand, Debug)]
 pub enum RuleCmd {
-    /// The running rules: id, rule, counters, where it came from.
+    /// The running rules: handle, rule, counters, where it came from.
     List,
     /// Add a rule (`PROTO:PORTS[@IFACE]=ADDR[:PORTS][,…]`), live at once;
-    /// needs the daemon's --pin-dir. `forwarder save` makes it permanent.
-    Add { spec: String },
-    /// Remove rule ID; its connections keep their translation until they
-    /// end (flush them with `forwarder conntrack flush --rule ID`).
-    Del { id: usize },
+    /// prints its handle. Needs the daemon's --pin-dir; `forwarder save`
+    /// makes it permanent.
+    #[command(after_long_help = crate::settings::help::RULES)]
+    Add {
+        /// The rule (see below).
+        spec: String,
+    },
+    /// Remove the rule with handle HANDLE (the other rules keep theirs);
+    /// its connections keep their translation until they end (flush them
+    /// with `forwarder conntrack flush --rule HANDLE`).
+    Del { handle: u32 },
 }
 
 #[derive(Args, Debug)]
@@ -159,13 +165,13 @@ pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:>3}  {:<34} {:>10} {:>10} {:>8} {:>8}  origin",
-                "id", "rule", "pkts in", "pkts out", "conns", "denied"
+                "{:>6}  {:<34} {:>10} {:>10} {:>8} {:>8}  origin",
+                "handle", "rule", "pkts in", "pkts out", "conns", "denied"
             );
             for r in v.as_array().into_iter().flatten() {
                 println!(
-                    "{:>3}  {:<34} {:>10} {:>10} {:>8} {:>8}  {}",
-                    r["id"].as_u64().unwrap_or(0),
+                    "{:>6}  {:<34} {:>10} {:>10} {:>8} {:>8}  {}",
+                    r["handle"].as_u64().unwrap_or(0),
                     r["rule"].as_str().unwrap_or(""),
                     r["packets_in"].as_u64().unwrap_or(0),
                     r["packets_out"].as_u64().unwrap_or(0),
@@ -179,12 +185,12 @@ pub fn rule(args: &RuleArgs) -> anyhow::Result<()> {
             // Refuse a bad rule here already, naming the value.
             crate::settings::Rule::parse_spec(spec)?;
             let v = ask(&args.control, &Request::Add { spec: spec.clone() })?;
-            answer(args.json, &v, |v| format!("added rule {}: {spec}", v["id"]));
+            answer(args.json, &v, |v| format!("added rule {}: {spec}", v["handle"]));
         }
-        RuleCmd::Del { id } => {
-            let v = ask(&args.control, &Request::Del { id: *id })?;
+        RuleCmd::Del { handle } => {
+            let v = ask(&args.control, &Request::Del { handle: *handle })?;
             answer(args.json, &v, |v| {
-                format!("removed rule {id}: {}", v["removed"].as_str().unwrap_or("?"))
+                format!("removed rule {handle}: {}", v["removed"].as_str().unwrap_or("?"))
             });
         }
     }
@@ -199,7 +205,7 @@ pub struct SaveArgs {
     #[arg(long)]
     pub json: bool,
     /// Where to write the running configuration (atomically).
-    #[arg(default_value = "/etc/forwarder.toml")]
+    #[arg(default_value = "/etc/forwarder/forwarder.toml")]
     pub file: PathBuf,
 }
 
@@ -215,8 +221,8 @@ pub fn save(args: &SaveArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Debug, Clone)]
 pub struct FilterArgs {
-    /// Only connections of this rule id.
-    #[arg(long)]
+    /// Only connections of the rule with this handle.
+    #[arg(long, value_name = "HANDLE")]
     pub rule: Option<u32>,
     /// Only connections with this address (client, public, masquerade or backend).
     #[arg(long)]

@@ -44,7 +44,7 @@ pub fn run(args: &ImportArgs, from: From) -> anyhow::Result<()> {
     if imp.rules.is_empty() {
         bail!("no rule could be converted");
     }
-    print!("{}", imp.to_toml());
+    print!("{}", imp.to_toml()?);
     eprintln!("converted {} rule(s); {} line(s) not converted", imp.rules.len(), imp.skipped.len());
     Ok(())
 }

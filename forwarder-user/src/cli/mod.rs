@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod check;
 pub mod client;
+pub mod docs;
 pub mod import;
 pub mod run;
 pub mod teardown;
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "forwarder",
     version,
+    propagate_version = true,
     about = "eBPF fast-path port forwarder (XDP DNAT + masquerade)"
 )]
 pub struct Cli {
@@ -50,4 +52,10 @@ pub enum Command {
     /// real servers) into a forwarder config on stdout: one rule with
     /// weighted backends per service; what it cannot convert is listed.
     ImportIpvsadm(import::ImportArgs),
+    /// Print the completion script for a shell (bash, zsh, fish), e.g.
+    /// `forwarder completions bash > /etc/bash_completion.d/forwarder`.
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages into a directory (the package build does).
+    #[command(hide = true)]
+    Manpages(docs::ManpagesArgs),
 }

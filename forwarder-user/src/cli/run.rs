@@ -17,6 +17,7 @@ use crate::{
 };
 
 #[derive(Args, Debug, Clone)]
+#[command(after_long_help = crate::settings::help::run_help())]
 pub struct RunArgs {
     /// Public (outside-facing) interface; repeat for several.
     #[arg(long = "public", value_name = "IFACE")]
@@ -24,10 +25,12 @@ pub struct RunArgs {
     /// Internal (backend-facing) interface; repeat for several.
     #[arg(long = "internal", value_name = "IFACE")]
     pub internal: Vec<String>,
-    /// A port mapping: PROTO:PORT[@IFACE]=ADDR[:PORT][,no-masquerade]; repeat for several.
+    /// A rule: PROTO:PORTS[@IFACE]=BACKEND[+BACKEND…][,OPTION…] (see Rules
+    /// below); repeat for several.
     #[arg(long = "rule", value_name = "SPEC")]
     pub rules: Vec<String>,
-    /// TOML config file (interfaces, rules, `snat_ports`); merged with the flags.
+    /// A TOML configuration file (see Configuration file below); its
+    /// interfaces and rules add to the flags', the flags override the rest.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Datapath hook for every interface: auto (the default: native XDP
@@ -52,7 +55,7 @@ pub struct RunArgs {
     /// atomically; its conntrack figures at each conntrack sweep).
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
-    /// Conntrack capacity in connections (two table entries each).
+    /// Connections the conntrack table holds (default 262144).
     #[arg(long, value_name = "CONNS")]
     pub conntrack_max: Option<u64>,
     /// A conntrack timeout in seconds: `tcp_syn`, `tcp_syn_recv`,
@@ -87,6 +90,11 @@ pub struct RunArgs {
     /// removes it.
     #[arg(long, requires = "pin_dir")]
     pub persist: bool,
+    /// Check the settings (flags and --config: rules, handles, interfaces
+    /// and their hooks) and exit, touching nothing: 0 when `forwarder
+    /// run` with them would start.
+    #[arg(long)]
+    pub check_only: bool,
     /// Audit events (new connection attempts, accepted or denied) per
     /// second and CPU; 0 turns audit off. Beyond it they are counted
     /// (`audit_rate_limited`), not logged. Default 1000.
@@ -101,7 +109,43 @@ pub struct RunArgs {
     pub syslog: Option<String>,
 }
 
+/// The settings were refused (nothing was loaded or attached):
+/// `forwarder run` exits with [`InvalidSettings::EXIT_STATUS`], which the
+/// service unit does not restart on.
+#[derive(Debug)]
+pub struct InvalidSettings;
+
+impl InvalidSettings {
+    pub const EXIT_STATUS: i32 = 2;
+}
+
+impl std::fmt::Display for InvalidSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid settings")
+    }
+}
+
+/// What `--check-only` says of valid settings.
+fn valid_text(s: &Settings) -> String {
+    let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+    format!(
+        "the settings are valid: {} rule(s); public {}; internal {}",
+        s.rules.len(),
+        list(&s.public),
+        list(&s.internal)
+    )
+}
+
 impl RunArgs {
+    /// The settings, with their handles, and their plan: every check
+    /// that needs no kernel object.
+    fn validated(&self) -> anyhow::Result<(Settings, crate::plan::Compiled)> {
+        let mut settings = self.settings()?;
+        settings.assign_handles(None)?;
+        let compiled = settings.compile(&System)?;
+        Ok((settings, compiled))
+    }
+
     fn settings(&self) -> anyhow::Result<Settings> {
         let mut s = Settings::default();
         if let Some(path) = &self.config {
@@ -165,8 +209,11 @@ impl RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::faults::init_from_env().map_err(anyhow::Error::msg)?;
-    let mut settings = args.settings()?;
-    let mut compiled = settings.compile(&System)?;
+    let (mut settings, mut compiled) = args.validated().context(InvalidSettings)?;
+    if args.check_only {
+        println!("{}", valid_text(&settings));
+        return Ok(());
+    }
     // Before anything is loaded: a second daemon on the same socket is
     // refused without touching the running one.
     let control = bind_control(&args.control)?;
@@ -225,7 +272,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     daemon.report_egress();
     for r in &daemon.settings.rules {
-        log::info!("rule {r} ({})", r.origin);
+        log::info!("rule {}: {r} ({})", r.handle, r.origin);
     }
     log::info!(
         "masquerade source ports {}-{}",

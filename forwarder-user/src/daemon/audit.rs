@@ -62,7 +62,7 @@ impl Audit {
             let d = crate::audit::Described {
                 ev: &ev,
                 time: crate::audit::wall_time(ev.ts_ns, mono, wall),
-                rule: settings.rules.get(ev.rule_id as usize).map(ToString::to_string),
+                rule: settings.rule(ev.rule_id).map(ToString::to_string),
                 iface: dp.attached.iter().find(|a| a.ifindex == ev.ifindex).map(|a| a.name.clone()),
             };
             log::info!(target: "audit", "{d}");

@@ -46,10 +46,10 @@ impl Member {
     }
 }
 
-/// A balanced rule: its id, backends in the rule's order, its check.
+/// A balanced rule: its handle, backends in the rule's order, its check.
 #[derive(Debug)]
 pub struct Balanced {
-    pub rule_id: u32,
+    pub handle: u32,
     /// What identifies the rule across a reload: protocol, first public
     /// port, interface.
     key: (Proto, u16, Option<String>),
@@ -88,8 +88,8 @@ impl Pool {
     pub fn new(settings: &Settings, compiled: &Compiled, old: Option<&Self>) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let mut rules = Vec::new();
-        for (rule_id, _) in &compiled.services.entries {
-            let r = &settings.rules[*rule_id as usize];
+        for (handle, _) in &compiled.services.entries {
+            let Some(r) = settings.rule(*handle) else { continue };
             let key = key_of(r);
             let before = old.and_then(|o| o.rules.iter().find(|b| b.key == key));
             let members = r
@@ -114,7 +114,7 @@ impl Pool {
                 })
                 .collect();
             rules.push(Balanced {
-                rule_id: *rule_id,
+                handle: *handle,
                 key,
                 members,
                 health: r.health.clone(),
@@ -160,7 +160,7 @@ impl Pool {
 
     /// Takes one outcome: the member's new state, said in the log and the
     /// audit trail, when it changed (the rule's table is then stale); the
-    /// member when it went down from up: `(rule_id, addr, port)`.
+    /// member when it went down from up: `(rule handle, addr, port)`.
     pub(super) fn observe(
         &mut self,
         checked: Checked,
@@ -177,7 +177,7 @@ impl Pool {
         let was = tracker.state;
         let state = tracker.observe(checked.outcome, health.rise, health.fall)?;
         rule.dirty = true;
-        let (addr, port, id) = (member.addr, member.port, rule.rule_id);
+        let (addr, port, id) = (member.addr, member.port, rule.handle);
         match state {
             State::Up => {
                 say(log::Level::Info, format!("rule {id}: backend {addr}:{port} is up ({what})"));
@@ -212,11 +212,14 @@ impl Pool {
         for r in self.rules.iter_mut().filter(|r| r.dirty) {
             let base = compiled
                 .services
-                .of(r.rule_id)
-                .ok_or_else(|| anyhow::anyhow!("rule {} has no table region", r.rule_id))?;
-            let backends = &settings.rules[r.rule_id as usize].backends;
+                .of(r.handle)
+                .ok_or_else(|| anyhow::anyhow!("rule {} has no table region", r.handle))?;
+            let backends = &settings
+                .rule(r.handle)
+                .ok_or_else(|| anyhow::anyhow!("rule {} is not in the settings", r.handle))?
+                .backends;
             let table = maglev_table(backends, base.table_len, |i| r.members[i].effective());
-            dp.replace_table(r.rule_id, base, table.as_deref())?;
+            dp.replace_table(r.handle, base, table.as_deref())?;
             r.dirty = false;
         }
         Ok(())
@@ -227,7 +230,7 @@ impl Pool {
     pub fn find(&self, addr: Ipv4Addr, port: u16, rule: Option<u32>) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
         for (ri, r) in self.rules.iter().enumerate() {
-            if rule.is_some_and(|id| id != r.rule_id) {
+            if rule.is_some_and(|h| h != r.handle) {
                 continue;
             }
             for (mi, m) in r.members.iter().enumerate() {

@@ -16,7 +16,7 @@ pub enum Data {
 /// A request for the loop, from a client task.
 pub(super) enum Ask {
     Control(crate::control::Request, oneshot::Sender<anyhow::Result<Data>>),
-    Metrics(oneshot::Sender<anyhow::Result<String>>),
+    Metrics(crate::metrics::Format, oneshot::Sender<anyhow::Result<String>>),
 }
 
 /// Accepts control clients; each is read and answered by a task of its own.
@@ -46,39 +46,95 @@ pub(super) async fn control_server(l: tokio::net::UnixListener, tx: mpsc::Sender
     }
 }
 
-/// Serves `/metrics` (Prometheus text) to each client from a task of its
-/// own; the loop only renders the body.
+/// How long a metrics client may take to send a request's headers, and
+/// how long a connection may stay open (keep-alive included).
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_mins(1);
+
+/// Serves `/metrics` over HTTP/1 (hyper), each client from a task of its
+/// own: a slow or silent client holds up only its task (and is cut off
+/// after [`METRICS_HEADER_TIMEOUT`]); the loop only renders the body.
 pub(super) async fn metrics_server(l: tokio::net::TcpListener, tx: mpsc::Sender<Ask>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        let Ok((mut s, _)) = l.accept().await else {
+        let Ok((s, _)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let tx = tx.clone();
         tokio::spawn(async move {
-            let mut req = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut req)).await;
-            let (otx, orx) = oneshot::channel();
-            if tx.send(Ask::Metrics(otx)).await.is_err() {
-                return;
+            let service = hyper::service::service_fn(move |req| metrics_answer(req, tx.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(s), service);
+            if let Ok(Err(e)) = tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, conn).await {
+                log::debug!("metrics client: {e}");
             }
-            let (status, body) = match orx.await {
-                Ok(Ok(body)) => ("200 OK", body),
-                Ok(Err(e)) => (
-                    "500 Internal Server Error",
-                    format!("# the forwarder could not read its counters: {e:#}\n"),
-                ),
-                Err(_) => return,
-            };
-            let head = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
         });
     }
+}
+
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+/// One metrics request: `GET`/`HEAD /metrics` is answered with the
+/// counters (`OpenMetrics` when the `Accept` header asks for it, else the
+/// Prometheus text format); any other path is 404, another method 405.
+async fn metrics_answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    tx: mpsc::Sender<Ask>,
+) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    use hyper::{Method, StatusCode, header};
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let reply = |status: StatusCode, kind: &str, body: String| {
+        let mut r = hyper::Response::new(Body::from(body));
+        *r.status_mut() = status;
+        if let Ok(v) = header::HeaderValue::from_str(kind) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: the metrics are at /metrics\n".into(),
+        ));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET or HEAD\n".into());
+        r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return Ok(r);
+    }
+    let format = crate::metrics::Format::from_accept(
+        req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or(""),
+    );
+    let (otx, orx) = oneshot::channel();
+    let stopping =
+        || reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "the daemon is stopping\n".into());
+    if tx.send(Ask::Metrics(format, otx)).await.is_err() {
+        return Ok(stopping());
+    }
+    let mut r = match tokio::time::timeout(METRICS_HEADER_TIMEOUT, orx).await {
+        Ok(Ok(Ok(body))) => reply(StatusCode::OK, format.content_type(), body),
+        Ok(Ok(Err(e))) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            TEXT,
+            format!("the forwarder could not read its counters: {e:#}\n"),
+        ),
+        Ok(Err(_)) => stopping(),
+        Err(_) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "the daemon did not answer in time\n".into(),
+        ),
+    };
+    if req.method() == Method::HEAD {
+        let len =
+            http_body_util::BodyExt::collect(r.body_mut()).await.map_or(0, |b| b.to_bytes().len());
+        *r.body_mut() = Body::default();
+        r.headers_mut().insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    }
+    Ok(r)
 }
 
 /// Reads one control request line.

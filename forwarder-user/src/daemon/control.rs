@@ -22,9 +22,8 @@ impl Daemon {
                         .rules
                         .iter()
                         .zip(&snap.rules)
-                        .enumerate()
-                        .map(|(i, (r, c))| {
-                            serde_json::json!({"id": i, "rule": r.to_string(), "origin": r.origin,
+                        .map(|(r, c)| {
+                            serde_json::json!({"handle": r.handle, "rule": r.to_string(), "origin": r.origin,
                                 "packets_in": c.packets_in, "bytes_in": c.bytes_in, "packets_out": c.packets_out, "bytes_out": c.bytes_out,
                                 "new_connections": c.new_connections, "denied": c.denied})
                         })
@@ -36,19 +35,22 @@ impl Daemon {
                 let mut next = self.settings.clone();
                 next.rules.push(r);
                 self.swap(next)?;
-                serde_json::json!({"id": self.settings.rules.len() - 1})
+                let handle = self.settings.rules.last().map_or(0, |r| r.handle);
+                serde_json::json!({ "handle": handle })
             }
-            Request::Del { id } => {
+            Request::Del { handle } => {
                 let mut next = self.settings.clone();
-                anyhow::ensure!(id < next.rules.len(), "no rule {id} (see `forwarder rule list`)");
-                let gone = next.rules.remove(id);
+                let at = next.rules.iter().position(|r| r.handle == handle).ok_or_else(|| {
+                    anyhow::anyhow!("no rule with handle {handle} (see `forwarder rule list`)")
+                })?;
+                let gone = next.rules.remove(at);
                 self.swap(next)?;
-                serde_json::json!({"removed": gone.to_string()})
+                serde_json::json!({"handle": handle, "removed": gone.to_string()})
             }
             Request::Save { path } => {
                 let text = format!(
                     "# saved by `forwarder save` from the running daemon\n{}",
-                    self.settings.to_toml()
+                    self.settings.to_toml()?
                 );
                 write_atomically(&path, &text)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -71,7 +73,7 @@ impl Daemon {
                 self.backends.apply(&mut self.dp, &self.compiled, &self.settings)?;
                 let what = if on { "draining" } else { "undrained" };
                 for (ri, _) in &at {
-                    let id = self.backends.rules[*ri].rule_id;
+                    let id = self.backends.rules[*ri].handle;
                     self.audit.notice(
                         log::Level::Info,
                         &format!("rule {id}: backend {addr}:{port} {what}"),
@@ -88,8 +90,12 @@ impl Daemon {
                 let at = self.backend_at(addr, port, rule)?;
                 for a in &at {
                     self.backends.set_weight(*a, weight);
-                    let id = self.backends.rules[a.0].rule_id as usize;
-                    self.settings.rules[id].backends[a.1].weight = weight;
+                    let handle = self.backends.rules[a.0].handle;
+                    if let Some(b) =
+                        self.settings.rule_mut(handle).and_then(|r| r.backends.get_mut(a.1))
+                    {
+                        b.weight = weight;
+                    }
                 }
                 self.backends.apply(&mut self.dp, &self.compiled, &self.settings)?;
                 log::info!("backend {addr}:{port}: weight {weight} ({} rule(s))", at.len());
@@ -131,16 +137,16 @@ impl Daemon {
         let conns = crate::control::connections(&self.dp.flows()?);
         let mut out = Vec::new();
         for b in &self.backends.rules {
-            let rule = &self.settings.rules[b.rule_id as usize];
+            let Some(rule) = self.settings.rule(b.handle) else { continue };
             for m in &b.members {
                 let port = rule.backend_port_match(m.port);
                 let live = conns
                     .iter()
-                    .filter(|c| c.entry.state != CT_CLOSED && c.serves(b.rule_id, m.addr, port))
+                    .filter(|c| c.entry.state != CT_CLOSED && c.serves(b.handle, m.addr, port))
                     .count();
                 let last = m.tracker.as_ref().and_then(|t| t.last.as_ref());
                 out.push(serde_json::json!({
-                    "rule": b.rule_id,
+                    "rule": b.handle,
                     "backend": format!("{}:{}", m.addr, m.port),
                     "weight": m.weight,
                     "state": m.state(),

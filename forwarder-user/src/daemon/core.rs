@@ -222,7 +222,7 @@ impl Daemon {
             .iter()
             .flat_map(|r| {
                 r.members.iter().map(|m| crate::stats::BackendStatus {
-                    rule: r.rule_id,
+                    rule: r.handle,
                     backend: format!("{}:{}", m.addr, m.port),
                     weight: m.weight,
                     state: m.state().into(),
@@ -292,8 +292,8 @@ impl Daemon {
         let (dp, backends) = (&mut self.dp, &mut self.backends);
         let (compiled, settings) = (&self.compiled, &self.settings);
         self.house.run("backend_tables", self.ticks, || backends.apply(dp, compiled, settings));
-        if let Some((rule_id, addr, port)) = gone {
-            self.on_backend_down(rule_id, addr, port);
+        if let Some((handle, addr, port)) = gone {
+            self.on_backend_down(handle, addr, port);
         }
     }
 
@@ -304,8 +304,12 @@ impl Daemon {
                 let r = self.control(req);
                 let _ = reply.send(r);
             }
-            Ask::Metrics(reply) => {
-                let _ = reply.send(self.snapshot(true).map(|s| crate::metrics::render(&s)));
+            Ask::Metrics(format, reply) => {
+                let body = self.snapshot(true).and_then(|s| {
+                    crate::metrics::render(&s, format)
+                        .map_err(|e| anyhow::anyhow!("encoding the metrics: {e}"))
+                });
+                let _ = reply.send(body);
             }
         }
     }

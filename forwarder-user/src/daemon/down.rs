@@ -28,10 +28,10 @@ use super::core::Daemon;
 use crate::{control::Tracked, settings::OnDown};
 
 impl Daemon {
-    /// A backend of rule `rule_id` went down: its UDP flows are
-    /// forgotten, its TCP connections reset if the rule says so.
+    /// A backend of rule `rule_id` (its handle) went down: its UDP flows
+    /// are forgotten, its TCP connections reset if the rule says so.
     pub(super) fn on_backend_down(&mut self, rule_id: u32, addr: Ipv4Addr, port: u16) {
-        let rule = &self.settings.rules[rule_id as usize];
+        let Some(rule) = self.settings.rule(rule_id) else { return };
         let port = rule.backend_port_match(port);
         let reset = rule.health.as_ref().is_some_and(|h| h.on_down == OnDown::Reset);
         let shown = port.map_or_else(|| addr.to_string(), |p| format!("{addr}:{p}"));

@@ -17,6 +17,9 @@ impl Daemon {
                 "changing rules at runtime needs --pin-dir (the connection table must outlive the swap); restart instead"
             );
         };
+        // Handles: kept where given or where the rule is unchanged; new
+        // rules get new ones.
+        next.assign_handles(Some(&self.settings))?;
         let mut compiled = next.compile(&System)?;
         // The connection table outlives the swap as it is sized (a new
         // size would need a new, empty table): the rest of the reload
@@ -33,6 +36,11 @@ impl Daemon {
         }
         let mut dp = Datapath::load_pinned(compiled.conntrack.max_connections, Some(&p))?;
         dp.configure(&compiled)?;
+        // A new rule counts from 0, even on a handle a deleted rule had
+        // (the counters are pinned state).
+        for r in next.rules.iter().filter(|r| self.settings.rule(r.handle).is_none()) {
+            dp.clear_rule_stats(r.handle)?;
+        }
         dp.sync_public_addrs(&addrs::public_addresses(&compiled.ifaces)?)?;
         // The egresses as they stand, on the new devmap, before it is live.
         let egress = egresses(&compiled, &self.egress);
@@ -68,7 +76,7 @@ impl Daemon {
             })
             .collect();
         for r in &self.settings.rules {
-            log::info!("rule {r} ({})", r.origin);
+            log::info!("rule {}: {r} ({})", r.handle, r.origin);
         }
         Ok(())
     }

@@ -51,9 +51,9 @@ impl Daemon {
             self.ct_usage = pass.usage;
             if pass.removed > 0 {
                 log::debug!(
-                    "conntrack: {} of {} entries expired and removed",
-                    pass.removed,
-                    pass.scanned
+                    "conntrack: {} of {} connections expired and removed",
+                    pass.removed.div_ceil(2),
+                    pass.scanned.div_ceil(2)
                 );
             }
         }

@@ -1,7 +1,7 @@
 //! The datapath's own counters, summed over CPUs: global ones, and the
 //! frames the kernel refused to transmit after an XDP redirect.
 
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use forwarder_common::abi::{self};
 
 use crate::error::Result;
@@ -32,13 +32,14 @@ impl Datapath {
         Ok(gs.get(&index, 0).map_err(map_err(abi::MAP_STATS))?.iter().sum())
     }
 
-    /// Each of the first `rules` rules' counters, summed over CPUs.
-    pub fn rule_stats(&self, rules: u32) -> Result<Vec<abi::RuleStats>> {
+    /// The counters of the rules with handles `handles`, summed over CPUs.
+    pub fn rule_stats(&self, handles: &[u32]) -> Result<Vec<abi::RuleStats>> {
         let rs: PerCpuArray<&MapData, abi::RuleStats> =
             PerCpuArray::try_from(self.map(abi::MAP_RULE_STATS)?)
                 .map_err(map_err(abi::MAP_RULE_STATS))?;
-        (0..rules)
-            .map(|id| {
+        handles
+            .iter()
+            .map(|&id| {
                 let per_cpu = rs.get(&id, 0).map_err(map_err(abi::MAP_RULE_STATS))?;
                 let mut sum = abi::RuleStats::default();
                 for s in per_cpu.iter() {
@@ -52,6 +53,22 @@ impl Datapath {
                 Ok(sum)
             })
             .collect()
+    }
+
+    /// Sets the counters of the rule with handle `handle` to 0 (a new
+    /// rule whose handle a deleted one had: it starts from nothing).
+    pub fn clear_rule_stats(&mut self, handle: u32) -> Result<()> {
+        let mut rs: PerCpuArray<&mut MapData, abi::RuleStats> =
+            PerCpuArray::try_from(self.map_mut(abi::MAP_RULE_STATS)?)
+                .map_err(map_err(abi::MAP_RULE_STATS))?;
+        let zero = PerCpuValues::try_from(vec![
+            abi::RuleStats::default();
+            aya::util::nr_cpus().map_err(|(_, e)| {
+                crate::error::Error::Io(format!("counting the CPUs: {e}"))
+            })?
+        ])
+        .map_err(|e| crate::error::Error::Io(format!("per-CPU values: {e}")))?;
+        rs.set(handle, zero, 0).map_err(map_err(abi::MAP_RULE_STATS))
     }
 
     /// Every global counter (index `forwarder_common::stats::*`), summed

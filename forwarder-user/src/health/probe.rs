@@ -19,7 +19,21 @@ pub async fn run(check: &Check, addr: Ipv4Addr, port: u16, timeout: Duration) ->
     match r {
         Ok(Ok(what)) => Outcome { ok: true, what, latency },
         Ok(Err(why)) => Outcome { ok: false, what: why, latency },
-        Err(_) => Outcome { ok: false, what: format!("no answer within {timeout:?}"), latency },
+        Err(_) => Outcome {
+            ok: false,
+            what: format!("no answer within {}", duration_text(timeout)),
+            latency,
+        },
+    }
+}
+
+/// `d` for people: `200 ms`, `1 s`, `2.5 s`.
+fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0..1000 => format!("{ms} ms"),
+        _ if ms.is_multiple_of(1000) => format!("{} s", ms / 1000),
+        _ => format!("{:.1} s", d.as_secs_f64()),
     }
 }
 
@@ -126,6 +140,8 @@ mod tests {
         assert!(run(&exec("test %a = 127.0.0.1 && test %p = 9"), lo, 9, t).await.ok);
         assert_eq!(run(&exec("exit 3"), lo, 9, t).await.what, "exit 3");
         let slow = run(&exec("sleep 5"), lo, 9, Duration::from_millis(200)).await;
-        assert!(!slow.ok && slow.what.contains("no answer"), "{slow:?}");
+        assert_eq!((slow.ok, slow.what.as_str()), (false, "no answer within 200 ms"));
+        assert_eq!(duration_text(Duration::from_secs(2)), "2 s");
+        assert_eq!(duration_text(Duration::from_millis(2500)), "2.5 s");
     }
 }

@@ -283,6 +283,7 @@ fn rule(spec: &Dnat, n: usize) -> Result<Rule, String> {
         ));
     }
     Ok(Rule {
+        handle: 0,
         proto,
         ports,
         interface: spec.iface.clone(),
@@ -367,7 +368,7 @@ COMMIT
 
     #[test]
     fn output_is_a_valid_config() {
-        let toml = from_iptables_save(SAMPLE).to_toml();
+        let toml = from_iptables_save(SAMPLE).to_toml().unwrap();
         let mut s = Settings::default();
         s.merge_toml(std::path::Path::new("imported.toml"), &toml).unwrap();
         assert_eq!(s.rules.len(), 4);
@@ -402,7 +403,7 @@ COMMIT
         let notes: Vec<&str> = imp.notes.iter().map(|(_, n)| n.as_str()).collect();
         assert!(notes.iter().any(|n| n.contains("leaves 50.0 %")), "{notes:?}");
         let mut s = Settings::default();
-        s.merge_toml(std::path::Path::new("i.toml"), &imp.to_toml()).unwrap();
+        s.merge_toml(std::path::Path::new("i.toml"), &imp.to_toml().unwrap()).unwrap();
         assert_eq!(s.rules[1].backends[0].weight, 3);
     }
 

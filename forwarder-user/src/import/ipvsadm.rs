@@ -107,6 +107,7 @@ pub fn from_ipvsadm_save(text: &str) -> Import {
         }
         out.notes.push((s.line, format!("virtual address {}: the rule applies on every --public interface; give the gateway that address there", s.vip.ip())));
         out.rules.push(Rule {
+            handle: 0,
             proto: s.proto,
             ports: Ports::one(s.vip.port()),
             interface: None,
@@ -188,9 +189,9 @@ mod tests {
         assert!(notes.iter().any(|n| n.contains("scheduler rr/wrr")), "{notes:?}");
         // The output reads back as a config.
         let mut s = Settings::default();
-        s.merge_toml(std::path::Path::new("ipvs.toml"), &imp.to_toml()).unwrap();
+        s.merge_toml(std::path::Path::new("ipvs.toml"), &imp.to_toml().unwrap()).unwrap();
         assert_eq!(s.rules[0].backends[1].weight, 3);
-        assert!(imp.to_toml().starts_with("# converted by `forwarder import-ipvsadm`"));
+        assert!(imp.to_toml().unwrap().starts_with("# converted by `forwarder import-ipvsadm`"));
     }
 
     #[test]

@@ -20,13 +20,13 @@ pub struct Import {
 
 impl Import {
     /// The result as a forwarder TOML config.
-    pub fn to_toml(&self) -> String {
+    pub fn to_toml(&self) -> crate::error::Result<String> {
         let settings = crate::settings::Settings {
             public: self.public.iter().cloned().collect(),
             internal: self.internal.iter().cloned().collect(),
             rules: self.rules.clone(),
             ..Default::default()
         };
-        format!("# converted by `forwarder {}`\n{}", self.tool, settings.to_toml())
+        Ok(format!("# converted by `forwarder {}`\n{}", self.tool, settings.to_toml()?))
     }
 }

@@ -4,22 +4,28 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use super::{
+    handles::MAX_HANDLE,
     health::FileHealth,
     model::{Backend, Cidr, Mode, Ports, Proto, Rule, Settings},
     rule_spec::{check_backends, parse_backend, parse_ports, parse_weight, port_in_range},
 };
 use crate::error::{Error, Result};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileConntrack {
+    #[serde(skip_serializing_if = "Option::is_none")]
     max: Option<u64>,
-    #[serde(default)]
-    timeouts: std::collections::BTreeMap<String, u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    timeouts: BTreeMap<String, u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     new_conn_rate: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     new_conn_burst: Option<u64>,
 }
 
@@ -35,45 +41,74 @@ struct FileConfig {
     mode: Option<Mode>,
     /// Interface name → mode.
     #[serde(default)]
-    modes: std::collections::BTreeMap<String, Mode>,
+    modes: BTreeMap<String, Mode>,
     #[serde(default)]
     rule: Vec<toml::Spanned<FileRule>>,
     audit: Option<toml::Spanned<FileAudit>>,
 }
 
-#[derive(Deserialize)]
+/// What a file written by [`Settings::to_toml`] holds: [`FileConfig`]
+/// without the spans, its plain values before its tables (as TOML wants
+/// them).
+#[derive(Serialize)]
+struct SavedFile {
+    public: Vec<String>,
+    internal: Vec<String>,
+    snat_ports: String,
+    mode: Mode,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    modes: BTreeMap<String, Mode>,
+    conntrack: FileConntrack,
+    audit: FileAudit,
+    rule: Vec<FileRule>,
+}
+
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileAudit {
+    #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     burst: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     syslog: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileRule {
     proto: String,
     port: PortField,
+    /// The rule's handle (`forwarder save` writes it; without one the
+    /// daemon gives one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handle: Option<i64>,
     /// One backend (`ADDR[:PORTS]`), or `backends`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     backends: Option<Vec<FileBackend>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     masquerade: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     sources: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<FileHealth>,
 }
 
 /// `{ to = "ADDR[:PORTS]", weight = W }` (weight 1 by default).
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileBackend {
     to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     weight: Option<i64>,
 }
 
 /// `port = 8080` or `port = "8000-9000"`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(untagged)]
 enum PortField {
     Number(i64),
@@ -142,135 +177,166 @@ impl Settings {
         }
         for spanned in file.rule {
             let line = line_of(text, spanned.span().start);
-            let r = spanned.into_inner();
-            let at = |why: String| cfg_err(format!("line {line}: rule: {why}"));
-            let proto: Proto = r.proto.parse().map_err(at)?;
-            let ports = match &r.port {
-                PortField::Number(n) => port_in_range(*n, "port").map(Ports::one),
-                PortField::Text(s) => parse_ports(s, "port"),
-            }
-            .map_err(at)?;
-            let backends = match (&r.to, &r.backends) {
-                (Some(to), None) => {
-                    let (addr, ports) = parse_backend(to, ports).map_err(at)?;
-                    vec![Backend { addr, ports, weight: 1 }]
-                }
-                (None, Some(list)) if !list.is_empty() => {
-                    let set = list
-                        .iter()
-                        .map(|b| {
-                            let (addr, ports) = parse_backend(&b.to, ports)?;
-                            let weight =
-                                b.weight.map_or(Ok(1), |w| parse_weight(&w.to_string()))?;
-                            Ok(Backend { addr, ports, weight })
-                        })
-                        .collect::<Result<Vec<_>, String>>()
-                        .map_err(at)?;
-                    check_backends(&set).map_err(at)?;
-                    set
-                }
-                _ => {
-                    return Err(at(
-                        "give `to` (one backend) or `backends` (a list), not both".into()
-                    ));
-                }
-            };
-            let sources = r
-                .sources
-                .iter()
-                .map(|s| s.parse())
-                .collect::<Result<Vec<Cidr>, String>>()
-                .map_err(at)?;
-            self.rules.push(Rule {
-                sources,
-                proto,
-                ports,
-                interface: r.interface,
-                backends,
-                health: r.health.map(FileHealth::resolve).transpose().map_err(at)?,
-                masquerade: r.masquerade.unwrap_or(true),
-                origin: format!("{}:{line}", path.display()),
-            });
+            let rule = spanned
+                .into_inner()
+                .resolve(format!("{}:{line}", path.display()))
+                .map_err(|why| cfg_err(format!("line {line}: rule: {why}")))?;
+            self.rules.push(rule);
         }
         Ok(())
     }
 
-    /// These settings as a config file (what `forwarder save` writes).
-    pub fn to_toml(&self) -> String {
-        use std::fmt::Write as _;
-        let mut s = String::new();
-        let list = |v: &[String]| v.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(s, "public = [{}]", list(&self.public));
-        let _ = writeln!(s, "internal = [{}]", list(&self.internal));
-        let _ = writeln!(s, "snat_ports = \"{}-{}\"", self.snat_ports.0, self.snat_ports.1);
-        let _ = writeln!(s, "mode = \"{}\"", self.mode);
-        if !self.iface_modes.is_empty() {
-            let _ = writeln!(s, "\n[modes]");
-            for (i, m) in &self.iface_modes {
-                let _ = writeln!(s, "{i:?} = \"{m}\"");
+    /// These settings as a config file (what `forwarder save` writes and
+    /// `--config` reads back): serialized by serde through `toml_edit`,
+    /// which lays it out (tables for the sections and rules, inline
+    /// backends) and keeps a comment above each rule saying where it came
+    /// from.
+    pub fn to_toml(&self) -> Result<String> {
+        use toml_edit::Item;
+        let fail = |e: &dyn std::fmt::Display| {
+            Error::Settings(format!("writing the settings as TOML: {e}"))
+        };
+        let mut doc = toml_edit::ser::to_document(&self.saved()).map_err(|e| fail(&e))?;
+        let table = |item: &mut Item| -> Result<()> {
+            let t = std::mem::take(item).into_table().map_err(|_| fail(&"not a table"))?;
+            *item = Item::Table(t);
+            Ok(())
+        };
+        for key in ["modes", "conntrack", "audit"] {
+            if let Some(item) = doc.get_mut(key) {
+                table(item)?;
             }
         }
+        if let Some(item) = doc.get_mut("rule") {
+            let mut rules =
+                std::mem::take(item).into_array_of_tables().map_err(|_| fail(&"rules"))?;
+            for (t, r) in rules.iter_mut().zip(&self.rules) {
+                t.decor_mut().set_prefix(format!("\n# {}\n", r.origin.replace('\n', " ")));
+                if let Some(h) = t.get_mut("health") {
+                    table(h)?;
+                }
+            }
+            *item = Item::ArrayOfTables(rules);
+        }
+        Ok(doc.to_string())
+    }
+
+    /// These settings in the file's terms.
+    fn saved(&self) -> SavedFile {
         let t = self.conntrack.timeouts;
-        let _ = writeln!(
-            s,
-            "\n[conntrack]\nmax = {}\ntimeouts = {{ tcp_syn = {}, tcp_syn_recv = {}, tcp_established = {}, tcp_fin = {}, tcp_close = {}, udp = {}, udp_stream = {} }}",
-            self.conntrack.max_connections,
-            t.tcp_syn,
-            t.tcp_syn_recv,
-            t.tcp_established,
-            t.tcp_fin,
-            t.tcp_close,
-            t.udp,
-            t.udp_stream
-        );
-        if self.conntrack.new_conn_rate != 0 {
-            let _ = writeln!(
-                s,
-                "new_conn_rate = {}\nnew_conn_burst = {}",
-                self.conntrack.new_conn_rate, self.conntrack.new_conn_burst
-            );
+        let c = &self.conntrack;
+        SavedFile {
+            public: self.public.clone(),
+            internal: self.internal.clone(),
+            snat_ports: format!("{}-{}", self.snat_ports.0, self.snat_ports.1),
+            mode: self.mode,
+            modes: self.iface_modes.iter().cloned().collect(),
+            conntrack: FileConntrack {
+                max: Some(u64::from(c.max_connections)),
+                timeouts: [
+                    ("tcp_syn", t.tcp_syn),
+                    ("tcp_syn_recv", t.tcp_syn_recv),
+                    ("tcp_established", t.tcp_established),
+                    ("tcp_fin", t.tcp_fin),
+                    ("tcp_close", t.tcp_close),
+                    ("udp", t.udp),
+                    ("udp_stream", t.udp_stream),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+                new_conn_rate: (c.new_conn_rate != 0).then_some(u64::from(c.new_conn_rate)),
+                new_conn_burst: (c.new_conn_rate != 0).then_some(u64::from(c.new_conn_burst)),
+            },
+            audit: FileAudit {
+                rate: Some(i64::from(self.audit.rate)),
+                burst: Some(i64::from(self.audit.burst)),
+                syslog: self.audit.syslog.as_ref().map(ToString::to_string),
+            },
+            rule: self.rules.iter().map(FileRule::of).collect(),
         }
-        let _ = writeln!(s, "\n[audit]\nrate = {}\nburst = {}", self.audit.rate, self.audit.burst);
-        if let Some(t) = &self.audit.syslog {
-            let _ = writeln!(s, "syslog = \"{t}\"");
-        }
-        for r in &self.rules {
-            let _ = writeln!(s, "\n[[rule]]  # {}", r.origin);
-            let _ = writeln!(s, "proto = \"{}\"", r.proto);
-            if r.ports.lo == r.ports.hi {
-                let _ = writeln!(s, "port = {}", r.ports.lo);
-            } else {
-                let _ = writeln!(s, "port = \"{}\"", r.ports);
+    }
+}
+
+impl FileRule {
+    /// The rule it describes, validated; `origin` says where it is.
+    fn resolve(self, origin: String) -> Result<Rule, String> {
+        let proto: Proto = self.proto.parse()?;
+        let ports = match &self.port {
+            PortField::Number(n) => port_in_range(*n, "port").map(Ports::one),
+            PortField::Text(s) => parse_ports(s, "port"),
+        }?;
+        let backends = match (&self.to, &self.backends) {
+            (Some(to), None) => {
+                let (addr, ports) = parse_backend(to, ports)?;
+                vec![Backend { addr, ports, weight: 1 }]
             }
-            match r.backends.as_slice() {
-                [b] if b.weight == 1 => {
-                    let _ = writeln!(s, "to = \"{}:{}\"", b.addr, b.ports);
-                }
-                set => {
-                    let list: Vec<String> = set
-                        .iter()
-                        .map(|b| {
-                            format!("{{ to = \"{}:{}\", weight = {} }}", b.addr, b.ports, b.weight)
+            (None, Some(list)) if !list.is_empty() => {
+                let set = list
+                    .iter()
+                    .map(|b| {
+                        let (addr, ports) = parse_backend(&b.to, ports)?;
+                        let weight = b.weight.map_or(Ok(1), |w| parse_weight(&w.to_string()))?;
+                        Ok(Backend { addr, ports, weight })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                check_backends(&set)?;
+                set
+            }
+            _ => return Err("give `to` (one backend) or `backends` (a list), not both".into()),
+        };
+        let handle = match self.handle {
+            None => 0,
+            Some(h) => u32::try_from(h)
+                .ok()
+                .filter(|h| (1..=MAX_HANDLE).contains(h))
+                .ok_or_else(|| format!("handle {h} is out of range 1-{MAX_HANDLE}"))?,
+        };
+        let sources =
+            self.sources.iter().map(|s| s.parse()).collect::<Result<Vec<Cidr>, String>>()?;
+        Ok(Rule {
+            handle,
+            sources,
+            proto,
+            ports,
+            interface: self.interface,
+            backends,
+            health: self.health.map(FileHealth::resolve).transpose()?,
+            masquerade: self.masquerade.unwrap_or(true),
+            origin,
+        })
+    }
+
+    /// `r` as a file writes it.
+    fn of(r: &Rule) -> Self {
+        let (to, backends) = match r.backends.as_slice() {
+            [b] if b.weight == 1 => (Some(format!("{}:{}", b.addr, b.ports)), None),
+            set => (
+                None,
+                Some(
+                    set.iter()
+                        .map(|b| FileBackend {
+                            to: format!("{}:{}", b.addr, b.ports),
+                            weight: Some(i64::from(b.weight)),
                         })
-                        .collect();
-                    let _ = writeln!(s, "backends = [{}]", list.join(", "));
-                }
-            }
-            if let Some(i) = &r.interface {
-                let _ = writeln!(s, "interface = {i:?}");
-            }
-            let _ = writeln!(s, "masquerade = {}", r.masquerade);
-            if !r.sources.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "sources = [{}]",
-                    r.sources.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
-                );
-            }
-            if let Some(h) = &r.health {
-                let _ = write!(s, "{}", h.to_toml());
-            }
+                        .collect(),
+                ),
+            ),
+        };
+        Self {
+            proto: r.proto.to_string(),
+            port: if r.ports.lo == r.ports.hi {
+                PortField::Number(i64::from(r.ports.lo))
+            } else {
+                PortField::Text(r.ports.to_string())
+            },
+            handle: (r.handle != 0).then_some(i64::from(r.handle)),
+            to,
+            backends,
+            interface: r.interface.clone(),
+            masquerade: Some(r.masquerade),
+            sources: r.sources.iter().map(ToString::to_string).collect(),
+            health: r.health.as_ref().map(FileHealth::of),
         }
-        s
     }
 }

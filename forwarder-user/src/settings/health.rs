@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What a check does.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -130,25 +130,6 @@ impl Health {
             _ => None,
         }
     }
-
-    /// As `[rule.health]` of a config file.
-    pub fn to_toml(&self) -> String {
-        let check = match &self.check {
-            Check::Tcp => "check = \"tcp\"".to_string(),
-            Check::Http { path, status } => {
-                format!("check = \"http\"\npath = {path:?}\nstatus = {status}")
-            }
-            Check::Exec { command } => format!("check = \"exec\"\ncommand = {command:?}"),
-        };
-        format!(
-            "[rule.health]\n{check}\ninterval = {}\ntimeout = {}\nrise = {}\nfall = {}\non_down = \"{}\"\n",
-            self.interval,
-            self.timeout,
-            self.rise,
-            self.fall,
-            self.on_down.name()
-        )
-    }
 }
 
 impl fmt::Display for Check {
@@ -162,21 +143,49 @@ impl fmt::Display for Check {
 }
 
 /// `[rule.health]` as a file writes it.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileHealth {
     check: String,
-    interval: Option<i64>,
-    timeout: Option<i64>,
-    rise: Option<i64>,
-    fall: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rise: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fall: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     on_down: Option<String>,
 }
 
 impl FileHealth {
+    /// `h` as a file writes it (every threshold spelled out).
+    pub(super) fn of(h: &Health) -> Self {
+        let (check, path, status, command) = match &h.check {
+            Check::Tcp => ("tcp", None, None, None),
+            Check::Http { path, status } => ("http", Some(path.clone()), Some(*status), None),
+            Check::Exec { command } => ("exec", None, None, Some(command.clone())),
+        };
+        Self {
+            check: check.into(),
+            path,
+            status: status.map(i64::from),
+            command,
+            interval: Some(i64::from(h.interval)),
+            timeout: Some(i64::from(h.timeout)),
+            rise: Some(i64::from(h.rise)),
+            fall: Some(i64::from(h.fall)),
+            on_down: Some(h.on_down.name().into()),
+        }
+    }
+
     /// The check it describes, validated.
     pub(super) fn resolve(self) -> Result<Health, String> {
         let num = |v: Option<i64>, what: &str, default: u32| {
@@ -188,8 +197,10 @@ impl FileHealth {
             ("tcp", None, None) => Check::Tcp,
             ("http", path, None) => Check::Http {
                 path: path.unwrap_or_else(|| "/".into()),
-                status: u16::try_from(self.status.unwrap_or(200))
-                    .map_err(|_| format!("health status {:?} is out of range", self.status))?,
+                status: {
+                    let n = self.status.unwrap_or(200);
+                    u16::try_from(n).map_err(|_| format!("health status {n} is out of range"))?
+                },
             },
             ("exec", None, Some(command)) => Check::Exec { command },
             ("exec", _, None) => return Err("health check `exec` needs `command`".into()),

@@ -158,6 +158,11 @@ impl Rule {
 /// One port mapping.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Rule {
+    /// Its handle: given when the rule is added and never changed while
+    /// it exists (`rule del`, `conntrack --rule`, counters, audit events
+    /// and metrics name the rule by it); 0 until
+    /// [`Settings::assign_handles`] gives one.
+    pub handle: u32,
     pub proto: Proto,
     /// Public port(s).
     pub ports: Ports,
@@ -279,6 +284,20 @@ pub struct Settings {
     /// Per-interface overrides (`--iface-mode IFACE=MODE`, `[modes]`).
     pub iface_modes: Vec<(String, Mode)>,
     pub audit: crate::audit::AuditSettings,
+    /// The highest handle given so far (new rules get the next ones).
+    pub last_handle: u32,
+}
+
+impl Settings {
+    /// The rule with handle `handle`.
+    pub fn rule(&self, handle: u32) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.handle == handle)
+    }
+
+    /// [`Settings::rule`], to change.
+    pub fn rule_mut(&mut self, handle: u32) -> Option<&mut Rule> {
+        self.rules.iter_mut().find(|r| r.handle == handle)
+    }
 }
 
 /// Conntrack table size, timeouts and the new-connection rate limit.

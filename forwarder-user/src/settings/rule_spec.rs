@@ -150,6 +150,7 @@ impl Rule {
             }
         }
         Ok(Self {
+            handle: 0,
             proto,
             ports,
             interface,

@@ -27,12 +27,14 @@ impl Host for FakeHost {
 }
 
 pub(super) fn settings(rules: &[&str]) -> Settings {
-    Settings {
+    let mut s = Settings {
         public: vec!["pub0".into(), "pub1".into()],
         internal: vec!["int0".into()],
         rules: rules.iter().map(|r| Rule::parse_spec(r).unwrap()).collect(),
         ..Default::default()
-    }
+    };
+    s.assign_handles(None).unwrap();
+    s
 }
 
 #[test]
@@ -106,7 +108,8 @@ fn compiles_and_numbers_rules() {
         RuleKey { ifindex: 0, port: 8080u16.to_be_bytes(), proto: 6, _pad: 0 }
     );
     assert_eq!(c.rules[1].1.ifindex, 3);
-    assert_eq!(c.rules[1].2.rule_id, 1);
+    // A rule's id in the datapath is its handle.
+    assert_eq!((c.rules[0].2.rule_id, c.rules[1].2.rule_id), (1, 2));
     assert_eq!(c.rules[0].2.flags, RULE_F_MASQUERADE);
 }
 
@@ -120,8 +123,8 @@ fn source_lists() {
     assert_eq!(
         c.sources,
         [
-            (64, SrcKey { rule_id: 0, addr: [203, 0, 113, 5] }),
-            (56, SrcKey { rule_id: 0, addr: [198, 51, 100, 0] })
+            (64, SrcKey { rule_id: 1, addr: [203, 0, 113, 5] }),
+            (56, SrcKey { rule_id: 1, addr: [198, 51, 100, 0] })
         ]
     );
     let r = Rule::parse_spec("tcp:22=10.0.2.2,src=0.0.0.0/0").unwrap();
@@ -133,13 +136,13 @@ fn ranges_compile_to_prefixes() {
     let c = settings(&["tcp:8000-9000=10.0.2.2:18000-19000", "udp:6000-6100=10.0.2.3:53"])
         .compile(&FakeHost)
         .unwrap();
-    let r0: Vec<_> = c.rules.iter().filter(|e| e.2.rule_id == 0).collect();
+    let r0: Vec<_> = c.rules.iter().filter(|e| e.2.rule_id == 1).collect();
     assert!(r0.len() > 1 && r0.len() <= 30);
     assert!(r0.iter().all(|e| e.2.flags & RULE_F_PORT_RANGE != 0 && e.2.public_lo == 8000));
     let covered: u32 = r0.iter().map(|e| 1u32 << (abi::RULE_KEY_FULL_BITS - e.0)).sum();
     assert_eq!(covered, 1001);
     assert!(
-        c.rules.iter().filter(|e| e.2.rule_id == 1).all(|e| e.2.flags & RULE_F_PORT_RANGE == 0)
+        c.rules.iter().filter(|e| e.2.rule_id == 2).all(|e| e.2.flags & RULE_F_PORT_RANGE == 0)
     );
     let e =
         settings(&["tcp:8000-9000=10.0.2.2", "tcp:8500=10.0.2.3"]).compile(&FakeHost).unwrap_err();
@@ -162,6 +165,10 @@ fn refuses_duplicates_unknown_and_misplaced_interfaces() {
     let mut s = settings(&[]);
     s.internal.push("pub0".into());
     assert!(matches!(s.compile(&FakeHost), Err(Error::InterfaceRole { .. })));
+    // Named twice in the same role (in the file and by a flag): once.
+    let mut s = settings(&[]);
+    s.public.push("pub0".into());
+    assert_eq!(s.compile(&FakeHost).unwrap().ifaces.len(), 3);
 }
 
 #[test]
@@ -293,7 +300,7 @@ fn saved_config_reads_back_the_same() {
     s.audit.set_rate(0).unwrap();
     s.audit.syslog = Some("udp://10.0.0.5:514".parse().unwrap());
     let mut back = Settings::default();
-    back.merge_toml(Path::new("saved.toml"), &s.to_toml()).unwrap();
+    back.merge_toml(Path::new("saved.toml"), &s.to_toml().unwrap()).unwrap();
     assert_eq!(back.public, s.public);
     assert_eq!(back.internal, s.internal);
     assert_eq!(

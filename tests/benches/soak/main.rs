@@ -149,7 +149,7 @@ fn main() -> Result<()> {
     backend(&lab, backend_stop.clone())?;
     let baseline = {
         let v: Value = serde_json::from_str(&cli(&lab, &["stats", "--json"])?)?;
-        v["flow_entries"].as_u64().unwrap_or(0)
+        v["connections"].as_u64().unwrap_or(0) * 2
     };
     let tally = Arc::new(Tally::default());
     let mut workers = Vec::new();
@@ -179,6 +179,7 @@ fn main() -> Result<()> {
     *tally.t0.lock().expect("t0") = Some(t0);
     let mut rss: Vec<(u64, u64)> = Vec::new();
     let mut added = false;
+    let mut added_handle = 0u64;
     let (mut next_change, mut next_flood, mut next_restart) = (1.0, 20.0, 60.0);
     while t0.elapsed() < run_for {
         std::thread::sleep(Duration::from_millis(100));
@@ -190,12 +191,19 @@ fn main() -> Result<()> {
             next_change = now + 1.0;
             tally.event(if added { "rule del" } else { "rule add" });
             let r = if added {
-                cli(&lab, &["rule", "del", "2"])
+                cli(&lab, &["rule", "del", &added_handle.to_string()])
             } else {
-                cli(&lab, &["rule", "add", "tcp:9090=192.168.1.50:80"])
+                cli(&lab, &["rule", "add", "tcp:9090=192.168.1.50:80", "--json"])
             };
             match r {
-                Ok(_) => {
+                Ok(out) => {
+                    if !added {
+                        // The daemon answers `{"handle":N}`: the rule to delete next.
+                        added_handle = serde_json::from_str::<Value>(&out)
+                            .ok()
+                            .and_then(|v| v["handle"].as_u64())
+                            .unwrap_or(0);
+                    }
                     tally.rule_changes.fetch_add(1, Ordering::Relaxed);
                     if !added {
                         let ok = lab
@@ -278,7 +286,7 @@ fn main() -> Result<()> {
     let t1 = Instant::now();
     let entries = loop {
         let v: Value = serde_json::from_str(&cli(&lab, &["stats", "--json"])?)?;
-        let e = v["flow_entries"].as_u64().unwrap_or(u64::MAX);
+        let e = v["connections"].as_u64().map_or(u64::MAX, |c| c * 2);
         if e <= baseline || t1.elapsed() > Duration::from_secs(40) {
             break e;
         }

@@ -248,15 +248,21 @@ pub fn in_gateway(
 
 /// A datapath loaded (in the calling thread's namespace) and configured
 /// with [`RULES`], its interfaces in `mode`.
-pub fn load(conns: u32, mode: Mode) -> (Datapath, forwarder::plan::Compiled) {
-    let settings = Settings {
+/// The fixtures' settings: [`RULES`] with handles 1, 2, … in that order.
+pub fn fixture_settings(mode: Mode) -> Settings {
+    let mut settings = Settings {
         public: vec![GW_PUBLIC_IF.into()],
         internal: vec![GW_INTERNAL_IF.into()],
         rules: RULES.iter().map(|r| Rule::parse_spec(r).unwrap()).collect(),
         mode,
         ..Default::default()
     };
-    let compiled = settings.compile(&forwarder::plan::System).unwrap();
+    settings.assign_handles(None).unwrap();
+    settings
+}
+
+pub fn load(conns: u32, mode: Mode) -> (Datapath, forwarder::plan::Compiled) {
+    let compiled = fixture_settings(mode).compile(&forwarder::plan::System).unwrap();
     let mut dp = Datapath::load(conns).unwrap();
     dp.configure(&compiled).unwrap();
     (dp, compiled)
