@@ -66,12 +66,12 @@ gw conntrack list
 gw rule list
 gw rule add tcp:2222=192.168.1.50:22
 gw rule list --json
-gw rule del 1
+gw rule del 2
 gw save "$DIR/saved.toml"
 say "cat saved.toml"; cat "$DIR/saved.toml"
 gw conntrack flush --port 8080
 say "curl -s http://127.0.0.1:9108/metrics | grep -E 'rule_connections|conntrack|snat|audit'"
-ip netns exec "$G" curl -s http://127.0.0.1:9108/metrics | grep -E 'rule_connections_total\{|conntrack_(entries|capacity) |snat_ports|event="audit' || true
+ip netns exec "$G" curl -s http://127.0.0.1:9108/metrics | grep -E 'rule_connections_total\{|conntrack_connections(_max)? |snat_ports|event="audit' || true
 say "the daemon's audit log"
 grep " audit]" "$DIR/daemon.log" || true
 

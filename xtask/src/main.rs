@@ -1,10 +1,11 @@
-//! Orchestration: `cargo xtask setup | build-ebpf | run | lab | bench | soak | lint | test`.
+//! Orchestration: `cargo xtask setup | build-ebpf | run | lab | bench | soak | lint | deb | test`.
 //!
 //! Only orchestration lives here; the lab itself is `forwarder-testkit`,
 //! the toolchain logic is shared with `forwarder-user/build.rs`.
 
 mod cmd;
 mod cycles;
+mod deb;
 #[path = "../../forwarder-user/build/ebpf_toolchain.rs"]
 #[allow(dead_code, reason = "shared with build.rs, which uses other parts")]
 mod ebpf_toolchain;
@@ -73,8 +74,12 @@ enum Cmd {
     /// The gates: no import cycle in any crate, `cargo fmt --check`, clippy
     /// with `-D warnings` on every crate (the eBPF one too). Part of `test`.
     Lint,
-    /// The lint gates, unit tests and end-to-end tests (needs root). The
-    /// README's test command.
+    /// The Debian package: target/debian/forwarder_VERSION_amd64.deb with the
+    /// binary, the systemd unit, the example configuration, man pages and
+    /// completions; lintian must find no error in it. Part of `test`.
+    Deb,
+    /// The lint gates, the package, unit tests and end-to-end tests (needs
+    /// root). The README's test command.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -154,6 +159,12 @@ fn main() -> Result<()> {
             }
             status(cmd.env("FORWARDER_BIN", &bin).env("FORWARDER_TEST_MODE", &mode))
         }
+        Cmd::Deb => {
+            setup::run()?;
+            let deb = deb::build()?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Lint => {
             setup::run()?;
             lint::run()
@@ -166,7 +177,9 @@ fn main() -> Result<()> {
             if args.is_empty() {
                 lint::run()?;
             }
-            test(&bin, &args)
+            // The package (lintian-checked) that the package test unpacks.
+            let deb = deb::build()?;
+            test(&bin, &deb, &args)
         }
     }
 }
@@ -203,7 +216,7 @@ const PASSES: [(&str, &str); 6] = [
 
 /// `cargo xtask test`: the whole suite in every pass of [`PASSES`], the
 /// unit tests and fixtures once more in release, the benchmark's check.
-fn test(bin: &Path, args: &[String]) -> Result<()> {
+fn test(bin: &Path, deb: &Path, args: &[String]) -> Result<()> {
     let t0 = std::time::Instant::now();
     let (mut passed, mut failed, mut ok) = (0, 0, true);
     let mut tally = |(p, f, o): (u64, u64, bool)| {
@@ -220,6 +233,7 @@ fn test(bin: &Path, args: &[String]) -> Result<()> {
         }
         tally(run_tests(
             cmd.env("FORWARDER_BIN", bin)
+                .env("FORWARDER_DEB", deb)
                 .env("FORWARDER_TEST_MODE", mode)
                 .env("FORWARDER_TEST_LAB", lab)
                 .args(args),

@@ -19,6 +19,10 @@ const TOOLCHAIN_PKGS: &[&str] = &[
 ];
 /// The lint gate's clippy for the eBPF crate (Debian's rustc has its own).
 const LINT_PKGS: &[&str] = &["rust-web-clippy"];
+/// The package's checker (`cargo xtask deb`).
+const PACKAGE_PKGS: &[&str] = &["lintian"];
+/// cargo-deb, which packs the .deb (installed with cargo, as bpf-linker).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const LAB_PKGS: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -57,8 +61,13 @@ pub fn run() -> Result<()> {
         );
         return Ok(());
     }
-    let mut missing: Vec<&str> =
-        LAB_PKGS.iter().chain(LINT_PKGS).copied().filter(|p| !installed(p)).collect();
+    let mut missing: Vec<&str> = LAB_PKGS
+        .iter()
+        .chain(LINT_PKGS)
+        .chain(PACKAGE_PKGS)
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if !toolchain_ok {
         missing.extend(TOOLCHAIN_PKGS.iter().copied().filter(|p| !installed(p)));
     }
@@ -89,6 +98,11 @@ pub fn run() -> Result<()> {
                 ])
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
         )?;
+    }
+    let cargo = || Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    if !cargo().args(["deb", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("+ cargo install cargo-deb --locked --version {CARGO_DEB_VERSION}");
+        status(cargo().args(["install", "cargo-deb", "--locked", "--version", CARGO_DEB_VERSION]))?;
     }
     match ebpf_toolchain::detect() {
         Ok(tc) => {
