@@ -7,6 +7,7 @@
 
 use std::{
     io::Read,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -63,8 +64,20 @@ fn the_package_holds_what_it_must_and_its_parts_agree() {
     let control = lab.dir.join("control");
     let (status, _, err) = run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
     assert_eq!(status, Some(0), "{err}");
+    paths(&root);
+    let version = control_data(&deb, &control);
+    let bin = root.join("usr/sbin/forwarder");
+    // The binary runs, and is the package's version.
+    let (status, out, err) = run(Command::new(&bin).arg("--version"));
+    assert_eq!(status, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("forwarder {version}"));
+    unit(&root);
+    configuration(&lab, &root, &bin);
+    docs(&root, &bin);
+}
 
-    // Every path.
+/// Every path the package must hold.
+fn paths(root: &Path) {
     let pages: Vec<String> = forwarder::cli::docs::pages(forwarder::cli::Cli::command())
         .into_iter()
         .map(|(name, _)| format!("usr/share/man/man8/{name}.gz"))
@@ -84,14 +97,15 @@ fn the_package_holds_what_it_must_and_its_parts_agree() {
     for p in paths.iter().map(|p| (*p).to_string()).chain(pages.iter().cloned()) {
         assert!(root.join(&p).is_file(), "{p} is not in the package");
     }
-    use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(root.join("usr/sbin/forwarder")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755);
+}
 
-    // The control data: what it depends on, the conffile, no start or
-    // enable on install (the admin asks for it).
+/// The control data: what it depends on, the conffile, no start or enable
+/// on install (the admin asks for it); the package's version.
+fn control_data(deb: &Path, control: &Path) -> String {
     let field = |name: &str| {
-        let (status, out, err) = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(name));
+        let (status, out, err) = run(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name));
         assert_eq!(status, Some(0), "{err}");
         out.trim().to_string()
     };
@@ -107,15 +121,12 @@ fn the_package_holds_what_it_must_and_its_parts_agree() {
         !postinst.lines().any(|l| l.trim() == "deb-systemd-helper enable forwarder.service"),
         "{postinst}"
     );
+    field("Version")
+}
 
-    // The binary runs, and is the package's version.
-    let bin = root.join("usr/sbin/forwarder");
-    let (status, out, err) = run(Command::new(&bin).arg("--version"));
-    assert_eq!(status, Some(0), "{err}");
-    assert_eq!(out.trim(), format!("forwarder {}", field("Version")));
-
-    // The unit runs that binary on the shipped file, reloads by SIGHUP
-    // after a check, and does not restart on refused settings.
+/// The unit runs the packaged binary on the shipped file, reloads by
+/// SIGHUP after a check, and does not restart on refused settings.
+fn unit(root: &Path) {
     let unit =
         std::fs::read_to_string(root.join("usr/lib/systemd/system/forwarder.service")).unwrap();
     for line in [
@@ -127,9 +138,12 @@ fn the_package_holds_what_it_must_and_its_parts_agree() {
     ] {
         assert!(unit.contains(line), "{line} not in the unit:\n{unit}");
     }
+}
 
-    // The shipped configuration forwards nothing: the daemon refuses it
-    // (exit 2, nothing touched) until it is edited.
+/// The shipped configuration forwards nothing: the daemon refuses it (exit
+/// 2, nothing touched) until it is edited; its examples, uncommented, are
+/// valid on a host with the interfaces they name.
+fn configuration(lab: &Lab, root: &Path, bin: &Path) {
     let shipped = root.join("etc/forwarder/forwarder.toml");
     let check = |cfg: &Path| {
         run(lab.gateway.command(bin.to_str().unwrap()).args([
@@ -142,7 +156,6 @@ fn the_package_holds_what_it_must_and_its_parts_agree() {
     let (status, _, err) = check(&shipped);
     assert_eq!(status, Some(2), "{err}");
     assert!(err.contains("no public interface given"), "{err}");
-    // Its examples, uncommented, are valid, on a host with its interfaces.
     let text = std::fs::read_to_string(&shipped).unwrap();
     let example: String = text
         .lines()
@@ -158,10 +171,12 @@ fn the_package_holds_what_it_must_and_its_parts_agree() {
     let (status, out, err) = check(&uncommented);
     assert_eq!(status, Some(0), "{err}\n{example}");
     assert_eq!(out.trim(), "the settings are valid: 2 rule(s); public eth0; internal eth1");
+}
 
-    // The man pages and the completions say what `--help` says: every
-    // flag of `run`, and every subcommand.
-    let (_, help, _) = run(Command::new(&bin).args(["run", "--help"]));
+/// The man pages and the completions say what `--help` says: every flag of
+/// `run`, and every subcommand.
+fn docs(root: &Path, bin: &Path) {
+    let (_, help, _) = run(Command::new(bin).args(["run", "--help"]));
     let flags = help_flags(&help);
     assert!(flags.len() > 20 && flags.contains(&"--check-only".to_string()), "{flags:?}");
     let page = gunzip(&root.join("usr/share/man/man8/forwarder-run.8.gz")).replace("\\-", "-");
@@ -185,7 +200,7 @@ fn the_package_holds_what_it_must_and_its_parts_agree() {
             && help.contains("PROTO:PORTS[@IFACE]=BACKEND")
     );
     assert!(page.contains("on_down = \"keep\"") && help.contains("on_down = \"keep\""));
-    let (_, top, _) = run(Command::new(&bin).arg("--help"));
+    let (_, top, _) = run(Command::new(bin).arg("--help"));
     for sub in ["run", "rule", "conntrack", "backend", "save", "completions", "import-ipvsadm"] {
         assert!(top.contains(&format!("  {sub} ")), "{sub} not in --help");
         assert!(bash.contains(sub) && fish.contains(sub), "{sub} not in the completions");

@@ -20,7 +20,10 @@ const COMPLETIONS: [(&str, &str); 3] =
 
 /// What `forwarder` prints on stdout for `args`.
 fn output_of(bin: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    let out = Command::new(bin).args(args).output().with_context(|| format!("running {bin:?}"))?;
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
         bail!("forwarder {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -67,7 +70,7 @@ pub fn build() -> Result<PathBuf> {
     let deb = String::from_utf8_lossy(&out.stdout)
         .lines()
         .rev()
-        .find(|l| l.trim_end().ends_with(".deb"))
+        .find(|l| Path::new(l.trim()).extension().is_some_and(|e| e.eq_ignore_ascii_case("deb")))
         .map(|l| PathBuf::from(l.trim()))
         .context("cargo deb printed no package path")?;
     eprintln!("xtask deb: {}", deb.display());

@@ -74,7 +74,7 @@ enum Cmd {
     /// The gates: no import cycle in any crate, `cargo fmt --check`, clippy
     /// with `-D warnings` on every crate (the eBPF one too). Part of `test`.
     Lint,
-    /// The Debian package: target/debian/forwarder_VERSION_amd64.deb with the
+    /// The Debian package: `target/debian/forwarder_VERSION_amd64.deb` with the
     /// binary, the systemd unit, the example configuration, man pages and
     /// completions; lintian must find no error in it. Part of `test`.
     Deb,
