@@ -11,8 +11,8 @@ use forwarder_testkit::{ADDRS, Lab};
 
 #[test]
 fn ip_options_and_a_small_egress_mtu_get_fragmentation_needed_never_an_oversized_frame() {
-    // 40 bytes of IP options: the old check took the IPv4 length as the
-    // L4 length + 20 and let these through 40 bytes too large.
+    // 40 bytes of IP options: a size check that takes the IPv4 length as
+    // the L4 length + 20 lets these through 40 bytes too large.
     let lab = Lab::new().unwrap();
     let mut fwd = lab.start_forwarder(&["--rule", "udp:5353=192.168.1.50:53"]).unwrap();
     lab.gateway.ip(&["link", "set", "int0", "mtu", "1280"]).unwrap();

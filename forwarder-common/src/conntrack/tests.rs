@@ -194,8 +194,8 @@ fn expiry_uses_latest_activity_and_most_advanced_state() {
 
 /// Allocating ports flow after flow, as the datapath does, a range 60%
 /// full must still find a port for every new flow within 16 attempts
-/// (independent probes fail with probability below 0.6^16 per flow; the
-/// earlier fixed-stride probes clustered and failed here).
+/// (independent probes fail with probability below 0.6^16 per flow;
+/// probes at a fixed stride cluster, and fail this).
 #[test]
 fn allocation_does_not_cluster() {
     let (min, max) = (20_000u16, 24_095u16); // 4096 ports
