@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, ensure};
 use forwarder_testkit::{GW_INTERNAL_IF, Host, Lab};
 use serde_json::Value;
 
-use crate::modes::{Active, Mode, SERVICES};
+use crate::modes::{Active, Mode};
 use crate::util::{ip_counter, sh};
 
 /// What the gateway's own path sent during a run: the datagrams the
@@ -76,7 +76,7 @@ impl Sent {
 /// its internal interface's queue (the server's receive ring full: the
 /// receiver shares its core with the generator) — none went astray.
 pub(crate) fn verify_path(lab: &Lab, mode: Mode, delivered: u64, sent: Sent) -> Result<()> {
-    if matches!(mode, Mode::Iptables | Mode::Nftables) {
+    if matches!(mode.base(), Mode::Iptables | Mode::Nftables) {
         let n: u64 = sh(lab, Host::Gateway, "conntrack", &["-C"])?.trim().parse()?;
         ensure!(n > 0, "no netfilter conntrack entries: netfilter did not translate");
     }
@@ -93,7 +93,7 @@ pub(crate) fn verify_path(lab: &Lab, mode: Mode, delivered: u64, sent: Sent) -> 
             sent.kernel
         );
     }
-    let by_gateway = match mode {
+    let by_gateway = match mode.base() {
         Mode::ForwarderXdp => {
             ensure!(
                 forwarder_testkit::xdp_carried_most(sent.xdp, sent.tc),
@@ -121,7 +121,8 @@ pub(crate) fn verify_path(lab: &Lab, mode: Mode, delivered: u64, sent: Sent) -> 
 }
 
 /// What the forwarder's counters must show at least after the workloads
-/// that ran: (rule index in [`SERVICES`], counter, minimum).
+/// that ran: (rule index, in the order the mode's rules are given,
+/// counter, minimum).
 #[derive(Default)]
 pub(crate) struct Owed(Vec<(usize, &'static str, u64)>);
 
@@ -154,15 +155,12 @@ pub(crate) fn verify_counters(stats: &str, owed: &Owed, mode: Mode) -> Result<()
     }
     for ((rule, counter), n) in want {
         let got = stats["rules"][rule][counter].as_u64().unwrap_or(0);
-        ensure!(
-            got >= n,
-            "forwarder rule {:?} counted {got} {counter}, the workloads made {n}",
-            SERVICES[rule]
-        );
+        let name = stats["rules"][rule]["rule"].as_str().unwrap_or("?");
+        ensure!(got >= n, "forwarder rule {name} counted {got} {counter}, the workloads made {n}");
     }
     let c = |k: &str| stats["counters"][k].as_u64().unwrap_or(0);
     let (xdp, tc) = forwarder_testkit::sent_by_hook(&stats["counters"]).unwrap_or_default();
-    match mode {
+    match mode.base() {
         Mode::ForwarderXdp => ensure!(
             forwarder_testkit::xdp_carried_most(xdp, tc),
             "over the whole run XDP sent {xdp} packets, TC {tc}"

@@ -56,6 +56,10 @@
 //! - a workload with many flows made every flow's state before the count
 //!   (the warm-up is repeated until the gateway tracks them all).
 //!
+//! Then the balanced service (`balanced.rs`): a port over three backends,
+//! iptables' `statistic` and nftables' `numgen` against the forwarder's
+//! Maglev, new connections per second and the CPU each costs.
+//!
 //! `--check`: the shortest runs (1 s, one repetition, 100 000 frames),
 //! only to prove every workload and check works (`cargo xtask test` runs
 //! it); its figures go to `target/bench/check`.
@@ -74,14 +78,17 @@ use serde_json::json;
 #[allow(dead_code, reason = "the comparison uses the benchmark object, not the test runs")]
 mod harness;
 
+mod balanced;
 mod checks;
 mod modes;
+mod recipes;
 mod report;
 mod util;
 mod workloads;
 
+use balanced::{LB_FIGURES, run_balanced};
 use checks::{Owed, Sent, verify_counters, verify_path};
-use modes::{Active, MODES, Mode, setup};
+use modes::{Active, LB_MODES, MODES, Mode, setup};
 use report::{FIGURES, Figures, chart, json_modes, machine, markdown, print_table, summaries};
 use util::{GW_CPU, HOST_CPU, pin, sh};
 use workloads::{FLOWS, Gen, SYNS, conns, generated, iperf, rtt};
@@ -196,6 +203,41 @@ fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Bench>>) -> Result<Figur
     Ok(out)
 }
 
+/// `reps` repetitions of every mode of `modes`, interleaved (A B C … A B
+/// C …), each by `run`: `[mode][repetition]`. A run that fails as a whole
+/// fails each of `figures`.
+fn interleaved(
+    modes: &[Mode],
+    reps: usize,
+    figures: &[(&'static str, &str, bool)],
+    run: &dyn Fn(Mode) -> Result<Figures>,
+) -> Vec<Vec<Figures>> {
+    let mut all: Vec<Vec<Figures>> = vec![Vec::new(); modes.len()];
+    for rep in 0..reps {
+        for (i, mode) in modes.iter().enumerate() {
+            let t = Instant::now();
+            let figs = run(*mode).unwrap_or_else(|e| {
+                let e = format!("{e:#}");
+                figures.iter().map(|f| (f.0, Err(e.clone()))).collect()
+            });
+            let failed: Vec<&str> = figs.iter().filter(|f| f.1.is_err()).map(|f| f.0).collect();
+            eprintln!(
+                "compare: rep {}/{reps} {:<28} {:.1} s{}",
+                rep + 1,
+                mode.name(),
+                t.elapsed().as_secs_f64(),
+                if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!("  FAILED: {}", failed.join(", "))
+                }
+            );
+            all[i].push(figs);
+        }
+    }
+    all
+}
+
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     // `--check`: one short repetition, to prove every workload and check
@@ -212,6 +254,14 @@ fn main() -> Result<()> {
             *m == Mode::Iptables || only.as_ref().is_none_or(|o| o.iter().any(|k| k == m.key()))
         })
         .collect();
+    // The balanced service's modes: all, or those asked for with their
+    // base (iptables statistic) when any is.
+    let asked = |m: &Mode| only.as_ref().is_none_or(|o| o.iter().any(|k| k == m.key()));
+    let lb_modes: Vec<Mode> = if LB_MODES.iter().any(asked) {
+        LB_MODES.iter().copied().filter(|m| *m == LB_MODES[0] || asked(m)).collect()
+    } else {
+        Vec::new()
+    };
     let p = if check {
         Params { secs: 1, reps: 1, frames: 100_000 }
     } else if quick {
@@ -229,30 +279,9 @@ fn main() -> Result<()> {
     pin(0, HOST_CPU)?;
     // The generator and receiver programs, loaded once.
     let traffic = Arc::new(Mutex::new(Bench::load()?));
-    let mut all: Vec<Vec<Figures>> = vec![Vec::new(); modes.len()];
-    for rep in 0..p.reps {
-        for (i, mode) in modes.iter().enumerate() {
-            let t = Instant::now();
-            let figs = run_mode(*mode, &p, &traffic).unwrap_or_else(|e| {
-                let e = format!("{e:#}");
-                FIGURES.iter().map(|f| (f.0, Err(e.clone()))).collect()
-            });
-            let failed: Vec<&str> = figs.iter().filter(|f| f.1.is_err()).map(|f| f.0).collect();
-            eprintln!(
-                "compare: rep {}/{} {:<28} {:.1} s{}",
-                rep + 1,
-                p.reps,
-                mode.name(),
-                t.elapsed().as_secs_f64(),
-                if failed.is_empty() {
-                    String::new()
-                } else {
-                    format!("  FAILED: {}", failed.join(", "))
-                }
-            );
-            all[i].push(figs);
-        }
-    }
+    let all = interleaved(&modes, p.reps, &FIGURES, &|m| run_mode(m, &p, &traffic));
+    let lb_all =
+        interleaved(&lb_modes, p.reps, &LB_FIGURES, &|m| run_balanced(m, p.secs, &traffic));
     let figures: Vec<(&str, &str, bool)> = FIGURES.to_vec();
     // summary[mode][figure]
     let summary = summaries(&all, &figures);
@@ -267,14 +296,26 @@ fn main() -> Result<()> {
     );
     print_table(&modes, &figures, &summary, ipt);
     let json_modes = json_modes(&modes, &figures, &summary, &all, ipt);
+    let lb_figures: Vec<(&str, &str, bool)> = LB_FIGURES.to_vec();
+    let lb_summary = summaries(&lb_all, &lb_figures);
+    if !lb_modes.is_empty() {
+        println!("\na port over three backends: ratio to iptables statistic\n");
+        print_table(&lb_modes, &lb_figures, &lb_summary, 0);
+    }
+    let lb_json = report::json_modes(&lb_modes, &lb_figures, &lb_summary, &lb_all, 0);
     let mut dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     if check {
         dir = dir.join("check");
     }
     std::fs::create_dir_all(&dir)?;
-    let doc = json!({"machine": machine, "reps": p.reps, "secs": p.secs, "quick": quick, "check": check, "modes": json_modes});
+    let doc = json!({"machine": machine, "reps": p.reps, "secs": p.secs, "quick": quick, "check": check, "modes": json_modes, "balanced": lb_json});
     std::fs::write(dir.join("compare.json"), serde_json::to_string_pretty(&doc)?)?;
-    std::fs::write(dir.join("compare.md"), markdown(&modes, &figures, &summary, ipt))?;
+    let mut md = markdown(&modes, &figures, &summary, ipt);
+    if !lb_modes.is_empty() {
+        md.push('\n');
+        md.push_str(&markdown(&lb_modes, &lb_figures, &lb_summary, 0));
+    }
+    std::fs::write(dir.join("compare.md"), md)?;
     let svg = dir.join("compare.svg");
     chart(&svg, &modes, &figures, &summary, ipt, &machine)?;
     println!(
@@ -287,7 +328,9 @@ fn main() -> Result<()> {
     let failed: Vec<String> = modes
         .iter()
         .zip(&summary)
-        .flat_map(|(m, figs)| {
+        .map(|(m, figs)| (m, figs, &figures))
+        .chain(lb_modes.iter().zip(&lb_summary).map(|(m, figs)| (m, figs, &lb_figures)))
+        .flat_map(|(m, figs, figures)| {
             figures
                 .iter()
                 .zip(figs)

@@ -3,12 +3,14 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use forwarder::iface;
 use forwarder_common::abi::PROG_BENCH_FIB;
 use forwarder_testkit::{ADDRS, Forwarder, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab, Macs};
 
 use crate::harness::Bench;
+pub(crate) use crate::recipes::{LB_BACKENDS, LB_SERVICES, SERVICES};
+use crate::recipes::{balanced_backends, iptables, iptables_lb, nftables, nftables_lb};
 use crate::util::{GW_CPU, HOST_CPU, in_ns, pin_process, sh, threaded_napi};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -19,6 +21,13 @@ pub(crate) enum Mode {
     ForwarderXdp,
     ForwarderTc,
     BareXdp,
+    /// A port spread over three backends: iptables' `statistic` match
+    /// (the recipe's way to balance), nftables' `numgen`, the forwarder's
+    /// Maglev in each hook.
+    IptablesLb,
+    NftablesLb,
+    ForwarderXdpLb,
+    ForwarderTcLb,
 }
 
 pub(crate) const MODES: [Mode; 6] = [
@@ -30,6 +39,11 @@ pub(crate) const MODES: [Mode; 6] = [
     Mode::BareXdp,
 ];
 
+/// The balanced service's modes; the first is the one the others are
+/// compared with.
+pub(crate) const LB_MODES: [Mode; 4] =
+    [Mode::IptablesLb, Mode::NftablesLb, Mode::ForwarderXdpLb, Mode::ForwarderTcLb];
+
 impl Mode {
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -39,6 +53,10 @@ impl Mode {
             Self::ForwarderXdp => "forwarder XDP",
             Self::ForwarderTc => "forwarder TC (mode auto)",
             Self::BareXdp => "bare XDP redirect (no NAT)",
+            Self::IptablesLb => "iptables statistic",
+            Self::NftablesLb => "nftables numgen",
+            Self::ForwarderXdpLb => "forwarder XDP, Maglev",
+            Self::ForwarderTcLb => "forwarder TC, Maglev",
         }
     }
 
@@ -50,7 +68,28 @@ impl Mode {
             Self::ForwarderXdp => "forwarder_xdp",
             Self::ForwarderTc => "forwarder_tc",
             Self::BareXdp => "bare_xdp",
+            Self::IptablesLb => "iptables_lb",
+            Self::NftablesLb => "nftables_lb",
+            Self::ForwarderXdpLb => "forwarder_xdp_lb",
+            Self::ForwarderTcLb => "forwarder_tc_lb",
         }
+    }
+
+    /// The single-backend mode whose path a balanced one takes (what the
+    /// path checks hold it to).
+    pub(crate) fn base(self) -> Self {
+        match self {
+            Self::IptablesLb => Self::Iptables,
+            Self::NftablesLb => Self::Nftables,
+            Self::ForwarderXdpLb => Self::ForwarderXdp,
+            Self::ForwarderTcLb => Self::ForwarderTc,
+            m => m,
+        }
+    }
+
+    /// Whether it spreads its ports over [`LB_BACKENDS`].
+    pub(crate) fn balanced(self) -> bool {
+        self.base() != self
     }
 
     pub(crate) fn nat(self) -> bool {
@@ -59,7 +98,7 @@ impl Mode {
 
     /// Whether packets should cross the kernel's IPv4 forwarding code.
     pub(crate) fn kernel_forwards(self) -> bool {
-        matches!(self, Self::Routing | Self::Iptables | Self::Nftables)
+        matches!(self.base(), Self::Routing | Self::Iptables | Self::Nftables)
     }
 
     /// Where the client sends to: (address, port) for a service port.
@@ -80,15 +119,6 @@ impl Mode {
         if self.nat() { ADDRS.gw_internal } else { ADDRS.client }
     }
 }
-
-/// The services: (protocol, public port, server port).
-pub(crate) const SERVICES: [(&str, u16, u16); 5] = [
-    ("tcp", 8080, 80),
-    ("tcp", 5201, 5201),
-    ("udp", 5300, 5300),
-    ("udp", 5301, 5301),
-    ("tcp", 5300, 5300),
-];
 
 /// What a mode left running.
 pub(crate) enum Active {
@@ -162,6 +192,9 @@ pub(crate) fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
         ])?;
     }
     let s = ADDRS.server.to_string();
+    if mode.balanced() {
+        balanced_backends(lab, macs.server)?;
+    }
     let active = match mode {
         Mode::Routing => Active::None,
         Mode::Iptables => {
@@ -172,7 +205,32 @@ pub(crate) fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
             nftables(lab, &s)?;
             Active::None
         }
-        Mode::ForwarderXdp | Mode::ForwarderTc => forwarder(lab, mode, &s, &mut gw)?,
+        Mode::ForwarderXdp | Mode::ForwarderTc => {
+            let rules: Vec<String> = SERVICES
+                .iter()
+                .map(|(proto, public, port)| format!("{proto}:{public}={s}:{port}"))
+                .collect();
+            forwarder(lab, mode, &rules, &mut gw)?
+        }
+        Mode::IptablesLb => {
+            iptables_lb(lab)?;
+            Active::None
+        }
+        Mode::NftablesLb => {
+            nftables_lb(lab)?;
+            Active::None
+        }
+        Mode::ForwarderXdpLb | Mode::ForwarderTcLb => {
+            let rules: Vec<String> = LB_SERVICES
+                .iter()
+                .map(|(proto, public, port)| {
+                    let set: Vec<String> =
+                        LB_BACKENDS.iter().map(|b| format!("{b}:{port}")).collect();
+                    format!("{proto}:{public}={}", set.join("+"))
+                })
+                .collect();
+            forwarder(lab, mode.base(), &rules, &mut gw)?
+        }
         Mode::BareXdp => {
             let dp = in_ns(&lab.gateway, || -> Result<Bench> {
                 let mut b = Bench::load()?;
@@ -187,77 +245,10 @@ pub(crate) fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
     Ok((active, gw, macs))
 }
 
-/// The classic recipe: PREROUTING DNAT per service, a stateful FORWARD
-/// accept, POSTROUTING MASQUERADE.
-fn iptables(lab: &Lab, s: &str) -> Result<()> {
-    for (proto, public, port) in SERVICES {
-        let to = format!("{s}:{port}");
-        sh(
-            lab,
-            Host::Gateway,
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-p",
-                proto,
-                "-i",
-                GW_PUBLIC_IF,
-                "--dport",
-                &public.to_string(),
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ],
-        )?;
-    }
-    sh(
-        lab,
-        Host::Gateway,
-        "iptables",
-        &["-A", "FORWARD", "-m", "state", "--state", "NEW,ESTABLISHED,RELATED", "-j", "ACCEPT"],
-    )?;
-    sh(
-        lab,
-        Host::Gateway,
-        "iptables",
-        &["-t", "nat", "-A", "POSTROUTING", "-o", GW_INTERNAL_IF, "-j", "MASQUERADE"],
-    )?;
-    Ok(())
-}
-
-/// The same recipe in one nftables ruleset.
-fn nftables(lab: &Lab, s: &str) -> Result<()> {
-    let dnat = SERVICES.iter().fold(String::new(), |mut acc, (proto, public, port)| {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            acc,
-            "    iifname \"{GW_PUBLIC_IF}\" {proto} dport {public} dnat to {s}:{port}"
-        );
-        acc
-    });
-    let ruleset = format!(
-        "table ip fwdbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat;\n{dnat}  }}\n  \
-         chain forward {{\n    type filter hook forward priority filter;\n    ct state new,established,related accept\n  }}\n  \
-         chain postrouting {{\n    type nat hook postrouting priority srcnat;\n    oifname \"{GW_INTERNAL_IF}\" masquerade\n  }}\n}}\n"
-    );
-    let path = lab.dir.join("bench.nft");
-    std::fs::write(&path, ruleset)?;
-    sh(lab, Host::Gateway, "nft", &["-f", path.to_str().context("path")?])?;
-    Ok(())
-}
-
-/// The forwarder, one rule per service; its daemon on the gateway's core.
-fn forwarder(lab: &Lab, mode: Mode, s: &str, gw: &mut GwTasks) -> Result<Active> {
-    let rules: Vec<String> = SERVICES
-        .iter()
-        .map(|(proto, public, port)| format!("{proto}:{public}={s}:{port}"))
-        .collect();
+/// The forwarder with `rules`; its daemon on the gateway's core.
+fn forwarder(lab: &Lab, mode: Mode, rules: &[String], gw: &mut GwTasks) -> Result<Active> {
     let mut args: Vec<&str> = Vec::new();
-    for r in &rules {
+    for r in rules {
         args.extend(["--rule", r.as_str()]);
     }
     // Audit off: the recipe it is compared with has no LOG rule.
