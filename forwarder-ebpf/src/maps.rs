@@ -10,10 +10,10 @@ use aya_ebpf::{
     },
 };
 use forwarder_common::abi::{
-    BackendAddr, Config, EVENTS_RING_BYTES, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowEntry, FlowKey,
-    FragEntry, FragKey, IfaceInfo, MAGLEV_POOL, MAX_BACKENDS, MAX_IFACES, MAX_PUBLIC_ADDRS,
-    MAX_RULE_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES, RingPos, RuleKey, RuleStats, RuleTarget, Service,
-    SrcKey, XdpTxErrors,
+    BackendAddr, BackendKey, BackendStats, Config, EVENTS_RING_BYTES, FLOW_TABLE_SIZE,
+    FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAGLEV_POOL,
+    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
+    MAX_SRC_ENTRIES, RingPos, RuleKey, RuleStats, RuleTarget, Service, SrcKey, XdpTxErrors,
 };
 use forwarder_common::{audit::TokenBucket, conntrack::CT_CANDIDATES, stats};
 
@@ -30,6 +30,17 @@ pub static FWD_MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_POOL, 0);
 
 #[map]
 pub static FWD_BACKENDS: Array<BackendAddr> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-backend counters, by the slot each connection's entries carry.
+#[map]
+pub static FWD_BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKEND_SLOTS, 0);
+
+/// Which slot each backend counts in: the daemon's (no program reads it;
+/// it lives in the object to be pinned and adopted with the counters).
+#[map]
+pub static FWD_BACKEND_SLOTS: HashMap<BackendKey, u32> =
+    HashMap::with_max_entries(MAX_BACKEND_SLOTS, 0);
 
 #[map]
 pub static FWD_SRC_ALLOW: LpmTrie<SrcKey, u8> = LpmTrie::with_max_entries(MAX_SRC_ENTRIES, 0);
@@ -144,6 +155,34 @@ pub fn count_rule(rule_id: u32, dir: u8, bytes: u32) {
             s.reply_bytes += u64::from(bytes);
         }
     }
+}
+
+/// Counts one translated packet of `bytes` for the backend whose stats
+/// slot is `slot` (0: none), direction `dir` (`abi::DIR_*`).
+#[inline(always)]
+pub fn count_backend(slot: u16, dir: u8, bytes: u32) {
+    if slot == 0 {
+        return;
+    }
+    if let Some(s) = FWD_BACKEND_STATS.get_ptr_mut(u32::from(slot)) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        let s = unsafe { &mut *s };
+        if dir == forwarder_common::abi::DIR_ORIGINAL {
+            s.orig_packets += 1;
+            s.orig_bytes += u64::from(bytes);
+        } else {
+            s.reply_packets += 1;
+            s.reply_bytes += u64::from(bytes);
+        }
+    }
+}
+
+/// Counts one translated packet of a tracked connection (`entry`): for
+/// its rule and, when it has one apart, its backend.
+#[inline(always)]
+pub fn count_flow(entry: &FlowEntry, bytes: u32) {
+    count_rule(entry.rule_id, entry.dir, bytes);
+    count_backend(entry.backend_slot, entry.dir, bytes);
 }
 
 #[inline(always)]

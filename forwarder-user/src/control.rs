@@ -300,7 +300,7 @@ mod tests {
             sport: 12345u16.to_be_bytes(),
             dport: 80u16.to_be_bytes(),
         };
-        let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 2, 1_000_000_000, 0);
+        let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 2, 0, 1_000_000_000, 0);
         let mut re = re;
         // The reply side was active later: idle counts from there.
         re.last_seen_ns = 2_000_000_000;

@@ -142,6 +142,25 @@ fn registry(s: &Snapshot) -> Registry {
         "The backend's weight",
         gauges(s.backends.iter().map(|b| (backend(b), u64::from(b.weight)))),
     );
+    let backend_dir = |b: &crate::stats::BackendStatus, dir: &str| {
+        let mut l = backend(b);
+        l.push(("direction", dir.to_string()));
+        l
+    };
+    reg.register(
+        "backend_packets",
+        "Packets translated for the backend's connections, by direction (in: client to backend)",
+        counters(s.backends.iter().flat_map(|b| {
+            [(backend_dir(b, "in"), b.packets_in), (backend_dir(b, "out"), b.packets_out)]
+        })),
+    );
+    reg.register(
+        "backend_bytes",
+        "Bytes translated for the backend's connections, by direction",
+        counters(s.backends.iter().flat_map(|b| {
+            [(backend_dir(b, "in"), b.bytes_in), (backend_dir(b, "out"), b.bytes_out)]
+        })),
+    );
     reg.register(
         "backend_check_latency_microseconds",
         "How long the backend's last health check took",
@@ -230,12 +249,18 @@ mod tests {
             weight: 3,
             state: "down".into(),
             check_latency_us: Some(1200),
+            packets_in: 9,
+            bytes_in: 900,
+            packets_out: 8,
+            bytes_out: 800,
         });
         let t = render(&s, Format::Text).unwrap();
         for line in [
             "forwarder_backend_up{rule=\"4\",backend=\"10.0.0.2:80\"} 0",
             "forwarder_backend_weight{rule=\"4\",backend=\"10.0.0.2:80\"} 3",
             "forwarder_backend_check_latency_microseconds{rule=\"4\",backend=\"10.0.0.2:80\"} 1200",
+            "forwarder_backend_packets_total{rule=\"4\",backend=\"10.0.0.2:80\",direction=\"in\"} 9",
+            "forwarder_backend_bytes_total{rule=\"4\",backend=\"10.0.0.2:80\",direction=\"out\"} 800",
             // The spec's quotes escaped.
             "forwarder_rule_packets_total{rule=\"4\",spec=\"tcp:8080=10.0.0.2:80,src=\\\"x\\\"\",direction=\"in\"} 3",
             "forwarder_rule_connections_total{rule=\"4\",spec=\"tcp:8080=10.0.0.2:80,src=\\\"x\\\"\"} 1",

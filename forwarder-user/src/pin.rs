@@ -19,8 +19,10 @@ use crate::error::{Error, Result};
 /// or meaning of its entries changes; a daemon then never adopts a map of
 /// another layout (it retires it, see [`Pins::retire_stale`]), while maps
 /// whose layout did not change carry over an upgrade.
-pub const STATE_MAPS: [(&str, u32); 6] = [
-    // v3: states NEW, REPLIED, ESTABLISHED (assured), FIN, CLOSED.
+pub const STATE_MAPS: [(&str, u32); 8] = [
+    // v3: states NEW, REPLIED, ESTABLISHED (assured), FIN, CLOSED. (An
+    // entry's backend slot sits in bytes that were padding, 0 = none: the
+    // layout still reads entries of daemons before it.)
     (abi::MAP_FLOWS, 3),
     (abi::MAP_FRAGS, 1),
     (abi::MAP_RULE_STATS, 1),
@@ -30,6 +32,9 @@ pub const STATE_MAPS: [(&str, u32); 6] = [
     // per CPU; and where each ring stands.
     (abi::MAP_CT_CANDIDATES, 2),
     (abi::MAP_CT_CANDIDATE_POS, 1),
+    // Each backend's counters, and the slot each backend counts in.
+    (abi::MAP_BACKEND_STATS, 1),
+    (abi::MAP_BACKEND_SLOTS, 1),
 ];
 
 /// The programs' tail-call tables, pinned beside the links: the kernel

@@ -170,7 +170,8 @@ impl Services {
         self.backends.extend(set.iter().map(|b| BackendAddr {
             addr: b.addr.octets(),
             port: b.ports.lo.to_be_bytes(),
-            _pad: [0; 2],
+            // Given when the datapath is configured (`Datapath::configure`).
+            stats_slot: 0,
         }));
         self.entries.push((
             rule_id,
@@ -300,7 +301,7 @@ impl Settings {
                 flags,
                 rule_id: id,
                 public_lo: r.ports.lo,
-                _pad: 0,
+                stats_slot: 0,
             };
             for (start, bits) in rule::port_prefixes(r.ports.lo, r.ports.hi) {
                 let (prefix_len, key) = rule::key(if_idx, r.proto.number(), start, bits);

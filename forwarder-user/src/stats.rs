@@ -77,6 +77,16 @@ pub struct BackendStatus {
     pub state: String,
     /// The last check's latency (none: not checked yet, or no check).
     pub check_latency_us: Option<u64>,
+    /// Packets and bytes translated for its connections: client to
+    /// backend (in) and back (out).
+    #[serde(default)]
+    pub packets_in: u64,
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub packets_out: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
 }
 
 impl Snapshot {

@@ -97,8 +97,32 @@ fn six_hundred_connections_share_three_equal_backends() {
     let third = 1.0 / 3.0;
     assert_shares(&got, &[(50, third), (51, third), (52, third)], 600, 0.25);
     let stats = finish(&lab, &mut fwd, Expect::default());
-    assert_eq!(rule_counters(&stats, 0).2, 600, "{stats}");
+    let (rule_in, rule_out, conns) = rule_counters(&stats, 0);
+    assert_eq!(conns, 600, "{stats}");
     assert_eq!(counter(&stats, "drop_no_backend"), 0, "{stats}");
+    // Each backend counted its own connections' packets: together, the
+    // rule's, each in proportion to the connections it took.
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let per: Vec<(u8, u64, u64)> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let addr = b["backend"].as_str().unwrap();
+            let last = addr.split(':').next().unwrap().rsplit('.').next().unwrap().parse().unwrap();
+            (last, b["packets_in"].as_u64().unwrap(), b["packets_out"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(per.iter().map(|p| p.1).sum::<u64>(), rule_in, "{stats}");
+    assert_eq!(per.iter().map(|p| p.2).sum::<u64>(), rule_out, "{stats}");
+    #[expect(clippy::cast_precision_loss, reason = "ratios of counts")]
+    let per_conn = rule_in as f64 / 600.0;
+    for (b, packets_in, _) in &per {
+        let want = per_conn * f64::from(got[b]);
+        #[expect(clippy::cast_precision_loss, reason = "ratios of counts")]
+        let have = *packets_in as f64;
+        assert!((have - want).abs() <= 0.1 * want, "backend .{b}: {have} packets, want {want}");
+    }
 }
 
 #[test]

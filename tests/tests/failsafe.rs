@@ -223,7 +223,7 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
         };
         // Distinct reply keys: the masquerade port and a per-client backend port.
         let out = Tuple { dport: (1 + (i / 20_000) as u16).to_be_bytes(), ..out };
-        for (k, mut e) in entry_pair(&client, &out, 6, 0, now, 0) {
+        for (k, mut e) in entry_pair(&client, &out, 6, 0, 0, now, 0) {
             e.state = CT_ESTABLISHED;
             flows.insert(k, e, 0).unwrap();
         }

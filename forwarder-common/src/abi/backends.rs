@@ -37,6 +37,48 @@ pub struct Service {
     pub backends: u32,
 }
 
+/// Packets and bytes of each backend of a rule in [`MAP_SERVICES`], by its
+/// stats slot: [`BackendStats`] (slot 0 unused). Per-CPU array. The slot
+/// rides in [`BackendAddr::stats_slot`] to the connection's entries
+/// (`FlowEntry::backend_slot`), so an established packet counts with one
+/// array lookup, whichever datapath set the connection up.
+pub const MAP_BACKEND_STATS: &str = "FWD_BACKEND_STATS";
+/// Where each backend counts: [`BackendKey`] → its slot in
+/// [`MAP_BACKEND_STATS`] (`u32`, host order). Hash, read and written by
+/// the daemon only; pinned with the counters, so a backend keeps its slot
+/// (and its counts) across reloads and restarts.
+pub const MAP_BACKEND_SLOTS: &str = "FWD_BACKEND_SLOTS";
+/// Slots of [`MAP_BACKEND_STATS`] (the first unused): backends beyond
+/// them are counted with their rule only.
+pub const MAX_BACKEND_SLOTS: u32 = 4096;
+
+/// Key of [`MAP_BACKEND_SLOTS`]: a backend of a rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BackendKey {
+    /// The rule's handle, host order.
+    pub rule: u32,
+    /// Network order.
+    pub addr: [u8; 4],
+    /// The first port, network order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`MAP_BACKEND_STATS`]: one backend's packets, one CPU's share.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BackendStats {
+    /// Client to backend.
+    pub orig_packets: u64,
+    pub orig_bytes: u64,
+    /// Backend to client.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
 /// Value of [`MAP_BACKENDS`]: one backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,10 +89,14 @@ pub struct BackendAddr {
     /// Port (the first of the range with `RULE_F_PORT_RANGE`), network
     /// order.
     pub port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// Its slot in [`MAP_BACKEND_STATS`] (host order; 0 = not counted
+    /// apart).
+    pub stats_slot: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<Service>() == 16);
+const _: () = assert!(core::mem::size_of::<BackendKey>() == 12);
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 32);
 const _: () = assert!(core::mem::size_of::<BackendAddr>() == 8);
 
 #[cfg(feature = "user")]
@@ -59,4 +105,6 @@ mod pod {
     // has proven they have no padding.
     unsafe impl aya::Pod for super::Service {}
     unsafe impl aya::Pod for super::BackendAddr {}
+    unsafe impl aya::Pod for super::BackendKey {}
+    unsafe impl aya::Pod for super::BackendStats {}
 }

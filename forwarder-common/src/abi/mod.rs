@@ -166,7 +166,11 @@ pub struct RuleTarget {
     pub rule_id: u32,
     /// First public port of the rule's range, host byte order.
     pub public_lo: u16,
-    pub _pad: u16,
+    /// The stats slot of a rule's only backend: always 0 (its counters
+    /// are the rule's); a rule with `RULE_F_BACKENDS` takes its backend's
+    /// from [`BackendAddr::stats_slot`]. (Read from the map, as the
+    /// backend's is, so both kinds of rule verify as one path.)
+    pub stats_slot: u16,
 }
 
 /// Key of [`MAP_FLOWS`]: a packet's 5-tuple as it arrives at the gateway.
@@ -219,7 +223,11 @@ pub struct FlowEntry {
     pub nh_dmac: [u8; 6],
     /// The egress MTU (host order): larger packets take the full lookup.
     pub nh_mtu: u16,
-    pub _pad: [u8; 2],
+    /// Where the connection's backend counts its packets: a slot of
+    /// [`MAP_BACKEND_STATS`] (host order; 0 = none: a rule with one
+    /// unchecked backend, whose counters are the rule's), the same in both
+    /// entries.
+    pub backend_slot: u16,
     /// When the next hop was looked up (`bpf_ktime_get_ns`); it is used
     /// for `conntrack::NEXT_HOP_TTL_NS`, then looked up again.
     pub nh_checked_ns: u64,

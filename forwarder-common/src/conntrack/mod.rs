@@ -46,7 +46,7 @@ impl FlowEntry {
             nh_smac: [0; 6],
             nh_dmac: [0; 6],
             nh_mtu: 0,
-            _pad: [0; 2],
+            backend_slot: 0,
             nh_checked_ns: 0,
         }
     }
@@ -105,22 +105,24 @@ pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 /// The two entries of a connection whose packets arrive as `orig` and leave
 /// as `translated`: the original-direction pair first, the reply pair second.
 /// `client_vlan`: the 802.1Q TCI the client's packets came with (0: none),
-/// which replies get back.
+/// which replies get back; `backend_slot`: where the backend counts the
+/// connection's packets (`FlowEntry::backend_slot`; 0: its rule only).
 #[inline(always)]
 pub const fn entry_pair(
     orig: &Tuple,
     translated: &Tuple,
     proto: u8,
     rule_id: u32,
+    backend_slot: u16,
     now_ns: u64,
     client_vlan: u16,
 ) -> [(FlowKey, FlowEntry); 2] {
+    let mut original = FlowEntry::new(translated, rule_id, DIR_ORIGINAL, now_ns);
+    original.backend_slot = backend_slot;
     let mut reply = FlowEntry::new(&orig.reversed(), rule_id, DIR_REPLY, now_ns);
     reply.vlan = client_vlan;
-    [
-        (FlowKey::new(orig, proto), FlowEntry::new(translated, rule_id, DIR_ORIGINAL, now_ns)),
-        (FlowKey::new(&translated.reversed(), proto), reply),
-    ]
+    reply.backend_slot = backend_slot;
+    [(FlowKey::new(orig, proto), original), (FlowKey::new(&translated.reversed(), proto), reply)]
 }
 
 /// The murmur3 32-bit finalizer: a cheap full-avalanche mix.
@@ -146,9 +148,9 @@ pub const fn tuple_hash(t: &Tuple) -> u32 {
 
 /// The `attempt`-th candidate masquerade port (host order) in
 /// `[min, max]`: an independent hash of (seed, attempt) per attempt. (A
-/// fixed stride from the seed made every flow walk the same cycle through
-/// the range: occupied ports clustered like linear probing, and new flows
-/// failed at a third of the range in use.) `min <= max` is enforced by
+/// fixed stride from the seed would make every flow walk the same cycle
+/// through the range: occupied ports cluster like linear probing, and new
+/// flows fail at a third of the range in use.) `min <= max` is enforced by
 /// userspace; an inverted range degrades to `min`.
 #[inline(always)]
 pub const fn snat_candidate(seed: u32, attempt: u32, min: u16, max: u16) -> u16 {

@@ -15,7 +15,7 @@ fn pair_translates_both_ways() {
         sport: 12345u16.to_be_bytes(),
         dport: 80u16.to_be_bytes(),
     };
-    let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 3, 99, 100);
+    let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 3, 0, 99, 100);
     assert_eq!(ok.tuple(), client);
     assert_eq!(oe.tuple(), out);
     assert_eq!(oe.dir, DIR_ORIGINAL);

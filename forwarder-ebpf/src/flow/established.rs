@@ -11,7 +11,7 @@ use forwarder_common::{
 
 use crate::{
     ctx::Packet,
-    maps::{FWD_FLOWS, count_rule, rule_stats},
+    maps::{FWD_FLOWS, count_flow, rule_stats},
     ops::{
         conntrack as ct,
         fib::{fib_verdict, route},
@@ -100,6 +100,6 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
             unsafe { (*pe).state = state };
         }
     }
-    count_rule(entry.rule_id, entry.dir, parsed.frame_len);
+    count_flow(entry, parsed.frame_len);
     forward::<P>(parsed, fwd, entry.rule_id, entry.dir)
 }

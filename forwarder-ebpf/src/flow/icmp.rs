@@ -19,7 +19,7 @@ use forwarder_common::{
 
 use crate::{
     ctx::{Packet, ptr_at},
-    maps::{FWD_FLOWS, count_rule},
+    maps::{FWD_FLOWS, count_flow},
     ops::fib::{fib_verdict, route},
     types::{Parsed, Quote, Verdict},
 };
@@ -82,6 +82,6 @@ pub fn decide<P: Packet>(p: &P, parsed: Parsed) -> Verdict {
         Ok(f) => f,
         Err(v) => return v,
     };
-    count_rule(entry.rule_id, entry.dir, parsed.frame_len);
+    count_flow(&entry, parsed.frame_len);
     Verdict::ForwardIcmp(parsed, fwd, Quote { ip_off, l4_off, proto, old, new: out.reversed() })
 }

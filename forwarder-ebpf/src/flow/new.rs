@@ -21,7 +21,7 @@ use crate::{
     ctx::Packet,
     maps::{
         FWD_BACKENDS, FWD_FLOWS, FWD_IFACES, FWD_MAGLEV, FWD_PUBLIC_ADDRS, FWD_RULES, FWD_SERVICES,
-        FWD_SRC_ALLOW, config, rule_stats,
+        FWD_SRC_ALLOW, config, count_backend, rule_stats,
     },
     ops::{
         audit,
@@ -102,14 +102,14 @@ fn source_denied<P: Packet>(p: &P, parsed: &Parsed, target: &RuleTarget) -> bool
     true
 }
 
-/// The backend (address, first port) of a new connection to `target`:
-/// its own, or with several the one [`pick_backend`] names.
+/// The backend (address, first port, stats slot) of a new connection to
+/// `target`: its own, or with several the one [`pick_backend`] names.
 #[inline(always)]
-fn backend_of(target: &RuleTarget, parsed: &Parsed) -> Option<([u8; 4], [u8; 2])> {
+fn backend_of(target: &RuleTarget, parsed: &Parsed) -> Option<([u8; 4], [u8; 2], u16)> {
     if target.flags & RULE_F_BACKENDS == 0 {
-        return Some((target.addr, target.port));
+        return Some((target.addr, target.port, target.stats_slot));
     }
-    pick_backend(target, parsed).map(|b| (b.addr, b.port))
+    pick_backend(target, parsed).map(|b| (b.addr, b.port, b.stats_slot))
 }
 
 /// The first packet of a connection that matches `target`: source
@@ -130,7 +130,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
     }
     // No backend can take it: refused with a TCP reset or "port
     // unreachable", which TC builds (XDP hands the packet over untouched).
-    let Some((addr, port)) = backend_of(target, &parsed) else {
+    let Some((addr, port, slot)) = backend_of(target, &parsed) else {
         return if P::IS_XDP {
             Verdict::ToTc(stats::XDP_TO_TC)
         } else {
@@ -176,7 +176,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
                 snat_candidate(seed, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be_bytes();
         }
         let [_, (rk, re)] =
-            entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+            entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, slot, now, p.vlan());
         claim = ct::insert(&rk, &re);
         // Taken: the next candidate; claimed, or the table is full: done.
         if !matches!(claim, Err(InsertError::Exists)) {
@@ -190,7 +190,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
             return Verdict::Drop(stats::DROP_CT_FULL);
         }
         let [_, (rk, re)] =
-            entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+            entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, slot, now, p.vlan());
         claim = ct::insert(&rk, &re);
     }
     match claim {
@@ -203,8 +203,8 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
             warn!(
                 p,
                 "masquerade: no free source port towards {:i}:{} after {} attempts (rule {}); new flow dropped",
-                addr,
-                u16::from_be_bytes(port),
+                out.daddr,
+                u16::from_be_bytes(out.dport),
                 cfg.snat_attempts,
                 target.rule_id
             );
@@ -212,7 +212,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         }
     }
     let [(ok, oe), (rk, _)] =
-        entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, now, p.vlan());
+        entry_pair(&parsed.tuple, &out, parsed.proto, target.rule_id, slot, now, p.vlan());
     if let Err(e) = ct::insert(&ok, &oe) {
         // Another CPU created this flow first (exists), or the table filled
         // up in between: give our reply entry back. A retransmission finds
@@ -230,6 +230,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         s.orig_packets += 1;
         s.orig_bytes += u64::from(parsed.frame_len);
     }
+    count_backend(slot, DIR_ORIGINAL, parsed.frame_len);
     parsed.created_by = CreatedBy::rule(target.rule_id);
     match fib_verdict::<P>(&r, out) {
         Ok(fwd) => forward::<P>(parsed, fwd, target.rule_id, DIR_ORIGINAL),

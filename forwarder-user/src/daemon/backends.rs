@@ -30,6 +30,18 @@ pub struct Member {
     pub tracker: Option<Tracker>,
 }
 
+impl Balanced {
+    /// Where member `m` counts its packets in the datapath.
+    pub fn stats_key(&self, m: &Member) -> forwarder_common::abi::BackendKey {
+        forwarder_common::abi::BackendKey {
+            rule: self.handle,
+            addr: m.addr.octets(),
+            port: m.port.to_be_bytes(),
+            _pad: [0; 2],
+        }
+    }
+}
+
 impl Member {
     /// The weight the table gives it now.
     pub fn effective(&self) -> u32 {

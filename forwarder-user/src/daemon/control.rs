@@ -131,31 +131,42 @@ impl Daemon {
         Ok(at)
     }
 
-    /// Every member of every balanced rule with its state, last check and
-    /// live connections (tracked ones, not yet closed, that it serves).
+    /// Every member of every balanced rule with its state, last check,
+    /// live connections (tracked ones, not yet closed, that it serves) and
+    /// packets and bytes both ways.
     fn backend_list(&self) -> anyhow::Result<serde_json::Value> {
         let conns = crate::control::connections(&self.dp.flows()?);
+        let members: Vec<_> = self
+            .backends
+            .rules
+            .iter()
+            .flat_map(|b| b.members.iter().map(move |m| (b, m)))
+            .collect();
+        let keys: Vec<_> = members.iter().map(|(b, m)| b.stats_key(m)).collect();
+        let counts = self.dp.backend_stats(&keys)?;
         let mut out = Vec::new();
-        for b in &self.backends.rules {
+        for ((b, m), n) in members.into_iter().zip(counts) {
             let Some(rule) = self.settings.rule(b.handle) else { continue };
-            for m in &b.members {
-                let port = rule.backend_port_match(m.port);
-                let live = conns
-                    .iter()
-                    .filter(|c| c.entry.state != CT_CLOSED && c.serves(b.handle, m.addr, port))
-                    .count();
-                let last = m.tracker.as_ref().and_then(|t| t.last.as_ref());
-                out.push(serde_json::json!({
-                    "rule": b.handle,
-                    "backend": format!("{}:{}", m.addr, m.port),
-                    "weight": m.weight,
-                    "state": m.state(),
-                    "check": last.map(|l| l.what.clone()),
-                    "check_ok": last.map(|l| l.ok),
-                    "latency_us": last.map(|l| u64::try_from(l.latency.as_micros()).unwrap_or(u64::MAX)),
-                    "connections": live,
-                }));
-            }
+            let port = rule.backend_port_match(m.port);
+            let live = conns
+                .iter()
+                .filter(|c| c.entry.state != CT_CLOSED && c.serves(b.handle, m.addr, port))
+                .count();
+            let last = m.tracker.as_ref().and_then(|t| t.last.as_ref());
+            out.push(serde_json::json!({
+                "rule": b.handle,
+                "backend": format!("{}:{}", m.addr, m.port),
+                "weight": m.weight,
+                "state": m.state(),
+                "check": last.map(|l| l.what.clone()),
+                "check_ok": last.map(|l| l.ok),
+                "latency_us": last.map(|l| u64::try_from(l.latency.as_micros()).unwrap_or(u64::MAX)),
+                "connections": live,
+                "packets_in": n.orig_packets,
+                "bytes_in": n.orig_bytes,
+                "packets_out": n.reply_packets,
+                "bytes_out": n.reply_bytes,
+            }));
         }
         Ok(serde_json::Value::Array(out))
     }

@@ -216,22 +216,31 @@ impl Daemon {
         let xdp = self.xdp_in_use();
         s.egress = self.egress.iter().map(|e| e.status(xdp)).collect();
         s.daemon_errors = self.house.failures();
-        s.backends = self
+        let members: Vec<_> = self
             .backends
             .rules
             .iter()
-            .flat_map(|r| {
-                r.members.iter().map(|m| crate::stats::BackendStatus {
-                    rule: r.handle,
-                    backend: format!("{}:{}", m.addr, m.port),
-                    weight: m.weight,
-                    state: m.state().into(),
-                    check_latency_us: m
-                        .tracker
-                        .as_ref()
-                        .and_then(|t| t.last.as_ref())
-                        .map(|l| u64::try_from(l.latency.as_micros()).unwrap_or(u64::MAX)),
-                })
+            .flat_map(|r| r.members.iter().map(move |m| (r, m)))
+            .collect();
+        let keys: Vec<_> = members.iter().map(|(r, m)| r.stats_key(m)).collect();
+        let counts = self.dp.backend_stats(&keys)?;
+        s.backends = members
+            .iter()
+            .zip(counts)
+            .map(|((r, m), c)| crate::stats::BackendStatus {
+                rule: r.handle,
+                backend: format!("{}:{}", m.addr, m.port),
+                weight: m.weight,
+                state: m.state().into(),
+                check_latency_us: m
+                    .tracker
+                    .as_ref()
+                    .and_then(|t| t.last.as_ref())
+                    .map(|l| u64::try_from(l.latency.as_micros()).unwrap_or(u64::MAX)),
+                packets_in: c.orig_packets,
+                bytes_in: c.orig_bytes,
+                packets_out: c.reply_packets,
+                bytes_out: c.reply_bytes,
             })
             .collect();
         Ok(s)

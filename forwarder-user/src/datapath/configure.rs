@@ -7,7 +7,7 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     xdp::DevMapHash,
 };
-use forwarder_common::abi::{self, Config, IfaceInfo, RuleKey, RuleTarget, Service};
+use forwarder_common::abi::{self, BackendKey, Config, IfaceInfo, RuleKey, RuleTarget, Service};
 
 use crate::{
     error::{Error, Result},
@@ -86,11 +86,26 @@ impl Datapath {
             .filter_map(|i| s.maglev.get(i as usize).map(|v| (i, *v)))
             .unzip();
         crate::batch::update(self.array_fd(abi::MAP_MAGLEV)?, &slots, &values, abi::MAP_MAGLEV)?;
-        let ids: Vec<u32> = (0..u32::try_from(s.backends.len()).unwrap_or(u32::MAX)).collect();
+        // Every backend with the slot it counts in.
+        let mut backends = s.backends.clone();
+        let mut at = Vec::new();
+        let mut keys = Vec::new();
+        for (rule, svc) in &s.entries {
+            for i in svc.backends_off..svc.backends_off + svc.backends {
+                if let Some(b) = backends.get(i as usize) {
+                    at.push(i as usize);
+                    keys.push(BackendKey { rule: *rule, addr: b.addr, port: b.port, _pad: [0; 2] });
+                }
+            }
+        }
+        for (i, slot) in at.into_iter().zip(self.backend_slots(&keys)?) {
+            backends[i].stats_slot = slot;
+        }
+        let ids: Vec<u32> = (0..u32::try_from(backends.len()).unwrap_or(u32::MAX)).collect();
         crate::batch::update(
             self.array_fd(abi::MAP_BACKENDS)?,
             &ids,
-            &s.backends,
+            &backends,
             abi::MAP_BACKENDS,
         )?;
         let mut services: HashMap<&mut MapData, u32, Service> =

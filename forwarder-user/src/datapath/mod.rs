@@ -5,6 +5,7 @@
 //! settings nor the UI's (the counters' snapshot is [`crate::stats`]').
 
 mod attach;
+mod backend_stats;
 mod configure;
 mod conntrack;
 mod counters;
