@@ -61,21 +61,25 @@ pub fn run(args: &BackendArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:>4}  {:<21} {:>6}  {:<8} {:>7} {:>10}  last check",
-                "rule", "backend", "weight", "state", "conns", "latency"
+                "{:>4}  {:<21} {:>6}  {:<8} {:>7} {:>10} {:>10} {:>10}  last check",
+                "rule", "backend", "weight", "state", "conns", "pkts in", "pkts out", "latency"
             );
+            // (JSON numbers as numbers: a `Value` ignores widths.)
+            let n = |b: &serde_json::Value, k: &str| b[k].as_u64().unwrap_or(0);
             for b in v.as_array().into_iter().flatten() {
                 let latency = b["latency_us"].as_u64().map_or_else(
                     || "-".into(),
                     |us| format!("{}.{} ms", us / 1000, us % 1000 / 100),
                 );
                 println!(
-                    "{:>4}  {:<21} {:>6}  {:<8} {:>7} {:>10}  {}",
-                    b["rule"],
+                    "{:>4}  {:<21} {:>6}  {:<8} {:>7} {:>10} {:>10} {:>10}  {}",
+                    n(b, "rule"),
                     b["backend"].as_str().unwrap_or(""),
-                    b["weight"],
+                    n(b, "weight"),
                     b["state"].as_str().unwrap_or(""),
-                    b["connections"],
+                    n(b, "connections"),
+                    n(b, "packets_in"),
+                    n(b, "packets_out"),
                     latency,
                     b["check"].as_str().unwrap_or("-"),
                 );
