@@ -150,6 +150,11 @@ fn main() {
                 flows.iter().find(|(_, e)| e.dir == forwarder_common::abi::DIR_REPLY).unwrap();
             let snat_port = u16::from_be_bytes(rk.dport);
             let est = vec![tcp(client_mac, gw_pub_mac, c, g, 40000, 8080, false, &[0u8; 64])];
+            // One established connection to the balanced rule: its packets
+            // count on their backend too.
+            let syn3 = tcp(client_mac, gw_pub_mac, c, g, 40002, 8081, true, &[]);
+            assert_eq!(dp.test_run_xdp(&syn3, pub_if, 1).unwrap().0, 4);
+            let est3 = vec![tcp(client_mac, gw_pub_mac, c, g, 40002, 8081, false, &[0u8; 64])];
             let reply = vec![tcp(server_mac, gw_int_mac, s, gi, 80, snat_port, false, &[0u8; 64])];
             // The same segment with a partial checksum (a local sender).
             let mut partial = est[0].clone();
@@ -188,6 +193,7 @@ fn main() {
                 run("bare FIB lookup + redirect", PROG_BENCH_FIB, &bare, pub_if, 4),
                 run("forwarder: established, client -> backend", PROG_XDP, &est, pub_if, 4),
                 run("forwarder: established, backend -> client", PROG_XDP, &reply, int_if, 4),
+                run("forwarder: established, 3 backends", PROG_XDP, &est3, pub_if, 4),
                 run(
                     "forwarder: established, partial checksum",
                     PROG_XDP,
