@@ -94,6 +94,25 @@ fn measure(
     (means[means.len() / 2], means[0], means[means.len() - 1])
 }
 
+/// The gateway's settings: a rule with one backend (8080) and one with
+/// three (8081), with their handles.
+fn settings() -> Settings {
+    let mut settings = Settings {
+        public: vec![GW_PUBLIC_IF.into()],
+        internal: vec![GW_INTERNAL_IF.into()],
+        rules: vec![
+            Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap(),
+            Rule::parse_spec("tcp:8081=192.168.1.50:80+192.168.1.51:80+192.168.1.52:80").unwrap(),
+        ],
+        // Room for every new connection the benchmark makes, so no
+        // masquerade port search runs out (that is another case).
+        snat_ports: forwarder::settings::PortRange(1024, 65535),
+        ..Default::default()
+    };
+    settings.assign_handles(None).unwrap();
+    settings
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (calls, reps) = if quick { (5_000, 3) } else { (50_000, 5) };
@@ -113,21 +132,7 @@ fn main() {
     let cases = lab
         .gateway
         .enter(move || {
-            let mut settings = Settings {
-                public: vec![GW_PUBLIC_IF.into()],
-                internal: vec![GW_INTERNAL_IF.into()],
-                rules: vec![
-                    Rule::parse_spec("tcp:8080=192.168.1.50:80").unwrap(),
-                    Rule::parse_spec("tcp:8081=192.168.1.50:80+192.168.1.51:80+192.168.1.52:80")
-                        .unwrap(),
-                ],
-                // Room for every new connection the benchmark makes, so no
-                // masquerade port search runs out (that is another case).
-                snat_ports: forwarder::settings::PortRange(1024, 65535),
-                ..Default::default()
-            };
-            settings.assign_handles(None).unwrap();
-            let compiled = settings.compile(&forwarder::plan::System).unwrap();
+            let compiled = settings().compile(&forwarder::plan::System).unwrap();
             let mut dp = Datapath::load(1 << 20).unwrap();
             dp.configure(&compiled).unwrap();
             // New connections to the balanced rule run on a datapath of
