@@ -10,10 +10,10 @@ use aya_ebpf::{
     },
 };
 use forwarder_common::abi::{
-    BackendAddr, BackendKey, BackendStats, Config, EVENTS_RING_BYTES, FLOW_TABLE_SIZE,
-    FRAG_TABLE_SIZE, FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAGLEV_POOL,
-    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
-    MAX_SRC_ENTRIES, RingPos, RuleKey, RuleStats, RuleTarget, Service, SrcKey, XdpTxErrors,
+    BackendAddr, BackendKey, Config, EVENTS_RING_BYTES, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE,
+    FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAGLEV_POOL, MAX_BACKEND_SLOTS,
+    MAX_BACKENDS, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES,
+    RingPos, RuleKey, RuleStats, RuleTarget, Service, SrcKey, Traffic, XdpTxErrors,
 };
 use forwarder_common::{audit::TokenBucket, conntrack::CT_CANDIDATES, stats};
 
@@ -33,7 +33,7 @@ pub static FWD_BACKENDS: Array<BackendAddr> = Array::with_max_entries(MAX_BACKEN
 
 /// Per-backend counters, by the slot each connection's entries carry.
 #[map]
-pub static FWD_BACKEND_STATS: PerCpuArray<BackendStats> =
+pub static FWD_BACKEND_STATS: PerCpuArray<Traffic> =
     PerCpuArray::with_max_entries(MAX_BACKEND_SLOTS, 0);
 
 /// Which slot each backend counts in: the daemon's (no program reads it;
@@ -147,13 +147,7 @@ pub fn rule_stats(rule_id: u32) -> Option<&'static mut RuleStats> {
 #[inline(always)]
 pub fn count_rule(rule_id: u32, dir: u8, bytes: u32) {
     if let Some(s) = rule_stats(rule_id) {
-        if dir == forwarder_common::abi::DIR_ORIGINAL {
-            s.orig_packets += 1;
-            s.orig_bytes += u64::from(bytes);
-        } else {
-            s.reply_packets += 1;
-            s.reply_bytes += u64::from(bytes);
-        }
+        s.traffic.count(dir, bytes);
     }
 }
 
@@ -166,14 +160,7 @@ pub fn count_backend(slot: u16, dir: u8, bytes: u32) {
     }
     if let Some(s) = FWD_BACKEND_STATS.get_ptr_mut(u32::from(slot)) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        let s = unsafe { &mut *s };
-        if dir == forwarder_common::abi::DIR_ORIGINAL {
-            s.orig_packets += 1;
-            s.orig_bytes += u64::from(bytes);
-        } else {
-            s.reply_packets += 1;
-            s.reply_bytes += u64::from(bytes);
-        }
+        unsafe { (*s).count(dir, bytes) };
     }
 }
 

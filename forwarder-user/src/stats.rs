@@ -30,10 +30,10 @@ impl RuleCounters {
         Self {
             handle: rule.handle,
             rule: rule.to_string(),
-            packets_in: s.orig_packets,
-            bytes_in: s.orig_bytes,
-            packets_out: s.reply_packets,
-            bytes_out: s.reply_bytes,
+            packets_in: s.traffic.orig_packets,
+            bytes_in: s.traffic.orig_bytes,
+            packets_out: s.traffic.reply_packets,
+            bytes_out: s.traffic.reply_bytes,
             new_connections: s.new_conns,
             denied: s.denied,
         }

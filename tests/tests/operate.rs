@@ -6,32 +6,13 @@ mod common;
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
 use common::*;
 use forwarder_testkit::{BpfFs, Lab};
 use serde_json::Value;
-
-/// Echoes every connection to port 80 of the server, until it closes.
-fn echo_server(lab: &Lab) {
-    let l = lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
-    deep_backlog(&l);
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut b = [0u8; 512];
-                while let Ok(k) = s.read(&mut b) {
-                    if k == 0 || s.write_all(&b[..k]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-}
 
 /// An echoed connection to the public `port`, left open.
 fn open(lab: &Lab, port: u16) -> TcpStream {
@@ -76,7 +57,7 @@ fn spec(port: u16) -> String {
 fn rule_handles_never_shift_and_name_the_rule_everywhere() {
     let lab = Lab::new().unwrap();
     let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
-    echo_server(&lab);
+    echo_server(&lab, 80);
     let mut fwd =
         lab.start_forwarder(&["--rule", &spec(8080), "--pin-dir", bpf.arg(), "--persist"]).unwrap();
     // Three rules: the first from the command line, two added.

@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -38,30 +38,6 @@ fn reload(fwd: &Forwarder) -> String {
         assert!(t0.elapsed() < Duration::from_secs(10), "no answer to SIGHUP:\n{}", fwd.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// An echo server on the backend's `port`: each connection gets back
-/// what it sends, until it closes.
-fn echo_server(lab: &Lab, port: u16) {
-    let l = lab
-        .server
-        .enter(move || TcpListener::bind(("0.0.0.0", port)).unwrap())
-        .unwrap()
-        .join()
-        .unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut b = [0u8; 4096];
-                while let Ok(k) = s.read(&mut b) {
-                    if k == 0 || s.write_all(&b[..k]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
 }
 
 fn connect(lab: &Lab, to: SocketAddr) -> Result<TcpStream, std::io::ErrorKind> {

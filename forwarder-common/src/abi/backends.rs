@@ -38,7 +38,7 @@ pub struct Service {
 }
 
 /// Packets and bytes of each backend of a rule in [`MAP_SERVICES`], by its
-/// stats slot: [`BackendStats`] (slot 0 unused). Per-CPU array. The slot
+/// stats slot: [`super::Traffic`] (slot 0 unused). Per-CPU array. The slot
 /// rides in [`BackendAddr::stats_slot`] to the connection's entries
 /// (`FlowEntry::backend_slot`), so an established packet counts with one
 /// array lookup, whichever datapath set the connection up.
@@ -66,19 +66,6 @@ pub struct BackendKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of [`MAP_BACKEND_STATS`]: one backend's packets, one CPU's share.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct BackendStats {
-    /// Client to backend.
-    pub orig_packets: u64,
-    pub orig_bytes: u64,
-    /// Backend to client.
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
-}
-
 /// Value of [`MAP_BACKENDS`]: one backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,7 +83,6 @@ pub struct BackendAddr {
 
 const _: () = assert!(core::mem::size_of::<Service>() == 16);
 const _: () = assert!(core::mem::size_of::<BackendKey>() == 12);
-const _: () = assert!(core::mem::size_of::<BackendStats>() == 32);
 const _: () = assert!(core::mem::size_of::<BackendAddr>() == 8);
 
 #[cfg(feature = "user")]
@@ -106,5 +92,4 @@ mod pod {
     unsafe impl aya::Pod for super::Service {}
     unsafe impl aya::Pod for super::BackendAddr {}
     unsafe impl aya::Pod for super::BackendKey {}
-    unsafe impl aya::Pod for super::BackendStats {}
 }

@@ -273,18 +273,51 @@ pub struct FragEntry {
     pub vlan: u16,
 }
 
+/// Packets and bytes translated, both ways (one CPU's share): a rule's,
+/// and a backend's (the value of [`MAP_BACKEND_STATS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Traffic {
+    /// Client → backend packets.
+    pub orig_packets: u64,
+    /// Their bytes (L2 frame length as received).
+    pub orig_bytes: u64,
+    /// Backend → client packets.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+impl Traffic {
+    /// One translated packet of `bytes`, direction `dir` ([`DIR_ORIGINAL`]
+    /// or [`DIR_REPLY`]).
+    #[inline(always)]
+    pub fn count(&mut self, dir: u8, bytes: u32) {
+        if dir == DIR_ORIGINAL {
+            self.orig_packets += 1;
+            self.orig_bytes += u64::from(bytes);
+        } else {
+            self.reply_packets += 1;
+            self.reply_bytes += u64::from(bytes);
+        }
+    }
+
+    /// Adds `other` (another CPU's share).
+    pub const fn add(&mut self, other: &Self) {
+        self.orig_packets += other.orig_packets;
+        self.orig_bytes += other.orig_bytes;
+        self.reply_packets += other.reply_packets;
+        self.reply_bytes += other.reply_bytes;
+    }
+}
+
 /// Per-rule counters (one per CPU; userspace sums them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct RuleStats {
-    /// Client → backend packets translated and forwarded.
-    pub orig_packets: u64,
-    /// Their bytes (L2 frame length as received).
-    pub orig_bytes: u64,
-    /// Backend → client packets translated and forwarded.
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
+    /// Packets translated and forwarded, both ways.
+    pub traffic: Traffic,
     /// Connections (conntrack entry pairs) created.
     pub new_conns: u64,
     /// New connections refused by the rule's source allow-list.
@@ -399,6 +432,7 @@ mod pod {
     // bytemuck's derive has proven that none has padding.
     unsafe impl aya::Pod for super::RuleKey {}
     unsafe impl aya::Pod for super::RuleTarget {}
+    unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::RuleStats {}

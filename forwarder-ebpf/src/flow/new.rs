@@ -227,8 +227,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
     ct::candidate(&ok);
     if let Some(s) = rule_stats(target.rule_id) {
         s.new_conns += 1;
-        s.orig_packets += 1;
-        s.orig_bytes += u64::from(parsed.frame_len);
+        s.traffic.count(DIR_ORIGINAL, parsed.frame_len);
     }
     count_backend(slot, DIR_ORIGINAL, parsed.frame_len);
     parsed.created_by = CreatedBy::rule(target.rule_id);

@@ -163,6 +163,11 @@ impl Pool {
         }
     }
 
+    /// Every member of every balanced rule, with its rule.
+    pub fn members(&self) -> impl Iterator<Item = (&Balanced, &Member)> {
+        self.rules.iter().flat_map(|b| b.members.iter().map(move |m| (b, m)))
+    }
+
     /// Stops every check (a reload starts the new pool's).
     pub fn stop_checks(&mut self) {
         for t in self.tasks.drain(..) {

@@ -136,12 +136,7 @@ impl Daemon {
     /// packets and bytes both ways.
     fn backend_list(&self) -> anyhow::Result<serde_json::Value> {
         let conns = crate::control::connections(&self.dp.flows()?);
-        let members: Vec<_> = self
-            .backends
-            .rules
-            .iter()
-            .flat_map(|b| b.members.iter().map(move |m| (b, m)))
-            .collect();
+        let members: Vec<_> = self.backends.members().collect();
         let keys: Vec<_> = members.iter().map(|(b, m)| b.stats_key(m)).collect();
         let counts = self.dp.backend_stats(&keys)?;
         let mut out = Vec::new();

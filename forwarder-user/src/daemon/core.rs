@@ -216,12 +216,7 @@ impl Daemon {
         let xdp = self.xdp_in_use();
         s.egress = self.egress.iter().map(|e| e.status(xdp)).collect();
         s.daemon_errors = self.house.failures();
-        let members: Vec<_> = self
-            .backends
-            .rules
-            .iter()
-            .flat_map(|r| r.members.iter().map(move |m| (r, m)))
-            .collect();
+        let members: Vec<_> = self.backends.members().collect();
         let keys: Vec<_> = members.iter().map(|(r, m)| r.stats_key(m)).collect();
         let counts = self.dp.backend_stats(&keys)?;
         s.backends = members

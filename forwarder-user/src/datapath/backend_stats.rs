@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
-use forwarder_common::abi::{self, BackendKey, BackendStats};
+use forwarder_common::abi::{self, BackendKey, Traffic};
 
 use super::object::{Datapath, map_err};
 use crate::error::{Error, Result};
@@ -87,11 +87,11 @@ impl Datapath {
         }
         let cpus =
             aya::util::nr_cpus().map_err(|(_, e)| Error::Io(format!("counting the CPUs: {e}")))?;
-        let mut stats: PerCpuArray<&mut MapData, BackendStats> =
+        let mut stats: PerCpuArray<&mut MapData, Traffic> =
             PerCpuArray::try_from(self.map_mut(abi::MAP_BACKEND_STATS)?)
                 .map_err(map_err(abi::MAP_BACKEND_STATS))?;
         for (_, s) in &plan.added {
-            let zero = PerCpuValues::try_from(vec![BackendStats::default(); cpus])
+            let zero = PerCpuValues::try_from(vec![Traffic::default(); cpus])
                 .map_err(|e| Error::Io(format!("per-CPU values: {e}")))?;
             stats.set(u32::from(*s), zero, 0).map_err(map_err(abi::MAP_BACKEND_STATS))?;
         }
@@ -106,22 +106,19 @@ impl Datapath {
 
     /// The counts of each backend of `keys`, summed over CPUs (zero for
     /// one without a slot).
-    pub fn backend_stats(&self, keys: &[BackendKey]) -> Result<Vec<BackendStats>> {
+    pub fn backend_stats(&self, keys: &[BackendKey]) -> Result<Vec<Traffic>> {
         let slots: HashMap<&MapData, BackendKey, u32> =
             HashMap::try_from(self.map(abi::MAP_BACKEND_SLOTS)?)
                 .map_err(map_err(abi::MAP_BACKEND_SLOTS))?;
-        let stats: PerCpuArray<&MapData, BackendStats> =
+        let stats: PerCpuArray<&MapData, Traffic> =
             PerCpuArray::try_from(self.map(abi::MAP_BACKEND_STATS)?)
                 .map_err(map_err(abi::MAP_BACKEND_STATS))?;
         keys.iter()
             .map(|k| {
-                let Ok(slot) = slots.get(k, 0) else { return Ok(BackendStats::default()) };
+                let Ok(slot) = slots.get(k, 0) else { return Ok(Traffic::default()) };
                 let per_cpu = stats.get(&slot, 0).map_err(map_err(abi::MAP_BACKEND_STATS))?;
-                Ok(per_cpu.iter().fold(BackendStats::default(), |mut sum, s| {
-                    sum.orig_packets += s.orig_packets;
-                    sum.orig_bytes += s.orig_bytes;
-                    sum.reply_packets += s.reply_packets;
-                    sum.reply_bytes += s.reply_bytes;
+                Ok(per_cpu.iter().fold(Traffic::default(), |mut sum, s| {
+                    sum.add(s);
                     sum
                 }))
             })

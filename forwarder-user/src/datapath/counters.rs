@@ -43,10 +43,7 @@ impl Datapath {
                 let per_cpu = rs.get(&id, 0).map_err(map_err(abi::MAP_RULE_STATS))?;
                 let mut sum = abi::RuleStats::default();
                 for s in per_cpu.iter() {
-                    sum.orig_packets += s.orig_packets;
-                    sum.orig_bytes += s.orig_bytes;
-                    sum.reply_packets += s.reply_packets;
-                    sum.reply_bytes += s.reply_bytes;
+                    sum.traffic.add(&s.traffic);
                     sum.new_conns += s.new_conns;
                     sum.denied += s.denied;
                 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     handles::MAX_HANDLE,
     health::FileHealth,
-    model::{Backend, Cidr, Mode, Ports, Proto, Rule, Settings},
+    model::{Backend, Cidr, Mode, Ports, Proto, Rule, Settings, timeouts_named},
     rule_spec::{check_backends, parse_backend, parse_ports, parse_weight, port_in_range},
 };
 use crate::error::{Error, Result};
@@ -223,7 +223,6 @@ impl Settings {
 
     /// These settings in the file's terms.
     fn saved(&self) -> SavedFile {
-        let t = self.conntrack.timeouts;
         let c = &self.conntrack;
         SavedFile {
             public: self.public.clone(),
@@ -233,18 +232,10 @@ impl Settings {
             modes: self.iface_modes.iter().cloned().collect(),
             conntrack: FileConntrack {
                 max: Some(u64::from(c.max_connections)),
-                timeouts: [
-                    ("tcp_syn", t.tcp_syn),
-                    ("tcp_syn_recv", t.tcp_syn_recv),
-                    ("tcp_established", t.tcp_established),
-                    ("tcp_fin", t.tcp_fin),
-                    ("tcp_close", t.tcp_close),
-                    ("udp", t.udp),
-                    ("udp_stream", t.udp_stream),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+                timeouts: timeouts_named(&c.timeouts)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
                 new_conn_rate: (c.new_conn_rate != 0).then_some(u64::from(c.new_conn_rate)),
                 new_conn_burst: (c.new_conn_rate != 0).then_some(u64::from(c.new_conn_burst)),
             },

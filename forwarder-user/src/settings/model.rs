@@ -389,8 +389,8 @@ fn new_conn(n: u64, what: &str) -> Result<u32, String> {
     Ok(n as u32)
 }
 
-/// The timeouts in words: `tcp_syn 120 s, tcp_syn_recv 60 s, …`.
-pub fn timeouts_text(t: &Timeouts) -> String {
+/// The timeouts by the names the settings give them, in seconds.
+pub const fn timeouts_named(t: &Timeouts) -> [(&'static str, u32); 7] {
     [
         ("tcp_syn", t.tcp_syn),
         ("tcp_syn_recv", t.tcp_syn_recv),
@@ -400,8 +400,9 @@ pub fn timeouts_text(t: &Timeouts) -> String {
         ("udp", t.udp),
         ("udp_stream", t.udp_stream),
     ]
-    .iter()
-    .map(|(n, v)| format!("{n} {v} s"))
-    .collect::<Vec<_>>()
-    .join(", ")
+}
+
+/// The timeouts in words: `tcp_syn 120 s, tcp_syn_recv 60 s, …`.
+pub fn timeouts_text(t: &Timeouts) -> String {
+    timeouts_named(t).iter().map(|(n, v)| format!("{n} {v} s")).collect::<Vec<_>>().join(", ")
 }

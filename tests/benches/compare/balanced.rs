@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context as _, Result, ensure};
 use forwarder_testkit::Lab;
 
-use crate::checks::{Owed, Sent, verify_counters, verify_path};
+use crate::checks::{Owed, Sent, stop_and_verify, verify_path};
 use crate::harness::Bench;
-use crate::modes::{Active, LB_BACKENDS, Mode, setup};
+use crate::modes::{LB_BACKENDS, Mode, setup};
 use crate::report::Figures;
 use crate::workloads::{Gen, SYNS, conns, generated};
 
@@ -55,14 +55,7 @@ pub(crate) fn run_balanced(mode: Mode, secs: u64, traffic: &Arc<Mutex<Bench>>) -
         owed.add(1, "new_connections", c.2);
     }
     out.extend([("conn_per_s", c.clone().map(|c| c.0)), ("cpu_us_per_conn", c.map(|c| c.1))]);
-    if let Active::Forwarder(f) = &mut active
-        && let Err(e) = f.stop().and_then(|stats| verify_counters(&stats, &owed, mode))
-    {
-        let e = format!("{e:#}");
-        for f in &mut out {
-            f.1 = Err(e.clone());
-        }
-    }
+    stop_and_verify(&mut active, &owed, mode, &mut out);
     drop(active);
     drop(lab);
     Ok(out)

@@ -7,6 +7,7 @@ use forwarder_testkit::{GW_INTERNAL_IF, Host, Lab};
 use serde_json::Value;
 
 use crate::modes::{Active, Mode};
+use crate::report::Figures;
 use crate::util::{ip_counter, sh};
 
 /// What the gateway's own path sent during a run: the datagrams the
@@ -129,6 +130,20 @@ pub(crate) struct Owed(Vec<(usize, &'static str, u64)>);
 impl Owed {
     pub(crate) fn add(&mut self, rule: usize, counter: &'static str, n: u64) {
         self.0.push((rule, counter, n));
+    }
+}
+
+/// Stops the forwarder of `active` (if the mode runs one) and holds its
+/// final counters to [`verify_counters`]: a failure fails every figure of
+/// `out`, which the counters cover.
+pub(crate) fn stop_and_verify(active: &mut Active, owed: &Owed, mode: Mode, out: &mut Figures) {
+    if let Active::Forwarder(f) = active
+        && let Err(e) = f.stop().and_then(|stats| verify_counters(&stats, owed, mode))
+    {
+        let e = format!("{e:#}");
+        for f in out {
+            f.1 = Err(e.clone());
+        }
     }
 }
 

@@ -87,7 +87,7 @@ mod util;
 mod workloads;
 
 use balanced::{LB_FIGURES, run_balanced};
-use checks::{Owed, Sent, verify_counters, verify_path};
+use checks::{Owed, Sent, stop_and_verify, verify_path};
 use modes::{Active, LB_MODES, MODES, Mode, setup};
 use report::{FIGURES, Figures, chart, json_modes, machine, markdown, print_table, summaries};
 use util::{GW_CPU, HOST_CPU, pin, sh};
@@ -190,14 +190,7 @@ fn run_mode(mode: Mode, p: &Params, traffic: &Arc<Mutex<Bench>>) -> Result<Figur
             .extend([("rtt_p50_us", Err(format!("{e:#}"))), ("rtt_p99_us", Err(format!("{e:#}")))]),
     }
     // The forwarder's counters cover every workload: checked last.
-    if let Active::Forwarder(f) = &mut active
-        && let Err(e) = f.stop().and_then(|stats| verify_counters(&stats, &owed, mode))
-    {
-        let e = format!("{e:#}");
-        for f in &mut out {
-            f.1 = Err(e.clone());
-        }
-    }
+    stop_and_verify(&mut active, &owed, mode, &mut out);
     drop(active);
     drop(lab);
     Ok(out)

@@ -31,29 +31,26 @@ pub(crate) const LB_BACKENDS: [Ipv4Addr; 3] = [
 /// accept, POSTROUTING MASQUERADE.
 pub(crate) fn iptables(lab: &Lab, s: &str) -> Result<()> {
     for (proto, public, port) in SERVICES {
-        let to = format!("{s}:{port}");
-        sh(
-            lab,
-            Host::Gateway,
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-p",
-                proto,
-                "-i",
-                GW_PUBLIC_IF,
-                "--dport",
-                &public.to_string(),
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ],
-        )?;
+        dnat(lab, proto, public, &[], &format!("{s}:{port}"))?;
     }
+    forward_and_masquerade(lab)
+}
+
+/// `iptables -t nat -A PREROUTING -p PROTO -i pub0 --dport PUBLIC
+/// [MATCHING…] -j DNAT --to-destination TO`.
+fn dnat(lab: &Lab, proto: &str, public: u16, matching: &[&str], to: &str) -> Result<()> {
+    let public = public.to_string();
+    let mut args =
+        vec!["-t", "nat", "-A", "PREROUTING", "-p", proto, "-i", GW_PUBLIC_IF, "--dport", &public];
+    args.extend_from_slice(matching);
+    args.extend(["-j", "DNAT", "--to-destination", to]);
+    sh(lab, Host::Gateway, "iptables", &args)?;
+    Ok(())
+}
+
+/// The recipe's other two rules: a stateful FORWARD accept and
+/// POSTROUTING MASQUERADE.
+fn forward_and_masquerade(lab: &Lab) -> Result<()> {
     sh(
         lab,
         Host::Gateway,
@@ -126,50 +123,13 @@ pub(crate) fn balanced_backends(lab: &Lab, server_mac: [u8; 6]) -> Result<()> {
 pub(crate) fn iptables_lb(lab: &Lab) -> Result<()> {
     for (proto, public, port) in LB_SERVICES {
         for (i, b) in LB_BACKENDS.iter().enumerate() {
-            let left = (LB_BACKENDS.len() - i).to_string();
-            let to = format!("{b}:{port}");
-            let public = public.to_string();
-            let mut args = vec![
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-p",
-                proto,
-                "-i",
-                GW_PUBLIC_IF,
-                "--dport",
-                &public,
-            ];
-            if i + 1 < LB_BACKENDS.len() {
-                args.extend([
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "nth",
-                    "--every",
-                    &left,
-                    "--packet",
-                    "0",
-                ]);
-            }
-            args.extend(["-j", "DNAT", "--to-destination", &to]);
-            sh(lab, Host::Gateway, "iptables", &args)?;
+            let every = (LB_BACKENDS.len() - i).to_string();
+            let nth = ["-m", "statistic", "--mode", "nth", "--every", &every, "--packet", "0"];
+            let matching: &[&str] = if i + 1 < LB_BACKENDS.len() { &nth } else { &[] };
+            dnat(lab, proto, public, matching, &format!("{b}:{port}"))?;
         }
     }
-    sh(
-        lab,
-        Host::Gateway,
-        "iptables",
-        &["-A", "FORWARD", "-m", "state", "--state", "NEW,ESTABLISHED,RELATED", "-j", "ACCEPT"],
-    )?;
-    sh(
-        lab,
-        Host::Gateway,
-        "iptables",
-        &["-t", "nat", "-A", "POSTROUTING", "-o", GW_INTERNAL_IF, "-j", "MASQUERADE"],
-    )?;
-    Ok(())
+    forward_and_masquerade(lab)
 }
 
 /// nftables' balancing: `numgen inc` over a map of backend address and

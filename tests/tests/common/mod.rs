@@ -24,6 +24,26 @@ pub use stats::*;
 
 pub const HTTP_RULE: &str = "tcp:8080=192.168.1.50:80";
 
+/// An echo server on the backend's `port`: each connection gets back
+/// what it sends, until it closes (a deep accept queue: no client waits
+/// on a full one).
+pub fn echo_server(lab: &Lab, port: u16) {
+    let l = server_listener(lab, SocketAddr::from(([0, 0, 0, 0], port)));
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(k) = s.read(&mut b) {
+                    if k == 0 || s.write_all(&b[..k]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
 /// A lab with the forwarder running the given rules.
 pub fn lab_with(rules: &[&str]) -> (Lab, Forwarder) {
     let lab = Lab::new().expect("lab");
