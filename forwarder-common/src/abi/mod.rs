@@ -195,7 +195,9 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowEntry {
-    /// `bpf_ktime_get_ns()` of the last packet seen (refreshed coarsely).
+    /// When the last packet was seen, on the datapath's flow clock
+    /// (`CLOCK_MONOTONIC` at the kernel's tick; refreshed at most once a
+    /// second).
     pub last_seen_ns: u64,
     /// New source address, network byte order.
     pub saddr: [u8; 4],
@@ -228,7 +230,7 @@ pub struct FlowEntry {
     /// unchecked backend, whose counters are the rule's), the same in both
     /// entries.
     pub backend_slot: u16,
-    /// When the next hop was looked up (`bpf_ktime_get_ns`); it is used
+    /// When the next hop was looked up (the flow clock); it is used
     /// for `conntrack::NEXT_HOP_TTL_NS`, then looked up again.
     pub nh_checked_ns: u64,
 }
@@ -338,6 +340,10 @@ pub struct IfaceInfo {
 /// `IfaceInfo::flags`: no XDP on this interface; the TC program handles
 /// every packet (TC mode), not only those XDP hands over.
 pub const IFACE_F_TC_ONLY: u32 = 1;
+/// `IfaceInfo::flags`: some rule is bound to this (public) interface
+/// (`@IFACE`); without it a new flow's rule lookup goes straight to the
+/// rules of every public interface (one trie lookup, not two).
+pub const IFACE_F_BOUND_RULES: u32 = 2;
 
 /// Value of [`MAP_CONFIG`] (index 0).
 #[repr(C)]

@@ -2,7 +2,6 @@
 //! the next hop cached there (or a FIB lookup that refreshes the cache),
 //! the connection state on a transition, the rule's counters.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use forwarder_common::{
     abi::{FlowEntry, FlowKey, VLAN_RESET},
     conntrack::{CT_FIN, CT_NEW, NextHop, needs_refresh, next_state},
@@ -40,8 +39,7 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
         }
     }
     let new = entry.tuple();
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = ct::flow_clock();
     // The next hop cached in the entry (fresh, and the packet fits its
     // MTU), or a FIB lookup whose answer is cached for the next packets.
     let fwd = if let Some(nh) = entry.next_hop(now, parsed.l3_len) {

@@ -2,12 +2,12 @@
 //! hook's new-flow program) the checks, the route, the masquerade port and
 //! both conntrack entries.
 
-use aya_ebpf::{bindings::BPF_FIB_LOOKUP_SRC, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::BPF_FIB_LOOKUP_SRC, maps::lpm_trie::Key};
 use aya_log_ebpf::warn;
 use forwarder_common::{
     abi::{
-        BackendAddr, DIR_ORIGINAL, MAX_SNAT_ATTEMPTS, ROLE_PUBLIC, RULE_F_BACKENDS,
-        RULE_F_SRC_FILTER, RULE_KEY_FULL_BITS, RuleKey, RuleTarget, SrcKey,
+        BackendAddr, DIR_ORIGINAL, IFACE_F_BOUND_RULES, MAX_SNAT_ATTEMPTS, ROLE_PUBLIC,
+        RULE_F_BACKENDS, RULE_F_SRC_FILTER, RULE_KEY_FULL_BITS, RuleKey, RuleTarget, SrcKey,
     },
     conntrack::{entry_pair, snat_candidate, tuple_hash},
     decide::{Gate, first_packet_gate, masquerades},
@@ -43,19 +43,26 @@ use crate::{
 pub fn match_rule<P: Packet>(p: &P, parsed: &Parsed) -> Option<(RuleTarget, bool)> {
     let ingress = p.ingress_ifindex();
     // SAFETY: map value pointer valid until program exit.
-    let public = FWD_IFACES.get_ptr(&ingress).is_some_and(|i| unsafe { (*i).role } == ROLE_PUBLIC);
-    let rules_if = if public {
-        ingress
+    let info = FWD_IFACES.get_ptr(&ingress).map(|i| unsafe { *i });
+    let public = info.is_some_and(|i| i.role == ROLE_PUBLIC);
+    // The rules bound to the interface first: on a public interface only
+    // when it has some; for hairpin, those of the public interface that
+    // owns the address.
+    let bound = if public {
+        info.is_some_and(|i| i.flags & IFACE_F_BOUND_RULES != 0).then_some(ingress)
     } else {
         // SAFETY: as above.
-        unsafe { *FWD_PUBLIC_ADDRS.get_ptr(&parsed.tuple.daddr)? }
+        Some(unsafe { *FWD_PUBLIC_ADDRS.get_ptr(&parsed.tuple.daddr)? })
     };
     let mut key = Key::new(
         RULE_KEY_FULL_BITS,
-        RuleKey { ifindex: rules_if, proto: parsed.proto, port: parsed.tuple.dport, _pad: 0 },
+        RuleKey { ifindex: 0, proto: parsed.proto, port: parsed.tuple.dport, _pad: 0 },
     );
-    if let Some(t) = FWD_RULES.get(&key) {
-        return Some((*t, !public));
+    if let Some(ifindex) = bound {
+        key.data.ifindex = ifindex;
+        if let Some(t) = FWD_RULES.get(&key) {
+            return Some((*t, !public));
+        }
     }
     key.data.ifindex = 0;
     FWD_RULES.get(&key).map(|t| (*t, !public))
@@ -95,10 +102,9 @@ fn source_denied<P: Packet>(p: &P, parsed: &Parsed, target: &RuleTarget) -> bool
     if let Some(s) = rule_stats(target.rule_id) {
         s.denied += 1;
     }
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
     let port = backend_port(target, u16::from_be_bytes(parsed.tuple.dport));
-    audit::emit(&audit::denied(parsed, target, port, p.ingress_ifindex(), now));
+    let ifindex = p.ingress_ifindex();
+    audit::emit(|now| audit::denied(parsed, target, port, ifindex, now));
     true
 }
 
@@ -152,8 +158,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
     }
     // The rate limit counts connections about to be set up (not those XDP
     // hands to TC, which would count them twice).
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = ct::flow_clock();
     if !ct::new_conn_allowed(now) {
         return Verdict::Drop(stats::DROP_NEW_CONN_RATE);
     }

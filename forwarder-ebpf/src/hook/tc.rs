@@ -149,9 +149,8 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
                 return toobig::answer(ctx, u32::from(fwd.mtu));
             }
             if parsed.created_by.is_some() {
-                // SAFETY: helper without side effects.
-                let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-                audit::emit(&audit::accepted(&parsed, &fwd, Packet::ingress_ifindex(ctx), now));
+                let ifindex = Packet::ingress_ifindex(ctx);
+                audit::emit(|now| audit::accepted(&parsed, &fwd, ifindex, now));
             }
             let vlan = fwd.vlan;
             if rewrite(ctx, &parsed, &fwd).is_none() {

@@ -73,9 +73,8 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
         }
         Verdict::Forward(parsed, fwd) => {
             if FIRST && parsed.created_by.is_some() {
-                // SAFETY: helper without side effects.
-                let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-                audit::emit(&audit::accepted(&parsed, &fwd, ctx.ingress_ifindex() as u32, now));
+                let ifindex = ctx.ingress_ifindex() as u32;
+                audit::emit(|now| audit::accepted(&parsed, &fwd, ifindex, now));
             }
             if needs_full_sum(&parsed) {
                 return tail_full_csum(ctx, parsed, fwd);

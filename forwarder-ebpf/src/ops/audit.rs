@@ -7,26 +7,34 @@ use forwarder_common::{
     stats,
 };
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+
 use crate::{
     maps::{FWD_AUDIT_BUCKET, FWD_EVENTS, config, count},
+    ops::conntrack::flow_clock,
     types::{Forward, Parsed},
 };
 
-/// Emits `ev` if the rate limit allows and the ring has room; counts it
-/// either way. Nothing at all when audit is off (rate 0).
+/// Emits the event `make` builds from its time, if the rate limit allows
+/// and the ring has room; counts it either way. Nothing at all when audit
+/// is off (rate 0). The limit runs on the flow clock; only an event that
+/// is sent reads the precise one (its time orders the log to the
+/// millisecond), so a flood the limit holds back costs no clock read.
 #[inline(always)]
-pub fn emit(ev: &AuditEvent) {
+pub fn emit(make: impl FnOnce(u64) -> AuditEvent) {
     let cfg = config();
     if cfg.audit_rate == 0 {
         return;
     }
     let Some(b) = FWD_AUDIT_BUCKET.get_ptr_mut(0) else { return };
     // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-    if !unsafe { &mut *b }.take(ev.ts_ns, cfg.audit_rate, cfg.audit_burst) {
+    if !unsafe { &mut *b }.take(flow_clock(), cfg.audit_rate, cfg.audit_burst) {
         count(stats::AUDIT_RATE_LIMITED);
         return;
     }
-    match FWD_EVENTS.output::<AuditEvent>(ev, 0) {
+    // SAFETY: helper without side effects.
+    let ev = make(unsafe { bpf_ktime_get_ns() });
+    match FWD_EVENTS.output::<AuditEvent>(&ev, 0) {
         Ok(()) => count(stats::AUDIT_EVENTS),
         Err(_) => count(stats::AUDIT_RING_FULL),
     }

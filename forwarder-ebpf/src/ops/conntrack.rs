@@ -16,7 +16,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::generated::{bpf_get_smp_processor_id, bpf_map_lookup_percpu_elem},
+    helpers::generated::{
+        bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_map_lookup_percpu_elem,
+    },
     maps::PerCpuArray,
 };
 use forwarder_common::{
@@ -28,6 +30,19 @@ use forwarder_common::{
 use crate::maps::{
     FWD_CT_CAND_POS, FWD_CT_CANDIDATES, FWD_FLOWS, FWD_NEW_CONN_BUCKET, config, count,
 };
+
+/// Now on the clock of the flow entries (`last_seen_ns`, the next-hop
+/// cache, the new-connection buckets): `CLOCK_MONOTONIC` as of the
+/// kernel's last tick (`bpf_ktime_get_coarse_ns`). Idle timeouts in
+/// seconds and a one-second next-hop cache need no finer grain, and the
+/// precise clock costs an established packet about a fifth of its time
+/// (23 of 106 ns in the micro-benchmark on a KVM guest). The daemon reads
+/// the same clock precisely, at most a tick ahead.
+#[inline(always)]
+pub fn flow_clock() -> u64 {
+    // SAFETY: helper without side effects.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
 
 /// `bpf_map_update_elem` errno for an existing key (NOEXIST).
 const EEXIST: i32 = 17;

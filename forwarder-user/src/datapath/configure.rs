@@ -47,7 +47,10 @@ impl Datapath {
         for i in &c.ifaces {
             // TC mode is set here; `NativeXdpElseTc` switches an interface
             // to TC in `attach` when its driver has no native XDP.
-            let flags = if i.mode == IfaceMode::Tc { abi::IFACE_F_TC_ONLY } else { 0 };
+            let mut flags = if i.mode == IfaceMode::Tc { abi::IFACE_F_TC_ONLY } else { 0 };
+            if c.rules.iter().any(|(_, k, _)| k.ifindex == i.ifindex) {
+                flags |= abi::IFACE_F_BOUND_RULES;
+            }
             ifaces
                 .insert(i.ifindex, IfaceInfo { role: i.role, flags }, 0)
                 .map_err(map_err(abi::MAP_IFACES))?;
