@@ -265,3 +265,66 @@ fn a_udp_flow_moves_to_a_live_backend_at_its_next_datagram() {
     drop(sock);
     drop(servers);
 }
+
+#[test]
+fn a_daemon_that_adopts_the_datapath_starts_with_the_backend_states_it_finds() {
+    let lab = Lab::new().unwrap();
+    more_backend_addresses(&lab);
+    let bpf = forwarder_testkit::BpfFs::mount(lab.dir.join("bpf")).unwrap();
+    let servers: Vec<Server> = [50, 51, 52].iter().map(|b| Server::start(&lab, *b)).collect();
+    // Checks that answer 2 s after they start: a new daemon's first
+    // verdict on any backend comes that late.
+    let list: Vec<String> =
+        [50, 51, 52].iter().map(|b| format!("{{ to = \"192.168.1.{b}:80\" }}")).collect();
+    for b in [50, 51, 52] {
+        std::fs::write(flag(&lab, b), "").unwrap();
+    }
+    let cfg = lab.dir.join("slow.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[rule]]\nproto = \"tcp\"\nport = 8080\nbackends = [{}]\n[rule.health]\ncheck = \"exec\"\ncommand = \"sleep 2; test -e {}/up-%a\"\ninterval = 3\ntimeout = 3\nrise = 1\nfall = 1\n",
+            list.join(", "),
+            lab.dir.display()
+        ),
+    )
+    .unwrap();
+    let args = ["--config", cfg.to_str().unwrap(), "--pin-dir", bpf.arg(), "--persist"];
+    let mut fwd = lab.start_forwarder(&args).unwrap();
+    let all = ["192.168.1.50:80", "192.168.1.51:80", "192.168.1.52:80"];
+    wait_state(&lab, &all, "up", 10);
+    // .52 goes down, .51 is drained.
+    std::fs::remove_file(flag(&lab, 52)).unwrap();
+    wait_state(&lab, &["192.168.1.52:80"], "down", 10);
+    let (ok, out) = cli(&lab, &["backend", "drain", "192.168.1.51:80"]);
+    assert!(ok, "{out}");
+    fwd.stop().unwrap();
+    // The next daemon (a hitless restart) starts from those states: no
+    // check of its own has answered yet, and .50 takes new connections
+    // at once (a pending .50 would refuse them until its check answers).
+    let mut fwd = lab.start_forwarder(&args).unwrap();
+    let t0 = Instant::now();
+    let now: Vec<(String, String, bool)> = backends(&lab)
+        .iter()
+        .map(|b| {
+            let addr = b["backend"].as_str().unwrap().to_string();
+            (addr, b["state"].as_str().unwrap().to_string(), b["check"].is_null())
+        })
+        .collect();
+    let answered = lab.client.enter(connect).unwrap().join().unwrap().map(|(b, _)| b);
+    assert!(t0.elapsed() < Duration::from_millis(1500), "too slow to tell: {:?}", t0.elapsed());
+    assert_eq!(
+        now,
+        [
+            ("192.168.1.50:80".to_string(), "up".to_string(), true),
+            ("192.168.1.51:80".to_string(), "draining".to_string(), true),
+            ("192.168.1.52:80".to_string(), "down".to_string(), true),
+        ]
+    );
+    assert_eq!(answered, Ok(50));
+    // The checks go on from there: .52 comes back when it passes again.
+    std::fs::write(flag(&lab, 52), "").unwrap();
+    wait_state(&lab, &["192.168.1.52:80"], "up", 10);
+    finish(&lab, &mut fwd, Expect::default());
+    drop(servers);
+}

@@ -43,11 +43,21 @@ pub struct Service {
 /// (`FlowEntry::backend_slot`), so an established packet counts with one
 /// array lookup, whichever datapath set the connection up.
 pub const MAP_BACKEND_STATS: &str = "FWD_BACKEND_STATS";
-/// Where each backend counts: [`BackendKey`] → its slot in
-/// [`MAP_BACKEND_STATS`] (`u32`, host order). Hash, read and written by
+/// What the daemon keeps of each backend: [`BackendKey`] → its slot in
+/// [`MAP_BACKEND_STATS`] ([`BACKEND_SLOT_MASK`]) and what it last knew of
+/// it (`BACKEND_WAS_*` bits), `u32`, host order. Hash, read and written by
 /// the daemon only; pinned with the counters, so a backend keeps its slot
-/// (and its counts) across reloads and restarts.
+/// (and its counts) across reloads and restarts, and a daemon that adopts
+/// the datapath starts with the health and drain its predecessor left.
 pub const MAP_BACKEND_SLOTS: &str = "FWD_BACKEND_SLOTS";
+/// The slot in a [`MAP_BACKEND_SLOTS`] value.
+pub const BACKEND_SLOT_MASK: u32 = 0xffff;
+/// The backend's checks had it up.
+pub const BACKEND_WAS_UP: u32 = 1 << 16;
+/// The backend's checks had it down.
+pub const BACKEND_WAS_DOWN: u32 = 1 << 17;
+/// The backend was drained.
+pub const BACKEND_WAS_DRAINED: u32 = 1 << 18;
 /// Slots of [`MAP_BACKEND_STATS`] (the first unused): backends beyond
 /// them are counted with their rule only.
 pub const MAX_BACKEND_SLOTS: u32 = 4096;

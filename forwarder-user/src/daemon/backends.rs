@@ -10,6 +10,7 @@
 
 use std::net::Ipv4Addr;
 
+use forwarder_common::abi;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
@@ -32,8 +33,8 @@ pub struct Member {
 
 impl Balanced {
     /// Where member `m` counts its packets in the datapath.
-    pub fn stats_key(&self, m: &Member) -> forwarder_common::abi::BackendKey {
-        forwarder_common::abi::BackendKey {
+    pub fn stats_key(&self, m: &Member) -> abi::BackendKey {
+        abi::BackendKey {
             rule: self.handle,
             addr: m.addr.octets(),
             port: m.port.to_be_bytes(),
@@ -43,6 +44,16 @@ impl Balanced {
 }
 
 impl Member {
+    /// What is known of it, as the datapath keeps it (`BACKEND_WAS_*`).
+    fn known(&self) -> u32 {
+        let health = match self.tracker.as_ref().map(|t| t.state) {
+            Some(State::Up) => abi::BACKEND_WAS_UP,
+            Some(State::Down) => abi::BACKEND_WAS_DOWN,
+            Some(State::Pending) | None => 0,
+        };
+        health | if self.drained { abi::BACKEND_WAS_DRAINED } else { 0 }
+    }
+
     /// The weight the table gives it now.
     pub fn effective(&self) -> u32 {
         let down = self.tracker.as_ref().is_some_and(|t| t.state != State::Up);
@@ -135,6 +146,32 @@ impl Pool {
         }
         let generation = old.map_or(0, |o| o.generation + 1);
         Self { rules, tx, rx, tasks: Vec::new(), generation }
+    }
+
+    /// Takes up what an earlier daemon left of each backend in the
+    /// datapath it adopted: a checked backend it had up starts up (no
+    /// refusals until the first check of this daemon answers), one it had
+    /// down starts down (it needs `rise` successes); a drained one stays
+    /// drained. A backend the datapath knows nothing of starts as
+    /// [`Pool::new`] has it. For a daemon that starts, not a reload.
+    pub fn recall(&mut self, dp: &Datapath) -> anyhow::Result<()> {
+        let keys: Vec<_> = self.members().map(|(b, m)| b.stats_key(m)).collect();
+        let mut known = dp.backends_known(&keys)?.into_iter();
+        for r in &mut self.rules {
+            for m in &mut r.members {
+                let bits = known.next().unwrap_or(0);
+                if let Some(t) = m.tracker.as_mut() {
+                    if bits & abi::BACKEND_WAS_UP != 0 {
+                        *t = Tracker::up();
+                    } else if bits & abi::BACKEND_WAS_DOWN != 0 {
+                        *t = Tracker::down();
+                    }
+                }
+                m.drained |= bits & abi::BACKEND_WAS_DRAINED != 0;
+                r.dirty = true;
+            }
+        }
+        Ok(())
     }
 
     /// Starts one task per checked backend: a check at once, then one per
@@ -237,6 +274,10 @@ impl Pool {
                 .backends;
             let table = maglev_table(backends, base.table_len, |i| r.members[i].effective());
             dp.replace_table(r.handle, base, table.as_deref())?;
+            // What a daemon that adopts this datapath starts from.
+            for m in &r.members {
+                dp.remember_backend(&r.stats_key(m), m.known())?;
+            }
             r.dirty = false;
         }
         Ok(())

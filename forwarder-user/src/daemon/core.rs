@@ -131,8 +131,10 @@ impl Daemon {
         };
         let egress = egresses(&compiled, &[]);
         // Before attaching: checked backends start out of the table until
-        // their first success.
+        // their first success, unless the datapath adopted says how an
+        // earlier daemon left them.
         let mut backends = Pool::new(&settings, &compiled, None);
+        backends.recall(&dp)?;
         backends.apply(&mut dp, &compiled, &settings)?;
         backends.start_checks();
         Ok(Self {

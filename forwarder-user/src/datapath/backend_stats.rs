@@ -70,7 +70,12 @@ impl Datapath {
                     .map_err(map_err(abi::MAP_BACKEND_SLOTS))?;
             m.iter()
                 .filter_map(std::result::Result::ok)
-                .filter_map(|(k, s)| u16::try_from(s).ok().filter(|s| *s < max).map(|s| (k, s)))
+                .filter_map(|(k, v)| {
+                    u16::try_from(v & abi::BACKEND_SLOT_MASK)
+                        .ok()
+                        .filter(|s| *s < max)
+                        .map(|s| (k, s))
+                })
                 .collect()
         };
         let plan = assign(&known, wanted, max);
@@ -104,6 +109,29 @@ impl Datapath {
         Ok(plan.per_backend)
     }
 
+    /// What was last known of each backend of `keys` (`BACKEND_WAS_*`
+    /// bits; 0: nothing, a backend new to the datapath).
+    pub fn backends_known(&self, keys: &[BackendKey]) -> Result<Vec<u32>> {
+        let m: HashMap<&MapData, BackendKey, u32> =
+            HashMap::try_from(self.map(abi::MAP_BACKEND_SLOTS)?)
+                .map_err(map_err(abi::MAP_BACKEND_SLOTS))?;
+        Ok(keys.iter().map(|k| m.get(k, 0).map_or(0, |v| v & !abi::BACKEND_SLOT_MASK)).collect())
+    }
+
+    /// Records what is known of backend `key` now (`BACKEND_WAS_*` bits),
+    /// beside its slot, for a daemon that adopts this datapath.
+    pub fn remember_backend(&mut self, key: &BackendKey, known: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, BackendKey, u32> =
+            HashMap::try_from(self.map_mut(abi::MAP_BACKEND_SLOTS)?)
+                .map_err(map_err(abi::MAP_BACKEND_SLOTS))?;
+        let Ok(v) = m.get(key, 0) else { return Ok(()) };
+        let next = (v & abi::BACKEND_SLOT_MASK) | (known & !abi::BACKEND_SLOT_MASK);
+        if next != v {
+            m.insert(key, next, 0).map_err(map_err(abi::MAP_BACKEND_SLOTS))?;
+        }
+        Ok(())
+    }
+
     /// The counts of each backend of `keys`, summed over CPUs (zero for
     /// one without a slot).
     pub fn backend_stats(&self, keys: &[BackendKey]) -> Result<Vec<Traffic>> {
@@ -115,8 +143,10 @@ impl Datapath {
                 .map_err(map_err(abi::MAP_BACKEND_STATS))?;
         keys.iter()
             .map(|k| {
-                let Ok(slot) = slots.get(k, 0) else { return Ok(Traffic::default()) };
-                let per_cpu = stats.get(&slot, 0).map_err(map_err(abi::MAP_BACKEND_STATS))?;
+                let Ok(v) = slots.get(k, 0) else { return Ok(Traffic::default()) };
+                let per_cpu = stats
+                    .get(&(v & abi::BACKEND_SLOT_MASK), 0)
+                    .map_err(map_err(abi::MAP_BACKEND_STATS))?;
                 Ok(per_cpu.iter().fold(Traffic::default(), |mut sum, s| {
                     sum.add(s);
                     sum

@@ -67,6 +67,12 @@ impl Tracker {
         Self { state: State::Up, successes: 0, failures: 0, last: None }
     }
 
+    /// A tracker already down (a backend a previous daemon had down: it
+    /// needs `rise` successes to come back).
+    pub const fn down() -> Self {
+        Self { state: State::Down, successes: 0, failures: 0, last: None }
+    }
+
     /// Takes one outcome; the new state when it changed.
     pub fn observe(&mut self, outcome: Outcome, rise: u32, fall: u32) -> Option<State> {
         if outcome.ok {
