@@ -17,7 +17,7 @@ pub enum Error {
         "duplicate rule: `{first}` and `{second}` share ports on the same protocol and interface"
     )]
     DuplicateRule { first: String, second: String },
-    #[error("too many rules: {0} (the datapath holds at most {max})", max = forwarder_common::abi::MAX_RULES)]
+    #[error("too many rules: {0} (the datapath holds at most {max})", max = forwarder_common::abi::MAX_RULES - 1)]
     TooManyRules(usize),
     /// Settings that do not hold together (what and why, named).
     #[error("{0}")]

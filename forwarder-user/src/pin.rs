@@ -25,7 +25,8 @@ pub const STATE_MAPS: [(&str, u32); 8] = [
     // layout still reads entries of daemons before it.)
     (abi::MAP_FLOWS, 3),
     (abi::MAP_FRAGS, 1),
-    (abi::MAP_RULE_STATS, 1),
+    // v2: 10 240 rules (v1 held 4096).
+    (abi::MAP_RULE_STATS, 2),
     // v5: 33 counters (`stats::COUNT`).
     (abi::MAP_STATS, 5),
     // The early-drop candidates (keys into the adopted table), v2: a ring

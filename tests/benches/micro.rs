@@ -10,11 +10,10 @@
 //! same for every case (read the ratios). Each case: `reps` repetitions of
 //! `calls` calls; median and min–max of the repetitions' means.
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::time::Instant;
 
 use aya::programs::Xdp;
 
-use etherparse::PacketBuilder;
 use forwarder::{
     datapath::Datapath,
     iface,
@@ -25,74 +24,14 @@ use forwarder_common::{
     csum,
 };
 use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
-use harness::{Bench, TestRunExt};
+use harness::{
+    Bench, TestRunExt,
+    timing::{Case, measure, tcp},
+};
 
 #[path = "../harness/mod.rs"]
 #[allow(dead_code, reason = "the micro-benchmark runs programs, it generates no traffic")]
 mod harness;
-
-#[expect(clippy::too_many_arguments, reason = "a frame is all of these")]
-fn tcp(
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    syn: bool,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1, 64240);
-    b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
-}
-
-struct Case {
-    name: &'static str,
-    median_ns: f64,
-    min_ns: f64,
-    max_ns: f64,
-}
-
-/// Mean ns per run of `xdp` (program `prog`) over `calls` single-run
-/// calls, `reps` times.
-fn measure(
-    dp: &Datapath,
-    (xdp, prog): (&Xdp, &str),
-    frames: &[Vec<u8>],
-    ifindex: u32,
-    calls: usize,
-    reps: usize,
-    expect: u32,
-) -> (f64, f64, f64) {
-    let mut means = Vec::new();
-    for r in 0..reps {
-        let mut total = 0u64;
-        for c in 0..calls {
-            let f = &frames[(r * calls + c) % frames.len()];
-            let (verdict, _, d) = harness::test_run(xdp, f, ifindex, 1).unwrap();
-            assert_eq!(
-                verdict,
-                expect,
-                "{prog}: unexpected verdict (repetition {r}, call {c}); counters {:?}",
-                dp.snapshot(&[]).map(|s| s
-                    .counters
-                    .into_iter()
-                    .filter(|(_, v)| *v > 0)
-                    .collect::<Vec<_>>())
-            );
-            total += u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        }
-        #[expect(clippy::cast_precision_loss, reason = "sums of nanoseconds far below 2^52")]
-        means.push(total as f64 / calls as f64);
-    }
-    means.sort_by(f64::total_cmp);
-    (means[means.len() / 2], means[0], means[means.len() - 1])
-}
 
 /// The gateway's settings: a rule with one backend (8080) and one with
 /// three (8081), with their handles.
@@ -180,7 +119,7 @@ fn main() {
             let other = vec![tcp(client_mac, gw_pub_mac, c, g, 40001, 9999, true, &[])];
             // The bare program forwards the client's packet to the server as is.
             let bare = vec![tcp(client_mac, gw_pub_mac, c, s, 40000, 80, false, &[0u8; 64])];
-            let run_n = |name, prog, frames: &Vec<Vec<u8>>, ifx, expect, n| {
+            let run_n = |name: &str, prog, frames: &Vec<Vec<u8>>, ifx, expect, n| {
                 let xdp: &Xdp = if prog == PROG_XDP {
                     dp.xdp_program(prog).unwrap()
                 } else {
@@ -188,9 +127,9 @@ fn main() {
                 };
                 let (median_ns, min_ns, max_ns) =
                     measure(&dp, (xdp, prog), frames, ifx, n, reps, expect);
-                Case { name, median_ns, min_ns, max_ns }
+                Case { name: name.to_string(), median_ns, min_ns, max_ns }
             };
-            let run = |name, prog, frames: &Vec<Vec<u8>>, ifx, expect| {
+            let run = |name: &str, prog, frames: &Vec<Vec<u8>>, ifx, expect| {
                 run_n(name, prog, frames, ifx, expect, calls)
             };
             vec![
@@ -211,7 +150,7 @@ fn main() {
                     let xdp = dp3.xdp_program(PROG_XDP).unwrap();
                     let (median_ns, min_ns, max_ns) =
                         measure(&dp3, (xdp, PROG_XDP), &news3, pub_if, new_calls, reps, 4);
-                    let name = "forwarder: new connection, 3 backends";
+                    let name = "forwarder: new connection, 3 backends".to_string();
                     Case { name, median_ns, min_ns, max_ns }
                 },
                 run("forwarder: not ours (other port)", PROG_XDP, &other, pub_if, 2),

@@ -4,6 +4,8 @@
 //! its reference programs, the comparison's generator and its receiver.
 //! Included by the tests and benches that use it (`#[path]`).
 
+pub mod timing;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result};

@@ -184,13 +184,14 @@ fn main() -> Result<()> {
     }
 }
 
-/// The program's micro-benchmark, then the netfilter comparison; `check`:
-/// the comparison's shortest run, which only proves it works.
+/// The program's micro-benchmark, the netfilter comparison, then how the
+/// cost grows with the work; `check`: the comparison's and the scale
+/// benchmark's shortest runs, which only prove they work.
 fn bench(bin: &Path, quick: bool, check: bool) -> Result<()> {
-    for (name, flag) in [
-        ("micro", quick.then_some("--quick")),
-        ("compare", if check { Some("--check") } else { quick.then_some("--quick") }),
-    ] {
+    let shortest = if check { Some("--check") } else { quick.then_some("--quick") };
+    for (name, flag) in
+        [("micro", quick.then_some("--quick")), ("compare", shortest), ("scale", shortest)]
+    {
         let mut cmd = cargo();
         cmd.args(["bench", "-p", "forwarder-testkit", "--bench", name, "--"]);
         cmd.args(flag);

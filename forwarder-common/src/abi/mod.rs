@@ -71,8 +71,9 @@ pub const MAP_XDP_TX_ERRORS: &str = "FWD_XDP_TX_ERR";
 /// tracepoint fires for every XDP program of the machine).
 pub const MAP_TX_WATCH: &str = "FWD_TX_WATCH";
 
-/// Capacity of the per-rule counter array (rules, not trie entries).
-pub const MAX_RULES: u32 = 4096;
+/// Capacity of the per-rule counter array (rules, not trie entries):
+/// handles 1 to 10 239.
+pub const MAX_RULES: u32 = 10_240;
 /// Capacity of the rule trie (a range takes up to 30 entries).
 pub const MAX_RULE_ENTRIES: u32 = 65_536;
 /// Bits of a [`RuleKey`] before the port: ifindex (32) + proto (8).

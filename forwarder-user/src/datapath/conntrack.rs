@@ -42,11 +42,43 @@ impl CtUsage {
     }
 }
 
+/// The time a sweep step should take at most: 10 ms, 1 % of a core at the
+/// daemon's step a second. A step over more entries than that allows is
+/// cut short (the pass takes more steps), so a large table costs the
+/// daemon no more CPU, only a slower pass (about 40 s over a million
+/// connections on the machine of the scale benchmark).
+pub const SWEEP_STEP_AIM: std::time::Duration = std::time::Duration::from_millis(10);
+/// A step cut short still looks at this many entries, whatever they cost.
+pub const SWEEP_STEP_MIN: usize = 4096;
+
 /// A conntrack sweep in progress ([`Datapath::sweep_step`]).
 #[derive(Debug, Default)]
 pub struct Sweep {
     at: crate::batch::Walk,
     pass: SweepPass,
+    /// Entries a step takes at most to stay near [`SWEEP_STEP_AIM`],
+    /// learnt from the steps before (0: not yet known).
+    cap: usize,
+}
+
+impl Sweep {
+    /// Entries a step over `budget` wanted ones takes: at most the
+    /// learnt cap (which is never below [`SWEEP_STEP_MIN`]).
+    pub fn step_size(&self, budget: usize) -> usize {
+        if self.cap == 0 { budget } else { budget.min(self.cap) }
+    }
+
+    /// Learns from a step that looked at `entries` in `took`.
+    fn learn(&mut self, entries: usize, took: std::time::Duration) {
+        if entries < SWEEP_STEP_MIN || took.is_zero() {
+            return;
+        }
+        let fits = usize::try_from(entries as u128 * SWEEP_STEP_AIM.as_nanos() / took.as_nanos())
+            .unwrap_or(usize::MAX);
+        // Halfway from the last estimate: one slow step does not halve it.
+        self.cap =
+            if self.cap == 0 { fits } else { usize::midpoint(self.cap, fits) }.max(SWEEP_STEP_MIN);
+    }
 }
 
 /// What one pass of a sweep over the whole table did and found.
@@ -124,7 +156,8 @@ impl Datapath {
     }
 
     /// Goes on with `sweep` over at least `budget` entries (whole hash
-    /// buckets), removing the connections idle past their timeout (both
+    /// buckets; fewer when that would take longer than [`SWEEP_STEP_AIM`],
+    /// as earlier steps measured), removing the connections idle past their timeout (both
     /// entries). Returns the pass's totals when it has reached the end of
     /// the table (the next step starts a new pass). The table is read a
     /// few hundred entries per syscall; an entry is looked at again, fresh,
@@ -138,10 +171,11 @@ impl Datapath {
         now_ns: u64,
         budget: usize,
     ) -> Result<Option<SweepPass>> {
+        let t0 = std::time::Instant::now();
         let (chunk, next) = crate::batch::lookup_from::<abi::FlowKey, abi::FlowEntry>(
             self.flows_fd()?,
             sweep.at,
-            budget,
+            sweep.step_size(budget),
             abi::MAP_FLOWS,
         )?;
         let mut flows: HashMap<&mut MapData, abi::FlowKey, abi::FlowEntry> =
@@ -168,6 +202,40 @@ impl Datapath {
             sweep.pass.usage.add(k, e);
         }
         sweep.at = next;
-        Ok((next == crate::batch::Walk::Done).then(|| std::mem::take(sweep).pass))
+        sweep.learn(chunk.len(), t0.elapsed());
+        Ok((next == crate::batch::Walk::Done).then(|| {
+            sweep.at = crate::batch::Walk::Start;
+            std::mem::take(&mut sweep.pass)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{SWEEP_STEP_MIN, Sweep};
+
+    #[test]
+    fn a_sweep_step_is_cut_to_what_fits_its_time_aim() {
+        let mut s = Sweep::default();
+        // Nothing known yet: what the timeouts call for.
+        assert_eq!(s.step_size(400_000), 400_000);
+        assert_eq!(s.step_size(10), 10);
+        // 100 000 entries took 50 ms: 20 000 fit the 10 ms aim.
+        s.learn(100_000, Duration::from_millis(50));
+        assert_eq!(s.step_size(400_000), 20_000);
+        assert_eq!(s.step_size(5_000), 5_000, "a small budget stays as it is");
+        // One slow step moves the estimate halfway.
+        s.learn(20_000, Duration::from_millis(40));
+        assert_eq!(s.step_size(400_000), 12_500);
+        // Steps too small to tell teach nothing; the cap never falls
+        // below the minimum.
+        s.learn(100, Duration::from_secs(1));
+        assert_eq!(s.step_size(400_000), 12_500);
+        s.learn(SWEEP_STEP_MIN, Duration::from_secs(10));
+        assert_eq!(s.step_size(400_000), 6_252, "halfway from 12 500 to the 4 that fit");
+        s.learn(SWEEP_STEP_MIN, Duration::from_secs(10));
+        assert_eq!(s.step_size(400_000), SWEEP_STEP_MIN);
     }
 }

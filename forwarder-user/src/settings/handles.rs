@@ -171,7 +171,7 @@ mod tests {
         s.assign_handles(None).unwrap();
         assert_eq!(handles(&s), [9, 10]);
         for (h, why) in
-            [("0", "line 1: rule: handle 0 is out of range 1-4095"), ("-3", "handle -3")]
+            [("0", "line 1: rule: handle 0 is out of range 1-10239"), ("-3", "handle -3")]
         {
             let e = Settings::default()
                 .merge_toml(path, &rule(&format!("\nhandle = {h}")))
