@@ -276,8 +276,9 @@ impl Daemon {
                 Some(ask) = asks.recv() => self.answer(ask),
                 Some(checked) = self.backends.rx.recv() => self.on_check(checked),
                 _ = sig.hup.recv() => {
+                    let t0 = std::time::Instant::now();
                     match (self.opts.reread)().and_then(|next| self.swap(next)) {
-                        Ok(()) => log::info!("SIGHUP: reloaded, {} rule(s) live at once; existing connections keep their translation", self.settings.rules.len()),
+                        Ok(()) => log::info!("SIGHUP: reloaded in {:.1} ms, {} rule(s) live at once; existing connections keep their translation", t0.elapsed().as_secs_f64() * 1e3, self.settings.rules.len()),
                         Err(e) => log::error!("SIGHUP: reload refused, the running configuration is unchanged: {e:#}"),
                     }
                 }

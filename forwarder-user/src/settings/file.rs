@@ -115,8 +115,20 @@ enum PortField {
     Text(String),
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+/// The line numbers of a text's byte offsets: its line ends found once,
+/// each offset's line by a binary search (a file of 10 000 rules asks
+/// 10 000 times).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn of(text: &str) -> Self {
+        Self(text.bytes().enumerate().filter(|&(_, b)| b == b'\n').map(|(i, _)| i).collect())
+    }
+
+    /// The 1-based line of `offset`.
+    fn at(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
 }
 
 impl Settings {
@@ -130,15 +142,16 @@ impl Settings {
 
     pub fn merge_toml(&mut self, path: &Path, text: &str) -> Result<()> {
         let cfg_err = |why: String| Error::Config { path: path.into(), why };
+        let lines = Lines::of(text);
+        let line_of = |offset: usize| lines.at(offset);
         let file: FileConfig = toml::from_str(text).map_err(|e| {
-            let at =
-                e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
+            let at = e.span().map(|s| format!("line {}: ", line_of(s.start))).unwrap_or_default();
             cfg_err(format!("{at}{}", e.message()))
         })?;
         self.public.extend(file.public);
         self.internal.extend(file.internal);
         if let Some(ct) = file.conntrack {
-            let line = line_of(text, ct.span().start);
+            let line = line_of(ct.span().start);
             let ct = ct.into_inner();
             let at = |why: String| cfg_err(format!("line {line}: conntrack: {why}"));
             if let Some(n) = ct.max {
@@ -155,7 +168,7 @@ impl Settings {
             }
         }
         if let Some(a) = file.audit {
-            let line = line_of(text, a.span().start);
+            let line = line_of(a.span().start);
             let a = a.into_inner();
             let at = |why: String| cfg_err(format!("line {line}: audit: {why}"));
             if let Some(n) = a.rate {
@@ -176,7 +189,7 @@ impl Settings {
             self.snat_ports = r.parse().map_err(|e: Error| cfg_err(e.to_string()))?;
         }
         for spanned in file.rule {
-            let line = line_of(text, spanned.span().start);
+            let line = line_of(spanned.span().start);
             let rule = spanned
                 .into_inner()
                 .resolve(format!("{}:{line}", path.display()))
@@ -329,5 +342,18 @@ impl FileRule {
             sources: r.sources.iter().map(ToString::to_string).collect(),
             health: r.health.as_ref().map(FileHealth::of),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lines;
+
+    #[test]
+    fn lines_number_offsets_from_one_and_count_a_newline_on_its_own_line() {
+        let l = Lines::of("a\nbc\n\nd");
+        let got: Vec<usize> = (0..8).map(|o| l.at(o)).collect();
+        // a \n b c \n \n d (past the end)
+        assert_eq!(got, [1, 1, 2, 2, 2, 3, 4, 4]);
     }
 }

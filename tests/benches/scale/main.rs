@@ -40,7 +40,8 @@ use forwarder_testkit::{ADDRS, BpfFs, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
 use harness::timing::{Case, measure, tcp};
 use serde_json::json;
 
-#[path = "../harness/mod.rs"]
+mod daemon;
+#[path = "../../harness/mod.rs"]
 #[allow(dead_code, reason = "the scale benchmark runs the forwarder's programs only")]
 mod harness;
 
@@ -407,6 +408,7 @@ fn main() {
     } else {
         (&[1_000, 100_000, 1_000_000], &[1, 1_000, 10_000], 20_000, 5)
     };
+    let (daemon_rules, changes, reloads) = if check { (100, 2, 2) } else { (10_000, 10, 5) };
     let t0 = Instant::now();
     let lab = Lab::new().expect("lab (needs root)");
     let macs = lab.prime_gateway().unwrap();
@@ -422,6 +424,7 @@ fn main() {
         .join()
         .unwrap();
     let (c, per_conn, sweep, r) = result;
+    let daemon_json = daemon::run(&lab, settings(daemon_rules), changes, reloads);
     println!(
         "scale: BPF_PROG_TEST_RUN, one packet per call, {calls} calls x {reps} repetitions; the connection table sized for {CAPACITY} connections"
     );
@@ -446,6 +449,7 @@ fn main() {
         "memory_per_connection_bytes": per_conn, "nf_conntrack_object_bytes": nf,
         "sweep_cpu_pct_of_a_core": sweep_pct, "sweep_connections": conns.last(),
         "sweep_pass_seconds": sweep_steps,
+        "daemon": daemon_json,
     });
     let mut out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     if check {
@@ -456,4 +460,5 @@ fn main() {
     chart(&out.join("scale.svg"), [("connections tracked", &c), ("rules configured", &r)])
         .expect("the chart");
     println!("written {} ({:.0} s)", out.join("scale.json").display(), t0.elapsed().as_secs_f64());
+    assert!(doc["daemon"]["lossless"] == true, "datagrams were lost during rule changes: FAILED");
 }
