@@ -119,26 +119,76 @@ impl TestRunExt for Datapath {
     }
 }
 
+/// The calling thread under `SCHED_IDLE` until dropped: any other task
+/// that wakes on its core preempts it at once.
+struct IdlePolicy;
+
+impl IdlePolicy {
+    fn enter() -> Result<Self> {
+        Self::set(libc::SCHED_IDLE)?;
+        Ok(Self)
+    }
+
+    fn set(policy: libc::c_int) -> Result<()> {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain syscall on the calling thread with a valid param.
+        let rc = unsafe { libc::sched_setscheduler(0, policy, &raw const param) };
+        anyhow::ensure!(rc == 0, "sched_setscheduler: {}", std::io::Error::last_os_error());
+        Ok(())
+    }
+}
+
+impl Drop for IdlePolicy {
+    fn drop(&mut self) {
+        // (Back to the default policy; a failure leaves the thread idle-
+        // scheduled, which costs the benchmark time, nothing else.)
+        let _ = Self::set(libc::SCHED_OTHER);
+    }
+}
+
 /// The benchmark object, loaded (every program verified): the reference
 /// programs (`abi::PROG_BENCH_PASS`, `abi::PROG_BENCH_FIB`), the
 /// generator (`abi::PROG_BENCH_TX`) and the receiver (`abi::PROG_BENCH_SINK`).
 pub struct Bench {
     ebpf: Ebpf,
+    /// The generator [`Bench::generate`] runs.
+    generator: &'static str,
+    /// Where the TC bounce program is attached ([`Bench::attach_bounce`]).
+    bounce: Option<aya::programs::tc::SchedClassifierLinkId>,
 }
 
 impl Bench {
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the benchmark object")?;
-        for name in
-            [abi::PROG_BENCH_PASS, abi::PROG_BENCH_FIB, abi::PROG_BENCH_TX, abi::PROG_BENCH_SINK]
-        {
+        for name in [
+            abi::PROG_BENCH_PASS,
+            abi::PROG_BENCH_FIB,
+            abi::PROG_BENCH_TX,
+            abi::PROG_BENCH_GEN_PASS,
+            abi::PROG_BENCH_SINK,
+        ] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .with_context(|| format!("{name} missing from the benchmark object"))?;
             p.load().with_context(|| format!("verifying {name}"))?;
         }
-        Ok(Self { ebpf })
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(abi::PROG_BENCH_TC_BOUNCE)
+            .and_then(|p| p.try_into().ok())
+            .with_context(|| {
+                format!("{} missing from the benchmark object", abi::PROG_BENCH_TC_BOUNCE)
+            })?;
+        p.load().with_context(|| format!("verifying {}", abi::PROG_BENCH_TC_BOUNCE))?;
+        Ok(Self { ebpf, generator: abi::PROG_BENCH_TX, bounce: None })
+    }
+
+    /// Whether [`Bench::generate`] transmits its frames as XDP frames
+    /// (`abi::PROG_BENCH_TX`: the receiving veth needs NAPI) or passes
+    /// them to the interface's stack as skbs (`abi::PROG_BENCH_GEN_PASS`:
+    /// a TC rule there sends them on).
+    pub fn set_generator_skbs(&mut self, skbs: bool) {
+        self.generator = if skbs { abi::PROG_BENCH_GEN_PASS } else { abi::PROG_BENCH_TX };
     }
 
     pub fn program(&self, name: &str) -> Result<&Xdp> {
@@ -178,6 +228,30 @@ impl Bench {
         p.attach(ifname, XdpMode::Driver).with_context(|| format!("attaching {name} to {ifname}"))
     }
 
+    /// Attaches the skb generator's TC half (`abi::PROG_BENCH_TC_BOUNCE`)
+    /// at `ifname`'s ingress (in the calling thread's namespace), where the
+    /// frames of [`Bench::generate`] arrive when it passes them as skbs.
+    /// Stays until the next call, the object is dropped or the interface
+    /// goes (with its lab).
+    pub fn attach_bounce(&mut self, ifname: &str) -> Result<()> {
+        // (An existing clsact qdisc is fine.)
+        let _ = aya::programs::tc::qdisc_add_clsact(ifname);
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(abi::PROG_BENCH_TC_BOUNCE)
+            .and_then(|p| p.try_into().ok())
+            .context("the TC bounce program missing")?;
+        if let Some(old) = self.bounce.take() {
+            // (Gone with the previous lab's interface, as a rule.)
+            let _ = p.detach(old);
+        }
+        self.bounce = Some(
+            p.attach(ifname, aya::programs::TcAttachType::Ingress)
+                .with_context(|| format!("attaching {} to {ifname}", abi::PROG_BENCH_TC_BOUNCE))?,
+        );
+        Ok(())
+    }
+
     pub fn detach(&mut self, name: &str, link: XdpLinkId) -> Result<()> {
         let p: &mut Xdp = self
             .ebpf
@@ -201,16 +275,89 @@ impl Bench {
         ifindex: u32,
         count: u32,
     ) -> Result<Duration> {
+        self.set_frame(frame, flows, first, 0, 0)?;
+        self.test_run(ifindex, count)
+    }
+
+    /// [`Bench::generate`] at `rate` frames per second, evenly spaced
+    /// bursts of `abi::BENCH_PACE_BURST`: the program sends when a burst
+    /// is due and nothing on the runs in between (`abi::BenchFrame`), so a test run takes as long as the
+    /// frames it must send. Test runs follow each other until all are
+    /// sent, each sized by the time a run took in the first (a test run
+    /// costs tens of ms of setup on this kernel: a frame per call would
+    /// not reach 1 000 a second). Returns the time it took.
+    pub fn generate_paced(
+        &mut self,
+        frame: &[u8; 64],
+        flows: u32,
+        first: u32,
+        ifindex: u32,
+        count: u32,
+        rate: u32,
+    ) -> Result<Duration> {
+        if count == 0 {
+            return Ok(Duration::ZERO);
+        }
+        let gap_ns = (1_000_000_000 / u64::from(rate.max(1))).max(1);
+        self.set_frame(frame, flows, first, gap_ns, count)?;
+        // The runs between frames only wait: they take the core only when
+        // nothing else wants it (the receiver may share it).
+        let _idle = IdlePolicy::enter()?;
+        let t0 = std::time::Instant::now();
+        let mut runs: u64 = 1 << 16;
+        loop {
+            let took = self.test_run(ifindex, u32::try_from(runs).unwrap_or(u32::MAX))?;
+            let left = u64::from(self.frame_state()?.left);
+            if left == 0 {
+                return Ok(t0.elapsed());
+            }
+            // Runs for what is left to take, plus a tenth.
+            let ns_per_run = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX) / runs;
+            runs =
+                (left * gap_ns / ns_per_run.max(1) * 11 / 10).clamp(1 << 12, u64::from(u32::MAX));
+        }
+    }
+
+    /// The generator's frame and pacing (`abi::BenchFrame`).
+    fn set_frame(
+        &mut self,
+        frame: &[u8; 64],
+        flows: u32,
+        first: u32,
+        gap_ns: u64,
+        left: u32,
+    ) -> Result<()> {
         let mut a: Array<&mut MapData, abi::BenchFrame> =
             Array::try_from(self.map_mut(abi::MAP_BENCH_FRAME)?)?;
-        a.set(0, abi::BenchFrame { frame: *frame, flows, seq: first }, 0)?;
-        let xdp = self.program(abi::PROG_BENCH_TX)?;
+        let f = abi::BenchFrame {
+            frame: *frame,
+            flows,
+            seq: first,
+            gap_ns,
+            next_ns: 0,
+            left,
+            credit: 0,
+        };
+        a.set(0, f, 0)?;
+        Ok(())
+    }
+
+    fn frame_state(&self) -> Result<abi::BenchFrame> {
+        let map = self.ebpf.map(abi::MAP_BENCH_FRAME).context("map BENCH_FRAME missing")?;
+        let a: Array<&MapData, abi::BenchFrame> = Array::try_from(map)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    /// `runs` runs of the generator in live-frames mode on `ifindex`.
+    fn test_run(&self, ifindex: u32, runs: u32) -> Result<Duration> {
+        let frame = [0u8; 64];
+        let xdp = self.program(self.generator)?;
         let ctx = xdp_md(frame.len(), ifindex);
         let t0 = std::time::Instant::now();
         xdp.test_run(TestRunOptions {
-            data_in: Some(frame),
+            data_in: Some(&frame),
             ctx_in: Some(&ctx),
-            repeat: count,
+            repeat: runs,
             attrs: TestRunAttrs::new().xdp_live_frames(64),
             ..Default::default()
         })

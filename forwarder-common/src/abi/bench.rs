@@ -10,6 +10,12 @@ pub const PROG_BENCH_FIB: &str = "bench_xdp_fib";
 /// [`MAP_BENCH_FRAME`], `XDP_TX`; run in live-frames mode) and the receiver
 /// (counts UDP and TCP to port 5300 in [`MAP_BENCH_SINK`], drops them).
 pub const PROG_BENCH_TX: &str = "bench_xdp_tx";
+/// The generator for the skb path: the same frames, `XDP_PASS` (the
+/// stack of the test run's interface takes them as received skbs).
+pub const PROG_BENCH_GEN_PASS: &str = "bench_xdp_gen_pass";
+/// Its second half, a TC ingress program at the client: frames to another
+/// host's MAC go back out of the interface.
+pub const PROG_BENCH_TC_BOUNCE: &str = "bench_tc_bounce";
 /// Array of one [`BenchFrame`].
 pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
 pub const PROG_BENCH_SINK: &str = "bench_xdp_sink";
@@ -35,7 +41,28 @@ pub struct BenchFrame {
     pub flows: u32,
     /// Frames sent so far (the generator's counter; it runs on one CPU).
     pub seq: u32,
+    /// Paced sending: a frame every `gap_ns` on average (monotonic
+    /// clock), in bursts of [`BENCH_PACE_BURST`]; the runs in between
+    /// send nothing. 0: every run of the program sends a frame.
+    pub gap_ns: u64,
+    /// When the next burst is due (0: at once).
+    pub next_ns: u64,
+    /// Paced frames still to send (then the runs send nothing).
+    pub left: u32,
+    /// Frames of the current burst still to send.
+    pub credit: u32,
 }
+
+/// Frames a paced generator sends back to back, as a NIC's interrupt
+/// moderation hands a host its frames: a receiver is woken once per
+/// burst, not once per frame (a wake-up per frame would cost more than
+/// the frame).
+pub const BENCH_PACE_BURST: u32 = 16;
+
+/// How far a paced generator catches up when it was held up, in frames:
+/// with the burst, far below every queue on the way (a veth's ring holds
+/// 256 frames, the backlog 1 000).
+pub const BENCH_PACE_CATCH_UP: u64 = 32;
 
 /// The source addresses the netfilter comparison's receiver expects
 /// ([`MAP_BENCH_SINK_SOURCE`]): those whose `mask`ed bits are `addr`'s.
@@ -76,7 +103,7 @@ pub const fn bench_flow(seq: u32, flows: u32) -> (u16, u8) {
     ((i % BENCH_PORTS_PER_ADDR) as u16, (i / BENCH_PORTS_PER_ADDR) as u8)
 }
 
-const _: () = assert!(core::mem::size_of::<BenchFrame>() == 72);
+const _: () = assert!(core::mem::size_of::<BenchFrame>() == 96);
 const _: () = assert!(core::mem::size_of::<BenchSource>() == 8);
 
 #[cfg(test)]

@@ -17,18 +17,18 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup,
         xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     },
-    helpers::generated::bpf_fib_lookup as fib_lookup_helper,
-    macros::{map, xdp},
+    helpers::generated::{bpf_fib_lookup as fib_lookup_helper, bpf_ktime_get_ns, bpf_redirect},
+    macros::{classifier, map, xdp},
     maps::{Array, DevMapHash, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use forwarder_common::{
     abi::{
-        BENCH_SINK_FROM_OTHERS, BENCH_SINK_FROM_SOURCE, BenchFrame, BenchSource, MAX_IFACES,
-        bench_flow,
+        BENCH_PACE_BURST, BENCH_PACE_CATCH_UP, BENCH_SINK_FROM_OTHERS, BENCH_SINK_FROM_SOURCE,
+        BenchFrame, BenchSource, MAX_IFACES, bench_flow,
     },
     csum::{ttl_decrement, udp_fixup, update16},
 };
@@ -71,6 +71,36 @@ pub fn bench_xdp_fib(ctx: XdpContext) -> u32 {
 pub fn bench_xdp_tx(ctx: XdpContext) -> u32 {
     tx(&ctx)
 }
+
+/// Benchmark traffic generator for a receiver without NAPI (a veth at the
+/// kernel's defaults cannot take XDP frames): the same frames, passed to
+/// the stack of the interface the test run names, where a TC rule sends
+/// them out as packets (skbs).
+#[xdp]
+pub fn bench_xdp_gen_pass(ctx: XdpContext) -> u32 {
+    match tx(&ctx) {
+        XDP_TX => XDP_PASS,
+        other => other,
+    }
+}
+
+/// The skb generator's second half, at the client's TC ingress: a frame
+/// addressed to another host (the generator's, to the gateway's MAC) goes
+/// out of the interface it came in on; everything else (the client's own
+/// traffic) passes.
+#[classifier]
+pub fn bench_tc_bounce(ctx: TcContext) -> i32 {
+    // SAFETY: the context's skb is valid for the program's run.
+    let (pkt_type, ifindex) = unsafe { ((*ctx.skb.skb).pkt_type, (*ctx.skb.skb).ifindex) };
+    if pkt_type != PACKET_OTHERHOST {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// `skb->pkt_type` of a frame to another host's MAC.
+const PACKET_OTHERHOST: u32 = 3;
 
 /// Benchmark receiver: counts and drops the generated packets.
 #[xdp]
@@ -131,7 +161,8 @@ fn fib_redirect(ctx: &XdpContext) -> u32 {
 #[map]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 
-/// Generator: writes the whole frame, with the source (port, address) of
+/// Generator: paced, sends only when a frame is due ([`BenchFrame`]);
+/// writes the whole frame, with the source (port, address) of
 /// its flow and the checksums to match, then sends it out of the
 /// interface it "arrived" on (live-frames mode turns `XDP_TX` into a
 /// transmission). Writing it every time matters: live-frames mode recycles
@@ -145,6 +176,23 @@ fn tx(ctx: &XdpContext) -> u32 {
     // ptr_at; the generator runs on one CPU (the test run's).
     unsafe {
         let b = &mut *b;
+        if b.gap_ns != 0 {
+            // Paced: not due yet (or all sent): this run sends nothing.
+            if b.left == 0 {
+                return XDP_DROP;
+            }
+            if b.credit == 0 {
+                let now = bpf_ktime_get_ns();
+                if now < b.next_ns {
+                    return XDP_DROP;
+                }
+                let late = now.saturating_sub(BENCH_PACE_CATCH_UP * b.gap_ns);
+                b.next_ns = b.next_ns.max(late) + u64::from(BENCH_PACE_BURST) * b.gap_ns;
+                b.credit = BENCH_PACE_BURST;
+            }
+            b.credit -= 1;
+            b.left -= 1;
+        }
         let f = &mut *p;
         *f = b.frame;
         let (port, addr) = bench_flow(b.seq, b.flows);
@@ -184,11 +232,12 @@ pub static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 pub static BENCH_SINK_SOURCE: Array<BenchSource> = Array::with_max_entries(1, 0);
 
-/// The UDP (and TCP) destination port of the generated packets.
-const SINK_PORT: u16 = 5300;
+/// The UDP (and TCP) destination ports of the generated packets: 5300,
+/// and 5301 for a run of new connections after a flood to 5300.
+const SINK_PORTS: core::ops::RangeInclusive<u16> = 5300..=5301;
 
-/// Receiver: counts and drops IPv4 UDP and TCP packets to port
-/// [`SINK_PORT`], apart by whether they come from the expected source;
+/// Receiver: counts and drops IPv4 UDP and TCP packets to a port of
+/// [`SINK_PORTS`], apart by whether they come from the expected source;
 /// passes everything else (ARP, the other workloads' traffic).
 #[inline(always)]
 fn sink(ctx: &XdpContext) -> u32 {
@@ -200,7 +249,7 @@ fn sink(ctx: &XdpContext) -> u32 {
     }
     let Some(ports) = ptr_at::<[u8; 4]>(ctx, EthHdr::LEN + 20) else { return XDP_PASS };
     // SAFETY: bounds checked by ptr_at.
-    if u16::from_be_bytes([unsafe { (*ports)[2] }, unsafe { (*ports)[3] }]) != SINK_PORT {
+    if !SINK_PORTS.contains(&u16::from_be_bytes([unsafe { (*ports)[2] }, unsafe { (*ports)[3] }])) {
         return XDP_PASS;
     }
     let expected = BENCH_SINK_SOURCE.get(0).is_some_and(|s| s.matches(ip.src_addr));

@@ -17,39 +17,59 @@ use forwarder_testkit::Lab;
 
 use crate::checks::{Owed, Sent, stop_and_verify, verify_path};
 use crate::harness::Bench;
-use crate::modes::{LB_BACKENDS, Mode, setup};
-use crate::report::Figures;
+use crate::modes::{Env, LB_BACKENDS, Mode, setup};
+use crate::report::{Figures, LOAD_SYNS, LOAD_SYNS_MAX};
 use crate::workloads::{Gen, SYNS, conns, generated};
 
 /// The balanced service's figures: (key, label, higher is better).
 pub(crate) const LB_FIGURES: [(&str, &str, bool); 4] = [
-    ("syn_kpps", "new connections set up over 3 backends, SYN flood (k/s)", true),
-    ("cpu_ns_per_syn", "gateway CPU per new connection over 3 backends, SYN flood (ns)", false),
+    ("syn_kpps", "new connections set up over 3 backends at saturation, SYN flood (k/s)", true),
+    (
+        "cpu_ns_per_syn",
+        "gateway CPU per new connection over 3 backends at 40 k/s offered, SYNs (ns)",
+        false,
+    ),
     ("conn_per_s", "TCP connections/s over 3 backends (connect, request, close)", true),
     ("cpu_us_per_conn", "gateway CPU per TCP connection over 3 backends, whole (us)", false),
 ];
 
-/// One balanced mode, one repetition, on a fresh lab.
-pub(crate) fn run_balanced(mode: Mode, secs: u64, traffic: &Arc<Mutex<Bench>>) -> Result<Figures> {
+/// One balanced mode, one repetition, on a fresh lab set up as `env` has
+/// it.
+pub(crate) fn run_balanced(
+    mode: Mode,
+    env: Env,
+    secs: u64,
+    load_secs: u32,
+    traffic: &Arc<Mutex<Bench>>,
+) -> Result<Figures> {
     let lab = Lab::new()?;
-    let (mut active, gw, macs) = setup(&lab, mode)?;
+    let (mut active, gw, macs) = setup(&lab, mode, env, traffic)?;
     let mut owed = Owed::default();
-    let flood = Gen { syn: true, frames: SYNS, flows: SYNS, warm_up: 0 };
-    let r =
-        generated(&lab, mode, &gw, &macs, traffic, flood, &|| Sent::now(&lab, &active), &|| {
-            Ok(None)
-        })
-        .and_then(|r| {
-            verify_path(&lab, mode, r.3, r.4)?;
-            spread(&lab, mode, r.3)?;
-            Ok(r)
-        })
-        .map_err(|e| format!("{e:#}"));
-    if let Ok(r) = &r {
-        owed.add(0, "new_connections", r.3);
+    // The flood, then SYNs of new flows at the offered load.
+    let syns = (load_secs * LOAD_SYNS).min(LOAD_SYNS_MAX);
+    let load = Gen::syn_load(5301, syns, LOAD_SYNS);
+    let mut runs = Vec::new();
+    for g in [Gen::flat_out(true, SYNS, SYNS, 0), load] {
+        let r =
+            generated(&lab, mode, &gw, &macs, traffic, g, &|| Sent::now(&lab, &active), &|| {
+                Ok(None)
+            })
+            .and_then(|r| {
+                verify_path(&lab, mode, r.delivered, r.sent)?;
+                spread(&lab, mode, g.port, r.delivered)?;
+                Ok(r)
+            })
+            .map_err(|e| format!("{e:#}"));
+        if let Ok(r) = &r {
+            // The rules of TCP 5300 and 5301.
+            owed.add(if g.port == 5300 { 0 } else { 2 }, "new_connections", r.delivered);
+        }
+        runs.push(r);
     }
-    let mut out: Figures =
-        vec![("syn_kpps", r.clone().map(|r| r.0)), ("cpu_ns_per_syn", r.map(|r| r.2))];
+    let mut out: Figures = vec![
+        ("syn_kpps", runs[0].clone().map(|r| r.kpps)),
+        ("cpu_ns_per_syn", runs[1].clone().map(|r| r.cpu_ns)),
+    ];
     let c = conns(&lab, mode, &gw, secs).map_err(|e| format!("{e:#}"));
     if let Ok(c) = &c {
         owed.add(1, "new_connections", c.2);
@@ -61,10 +81,10 @@ pub(crate) fn run_balanced(mode: Mode, secs: u64, traffic: &Arc<Mutex<Bench>>) -
     Ok(out)
 }
 
-/// Each backend took at least a fifth of the `delivered` connections of
-/// the flood (a third is fair): by the forwarder's per-backend counters,
+/// Each backend took at least a fifth of the `delivered` connections to
+/// `port` (a run's alone: each run has its port) (a third is fair): by the forwarder's per-backend counters,
 /// or by netfilter's connection table (entries answered from it).
-fn spread(lab: &Lab, mode: Mode, delivered: u64) -> Result<()> {
+fn spread(lab: &Lab, mode: Mode, port: u16, delivered: u64) -> Result<()> {
     let per: Vec<u64> = match &mode.base() {
         Mode::ForwarderXdp | Mode::ForwarderTc => {
             let stats = lab.live_stats()?;
@@ -74,7 +94,7 @@ fn spread(lab: &Lab, mode: Mode, delivered: u64) -> Result<()> {
                 .map(|b| {
                     backends
                         .iter()
-                        .find(|s| s["backend"] == format!("{b}:5300"))
+                        .find(|s| s["backend"] == format!("{b}:{port}"))
                         .and_then(|s| s["packets_in"].as_u64())
                         .unwrap_or(0)
                 })
@@ -86,7 +106,15 @@ fn spread(lab: &Lab, mode: Mode, delivered: u64) -> Result<()> {
                 let out = lab
                     .gateway
                     .command("conntrack")
-                    .args(["-L", "-p", "tcp", "--dport", "5300", "--reply-src", &b.to_string()])
+                    .args([
+                        "-L",
+                        "-p",
+                        "tcp",
+                        "--dport",
+                        &port.to_string(),
+                        "--reply-src",
+                        &b.to_string(),
+                    ])
                     .output()?;
                 // "conntrack v…: N flow entries have been shown."
                 let said = String::from_utf8_lossy(&out.stderr);

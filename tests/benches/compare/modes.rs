@@ -1,7 +1,10 @@
 //! The modes compared, and setting each up on a fresh lab in its own best
 //! configuration.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Result, ensure};
 use forwarder::iface;
@@ -11,7 +14,7 @@ use forwarder_testkit::{ADDRS, Forwarder, GW_INTERNAL_IF, GW_PUBLIC_IF, Host, La
 use crate::harness::Bench;
 pub(crate) use crate::recipes::{LB_BACKENDS, LB_SERVICES, SERVICES};
 use crate::recipes::{balanced_backends, iptables, iptables_lb, nftables, nftables_lb};
-use crate::util::{GW_CPU, HOST_CPU, in_ns, pin_process, sh, threaded_napi};
+use crate::util::{GW_CPU, HOST_CPU, in_ns, pin_process, rps, sh, threaded_napi};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Mode {
@@ -92,6 +95,16 @@ impl Mode {
         self.base() != self
     }
 
+    /// Whether it is netfilter's (the figures' reference).
+    pub(crate) fn netfilter(self) -> bool {
+        matches!(self.base(), Self::Iptables | Self::Nftables)
+    }
+
+    /// Whether the gateway's work is XDP's (no skb on its path).
+    pub(crate) fn xdp(self) -> bool {
+        matches!(self.base(), Self::ForwarderXdp | Self::BareXdp)
+    }
+
     pub(crate) fn nat(self) -> bool {
         !matches!(self, Self::Routing | Self::BareXdp)
     }
@@ -120,6 +133,52 @@ impl Mode {
     }
 }
 
+/// How the lab's veths are set up: where each path's packet work runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Env {
+    /// Each mode at its best. Routing, netfilter and the forwarder's TC
+    /// mode on the kernel's default veth path: the gateway's veths as
+    /// created (no NAPI: a frame they receive goes to the backlog), the
+    /// receive work steered to the gateway's core by RPS, as a NIC's
+    /// interrupts would be. The XDP modes with what XDP on a veth needs:
+    /// NAPI on the gateway's veths, in threads on the gateway's core. The
+    /// endpoints' veths have NAPI (GRO on) without threads in every mode:
+    /// what the gateway sends them is received on the gateway's core,
+    /// alike for every path (no cross-core wakeup per packet).
+    Best,
+    /// XDP's environment: every veth end with NAPI in threads (GRO on),
+    /// the gateway's on its core, the endpoints' on the other. An skb path
+    /// wakes the receiver's thread across cores for every packet there, an
+    /// XDP redirect once per batch.
+    Napi,
+}
+
+impl Env {
+    pub(crate) const ALL: [Self; 2] = [Self::Best, Self::Napi];
+
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Self::Best => "best",
+            Self::Napi => "napi",
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Best => {
+                "each mode at its best: skb paths on the default veth path with RPS to the gateway core, XDP with NAPI threads there"
+            }
+            Self::Napi => "every veth end with threaded NAPI and GRO (XDP's environment)",
+        }
+    }
+
+    /// Whether `mode`'s packets reach the gateway through the backlog (no
+    /// NAPI on its veths): the generator must send skbs then.
+    pub(crate) fn backlog(self, mode: Mode) -> bool {
+        self == Self::Best && !mode.xdp()
+    }
+}
+
 /// What a mode left running.
 pub(crate) enum Active {
     None,
@@ -128,52 +187,98 @@ pub(crate) enum Active {
     Bare(#[expect(dead_code, reason = "held for its attachments")] Box<Bench>),
 }
 
-/// The tasks that do the gateway's work, all on [`GW_CPU`]: the NAPI
-/// threads of its interfaces (XDP, TC, netfilter and routing all run in
-/// them) and, in the forwarder's modes, the daemon.
-#[derive(Default)]
-pub(crate) struct GwTasks {
-    pub(crate) napi: Vec<i32>,
-    pub(crate) daemon: Option<u32>,
+/// The gateway's core ([`GW_CPU`]): everything that runs on it — the
+/// gateway's packet work in every environment (NAPI threads, softirqs,
+/// the backlog), the forwarder's daemon, and in [`Env::Best`] what the
+/// endpoints receive from the gateway — and nothing else (the rest is
+/// pinned to the other core).
+pub(crate) struct GwCore {
+    cpu: usize,
 }
 
-impl GwTasks {
-    /// CPU time they have used so far, in ns (the scheduler's own count,
-    /// `/proc/TID/schedstat`: exact, unlike tick-sampled `/proc/stat`).
+impl GwCore {
+    /// The core's busy time since an arbitrary origin, in ns: the
+    /// monotonic clock less the core's idle and iowait time from
+    /// `/proc/stat`. The kernel measures idle time exactly (from the
+    /// clock at idle entry and exit, interrupts and softirqs taken out),
+    /// where its user/system/softirq split is sampled at the tick (a
+    /// burst of packet work between two ticks goes uncounted there). The
+    /// file rounds idle time down to 10 ms: this reads it until it steps
+    /// (the core idles between runs), when the exact time is the value
+    /// shown, within a read's time (tens of µs). A core that does not
+    /// idle for 25 ms gets the rounded value.
     pub(crate) fn cpu_ns(&self) -> u64 {
-        let runtime = |path: String| {
-            std::fs::read_to_string(path)
-                .ok()
-                .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
+        let read = || -> (u64, u64) {
+            // SAFETY: plain data; clock_gettime writes it.
+            let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+            let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+            // SAFETY: valid pointer to a timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+            let now = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(ts.tv_nsec).unwrap_or(0);
+            let name = format!("cpu{} ", self.cpu);
+            let v: Vec<u64> = stat
+                .lines()
+                .find(|l| l.starts_with(&name))
+                .map(|l| l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect())
+                .unwrap_or_default();
+            // user nice system idle iowait irq softirq steal …, in 1/100 s.
+            let away: u64 = [3, 4].iter().filter_map(|&i| v.get(i)).sum();
+            (now, away * 10_000_000)
         };
-        let daemon = self
-            .daemon
-            .and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
-            .into_iter()
-            .flatten()
-            .flatten();
-        self.napi.iter().map(|t| runtime(format!("/proc/{t}/schedstat"))).sum::<u64>()
-            + daemon
-                .map(|t| runtime(t.path().join("schedstat").to_string_lossy().into_owned()))
-                .sum::<u64>()
+        let (t0, away0) = read();
+        loop {
+            let (now, away) = read();
+            if away != away0 || now - t0 > 25_000_000 {
+                return now.saturating_sub(away);
+            }
+        }
     }
 }
 
-/// Sets the gateway up for `mode`; returns what it left running, the
-/// gateway's tasks and the lab's MACs (for the generated frames).
-pub(crate) fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
+/// Sets the gateway up for `mode` in `env`; returns what it left
+/// running, the gateway's core and the lab's MACs (for the generated
+/// frames).
+pub(crate) fn setup(
+    lab: &Lab,
+    mode: Mode,
+    env: Env,
+    traffic: &Arc<Mutex<Bench>>,
+) -> Result<(Active, GwCore, Macs)> {
     // The same gateway in every mode: neighbours pinned, forwarding on.
     let macs = lab.prime_gateway()?;
-    // Every veth end gets NAPI (GRO on: frames redirected into a veth need
-    // it), in threads of its own: the gateway's on the gateway core, the
-    // client's and server's on the other one, with everything else.
-    let mut gw = GwTasks::default();
-    for ifname in [GW_PUBLIC_IF, GW_INTERNAL_IF] {
-        gw.napi.extend(threaded_napi(lab, Host::Gateway, ifname, GW_CPU)?);
+    // The generator: XDP frames into a gateway veth with NAPI, skbs into
+    // one without (bounced out of the client's interface by TC).
+    let skbs = env.backlog(mode);
+    traffic.lock().expect("datapath").set_generator_skbs(skbs);
+    if skbs {
+        let t = traffic.clone();
+        in_ns(&lab.client, move || t.lock().expect("datapath").attach_bounce("eth0"))??;
     }
-    for host in [Host::Client, Host::Server] {
-        threaded_napi(lab, host, "eth0", HOST_CPU)?;
+    match env {
+        // NAPI (GRO on: frames redirected into a veth need it) in threads
+        // of their own: the gateway's on the gateway core, the client's
+        // and server's on the other one, with everything else.
+        Env::Napi => {
+            for ifname in [GW_PUBLIC_IF, GW_INTERNAL_IF] {
+                threaded_napi(lab, Host::Gateway, ifname, GW_CPU)?;
+            }
+            for host in [Host::Client, Host::Server] {
+                threaded_napi(lab, host, "eth0", HOST_CPU)?;
+            }
+        }
+        Env::Best => {
+            for ifname in [GW_PUBLIC_IF, GW_INTERNAL_IF] {
+                if mode.xdp() {
+                    threaded_napi(lab, Host::Gateway, ifname, GW_CPU)?;
+                } else {
+                    rps(lab, ifname, GW_CPU)?;
+                }
+            }
+            for host in [Host::Client, Host::Server] {
+                sh(lab, host, "ethtool", &["-K", "eth0", "gro", "on"])?;
+            }
+        }
     }
     // Client and server put complete checksums and MTU-sized segments on
     // the "wire", as packets from a real network arrive at a gateway (a
@@ -210,7 +315,7 @@ pub(crate) fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
                 .iter()
                 .map(|(proto, public, port)| format!("{proto}:{public}={s}:{port}"))
                 .collect();
-            forwarder(lab, mode, &rules, &mut gw)?
+            forwarder(lab, mode, &rules)?
         }
         Mode::IptablesLb => {
             iptables_lb(lab)?;
@@ -229,7 +334,7 @@ pub(crate) fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
                     format!("{proto}:{public}={}", set.join("+"))
                 })
                 .collect();
-            forwarder(lab, mode.base(), &rules, &mut gw)?
+            forwarder(lab, mode.base(), &rules)?
         }
         Mode::BareXdp => {
             let dp = in_ns(&lab.gateway, || -> Result<Bench> {
@@ -242,11 +347,11 @@ pub(crate) fn setup(lab: &Lab, mode: Mode) -> Result<(Active, GwTasks, Macs)> {
             Active::Bare(Box::new(dp))
         }
     };
-    Ok((active, gw, macs))
+    Ok((active, GwCore { cpu: GW_CPU }, macs))
 }
 
 /// The forwarder with `rules`; its daemon on the gateway's core.
-fn forwarder(lab: &Lab, mode: Mode, rules: &[String], gw: &mut GwTasks) -> Result<Active> {
+fn forwarder(lab: &Lab, mode: Mode, rules: &[String]) -> Result<Active> {
     let mut args: Vec<&str> = Vec::new();
     for r in rules {
         args.extend(["--rule", r.as_str()]);
@@ -277,6 +382,5 @@ fn forwarder(lab: &Lab, mode: Mode, rules: &[String], gw: &mut GwTasks) -> Resul
     // on the gateway's core (on a real gateway it shares the
     // machine with the packet work, never with the endpoints).
     pin_process(fwd.proc.pid(), GW_CPU)?;
-    gw.daemon = Some(fwd.proc.pid());
     Ok(Active::Forwarder(Box::new(fwd)))
 }

@@ -12,12 +12,13 @@ use forwarder_testkit::{GW_INTERNAL_IF, GW_PUBLIC_IF, Host, Lab};
 use crate::util::sh;
 
 /// The services: (protocol, public port, server port).
-pub(crate) const SERVICES: [(&str, u16, u16); 5] = [
+pub(crate) const SERVICES: [(&str, u16, u16); 6] = [
     ("tcp", 8080, 80),
     ("tcp", 5201, 5201),
     ("udp", 5300, 5300),
     ("udp", 5301, 5301),
     ("tcp", 5300, 5300),
+    ("tcp", 5301, 5301),
 ];
 
 /// The balanced service's backends (the server answers on each address).
@@ -94,7 +95,8 @@ fn nft_recipe(lab: &Lab, dnat: &str) -> Result<()> {
 }
 
 /// The balanced service's ports: (protocol, public port, backend port).
-pub(crate) const LB_SERVICES: [(&str, u16, u16); 2] = [("tcp", 5300, 5300), ("tcp", 8080, 80)];
+pub(crate) const LB_SERVICES: [(&str, u16, u16); 3] =
+    [("tcp", 5300, 5300), ("tcp", 8080, 80), ("tcp", 5301, 5301)];
 
 /// The server answers on every address of [`LB_BACKENDS`], and the
 /// gateway knows them all as neighbours (as it knows the server's).

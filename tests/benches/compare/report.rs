@@ -6,15 +6,32 @@ use serde_json::{Value, json};
 
 use crate::modes::Mode;
 
-pub(crate) const FIGURES: [(&str, &str, bool); 13] = [
+/// The offered loads of the CPU figures: every mode keeps up with them
+/// in either environment (a mode that does not fails the figure).
+pub(crate) const LOAD_PPS: u32 = 200_000;
+pub(crate) const LOAD_SYNS: u32 = 40_000;
+/// The most SYNs of a run at the offered load: each new connection holds
+/// a masquerade source port towards the service (the run has a service
+/// port of its own, see `workloads::Gen::port`), and its flows are the
+/// 40 000 ports of one client address (`abi::BENCH_PORTS_PER_ADDR`), so
+/// masquerade keeps each one's port and never searches for a free one.
+pub(crate) const LOAD_SYNS_MAX: u32 = 40_000;
+
+pub(crate) const FIGURES: [(&str, &str, bool); 15] = [
     // (key, label, higher is better)
-    ("udp64_kpps", "UDP 64 B delivered, 1 flow (kpps)", true),
-    ("udp64_loss_pct", "UDP 64 B loss, 1 flow (%)", false),
-    ("cpu_ns_per_pkt", "gateway CPU per packet, 1 flow (ns)", false),
-    ("udp64_flows_kpps", "UDP 64 B delivered, 10 000 flows (kpps)", true),
-    ("cpu_ns_per_pkt_flows", "gateway CPU per packet, 10 000 flows (ns)", false),
-    ("syn_kpps", "new connections set up, SYN flood (k/s)", true),
-    ("cpu_ns_per_syn", "gateway CPU per new connection, SYN flood (ns)", false),
+    ("udp64_kpps", "UDP 64 B delivered at saturation, 1 flow (kpps)", true),
+    ("udp64_loss_pct", "UDP 64 B lost at saturation, 1 flow (%)", false),
+    ("udp64_busy_pct", "gateway core busy at saturation, 1 flow (%)", true),
+    ("cpu_ns_per_pkt", "gateway CPU per packet at 200 kpps offered, 1 flow (ns)", false),
+    ("udp64_flows_kpps", "UDP 64 B delivered at saturation, 10 000 flows (kpps)", true),
+    ("udp64_flows_busy_pct", "gateway core busy at saturation, 10 000 flows (%)", true),
+    (
+        "cpu_ns_per_pkt_flows",
+        "gateway CPU per packet at 200 kpps offered, 10 000 flows (ns)",
+        false,
+    ),
+    ("syn_kpps", "new connections set up at saturation, SYN flood (k/s)", true),
+    ("cpu_ns_per_syn", "gateway CPU per new connection at 40 k/s offered, SYNs (ns)", false),
     ("tcp1_gbps", "TCP bulk, 1 stream (Gbit/s)", true),
     ("tcp4_gbps", "TCP bulk, 4 streams (Gbit/s)", true),
     ("conn_per_s", "TCP connections/s (connect, request, close)", true),
@@ -22,6 +39,53 @@ pub(crate) const FIGURES: [(&str, &str, bool); 13] = [
     ("rtt_p50_us", "UDP request/response p50 (us)", false),
     ("rtt_p99_us", "UDP request/response p99 (us)", false),
 ];
+
+/// Whether a figure compares across modes (a share of busy time or of
+/// loss is the run's context, not a score: no ratio).
+fn scored(key: &str) -> bool {
+    !key.ends_with("_pct")
+}
+
+/// The reference of each figure: the better of the netfilter modes (by
+/// median; `None` when none has the figure).
+pub(crate) fn bases(
+    modes: &[Mode],
+    figures: &[(&str, &str, bool)],
+    summary: &[Vec<Result<Summary, String>>],
+) -> Vec<Option<usize>> {
+    figures
+        .iter()
+        .enumerate()
+        .map(|(fi, (_, _, higher))| {
+            modes
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.netfilter())
+                .filter_map(|(mi, _)| Some((mi, summary[mi][fi].as_ref().ok()?.median)))
+                .reduce(|a, b| {
+                    // The better one; on a tie, the first.
+                    let better = if *higher { b.1 > a.1 } else { b.1 < a.1 };
+                    if better { b } else { a }
+                })
+                .map(|(mi, _)| mi)
+        })
+        .collect()
+}
+
+/// The ratio of mode `mi`'s median to the reference's, for figure `fi`.
+fn ratio(
+    summary: &[Vec<Result<Summary, String>>],
+    base: &[Option<usize>],
+    figures: &[(&str, &str, bool)],
+    mi: usize,
+    fi: usize,
+) -> Option<f64> {
+    if !scored(figures[fi].0) {
+        return None;
+    }
+    let b = summary[base[fi]?][fi].as_ref().ok().filter(|b| b.median > 0.0)?;
+    Some(summary[mi][fi].as_ref().ok()?.median / b.median)
+}
 
 pub(crate) type Figures = Vec<(&'static str, Result<f64, String>)>;
 
@@ -52,18 +116,23 @@ pub(crate) fn machine() -> String {
             l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_default();
-    let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // (Counted from the machine's list: this process is pinned to one.)
+    let n = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     format!("{n} x {cpu}, kernel {}", kernel.trim())
 }
 
 /// The summary as a Markdown table (a row per figure, a column per mode):
-/// iptables' median with min–max, every other mode's median and its ratio
-/// to iptables.
+/// each median with its ratio to the best netfilter mode's (that one in
+/// bold, with its min–max).
 pub(crate) fn markdown(
     modes: &[Mode],
     figures: &[(&str, &str, bool)],
     summary: &[Vec<Result<Summary, String>>],
-    ipt: usize,
+    base: &[Option<usize>],
 ) -> String {
     use std::fmt::Write as _;
     let num = |v: f64| {
@@ -80,17 +149,17 @@ pub(crate) fn markdown(
         modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(" | "),
         " --- |".repeat(modes.len() + 1)
     );
-    for (fi, (_, label, _)) in figures.iter().enumerate() {
+    for (fi, (key, label, _)) in figures.iter().enumerate() {
         let cells: Vec<String> = (0..modes.len())
-            .map(|mi| match (&summary[mi][fi], &summary[ipt][fi]) {
-                (Ok(s), _) if mi == ipt => {
-                    format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max))
+            .map(|mi| match &summary[mi][fi] {
+                Ok(s) if base[fi] == Some(mi) && scored(key) => {
+                    format!("**{}** [{}–{}]", num(s.median), num(s.min), num(s.max))
                 }
-                (Ok(s), Ok(b)) if b.median > 0.0 => {
-                    format!("{} ×{:.2}", num(s.median), s.median / b.median)
-                }
-                (Ok(s), _) => num(s.median),
-                (Err(_), _) => "FAILED".into(),
+                Ok(s) => match ratio(summary, base, figures, mi, fi) {
+                    Some(r) => format!("{} ×{r:.2}", num(s.median)),
+                    None => num(s.median),
+                },
+                Err(_) => "FAILED".into(),
             })
             .collect();
         let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
@@ -99,28 +168,23 @@ pub(crate) fn markdown(
 }
 
 #[expect(clippy::cast_precision_loss, reason = "a handful of bars")]
-/// One panel per figure: a bar per mode, its median relative to iptables
-/// (iptables = 1), with the absolute median written on it.
+/// One panel per scored figure: a bar per mode, its median relative to
+/// the best netfilter mode's (= 1), with the absolute median written on it.
 pub(crate) fn chart(
     path: &std::path::Path,
+    title_text: &str,
     modes: &[Mode],
     figures: &[(&str, &str, bool)],
     summary: &[Vec<Result<Summary, String>>],
-    ipt: usize,
-    machine: &str,
+    base: &[Option<usize>],
 ) -> Result<()> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1200, 260 * figures.len().div_ceil(2) as u32 + 60))
+    let shown: Vec<usize> = (0..figures.len()).filter(|&fi| scored(figures[fi].0)).collect();
+    let root = SVGBackend::new(path, (1200, 260 * shown.len().div_ceil(2) as u32 + 60))
         .into_drawing_area();
     root.fill(&WHITE)?;
     let (title, body) = root.split_vertically(60);
-    title.draw(&Text::new(
-        format!(
-            "forwarder vs netfilter: median of each mode relative to iptables (= 1); {machine}"
-        ),
-        (10, 8),
-        ("sans-serif", 17),
-    ))?;
+    title.draw(&Text::new(title_text, (10, 8), ("sans-serif", 15)))?;
     let colors = [
         RGBColor(120, 120, 120),
         RGBColor(214, 39, 40),
@@ -135,13 +199,13 @@ pub(crate) fn chart(
         title.draw(&Rectangle::new([(x, 36), (x + 14, 50)], colors[mi % colors.len()].filled()))?;
         title.draw(&Text::new(mode.name(), (x + 18, 37), ("sans-serif", 13)))?;
     }
-    let panels = body.split_evenly((figures.len().div_ceil(2), 2));
-    for (fi, (panel, (_, label, higher))) in panels.iter().zip(figures).enumerate() {
+    let panels = body.split_evenly((shown.len().div_ceil(2), 2));
+    for (panel, &fi) in panels.iter().zip(&shown) {
+        let (_, label, higher) = &figures[fi];
         let vals: Vec<Option<(f64, f64)>> = (0..modes.len())
             .map(|mi| {
-                let base = summary[ipt][fi].as_ref().ok()?.median;
-                let s = summary[mi][fi].as_ref().ok()?;
-                (base > 0.0).then(|| (s.median / base, s.median))
+                let r = ratio(summary, base, figures, mi, fi)?;
+                Some((r, summary[mi][fi].as_ref().ok()?.median))
             })
             .collect();
         let top = vals.iter().flatten().map(|v| v.0).fold(1.0, f64::max) * 1.25;
@@ -152,7 +216,7 @@ pub(crate) fn chart(
             .x_label_area_size(5)
             .y_label_area_size(40)
             .build_cartesian_2d(0f64..modes.len() as f64, 0f64..top)?;
-        c.configure_mesh().disable_x_mesh().x_labels(0).y_desc("x iptables").draw()?;
+        c.configure_mesh().disable_x_mesh().x_labels(0).y_desc("x best netfilter").draw()?;
         for (mi, v) in vals.iter().enumerate() {
             let x = mi as f64;
             match v {
@@ -182,36 +246,34 @@ pub(crate) fn chart(
 }
 
 /// The text table: each figure, each mode's median, range and ratio to
-/// iptables.
+/// the best netfilter mode's.
 pub(crate) fn print_table(
     modes: &[Mode],
     figures: &[(&str, &str, bool)],
     summary: &[Vec<Result<Summary, String>>],
-    ipt: usize,
+    base: &[Option<usize>],
 ) {
-    for (fi, (key, label, higher)) in figures.iter().enumerate() {
+    for (fi, (_, label, _)) in figures.iter().enumerate() {
         println!("{label}");
         for (mi, mode) in modes.iter().enumerate() {
             match &summary[mi][fi] {
-                Ok(s) => {
-                    let ratio = summary[ipt][fi]
-                        .as_ref()
-                        .ok()
-                        .filter(|b| b.median > 0.0)
-                        .map(|b| s.median / b.median);
-                    println!(
-                        "  {:<28} {:>10.2} [{:.2}-{:.2}]{}",
-                        mode.name(),
-                        s.median,
-                        s.min,
-                        s.max,
-                        ratio.map(|r| format!("  x{r:.2}")).unwrap_or_default()
-                    );
-                }
+                Ok(s) => println!(
+                    "  {:<28} {:>10.2} [{:.2}-{:.2}]{}",
+                    mode.name(),
+                    s.median,
+                    s.min,
+                    s.max,
+                    if base[fi] == Some(mi) && scored(figures[fi].0) {
+                        "  (the reference)".to_string()
+                    } else {
+                        ratio(summary, base, figures, mi, fi)
+                            .map(|r| format!("  x{r:.2}"))
+                            .unwrap_or_default()
+                    }
+                ),
                 Err(e) => println!("  {:<28} FAILED: {e}", mode.name()),
             }
         }
-        let _ = (key, higher);
     }
 }
 
@@ -221,7 +283,7 @@ pub(crate) fn json_modes(
     figures: &[(&str, &str, bool)],
     summary: &[Vec<Result<Summary, String>>],
     all: &[Vec<Figures>],
-    ipt: usize,
+    base: &[Option<usize>],
 ) -> Vec<Value> {
     let mut json_modes = Vec::new();
     for (mi, mode) in modes.iter().enumerate() {
@@ -230,7 +292,8 @@ pub(crate) fn json_modes(
             let v = match &summary[mi][fi] {
                 Ok(s) => {
                     json!({"median": s.median, "min": s.min, "max": s.max, "higher_is_better": higher,
-                    "ratio_to_iptables": summary[ipt][fi].as_ref().ok().filter(|b| b.median > 0.0).map(|b| s.median / b.median),
+                    "ratio_to_best_netfilter": ratio(summary, base, figures, mi, fi),
+                    "best_netfilter": base[fi].map(|b| modes[b].key()),
                     "runs": all[mi].iter().map(|r| r.iter().find(|f| f.0 == *key).and_then(|f| f.1.clone().ok())).collect::<Vec<_>>()})
                 }
                 Err(e) => json!({"failed": e}),

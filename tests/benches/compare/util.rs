@@ -75,6 +75,20 @@ pub(crate) fn threaded_napi(lab: &Lab, host: Host, ifname: &str, cpu: usize) -> 
     Ok(new)
 }
 
+/// Receive Packet Steering on the gateway's `ifname`: what its queue
+/// receives is processed on `cpu`'s backlog (as a NIC's interrupt bound
+/// to that core would have it).
+pub(crate) fn rps(lab: &Lab, ifname: &str, cpu: usize) -> Result<()> {
+    let mask = format!("{:x}", 1u64 << cpu);
+    sh(
+        lab,
+        Host::Gateway,
+        "sh",
+        &["-c", &format!("echo {mask} > /sys/class/net/{ifname}/queues/rx-0/rps_cpus")],
+    )?;
+    Ok(())
+}
+
 /// An IPv4 counter of the gateway's `/proc/net/snmp` (`Ip:` line).
 pub(crate) fn ip_counter(lab: &Lab, name: &str) -> Result<u64> {
     let text = sh(lab, Host::Gateway, "cat", &["/proc/net/snmp"])?;
@@ -82,4 +96,14 @@ pub(crate) fn ip_counter(lab: &Lab, name: &str) -> Result<u64> {
     let (head, vals) = (lines.next().context("snmp")?, lines.next().context("snmp")?);
     let i = head.split_whitespace().position(|h| h == name).context("counter")?;
     vals.split_whitespace().nth(i).context("value")?.parse().context("number")
+}
+
+/// Packets the kernel's backlogs dropped so far, over all CPUs
+/// (`/proc/net/softnet_stat`'s second column: the queue was full).
+pub(crate) fn backlog_drops() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .sum()
 }

@@ -15,14 +15,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use forwarder::iface;
-use forwarder_common::abi::PROG_BENCH_SINK;
+use forwarder_common::abi::{BENCH_PORTS_PER_ADDR, PROG_BENCH_SINK};
 use forwarder_testkit::{ADDRS, Lab, Macs};
 use serde_json::Value;
 
 use crate::checks::Sent;
 use crate::harness::Bench;
-use crate::modes::{GwTasks, Mode};
-use crate::util::in_ns;
+use crate::modes::{GwCore, Mode};
+use crate::util::{backlog_drops, in_ns};
 
 /// Flows of the multi-flow packet-rate run.
 pub(crate) const FLOWS: u32 = 10_000;
@@ -42,17 +42,57 @@ pub(crate) const SYNS: u32 = 100_000;
 pub(crate) struct Gen {
     /// UDP datagrams, or TCP SYNs (each one a connection attempt).
     pub(crate) syn: bool,
+    /// The service port (the receiver counts 5300 and 5301). The SYN
+    /// load run has 5301 to itself: the flood's connections on 5300 hold
+    /// most of the masquerade's source ports towards 5300.
+    pub(crate) port: u16,
     pub(crate) frames: u32,
     pub(crate) flows: u32,
     /// Frames sent before the count starts: every flow gets its state, so
     /// the figure is the established path's (0: each counted frame is the
     /// first of its flow, the figure is connection setup's).
     pub(crate) warm_up: u32,
+    /// The flow of the first counted frame (flows before it are another
+    /// run's).
+    pub(crate) first: u32,
+    /// Frames per second offered (`None`: as fast as the generator goes,
+    /// to saturate the gateway). At an offered rate every frame must be
+    /// delivered: the figure is the CPU a packet costs at that load.
+    pub(crate) rate: Option<u32>,
 }
 
-/// Runs `g`: (kpps delivered, loss %, gateway CPU ns per delivered
-/// packet, packets delivered, what the gateway sent meanwhile: `sent`
-/// read around the count, outside its CPU window). The warm-up is
+impl Gen {
+    /// As fast as the generator goes: `frames` over `flows` flows.
+    pub(crate) const fn flat_out(syn: bool, frames: u32, flows: u32, warm_up: u32) -> Self {
+        Self { syn, port: 5300, frames, flows, warm_up, first: 0, rate: None }
+    }
+
+    /// New connections (SYNs) at `rate` per second to `port`: `frames` of
+    /// them (at most [`BENCH_PORTS_PER_ADDR`]), the flows those of the
+    /// fourth client address (after the flood's [`SYNS`]): each its own
+    /// source port.
+    pub(crate) const fn syn_load(port: u16, frames: u32, rate: u32) -> Self {
+        let first = 3 * BENCH_PORTS_PER_ADDR;
+        Self { syn: true, port, frames, flows: first + frames, warm_up: 0, first, rate: Some(rate) }
+    }
+}
+
+/// What a generated run measured.
+#[derive(Clone, Copy)]
+pub(crate) struct Run {
+    pub(crate) kpps: f64,
+    pub(crate) loss_pct: f64,
+    /// Gateway core time per packet it forwarded.
+    pub(crate) cpu_ns: f64,
+    /// The gateway core's busy share of the count's time.
+    pub(crate) busy_pct: f64,
+    pub(crate) delivered: u64,
+    /// What the gateway sent meanwhile.
+    pub(crate) sent: Sent,
+}
+
+/// Runs `g` (what the gateway sent is read around the count, outside its
+/// CPU window). The warm-up is
 /// repeated until the gateway tracks every flow (`tracked`: the flows
 /// it has state for; `None` in stateless modes): a gateway drops what it
 /// cannot take in, so one pass may leave flows without state.
@@ -60,14 +100,14 @@ pub(crate) struct Gen {
 pub(crate) fn generated(
     lab: &Lab,
     mode: Mode,
-    gw: &GwTasks,
+    gw: &GwCore,
     m: &Macs,
     traffic: &Arc<Mutex<Bench>>,
     g: Gen,
     sent: &dyn Fn() -> Result<Sent>,
     tracked: &dyn Fn() -> Result<Option<u64>>,
-) -> Result<(f64, f64, f64, u64, Sent)> {
-    let t = mode.target(5300);
+) -> Result<Run> {
+    let t = mode.target(g.port);
     let IpAddr::V4(dst) = t.ip() else { bail!("IPv4") };
     let mut frame = Vec::new();
     let head = etherparse::PacketBuilder::ethernet2(m.client, m.gw_pub).ipv4(
@@ -99,14 +139,12 @@ pub(crate) fn generated(
     result
 }
 
-/// Frames per warm-up step, and the pause after each: a step fits in
-/// every queue on the way (a veth ring holds 256 frames, the backlog
-/// 1 000), so no mode drops warm-up frames for being sent too fast. At
-/// full speed the drops fall on the same flows in every pass (the
-/// generator's rate and the gateway's are steady), and a tenth of the
-/// flows could stay without state for good.
-pub(crate) const WARM_UP_STEP: u32 = 128;
-pub(crate) const WARM_UP_PAUSE: Duration = Duration::from_millis(1);
+/// The warm-up's rate, frames per second, evenly spaced (at most 32
+/// back to back): every mode takes it in, so none drops warm-up frames
+/// for being sent too fast. At full speed the drops would fall on the
+/// same flows in every pass (the generator's rate and the gateway's are
+/// steady), and a tenth of the flows could stay without state for good.
+pub(crate) const WARM_UP_RATE: u32 = 100_000;
 
 /// [`generated`] with the receiver counting: the warm-up, then the count.
 #[expect(clippy::too_many_arguments, reason = "the run's context and its two probes")]
@@ -116,24 +154,26 @@ pub(crate) fn generated_with_sink(
     g: Gen,
     frame: [u8; 64],
     want_src: &str,
-    gw: &GwTasks,
+    gw: &GwCore,
     sent: &dyn Fn() -> Result<Sent>,
     tracked: &dyn Fn() -> Result<Option<u64>>,
-) -> Result<(f64, f64, f64, u64, Sent)> {
+) -> Result<Run> {
     let (frames, flows) = (g.frames, g.flows);
     let r = traffic.clone();
     let ifindex = in_ns(&lab.client, || iface::index("eth0"))??;
-    let generate = |first: u32, n: u32| -> Result<Duration> {
+    // `n` frames from flow `first`, at `rate` (`None`: flat out).
+    let generate = |first: u32, n: u32, rate: Option<u32>| -> Result<Duration> {
         let r = r.clone();
         in_ns(&lab.client, move || {
-            r.lock().expect("datapath").generate(&frame, flows, first, ifindex, n)
+            let mut b = r.lock().expect("datapath");
+            match rate {
+                None => b.generate(&frame, flows, first, ifindex, n),
+                Some(rate) => b.generate_paced(&frame, flows, first, ifindex, n, rate),
+            }
         })?
     };
     for round in (1..=20).take_while(|_| g.warm_up > 0) {
-        for first in (0..g.warm_up).step_by(WARM_UP_STEP as usize) {
-            generate(first, WARM_UP_STEP.min(g.warm_up - first))?;
-            std::thread::sleep(WARM_UP_PAUSE);
-        }
+        generate(0, g.warm_up, Some(WARM_UP_RATE))?;
         std::thread::sleep(Duration::from_millis(100));
         match tracked()? {
             Some(n) if n < u64::from(flows) => ensure!(
@@ -145,11 +185,17 @@ pub(crate) fn generated_with_sink(
         }
     }
     let s0 = sent()?;
-    let (c0, cpu0) = (traffic.lock().expect("datapath").sink_count()?, gw.cpu_ns());
-    let took = generate(0, frames)?;
-    // Time for the queues to drain (256 frames at most).
+    let (c0, cpu0, drops0, t0) = (
+        traffic.lock().expect("datapath").sink_count()?,
+        gw.cpu_ns(),
+        backlog_drops(),
+        Instant::now(),
+    );
+    let took = generate(g.first, frames, g.rate)?;
+    // Time for the queues to drain (1 000 frames at most).
     std::thread::sleep(Duration::from_millis(10));
-    let (c1, cpu1) = (traffic.lock().expect("datapath").sink_count()?, gw.cpu_ns());
+    let (c1, cpu1, wall) =
+        (traffic.lock().expect("datapath").sink_count()?, gw.cpu_ns(), t0.elapsed());
     let sent = sent()?.since(s0);
     let (got, strangers) = (c1.0 - c0.0, c1.1 - c0.1);
     ensure!(
@@ -157,14 +203,29 @@ pub(crate) fn generated_with_sink(
         "{strangers} packets reached the server from another source than {want_src}"
     );
     ensure!(got > u64::from(frames) / 100, "only {got} of {frames} packets reached the server");
-    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-    Ok((
-        got as f64 / took.as_secs_f64() / 1000.0,
-        100.0 * (1.0 - got as f64 / f64::from(frames)),
-        (cpu1 - cpu0) as f64 / got as f64,
-        got,
+    // What the gateway forwarded: delivered, or dropped by the server's
+    // full receive ring (in the threaded-NAPI environment the receiver
+    // shares its core with the generator and can fall behind the gateway).
+    let forwarded = (got + sent.egress_dropped).min(u64::from(frames));
+    if let Some(rate) = g.rate {
+        ensure!(
+            forwarded * 1000 >= u64::from(frames) * 995,
+            "did not keep up with {} kpps offered: {got} of {frames} packets delivered, {} \
+             dropped by the server's full ring, {} by a full backlog",
+            rate / 1000,
+            sent.egress_dropped,
+            backlog_drops() - drops0
+        );
+    }
+    #[expect(clippy::cast_precision_loss, reason = "counts and ns far below 2^52")]
+    Ok(Run {
+        kpps: got as f64 / took.as_secs_f64() / 1000.0,
+        loss_pct: 100.0 * (1.0 - got as f64 / f64::from(frames)),
+        cpu_ns: (cpu1 - cpu0) as f64 / forwarded as f64,
+        busy_pct: 100.0 * (cpu1 - cpu0) as f64 / wall.as_nanos() as f64,
+        delivered: got,
         sent,
-    ))
+    })
 }
 
 /// iperf3 from the client through the mode: (Gbit/s, bytes) received;
@@ -214,7 +275,7 @@ pub(crate) fn iperf(lab: &Lab, mode: Mode, streams: u32, secs: u64) -> Result<(f
 /// New TCP connections per second (2 client threads, each connect →
 /// request → answer → close), the gateway CPU µs per connection and the
 /// connections completed; checks the source the server saw.
-pub(crate) fn conns(lab: &Lab, mode: Mode, gw: &GwTasks, secs: u64) -> Result<(f64, f64, u64)> {
+pub(crate) fn conns(lab: &Lab, mode: Mode, gw: &GwCore, secs: u64) -> Result<(f64, f64, u64)> {
     let listener = in_ns(&lab.server, || TcpListener::bind("0.0.0.0:80"))??;
     listener.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
