@@ -279,13 +279,14 @@ impl Bench {
         self.test_run(ifindex, count)
     }
 
-    /// [`Bench::generate`] at `rate` frames per second, evenly spaced
+    /// [`Bench::generate`] at `rate` frames per second, in evenly spaced
     /// bursts of `abi::BENCH_PACE_BURST`: the program sends when a burst
-    /// is due and nothing on the runs in between (`abi::BenchFrame`), so a test run takes as long as the
-    /// frames it must send. Test runs follow each other until all are
-    /// sent, each sized by the time a run took in the first (a test run
-    /// costs tens of ms of setup on this kernel: a frame per call would
-    /// not reach 1 000 a second). Returns the time it took.
+    /// is due and nothing on the runs in between (`abi::BenchFrame`), so
+    /// a test run takes as long as the frames it must send. Test runs
+    /// follow each other until all are sent, each sized by the time a run
+    /// took in the first (a test run costs tens of ms of setup on this
+    /// kernel: a call per burst would not reach 1 000 frames a second).
+    /// Returns the time it took.
     pub fn generate_paced(
         &mut self,
         frame: &[u8; 64],
