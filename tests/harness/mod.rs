@@ -262,11 +262,20 @@ impl Bench {
     }
 
     /// Sends the 64-byte `frame` out of `ifindex` (in the calling thread's
-    /// namespace) `count` times, as fast as the kernel can: the benchmark
-    /// generator (`BPF_PROG_TEST_RUN`, live frames, batches of 64). The
-    /// frames are spread over `flows` flows from the frame's source up
+    /// namespace) `count` times: the benchmark generator
+    /// (`BPF_PROG_TEST_RUN`, live frames, batches of 64). The frames are
+    /// spread over `flows` flows from the frame's source up
     /// ([`abi::bench_flow`]), the first frame's flow being flow `first`.
     /// Returns the time it took.
+    ///
+    /// `rate: None`: as fast as the kernel can, in one test run. `Some`:
+    /// that many frames per second, in evenly spaced bursts of
+    /// `abi::BENCH_PACE_BURST`: the program sends when a burst is due and
+    /// nothing on the runs in between (`abi::BenchFrame`), so a test run
+    /// takes as long as the frames it must send. Test runs follow each
+    /// other until all are sent, each sized by the time a run took in the
+    /// first (a test run costs tens of ms of setup on this kernel: a call
+    /// per burst would not reach 1 000 frames a second).
     pub fn generate(
         &mut self,
         frame: &[u8; 64],
@@ -274,28 +283,12 @@ impl Bench {
         first: u32,
         ifindex: u32,
         count: u32,
+        rate: Option<u32>,
     ) -> Result<Duration> {
-        self.set_frame(frame, flows, first, 0, 0)?;
-        self.test_run(ifindex, count)
-    }
-
-    /// [`Bench::generate`] at `rate` frames per second, in evenly spaced
-    /// bursts of `abi::BENCH_PACE_BURST`: the program sends when a burst
-    /// is due and nothing on the runs in between (`abi::BenchFrame`), so
-    /// a test run takes as long as the frames it must send. Test runs
-    /// follow each other until all are sent, each sized by the time a run
-    /// took in the first (a test run costs tens of ms of setup on this
-    /// kernel: a call per burst would not reach 1 000 frames a second).
-    /// Returns the time it took.
-    pub fn generate_paced(
-        &mut self,
-        frame: &[u8; 64],
-        flows: u32,
-        first: u32,
-        ifindex: u32,
-        count: u32,
-        rate: u32,
-    ) -> Result<Duration> {
+        let Some(rate) = rate else {
+            self.set_frame(frame, flows, first, 0, 0)?;
+            return self.test_run(ifindex, count);
+        };
         if count == 0 {
             return Ok(Duration::ZERO);
         }

@@ -165,11 +165,7 @@ pub(crate) fn generated_with_sink(
     let generate = |first: u32, n: u32, rate: Option<u32>| -> Result<Duration> {
         let r = r.clone();
         in_ns(&lab.client, move || {
-            let mut b = r.lock().expect("datapath");
-            match rate {
-                None => b.generate(&frame, flows, first, ifindex, n),
-                Some(rate) => b.generate_paced(&frame, flows, first, ifindex, n, rate),
-            }
+            r.lock().expect("datapath").generate(&frame, flows, first, ifindex, n, rate)
         })?
     };
     for round in (1..=20).take_while(|_| g.warm_up > 0) {
