@@ -9,8 +9,12 @@
 //! syscall overhead is not in it; the test-run loop's own overhead is, the
 //! same for every case (read the ratios). Each case: `reps` repetitions of
 //! `calls` calls; median and min–max of the repetitions' means.
+//!
+//! `--only=TEXT` runs the forwarder's cases whose name contains TEXT (and
+//! the two references); `--profile` runs each case under `perf record`
+//! and reports where its time goes (`forwarder_testkit::profile`).
 
-use std::time::Instant;
+use std::{fmt::Write as _, time::Instant};
 
 use aya::programs::Xdp;
 
@@ -23,7 +27,10 @@ use forwarder_common::{
     abi::{PROG_BENCH_FIB, PROG_BENCH_PASS, PROG_XDP},
     csum,
 };
-use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
+use forwarder_testkit::{
+    ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab,
+    profile::{Part, Recording},
+};
 use harness::{
     Bench, TestRunExt,
     timing::{Case, measure, tcp},
@@ -32,6 +39,9 @@ use harness::{
 #[path = "../harness/mod.rs"]
 #[allow(dead_code, reason = "the micro-benchmark runs programs, it generates no traffic")]
 mod harness;
+
+/// Samples per part of a profiled case.
+type Parts = std::collections::BTreeMap<Part, u64>;
 
 /// The gateway's settings: a rule with one backend (8080) and one with
 /// three (8081), with their handles.
@@ -52,22 +62,43 @@ fn settings() -> Settings {
     settings
 }
 
-fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (calls, reps) = if quick { (5_000, 3) } else { (50_000, 5) };
-    let t0 = Instant::now();
-    let lab = Lab::new().expect("lab (needs root)");
-    let macs = lab.prime_gateway().unwrap();
-    let (client_mac, gw_pub_mac, gw_int_mac, server_mac) =
-        (macs.client, macs.gw_pub, macs.gw_int, macs.server);
-    // The two other backends of the balanced rule: neighbours as the
-    // server is (the same host), so the FIB lookup says SUCCESS.
-    let mac = forwarder_testkit::netns::fmt_mac(server_mac);
+/// The two other backends of the balanced rule: neighbours as the server
+/// is (the same host, `mac`), so the FIB lookup says SUCCESS.
+fn other_backends_on(lab: &Lab, mac: [u8; 6]) {
+    let mac = forwarder_testkit::netns::fmt_mac(mac);
     for b in ["192.168.1.51", "192.168.1.52"] {
         lab.gateway
             .ip(&["neigh", "replace", b, "lladdr", &mac, "dev", GW_INTERNAL_IF, "nud", "permanent"])
             .unwrap();
     }
+}
+
+/// A case's run, given its name.
+type RunCase<'a> = &'a dyn Fn(&str) -> Case;
+
+/// The case `name` run by `f`; with `profile`, under `perf record` (into
+/// a file of this process's), with the samples per part.
+fn case(profile: bool, name: &str, f: RunCase) -> (Case, Option<Parts>) {
+    if !profile {
+        return (f(name), None);
+    }
+    let file = std::env::temp_dir().join(format!("forwarder-micro-{}.perf", std::process::id()));
+    let rec = Recording::start(&file).expect("perf record");
+    let c = f(name);
+    (c, Some(rec.stop().expect("perf record")))
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (calls, reps) = if quick { (5_000, 3) } else { (50_000, 5) };
+    let only = std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_string));
+    let profile = std::env::args().any(|a| a == "--profile");
+    let t0 = Instant::now();
+    let lab = Lab::new().expect("lab (needs root)");
+    let macs = lab.prime_gateway().unwrap();
+    let (client_mac, gw_pub_mac, gw_int_mac, server_mac) =
+        (macs.client, macs.gw_pub, macs.gw_int, macs.server);
+    other_backends_on(&lab, server_mac);
     let cases = lab
         .gateway
         .enter(move || {
@@ -132,29 +163,38 @@ fn main() {
             let run = |name: &str, prog, frames: &Vec<Vec<u8>>, ifx, expect| {
                 run_n(name, prog, frames, ifx, expect, calls)
             };
-            vec![
-                run("empty XDP program", PROG_BENCH_PASS, &est, pub_if, 2),
-                run("bare FIB lookup + redirect", PROG_BENCH_FIB, &bare, pub_if, 4),
-                run("forwarder: established, client -> backend", PROG_XDP, &est, pub_if, 4),
-                run("forwarder: established, backend -> client", PROG_XDP, &reply, int_if, 4),
-                run("forwarder: established, 3 backends", PROG_XDP, &est3, pub_if, 4),
-                run(
-                    "forwarder: established, partial checksum",
-                    PROG_XDP,
-                    &vec![partial],
-                    pub_if,
-                    4,
-                ),
-                run_n("forwarder: new connection (SYN)", PROG_XDP, &news, pub_if, 4, new_calls),
-                {
+            let case = |name: &str, f: RunCase| case(profile, name, f);
+            // The two references always run: the report's ratios are to them.
+            let mut cases = vec![
+                case("empty XDP program", &|n| run(n, PROG_BENCH_PASS, &est, pub_if, 2)),
+                case("bare FIB lookup + redirect", &|n| run(n, PROG_BENCH_FIB, &bare, pub_if, 4)),
+            ];
+            let forwarder: [(&str, RunCase); 7] = [
+                ("forwarder: established, client -> backend", &|n| {
+                    run(n, PROG_XDP, &est, pub_if, 4)
+                }),
+                ("forwarder: established, backend -> client", &|n| {
+                    run(n, PROG_XDP, &reply, int_if, 4)
+                }),
+                ("forwarder: established, 3 backends", &|n| run(n, PROG_XDP, &est3, pub_if, 4)),
+                ("forwarder: established, partial checksum", &|n| {
+                    run(n, PROG_XDP, &vec![partial.clone()], pub_if, 4)
+                }),
+                ("forwarder: new connection (SYN)", &|n| {
+                    run_n(n, PROG_XDP, &news, pub_if, 4, new_calls)
+                }),
+                ("forwarder: new connection, 3 backends", &|n| {
                     let xdp = dp3.xdp_program(PROG_XDP).unwrap();
                     let (median_ns, min_ns, max_ns) =
                         measure(&dp3, (xdp, PROG_XDP), &news3, pub_if, new_calls, reps, 4);
-                    let name = "forwarder: new connection, 3 backends".to_string();
-                    Case { name, median_ns, min_ns, max_ns }
-                },
-                run("forwarder: not ours (other port)", PROG_XDP, &other, pub_if, 2),
-            ]
+                    Case { name: n.to_string(), median_ns, min_ns, max_ns }
+                }),
+                ("forwarder: not ours (other port)", &|n| run(n, PROG_XDP, &other, pub_if, 2)),
+            ];
+            let wanted =
+                forwarder.iter().filter(|(n, _)| only.as_ref().is_none_or(|o| n.contains(o)));
+            cases.extend(wanted.map(|(n, f)| case(n, *f)));
+            cases
         })
         .unwrap()
         .join()
@@ -165,10 +205,10 @@ fn main() {
 
 /// Prints the cases (with their ratios to the bare and the empty program)
 /// and writes them to `target/bench/micro.json`; returns that path.
-fn report(cases: &[Case], calls: usize, reps: usize) -> std::path::PathBuf {
+fn report(cases: &[(Case, Option<Parts>)], calls: usize, reps: usize) -> std::path::PathBuf {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let bare = cases[1].median_ns;
-    let empty = cases[0].median_ns;
+    let bare = cases[1].0.median_ns;
+    let empty = cases[0].0.median_ns;
     println!(
         "micro-benchmark: BPF_PROG_TEST_RUN, one packet per call, {calls} calls x {reps} repetitions; kernel {}",
         kernel.trim()
@@ -178,7 +218,7 @@ fn report(cases: &[Case], calls: usize, reps: usize) -> std::path::PathBuf {
         "case", "ns/packet", "min-max", "x bare", "x empty"
     );
     let mut json = Vec::new();
-    for c in cases {
+    for (c, _) in cases {
         println!(
             "{:<44} {:>10.1} {:>8.1}-{:<8.1} {:>9.2} {:>9.2}",
             c.name,
@@ -197,17 +237,53 @@ fn report(cases: &[Case], calls: usize, reps: usize) -> std::path::PathBuf {
             c.median_ns / bare
         ));
     }
+    let profiles: Vec<(String, String)> =
+        cases.iter().filter_map(|(c, parts)| parts.as_ref().map(|p| profile_lines(c, p))).collect();
+    if !profiles.is_empty() {
+        println!(
+            "\nwhere the time goes: shares of the samples taken under bpf_test_run \
+             (perf record -e cpu-clock -F 10000; perf's interrupts slow every case down, \
+             so these runs' times are not the figures above):"
+        );
+        for (text, _) in &profiles {
+            println!("{text}");
+        }
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("micro.json");
     std::fs::write(
         &out,
         format!(
-            "{{\"kernel\":\"{}\",\"calls\":{calls},\"reps\":{reps},\"cases\":[{}]}}\n",
+            "{{\"kernel\":\"{}\",\"calls\":{calls},\"reps\":{reps},\"cases\":[{}],\"profiles\":[{}]}}\n",
             kernel.trim(),
-            json.join(",")
+            json.join(","),
+            profiles.iter().map(|(_, j)| j.as_str()).collect::<Vec<_>>().join(",")
         ),
     )
     .unwrap();
     out
+}
+
+/// A profiled case: its lines for the report (parts by share of the
+/// samples, largest first) and its JSON object.
+fn profile_lines(c: &Case, parts: &Parts) -> (String, String) {
+    let total: u64 = parts.values().sum();
+    let mut by_share: Vec<(Part, u64)> = parts.iter().map(|(p, n)| (*p, *n)).collect();
+    by_share.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    #[expect(clippy::cast_precision_loss, reason = "sample counts far below 2^52")]
+    let pct = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
+    let mut text = format!("{} ({:.0} ns under perf, {total} samples)", c.name, c.median_ns);
+    let mut json = Vec::new();
+    for (p, n) in by_share {
+        let _ = write!(text, "\n  {:<24} {:>5.1} %", p.name(), pct(n));
+        json.push(format!("\"{}\":{:.1}", p.name(), pct(n)));
+    }
+    let json = format!(
+        "{{\"case\":\"{}\",\"median_ns_under_perf\":{:.1},\"samples\":{total},\"share_pct\":{{{}}}}}",
+        c.name,
+        c.median_ns,
+        json.join(",")
+    );
+    (text, json)
 }

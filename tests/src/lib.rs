@@ -15,6 +15,7 @@ pub mod flood;
 pub mod lab;
 pub mod netns;
 pub mod proc;
+pub mod profile;
 
 pub use capture::Capture;
 pub use env::{
