@@ -12,19 +12,22 @@ use crate::util::{ip_counter, sh};
 
 /// What the gateway's own path sent during a run: the datagrams the
 /// kernel's IPv4 forwarding counted, and in the forwarder's modes the
-/// packets its XDP and its TC program transmitted; and what its internal
+/// packets its XDP and its TC program transmitted; what its internal
 /// interface dropped because the server's receive ring was full (the
-/// server's NAPI shares its core with the generator).
+/// server's NAPI shares its core with the generator); and the generated
+/// frames that never got in, the gateway's public veth's XDP ring being
+/// full.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Sent {
     pub(crate) kernel: u64,
     pub(crate) xdp: u64,
     pub(crate) tc: u64,
     pub(crate) egress_dropped: u64,
+    pub(crate) ingress_dropped: u64,
 }
 
 /// Frames the gateway's internal veth could not hand to the server: skbs
-/// (`tx_dropped`) and XDP frames (`tx_queue_0_xdp_xmit_errors`).
+/// (`tx_dropped`) and XDP frames.
 pub(crate) fn egress_dropped(lab: &Lab) -> Result<u64> {
     let skbs: u64 = sh(
         lab,
@@ -34,14 +37,20 @@ pub(crate) fn egress_dropped(lab: &Lab) -> Result<u64> {
     )?
     .trim()
     .parse()?;
-    let stats = sh(lab, Host::Gateway, "ethtool", &["-S", GW_INTERNAL_IF])?;
-    let xdp: u64 = stats
+    Ok(skbs + xdp_xmit_errors(lab, Host::Gateway, GW_INTERNAL_IF)?)
+}
+
+/// XDP frames `host`'s veth `ifname` could not put on its peer's receive
+/// ring, full (`tx_queue_0_xdp_xmit_errors`, which veth counts on the
+/// peer's queue and reports on the sender).
+fn xdp_xmit_errors(lab: &Lab, host: Host, ifname: &str) -> Result<u64> {
+    let stats = sh(lab, host, "ethtool", &["-S", ifname])?;
+    Ok(stats
         .lines()
         .filter_map(|l| {
             l.trim().strip_prefix("tx_queue_0_xdp_xmit_errors:")?.trim().parse::<u64>().ok()
         })
-        .sum();
-    Ok(skbs + xdp)
+        .sum())
 }
 
 impl Sent {
@@ -49,6 +58,8 @@ impl Sent {
         let mut s = Self {
             kernel: ip_counter(lab, "ForwDatagrams")?,
             egress_dropped: egress_dropped(lab)?,
+            // The generator's frames, from the client's veth.
+            ingress_dropped: xdp_xmit_errors(lab, Host::Client, "eth0")?,
             ..Self::default()
         };
         if let Active::Forwarder(_) = active {
@@ -64,6 +75,7 @@ impl Sent {
             xdp: self.xdp - before.xdp,
             tc: self.tc - before.tc,
             egress_dropped: self.egress_dropped - before.egress_dropped,
+            ingress_dropped: self.ingress_dropped - before.ingress_dropped,
         }
     }
 }

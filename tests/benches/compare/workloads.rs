@@ -207,10 +207,12 @@ pub(crate) fn generated_with_sink(
         ensure!(
             forwarded * 1000 >= u64::from(frames) * 995,
             "did not keep up with {} kpps offered: {got} of {frames} packets delivered, {} \
-             dropped by the server's full ring, {} by a full backlog",
+             dropped by the server's full ring, {} by a full backlog, {} by the gateway's full \
+             XDP receive ring",
             rate / 1000,
             sent.egress_dropped,
-            backlog_drops() - drops0
+            backlog_drops() - drops0,
+            sent.ingress_dropped
         );
     }
     #[expect(clippy::cast_precision_loss, reason = "counts and ns far below 2^52")]
