@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 
 use forwarder_common::{
     abi::{DIR_ORIGINAL, FlowEntry, FlowKey},
-    conntrack::{CT_CLOSED, CT_ESTABLISHED, CT_FIN, CT_NEW, CT_REPLIED},
+    conntrack::{self, CT_CLOSED, CT_ESTABLISHED, CT_FIN, CT_NEW, CT_REPLIED},
 };
 use serde::{Deserialize, Serialize};
 
@@ -125,13 +125,13 @@ const fn state_name(s: u8) -> &'static str {
 
 /// One connection of a flow table dump, as the table holds it: its
 /// original-direction entry, the key of its reply entry, and when either
-/// last saw a packet.
+/// last saw a packet (the later of the two, in ticks of the flow clock).
 #[derive(Clone, Copy, Debug)]
 pub struct Tracked {
     pub key: FlowKey,
     pub entry: FlowEntry,
     pub reply_key: FlowKey,
-    pub last_seen_ns: u64,
+    pub last_seen: u32,
 }
 
 impl Tracked {
@@ -159,7 +159,7 @@ impl Tracked {
             public,
             masquerade,
             backend,
-            idle_s: now_ns.saturating_sub(self.last_seen_ns) / 1_000_000_000,
+            idle_s: conntrack::age_ns(self.last_seen, now_ns) / 1_000_000_000,
         }
     }
 
@@ -191,7 +191,7 @@ impl Tracked {
             push_dec(out, u64::from(u16::from_be_bytes(port)));
         }
         out.push_str(r#"","idle_s":"#);
-        push_dec(out, now_ns.saturating_sub(self.last_seen_ns) / 1_000_000_000);
+        push_dec(out, conntrack::age_ns(self.last_seen, now_ns) / 1_000_000_000);
         out.push('}');
     }
 }
@@ -215,19 +215,22 @@ fn push_dec(out: &mut String, mut n: u64) {
 /// The connections in a flow table dump: one per original-direction entry
 /// (its peer found through an index: linear in the table's size).
 pub fn connections(flows: &[(FlowKey, FlowEntry)]) -> Vec<Tracked> {
-    let last_seen: std::collections::HashMap<FlowKey, u64, FastHash> = flows
+    let last_seen: std::collections::HashMap<FlowKey, u32, FastHash> = flows
         .iter()
         .filter(|(_, e)| e.dir != DIR_ORIGINAL)
-        .map(|(k, e)| (*k, e.last_seen_ns))
+        .map(|(k, e)| (*k, e.last_seen))
         .collect();
     flows
         .iter()
         .filter(|(_, e)| e.dir == DIR_ORIGINAL)
         .map(|(k, e)| {
             let reply_key = FlowKey::new(&e.tuple().reversed(), k.proto);
-            let last =
-                last_seen.get(&reply_key).map_or(e.last_seen_ns, |r| (*r).max(e.last_seen_ns));
-            Tracked { key: *k, entry: *e, reply_key, last_seen_ns: last }
+            // The later of the two ticks (they wrap: the one ahead of
+            // the other by less than half the range).
+            let last = last_seen.get(&reply_key).map_or(e.last_seen, |&r| {
+                if r.wrapping_sub(e.last_seen) < u32::MAX / 2 { r } else { e.last_seen }
+            });
+            Tracked { key: *k, entry: *e, reply_key, last_seen: last }
         })
         .collect()
 }
@@ -303,10 +306,11 @@ mod tests {
         let [(ok, oe), (rk, re)] = entry_pair(&client, &out, 6, 2, 0, 1_000_000_000, 0);
         let mut re = re;
         // The reply side was active later: idle counts from there.
-        re.last_seen_ns = 2_000_000_000;
+        re.last_seen = forwarder_common::conntrack::tick(2_000_000_000);
         let tracked = connections(&[(ok, oe), (rk, re)]);
         assert_eq!(tracked.len(), 1);
-        let c = &tracked[0].conn(4_000_000_000);
+        // 2.5 s later (idle shows whole seconds, to a tick's precision).
+        let c = &tracked[0].conn(4_500_000_000);
         // The fast JSON is the same as serde's (and decimals are decimals).
         let mut d = String::new();
         for n in [0, 7, 10, 65_535, u64::MAX] {
@@ -315,7 +319,7 @@ mod tests {
         }
         assert_eq!(d, format!("0 7 10 65535 {} ", u64::MAX));
         let json: Vec<Conn> =
-            serde_json::from_str(&connections_json(&tracked, 4_000_000_000)).unwrap();
+            serde_json::from_str(&connections_json(&tracked, 4_500_000_000)).unwrap();
         assert_eq!(&json[0], c);
         assert_eq!(
             (c.client.as_str(), c.public.as_str(), c.masquerade.as_str(), c.backend.as_str()),

@@ -20,10 +20,9 @@ use crate::error::{Error, Result};
 /// another layout (it retires it, see [`Pins::retire_stale`]), while maps
 /// whose layout did not change carry over an upgrade.
 pub const STATE_MAPS: [(&str, u32); 8] = [
-    // v3: states NEW, REPLIED, ESTABLISHED (assured), FIN, CLOSED. (An
-    // entry's backend slot sits in bytes that were padding, 0 = none: the
-    // layout still reads entries of daemons before it.)
-    (abi::MAP_FLOWS, 3),
+    // v4: 48-byte entries, times in ticks of the flow clock (v3: 56
+    // bytes, times in ns).
+    (abi::MAP_FLOWS, 4),
     (abi::MAP_FRAGS, 1),
     // v2: 10 240 rules (v1 held 4096).
     (abi::MAP_RULE_STATS, 2),
@@ -266,6 +265,7 @@ mod tests {
         for f in [
             "FWD_STATS",
             "FWD_STATS_v1",
+            "FWD_FLOWS_v4",
             "FWD_FLOWS_v3",
             "FWD_STATS_v3",
             "FWD_STATS_v4",
@@ -280,7 +280,14 @@ mod tests {
         gone.sort();
         assert_eq!(
             gone,
-            ["FWD_FLOWS_v2", "FWD_STATS", "FWD_STATS_v1", "FWD_STATS_v3", "FWD_STATS_v4"]
+            [
+                "FWD_FLOWS_v2",
+                "FWD_FLOWS_v3",
+                "FWD_STATS",
+                "FWD_STATS_v1",
+                "FWD_STATS_v3",
+                "FWD_STATS_v4"
+            ]
         );
         assert!(
             flows.exists()

@@ -196,10 +196,9 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowEntry {
-    /// When the last packet was seen, on the datapath's flow clock
-    /// (`CLOCK_MONOTONIC` at the kernel's tick; refreshed at most once a
-    /// second).
-    pub last_seen_ns: u64,
+    /// When the last packet was seen, in ticks of the flow clock
+    /// (`conntrack::tick`; refreshed at most once a second).
+    pub last_seen: u32,
     /// New source address, network byte order.
     pub saddr: [u8; 4],
     /// New destination address, network byte order.
@@ -231,9 +230,9 @@ pub struct FlowEntry {
     /// unchecked backend, whose counters are the rule's), the same in both
     /// entries.
     pub backend_slot: u16,
-    /// When the next hop was looked up (the flow clock); it is used
-    /// for `conntrack::NEXT_HOP_TTL_NS`, then looked up again.
-    pub nh_checked_ns: u64,
+    /// When the next hop was looked up, in ticks of the flow clock; it
+    /// is used for `conntrack::NEXT_HOP_TTL_NS`, then looked up again.
+    pub nh_checked: u32,
 }
 
 /// [`FlowEntry::vlan`] of a connection whose backend went down and whose
@@ -422,7 +421,9 @@ pub const MAX_SNAT_ATTEMPTS: u32 = 32;
 const _: () = assert!(core::mem::size_of::<RuleKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleTarget>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 56);
+// 48 bytes: with the key and the kernel's element header, 112 bytes an
+// entry, 128 with its bucket: 256 a connection, nf_conntrack's object.
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 48);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 48);
 const _: () = assert!(core::mem::size_of::<SrcKey>() == 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);

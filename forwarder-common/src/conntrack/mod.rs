@@ -33,7 +33,7 @@ impl FlowEntry {
     #[inline(always)]
     pub const fn new(out: &Tuple, rule_id: u32, dir: u8, now_ns: u64) -> Self {
         Self {
-            last_seen_ns: now_ns,
+            last_seen: tick(now_ns),
             saddr: out.saddr,
             daddr: out.daddr,
             sport: out.sport,
@@ -47,7 +47,7 @@ impl FlowEntry {
             nh_dmac: [0; 6],
             nh_mtu: 0,
             backend_slot: 0,
-            nh_checked_ns: 0,
+            nh_checked: 0,
         }
     }
 
@@ -56,7 +56,7 @@ impl FlowEntry {
     #[inline(always)]
     pub const fn next_hop(&self, now_ns: u64, l3_len: u16) -> Option<NextHop> {
         if self.nh_ifindex == 0
-            || now_ns.wrapping_sub(self.nh_checked_ns) >= NEXT_HOP_TTL_NS
+            || age_ns(self.nh_checked, now_ns) >= NEXT_HOP_TTL_NS
             || l3_len > self.nh_mtu
         {
             return None;
@@ -76,7 +76,7 @@ impl FlowEntry {
         self.nh_smac = nh.smac;
         self.nh_dmac = nh.dmac;
         self.nh_mtu = nh.mtu;
-        self.nh_checked_ns = now_ns;
+        self.nh_checked = tick(now_ns);
     }
 
     /// The tuple a packet matching this entry leaves with.
@@ -344,28 +344,47 @@ impl Timeouts {
 /// (the peer may be gone: pass the same value twice) and whose states are
 /// `sa`, `sb` has been idle longer than its timeout at `now_ns`. The more
 /// advanced state decides (an RST seen either way closes both).
-pub const fn expired(
-    t: &Timeouts,
-    proto: u8,
-    sa: u8,
-    sb: u8,
-    a_ns: u64,
-    b_ns: u64,
-    now_ns: u64,
-) -> bool {
+pub const fn expired(t: &Timeouts, proto: u8, sa: u8, sb: u8, a: u32, b: u32, now_ns: u64) -> bool {
     let state = if sa > sb { sa } else { sb };
-    let last = if a_ns > b_ns { a_ns } else { b_ns };
-    now_ns.saturating_sub(last) > t.for_state(proto, state) as u64 * 1_000_000_000
+    let (age_a, age_b) = (age_ns(a, now_ns), age_ns(b, now_ns));
+    let idle = if age_a < age_b { age_a } else { age_b };
+    idle > t.for_state(proto, state) as u64 * 1_000_000_000
 }
 
-/// Whether a refresh of `last_seen_ns` is worth a write: at most once per
+/// Whether a refresh of `last_seen` is worth a write: at most once per
 /// second per entry, so established flows do not dirty the cache line on
 /// every packet.
 pub const REFRESH_NS: u64 = 1_000_000_000;
 #[inline(always)]
-pub const fn needs_refresh(last_seen_ns: u64, now_ns: u64) -> bool {
-    now_ns.wrapping_sub(last_seen_ns) > REFRESH_NS
+pub const fn needs_refresh(last_seen: u32, now_ns: u64) -> bool {
+    age_ns(last_seen, now_ns) > REFRESH_NS
 }
+
+/// The flow entries keep their times as ticks of the flow clock:
+/// `CLOCK_MONOTONIC` in units of 2^20 ns (about 1.05 ms) in 32 bits,
+/// which keeps an entry at 48 bytes. The ticks wrap after about 52 days;
+/// an age is read in half of that ([`age_ns`]), more than any timeout
+/// ([`MAX_TIMEOUT_S`]).
+pub const TICK_SHIFT: u32 = 20;
+
+/// `now_ns` on the flow clock, in ticks.
+#[inline(always)]
+pub const fn tick(now_ns: u64) -> u32 {
+    (now_ns >> TICK_SHIFT) as u32
+}
+
+/// How long before `now_ns` tick `then` was, in ns (to a tick's
+/// precision); 0 for a tick after `now_ns` (an entry refreshed by the
+/// datapath after the daemon read the clock).
+#[inline(always)]
+pub const fn age_ns(then: u32, now_ns: u64) -> u64 {
+    let d = tick(now_ns).wrapping_sub(then);
+    if d > u32::MAX / 2 { 0 } else { (d as u64) << TICK_SHIFT }
+}
+
+/// The longest idle timeout the table can keep (24 days): ages are read
+/// within half the ticks' wrap (26 days).
+pub const MAX_TIMEOUT_S: u32 = 24 * 86_400;
 
 #[cfg(test)]
 mod tests;

@@ -167,22 +167,25 @@ fn expiry_uses_latest_activity_and_most_advanced_state() {
     };
     let s = 1_000_000_000u64;
     assert!(
-        !expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, 0, 90 * s, 150 * s),
+        !expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, tick(0), tick(90 * s), 150 * s),
         "the reply side was active"
     );
-    assert!(expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, 0, 40 * s, 150 * s));
+    assert!(expired(&t, 6, CT_ESTABLISHED, CT_ESTABLISHED, tick(0), tick(40 * s), 150 * s));
     assert!(
-        expired(&t, 6, CT_ESTABLISHED, CT_CLOSED, 0, 148 * s, 150 * s),
+        expired(&t, 6, CT_ESTABLISHED, CT_CLOSED, tick(0), tick(148 * s), 150 * s),
         "RST either way closes"
     );
     assert!(
-        expired(&t, 6, CT_REPLIED, CT_NEW, 0, 0, 9 * s / 2),
+        expired(&t, 6, CT_REPLIED, CT_NEW, tick(0), tick(0), 9 * s / 2),
         "half-open after SYN-ACK: tcp_syn_recv"
     );
-    assert!(!expired(&t, 17, CT_NEW, CT_NEW, 0, 0, 2 * s));
-    assert!(expired(&t, 17, CT_NEW, CT_NEW, 0, 0, 4 * s));
-    assert!(expired(&t, 17, CT_REPLIED, CT_NEW, 0, 0, 4 * s), "answered once: udp");
-    assert!(!expired(&t, 17, CT_ESTABLISHED, CT_NEW, 0, 0, 4 * s), "a stream: udp_stream");
+    assert!(!expired(&t, 17, CT_NEW, CT_NEW, tick(0), tick(0), 2 * s));
+    assert!(expired(&t, 17, CT_NEW, CT_NEW, tick(0), tick(0), 4 * s));
+    assert!(expired(&t, 17, CT_REPLIED, CT_NEW, tick(0), tick(0), 4 * s), "answered once: udp");
+    assert!(
+        !expired(&t, 17, CT_ESTABLISHED, CT_NEW, tick(0), tick(0), 4 * s),
+        "a stream: udp_stream"
+    );
     // A reset connection expires as a closed one.
     let mut e = FlowEntry::new(&Tuple::default(), 0, DIR_ORIGINAL, 0);
     e.state = CT_ESTABLISHED;
@@ -230,8 +233,23 @@ fn small_ranges_are_walked_whole() {
 
 #[test]
 fn refresh_is_coarse() {
-    assert!(!needs_refresh(10, 10 + REFRESH_NS));
-    assert!(needs_refresh(10, 11 + REFRESH_NS));
+    let t = 1u64 << TICK_SHIFT;
+    assert!(!needs_refresh(tick(0), REFRESH_NS));
+    assert!(needs_refresh(tick(0), REFRESH_NS + t));
+}
+
+#[test]
+fn ticks_age_across_their_wrap_and_never_below_zero() {
+    let t = 1u64 << TICK_SHIFT;
+    assert_eq!(age_ns(tick(10 * t), 15 * t), 5 * t);
+    // A tick ahead of the reader's clock (the datapath refreshed the
+    // entry after the daemon read it): no age, not an age of 52 days.
+    assert_eq!(age_ns(tick(15 * t), 10 * t), 0);
+    // Across the wrap of the 32-bit ticks.
+    let wrap = 1u64 << (32 + TICK_SHIFT);
+    assert_eq!(age_ns(tick(wrap - 2 * t), wrap + 3 * t), 5 * t);
+    // Every timeout fits in the half of the range where ages are read.
+    assert!(u64::from(MAX_TIMEOUT_S) * 1_000_000_000 < (u64::from(u32::MAX / 2) << TICK_SHIFT));
 }
 
 #[test]
@@ -243,9 +261,9 @@ fn next_hop_cache_is_used_fresh_and_fitting_only() {
     let nh = NextHop { ifindex: 3, smac: [2; 6], dmac: [4; 6], mtu: 1500 };
     e.cache_next_hop(&nh, 1_000);
     assert_eq!(e.next_hop(1_000, 1500), Some(nh));
-    assert_eq!(e.next_hop(1_000 + NEXT_HOP_TTL_NS - 1, 40), Some(nh));
-    // Too old: look it up again.
-    assert_eq!(e.next_hop(1_000 + NEXT_HOP_TTL_NS, 40), None);
+    assert_eq!(e.next_hop(NEXT_HOP_TTL_NS - 1, 40), Some(nh));
+    // Too old (to a tick's precision): look it up again.
+    assert_eq!(e.next_hop(NEXT_HOP_TTL_NS + (1 << TICK_SHIFT), 40), None);
     // Too big for the cached MTU: the full lookup decides (fragmentation needed).
     assert_eq!(e.next_hop(1_000, 1501), None);
     // The tuple is untouched by caching.

@@ -4,7 +4,7 @@
 
 use forwarder_common::{
     abi::{FlowEntry, FlowKey, VLAN_RESET},
-    conntrack::{CT_FIN, CT_NEW, NextHop, needs_refresh, next_state},
+    conntrack::{CT_FIN, CT_NEW, NextHop, needs_refresh, next_state, tick},
     stats,
 };
 
@@ -71,8 +71,8 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
     if !xdp_can_finish::<P>(&parsed) {
         return Verdict::ToTc(stats::XDP_TO_TC);
     }
-    if needs_refresh(entry.last_seen_ns, now) {
-        entry.last_seen_ns = now;
+    if needs_refresh(entry.last_seen, now) {
+        entry.last_seen = tick(now);
     }
     // Connection state: written only on a transition (SYN-ACK, FIN, RST,
     // first UDP answer), to both entries, so the established path stays

@@ -31,7 +31,7 @@ use crate::maps::{
     FWD_CT_CAND_POS, FWD_CT_CANDIDATES, FWD_FLOWS, FWD_NEW_CONN_BUCKET, config, count,
 };
 
-/// Now on the clock of the flow entries (`last_seen_ns`, the next-hop
+/// Now on the clock of the flow entries (`last_seen`, the next-hop
 /// cache, the new-connection buckets): `CLOCK_MONOTONIC` as of the
 /// kernel's last tick (`bpf_ktime_get_coarse_ns`). Idle timeouts in
 /// seconds and a one-second next-hop cache need no finer grain, and the

@@ -58,9 +58,9 @@ pub struct RunArgs {
     /// Connections the conntrack table holds (default 262144).
     #[arg(long, value_name = "CONNS")]
     pub conntrack_max: Option<u64>,
-    /// A conntrack timeout in seconds: `tcp_syn`, `tcp_syn_recv`,
-    /// `tcp_established`, `tcp_fin`, `tcp_close`, `udp`, `udp_stream`;
-    /// repeatable.
+    /// A conntrack timeout in seconds (1 to 2073600, 24 days): `tcp_syn`,
+    /// `tcp_syn_recv`, `tcp_established`, `tcp_fin`, `tcp_close`, `udp`,
+    /// `udp_stream`; repeatable.
     #[arg(long = "ct-timeout", value_name = "NAME=SECS")]
     pub ct_timeouts: Vec<String>,
     /// New connections each CPU may set up per second (0: no limit, the

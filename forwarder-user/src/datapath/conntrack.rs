@@ -182,9 +182,9 @@ impl Datapath {
             HashMap::try_from(self.map_mut(abi::MAP_FLOWS)?).map_err(map_err(abi::MAP_FLOWS))?;
         // Idle past its timeout, judged with its peer (the other direction).
         let expired = |k: &abi::FlowKey, e: &abi::FlowEntry, peer: Option<&abi::FlowEntry>| {
-            let (ps, pl) = peer
-                .map_or((e.expiry_state(), e.last_seen_ns), |p| (p.expiry_state(), p.last_seen_ns));
-            conntrack::expired(t, k.proto, e.expiry_state(), ps, e.last_seen_ns, pl, now_ns)
+            let (ps, pl) =
+                peer.map_or((e.expiry_state(), e.last_seen), |p| (p.expiry_state(), p.last_seen));
+            conntrack::expired(t, k.proto, e.expiry_state(), ps, e.last_seen, pl, now_ns)
         };
         for (k, e) in &chunk {
             sweep.pass.scanned += 1;

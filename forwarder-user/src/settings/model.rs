@@ -6,7 +6,7 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use forwarder_common::{
     abi::{self, PROTO_TCP, PROTO_UDP},
-    conntrack::Timeouts,
+    conntrack::{self, Timeouts},
 };
 
 use crate::error::Result;
@@ -347,6 +347,12 @@ impl ConntrackSettings {
         };
         if secs == 0 {
             return Err(format!("timeout `{name}` must be at least 1 second"));
+        }
+        if secs > conntrack::MAX_TIMEOUT_S {
+            return Err(format!(
+                "timeout `{name}` = {secs} s is longer than the connection table can time ({} s, 24 days)",
+                conntrack::MAX_TIMEOUT_S
+            ));
         }
         *slot = secs;
         Ok(())

@@ -286,6 +286,26 @@ fn audit_settings() {
 }
 
 #[test]
+fn a_timeout_longer_than_the_table_can_time_is_refused_with_its_value() {
+    let mut c = crate::settings::ConntrackSettings::default();
+    c.set_timeout("tcp_established", 24 * 86_400).unwrap();
+    let e = c.set_timeout("tcp_established", 24 * 86_400 + 1).unwrap_err();
+    assert!(e.contains("tcp_established") && e.contains("2073601"), "{e}");
+    // The file names the line.
+    let mut s = Settings::default();
+    let e = s
+        .merge_toml(Path::new("c.toml"), "[conntrack]\ntimeouts = { udp = 9999999 }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("c.toml") && e.contains("9999999"), "{e}");
+    assert_eq!(
+        s.conntrack.timeouts.udp,
+        forwarder_common::conntrack::Timeouts::default().udp,
+        "nothing taken"
+    );
+}
+
+#[test]
 fn saved_config_reads_back_the_same() {
     let mut s = settings(&[
         "tcp:8080@pub0=10.0.2.2:80",

@@ -147,6 +147,18 @@ pub(crate) fn generated(
 pub(crate) const WARM_UP_RATE: u32 = 100_000;
 
 /// [`generated`] with the receiver counting: the warm-up, then the count.
+/// A paced run that forwarded less than 99.5 % of what it was offered.
+#[derive(Debug)]
+pub(crate) struct Behind(String);
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Behind {}
+
 #[expect(clippy::too_many_arguments, reason = "the run's context and its two probes")]
 pub(crate) fn generated_with_sink(
     lab: &Lab,
@@ -203,9 +215,10 @@ pub(crate) fn generated_with_sink(
     // full receive ring (in the threaded-NAPI environment the receiver
     // shares its core with the generator and can fall behind the gateway).
     let forwarded = (got + sent.egress_dropped).min(u64::from(frames));
-    if let Some(rate) = g.rate {
-        ensure!(
-            forwarded * 1000 >= u64::from(frames) * 995,
+    if let Some(rate) = g.rate
+        && forwarded * 1000 < u64::from(frames) * 995
+    {
+        return Err(Behind(format!(
             "did not keep up with {} kpps offered: {got} of {frames} packets delivered, {} \
              dropped by the server's full ring, {} by a full backlog, {} by the gateway's full \
              XDP receive ring",
@@ -213,7 +226,8 @@ pub(crate) fn generated_with_sink(
             sent.egress_dropped,
             backlog_drops() - drops0,
             sent.ingress_dropped
-        );
+        ))
+        .into());
     }
     #[expect(clippy::cast_precision_loss, reason = "counts and ns far below 2^52")]
     Ok(Run {

@@ -69,7 +69,7 @@ pub fn run_table(dp: &Datapath, m: &Macs, pub_if: u32, int_if: u32) {
         (int_if, m.gw_int, m.server, 1500),
         "{e:?}"
     );
-    assert!(e.nh_checked_ns > 0);
+    assert!(e.nh_checked > 0);
 
     // 4. The same packet with a partial checksum (local sender over veth):
     //    the output checksum must be complete and correct.
