@@ -204,7 +204,8 @@ fn conntrack_list_of_262144_connections_answers_in_two_seconds_while_traffic_flo
         .start_forwarder(&["--rule", HTTP_RULE, "--pin-dir", &pin, "--conntrack-max", "300000"])
         .unwrap();
     // Fill the pinned table as the datapath would: established pairs.
-    let data = aya::maps::MapData::from_pin(bpf.0.join("FWD_FLOWS_v3")).unwrap();
+    let pins = forwarder::pin::Pins { dir: bpf.0.clone() };
+    let data = aya::maps::MapData::from_pin(pins.map(forwarder_common::abi::MAP_FLOWS)).unwrap();
     let mut flows: aya::maps::HashMap<_, FlowKey, FlowEntry> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
     let now = forwarder::datapath::monotonic_ns();
