@@ -147,7 +147,11 @@ pub(crate) fn generated(
 pub(crate) const WARM_UP_RATE: u32 = 100_000;
 
 /// [`generated`] with the receiver counting: the warm-up, then the count.
-/// A paced run that forwarded less than 99.5 % of what it was offered.
+/// A paced run that forwarded less than 98 % of what it was offered. (At
+/// 200 000 packets/s every mode is far from its limit; what a run loses
+/// is a stall: on a slow host, the veth's 256-frame ring overflows while
+/// a NAPI thread on a halted virtual core is woken, 0.5-1.5 % of a run.
+/// The CPU per packet divides by what was forwarded.)
 #[derive(Debug)]
 pub(crate) struct Behind(String);
 
@@ -216,7 +220,7 @@ pub(crate) fn generated_with_sink(
     // shares its core with the generator and can fall behind the gateway).
     let forwarded = (got + sent.egress_dropped).min(u64::from(frames));
     if let Some(rate) = g.rate
-        && forwarded * 1000 < u64::from(frames) * 995
+        && forwarded * 100 < u64::from(frames) * 98
     {
         return Err(Behind(format!(
             "did not keep up with {} kpps offered: {got} of {frames} packets delivered, {} \
