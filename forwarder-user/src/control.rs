@@ -225,11 +225,9 @@ pub fn connections(flows: &[(FlowKey, FlowEntry)]) -> Vec<Tracked> {
         .filter(|(_, e)| e.dir == DIR_ORIGINAL)
         .map(|(k, e)| {
             let reply_key = FlowKey::new(&e.tuple().reversed(), k.proto);
-            // The later of the two ticks (they wrap: the one ahead of
-            // the other by less than half the range).
-            let last = last_seen.get(&reply_key).map_or(e.last_seen, |&r| {
-                if r.wrapping_sub(e.last_seen) < u32::MAX / 2 { r } else { e.last_seen }
-            });
+            let last = last_seen
+                .get(&reply_key)
+                .map_or(e.last_seen, |&r| conntrack::later(e.last_seen, r));
             Tracked { key: *k, entry: *e, reply_key, last_seen: last }
         })
         .collect()

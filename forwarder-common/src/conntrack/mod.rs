@@ -346,9 +346,7 @@ impl Timeouts {
 /// advanced state decides (an RST seen either way closes both).
 pub const fn expired(t: &Timeouts, proto: u8, sa: u8, sb: u8, a: u32, b: u32, now_ns: u64) -> bool {
     let state = if sa > sb { sa } else { sb };
-    let (age_a, age_b) = (age_ns(a, now_ns), age_ns(b, now_ns));
-    let idle = if age_a < age_b { age_a } else { age_b };
-    idle > t.for_state(proto, state) as u64 * 1_000_000_000
+    age_ns(later(a, b), now_ns) > t.for_state(proto, state) as u64 * 1_000_000_000
 }
 
 /// Whether a refresh of `last_seen` is worth a write: at most once per
@@ -378,8 +376,15 @@ pub const fn tick(now_ns: u64) -> u32 {
 /// datapath after the daemon read the clock).
 #[inline(always)]
 pub const fn age_ns(then: u32, now_ns: u64) -> u64 {
-    let d = tick(now_ns).wrapping_sub(then);
-    if d > u32::MAX / 2 { 0 } else { (d as u64) << TICK_SHIFT }
+    let now = tick(now_ns);
+    if later(now, then) == then { 0 } else { (now.wrapping_sub(then) as u64) << TICK_SHIFT }
+}
+
+/// The later of two ticks: the one ahead of the other by less than half
+/// the ticks' range (they wrap).
+#[inline(always)]
+pub const fn later(a: u32, b: u32) -> u32 {
+    if b.wrapping_sub(a) <= u32::MAX / 2 { b } else { a }
 }
 
 /// The longest idle timeout the table can keep (24 days): ages are read

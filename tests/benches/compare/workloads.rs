@@ -146,7 +146,6 @@ pub(crate) fn generated(
 /// steady), and a tenth of the flows could stay without state for good.
 pub(crate) const WARM_UP_RATE: u32 = 100_000;
 
-/// [`generated`] with the receiver counting: the warm-up, then the count.
 /// A paced run that forwarded less than 98 % of what it was offered. (At
 /// 200 000 packets/s every mode is far from its limit; what a run loses
 /// is a stall: on a slow host, the veth's 256-frame ring overflows while
@@ -163,6 +162,7 @@ impl std::fmt::Display for Behind {
 
 impl std::error::Error for Behind {}
 
+/// [`generated`] with the receiver counting: the warm-up, then the count.
 #[expect(clippy::too_many_arguments, reason = "the run's context and its two probes")]
 pub(crate) fn generated_with_sink(
     lab: &Lab,
