@@ -2,6 +2,7 @@
 //! small accessors for the counters.
 
 use aya_ebpf::{
+    Global,
     bindings::bpf_devmap_val,
     macros::map,
     maps::{
@@ -175,4 +176,17 @@ pub fn count_flow(entry: &FlowEntry, bytes: u32) {
 #[inline(always)]
 pub fn config() -> Config {
     FWD_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// `abi::GLOBAL_XDP_META`, set by the loader: whether XDP marks its
+/// hand-overs to TC in the metadata area (1) or this kernel refuses
+/// `bpf_xdp_adjust_meta` (0). Read-only and frozen, so the verifier knows
+/// its value and never walks the calls a 0 leaves out.
+#[unsafe(no_mangle)]
+static FWD_XDP_META: Global<u8> = Global::new(1);
+
+/// [`FWD_XDP_META`] as the loader set it.
+#[inline(always)]
+pub fn xdp_meta() -> bool {
+    FWD_XDP_META.load() != 0
 }

@@ -67,11 +67,6 @@ pub trait TestRunExt {
     /// The TC program once on `frame` as if it arrived on `ifindex`: the
     /// verdict (`TC_ACT_*`) and the frame as the program left it.
     fn test_run_tc(&self, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)>;
-    /// The XDP program once on `frame` as if `ingress_ifindex` (in the
-    /// calling thread's namespace) received it, in live-frame mode: what it
-    /// redirects is transmitted, what it passes enters the stack there,
-    /// metadata and all, and meets the TC program if it is attached.
-    fn run_xdp_live(&self, frame: &[u8], ingress_ifindex: u32) -> Result<()>;
 }
 
 impl TestRunExt for Datapath {
@@ -102,20 +97,6 @@ impl TestRunExt for Datapath {
             .context("BPF_PROG_TEST_RUN (TC)")?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
-    }
-
-    fn run_xdp_live(&self, frame: &[u8], ingress_ifindex: u32) -> Result<()> {
-        let xdp = self.xdp_program(abi::PROG_XDP)?;
-        let ctx = xdp_md(frame.len(), ingress_ifindex);
-        xdp.test_run(TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            attrs: TestRunAttrs::new().xdp_live_frames(1),
-            ..Default::default()
-        })
-        .context("BPF_PROG_TEST_RUN (live frame)")?;
-        Ok(())
     }
 }
 

@@ -92,6 +92,41 @@ impl Netns {
         Ok(handle)
     }
 
+    /// Sends one Ethernet frame, as it is, out of `ifname` (an `AF_PACKET`
+    /// socket): it arrives at the peer like any frame off the wire.
+    pub fn send_frame(&self, ifname: &str, frame: &[u8]) -> Result<()> {
+        let (ifname, frame) = (std::ffi::CString::new(ifname)?, frame.to_vec());
+        self.enter(move || {
+            // SAFETY: a raw packet socket we own; plain syscalls on it.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                if fd < 0 {
+                    bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+                }
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()).cast_signed();
+                sll.sll_halen = 6;
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                if sent.cast_unsigned() != frame.len() {
+                    bail!("sending a frame of {} bytes out of {ifname:?}: {e}", frame.len());
+                }
+                Ok(())
+            }
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sending thread panicked"))?
+    }
+
     /// `/proc/net/snmp` and `netstat` counters whose name ends in `InCsumErrors`.
     pub fn csum_errors(&self) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();

@@ -49,8 +49,7 @@ fn housekeeping_failures_are_logged_counted_retried_and_never_stop_forwarding() 
     );
     // Another: the stats file cannot be written (its path is a directory).
     let stats_path = lab.dir.join("stats.json");
-    std::fs::remove_file(&stats_path).unwrap();
-    std::fs::create_dir_all(stats_path.join("blocker")).unwrap();
+    replace_file_with_directory(&stats_path);
     wait_log(&fwd, "stats_file failed (1 in a row)", 10);
     // A UDP flow, to be expired once the sweep works again.
     let backend = udp_backend(&lab, 53, 5);
@@ -121,6 +120,25 @@ fn housekeeping_failures_are_logged_counted_retried_and_never_stop_forwarding() 
             "more IPv4 addresses than the hairpin table holds",
         ]),
     );
+}
+
+/// Puts a non-empty directory where the daemon writes a file. The daemon
+/// rewrites it (a temporary file renamed over it) on its own clock, so the
+/// file may be back between the removal and the directory's creation: that
+/// is tried again until the directory stands.
+fn replace_file_with_directory(path: &std::path::Path) {
+    for _ in 0..100 {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("removing {}: {e}", path.display()),
+        }
+        if std::fs::create_dir(path).is_ok() || path.is_dir() {
+            std::fs::create_dir_all(path.join("blocker")).unwrap();
+            return;
+        }
+    }
+    panic!("{} kept coming back as a file", path.display());
 }
 
 #[test]

@@ -207,12 +207,13 @@ fn fixture_table_through_the_tc_program() {
 #[test]
 #[expect(clippy::many_single_char_names, reason = "c/g/gi/s mirror the lab diagram")]
 #[expect(clippy::too_many_lines, reason = "a fixture table, row by row")]
-fn xdp_hands_packets_to_tc_through_the_metadata_area_and_tc_sends_them() {
+fn xdp_hands_packets_to_tc_and_tc_sends_them() {
     // XDP mode, programs attached; the internal interface leaves XDP's
     // transmit set (as an egress found unable to take XDP frames does).
     let lab = Lab::new().unwrap();
     let m = lab.prime_gateway().unwrap();
     let wire = forwarder_testkit::Capture::open(&lab.server, "eth0").unwrap();
+    let client = forwarder_testkit::Netns { name: lab.client.name.clone() };
     lab.gateway
         .enter(move || {
             let (mut dp, compiled) = load(1024, Mode::Xdp);
@@ -266,13 +267,14 @@ fn xdp_hands_packets_to_tc_through_the_metadata_area_and_tc_sends_them() {
                 "int0 was not in XDP's transmit set"
             );
             // ... now translated by XDP and handed to TC only to be sent.
+            // (Without metadata: handed over untouched, for TC to translate.)
             check(
                 &dp,
                 "cached next hop out of the transmit set",
                 &tcp(40000, 3, "A"),
                 pub_if,
                 XDP_PASS,
-                &handed_tx(int_if, &tcp_out(3, "A")),
+                &handed_tx(int_if, &tcp(40000, 3, "A"), &tcp_out(3, "A")),
             );
             // A new connection towards it: XDP hands it over untouched and
             // sets nothing up; TC will.
@@ -285,13 +287,34 @@ fn xdp_hands_packets_to_tc_through_the_metadata_area_and_tc_sends_them() {
                 XDP_PASS,
                 &handed(&syn),
             );
-            // With XDP in front, TC leaves alone what XDP did not hand it.
-            check_tc(&dp, "not handed over", &syn, pub_if, TC_ACT_OK, &syn);
-            assert_eq!(dp.flows().unwrap().len(), 2, "a flow was set up by a packet only passed");
-            // Both halves, live: the frame XDP passes enters the stack on
-            // pub0 with its metadata; TC sends it; the server receives it.
+            assert_eq!(dp.flows().unwrap().len(), 2, "XDP set up a flow it handed over");
+            // With XDP in front, TC leaves alone what XDP did not mark;
+            // without metadata, nothing is marked and TC takes every packet.
+            let flows = if xdp_meta() {
+                check_tc(&dp, "not handed over", &syn, pub_if, TC_ACT_OK, &syn);
+                2
+            } else {
+                let p6 = snat_port(c, 40006, 8080);
+                let (verdict, out) = dp.test_run_tc(&syn, pub_if).unwrap();
+                assert_eq!(verdict, TC_ACT_REDIRECT, "unmarked SYN (TC)");
+                let want = frame(
+                    m.gw_int,
+                    m.server,
+                    gi,
+                    s,
+                    63,
+                    &L4::Tcp { sport: p6, dport: 80, seq: 1, flags: "S" },
+                    &[],
+                );
+                assert_eq!(hex(&out[14..]), hex(&want[14..]), "unmarked SYN (TC): its IP packet");
+                4
+            };
+            assert_eq!(dp.flows().unwrap().len(), flows, "entries (two a connection)");
+            // Both halves, live: the client sends the frame to pub0, where
+            // XDP passes it into the stack (marked, with metadata); TC sends
+            // it; the server receives it.
             let expect = |what: &str, input: &[u8], want: &[u8], is: &dyn Fn(&[u8]) -> bool| {
-                dp.run_xdp_live(input, pub_if).unwrap();
+                client.send_frame("eth0", input).unwrap();
                 let got = wire.next(std::time::Duration::from_secs(2), is).unwrap_or_else(|| {
                     panic!(
                         "{what}: nothing arrived; counters {:?}",
@@ -318,7 +341,7 @@ fn xdp_hands_packets_to_tc_through_the_metadata_area_and_tc_sends_them() {
             expect("whole handoff, new UDP flow", &q, &q_out, &|f| {
                 forwarder_testkit::capture::is_l4_to(f, 17, 53)
             });
-            assert_eq!(dp.flows().unwrap().len(), 4, "TC did not set the UDP flow up");
+            assert_eq!(dp.flows().unwrap().len(), flows + 2, "TC did not set the UDP flow up");
             let err = icmp_err(
                 m.client,
                 m.gw_pub,

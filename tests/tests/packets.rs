@@ -271,31 +271,7 @@ fn vlan_tagged_public_side() {
     .udp(41000, 5353)
     .write(&mut frame, b"tagged")
     .unwrap();
-    lab.client
-        .enter(move || {
-            // SAFETY: a raw packet socket we own; plain syscalls.
-            unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-                assert!(fd >= 0, "AF_PACKET socket");
-                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-                sll.sll_family = libc::AF_PACKET as u16;
-                sll.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()).cast_signed();
-                sll.sll_halen = 6;
-                let sent = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&raw const sll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                libc::close(fd);
-                assert_eq!(sent.cast_unsigned(), frame.len());
-            }
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    lab.client.send_frame("eth0", &frame).unwrap();
     let (payload, peer) = echo.join().unwrap();
     assert_eq!(payload, b"tagged");
     assert_eq!(peer.ip(), ADDRS.gw_internal, "the backend saw it untagged and masqueraded");

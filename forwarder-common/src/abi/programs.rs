@@ -34,6 +34,14 @@ pub const PROG_XDP_TX_ERR: &str = "forwarder_xdp_tx_err";
 /// The tracepoint [`PROG_XDP_TX_ERR`] attaches to.
 pub const TRACEPOINT_XDP_REDIRECT_ERR: &str = "xdp_redirect_err";
 
+/// Load-time constant of the object (`.rodata`, a `u8`): 1 when the kernel
+/// lets XDP programs call `bpf_xdp_adjust_meta`, so XDP marks what it hands
+/// to TC in the metadata area; 0 when it refuses the helper (the verifier
+/// never sees the calls then), so the TC program behind XDP looks at every
+/// packet XDP lets through, and XDP hands a packet over untouched, never
+/// after translating it.
+pub const GLOBAL_XDP_META: &str = "FWD_XDP_META";
+
 /// The first 4 bytes of XDP metadata on a packet XDP leaves untouched for
 /// the TC program to do all the work (host byte order).
 pub const XDP_HANDOFF_MAGIC: u32 = 0xf04d_7c01;

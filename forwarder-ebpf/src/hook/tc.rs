@@ -1,6 +1,7 @@
 //! TC ingress entry. In TC mode (no XDP on the interface) it is the whole
 //! datapath. Behind XDP it only takes the packets XDP marked (neighbour
-//! unknown, egress not in the devmap, …) and finishes them: the
+//! unknown, egress not in the devmap, …), or, on a kernel that refuses XDP
+//! the metadata area, every packet XDP let through, and finishes them: the
 //! checksum helpers handle `CHECKSUM_PARTIAL` skbs, and `bpf_redirect_neigh`
 //! lets the kernel resolve the next hop without the packet ever meeting the
 //! routing stack (where a translated source would be a martian).
@@ -21,7 +22,7 @@ use super::toobig;
 use crate::{
     ctx::{Packet, ptr_at},
     flow::{icmp, new::create},
-    maps::{FWD_IFACES, FWD_NEW_SCRATCH, FWD_TC_TAILS, count},
+    maps::{FWD_IFACES, FWD_NEW_SCRATCH, FWD_TC_TAILS, count, xdp_meta},
     ops::{audit, frag, parse::rebased, rewrite},
     pipeline::decide,
     types::{FRAG_NONE, Forward, NewFlowPlan, Parsed, Verdict},
@@ -80,11 +81,16 @@ pub fn run(ctx: &TcContext) -> i32 {
             // SAFETY: plain helper call.
             return unsafe { bpf_redirect(ifindex, 0) } as i32;
         }
-        Handoff::None if !tc_only(ctx) && Packet::vlan(ctx) == 0 => return TC_ACT_OK,
+        Handoff::None if xdp_meta() && !tc_only(ctx) && Packet::vlan(ctx) == 0 => {
+            return TC_ACT_OK;
+        }
         _ => {}
     }
     let _ = ctx.pull_data(if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN });
     match decide(ctx) {
+        // Behind XDP without metadata, every packet XDP let through comes
+        // here: one XDP passed it has counted already.
+        Verdict::Pass(_) if !xdp_meta() && !tc_only(ctx) => TC_ACT_OK,
         Verdict::NewFlow(parsed, target, hairpin) => {
             if let Some(slot) = FWD_NEW_SCRATCH.get_ptr_mut(0) {
                 // SAFETY: per-CPU slot; the tail call below runs at once,

@@ -16,7 +16,7 @@ use forwarder_common::{
 use crate::{
     ctx::ptr_at,
     flow::new::create,
-    maps::{FWD_NEW_SCRATCH, FWD_SCRATCH, FWD_TX_PORTS, FWD_XDP_TAILS, count},
+    maps::{FWD_NEW_SCRATCH, FWD_SCRATCH, FWD_TX_PORTS, FWD_XDP_TAILS, count, xdp_meta},
     ops::{
         audit, csum,
         parse::{l4_off_again, needs_full_sum, rebased},
@@ -76,6 +76,9 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
                 let ifindex = ctx.ingress_ifindex() as u32;
                 audit::emit(|now| audit::accepted(&parsed, &fwd, ifindex, now));
             }
+            if !can_send(&fwd) {
+                return to_tc_untouched();
+            }
             if needs_full_sum(&parsed) {
                 return tail_full_csum(ctx, parsed, fwd);
             }
@@ -90,6 +93,9 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             redirect(ctx, &fwd)
         }
         Verdict::ForwardL3(parsed, fwd) => {
+            if !can_send(&fwd) {
+                return to_tc_untouched();
+            }
             let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
             if rewrite::ip_header(ctx, &fwd.new, &d)
                 .and_then(|()| rewrite::macs(ctx, &fwd))
@@ -102,6 +108,9 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             redirect(ctx, &fwd)
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
+            if !can_send(&fwd) {
+                return to_tc_untouched();
+            }
             if rewrite::icmp_error(ctx, &parsed, &fwd.new, &quote)
                 .and_then(|()| rewrite::macs(ctx, &fwd))
                 .is_none()
@@ -140,10 +149,30 @@ fn redirect(ctx: &XdpContext, fwd: &Forward) -> u32 {
     }
 }
 
+/// Whether XDP may translate the packet for `fwd`'s egress: always when a
+/// translated packet it cannot send can be handed to TC
+/// ([`hand_to_tc_tx`]); without metadata, only when the egress is in the
+/// devmap, checked before anything is rewritten.
+#[inline(always)]
+fn can_send(fwd: &Forward) -> bool {
+    xdp_meta() || FWD_TX_PORTS.get(fwd.ifindex).is_some()
+}
+
+/// A packet XDP leaves untouched for TC, which looks at every packet
+/// XDP lets through when there is no metadata to mark it.
+#[inline(always)]
+fn to_tc_untouched() -> u32 {
+    count(stats::XDP_TO_TC);
+    XDP_PASS
+}
+
 /// Marks the untouched packet for the TC program through the metadata
-/// area ([`XDP_HANDOFF_MAGIC`]).
+/// area ([`XDP_HANDOFF_MAGIC`]); without metadata TC looks at it anyway.
 #[inline(always)]
 fn hand_to_tc(ctx: &XdpContext) {
+    if !xdp_meta() {
+        return;
+    }
     // SAFETY: valid context; the helper only moves data_meta.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
         return;
@@ -160,6 +189,9 @@ fn hand_to_tc(ctx: &XdpContext) {
 /// ([`XDP_HANDOFF_TX_MAGIC`], then the ifindex); whether it could.
 #[inline(always)]
 fn hand_to_tc_tx(ctx: &XdpContext, ifindex: u32) -> bool {
+    if !xdp_meta() {
+        return false;
+    }
     // SAFETY: valid context; the helper only moves data_meta.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -8) } != 0 {
         return false;

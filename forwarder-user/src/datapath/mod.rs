@@ -17,5 +17,6 @@ pub use configure::AddrSync;
 pub use conntrack::{CtUsage, Sweep, SweepPass};
 pub use object::{
     Attached, BENCH_OBJECT, Datapath, Hook, KernelLogger, VERIFIER_BUDGET, monotonic_ns,
+    xdp_meta_supported,
 };
 pub use resets::{RESET_GRACE, Resets};

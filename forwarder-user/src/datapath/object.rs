@@ -113,6 +113,67 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
+/// Whether the kernel lets an XDP program call `bpf_xdp_adjust_meta`: a
+/// four-instruction program that calls it is put to the verifier, and
+/// only its refusal (EINVAL) says no.
+/// Kernels built without the helper for XDP refuse the whole program that
+/// calls it, not only the call.
+pub fn xdp_meta_supported() -> bool {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const BPF_FUNC_XDP_ADJUST_META: i32 = 54;
+    /// `struct bpf_insn`: opcode, registers (dst low nibble, src high),
+    /// offset, immediate.
+    #[repr(C)]
+    struct Insn(u8, u8, i16, i32);
+    /// The head of `union bpf_attr` for `BPF_PROG_LOAD`, up to the log.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+    }
+    let insns = [
+        Insn(0xb7, 2, 0, -4),                       // r2 = -4
+        Insn(0x85, 0, 0, BPF_FUNC_XDP_ADJUST_META), // call bpf_xdp_adjust_meta
+        Insn(0xb7, 0, 0, 2),                        // r0 = XDP_PASS
+        Insn(0x95, 0, 0, 0),                        // exit
+    ];
+    let license = c"GPL";
+    let attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..ProgLoad::default()
+    };
+    // SAFETY: `attr` and what it points to outlive the call; the kernel
+    // reads `size_of::<ProgLoad>()` bytes and zero-fills the rest.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &raw const attr,
+            std::mem::size_of::<ProgLoad>(),
+        )
+    };
+    if fd < 0 {
+        // EINVAL is the verifier's refusal; anything else (EPERM, …) the
+        // object's own load reports as it is.
+        return std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL);
+    }
+    // SAFETY: the fd the kernel just returned, closed once.
+    unsafe { libc::close(fd as libc::c_int) };
+    true
+}
+
 impl Datapath {
     /// Loads the object into the kernel (verifier included) with a
     /// conntrack table for `max_connections`; attaches nothing.
@@ -128,6 +189,13 @@ impl Datapath {
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(abi::MAP_FLOWS, max_connections.saturating_mul(2));
+        let meta = u8::from(xdp_meta_supported());
+        if meta == 0 {
+            log::info!(
+                "this kernel does not let XDP programs call bpf_xdp_adjust_meta: XDP hands packets to TC untouched and unmarked, and the TC program behind XDP looks at every packet XDP lets through"
+            );
+        }
+        loader.override_global(abi::GLOBAL_XDP_META, &meta, true);
         if let Some(p) = pins {
             for gone in p.retire_stale()? {
                 log::warn!(

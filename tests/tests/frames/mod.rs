@@ -170,11 +170,19 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
+/// Whether this kernel lets XDP use its metadata area, which decides how
+/// XDP hands packets to TC.
+pub fn xdp_meta() -> bool {
+    static META: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *META.get_or_init(forwarder::datapath::xdp_meta_supported)
+}
+
 /// What XDP does with a packet it leaves to TC: passes it untouched, with
 /// the handoff word (0xf04d7c01, host order) in the metadata area, which
-/// `BPF_PROG_TEST_RUN` returns in front of the frame.
+/// `BPF_PROG_TEST_RUN` returns in front of the frame; without metadata,
+/// only untouched.
 pub fn handed(f: &[u8]) -> Vec<u8> {
-    let mut v = 0xf04d_7c01_u32.to_ne_bytes().to_vec();
+    let mut v = if xdp_meta() { 0xf04d_7c01_u32.to_ne_bytes().to_vec() } else { Vec::new() };
     v.extend_from_slice(f);
     v
 }
@@ -268,13 +276,17 @@ pub fn load(conns: u32, mode: Mode) -> (Datapath, forwarder::plan::Compiled) {
     (dp, compiled)
 }
 
-/// What XDP does with a packet it translated for an egress it may not
-/// transmit into: passes it with the transmit handoff (0xf04d7c02, then
-/// the egress ifindex, host order) in the metadata area.
-pub fn handed_tx(ifindex: u32, f: &[u8]) -> Vec<u8> {
+/// What XDP does with a packet (`input`) for an egress it may not
+/// transmit into: passes it translated (`translated`) with the transmit
+/// handoff (0xf04d7c02, then the egress ifindex, host order) in the
+/// metadata area; without metadata, untouched, for TC to do the whole work.
+pub fn handed_tx(ifindex: u32, input: &[u8], translated: &[u8]) -> Vec<u8> {
+    if !xdp_meta() {
+        return input.to_vec();
+    }
     let mut v = 0xf04d_7c02_u32.to_ne_bytes().to_vec();
     v.extend_from_slice(&ifindex.to_ne_bytes());
-    v.extend_from_slice(f);
+    v.extend_from_slice(translated);
     v
 }
 
