@@ -29,6 +29,34 @@ fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     ctx
 }
 
+/// The `struct __sk_buff` a TC test run starts with, up to `ifindex`
+/// (offset 40): a packet on `ifindex`, the kernel takes `ingress_ifindex`
+/// and `ifindex` from it, the rest must be zero.
+fn skb_ctx(ifindex: u32) -> [u8; 44] {
+    let mut ctx = [0u8; 44];
+    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// Whether a live-frames test run works on `ifindex`: the benchmark
+/// object's empty program passes one frame of zeros, which the stack drops
+/// (no protocol).
+fn live_frames(ebpf: &Ebpf, ifindex: u32) -> bool {
+    let frame = [0u8; 64];
+    let xdp: Option<&Xdp> = ebpf.program(abi::PROG_BENCH_PASS).and_then(|p| p.try_into().ok());
+    xdp.is_some_and(|xdp| {
+        xdp.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ctx_in: Some(&xdp_md(frame.len(), ifindex)),
+            repeat: 1,
+            attrs: TestRunAttrs::new().xdp_live_frames(1),
+            ..Default::default()
+        })
+        .is_ok()
+    })
+}
+
 /// Runs `xdp` on `frame` (`BPF_PROG_TEST_RUN`) as if it arrived on
 /// `ingress_ifindex` (of the caller's network namespace), `repeat` times:
 /// the verdict, the frame as the program left it, the mean time per run.
@@ -81,11 +109,7 @@ impl TestRunExt for Datapath {
 
     fn test_run_tc(&self, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
         let tc: &SchedClassifier = self.tc_program()?;
-        // struct __sk_buff up to ifindex (offset 40): the kernel takes
-        // ingress_ifindex and ifindex from it, the rest must be zero.
-        let mut ctx = [0u8; 44];
-        ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
-        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let ctx = skb_ctx(ifindex);
         let mut out = vec![0u8; frame.len() + 256];
         let res = tc
             .test_run(TestRunOptions {
@@ -136,6 +160,10 @@ pub struct Bench {
     generator: &'static str,
     /// Where the TC bounce program is attached ([`Bench::attach_bounce`]).
     bounce: Option<aya::programs::tc::SchedClassifierLinkId>,
+    /// Whether the kernel runs XDP test runs in live-frames mode (some
+    /// refuse it, EPERM), found at the first run of the generator. When
+    /// it does not, `abi::PROG_BENCH_TC_GEN` sends the frames instead.
+    live: Option<bool>,
 }
 
 impl Bench {
@@ -161,7 +189,12 @@ impl Bench {
                 format!("{} missing from the benchmark object", abi::PROG_BENCH_TC_BOUNCE)
             })?;
         p.load().with_context(|| format!("verifying {}", abi::PROG_BENCH_TC_BOUNCE))?;
-        Ok(Self { ebpf, generator: abi::PROG_BENCH_TX, bounce: None })
+        let p: &mut SchedClassifier =
+            ebpf.program_mut(abi::PROG_BENCH_TC_GEN).and_then(|p| p.try_into().ok()).with_context(
+                || format!("{} missing from the benchmark object", abi::PROG_BENCH_TC_GEN),
+            )?;
+        p.load().with_context(|| format!("verifying {}", abi::PROG_BENCH_TC_GEN))?;
+        Ok(Self { ebpf, generator: abi::PROG_BENCH_TX, bounce: None, live: None })
     }
 
     /// Whether [`Bench::generate`] transmits its frames as XDP frames
@@ -323,20 +356,45 @@ impl Bench {
         Ok(a.get(&0, 0)?)
     }
 
-    /// `runs` runs of the generator in live-frames mode on `ifindex`.
-    fn test_run(&self, ifindex: u32, runs: u32) -> Result<Duration> {
+    /// `runs` runs of the generator on `ifindex`: in live-frames mode, or,
+    /// where the kernel refuses that, `abi::PROG_BENCH_TC_GEN`'s.
+    fn test_run(&mut self, ifindex: u32, runs: u32) -> Result<Duration> {
         let frame = [0u8; 64];
-        let xdp = self.program(self.generator)?;
-        let ctx = xdp_md(frame.len(), ifindex);
+        let live = *self.live.get_or_insert_with(|| {
+            let live = live_frames(&self.ebpf, ifindex);
+            if !live {
+                eprintln!(
+                    "bench: this kernel refuses live-frames test runs; the generator sends its frames as clones of a TC test run's skb (bpf_clone_redirect)"
+                );
+            }
+            live
+        });
         let t0 = std::time::Instant::now();
-        xdp.test_run(TestRunOptions {
-            data_in: Some(&frame),
-            ctx_in: Some(&ctx),
-            repeat: runs,
-            attrs: TestRunAttrs::new().xdp_live_frames(64),
-            ..Default::default()
-        })
-        .context("BPF_PROG_TEST_RUN (live frames)")?;
+        if live {
+            let xdp = self.program(self.generator)?;
+            let ctx = xdp_md(frame.len(), ifindex);
+            xdp.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat: runs,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN (live frames)")?;
+        } else {
+            let tc: &SchedClassifier = self
+                .ebpf
+                .program(abi::PROG_BENCH_TC_GEN)
+                .and_then(|p| p.try_into().ok())
+                .with_context(|| format!("{} missing", abi::PROG_BENCH_TC_GEN))?;
+            tc.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&skb_ctx(ifindex)),
+                repeat: runs,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN (TC generator)")?;
+        }
         Ok(t0.elapsed())
     }
 

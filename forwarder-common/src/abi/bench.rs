@@ -16,6 +16,10 @@ pub const PROG_BENCH_GEN_PASS: &str = "bench_xdp_gen_pass";
 /// Its second half, a TC ingress program at the client: frames to another
 /// host's MAC go back out of the interface.
 pub const PROG_BENCH_TC_BOUNCE: &str = "bench_tc_bounce";
+/// The generator where the kernel refuses live frames: a TC program test
+/// run on a 64-byte skb, which writes the same frames and sends each as a
+/// clone out of the test run's interface (`bpf_clone_redirect`).
+pub const PROG_BENCH_TC_GEN: &str = "bench_tc_gen";
 /// Array of one [`BenchFrame`].
 pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
 pub const PROG_BENCH_SINK: &str = "bench_xdp_sink";

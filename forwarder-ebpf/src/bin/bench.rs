@@ -3,7 +3,8 @@
 //! approach on this path (FIB lookup, MAC rewrite, TTL decrement, devmap
 //! redirect — no NAT, no conntrack), attached to the gateway as a mode of
 //! the netfilter comparison; and the comparison's traffic generator (run
-//! with `BPF_PROG_TEST_RUN` in live-frames mode on the client's interface)
+//! with `BPF_PROG_TEST_RUN` on the client's interface: in live-frames mode,
+//! or as a TC program that sends clones where live frames are refused)
 //! and receiver (counts and drops the generated UDP packets at the server).
 //! An object of its own, loaded only by the benchmarks (never by
 //! `forwarder run`), with its own devmap.
@@ -17,10 +18,12 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
         xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     },
-    helpers::generated::{bpf_fib_lookup as fib_lookup_helper, bpf_ktime_get_ns, bpf_redirect},
+    helpers::generated::{
+        bpf_clone_redirect, bpf_fib_lookup as fib_lookup_helper, bpf_ktime_get_ns, bpf_redirect,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, DevMapHash, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -162,8 +165,7 @@ fn fib_redirect(ctx: &XdpContext) -> u32 {
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 
 /// Generator: paced, sends only when a frame is due ([`BenchFrame`]);
-/// writes the whole frame, with the source (port, address) of
-/// its flow and the checksums to match, then sends it out of the
+/// writes the whole frame ([`next_frame`]), then sends it out of the
 /// interface it "arrived" on (live-frames mode turns `XDP_TX` into a
 /// transmission). Writing it every time matters: live-frames mode recycles
 /// its pages without restoring their contents, and the gateway's rewrite
@@ -172,55 +174,86 @@ pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 fn tx(ctx: &XdpContext) -> u32 {
     let Some(b) = BENCH_FRAME.get_ptr_mut(0) else { return XDP_ABORTED };
     let Some(p) = ptr_at::<[u8; 64]>(ctx, 0) else { return XDP_ABORTED };
-    // SAFETY: map value valid until exit; 64 bytes bounds-checked by
-    // ptr_at; the generator runs on one CPU (the test run's).
-    unsafe {
-        let b = &mut *b;
-        if b.gap_ns != 0 {
-            // Paced: not due yet (or all sent): this run sends nothing.
-            if b.left == 0 {
-                return XDP_DROP;
-            }
-            if b.credit == 0 {
-                let now = bpf_ktime_get_ns();
-                if now < b.next_ns {
-                    return XDP_DROP;
-                }
-                let late = now.saturating_sub(BENCH_PACE_CATCH_UP * b.gap_ns);
-                b.next_ns = b.next_ns.max(late) + u64::from(BENCH_PACE_BURST) * b.gap_ns;
-                b.credit = BENCH_PACE_BURST;
-            }
-            b.credit -= 1;
-            b.left -= 1;
-        }
-        let f = &mut *p;
-        *f = b.frame;
-        let (port, addr) = bench_flow(b.seq, b.flows);
-        b.seq = b.seq.wrapping_add(1);
-        // The L4 checksum: UDP's at 40, TCP's at 50.
-        let udp = f[23] == 17;
-        let csum_at = if udp { 40 } else { 50 };
-        let check = u16::from_be_bytes([f[csum_at], f[csum_at + 1]]);
-        let mut l4 = check;
-        if port != 0 {
-            let old = u16::from_be_bytes([f[34], f[35]]);
-            let new = old.wrapping_add(port);
-            [f[34], f[35]] = new.to_be_bytes();
-            l4 = update16(l4, old, new);
-        }
-        if addr != 0 {
-            // The source address's second half: in the IPv4 header's sum
-            // and in the L4 pseudo-header's.
-            let old = u16::from_be_bytes([f[28], f[29]]);
-            f[29] = f[29].wrapping_add(addr);
-            let new = u16::from_be_bytes([f[28], f[29]]);
-            [f[24], f[25]] = update16(u16::from_be_bytes([f[24], f[25]]), old, new).to_be_bytes();
-            l4 = update16(l4, old, new);
-        }
-        // UDP: 0 stays "none", a computed 0 is sent as 0xffff.
-        [f[csum_at], f[csum_at + 1]] = (if udp { udp_fixup(check, l4) } else { l4 }).to_be_bytes();
+    // SAFETY: map value valid until exit, the generator runs on one CPU
+    // (the test run's); 64 bytes bounds-checked by ptr_at.
+    if unsafe { next_frame(&mut *b, &mut *p) } { XDP_TX } else { XDP_DROP }
+}
+
+/// Benchmark traffic generator where live frames are refused: a TC program
+/// run by `BPF_PROG_TEST_RUN` on a 64-byte skb, whose frame it writes
+/// ([`next_frame`]) and sends out of the test run's interface as a clone
+/// (`bpf_clone_redirect` to its egress): a packet the peer receives as any
+/// sender's skb.
+#[classifier]
+pub fn bench_tc_gen(ctx: TcContext) -> i32 {
+    let Some(b) = BENCH_FRAME.get_ptr_mut(0) else { return TC_ACT_SHOT };
+    if ctx.data() + 64 > ctx.data_end() {
+        return TC_ACT_SHOT;
     }
-    XDP_TX
+    // SAFETY: map value valid until exit, one CPU (the test run's); 64
+    // bytes checked above, writable (the verifier's prologue unclones the
+    // skb that the last run's clone shared).
+    if unsafe { !next_frame(&mut *b, &mut *(ctx.data() as *mut [u8; 64])) } {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: the context's skb is valid for the program's run; plain
+    // helper call.
+    unsafe {
+        let ifindex = (*ctx.skb.skb).ifindex;
+        bpf_clone_redirect(ctx.skb.skb, ifindex, 0);
+    }
+    TC_ACT_SHOT
+}
+
+/// Whether a frame is due ([`BenchFrame`]'s pacing: always when not
+/// paced) and, if so, writes it into `f`: the frame with the source (port,
+/// address) of its flow and the checksums to match.
+#[inline(always)]
+fn next_frame(b: &mut BenchFrame, f: &mut [u8; 64]) -> bool {
+    if b.gap_ns != 0 {
+        // Paced: not due yet (or all sent): this run sends nothing.
+        if b.left == 0 {
+            return false;
+        }
+        if b.credit == 0 {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if now < b.next_ns {
+                return false;
+            }
+            let late = now.saturating_sub(BENCH_PACE_CATCH_UP * b.gap_ns);
+            b.next_ns = b.next_ns.max(late) + u64::from(BENCH_PACE_BURST) * b.gap_ns;
+            b.credit = BENCH_PACE_BURST;
+        }
+        b.credit -= 1;
+        b.left -= 1;
+    }
+    *f = b.frame;
+    let (port, addr) = bench_flow(b.seq, b.flows);
+    b.seq = b.seq.wrapping_add(1);
+    // The L4 checksum: UDP's at 40, TCP's at 50.
+    let udp = f[23] == 17;
+    let csum_at = if udp { 40 } else { 50 };
+    let check = u16::from_be_bytes([f[csum_at], f[csum_at + 1]]);
+    let mut l4 = check;
+    if port != 0 {
+        let old = u16::from_be_bytes([f[34], f[35]]);
+        let new = old.wrapping_add(port);
+        [f[34], f[35]] = new.to_be_bytes();
+        l4 = update16(l4, old, new);
+    }
+    if addr != 0 {
+        // The source address's second half: in the IPv4 header's sum
+        // and in the L4 pseudo-header's.
+        let old = u16::from_be_bytes([f[28], f[29]]);
+        f[29] = f[29].wrapping_add(addr);
+        let new = u16::from_be_bytes([f[28], f[29]]);
+        [f[24], f[25]] = update16(u16::from_be_bytes([f[24], f[25]]), old, new).to_be_bytes();
+        l4 = update16(l4, old, new);
+    }
+    // UDP: 0 stays "none", a computed 0 is sent as 0xffff.
+    [f[csum_at], f[csum_at + 1]] = (if udp { udp_fixup(check, l4) } else { l4 }).to_be_bytes();
+    true
 }
 
 /// Packets [`sink`] counted: from the expected source (index

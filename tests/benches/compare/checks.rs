@@ -15,8 +15,8 @@ use crate::util::{ip_counter, sh};
 /// packets its XDP and its TC program transmitted; what its internal
 /// interface dropped because the server's receive ring was full (the
 /// server's NAPI shares its core with the generator); and the generated
-/// frames that never got in, the gateway's public veth's XDP ring being
-/// full.
+/// frames that never got in, the gateway's public veth's receive ring
+/// being full.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Sent {
     pub(crate) kernel: u64,
@@ -27,17 +27,19 @@ pub(crate) struct Sent {
 }
 
 /// Frames the gateway's internal veth could not hand to the server: skbs
-/// (`tx_dropped`) and XDP frames.
+/// and XDP frames.
 pub(crate) fn egress_dropped(lab: &Lab) -> Result<u64> {
-    let skbs: u64 = sh(
-        lab,
-        Host::Gateway,
-        "cat",
-        &[&format!("/sys/class/net/{GW_INTERNAL_IF}/statistics/tx_dropped")],
-    )?
-    .trim()
-    .parse()?;
-    Ok(skbs + xdp_xmit_errors(lab, Host::Gateway, GW_INTERNAL_IF)?)
+    veth_dropped(lab, Host::Gateway, GW_INTERNAL_IF)
+}
+
+/// Frames `host`'s veth `ifname` could not hand to its peer, its receive
+/// ring or backlog full: skbs (`tx_dropped`) and XDP frames.
+fn veth_dropped(lab: &Lab, host: Host, ifname: &str) -> Result<u64> {
+    let skbs: u64 =
+        sh(lab, host, "cat", &[&format!("/sys/class/net/{ifname}/statistics/tx_dropped")])?
+            .trim()
+            .parse()?;
+    Ok(skbs + xdp_xmit_errors(lab, host, ifname)?)
 }
 
 /// XDP frames `host`'s veth `ifname` could not put on its peer's receive
@@ -59,7 +61,7 @@ impl Sent {
             kernel: ip_counter(lab, "ForwDatagrams")?,
             egress_dropped: egress_dropped(lab)?,
             // The generator's frames, from the client's veth.
-            ingress_dropped: xdp_xmit_errors(lab, Host::Client, "eth0")?,
+            ingress_dropped: veth_dropped(lab, Host::Client, "eth0")?,
             ..Self::default()
         };
         if let Active::Forwarder(_) = active {
