@@ -12,9 +12,10 @@ use aya_ebpf::{
 };
 use forwarder_common::abi::{
     BackendAddr, BackendKey, Config, EVENTS_RING_BYTES, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE,
-    FlowEntry, FlowKey, FragEntry, FragKey, IfaceInfo, MAGLEV_POOL, MAX_BACKEND_SLOTS,
-    MAX_BACKENDS, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES,
-    RingPos, RuleKey, RuleStats, RuleTarget, Service, SrcKey, Traffic, XdpTxErrors,
+    FlowEntry, FlowKey, FragEntry, FragKey, IFACE_F_TC_ONLY, IfaceInfo, MAGLEV_POOL,
+    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
+    MAX_SRC_ENTRIES, RingPos, RuleKey, RuleStats, RuleTarget, Service, SrcKey, Traffic,
+    XdpTxErrors,
 };
 use forwarder_common::{audit::TokenBucket, conntrack::CT_CANDIDATES, stats};
 
@@ -171,6 +172,13 @@ pub fn count_backend(slot: u16, dir: u8, bytes: u32) {
 pub fn count_flow(entry: &FlowEntry, bytes: u32) {
     count_rule(entry.rule_id, entry.dir, bytes);
     count_backend(entry.backend_slot, entry.dir, bytes);
+}
+
+/// Whether interface `ifindex` runs in TC mode (no XDP in front).
+#[inline(always)]
+pub fn tc_only_iface(ifindex: u32) -> bool {
+    // SAFETY: map value pointer valid until program exit.
+    FWD_IFACES.get_ptr(&ifindex).is_some_and(|i| unsafe { (*i).flags } & IFACE_F_TC_ONLY != 0)
 }
 
 #[inline(always)]

@@ -266,15 +266,16 @@ fn xdp_hands_packets_to_tc_and_tc_sends_them() {
                 dp.set_xdp_egress(int_if, false).unwrap(),
                 "int0 was not in XDP's transmit set"
             );
-            // ... now translated by XDP and handed to TC only to be sent.
-            // (Without metadata: handed over untouched, for TC to translate.)
+            // ... now handed to TC untouched: XDP asks the devmap for the
+            // egress before it rewrites anything.
+            let ack = tcp(40000, 3, "A");
             check(
                 &dp,
                 "cached next hop out of the transmit set",
-                &tcp(40000, 3, "A"),
+                &ack,
                 pub_if,
                 XDP_PASS,
-                &handed_tx(int_if, &tcp(40000, 3, "A"), &tcp_out(3, "A")),
+                &handed(&ack),
             );
             // A new connection towards it: XDP hands it over untouched and
             // sets nothing up; TC will.
@@ -323,7 +324,7 @@ fn xdp_hands_packets_to_tc_and_tc_sends_them() {
                 });
                 assert_eq!(hex(&got), hex(want), "{what}: the frame the server received");
             };
-            expect("transmit handoff", &tcp(40000, 4, "A"), &tcp_out(4, "A"), &|f| {
+            expect("handoff, established flow", &tcp(40000, 4, "A"), &tcp_out(4, "A"), &|f| {
                 forwarder_testkit::capture::is_l4_to(f, 6, 80)
             });
             let pu = snat_port(c, 41000, 5353);

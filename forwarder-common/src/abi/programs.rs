@@ -38,14 +38,9 @@ pub const TRACEPOINT_XDP_REDIRECT_ERR: &str = "xdp_redirect_err";
 /// lets XDP programs call `bpf_xdp_adjust_meta`, so XDP marks what it hands
 /// to TC in the metadata area; 0 when it refuses the helper (the verifier
 /// never sees the calls then), so the TC program behind XDP looks at every
-/// packet XDP lets through, and XDP hands a packet over untouched, never
-/// after translating it.
+/// packet XDP lets through.
 pub const GLOBAL_XDP_META: &str = "FWD_XDP_META";
 
 /// The first 4 bytes of XDP metadata on a packet XDP leaves untouched for
 /// the TC program to do all the work (host byte order).
 pub const XDP_HANDOFF_MAGIC: u32 = 0xf04d_7c01;
-/// The first 4 bytes of XDP metadata on a packet XDP has translated but
-/// could not transmit (its egress left the devmap since its next hop was
-/// cached): the next 4 bytes are the egress ifindex, and TC only sends it.
-pub const XDP_HANDOFF_TX_MAGIC: u32 = 0xf04d_7c02;

@@ -10,7 +10,7 @@ use forwarder_common::{
 
 use crate::{
     ctx::Packet,
-    maps::{FWD_FLOWS, count_flow, rule_stats},
+    maps::{FWD_FLOWS, count_flow, rule_stats, tc_only_iface},
     ops::{
         conntrack as ct,
         fib::{fib_verdict, route},
@@ -60,7 +60,10 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
             Err(v) => return v,
         };
         fwd.vlan = entry.vlan;
-        if !fwd.resolve && fwd.mtu != 0 {
+        // TC behind XDP caches nothing: XDP would take the next hop it
+        // cannot send to, count the packet, and hand it to TC, which
+        // would count it again. XDP caches only egresses in its devmap.
+        if !fwd.resolve && fwd.mtu != 0 && (P::IS_XDP || tc_only_iface(p.ingress_ifindex())) {
             entry.cache_next_hop(
                 &NextHop { ifindex: fwd.ifindex, smac: fwd.smac, dmac: fwd.dmac, mtu: fwd.mtu },
                 now,

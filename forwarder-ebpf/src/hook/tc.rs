@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use forwarder_common::{
-    abi::{IFACE_F_TC_ONLY, PROTO_UDP, TC_TAIL_NEW_FLOW, XDP_HANDOFF_MAGIC, XDP_HANDOFF_TX_MAGIC},
+    abi::{PROTO_UDP, TC_TAIL_NEW_FLOW, XDP_HANDOFF_MAGIC},
     decide::{drop_counter, gso_segment_len, tcp_header_len, too_big_mtu},
     nat::delta,
     stats,
@@ -22,7 +22,7 @@ use super::toobig;
 use crate::{
     ctx::{Packet, ptr_at},
     flow::{icmp, new::create},
-    maps::{FWD_IFACES, FWD_NEW_SCRATCH, FWD_TC_TAILS, count, xdp_meta},
+    maps::{FWD_NEW_SCRATCH, FWD_TC_TAILS, count, tc_only_iface, xdp_meta},
     ops::{audit, frag, parse::rebased, rewrite},
     pipeline::decide,
     types::{FRAG_NONE, Forward, NewFlowPlan, Parsed, Verdict},
@@ -33,58 +33,29 @@ const AF_INET: u32 = 2;
 /// ICMP error quoting the largest IPv4 header and 20 bytes of TCP.
 const PULL_LEN: u32 = 14 + 60 + 8 + 60 + 20;
 
-/// What XDP left in the metadata area for this program.
-enum Handoff {
-    /// Nothing: a packet XDP did not look at or let go.
-    None,
-    /// The whole work ([`XDP_HANDOFF_MAGIC`]).
-    Whole,
-    /// Only sending the packet XDP translated, out of this ifindex
-    /// ([`XDP_HANDOFF_TX_MAGIC`]).
-    Transmit(u32),
-}
-
+/// Whether XDP marked this packet for this program ([`XDP_HANDOFF_MAGIC`]
+/// in the metadata area): the whole work is left to it.
 #[inline(always)]
-fn handoff(ctx: &TcContext) -> Handoff {
+fn handed_over(ctx: &TcContext) -> bool {
     // SAFETY: the context pointer is valid; data_meta/data are readable in
     // cls_bpf programs.
     let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
-    if meta + 4 > data {
-        return Handoff::None;
-    }
-    // SAFETY: 4 bytes of metadata, checked above.
-    match unsafe { *(meta as *const u32) } {
-        XDP_HANDOFF_MAGIC => Handoff::Whole,
-        // SAFETY: 8 bytes of metadata, checked first.
-        XDP_HANDOFF_TX_MAGIC if meta + 8 <= data => {
-            Handoff::Transmit(unsafe { *((meta + 4) as *const u32) })
-        }
-        _ => Handoff::None,
-    }
+    // SAFETY: 4 bytes of metadata, checked first.
+    meta + 4 <= data && unsafe { *(meta as *const u32) } == XDP_HANDOFF_MAGIC
 }
 
 /// Whether this interface runs in TC mode (no XDP in front).
 #[inline(always)]
 fn tc_only(ctx: &TcContext) -> bool {
-    let ifindex = Packet::ingress_ifindex(ctx);
-    // SAFETY: map value pointer valid until program exit.
-    FWD_IFACES.get_ptr(&ifindex).is_some_and(|i| unsafe { (*i).flags } & IFACE_F_TC_ONLY != 0)
+    tc_only_iface(Packet::ingress_ifindex(ctx))
 }
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
     // Tagged frames are always ours to look at: XDP hands them over, and
     // the kernel's untagging may move the metadata word.
-    match handoff(ctx) {
-        Handoff::Transmit(ifindex) => {
-            count(stats::TC_REDIRECTED);
-            // SAFETY: plain helper call.
-            return unsafe { bpf_redirect(ifindex, 0) } as i32;
-        }
-        Handoff::None if xdp_meta() && !tc_only(ctx) && Packet::vlan(ctx) == 0 => {
-            return TC_ACT_OK;
-        }
-        _ => {}
+    if xdp_meta() && !handed_over(ctx) && !tc_only(ctx) && Packet::vlan(ctx) == 0 {
+        return TC_ACT_OK;
     }
     let _ = ctx.pull_data(if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN });
     match decide(ctx) {

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use forwarder_common::{
-    abi::{XDP_HANDOFF_MAGIC, XDP_HANDOFF_TX_MAGIC, XDP_TAIL_FULL_CSUM, XDP_TAIL_NEW_FLOW},
+    abi::{XDP_HANDOFF_MAGIC, XDP_TAIL_FULL_CSUM, XDP_TAIL_NEW_FLOW},
     nat::{delta, l4_csum, l4_csum_full},
     stats,
 };
@@ -40,9 +40,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
             }
             // Only reached when the new-flow program is not installed: TC
             // can set the connection up.
-            count(stats::XDP_TO_TC);
-            hand_to_tc(ctx);
-            XDP_PASS
+            to_tc(ctx)
         }
         v => apply::<false>(ctx, v),
     }
@@ -61,11 +59,7 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             count(s);
             XDP_DROP
         }
-        Verdict::ToTc(s) => {
-            count(s);
-            hand_to_tc(ctx);
-            XDP_PASS
-        }
+        Verdict::ToTc(_) => to_tc(ctx),
         // Decided by the new-flow program (the verdict never gets here).
         Verdict::NewFlow(..) => {
             count(stats::PASS_NOT_OURS);
@@ -76,9 +70,7 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
                 let ifindex = ctx.ingress_ifindex() as u32;
                 audit::emit(|now| audit::accepted(&parsed, &fwd, ifindex, now));
             }
-            if !can_send(&fwd) {
-                return to_tc_untouched();
-            }
+            let Some(out) = egress(&fwd) else { return to_tc(ctx) };
             if needs_full_sum(&parsed) {
                 return tail_full_csum(ctx, parsed, fwd);
             }
@@ -90,12 +82,10 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             if parsed.fragment != FRAG_NONE {
                 count(stats::FRAGMENT_TRANSLATED);
             }
-            redirect(ctx, &fwd)
+            sent(out)
         }
         Verdict::ForwardL3(parsed, fwd) => {
-            if !can_send(&fwd) {
-                return to_tc_untouched();
-            }
+            let Some(out) = egress(&fwd) else { return to_tc(ctx) };
             let d = forwarder_common::nat::delta(&parsed.tuple, &fwd.new);
             if rewrite::ip_header(ctx, &fwd.new, &d)
                 .and_then(|()| rewrite::macs(ctx, &fwd))
@@ -105,12 +95,10 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
                 return XDP_ABORTED;
             }
             count(stats::FRAGMENT_TRANSLATED);
-            redirect(ctx, &fwd)
+            sent(out)
         }
         Verdict::ForwardIcmp(parsed, fwd, quote) => {
-            if !can_send(&fwd) {
-                return to_tc_untouched();
-            }
+            let Some(out) = egress(&fwd) else { return to_tc(ctx) };
             if rewrite::icmp_error(ctx, &parsed, &fwd.new, &quote)
                 .and_then(|()| rewrite::macs(ctx, &fwd))
                 .is_none()
@@ -119,60 +107,46 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
                 return XDP_ABORTED;
             }
             count(stats::ICMP_TRANSLATED);
-            redirect(ctx, &fwd)
+            sent(out)
         }
     }
 }
 
-/// Sends the translated packet out of `fwd.ifindex` through the devmap.
-/// An egress that is not in the devmap (any more: the daemon takes out
-/// the egresses XDP cannot transmit into, and a flow's cached next hop
-/// may predate that) makes the lookup fail: the packet, translated
-/// already, is handed to TC, which only sends it.
+/// Notes `fwd.ifindex` as the packet's way out through the devmap, before
+/// anything is rewritten: `bpf_redirect_map` only records the target, and
+/// the frame leaves when the program returns what it returned here
+/// (`XDP_REDIRECT`). `None` when the egress is not in the devmap (any
+/// more: the daemon takes out the egresses XDP cannot transmit into, and
+/// a flow's cached next hop may predate that): the packet, untouched,
+/// is then TC's ([`to_tc`]).
 #[inline(always)]
-fn redirect(ctx: &XdpContext, fwd: &Forward) -> u32 {
+fn egress(fwd: &Forward) -> Option<u32> {
     // The flags' action bits: what the helper returns on a lookup miss.
-    match FWD_TX_PORTS.redirect(fwd.ifindex, u64::from(XDP_PASS)) {
-        Ok(a) => {
-            count(stats::XDP_REDIRECTED);
-            a
-        }
-        Err(_) => {
-            if hand_to_tc_tx(ctx, fwd.ifindex) {
-                count(stats::XDP_TO_TC);
-                XDP_PASS
-            } else {
-                count(stats::DROP_REDIRECT_FAILED);
-                XDP_DROP
-            }
-        }
-    }
+    FWD_TX_PORTS.redirect(fwd.ifindex, u64::from(XDP_PASS)).ok()
 }
 
-/// Whether XDP may translate the packet for `fwd`'s egress: always when a
-/// translated packet it cannot send can be handed to TC
-/// ([`hand_to_tc_tx`]); without metadata, only when the egress is in the
-/// devmap, checked before anything is rewritten.
+/// The rewritten packet leaves through the egress [`egress`] noted.
 #[inline(always)]
-fn can_send(fwd: &Forward) -> bool {
-    xdp_meta() || FWD_TX_PORTS.get(fwd.ifindex).is_some()
+fn sent(action: u32) -> u32 {
+    count(stats::XDP_REDIRECTED);
+    action
 }
 
-/// A packet XDP leaves untouched for TC, which looks at every packet
-/// XDP lets through when there is no metadata to mark it.
+/// Leaves the untouched packet to the TC program: marked through the
+/// metadata area ([`XDP_HANDOFF_MAGIC`]); without metadata (the kernel
+/// refuses XDP the helper), unmarked, as TC then looks at every packet
+/// XDP lets through.
 #[inline(always)]
-fn to_tc_untouched() -> u32 {
+fn to_tc(ctx: &XdpContext) -> u32 {
     count(stats::XDP_TO_TC);
+    if xdp_meta() {
+        mark_for_tc(ctx);
+    }
     XDP_PASS
 }
 
-/// Marks the untouched packet for the TC program through the metadata
-/// area ([`XDP_HANDOFF_MAGIC`]); without metadata TC looks at it anyway.
 #[inline(always)]
-fn hand_to_tc(ctx: &XdpContext) {
-    if !xdp_meta() {
-        return;
-    }
+fn mark_for_tc(ctx: &XdpContext) {
     // SAFETY: valid context; the helper only moves data_meta.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
         return;
@@ -183,29 +157,6 @@ fn hand_to_tc(ctx: &XdpContext) {
     }
     // SAFETY: 4 bytes between data_meta and data, checked above.
     unsafe { *(meta as *mut u32) = XDP_HANDOFF_MAGIC };
-}
-
-/// Marks the translated packet for TC to send out of `ifindex`
-/// ([`XDP_HANDOFF_TX_MAGIC`], then the ifindex); whether it could.
-#[inline(always)]
-fn hand_to_tc_tx(ctx: &XdpContext, ifindex: u32) -> bool {
-    if !xdp_meta() {
-        return false;
-    }
-    // SAFETY: valid context; the helper only moves data_meta.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -8) } != 0 {
-        return false;
-    }
-    let meta = ctx.metadata();
-    if meta + 8 > ctx.data() {
-        return false;
-    }
-    // SAFETY: 8 bytes between data_meta and data, checked above.
-    unsafe {
-        *(meta as *mut u32) = XDP_HANDOFF_TX_MAGIC;
-        *((meta + 4) as *mut u32) = ifindex;
-    }
-    true
 }
 
 /// The incremental rewrite (RFC 1624), for packets with a complete checksum.
@@ -235,9 +186,7 @@ fn tail_full_csum(ctx: &XdpContext, parsed: Parsed, fwd: Forward) -> u32 {
         }
     }
     // Only reached when the tail call is not installed: TC can do it.
-    count(stats::XDP_TO_TC);
-    hand_to_tc(ctx);
-    XDP_PASS
+    to_tc(ctx)
 }
 
 /// The hand-over from [`tail_full_csum`], with the L4 offset read from
@@ -269,12 +218,13 @@ pub fn run_new_flow(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 pub fn run_full_csum(ctx: &XdpContext) -> u32 {
     let Some(FullCsum { parsed, fwd }) = scratch(ctx) else { return XDP_ABORTED };
+    let Some(out) = egress(&fwd) else { return to_tc(ctx) };
     if full_csum_rewrite(ctx, &parsed, &fwd).is_none() {
         count(stats::DROP_REWRITE_FAILED);
         return XDP_ABORTED;
     }
     count(stats::CSUM_FULL_RECOMPUTE);
-    redirect(ctx, &fwd)
+    sent(out)
 }
 
 #[inline(always)]

@@ -276,20 +276,6 @@ pub fn load(conns: u32, mode: Mode) -> (Datapath, forwarder::plan::Compiled) {
     (dp, compiled)
 }
 
-/// What XDP does with a packet (`input`) for an egress it may not
-/// transmit into: passes it translated (`translated`) with the transmit
-/// handoff (0xf04d7c02, then the egress ifindex, host order) in the
-/// metadata area; without metadata, untouched, for TC to do the whole work.
-pub fn handed_tx(ifindex: u32, input: &[u8], translated: &[u8]) -> Vec<u8> {
-    if !xdp_meta() {
-        return input.to_vec();
-    }
-    let mut v = 0xf04d_7c02_u32.to_ne_bytes().to_vec();
-    v.extend_from_slice(&ifindex.to_ne_bytes());
-    v.extend_from_slice(translated);
-    v
-}
-
 pub fn snat_port(client: Ipv4Addr, cport: u16, dport: u16) -> u16 {
     let t = Tuple {
         saddr: client.octets(),
