@@ -109,8 +109,9 @@ pub enum Verdict {
     Pass(u32),
     /// Drop it; the counter says why.
     Drop(u32),
-    /// XDP only: leave it untouched for the TC program to finish.
-    ToTc(u32),
+    /// XDP only: leave it untouched for the TC program to finish (counted
+    /// as `XDP_TO_TC`).
+    ToTc,
     /// Rewrite and send.
     Forward(Parsed, Forward),
     /// An ICMP error about one of our connections: rewrite it (outer

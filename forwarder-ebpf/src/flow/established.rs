@@ -32,7 +32,7 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
     // XDP fast path pays nothing for the second.)
     if entry.vlan != 0 {
         if P::IS_XDP {
-            return Verdict::ToTc(stats::XDP_TO_TC);
+            return Verdict::ToTc;
         }
         if entry.vlan == VLAN_RESET {
             return Verdict::Drop(stats::DROP_CONN_RESET);
@@ -72,7 +72,7 @@ pub fn established<P: Packet>(p: &P, parsed: Parsed, entry: &mut FlowEntry) -> V
         fwd
     };
     if !xdp_can_finish::<P>(&parsed) {
-        return Verdict::ToTc(stats::XDP_TO_TC);
+        return Verdict::ToTc;
     }
     if needs_refresh(entry.last_seen, now) {
         entry.last_seen = tick(now);

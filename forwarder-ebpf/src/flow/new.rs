@@ -137,11 +137,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
     // No backend can take it: refused with a TCP reset or "port
     // unreachable", which TC builds (XDP hands the packet over untouched).
     let Some((addr, port, slot)) = backend_of(target, &parsed) else {
-        return if P::IS_XDP {
-            Verdict::ToTc(stats::XDP_TO_TC)
-        } else {
-            Verdict::Drop(stats::DROP_NO_BACKEND)
-        };
+        return if P::IS_XDP { Verdict::ToTc } else { Verdict::Drop(stats::DROP_NO_BACKEND) };
     };
     let masquerade = masquerades(hairpin, target.flags);
     let dport = backend_port_from(port, target, u16::from_be_bytes(parsed.tuple.dport));
@@ -154,7 +150,7 @@ pub fn create<P: Packet>(p: &P, mut parsed: Parsed, target: &RuleTarget, hairpin
         return v;
     }
     if !xdp_can_finish::<P>(&parsed) {
-        return Verdict::ToTc(stats::XDP_TO_TC);
+        return Verdict::ToTc;
     }
     // The rate limit counts connections about to be set up (not those XDP
     // hands to TC, which would count them twice).

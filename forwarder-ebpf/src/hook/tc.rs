@@ -102,8 +102,13 @@ fn apply(ctx: &TcContext, v: Verdict) -> i32 {
             count(stats::PASS_NOT_OURS);
             TC_ACT_OK
         }
-        Verdict::Pass(s) | Verdict::ToTc(s) => {
+        Verdict::Pass(s) => {
             count(s);
+            TC_ACT_OK
+        }
+        // XDP's verdict only (every producer tests `P::IS_XDP`).
+        Verdict::ToTc => {
+            count(stats::XDP_TO_TC);
             TC_ACT_OK
         }
         Verdict::Drop(s) => {

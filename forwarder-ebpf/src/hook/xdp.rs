@@ -59,7 +59,7 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
             count(s);
             XDP_DROP
         }
-        Verdict::ToTc(_) => to_tc(ctx),
+        Verdict::ToTc => to_tc(ctx),
         // Decided by the new-flow program (the verdict never gets here).
         Verdict::NewFlow(..) => {
             count(stats::PASS_NOT_OURS);
@@ -70,10 +70,11 @@ fn apply<const FIRST: bool>(ctx: &XdpContext, v: Verdict) -> u32 {
                 let ifindex = ctx.ingress_ifindex() as u32;
                 audit::emit(|now| audit::accepted(&parsed, &fwd, ifindex, now));
             }
-            let Some(out) = egress(&fwd) else { return to_tc(ctx) };
+            // The full-checksum program asks for the egress itself.
             if needs_full_sum(&parsed) {
                 return tail_full_csum(ctx, parsed, fwd);
             }
+            let Some(out) = egress(&fwd) else { return to_tc(ctx) };
             if rewrite::<FIRST>(ctx, &parsed, &fwd).is_none() {
                 // Bounds re-checks cannot fail after parse; be safe anyway.
                 count(stats::DROP_REWRITE_FAILED);

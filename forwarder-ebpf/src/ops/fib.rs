@@ -6,7 +6,6 @@ use aya_ebpf::helpers::generated::bpf_fib_lookup as fib_lookup_helper;
 use forwarder_common::{
     decide::{FibOutcome, fib, fib_outcome, too_big},
     nat::Tuple,
-    stats,
 };
 
 use crate::{
@@ -78,7 +77,7 @@ pub fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict>
         FibOutcome::Send => {
             if P::IS_XDP && FWD_TX_PORTS.get(r.ifindex).is_none() {
                 // Egress is not one of ours: TC can redirect anywhere.
-                return Err(Verdict::ToTc(stats::XDP_TO_TC));
+                return Err(Verdict::ToTc);
             }
             Ok(Forward {
                 new,
@@ -101,7 +100,7 @@ pub fn fib_verdict<P: Packet>(r: &Route, new: Tuple) -> Result<Forward, Verdict>
             mtu: 0,
             vlan: 0,
         }),
-        FibOutcome::ToTc => Err(Verdict::ToTc(stats::XDP_TO_TC)),
+        FibOutcome::ToTc => Err(Verdict::ToTc),
         FibOutcome::TooBig => Err(Verdict::Drop(too_big(r.mtu))),
         FibOutcome::Drop(s) => Err(Verdict::Drop(s)),
         FibOutcome::Pass(s) => Err(Verdict::Pass(s)),

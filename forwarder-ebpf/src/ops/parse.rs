@@ -31,7 +31,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     if P::IS_XDP
         && (ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16)
     {
-        return Err(Verdict::ToTc(stats::XDP_TO_TC));
+        return Err(Verdict::ToTc);
     }
     if ether_type != EtherType::Ipv4 as u16 {
         return Err(Verdict::Pass(stats::PASS_NOT_IPV4));
@@ -73,7 +73,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
     // XDP program (the hot path) small enough for the verifier to explore
     // every path of it.
     if P::IS_XDP && (proto == PROTO_ICMP || meta.is_fragment) {
-        return Err(Verdict::ToTc(stats::XDP_TO_TC));
+        return Err(Verdict::ToTc);
     }
     let fragment = if !meta.is_fragment {
         FRAG_NONE
