@@ -170,3 +170,47 @@ fn refused_xdp_transmits_are_watched_and_move_the_egress_to_tc() {
         Expect::log(&["fault injection armed", "XDP cannot transmit into it: the kernel refused"]),
     );
 }
+
+#[test]
+fn a_public_interface_without_native_xdp_runs_tc_in_auto_mode_and_keeps_its_bound_rules() {
+    // A macvlan has no native XDP: the default mode (auto) runs TC on it.
+    // Its rule (bound to it) must still be found there before the same
+    // port's unbound rule, whose backend port nobody listens on.
+    let lab = Lab::new().unwrap();
+    let gw = |args: &[&str]| lab.gateway.ip(args).unwrap();
+    gw(&["link", "add", "mpub0", "link", "pub0", "type", "macvlan", "mode", "bridge"]);
+    gw(&["addr", "add", "10.77.0.1/24", "dev", "mpub0"]);
+    gw(&["link", "set", "mpub0", "up"]);
+    let mac = lab.gateway.mac("mpub0").unwrap();
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    lab.client.ip(&["addr", "add", "10.77.0.2/24", "dev", "eth0"]).unwrap();
+    lab.client
+        .ip(&["neigh", "replace", "10.77.0.1", "lladdr", &mac, "dev", "eth0", "nud", "permanent"])
+        .unwrap();
+    let mut fwd = lab
+        .start_forwarder_on(
+            "mpub0",
+            "int0",
+            &[
+                "--mode",
+                "auto",
+                "--rule",
+                "tcp:8090@mpub0=192.168.1.50:80",
+                "--rule",
+                "tcp:8090=192.168.1.50:81",
+            ],
+        )
+        .unwrap();
+    assert!(fwd.log_text().contains("mpub0: no native XDP"), "{}", fwd.log_text());
+    let server = http_server(&lab, 2);
+    for _ in 0..2 {
+        let (body, _) = http_get(&lab, std::net::SocketAddr::from(([10, 77, 0, 1], 8090)));
+        assert_eq!(body, format!("hello {}", ADDRS.gw_internal));
+    }
+    server.join().unwrap();
+    let stats = finish(&lab, &mut fwd, Expect::default());
+    assert!(
+        counter(&stats, "tc_redirected") + counter(&stats, "tc_redirected_neigh") >= 2,
+        "{stats}"
+    );
+}

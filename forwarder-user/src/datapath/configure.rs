@@ -192,13 +192,13 @@ impl Datapath {
     }
 
     /// Tells the programs that `ifindex` carries TC alone (its driver
-    /// refused native XDP in [`IfaceMode::NativeXdpElseTc`]).
+    /// refused native XDP in [`IfaceMode::NativeXdpElseTc`]), keeping the
+    /// flags [`Self::configure`] set (rules bound to it among them).
     pub(super) fn mark_tc_only(&mut self, ifindex: u32, role: u32) -> Result<()> {
         let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
             HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
-        ifaces
-            .insert(ifindex, IfaceInfo { role, flags: abi::IFACE_F_TC_ONLY }, 0)
-            .map_err(map_err(abi::MAP_IFACES))
+        let flags = ifaces.get(&ifindex, 0).map_or(0, |i| i.flags) | abi::IFACE_F_TC_ONLY;
+        ifaces.insert(ifindex, IfaceInfo { role, flags }, 0).map_err(map_err(abi::MAP_IFACES))
     }
 
     /// Makes the public-address table equal to `want`, or to its first
