@@ -96,8 +96,13 @@ pub const DROP_NO_BACKEND: u32 = 31;
 /// hands them over), dropped if it cannot be built.
 pub const DROP_CONN_RESET: u32 = 32;
 
+/// XDP could not mark a packet it hands to TC (the driver gives it no
+/// metadata area): the interface is switched to "TC looks at every packet
+/// XDP lets through" (`abi::IFACE_F_TC_ALL`), which takes this packet too.
+pub const XDP_META_FAILED: u32 = 33;
+
 /// Number of counters.
-pub const COUNT: u32 = 33;
+pub const COUNT: u32 = 34;
 
 /// Counter names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -134,4 +139,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_rewrite_failed",
     "drop_no_backend",
     "drop_conn_reset",
+    "xdp_meta_failed",
 ];

@@ -12,9 +12,9 @@ use aya_ebpf::{
 };
 use forwarder_common::abi::{
     BackendAddr, BackendKey, Config, EVENTS_RING_BYTES, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE,
-    FlowEntry, FlowKey, FragEntry, FragKey, IFACE_F_TC_ONLY, IfaceInfo, MAGLEV_POOL,
-    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES, MAX_RULES,
-    MAX_SRC_ENTRIES, RingPos, RuleKey, RuleStats, RuleTarget, Service, SrcKey, Traffic,
+    FlowEntry, FlowKey, FragEntry, FragKey, IFACE_F_TC_ALL, IFACE_F_TC_ONLY, IfaceInfo,
+    MAGLEV_POOL, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_IFACES, MAX_PUBLIC_ADDRS, MAX_RULE_ENTRIES,
+    MAX_RULES, MAX_SRC_ENTRIES, RingPos, RuleKey, RuleStats, RuleTarget, Service, SrcKey, Traffic,
     XdpTxErrors,
 };
 use forwarder_common::{audit::TokenBucket, conntrack::CT_CANDIDATES, stats};
@@ -174,11 +174,31 @@ pub fn count_flow(entry: &FlowEntry, bytes: u32) {
     count_backend(entry.backend_slot, entry.dir, bytes);
 }
 
+/// The `abi::IFACE_F_*` bits of interface `ifindex` (0: not ours).
+#[inline(always)]
+pub fn iface_flags(ifindex: u32) -> u32 {
+    // SAFETY: map value pointer valid until program exit.
+    FWD_IFACES.get_ptr(&ifindex).map_or(0, |i| unsafe { (*i).flags })
+}
+
 /// Whether interface `ifindex` runs in TC mode (no XDP in front).
 #[inline(always)]
 pub fn tc_only_iface(ifindex: u32) -> bool {
-    // SAFETY: map value pointer valid until program exit.
-    FWD_IFACES.get_ptr(&ifindex).is_some_and(|i| unsafe { (*i).flags } & IFACE_F_TC_ONLY != 0)
+    iface_flags(ifindex) & IFACE_F_TC_ONLY != 0
+}
+
+/// Tells the TC program behind XDP on `ifindex` to look at every packet
+/// XDP lets through ([`IFACE_F_TC_ALL`]): XDP cannot mark its hand-overs
+/// there.
+#[inline(always)]
+pub fn tc_takes_all(ifindex: u32) {
+    if let Some(i) = FWD_IFACES.get_ptr_mut(&ifindex) {
+        // SAFETY: map value pointer valid until program exit. Every CPU
+        // sets the same bit; a daemon that rewrites the entry meanwhile
+        // clears it, and the next hand-over that cannot be marked sets it
+        // again before TC sees that packet.
+        unsafe { (*i).flags |= IFACE_F_TC_ALL };
+    }
 }
 
 #[inline(always)]

@@ -26,8 +26,8 @@ pub const STATE_MAPS: [(&str, u32); 8] = [
     (abi::MAP_FRAGS, 1),
     // v2: 10 240 rules (v1 held 4096).
     (abi::MAP_RULE_STATS, 2),
-    // v5: 33 counters (`stats::COUNT`).
-    (abi::MAP_STATS, 5),
+    // v6: 34 counters (`stats::COUNT`).
+    (abi::MAP_STATS, 6),
     // The early-drop candidates (keys into the adopted table), v2: a ring
     // per CPU; and where each ring stands.
     (abi::MAP_CT_CANDIDATES, 2),
@@ -261,7 +261,7 @@ mod tests {
         let pins = Pins { dir: dir.clone() };
         let flows = pins.map(abi::MAP_FLOWS);
         let stats = pins.map(abi::MAP_STATS);
-        assert_eq!(stats.file_name().unwrap(), "FWD_STATS_v5");
+        assert_eq!(stats.file_name().unwrap(), "FWD_STATS_v6");
         for f in [
             "FWD_STATS",
             "FWD_STATS_v1",
@@ -270,6 +270,7 @@ mod tests {
             "FWD_STATS_v3",
             "FWD_STATS_v4",
             "FWD_STATS_v5",
+            "FWD_STATS_v6",
             "FWD_FLOWS_v2",
             "link-xdp-pub0",
             "FWD_FLOWS_OTHER",
@@ -286,7 +287,8 @@ mod tests {
                 "FWD_STATS",
                 "FWD_STATS_v1",
                 "FWD_STATS_v3",
-                "FWD_STATS_v4"
+                "FWD_STATS_v4",
+                "FWD_STATS_v5"
             ]
         );
         assert!(

@@ -10,6 +10,7 @@
 //! (permanent) neighbours.
 
 use forwarder::{datapath::XdpAttach, iface, settings::Mode};
+use forwarder_common::abi;
 use forwarder_testkit::{ADDRS, GW_INTERNAL_IF, GW_PUBLIC_IF, Lab};
 use frames::{table::run_table, *};
 use harness::TestRunExt;
@@ -290,11 +291,19 @@ fn xdp_hands_packets_to_tc_and_tc_sends_them() {
             );
             assert_eq!(dp.flows().unwrap().len(), 2, "XDP set up a flow it handed over");
             // With XDP in front, TC leaves alone what XDP did not mark;
-            // without metadata, nothing is marked and TC takes every packet.
-            let flows = if xdp_meta() {
+            // without metadata, nothing is marked and TC takes every packet,
+            // as it does where XDP found it cannot mark (IFACE_F_TC_ALL, set
+            // by XDP itself when the driver gives it no metadata area).
+            assert_eq!(
+                dp.iface_flags(pub_if).unwrap() & abi::IFACE_F_TC_ALL,
+                0,
+                "XDP found a hand-over it could not mark"
+            );
+            if xdp_meta() {
                 check_tc(&dp, "not handed over", &syn, pub_if, TC_ACT_OK, &syn);
-                2
-            } else {
+                dp.set_tc_takes_all(pub_if, true).unwrap();
+            }
+            {
                 let p6 = snat_port(c, 40006, 8080);
                 let (verdict, out) = dp.test_run_tc(&syn, pub_if).unwrap();
                 assert_eq!(verdict, TC_ACT_REDIRECT, "unmarked SYN (TC)");
@@ -308,8 +317,11 @@ fn xdp_hands_packets_to_tc_and_tc_sends_them() {
                     &[],
                 );
                 assert_eq!(hex(&out[14..]), hex(&want[14..]), "unmarked SYN (TC): its IP packet");
-                4
-            };
+            }
+            if xdp_meta() {
+                dp.set_tc_takes_all(pub_if, false).unwrap();
+            }
+            let flows = 4;
             assert_eq!(dp.flows().unwrap().len(), flows, "entries (two a connection)");
             // Both halves, live: the client sends the frame to pub0, where
             // XDP passes it into the stack (marked, with metadata); TC sends

@@ -344,6 +344,11 @@ pub const IFACE_F_TC_ONLY: u32 = 1;
 /// (`@IFACE`); without it a new flow's rule lookup goes straight to the
 /// rules of every public interface (one trie lookup, not two).
 pub const IFACE_F_BOUND_RULES: u32 = 2;
+/// `IfaceInfo::flags`, set by XDP itself: it could not mark a hand-over
+/// to TC on this interface (its driver gives XDP no metadata area), so
+/// the TC program behind it looks at every packet XDP lets through, as
+/// on a kernel that refuses XDP the metadata helper.
+pub const IFACE_F_TC_ALL: u32 = 4;
 
 /// Value of [`MAP_CONFIG`] (index 0).
 #[repr(C)]

@@ -1,7 +1,8 @@
 //! TC ingress entry. In TC mode (no XDP on the interface) it is the whole
 //! datapath. Behind XDP it only takes the packets XDP marked (neighbour
-//! unknown, egress not in the devmap, …), or, on a kernel that refuses XDP
-//! the metadata area, every packet XDP let through, and finishes them: the
+//! unknown, egress not in the devmap, …), or, where XDP cannot mark them
+//! (a kernel that refuses XDP the metadata helper, a driver that gives it
+//! no metadata area), every packet XDP let through, and finishes them: the
 //! checksum helpers handle `CHECKSUM_PARTIAL` skbs, and `bpf_redirect_neigh`
 //! lets the kernel resolve the next hop without the packet ever meeting the
 //! routing stack (where a translated source would be a martian).
@@ -12,7 +13,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use forwarder_common::{
-    abi::{PROTO_UDP, TC_TAIL_NEW_FLOW, XDP_HANDOFF_MAGIC},
+    abi::{IFACE_F_TC_ALL, IFACE_F_TC_ONLY, PROTO_UDP, TC_TAIL_NEW_FLOW, XDP_HANDOFF_MAGIC},
     decide::{drop_counter, gso_segment_len, tcp_header_len, too_big_mtu},
     nat::delta,
     stats,
@@ -22,7 +23,7 @@ use super::toobig;
 use crate::{
     ctx::{Packet, ptr_at},
     flow::{icmp, new::create},
-    maps::{FWD_NEW_SCRATCH, FWD_TC_TAILS, count, tc_only_iface, xdp_meta},
+    maps::{FWD_NEW_SCRATCH, FWD_TC_TAILS, count, iface_flags, xdp_meta},
     ops::{audit, frag, parse::rebased, rewrite},
     pipeline::decide,
     types::{FRAG_NONE, Forward, NewFlowPlan, Parsed, Verdict},
@@ -44,24 +45,24 @@ fn handed_over(ctx: &TcContext) -> bool {
     meta + 4 <= data && unsafe { *(meta as *const u32) } == XDP_HANDOFF_MAGIC
 }
 
-/// Whether this interface runs in TC mode (no XDP in front).
-#[inline(always)]
-fn tc_only(ctx: &TcContext) -> bool {
-    tc_only_iface(Packet::ingress_ifindex(ctx))
-}
-
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
+    let flags = iface_flags(Packet::ingress_ifindex(ctx));
+    let tc_only = flags & IFACE_F_TC_ONLY != 0;
+    // Behind XDP, TC looks at every packet XDP lets through where XDP
+    // cannot mark its hand-overs: the kernel refuses it the metadata
+    // helper, or the driver gives it no metadata area.
+    let unmarked = !xdp_meta() || flags & IFACE_F_TC_ALL != 0;
     // Tagged frames are always ours to look at: XDP hands them over, and
     // the kernel's untagging may move the metadata word.
-    if xdp_meta() && !handed_over(ctx) && !tc_only(ctx) && Packet::vlan(ctx) == 0 {
+    if !tc_only && !unmarked && !handed_over(ctx) && Packet::vlan(ctx) == 0 {
         return TC_ACT_OK;
     }
     let _ = ctx.pull_data(if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN });
     match decide(ctx) {
-        // Behind XDP without metadata, every packet XDP let through comes
+        // Behind XDP without marks, every packet XDP let through comes
         // here: one XDP passed it has counted already.
-        Verdict::Pass(_) if !xdp_meta() && !tc_only(ctx) => TC_ACT_OK,
+        Verdict::Pass(_) if unmarked && !tc_only => TC_ACT_OK,
         Verdict::NewFlow(parsed, target, hairpin) => {
             if let Some(slot) = FWD_NEW_SCRATCH.get_ptr_mut(0) {
                 // SAFETY: per-CPU slot; the tail call below runs at once,

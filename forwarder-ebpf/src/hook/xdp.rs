@@ -16,7 +16,9 @@ use forwarder_common::{
 use crate::{
     ctx::ptr_at,
     flow::new::create,
-    maps::{FWD_NEW_SCRATCH, FWD_SCRATCH, FWD_TX_PORTS, FWD_XDP_TAILS, count, xdp_meta},
+    maps::{
+        FWD_NEW_SCRATCH, FWD_SCRATCH, FWD_TX_PORTS, FWD_XDP_TAILS, count, tc_takes_all, xdp_meta,
+    },
     ops::{
         audit, csum,
         parse::{l4_off_again, needs_full_sum, rebased},
@@ -135,8 +137,8 @@ fn sent(action: u32) -> u32 {
 
 /// Leaves the untouched packet to the TC program: marked through the
 /// metadata area ([`XDP_HANDOFF_MAGIC`]); without metadata (the kernel
-/// refuses XDP the helper), unmarked, as TC then looks at every packet
-/// XDP lets through.
+/// refuses XDP the helper, or the driver gives it no area), unmarked, as
+/// TC then looks at every packet XDP lets through.
 #[inline(always)]
 fn to_tc(ctx: &XdpContext) -> u32 {
     count(stats::XDP_TO_TC);
@@ -146,18 +148,23 @@ fn to_tc(ctx: &XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// Marks the packet for TC; where the driver gives XDP no metadata area
+/// (the helper fails), the interface's TC program is told to look at
+/// every packet XDP lets through, this one included, instead: never a
+/// hand-over TC would leave alone.
 #[inline(always)]
 fn mark_for_tc(ctx: &XdpContext) {
     // SAFETY: valid context; the helper only moves data_meta.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
-        return;
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } == 0 {
+        let meta = ctx.metadata();
+        if meta + 4 <= ctx.data() {
+            // SAFETY: 4 bytes between data_meta and data, checked above.
+            unsafe { *(meta as *mut u32) = XDP_HANDOFF_MAGIC };
+            return;
+        }
     }
-    let meta = ctx.metadata();
-    if meta + 4 > ctx.data() {
-        return;
-    }
-    // SAFETY: 4 bytes between data_meta and data, checked above.
-    unsafe { *(meta as *mut u32) = XDP_HANDOFF_MAGIC };
+    count(stats::XDP_META_FAILED);
+    tc_takes_all(ctx.ingress_ifindex() as u32);
 }
 
 /// The incremental rewrite (RFC 1624), for packets with a complete checksum.

@@ -191,6 +191,28 @@ impl Datapath {
         Ok(true)
     }
 
+    /// The `abi::IFACE_F_*` bits the programs hold for `ifindex` (0: not
+    /// one of ours).
+    pub fn iface_flags(&self, ifindex: u32) -> Result<u32> {
+        let ifaces: HashMap<&MapData, u32, IfaceInfo> =
+            HashMap::try_from(self.map(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
+        Ok(ifaces.get(&ifindex, 0).map_or(0, |i| i.flags))
+    }
+
+    /// Sets (`on`) or clears [`abi::IFACE_F_TC_ALL`] on `ifindex`: the TC
+    /// program behind XDP looks at every packet XDP lets through, as XDP
+    /// has it do where it cannot mark a hand-over (it sets the bit itself).
+    pub fn set_tc_takes_all(&mut self, ifindex: u32, on: bool) -> Result<()> {
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
+            HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
+        let mut info = ifaces
+            .get(&ifindex, 0)
+            .map_err(|e| Error::Io(format!("ifindex {ifindex} in {}: {e}", abi::MAP_IFACES)))?;
+        info.flags =
+            if on { info.flags | abi::IFACE_F_TC_ALL } else { info.flags & !abi::IFACE_F_TC_ALL };
+        ifaces.insert(ifindex, info, 0).map_err(map_err(abi::MAP_IFACES))
+    }
+
     /// Tells the programs that `ifindex` carries TC alone (its driver
     /// refused native XDP in [`IfaceMode::NativeXdpElseTc`]), keeping the
     /// flags [`Self::configure`] set (rules bound to it among them).
