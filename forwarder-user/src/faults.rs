@@ -5,7 +5,8 @@
 //! ([`crate::housekeeping::TASKS`]), and two more: `fatal` (the daemon's
 //! loop ends with an error, as from a fault it cannot survive) and
 //! `xdp_features_unknown` (the kernel seems not to report interfaces'
-//! XDP features, as before 6.3). Without the variable nothing fails:
+//! XDP features, as before 6.3), and `rules_in_place` (a rule change in
+//! the running tables fails after its new entries are written). Without the variable nothing fails:
 //! one environment read at start, then a lookup in an empty table.
 
 use std::{collections::HashMap, sync::Mutex};

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+pub mod diff;
+
 use forwarder_common::{
     abi::{
         self, BackendAddr, RULE_F_BACKENDS, RULE_F_MASQUERADE, RULE_F_PORT_RANGE,

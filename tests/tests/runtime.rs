@@ -384,3 +384,59 @@ fn tc_egress_into_a_device_without_checksum_offload_sends_checksums_that_verify(
     assert_eq!(counter(&stats, "xdp_redirected"), 0, "{stats}");
     assert!(counter(&stats, "tc_redirected") > 0, "{stats}");
 }
+
+#[test]
+fn rule_changes_are_made_in_the_running_tables_and_a_failed_one_is_undone() {
+    let lab = Lab::new().unwrap();
+    more_backend_addresses(&lab);
+    let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
+    // The second change in place fails after its rule entries are written.
+    let mut fwd = lab
+        .start_forwarder_env(
+            &[("FORWARDER_FAILPOINTS", "rules_in_place@2")],
+            &[
+                "--public",
+                "pub0",
+                "--internal",
+                "int0",
+                "--rule",
+                HTTP_RULE,
+                "--pin-dir",
+                bpf.arg(),
+            ],
+        )
+        .unwrap();
+    echo_server(&lab, 80);
+    let mut old = connect(&lab, public(8080)).unwrap();
+    let in_place =
+        |fwd: &Forwarder| fwd.log_text().matches("rule change made in the running tables").count();
+    // A balanced rule arrives: its service and tables, then its entry.
+    let (ok, out) = cli(&lab, &["rule", "add", "tcp:9090=192.168.1.50:80+192.168.1.51:80"]);
+    assert!(ok, "{out}");
+    assert_eq!(in_place(&fwd), 1, "{}", fwd.log_text());
+    for _ in 0..4 {
+        assert!(roundtrip(&mut connect(&lab, public(9090)).unwrap()));
+    }
+    // A range that fails half-way: its entries are taken out again.
+    let (ok, out) = cli(&lab, &["rule", "add", "tcp:9100-9163=192.168.1.50:80"]);
+    assert!(!ok && out.contains("injected failure (rules_in_place"), "{out}");
+    for port in [9100, 9131, 9163] {
+        assert_eq!(connect(&lab, public(port)).unwrap_err(), std::io::ErrorKind::ConnectionRefused);
+    }
+    let (_, list) = cli(&lab, &["rule", "list"]);
+    assert!(!list.contains("9100"), "{list}");
+    assert!(roundtrip(&mut old) && roundtrip(&mut connect(&lab, public(9090)).unwrap()));
+    // The same change again (the fault was once), then the balanced rule
+    // leaves: its connections are refused, the others stay.
+    let (ok, out) = cli(&lab, &["rule", "add", "tcp:9100-9163=192.168.1.50:80"]);
+    assert!(ok, "{out}");
+    assert!(roundtrip(&mut connect(&lab, public(9131)).unwrap()));
+    let (ok, out) = cli(&lab, &["rule", "del", "2"]);
+    assert!(ok && out.contains("tcp:9090"), "{out}");
+    assert_eq!(connect(&lab, public(9090)).unwrap_err(), std::io::ErrorKind::ConnectionRefused);
+    assert!(roundtrip(&mut old) && roundtrip(&mut connect(&lab, public(9163)).unwrap()));
+    assert_eq!(in_place(&fwd), 3, "{}", fwd.log_text());
+    assert!(!fwd.log_text().contains("reloading"), "{}", fwd.log_text());
+    drop(old);
+    finish(&lab, &mut fwd, Expect::log(&["fault injection armed", "injected failure"]));
+}

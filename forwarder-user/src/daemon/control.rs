@@ -34,7 +34,7 @@ impl Daemon {
                 let r = Rule::parse_spec(&spec)?;
                 let mut next = self.settings.clone();
                 next.rules.push(r);
-                self.swap(next)?;
+                self.change(next)?;
                 let handle = self.settings.rules.last().map_or(0, |r| r.handle);
                 serde_json::json!({ "handle": handle })
             }
@@ -44,7 +44,7 @@ impl Daemon {
                     anyhow::anyhow!("no rule with handle {handle} (see `forwarder rule list`)")
                 })?;
                 let gone = next.rules.remove(at);
-                self.swap(next)?;
+                self.change(next)?;
                 serde_json::json!({"handle": handle, "removed": gone.to_string()})
             }
             Request::Save { path } => {

@@ -74,37 +74,35 @@ impl Datapath {
         for (prefix_len, k) in &c.sources {
             allow.insert(&Key::new(*prefix_len, *k), 1, 0).map_err(map_err(abi::MAP_SRC_ALLOW))?;
         }
-        self.fill_services(&c.services)
+        self.fill_services(&c.services, &c.services.entries)
     }
 
-    /// The Maglev tables and backends, then the services that point at
-    /// them: a service is found only once what it names is in place.
-    fn fill_services(&mut self, s: &Services) -> Result<()> {
+    /// The Maglev tables and backends of `entries` (services of `s`),
+    /// then the services that point at them: a service is found only once
+    /// what it names is in place.
+    pub(super) fn fill_services(&mut self, s: &Services, entries: &[(u32, Service)]) -> Result<()> {
         // The live half of each rule's region (the spare one is written
         // when a table replaces it), in batches.
-        let (slots, values): (Vec<u32>, Vec<u32>) = s
-            .entries
+        let (slots, values): (Vec<u32>, Vec<u32>) = entries
             .iter()
             .flat_map(|(_, svc)| svc.table_off..svc.table_off + svc.table_len)
             .filter_map(|i| s.maglev.get(i as usize).map(|v| (i, *v)))
             .unzip();
         crate::batch::update(self.array_fd(abi::MAP_MAGLEV)?, &slots, &values, abi::MAP_MAGLEV)?;
-        // Every backend with the slot it counts in.
-        let mut backends = s.backends.clone();
-        let mut at = Vec::new();
-        let mut keys = Vec::new();
-        for (rule, svc) in &s.entries {
+        // Each rule's backends with the slot each counts in.
+        let (mut ids, mut backends, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        for (rule, svc) in entries {
             for i in svc.backends_off..svc.backends_off + svc.backends {
-                if let Some(b) = backends.get(i as usize) {
-                    at.push(i as usize);
+                if let Some(b) = s.backends.get(i as usize) {
+                    ids.push(i);
+                    backends.push(*b);
                     keys.push(BackendKey { rule: *rule, addr: b.addr, port: b.port, _pad: [0; 2] });
                 }
             }
         }
-        for (i, slot) in at.into_iter().zip(self.backend_slots(&keys)?) {
-            backends[i].stats_slot = slot;
+        for (b, slot) in backends.iter_mut().zip(self.backend_slots(&keys)?) {
+            b.stats_slot = slot;
         }
-        let ids: Vec<u32> = (0..u32::try_from(backends.len()).unwrap_or(u32::MAX)).collect();
         crate::batch::update(
             self.array_fd(abi::MAP_BACKENDS)?,
             &ids,
@@ -114,7 +112,7 @@ impl Datapath {
         let mut services: HashMap<&mut MapData, u32, Service> =
             HashMap::try_from(self.map_mut(abi::MAP_SERVICES)?)
                 .map_err(map_err(abi::MAP_SERVICES))?;
-        for (rule_id, svc) in &s.entries {
+        for (rule_id, svc) in entries {
             services.insert(rule_id, svc, 0).map_err(map_err(abi::MAP_SERVICES))?;
         }
         Ok(())

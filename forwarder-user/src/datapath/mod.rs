@@ -11,6 +11,7 @@ mod conntrack;
 mod counters;
 mod object;
 mod resets;
+mod rules;
 
 pub use attach::XdpAttach;
 pub use configure::AddrSync;
@@ -20,3 +21,4 @@ pub use object::{
     xdp_meta_supported,
 };
 pub use resets::{RESET_GRACE, Resets};
+pub use rules::RuleChange;
