@@ -240,8 +240,11 @@ impl Settings {
         if self.rules.len() > abi::MAX_RULES as usize {
             return Err(Error::TooManyRules(self.rules.len()));
         }
-        // Rules on the same (interface, protocol) must not share a port.
-        let mut seen: HashMap<(u32, u8), Vec<&Rule>> = HashMap::new();
+        // Rules on the same (interface, protocol) must not share a port:
+        // their ranges so far, disjoint, by first port (of those that
+        // start at or below a range's last port, only the one that starts
+        // last can reach into it).
+        let mut seen: HashMap<(u32, u8), std::collections::BTreeMap<u16, &Rule>> = HashMap::new();
         let mut entries = Vec::new();
         let mut sources = Vec::new();
         let mut services = Services::default();
@@ -268,13 +271,15 @@ impl Settings {
                 }
             };
             let same = seen.entry((if_idx, r.proto.number())).or_default();
-            if let Some(first) = same.iter().find(|o| o.ports.overlaps(r.ports)) {
+            if let Some((_, first)) = same.range(..=r.ports.hi).next_back()
+                && first.ports.overlaps(r.ports)
+            {
                 return Err(Error::DuplicateRule {
                     first: format!("{first} ({})", first.origin),
                     second: format!("{r} ({})", r.origin),
                 });
             }
-            same.push(r);
+            same.insert(r.ports.lo, r);
             let mut flags = if r.masquerade { RULE_F_MASQUERADE } else { 0 };
             let first = r.first_backend();
             if first.ports.lo != first.ports.hi {

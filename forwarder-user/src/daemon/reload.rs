@@ -4,6 +4,8 @@
 //! added or deleted from the control socket is written into the running
 //! tables instead, where they can take it (`plan::rule_diff`).
 
+use std::collections::HashSet;
+
 use anyhow::Context as _;
 
 use super::core::{Daemon, egresses, register_logger};
@@ -24,20 +26,19 @@ impl Daemon {
         if self.pins.is_none() {
             return self.swap(next);
         }
+        let t0 = std::time::Instant::now();
         next.assign_handles(Some(&self.settings))?;
         let compiled = next.compile(&System)?;
         let Some(diff) = rule_diff(&self.compiled, &compiled) else {
             log::info!("rule change: the running tables cannot take it in place; reloading");
             return self.swap(next);
         };
-        let t0 = std::time::Instant::now();
+        let planned = t0.elapsed();
         // A new rule counts from 0, even on a handle a deleted rule had.
-        let arriving: Vec<u32> = next
-            .rules
-            .iter()
-            .filter(|r| self.settings.rule(r.handle).is_none())
-            .map(|r| r.handle)
-            .collect();
+        let handles = |s: &Settings| -> HashSet<u32> { s.rules.iter().map(|r| r.handle).collect() };
+        let (running, staying) = (handles(&self.settings), handles(&next));
+        let arriving: HashSet<u32> =
+            next.rules.iter().map(|r| r.handle).filter(|h| !running.contains(h)).collect();
         for h in &arriving {
             self.dp.clear_rule_stats(*h)?;
         }
@@ -52,7 +53,7 @@ impl Daemon {
         self.dp.commit_rules(&diff, staged)?;
         // Events of the rules that leave, with their text.
         self.audit.drain(&self.dp, &self.settings);
-        for r in self.settings.rules.iter().filter(|r| next.rule(r.handle).is_none()) {
+        for r in self.settings.rules.iter().filter(|r| !staying.contains(&r.handle)) {
             log::info!("rule {} removed: {r} ({})", r.handle, r.origin);
         }
         for r in next.rules.iter().filter(|r| arriving.contains(&r.handle)) {
@@ -63,9 +64,12 @@ impl Daemon {
         self.backends = backends;
         self.settings = next;
         self.compiled = compiled;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         log::info!(
-            "rule change made in the running tables in {:.1} ms ({} entries written, {} deleted)",
-            t0.elapsed().as_secs_f64() * 1e3,
+            "rule change made in the running tables in {:.1} ms ({:.1} ms to compile {} rules and compare them with the running ones; {} entries written, {} deleted)",
+            ms(t0.elapsed()),
+            ms(planned),
+            self.settings.rules.len(),
             diff.put.len() + diff.src_put.len() + diff.services_new.len(),
             diff.gone.len() + diff.src_gone.len() + diff.services_gone.len()
         );

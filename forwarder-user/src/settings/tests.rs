@@ -154,6 +154,23 @@ fn refuses_duplicates_unknown_and_misplaced_interfaces() {
     let e =
         settings(&["tcp:8080=10.0.2.2:80", "tcp:8080=10.0.2.3:80"]).compile(&FakeHost).unwrap_err();
     assert!(e.to_string().contains("duplicate rule"), "{e}");
+    // Ranges: any shared port, whichever order they come in; touching
+    // ones are fine.
+    for (a, b) in [
+        ("tcp:8000-8099=10.0.2.2", "tcp:8050=10.0.2.3:80"),
+        ("tcp:8050=10.0.2.3:80", "tcp:8000-8099=10.0.2.2"),
+        ("tcp:8100-8199=10.0.2.2", "tcp:7000-8100=10.0.2.3"),
+        ("tcp:7000-7010=10.0.2.2", "tcp:7011-8000=10.0.2.3"),
+    ] {
+        let e = settings(&[a, "tcp:7500=10.0.2.4:80", b]).compile(&FakeHost).unwrap_err();
+        assert!(
+            e.to_string().contains("duplicate rule") && e.to_string().contains(b),
+            "{a} {b}: {e}"
+        );
+    }
+    settings(&["tcp:7000-7010=10.0.2.2", "tcp:7011-7020=10.0.2.3", "tcp:6990-6999=10.0.2.4"])
+        .compile(&FakeHost)
+        .unwrap();
     // Same port on different protocols or interfaces is fine.
     settings(&["tcp:8080=10.0.2.2:80", "udp:8080=10.0.2.3:80", "tcp:8080@pub0=10.0.2.4"])
         .compile(&FakeHost)
