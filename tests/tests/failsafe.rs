@@ -18,20 +18,9 @@ use forwarder_testkit::{ADDRS, BpfFs, Lab};
 fn housekeeping_failures_are_logged_counted_retried_and_never_stop_forwarding() {
     let lab = Lab::new().unwrap();
     let mut fwd = lab
-        .start_forwarder_env(
-            &[("FORWARDER_FAILPOINTS", "conntrack_sweep=3,egress=2,table_watch=2,audit_report=1")],
-            &[
-                "--public",
-                "pub0",
-                "--internal",
-                "int0",
-                "--rule",
-                HTTP_RULE,
-                "--rule",
-                "udp:5353=192.168.1.50:53",
-                "--ct-timeout",
-                "udp=2",
-            ],
+        .start_forwarder_faulty(
+            "conntrack_sweep=3,egress=2,table_watch=2,audit_report=1",
+            &["--rule", HTTP_RULE, "--rule", "udp:5353=192.168.1.50:53", "--ct-timeout", "udp=2"],
         )
         .unwrap();
     let server = http_server(&lab, 3);
@@ -147,12 +136,8 @@ fn a_fatal_error_leaves_a_pinned_datapath_forwarding() {
     let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     let pin = bpf.arg().to_string();
     // The loop ends with an injected fatal error at its 4th tick.
-    let mut fwd = lab
-        .start_forwarder_env(
-            &[("FORWARDER_FAILPOINTS", "fatal@4")],
-            &["--public", "pub0", "--internal", "int0", "--rule", HTTP_RULE, "--pin-dir", &pin],
-        )
-        .unwrap();
+    let mut fwd =
+        lab.start_forwarder_faulty("fatal@4", &["--rule", HTTP_RULE, "--pin-dir", &pin]).unwrap();
     let listener =
         lab.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap()).unwrap().join().unwrap();
     std::thread::spawn(move || {

@@ -392,19 +392,7 @@ fn rule_changes_are_made_in_the_running_tables_and_a_failed_one_is_undone() {
     let bpf = BpfFs::mount(lab.dir.join("bpf")).unwrap();
     // The second change in place fails after its rule entries are written.
     let mut fwd = lab
-        .start_forwarder_env(
-            &[("FORWARDER_FAILPOINTS", "rules_in_place@2")],
-            &[
-                "--public",
-                "pub0",
-                "--internal",
-                "int0",
-                "--rule",
-                HTTP_RULE,
-                "--pin-dir",
-                bpf.arg(),
-            ],
-        )
+        .start_forwarder_faulty("rules_in_place@2", &["--rule", HTTP_RULE, "--pin-dir", bpf.arg()])
         .unwrap();
     echo_server(&lab, 80);
     let mut old = connect(&lab, public(8080)).unwrap();

@@ -130,10 +130,7 @@ fn refused_xdp_transmits_are_watched_and_move_the_egress_to_tc() {
     // tracepoint counts them, and the daemon moves them to TC.
     let lab = Lab::with_tuning(false).unwrap();
     let mut fwd = lab
-        .start_forwarder_env(
-            &[("FORWARDER_FAILPOINTS", "xdp_features_unknown")],
-            &["--public", "pub0", "--internal", "int0", "--rule", HTTP_RULE, "--mode", "xdp"],
-        )
+        .start_forwarder_faulty("xdp_features_unknown", &["--rule", HTTP_RULE, "--mode", "xdp"])
         .unwrap();
     let server = http_server(&lab, 3);
     // The first SYN is refused at int0; its retransmission (after 1 s)

@@ -236,6 +236,14 @@ impl Lab {
         self.start_forwarder_env(&[], extra)
     }
 
+    /// [`Lab::start_forwarder`] with fault points armed
+    /// (`FORWARDER_FAILPOINTS=points`).
+    pub fn start_forwarder_faulty(&self, points: &str, extra: &[&str]) -> Result<Forwarder> {
+        let mut args = vec!["--public", GW_PUBLIC_IF, "--internal", GW_INTERNAL_IF];
+        args.extend_from_slice(extra);
+        self.start_forwarder_env(&[("FORWARDER_FAILPOINTS", points)], &args)
+    }
+
     /// [`Lab::start_forwarder_with`] with `env` in the daemon's
     /// environment (e.g. `FORWARDER_FAILPOINTS`).
     pub fn start_forwarder_env(&self, env: &[(&str, &str)], extra: &[&str]) -> Result<Forwarder> {
