@@ -201,14 +201,25 @@ impl Datapath {
     /// program behind XDP looks at every packet XDP lets through, as XDP
     /// has it do where it cannot mark a hand-over (it sets the bit itself).
     pub fn set_tc_takes_all(&mut self, ifindex: u32, on: bool) -> Result<()> {
+        self.set_iface_flag(ifindex, abi::IFACE_F_TC_ALL, on).map(|_| ())
+    }
+
+    /// Sets (`on`) or clears `flag` on interface `ifindex`, keeping its
+    /// other bits; the entry as it was.
+    pub(super) fn set_iface_flag(
+        &mut self,
+        ifindex: u32,
+        flag: u32,
+        on: bool,
+    ) -> Result<IfaceInfo> {
         let mut ifaces: HashMap<&mut MapData, u32, IfaceInfo> =
             HashMap::try_from(self.map_mut(abi::MAP_IFACES)?).map_err(map_err(abi::MAP_IFACES))?;
-        let mut info = ifaces
+        let was = ifaces
             .get(&ifindex, 0)
             .map_err(|e| Error::Io(format!("ifindex {ifindex} in {}: {e}", abi::MAP_IFACES)))?;
-        info.flags =
-            if on { info.flags | abi::IFACE_F_TC_ALL } else { info.flags & !abi::IFACE_F_TC_ALL };
-        ifaces.insert(ifindex, info, 0).map_err(map_err(abi::MAP_IFACES))
+        let flags = if on { was.flags | flag } else { was.flags & !flag };
+        ifaces.insert(ifindex, IfaceInfo { flags, ..was }, 0).map_err(map_err(abi::MAP_IFACES))?;
+        Ok(was)
     }
 
     /// Tells the programs that `ifindex` carries TC alone (its driver

@@ -15,7 +15,7 @@ use aya::maps::{
 use forwarder_common::abi::{self, IfaceInfo, RuleKey, RuleTarget, Service, SrcKey};
 
 use crate::{
-    error::{Error, Result},
+    error::Result,
     plan::{Services, diff::RuleDiff},
 };
 
@@ -72,7 +72,8 @@ impl Datapath {
     fn write_rules(&mut self, d: &RuleDiff, change: &mut RuleChange) -> Result<()> {
         let u = &mut change.undo;
         for (ifindex, _) in d.bound.iter().filter(|(_, on)| *on) {
-            self.set_iface_flag(*ifindex, abi::IFACE_F_BOUND_RULES, true, u)?;
+            let was = self.set_iface_flag(*ifindex, abi::IFACE_F_BOUND_RULES, true)?;
+            u.push(Undo::Iface(*ifindex, was));
         }
         {
             let mut allow = self.allow_trie()?;
@@ -108,7 +109,8 @@ impl Datapath {
             }
         }
         for (ifindex, _) in d.bound.iter().filter(|(_, on)| !*on) {
-            self.set_iface_flag(*ifindex, abi::IFACE_F_BOUND_RULES, false, u)?;
+            let was = self.set_iface_flag(*ifindex, abi::IFACE_F_BOUND_RULES, false)?;
+            u.push(Undo::Iface(*ifindex, was));
         }
         Ok(())
     }
@@ -149,25 +151,6 @@ impl Datapath {
                 log::error!("undoing a rule change: {u:?}: {e}");
             }
         }
-    }
-
-    /// Sets or clears `flag` on interface `ifindex`, keeping its other
-    /// bits; logs the entry as it was.
-    fn set_iface_flag(
-        &mut self,
-        ifindex: u32,
-        flag: u32,
-        on: bool,
-        undo: &mut Vec<Undo>,
-    ) -> Result<()> {
-        let mut m = self.ifaces()?;
-        let was = m
-            .get(&ifindex, 0)
-            .map_err(|e| Error::Io(format!("ifindex {ifindex} in {}: {e}", abi::MAP_IFACES)))?;
-        let flags = if on { was.flags | flag } else { was.flags & !flag };
-        m.insert(ifindex, IfaceInfo { flags, ..was }, 0).map_err(map_err(abi::MAP_IFACES))?;
-        undo.push(Undo::Iface(ifindex, was));
-        Ok(())
     }
 
     fn rule_trie(&mut self) -> Result<LpmTrie<&mut MapData, RuleKey, RuleTarget>> {
